@@ -1,0 +1,212 @@
+"""The result-store interface: Celery's meta layout over a few key-value primitives.
+
+Layer: backends. A concrete store implements the primitives (``_set``/``_get``/``_mget``/
+``_delete``/``_incr``/``_wait_change``); this class turns them into Celery's operations, so every
+store writes the same documents (``celery-task-meta-<id>``, see backends/meta.py). Chords, groups
+and batches build on ``incr`` and the key-value calls; they never live inside a store.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any, Iterable, Sequence
+
+from .. import states
+from ..exceptions import TimeoutError as CeleriacTimeoutError
+from ..protocol import serialization
+from . import meta as metamod
+
+TASK_KEY_PREFIX = "celery-task-meta-"
+GROUP_KEY_PREFIX = "celery-taskset-meta-"
+
+
+class ResultBackend(ABC):
+    """Stores and reads task results in Celery's meta format."""
+
+    #: whether results are persisted at all (DisabledBackend says no)
+    persistent = True
+
+    def __init__(self, app: Any = None, url: str | None = None, *, serializer: str | None = None,
+                 accept: Iterable[str] | None = None, expires: float | None = None,
+                 extended: bool | None = None, **options: Any) -> None:
+        self.app = app
+        self.url = url
+        conf = app.conf if app is not None else None
+        self.serializer = serializer or (conf.result_serializer if conf else "json")
+        accept_names = accept if accept is not None else (
+            conf.result_accept_content or conf.accept_content if conf else ["json"])
+        self.accept = serialization.normalize_accept(accept_names)
+        self.expires = expires if expires is not None else (
+            _seconds(conf.result_expires) if conf else 86400.0)
+        self.extended = extended if extended is not None else (bool(conf.result_extended) if conf else False)
+
+    # ---- primitives a store implements -------------------------------------------------------
+    @abstractmethod
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        """Store ``value`` at ``key`` (replacing), expiring after ``ttl`` seconds if given, and
+        wake anyone waiting on ``key``."""
+
+    @abstractmethod
+    def _get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def _mget(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    @abstractmethod
+    def _delete(self, keys: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def _incr(self, key: str, amount: int, ttl: float | None) -> int:
+        """Atomically add ``amount`` to the integer at ``key`` (missing = 0); return the new value."""
+
+    @abstractmethod
+    def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
+        """Block until any of ``keys`` may have changed, or ``timeout`` passes. Spurious wake-ups
+        are fine; missed ones are not (callers re-read after every return)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    # ---- encoding --------------------------------------------------------------------------------
+    def encode(self, obj: Any) -> bytes:
+        return serialization.dumps(obj, self.serializer)[2]
+
+    def decode(self, data: bytes) -> Any:
+        content_type = serialization.content_type_of(self.serializer)
+        return serialization.loads(data, content_type, "utf-8", accept=self.accept)
+
+    # ---- task results ---------------------------------------------------------------------------
+    def task_key(self, task_id: str) -> str:
+        return TASK_KEY_PREFIX + task_id
+
+    def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
+                     request: Any = None, children: list | None = None) -> dict:
+        """Write a task's state in Celery's meta layout; returns the meta written."""
+        meta = metamod.build_meta(task_id, state, result, traceback=traceback, request=request,
+                                  children=children, extended=self.extended)
+        self._set(self.task_key(task_id), self.encode(meta), self.expires or None)
+        return meta
+
+    def mark_as_started(self, task_id: str, request: Any = None, **info: Any) -> dict:
+        return self.store_result(task_id, info, states.STARTED, request=request)
+
+    def mark_as_done(self, task_id: str, result: Any, request: Any = None,
+                     children: list | None = None) -> dict:
+        return self.store_result(task_id, result, states.SUCCESS, request=request, children=children)
+
+    def mark_as_failure(self, task_id: str, exc: BaseException, traceback: str | None = None,
+                        request: Any = None, state: str = states.FAILURE) -> dict:
+        return self.store_result(task_id, metamod.exception_to_dict(exc), state,
+                                 traceback=traceback, request=request)
+
+    def mark_as_retry(self, task_id: str, exc: BaseException, traceback: str | None = None,
+                      request: Any = None) -> dict:
+        return self.mark_as_failure(task_id, exc, traceback, request, state=states.RETRY)
+
+    def mark_as_revoked(self, task_id: str, reason: str = "revoked", request: Any = None) -> dict:
+        from ..exceptions import TaskRevokedError
+
+        return self.mark_as_failure(task_id, TaskRevokedError(reason), None, request,
+                                    state=states.REVOKED)
+
+    def get_task_meta(self, task_id: str) -> dict:
+        """The stored meta, or a PENDING meta when nothing is stored (Celery's convention)."""
+        raw = self._get(self.task_key(task_id))
+        if raw is None:
+            return metamod.pending_meta(task_id)
+        return self.decode(raw)
+
+    def get_many_meta(self, task_ids: Sequence[str]) -> dict[str, dict]:
+        raws = self._mget([self.task_key(t) for t in task_ids])
+        return {t: (self.decode(r) if r is not None else metamod.pending_meta(t))
+                for t, r in zip(task_ids, raws)}
+
+    def wait_for(self, task_id: str, timeout: float | None = None,
+                 states_wanted: frozenset[str] = states.READY_STATES) -> dict:
+        """Block until the task's state is in ``states_wanted``; raise TimeoutError after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key = self.task_key(task_id)
+        while True:
+            meta = self.get_task_meta(task_id)
+            if meta["status"] in states_wanted:
+                return meta
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise CeleriacTimeoutError(f"the operation timed out waiting for task {task_id}")
+            self._wait_change([key], min(remaining, 1.0))
+
+    def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None) -> dict[str, dict]:
+        """Block until every task is ready; returns their metas."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done: dict[str, dict] = {}
+        pending = list(task_ids)
+        while True:
+            for tid, meta in self.get_many_meta(pending).items():
+                if meta["status"] in states.READY_STATES:
+                    done[tid] = meta
+            pending = [t for t in pending if t not in done]
+            if not pending:
+                return done
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise CeleriacTimeoutError(
+                    f"the operation timed out waiting for {len(pending)} task(s)")
+            self._wait_change([self.task_key(t) for t in pending], min(remaining, 1.0))
+
+    def forget(self, task_id: str) -> None:
+        self._delete([self.task_key(task_id)])
+
+    # ---- counters and group meta (used by chords, groups, dispatch, batches) ---------------------
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        return self._incr(key, amount, ttl if ttl is not None else (self.expires or None))
+
+    def set_value(self, key: str, value: Any, ttl: float | None = None) -> None:
+        self._set(key, self.encode(value), ttl if ttl is not None else (self.expires or None))
+
+    def get_value(self, key: str) -> Any:
+        raw = self._get(key)
+        return None if raw is None else self.decode(raw)
+
+    def delete_keys(self, keys: Sequence[str]) -> None:
+        self._delete(keys)
+
+    def save_group(self, group_id: str, result_tuple: Any) -> None:
+        self.set_value(GROUP_KEY_PREFIX + group_id, {"result": result_tuple})
+
+    def restore_group(self, group_id: str) -> Any:
+        value = self.get_value(GROUP_KEY_PREFIX + group_id)
+        return None if value is None else value.get("result")
+
+    def delete_group(self, group_id: str) -> None:
+        self._delete([GROUP_KEY_PREFIX + group_id])
+
+    # ---- exceptions --------------------------------------------------------------------------
+    def exception_from_meta(self, meta: dict) -> BaseException:
+        return metamod.exception_from_dict(meta.get("result"))
+
+
+class DisabledBackend(ResultBackend):
+    """No result backend configured: storing is a no-op and reading is an error naming the fix."""
+
+    persistent = False
+
+    def _fail(self, *_: Any, **__: Any) -> Any:
+        from ..exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "No result backend is configured: set result_backend (e.g. 'sqlite:///celeriac.db')")
+
+    def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
+                     request: Any = None, children: list | None = None) -> dict:
+        return {}
+
+    _set = _get = _mget = _delete = _incr = _wait_change = _fail  # type: ignore[assignment]
+
+
+def _seconds(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if hasattr(value, "total_seconds"):
+        return float(value.total_seconds())
+    return float(value)

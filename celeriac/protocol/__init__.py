@@ -1,0 +1,1 @@
+"""Pure message layer: no I/O. Celery protocol v2 and the serializers."""
