@@ -1,0 +1,53 @@
+"""celeriac: a Celery-compatible distributed task queue.
+
+Import what you imported from ``celery``: ``from celeriac import Celery, shared_task``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import states
+from ._context import get_current_app
+from .app import Celery
+from .canvas import Signature, maybe_signature, signature, subtask
+from .result import AsyncResult, EagerResult, GroupResult, ResultSet
+from .task import Task, shared_task
+
+__version__ = "0.1.0"
+VERSION = (0, 1, 0)
+
+__all__ = [
+    "AsyncResult",
+    "Celery",
+    "EagerResult",
+    "GroupResult",
+    "ResultSet",
+    "Signature",
+    "Task",
+    "__version__",
+    "current_app",
+    "current_task",
+    "get_current_app",
+    "maybe_signature",
+    "shared_task",
+    "signature",
+    "states",
+    "subtask",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # current_app / current_task are looked up at access time (contextvars), never cached.
+    if name == "current_app":
+        from .exceptions import ImproperlyConfigured
+
+        app = get_current_app()
+        if app is None:
+            raise ImproperlyConfigured("no current app: create a celeriac.Celery(...) first")
+        return app
+    if name == "current_task":
+        from ._context import current_task_var
+
+        return current_task_var.get()
+    raise AttributeError(f"module 'celeriac' has no attribute {name!r}")

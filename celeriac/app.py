@@ -1,0 +1,325 @@
+"""The ``Celery`` app: settings, the task registry, and the lazily built transport and result store.
+
+Layer: core. The app wires the layers together but does no I/O until something is sent or read:
+creating an app (even many, in tests) is cheap, and nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from . import _context
+from .config import Settings, settings_from_object, validate
+from .exceptions import ImproperlyConfigured
+from .task import Task, _register_shared_with, build_task_class
+from .utils.sqlite import DEFAULT_SQLITE_URL
+
+if TYPE_CHECKING:
+    from .backends.base import ResultBackend
+    from .producer import Producer
+    from .result import AsyncResult
+    from .transport.base import Transport
+    from .worker.control import Control
+
+#: every live app, so ``shared_task`` can register with apps created before and after it
+_all_apps: "weakref.WeakSet[Celery]" = weakref.WeakSet()
+
+#: the embedded broker's lease when the user sets none: short enough that a killed worker's tasks
+#: come back within a minute, long compared to the worker's lease renewal interval
+SQLITE_DEFAULT_VISIBILITY_TIMEOUT = 60.0
+
+
+class TaskRegistry(dict):
+    """name -> Task. A KeyError names the missing task (``NotRegistered``)."""
+
+    def __missing__(self, name: str) -> Task:
+        from .exceptions import NotRegistered
+
+        raise NotRegistered(name)
+
+    def regular(self) -> dict[str, Task]:
+        return {k: v for k, v in self.items() if not k.startswith("celery.")}
+
+
+class Celery:
+    """A celeriac application: ``Celery(main, broker=..., backend=...)``, as in Celery."""
+
+    Task: type[Task] = Task
+
+    def __init__(self, main: str | None = None, broker: str | None = None,
+                 backend: str | None = None, *, include: Iterable[str] | None = None,
+                 config_source: Any = None, set_as_current: bool = True,
+                 task_cls: type[Task] | str | None = None, autofinalize: bool = True,
+                 **settings: Any) -> None:
+        self.main = main
+        self.conf = Settings()
+        if config_source is not None:
+            self.config_from_object(config_source)
+        if broker:
+            self.conf["broker_url"] = broker
+        if backend:
+            self.conf["result_backend"] = backend
+        if include:
+            self.conf["include"] = list(include)
+        if settings:
+            self.conf.update(settings)
+        if task_cls is not None:
+            self.Task = _symbol(task_cls) if isinstance(task_cls, str) else task_cls
+        self.tasks = TaskRegistry()
+        self._lock = threading.RLock()
+        self._transport: Transport | None = None
+        self._backend: ResultBackend | None = None
+        self._producer: Producer | None = None
+        self._control: Control | None = None
+        self._finalized = False
+        self._pid = os.getpid()
+        self._register_builtins()
+        _all_apps.add(self)
+        _register_shared_with(self)
+        if set_as_current:
+            self.set_current()
+            _context.set_default_app(self)
+
+    # ---- configuration -------------------------------------------------------------------------
+    def config_from_object(self, obj: Any, silent: bool = False, force: bool = False,
+                           namespace: str | None = None) -> None:
+        """Load settings from a module, a dotted module name, or an object (Celery's rules)."""
+        try:
+            values = settings_from_object(obj, namespace=namespace)
+        except ImportError:
+            if silent:
+                return
+            raise
+        self.conf.update(values)
+        self._reset_connections()
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False,
+                           force: bool = False) -> None:
+        module_name = os.environ.get(variable_name)
+        if not module_name:
+            if silent:
+                return
+            raise ImproperlyConfigured(f"environment variable {variable_name!r} is not set")
+        self.config_from_object(module_name, silent=silent, force=force)
+
+    def finalize(self) -> None:
+        """Validate settings and import ``imports``/``include`` modules; done once, on first use."""
+        if self._finalized:
+            return
+        with self._lock:
+            if self._finalized:
+                return
+            validate(self.conf)
+            for module in list(self.conf.get("imports") or ()) + list(self.conf.get("include") or ()):
+                importlib.import_module(module)
+            self._finalized = True
+
+    @property
+    def broker_url(self) -> str:
+        return (self.conf.get("broker_url") or os.environ.get("CELERIAC_BROKER_URL")
+                or DEFAULT_SQLITE_URL)
+
+    @property
+    def result_backend_url(self) -> str:
+        return (self.conf.get("result_backend") or os.environ.get("CELERIAC_RESULT_BACKEND")
+                or self._default_backend_url())
+
+    def _default_backend_url(self) -> str:
+        # With the embedded broker, results live in the same file (one thing to find and back up).
+        broker = self.broker_url
+        if broker.startswith(("sqlite://", "memory://")):
+            return broker
+        return DEFAULT_SQLITE_URL
+
+    # ---- connections ---------------------------------------------------------------------------
+    @property
+    def transport(self) -> "Transport":
+        self._check_fork()
+        if self._transport is None:
+            with self._lock:
+                if self._transport is None:
+                    self.finalize()
+                    from .transport import transport_from_url
+
+                    url = self.broker_url
+                    options = dict(self.conf.get("broker_transport_options") or {})
+                    if url.startswith("sqlite") and "visibility_timeout" not in options:
+                        options["visibility_timeout"] = SQLITE_DEFAULT_VISIBILITY_TIMEOUT
+                    self._transport = transport_from_url(url, **options)
+        return self._transport
+
+    @property
+    def backend(self) -> "ResultBackend":
+        self._check_fork()
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self.finalize()
+                    from .backends import backend_from_url
+
+                    self._backend = backend_from_url(self.result_backend_url, app=self)
+        return self._backend
+
+    @property
+    def producer(self) -> "Producer":
+        self._check_fork()
+        if self._producer is None:
+            with self._lock:
+                if self._producer is None:
+                    from .producer import Producer
+
+                    self._producer = Producer(self)
+        return self._producer
+
+    @property
+    def control(self) -> "Control":
+        if self._control is None:
+            from .worker.control import Control
+
+            self._control = Control(self)
+        return self._control
+
+    def _check_fork(self) -> None:
+        # Connections must never be shared across fork: a child starts its own.
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        # The parent's connection objects are abandoned, not closed: closing a SQLite or socket
+        # handle inherited through fork can disturb the parent's use of it.
+        _fork_leftovers.extend(x for x in (self._transport, self._backend, self._producer) if x)
+        self._transport = self._backend = self._producer = None
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    def _reset_connections(self) -> None:
+        with self._lock:
+            for thing in (self._transport, self._backend):
+                if thing is not None:
+                    thing.close()
+            self._transport = self._backend = self._producer = None
+            self._finalized = False
+
+    def close(self) -> None:
+        """Close the broker and result-store connections this app opened."""
+        self._reset_connections()
+
+    def __enter__(self) -> "Celery":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def set_current(self) -> None:
+        _context.current_app_var.set(self)
+
+    def set_default(self) -> None:
+        _context.set_default_app(self)
+
+    # ---- tasks ---------------------------------------------------------------------------------
+    def task(self, *args: Any, **options: Any) -> Any:
+        """``@app.task`` and ``@app.task(name=..., bind=True, ...)``."""
+        if len(args) == 1 and callable(args[0]) and not options:
+            return self._task_from_fun(args[0])
+        if args:
+            raise TypeError("app.task() takes keyword options only, e.g. @app.task(bind=True)")
+
+        def decorate(fun: Callable[..., Any]) -> Task:
+            return self._task_from_fun(fun, **options)
+
+        return decorate
+
+    def _task_from_fun(self, fun: Callable[..., Any], *, name: str | None = None,
+                       base: type[Task] | None = None, bind: bool = False,
+                       shared: bool = True, **options: Any) -> Task:
+        task = build_task_class(fun, self, base=base, bind=bind, name=name, **options)
+        existing = self.tasks.get(task.name)
+        if existing is not None and getattr(existing, "__wrapped__", None) is fun:
+            return existing
+        self.tasks[task.name] = task
+        return task
+
+    def register_task(self, task: Task | type[Task]) -> Task:
+        """Register a class-based task (``class MyTask(app.Task)``)."""
+        if isinstance(task, type):
+            task = task()
+        if not task.name:
+            task.name = f"{type(task).__module__}.{type(task).__name__}"
+        if task.app is None:
+            task.app = self
+        self.tasks[task.name] = task
+        return task
+
+    def _register_builtins(self) -> None:
+        from .builtins import register_builtins
+
+        register_builtins(self)
+
+    def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]],
+                           related_name: str = "tasks", force: bool = False) -> None:
+        """Import ``<package>.<related_name>`` for each package that has one."""
+        names = packages() if callable(packages) else packages
+        for package in names:
+            try:
+                importlib.import_module(f"{package}.{related_name}")
+            except ModuleNotFoundError as exc:
+                if exc.name not in (f"{package}.{related_name}", package):
+                    raise
+
+    # ---- sending and results ------------------------------------------------------------------
+    def send_task(self, name: str, args: Iterable[Any] | None = None,
+                  kwargs: dict[str, Any] | None = None, **options: Any) -> "AsyncResult":
+        """Send a task by name (it need not be registered here), returning its AsyncResult."""
+        from .result import AsyncResult
+
+        task_id = self.producer.send(name, args, kwargs, **options)
+        return AsyncResult(task_id, app=self, task_name=name)
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> "AsyncResult":  # noqa: N802
+        from .result import AsyncResult
+
+        return AsyncResult(task_id, app=self, **kwargs)
+
+    def GroupResult(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        from .result import GroupResult
+
+        return GroupResult(*args, app=self, **kwargs)
+
+    def signature(self, *args: Any, **kwargs: Any) -> Any:
+        from .canvas import Signature
+
+        return Signature(*args, app=self, **kwargs)
+
+    def now(self) -> Any:
+        from .task import utcnow
+
+        return utcnow()
+
+    # ---- worker --------------------------------------------------------------------------------
+    def Worker(self, **kwargs: Any) -> Any:  # noqa: N802
+        from .worker.worker import Worker
+
+        return Worker(self, **kwargs)
+
+    def worker_main(self, argv: list[str] | None = None) -> None:
+        from .cli.main import main
+
+        main(["worker", *(argv or [])[1 if argv and argv[0] == "worker" else 0:]], app=self)
+
+    def __repr__(self) -> str:
+        return f"<Celery {self.main or '__main__'} at {id(self):#x}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Celery app is not picklable; send task names and arguments instead")
+
+
+_fork_leftovers: list[Any] = []
+
+
+def _symbol(path: str) -> Any:
+    module_name, _, attr = path.replace(":", ".").rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)

@@ -1,0 +1,29 @@
+"""Built-in tasks every app registers, under Celery's names so Celery clients can call them.
+
+Layer: core. ``celery.map`` / ``celery.starmap`` run one task over many items in a single message
+(what ``task.map``/``task.starmap``/``task.chunks`` send).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import Celery
+
+
+def register_builtins(app: "Celery") -> None:
+    def _resolve(task: Any) -> Any:
+        name = task["task"] if isinstance(task, dict) else task
+        return app.tasks[name]
+
+    def xmap(task: Any, it: Any) -> list:
+        fun = _resolve(task)
+        return [fun(item) for item in it]
+
+    def xstarmap(task: Any, it: Any) -> list:
+        fun = _resolve(task)
+        return [fun(*item) for item in it]
+
+    app._task_from_fun(xmap, name="celery.map", shared=False, typing=False)
+    app._task_from_fun(xstarmap, name="celery.starmap", shared=False, typing=False)

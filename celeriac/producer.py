@@ -1,0 +1,206 @@
+"""Sending tasks: call options -> protocol v2 message -> route -> ``transport.publish``.
+
+Layer: producer. This is the client half of the hot path, so it does the least work it can per
+call: settings are read once, signals are only built when someone listens, and many sends can go
+to the broker in one round trip (``send_many``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from . import signals
+from .protocol import v2
+from .routing import Queue, Router
+from .transport.base import Outgoing
+
+if TYPE_CHECKING:
+    from .app import Celery
+
+_origin_cache: tuple[int, str] | None = None
+
+
+def origin_name() -> str:
+    """``gen<pid>@<host>``: Celery's name for a sending process (recomputed after fork)."""
+    global _origin_cache
+    pid = os.getpid()
+    if _origin_cache is None or _origin_cache[0] != pid:
+        _origin_cache = (pid, f"gen{pid}@{socket.gethostname()}")
+    return _origin_cache[1]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _as_signature_list(value: Any) -> list | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):  # one signature (Signature is a dict subclass)
+        return [dict(value)]
+    return [dict(v) for v in value]
+
+
+class Producer:
+    """Builds and publishes task messages for one app."""
+
+    def __init__(self, app: "Celery") -> None:
+        self.app = app
+        conf = app.conf
+        self.router = Router(conf)
+        self.default_serializer = conf.task_serializer
+        self.default_compression = conf.task_compression
+        self.default_priority = conf.task_default_priority
+        self.publish_retry = bool(conf.task_publish_retry)
+        self.publish_retry_policy = dict(conf.task_publish_retry_policy or {})
+        self.time_limit = conf.task_time_limit
+        self.soft_time_limit = conf.task_soft_time_limit
+        self._declared: set[str] = set()
+
+    # ---- building ------------------------------------------------------------------------------
+    def build(self, name: str, args: Iterable[Any] | None = None,
+              kwargs: dict[str, Any] | None = None, *, task_id: str | None = None,
+              countdown: float | None = None, eta: datetime | None = None,
+              expires: float | datetime | None = None, priority: int | None = None,
+              queue: str | Queue | None = None, serializer: str | None = None,
+              compression: str | None = None, headers: dict[str, Any] | None = None,
+              ignore_result: bool | None = None, link: Any = None, link_error: Any = None,
+              root_id: str | None = None, parent_id: str | None = None,
+              group_id: str | None = None, group_index: int | None = None,
+              shadow: str | None = None, time_limit: float | None = None,
+              soft_time_limit: float | None = None, retries: int = 0, chain: Any = None,
+              chord: Any = None, reply_to: str | None = None, origin: str | None = None,
+              _task: Any = None, **extra: Any) -> Outgoing:
+        """Turn one call's options into an ``Outgoing`` (message + queue + hold-until time)."""
+        args = tuple(args) if args is not None else ()
+        kwargs = dict(kwargs) if kwargs is not None else {}
+        task_id = task_id or str(uuid.uuid4())
+        now = datetime.now(timezone.utc)
+        if countdown is not None:
+            eta = now + timedelta(seconds=float(countdown))
+        elif eta is not None:
+            eta = _utc(eta)
+        if expires is None and _task is not None:
+            expires = _task.expires
+        if expires is not None and not isinstance(expires, datetime):
+            expires = now + timedelta(seconds=float(expires))
+        elif isinstance(expires, datetime):
+            expires = _utc(expires)
+        if _task is not None:
+            if priority is None:
+                priority = _task.priority
+            if serializer is None:
+                serializer = _task.serializer
+            if ignore_result is None:
+                ignore_result = _task.ignore_result
+            if time_limit is None:
+                time_limit = _task.time_limit
+            if soft_time_limit is None:
+                soft_time_limit = _task.soft_time_limit
+        if priority is None:
+            priority = self.default_priority
+        if time_limit is None:
+            time_limit = self.time_limit
+        if soft_time_limit is None:
+            soft_time_limit = self.soft_time_limit
+
+        route = self.router.route({"queue": queue, **extra} if queue is not None else dict(extra),
+                                  name, args, kwargs,
+                                  task_queue=_task.queue if _task is not None else None)
+        queue_name = route["queue"]
+        if isinstance(queue_name, Queue):
+            queue_name = queue_name.name
+
+        message = v2.encode_task(
+            name=name, task_id=task_id, args=args, kwargs=kwargs,
+            serializer=serializer or self.default_serializer,
+            compression=compression or self.default_compression,
+            root_id=root_id, parent_id=parent_id, group_id=group_id, group_index=group_index,
+            shadow=shadow, eta=eta, expires=expires, retries=retries,
+            time_limit=time_limit, soft_time_limit=soft_time_limit,
+            callbacks=_as_signature_list(link), errbacks=_as_signature_list(link_error),
+            chain=chain, chord=dict(chord) if chord is not None else None,
+            origin=origin or origin_name(),
+            ignore_result=bool(ignore_result) if ignore_result is not None else False,
+            reply_to=reply_to or "", priority=priority, headers=headers, now=now,
+        )
+        not_before = eta.timestamp() if eta is not None and eta > now else None
+        return Outgoing(queue_name, message, not_before)
+
+    # ---- publishing ----------------------------------------------------------------------------
+    def send(self, name: str, args: Iterable[Any] | None = None,
+             kwargs: dict[str, Any] | None = None, **options: Any) -> str:
+        """Publish one task; returns its id once the broker has stored it."""
+        retry = options.pop("retry", None)
+        retry_policy = options.pop("retry_policy", None)
+        item = self.build(name, args, kwargs, **options)
+        self.publish([item], retry=retry, retry_policy=retry_policy)
+        return item.message.headers["id"]
+
+    def send_many(self, calls: Sequence[tuple[str, Any, Any, dict[str, Any]]]) -> list[str]:
+        """Publish many ``(name, args, kwargs, options)`` in one broker round trip."""
+        items = [self.build(name, args, kwargs, **(opts or {})) for name, args, kwargs, opts in calls]
+        self.publish(items)
+        return [item.message.headers["id"] for item in items]
+
+    def publish(self, items: Sequence[Outgoing], *, retry: bool | None = None,
+                retry_policy: dict[str, Any] | None = None) -> None:
+        transport = self.app.transport
+        for item in items:
+            if item.queue not in self._declared:
+                transport.declare(item.queue)
+                self._declared.add(item.queue)
+        listening_before = signals.before_task_publish.receivers
+        if listening_before:
+            for item in items:
+                self._send_publish_signal(signals.before_task_publish, item)
+        self._publish_with_retry(transport, items, retry, retry_policy)
+        if signals.after_task_publish.receivers:
+            for item in items:
+                self._send_publish_signal(signals.after_task_publish, item)
+
+    def _publish_with_retry(self, transport: Any, items: Sequence[Outgoing], retry: bool | None,
+                            retry_policy: dict[str, Any] | None) -> None:
+        do_retry = self.publish_retry if retry is None else retry
+        policy = {**self.publish_retry_policy, **(retry_policy or {})}
+        max_retries = policy.get("max_retries", 3)
+        interval = float(policy.get("interval_start", 0))
+        step = float(policy.get("interval_step", 0.2))
+        interval_max = float(policy.get("interval_max", 0.2))
+        attempt = 0
+        while True:
+            try:
+                transport.publish(items)
+                return
+            except (OSError, ConnectionError, TimeoutError, _sqlite_errors()) as exc:
+                if not do_retry or (max_retries is not None and attempt >= max_retries):
+                    raise
+                attempt += 1
+                time.sleep(min(interval, interval_max))
+                interval += step
+                _log_publish_retry(exc, attempt)
+
+    @staticmethod
+    def _send_publish_signal(signal: Any, item: Outgoing) -> None:
+        message = item.message
+        signal.send(sender=message.headers.get("task"), body=message.body,
+                    exchange="", routing_key=item.queue, headers=message.headers,
+                    properties=message.properties, declare=[], retry_policy=None)
+
+
+def _sqlite_errors() -> type[BaseException]:
+    import sqlite3
+
+    return sqlite3.OperationalError
+
+
+def _log_publish_retry(exc: BaseException, attempt: int) -> None:
+    import logging
+
+    logging.getLogger("celeriac.producer").warning(
+        "publish failed (%r); retry %d", exc, attempt)

@@ -1,0 +1,373 @@
+"""Reading task outcomes: ``AsyncResult``, ``EagerResult``, ``ResultSet`` and ``GroupResult``.
+
+Layer: results (client side). Reads go through the app's result store; waiting uses the store's
+change notification, not a fixed polling interval. Exceptions are rebuilt by backends/meta.py,
+which never calls anything that is not an exception class.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from . import _context, states
+from .exceptions import ImproperlyConfigured, TaskRevokedError
+from .exceptions import TimeoutError as CeleriacTimeoutError
+
+if TYPE_CHECKING:
+    from .app import Celery
+    from .backends.base import ResultBackend
+
+
+def _resolve_app(app: "Celery | None") -> "Celery":
+    app = app or _context.get_current_app()
+    if app is None:
+        raise ImproperlyConfigured("AsyncResult needs an app: pass app= or create a Celery app first")
+    return app
+
+
+def _assert_not_in_task() -> None:
+    request = _context.current_request_var.get()
+    if request is not None and not request.is_eager and not request.called_directly:
+        raise RuntimeError(
+            "Never call result.get() within a task! Waiting on another task from inside a task can "
+            "deadlock the worker; use a chain or a chord instead.")
+
+
+class AsyncResult:
+    """The outcome of a task that was sent, looked up by id."""
+
+    def __init__(self, id: str, backend: "ResultBackend | None" = None,  # noqa: A002
+                 task_name: str | None = None, app: "Celery | None" = None,
+                 parent: "AsyncResult | None" = None) -> None:
+        if not isinstance(id, str) or not id:
+            raise ValueError(f"AsyncResult needs a task id string, got {id!r}")
+        self.id = id
+        self.app = _resolve_app(app) if backend is None else app
+        self._backend = backend
+        self.name = task_name
+        self.parent = parent
+        self._cache: dict | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    @property
+    def backend(self) -> "ResultBackend":
+        return self._backend if self._backend is not None else self.app.backend  # type: ignore[union-attr]
+
+    # ---- reading -------------------------------------------------------------------------------
+    def _get_task_meta(self) -> dict:
+        if self._cache is not None:
+            return self._cache
+        meta = self.backend.get_task_meta(self.id)
+        if meta.get("status") in states.READY_STATES:
+            self._cache = meta  # a ready result never changes
+        return meta
+
+    def _set_cache(self, meta: dict) -> None:
+        if meta.get("status") in states.READY_STATES:
+            self._cache = meta
+
+    @property
+    def state(self) -> str:
+        return self._get_task_meta()["status"]
+
+    status = state
+
+    @property
+    def info(self) -> Any:
+        meta = self._get_task_meta()
+        if meta["status"] in states.EXCEPTION_STATES:
+            return self.backend.exception_from_meta(meta)
+        return meta.get("result")
+
+    result = info
+
+    @property
+    def traceback(self) -> str | None:
+        return self._get_task_meta().get("traceback")
+
+    @property
+    def date_done(self) -> datetime | None:
+        value = self._get_task_meta().get("date_done")
+        if isinstance(value, str):
+            parsed = datetime.fromisoformat(value)
+            return parsed
+        return value
+
+    @property
+    def children(self) -> list["AsyncResult"]:
+        from .canvas import result_from_tuple
+
+        return [result_from_tuple(c, self.app) for c in self._get_task_meta().get("children") or []]
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
+            no_ack: bool = True, follow_parents: bool = True, disable_sync_subtasks: bool = True,
+            on_message: Callable[[dict], None] | None = None, **kwargs: Any) -> Any:
+        """Wait for the task to finish and return its value (or raise its exception)."""
+        if disable_sync_subtasks:
+            _assert_not_in_task()
+        if follow_parents and propagate and self.parent is not None:
+            self.parent._raise_if_failed()
+        meta = self._cache or self.backend.wait_for(self.id, timeout=timeout)
+        self._set_cache(meta)
+        if on_message is not None:
+            on_message(meta)
+        return self._value_from(meta, propagate)
+
+    wait = get
+
+    def _value_from(self, meta: dict, propagate: bool) -> Any:
+        status = meta["status"]
+        if status == states.SUCCESS:
+            return meta.get("result")
+        exc = self.backend.exception_from_meta(meta)
+        if status == states.REVOKED and not isinstance(exc, TaskRevokedError):
+            exc = TaskRevokedError(*getattr(exc, "args", ("revoked",)))
+        if propagate:
+            raise exc
+        return exc
+
+    def _raise_if_failed(self) -> None:
+        if self.parent is not None:
+            self.parent._raise_if_failed()
+        meta = self._get_task_meta()
+        if meta["status"] in states.PROPAGATE_STATES:
+            self._value_from(meta, propagate=True)
+
+    def maybe_throw(self, propagate: bool = True) -> None:
+        meta = self._get_task_meta()
+        if meta["status"] in states.PROPAGATE_STATES and propagate:
+            self._value_from(meta, propagate=True)
+
+    def throw(self, *args: Any) -> None:
+        self.maybe_throw()
+
+    def forget(self) -> None:
+        self._cache = None
+        self.backend.forget(self.id)
+
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: Any = None,
+               wait: bool = False, timeout: float | None = None) -> None:
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)  # type: ignore[union-attr]
+
+    def as_tuple(self) -> list:
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return [[self.id, parent], None]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return other.id == self.id
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id}>"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_async_result, (self.id, self.name))
+
+
+def _rebuild_async_result(task_id: str, name: str | None) -> AsyncResult:
+    return AsyncResult(task_id, task_name=name)
+
+
+class EagerResult(AsyncResult):
+    """The outcome of ``task.apply()``: already known, nothing stored anywhere."""
+
+    def __init__(self, id: str, ret_value: Any, state: str, traceback: str | None = None,  # noqa: A002
+                 name: str | None = None, app: "Celery | None" = None) -> None:
+        self.id = id
+        self.app = app
+        self._backend = None
+        self.name = name
+        self.parent = None
+        self._result = ret_value
+        self._state = state
+        self._traceback = traceback
+        self._cache = None
+
+    @property
+    def state(self) -> str:  # type: ignore[override]
+        return self._state
+
+    status = state
+
+    @property
+    def info(self) -> Any:  # type: ignore[override]
+        return self._result
+
+    result = info
+
+    @property
+    def traceback(self) -> str | None:  # type: ignore[override]
+        return self._traceback
+
+    @property
+    def children(self) -> list[AsyncResult]:  # type: ignore[override]
+        return []
+
+    @property
+    def date_done(self) -> None:  # type: ignore[override]
+        return None
+
+    def get(self, timeout: float | None = None, propagate: bool = True,  # type: ignore[override]
+            disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
+        if self._state == states.SUCCESS:
+            return self._result
+        if propagate and self._state in states.PROPAGATE_STATES:
+            raise self._result
+        return self._result
+
+    wait = get
+
+    def forget(self) -> None:
+        pass
+
+    def revoke(self, *args: Any, **kwargs: Any) -> None:
+        self._state = states.REVOKED
+
+    def __reduce__(self) -> Any:
+        return (EagerResult, (self.id, self._result, self._state, self._traceback, self.name))
+
+
+class ResultSet:
+    """Several results read together, in the order they were given."""
+
+    def __init__(self, results: Iterable[AsyncResult], app: "Celery | None" = None,
+                 **kwargs: Any) -> None:
+        self.results = list(results)
+        self._app = app
+
+    @property
+    def app(self) -> "Celery":
+        return _resolve_app(self._app or (self.results[0].app if self.results else None))
+
+    def add(self, result: AsyncResult) -> None:
+        if result not in self.results:
+            self.results.append(result)
+
+    def _metas(self) -> dict[str, dict]:
+        return self.app.backend.get_many_meta([r.id for r in self.results])
+
+    def ready(self) -> bool:
+        return all(m["status"] in states.READY_STATES for m in self._metas().values())
+
+    def successful(self) -> bool:
+        return all(m["status"] == states.SUCCESS for m in self._metas().values())
+
+    def failed(self) -> bool:
+        return any(m["status"] == states.FAILURE for m in self._metas().values())
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        return sum(m["status"] == states.SUCCESS for m in self._metas().values())
+
+    def revoke(self, terminate: bool = False, signal: Any = None, **kwargs: Any) -> None:
+        self.app.control.revoke([r.id for r in self.results], terminate=terminate, signal=signal)
+
+    def forget(self) -> None:
+        for r in self.results:
+            r.forget()
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> list:
+        return self.join(timeout=timeout, propagate=propagate, **kwargs)
+
+    def join(self, timeout: float | None = None, propagate: bool = True,
+             disable_sync_subtasks: bool = True, **kwargs: Any) -> list:
+        """Wait for every result; values in the order the results were given."""
+        if disable_sync_subtasks:
+            _assert_not_in_task()
+        ids = [r.id for r in self.results]
+        metas = self.app.backend.wait_for_many(ids, timeout=timeout)
+        values = []
+        for r in self.results:
+            r._set_cache(metas[r.id])
+            values.append(r._value_from(metas[r.id], propagate))
+        return values
+
+    join_native = join
+
+    def iterate(self, timeout: float | None = None, propagate: bool = True) -> Iterator[Any]:
+        """Yield values as results finish (completion order, not call order)."""
+        backend = self.app.backend
+        pending = {r.id: r for r in self.results}
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            for tid, meta in backend.get_many_meta(list(pending)).items():
+                if meta["status"] in states.READY_STATES:
+                    result = pending.pop(tid)
+                    result._set_cache(meta)
+                    yield result._value_from(meta, propagate)
+            if pending:
+                remaining = 1.0 if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CeleriacTimeoutError("the operation timed out")
+                backend._wait_change([backend.task_key(t) for t in pending], min(remaining, 1.0))
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+
+class GroupResult(ResultSet):
+    """The results of a group, with the group's id (saved with ``save()``, found by ``restore``)."""
+
+    def __init__(self, id: str | None = None, results: Iterable[AsyncResult] | None = None,  # noqa: A002
+                 parent: AsyncResult | None = None, app: "Celery | None" = None,
+                 **kwargs: Any) -> None:
+        super().__init__(results or [], app=app)
+        self.id = id
+        self.parent = parent
+
+    def as_tuple(self) -> list:
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return [[self.id, parent], [r.as_tuple() for r in self.results]]
+
+    def save(self, backend: "ResultBackend | None" = None) -> "GroupResult":
+        (backend or self.app.backend).save_group(self.id, self.as_tuple())
+        return self
+
+    def delete(self, backend: "ResultBackend | None" = None) -> None:
+        (backend or self.app.backend).delete_group(self.id)
+
+    @classmethod
+    def restore(cls, id: str, backend: "ResultBackend | None" = None,  # noqa: A002
+                app: "Celery | None" = None) -> "GroupResult | None":
+        app = _resolve_app(app)
+        stored = (backend or app.backend).restore_group(id)
+        if stored is None:
+            return None
+        from .canvas import result_from_tuple
+
+        return result_from_tuple(stored, app)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"

@@ -1,0 +1,419 @@
+"""Tasks: the ``Task`` base class, the request context, and ``shared_task``.
+
+Layer: core. A task object is a class instance created per app by the ``@app.task`` decorator; it
+knows how to call itself in-process, how to send itself (through the app's producer) and how to
+ask for a retry. Execution inside a worker lives in ``worker/executor.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar
+
+from . import _context
+from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, NotRegistered, Retry
+
+if TYPE_CHECKING:
+    from .app import Celery
+    from .canvas import Signature
+    from .result import AsyncResult, EagerResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Context:
+    """What a running task knows about its own call (``self.request``).
+
+    Attribute names follow Celery's ``Context`` so task code written for Celery reads the same
+    fields. Unknown headers sent by the client are copied in as attributes too.
+    """
+
+    id: str | None = None
+    task: str | None = None
+    args: Any = None
+    kwargs: Any = None
+    retries: int = 0
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    hostname: str | None = None
+    delivery_info: dict | None = None
+    is_eager: bool = False
+    eta: Any = None
+    expires: Any = None
+    callbacks: Any = None
+    errbacks: Any = None
+    chain: Any = None
+    chord: Any = None
+    headers: dict | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    origin: str | None = None
+    timelimit: tuple | None = None
+    ignore_result: bool = False
+    shadow: str | None = None
+    called_directly: bool = True
+    #: set by the executor so the next ``Task.__call__`` adopts this context instead of pushing one
+    _adopt: bool = False
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __repr__(self) -> str:
+        return f"<Context: {self.as_dict()!r}>"
+
+
+_EMPTY_CONTEXT = Context()
+
+
+class Task(Generic[P, R]):
+    """Base class of every task. Class attributes are the per-task defaults Celery users know."""
+
+    name: str = None  # type: ignore[assignment]
+    app: "Celery" = None  # type: ignore[assignment]
+    typing: bool = True
+    max_retries: int | None = 3
+    default_retry_delay: float = 180
+    rate_limit: str | None = None
+    ignore_result: bool = False
+    store_errors_even_if_ignored: bool = False
+    serializer: str | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    acks_late: bool | None = None
+    acks_on_failure_or_timeout: bool = True
+    reject_on_worker_lost: bool | None = None
+    track_started: bool | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] = {}
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600
+    retry_jitter: bool = True
+    queue: str | None = None
+    priority: int | None = None
+    expires: float | datetime | None = None
+    throws: tuple[type[BaseException], ...] = ()
+    #: True for ``async def`` tasks; they run on the worker's event loop
+    is_coroutine: bool = False
+    #: the wrapped function, for tasks made by the decorator
+    __wrapped__: Callable[..., Any] | None = None
+    _bound: bool = False
+
+    # ---- calling in-process ------------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _context.current_request_var.get()
+        if ctx is not None and ctx._adopt:
+            ctx._adopt = False  # the executor set this context up for exactly this call
+            return self.run(*args, **kwargs)
+        token = _context.current_request_var.set(
+            Context(args=args, kwargs=kwargs, task=self.name, called_directly=True))
+        task_token = _context.current_task_var.set(self)
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            _context.current_task_var.reset(task_token)
+            _context.current_request_var.reset(token)
+
+    def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        raise NotImplementedError(f"task {self.name!r} does not define run()")
+
+    @property
+    def request(self) -> Context:
+        ctx = _context.current_request_var.get()
+        return ctx if ctx is not None else _EMPTY_CONTEXT
+
+    # ---- sending --------------------------------------------------------------------------
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> "AsyncResult":
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                    task_id: str | None = None, link: Any = None, link_error: Any = None,
+                    shadow: str | None = None, **options: Any) -> "AsyncResult":
+        """Send the task (or run it eagerly when ``task_always_eager`` is set)."""
+        app = self._get_app()
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
+        if self.typing:
+            self._check_arguments(args or (), kwargs or {})
+        return app.send_task(self.name, args, kwargs, task_id=task_id, link=link,
+                             link_error=link_error, shadow=shadow, _task=self, **options)
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              task_id: str | None = None, link: Any = None, link_error: Any = None,
+              throw: bool | None = None, retries: int = 0, **options: Any) -> "EagerResult":
+        """Run the task here and now, the way a worker would (retries, callbacks), returning its result."""
+        from .worker.executor import apply_eagerly
+
+        return apply_eagerly(self, tuple(args or ()), dict(kwargs or {}), task_id=task_id,
+                             link=link, link_error=link_error, throw=throw, retries=retries,
+                             options=options)
+
+    def _check_arguments(self, args: Iterable[Any], kwargs: dict[str, Any]) -> None:
+        fun = self.__wrapped__ or self.run
+        try:
+            sig = _signature_of(fun)
+        except (TypeError, ValueError):
+            return
+        try:
+            if self._bound:
+                sig.bind(None, *args, **kwargs)
+            else:
+                sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+
+    # ---- retries -----------------------------------------------------------------------------
+    def retry(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              exc: BaseException | None = None, throw: bool = True, eta: datetime | None = None,
+              countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Retry:
+        """Schedule a new run of this task with ``retries + 1``, then raise ``Retry``.
+
+        Past ``max_retries`` the original exception is re-raised (or MaxRetriesExceededError).
+        """
+        request = self.request
+        if request.called_directly and not request.is_eager:
+            # Called like a function, outside any worker: nothing to re-send; surface the error.
+            if exc is not None:
+                raise exc
+            raise Retry("Task can be retried", None)
+        retries = request.retries or 0
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}",
+                task_args=request.args, task_kwargs=request.kwargs)
+        if eta is None and countdown is None:
+            countdown = self.default_retry_delay
+        when: Any = eta if eta is not None else countdown
+        ret = Retry(exc=exc, when=when)
+        # The executor (worker or eager apply) re-sends this with retries + 1.
+        ret.resend = self._retry_signature(request, args, kwargs, eta, countdown, options)  # type: ignore[attr-defined]
+        if throw:
+            raise ret
+        return ret
+
+    def _retry_signature(self, request: Context, args: Any, kwargs: Any, eta: Any,
+                         countdown: Any, options: dict) -> dict:
+        return {
+            "args": tuple(request.args if args is None else args),
+            "kwargs": dict(request.kwargs if kwargs is None else kwargs),
+            "eta": eta, "countdown": countdown, "options": options,
+        }
+
+    def retry_countdown(self, retries: int) -> float:
+        """Delay before autoretry number ``retries + 1`` (exponential backoff with optional jitter)."""
+        if not self.retry_backoff:
+            return float(self.retry_kwargs.get("countdown", self.default_retry_delay))
+        factor = 1 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(factor * (2 ** retries), float(self.retry_backoff_max))
+        if self.retry_jitter:
+            delay = random.randrange(int(delay) + 1) if delay >= 1 else random.random() * delay
+        return float(delay)
+
+    # ---- results and canvas ------------------------------------------------------------------
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> "AsyncResult":  # noqa: N802 - Celery's name
+        from .result import AsyncResult
+
+        return AsyncResult(task_id, app=self._get_app(), task_name=self.name, **kwargs)
+
+    def update_state(self, task_id: str | None = None, state: str | None = None,
+                     meta: Any = None, **kwargs: Any) -> None:
+        task_id = task_id or self.request.id
+        if task_id is None:
+            raise ValueError("update_state needs a task_id outside a running task")
+        self._get_app().backend.store_result(task_id, meta, state or "PENDING", request=self.request)
+
+    def signature(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+                  **options: Any) -> "Signature":
+        from .canvas import Signature
+
+        return Signature(self.name, args, kwargs, options, app=self._get_app())
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> "Signature":
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> "Signature":
+        return self.signature(args, kwargs, immutable=True)
+
+    # ---- hooks (override in a custom base) -------------------------------------------------
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None: ...
+
+    def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None: ...
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
+                   einfo: Any) -> None: ...
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict,
+                 einfo: Any) -> None: ...
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple, kwargs: dict,
+                     einfo: Any) -> None: ...
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def _get_app(self) -> "Celery":
+        if self.app is not None:
+            return self.app
+        app = _context.get_current_app()
+        if app is None:
+            raise ImproperlyConfigured(_NO_APP % self.name)
+        return app
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name} of {self.app.main if self.app else '?'}>"
+
+
+_NO_APP = ("task %r has no Celery app: create one with celeriac.Celery(...) before sending or "
+           "running it (shared_task never invents an app with a default broker)")
+
+_signature_cache: dict[Any, inspect.Signature] = {}
+_signature_lock = threading.Lock()
+
+
+def _signature_of(fun: Callable[..., Any]) -> inspect.Signature:
+    sig = _signature_cache.get(fun)
+    if sig is None:
+        sig = inspect.signature(fun)
+        with _signature_lock:
+            _signature_cache[fun] = sig
+    return sig
+
+
+def task_name_for(fun: Callable[..., Any], app: "Celery | None") -> str:
+    """``module.function``, as Celery names tasks (``__main__`` becomes the app's main name)."""
+    module = fun.__module__
+    if module == "__main__" and app is not None and app.main:
+        module = app.main
+    return f"{module}.{fun.__qualname__}" if "<locals>" not in fun.__qualname__ else \
+        f"{module}.{fun.__name__}"
+
+
+def build_task_class(fun: Callable[..., Any], app: "Celery", *, base: type[Task] | None = None,
+                     bind: bool = False, name: str | None = None, **options: Any) -> Task:
+    """Make a Task subclass whose ``run`` is ``fun`` and return its one instance for ``app``."""
+    base = base or app.Task
+    task_name = name or task_name_for(fun, app)
+    run = fun if bind else staticmethod(fun)
+    attrs: dict[str, Any] = {
+        "app": app,
+        "name": task_name,
+        "run": run,
+        "_bound": bind,
+        "__wrapped__": fun,
+        "__doc__": fun.__doc__,
+        "__module__": fun.__module__,
+        "__qualname__": fun.__qualname__,
+        "is_coroutine": inspect.iscoroutinefunction(fun),
+    }
+    for key, value in options.items():
+        if key in ("autoretry_for", "dont_autoretry_for", "throws") and value is not None:
+            value = tuple(value)
+        attrs[key] = value
+    cls = type(fun.__name__, (base,), attrs)
+    return cls()
+
+
+# ---- shared_task --------------------------------------------------------------------------
+_shared_tasks: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+_shared_lock = threading.Lock()
+
+
+def _register_shared_with(app: "Celery") -> None:
+    with _shared_lock:
+        pending = list(_shared_tasks)
+    for fun, opts in pending:
+        app._task_from_fun(fun, **opts)
+
+
+class SharedTaskProxy:
+    """What ``@shared_task`` returns: the same task on whichever app is current when used."""
+
+    def __init__(self, fun: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.__wrapped__ = fun
+        self._options = options
+        self.__doc__ = fun.__doc__
+        self.__name__ = fun.__name__
+        self.__module__ = fun.__module__
+
+    def _resolve(self) -> Task:
+        app = _context.get_current_app()
+        name = self._options.get("name") or task_name_for(self.__wrapped__, app)
+        if app is None:
+            raise ImproperlyConfigured(_NO_APP % name)
+        try:
+            return app.tasks[name]
+        except KeyError:
+            app._task_from_fun(self.__wrapped__, **self._options)
+            return app.tasks[name]
+
+    @property
+    def name(self) -> str:
+        app = _context.get_current_app()
+        return self._options.get("name") or task_name_for(self.__wrapped__, app)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _context.get_current_app() is None and not self._options.get("bind"):
+            return self.__wrapped__(*args, **kwargs)  # a plain call needs no app
+        return self._resolve()(*args, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(self._resolve(), attr)
+
+    def __repr__(self) -> str:
+        return f"<@shared_task: {self.name}>"
+
+
+def shared_task(*args: Any, **options: Any) -> Any:
+    """Define a task for every app, bound to the current app at use time (never a default one)."""
+
+    def decorate(fun: Callable[..., Any]) -> SharedTaskProxy:
+        with _shared_lock:
+            _shared_tasks.append((fun, options))
+        from .app import _all_apps
+
+        for app in list(_all_apps):
+            app._task_from_fun(fun, **options)
+        return SharedTaskProxy(fun, options)
+
+    if len(args) == 1 and callable(args[0]) and not options:
+        return decorate(args[0])
+    if args:
+        raise TypeError("shared_task takes keyword options only, e.g. @shared_task(bind=True)")
+    return decorate
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_eta(countdown: float | None = None, eta: datetime | None = None) -> datetime | None:
+    if eta is not None:
+        return eta if eta.tzinfo else eta.replace(tzinfo=timezone.utc)
+    if countdown is not None:
+        return utcnow() + timedelta(seconds=float(countdown))
+    return None
+
+
+def lookup(app: "Celery", name: str) -> Task:
+    try:
+        return app.tasks[name]
+    except KeyError:
+        raise NotRegistered(name) from None

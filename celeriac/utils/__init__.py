@@ -1,0 +1,1 @@
+"""Small shared helpers (no celeriac layers above them)."""

@@ -1,0 +1,1 @@
+"""The worker: consumer (fetch, leases, dispatch), pools, and the one executor a task runs in."""

@@ -1,0 +1,316 @@
+"""The consumer: fetch leased messages, check them, hand them to the pool, ack, renew leases.
+
+Layer: worker (main process). Prefetch policy: the worker holds at most
+``concurrency * worker_prefetch_multiplier`` messages (running + waiting), in ONE shared buffer;
+whichever pool slot frees first takes the next message, so a long task never holds fetched work
+hostage while other slots are idle. Waiting messages keep their broker lease (renewed here), so
+they are never lost; ETA messages are handed back to the broker until due and hold no slot.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .. import signals, states
+from ..exceptions import NotRegistered
+from ..protocol import serialization
+from .executor import ACK, DROP, REQUEUE, Outcome
+from .request import DEAD_LETTER, parse_time
+
+if TYPE_CHECKING:
+    from ..app import Celery
+    from ..transport.base import Delivery
+
+logger = logging.getLogger("celeriac.worker")
+
+#: a delivery leased this many times without finishing is a poison message: dead-lettered
+DEFAULT_MAX_DELIVERIES = 10
+
+
+class Consumer:
+    """Moves messages from the transport to the pool and settles them afterwards."""
+
+    def __init__(self, app: "Celery", *, queues: list[str], pool: Any, hostname: str,
+                 prefetch_multiplier: int, async_pool: Any = None) -> None:
+        self.app = app
+        self.transport = app.transport
+        self.queues = queues
+        self.pool = pool
+        self.async_pool = async_pool
+        self.hostname = hostname
+        conf = app.conf
+        self.accept = serialization.normalize_accept(conf.accept_content)
+        self.acks_late_default = bool(conf.task_acks_late)
+        self.reject_on_worker_lost = bool(conf.task_reject_on_worker_lost)
+        self.max_deliveries = int(conf.get("worker_max_deliveries") or DEFAULT_MAX_DELIVERIES)
+        capacity = pool.limit + (async_pool.limit if async_pool is not None else 0)
+        self.prefetch_limit = max(capacity, capacity * max(0, prefetch_multiplier) or capacity)
+        self.renew_every = max(0.05, self.transport.visibility_timeout / 3.0)
+        self._buffer: collections.deque[tuple[int, "Delivery", bool]] = collections.deque()
+        self._jobs: dict[int, "Delivery"] = {}  # job id -> delivery, waiting or running
+        self._late: dict[int, bool] = {}
+        self._acked: set[int] = set()  # jobs acked early (their message no longer holds a lease)
+        self._running = 0
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.processed = 0
+        self.failed = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        for target, name in ((self._fetch_loop, "celeriac-fetch"),
+                             (self._dispatch_loop, "celeriac-dispatch"),
+                             (self._renew_loop, "celeriac-leases")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop_consuming(self) -> None:
+        """Warm shutdown, step 1: fetch nothing more and give unstarted messages back at once."""
+        self._stop.set()
+        with self._cond:
+            waiting = list(self._buffer)
+            self._buffer.clear()
+            self._cond.notify_all()
+        for job_id, delivery, _ in waiting:
+            self._jobs.pop(job_id, None)
+            self._late.pop(job_id, None)
+            self._settle(delivery, REQUEUE)
+        if waiting:
+            logger.info("Returned %d unstarted message(s) to the broker", len(waiting))
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._running:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(0.1 if remaining is None else min(0.1, remaining))
+        return True
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join(timeout=5)
+
+    @property
+    def active(self) -> int:
+        return self._running
+
+    # ---- fetching -------------------------------------------------------------------------------
+    def _room(self) -> int:
+        return self.prefetch_limit - len(self._buffer) - self._running
+
+    def _fetch_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            with self._cond:
+                while self._room() <= 0 and not self._stop.is_set():
+                    self._cond.wait(0.5)
+                room = self._room()
+            if self._stop.is_set():
+                return
+            try:
+                deliveries = self.transport.fetch(self.queues, room, 1.0)
+                backoff = 0.1
+            except Exception as exc:  # broker trouble: log, back off, carry on
+                logger.error("fetch failed: %r; retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for delivery in deliveries:
+                try:
+                    self._accept_delivery(delivery)
+                except Exception:
+                    logger.exception("could not handle message %r; dead-lettering it",
+                                     delivery.message.headers.get("id"))
+                    self._dead_letter(delivery, "internal error while receiving the message")
+
+    def _accept_delivery(self, delivery: "Delivery") -> None:
+        """Header-only checks; anything that can never run goes to the dead-letter store."""
+        message = delivery.message
+        headers = message.headers
+        name, task_id = headers.get("task"), headers.get("id")
+        if not name or not task_id:
+            missing = "task" if not name else "id"
+            logger.error("Received a message without a %r header (not a protocol 2 task message); "
+                         "dead-lettered", missing)
+            self._dead_letter(delivery, f"invalid message: missing {missing!r} header")
+            return
+        if message.content_type not in self.accept:
+            logger.error("Refusing task %s[%s]: content type %r is not in accept_content %s; "
+                         "dead-lettered without deserializing", name, task_id,
+                         message.content_type, sorted(self.accept))
+            self._dead_letter(delivery, f"content type {message.content_type!r} not accepted")
+            return
+        task = self.app.tasks.get(name)
+        if task is None:
+            logger.error("Received unregistered task of type %r (id %s); dead-lettered. "
+                         "Is the module that defines it imported by this worker?", name, task_id)
+            if signals.task_unknown.receivers:
+                signals.task_unknown.send(sender=self, name=name, id=task_id, message=message,
+                                          exc=NotRegistered(name))
+            self._store_failure(task_id, NotRegistered(name), headers)
+            self._dead_letter(delivery, f"unknown task name {name!r}")
+            return
+        if delivery.delivery_count > self.max_deliveries:
+            logger.error("Task %s[%s] was delivered %d times without finishing; dead-lettered",
+                         name, task_id, delivery.delivery_count)
+            self._dead_letter(delivery, f"delivered {delivery.delivery_count} times (poison message)")
+            return
+        try:
+            expires = parse_time(headers.get("expires"))
+            eta = parse_time(headers.get("eta"))
+        except (TypeError, ValueError) as exc:
+            self._dead_letter(delivery, f"invalid eta/expires header: {exc}")
+            return
+        now = datetime.now(timezone.utc)
+        if expires is not None and expires <= now:
+            self._expire(delivery, task, task_id, headers)
+            return
+        if eta is not None and eta > now:
+            logger.info("Task %s[%s] received, ETA %s", name, task_id, eta.isoformat())
+            self.transport.defer(delivery, eta.timestamp())
+            return
+        logger.info("Task %s[%s] received", name, task_id)
+        if signals.task_received.receivers:
+            signals.task_received.send(sender=self, request=message)
+        late = task.acks_late if task.acks_late is not None else self.acks_late_default
+        job_id = next(self._ids)
+        with self._cond:
+            self._jobs[job_id] = delivery
+            self._late[job_id] = late
+            self._buffer.append((job_id, delivery, bool(task.is_coroutine)))
+            self._cond.notify_all()
+
+    def _expire(self, delivery: "Delivery", task: Any, task_id: str, headers: dict) -> None:
+        logger.info("Discarding expired task %s[%s]", headers.get("task"), task_id)
+        from ..task import Context
+
+        request = Context(id=task_id, task=headers.get("task"), group=headers.get("group"),
+                          parent_id=headers.get("parent_id"))
+        if not headers.get("ignore_result"):
+            self.app.backend.mark_as_revoked(task_id, "expired", request=request)
+        if signals.task_revoked.receivers:
+            signals.task_revoked.send(sender=task, request=request, terminated=False,
+                                      signum=None, expired=True)
+        self._settle(delivery, ACK)
+
+    # ---- dispatching ----------------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._cond:
+                item = None
+                while item is None:
+                    if self._stop.is_set() and not self._buffer:
+                        return
+                    item = self._next_runnable()
+                    if item is None:
+                        self._cond.wait(0.05)
+                job_id, delivery, is_async = item
+                self._running += 1
+                late = self._late[job_id]
+                if not late:
+                    self._acked.add(job_id)
+            if not late:
+                self._settle(delivery, ACK)  # early ack: the task is starting now
+            pool = self.async_pool if is_async and self.async_pool is not None else self.pool
+            delivery_info = {"routing_key": delivery.queue, "exchange": "",
+                             "redelivered": delivery.redelivered,
+                             "delivery_count": delivery.delivery_count}
+            pool.submit(job_id, delivery.message, delivery_info)
+
+    def _next_runnable(self) -> tuple[int, "Delivery", bool] | None:
+        for index, item in enumerate(self._buffer):
+            pool = self.async_pool if item[2] and self.async_pool is not None else self.pool
+            if pool.free_slots() > 0:
+                del self._buffer[index]
+                return item
+        return None
+
+    def on_done(self, job_id: int, outcome: Outcome) -> None:
+        """Pool callback: settle the message per the outcome (the result is already stored)."""
+        with self._cond:
+            delivery = self._jobs.pop(job_id, None)
+            late = self._late.pop(job_id, False)
+            acked = job_id in self._acked
+            self._acked.discard(job_id)
+            self._running -= 1
+            self.processed += 1
+            if outcome.state == states.FAILURE:
+                self.failed += 1
+            self._cond.notify_all()
+        if delivery is None:
+            logger.error("outcome for unknown job %s (task %s)", job_id, outcome.task_id)
+            return
+        if outcome.ack == DEAD_LETTER:
+            reason = outcome.exc_repr or "undecodable message"
+            if acked:  # already acked: keep a copy all the same, so nothing is lost
+                self.transport.dead_letter(delivery.queue, delivery.message, reason)
+            else:
+                self._dead_letter(delivery, reason)
+            return
+        if outcome.ack == "lost":
+            self._worker_lost(delivery, outcome, late and not acked)
+            return
+        if not acked:
+            self._settle(delivery, outcome.ack)
+
+    def _worker_lost(self, delivery: "Delivery", outcome: Outcome, holds_lease: bool) -> None:
+        from ..exceptions import WorkerLostError
+
+        if holds_lease and self.reject_on_worker_lost:
+            self._settle(delivery, REQUEUE)
+            return
+        self._store_failure(outcome.task_id, WorkerLostError(outcome.exc_repr or "worker lost"),
+                            delivery.message.headers)
+        if holds_lease:
+            self._settle(delivery, ACK)
+
+    # ---- settling -------------------------------------------------------------------------------
+    def _settle(self, delivery: "Delivery", action: str) -> None:
+        try:
+            if action == ACK:
+                self.transport.ack([delivery])
+            elif action == REQUEUE:
+                self.transport.reject(delivery, requeue=True)
+            elif action == DROP:
+                self._dead_letter(delivery, "rejected by the task (Reject, requeue=False)")
+        except Exception:
+            logger.exception("could not %s message %s", action, delivery.message.headers.get("id"))
+
+    def _dead_letter(self, delivery: "Delivery", reason: str) -> None:
+        self.transport.dead_letter(delivery.queue, delivery.message, reason, delivery=delivery)
+
+    def _store_failure(self, task_id: str, exc: BaseException, headers: dict) -> None:
+        if headers.get("ignore_result"):
+            return
+        try:
+            from ..task import Context
+
+            request = Context(id=task_id, task=headers.get("task"), group=headers.get("group"),
+                              parent_id=headers.get("parent_id"))
+            self.app.backend.mark_as_failure(task_id, exc, None, request=request)
+        except Exception:
+            logger.exception("could not store the failure of task %s", task_id)
+
+    # ---- leases ---------------------------------------------------------------------------------
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.renew_every) or self._jobs:
+            with self._cond:
+                held = [d for job_id, d in self._jobs.items() if job_id not in self._acked]
+            if held:
+                try:
+                    self.transport.extend_lease(held)
+                except Exception:
+                    logger.exception("lease renewal failed")
+            if self._stop.is_set() and not self._running:
+                return

@@ -1,0 +1,385 @@
+"""The one place a task runs: request context, signals, the call, retries, result, callbacks.
+
+Layer: worker (also used by ``Task.apply`` for eager runs). Every pool calls ``execute`` (or
+``execute_async`` for ``async def`` tasks) in whatever process or thread runs the task. The result
+is stored *before* this returns, so a worker that acks afterwards (``acks_late``) never acks a task
+whose result was lost.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+import traceback as tb_module
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import _context, signals, states
+from ..exceptions import Ignore, Reject, Retry
+from ..task import Context, Task
+
+if TYPE_CHECKING:
+    from ..protocol.v2 import TaskBody
+    from ..result import EagerResult
+
+logger = logging.getLogger("celeriac.worker")
+
+#: ack actions the consumer understands
+ACK, REQUEUE, DROP = "ack", "requeue", "drop"
+
+
+class ExceptionInfo:
+    """The exception, its class and its formatted traceback, as Celery's ``einfo`` offers them."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception = exc
+        self.type = type(exc)
+        self.tb = exc.__traceback__
+        self.traceback = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+
+    def __str__(self) -> str:
+        return self.traceback
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one task, reported back to the consumer (across processes: keep it small)."""
+
+    task_id: str
+    state: str
+    runtime: float = 0.0
+    ack: str = ACK
+    retval_repr: str | None = None
+    exc_repr: str | None = None
+    traceback: str | None = None
+    retval: Any = None
+
+
+def _safe_repr(value: Any, limit: int = 1024) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not fail the task
+        text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: dict | None,
+                      properties: dict | None = None) -> Context:
+    headers = body.headers
+    ctx = Context(**{k: v for k, v in headers.items() if k.isidentifier()})
+    ctx.__dict__.update(
+        id=body.id, task=body.name, args=body.args, kwargs=body.kwargs, retries=body.retries,
+        root_id=body.root_id, parent_id=body.parent_id, group=body.group_id,
+        group_index=body.group_index, hostname=hostname, delivery_info=delivery_info or {},
+        is_eager=False, eta=body.eta, expires=body.expires, callbacks=body.callbacks,
+        errbacks=body.errbacks, chain=body.chain, chord=body.chord, headers=headers,
+        reply_to=body.reply_to, correlation_id=body.id, origin=body.origin,
+        timelimit=(body.time_limit, body.soft_time_limit), ignore_result=body.ignore_result,
+        shadow=body.shadow, called_directly=False, properties=properties or {}, _adopt=True,
+    )
+    return ctx
+
+
+class _Run:
+    """One execution: shared by the sync and async paths so their bookkeeping is identical."""
+
+    __slots__ = ("app", "task", "ctx", "eager", "store", "started", "throw")
+
+    def __init__(self, task: Task, ctx: Context, *, eager: bool, throw: bool = False) -> None:
+        self.task = task
+        self.app = task._get_app()
+        self.ctx = ctx
+        self.eager = eager
+        self.throw = throw
+        conf = self.app.conf
+        ignore = ctx.ignore_result or task.ignore_result
+        self.store = (not ignore) and (not eager or bool(conf.task_store_eager_result))
+        self.started = 0.0
+
+    def before(self) -> None:
+        task, ctx = self.task, self.ctx
+        self.started = time.monotonic()
+        if signals.task_prerun.receivers:
+            signals.task_prerun.send(sender=task, task_id=ctx.id, task=task,
+                                     args=ctx.args, kwargs=ctx.kwargs)
+        track = task.track_started if task.track_started is not None else \
+            self.app.conf.task_track_started
+        if track and self.store:
+            self.app.backend.mark_as_started(ctx.id, request=ctx, pid=os.getpid(),
+                                             hostname=ctx.hostname)
+        task.before_start(ctx.id, ctx.args, ctx.kwargs)
+
+    # ---- endings ---------------------------------------------------------------------------
+    def succeeded(self, retval: Any) -> Outcome:
+        task, ctx = self.task, self.ctx
+        runtime = time.monotonic() - self.started
+        children = self._send_followups(retval)
+        if self.store:
+            self.app.backend.mark_as_done(ctx.id, retval, request=ctx, children=children)
+        task.on_success(retval, ctx.id, ctx.args, ctx.kwargs)
+        if signals.task_success.receivers:
+            signals.task_success.send(sender=task, result=retval)
+        outcome = Outcome(ctx.id, states.SUCCESS, runtime, retval=retval)
+        if not self.eager:
+            outcome.retval_repr = _safe_repr(retval)
+            logger.info("Task %s[%s] succeeded in %.6fs: %s", task.name, ctx.id, runtime,
+                        outcome.retval_repr)
+        self._after(states.SUCCESS, retval, None)
+        return outcome
+
+    def failed(self, exc: BaseException) -> Outcome:
+        task, ctx = self.task, self.ctx
+        if isinstance(exc, Retry):
+            return self.retried(exc)
+        if isinstance(exc, Ignore):
+            self._after(states.IGNORED, None, None)
+            return Outcome(ctx.id, states.IGNORED, time.monotonic() - self.started)
+        if isinstance(exc, Reject):
+            logger.warning("Task %s[%s] rejected: %r (requeue=%s)", task.name, ctx.id,
+                           exc.reason, exc.requeue)
+            if signals.task_rejected.receivers:
+                signals.task_rejected.send(sender=None, message=None, exc=exc)
+            self._after(states.REJECTED, exc, None)
+            return Outcome(ctx.id, states.REJECTED, time.monotonic() - self.started,
+                           ack=REQUEUE if exc.requeue else DROP, exc_repr=_safe_repr(exc))
+        retry = self._autoretry(exc)
+        if retry is not None:
+            return self.retried(retry)
+        einfo = ExceptionInfo(exc)
+        runtime = time.monotonic() - self.started
+        expected = bool(task.throws) and isinstance(exc, task.throws)
+        if self.store or (task.store_errors_even_if_ignored and not self.eager):
+            self.app.backend.mark_as_failure(ctx.id, exc, einfo.traceback, request=ctx)
+        self._send_errbacks(exc, einfo)
+        task.on_failure(exc, ctx.id, ctx.args, ctx.kwargs, einfo)
+        if signals.task_failure.receivers:
+            signals.task_failure.send(sender=task, task_id=ctx.id, exception=exc, args=ctx.args,
+                                      kwargs=ctx.kwargs, traceback=exc.__traceback__, einfo=einfo)
+        outcome = Outcome(ctx.id, states.FAILURE, runtime, exc_repr=_safe_repr(exc),
+                          traceback=einfo.traceback, retval=exc)
+        if not self.eager:
+            if expected:
+                logger.info("Task %s[%s] raised expected: %s", task.name, ctx.id, outcome.exc_repr)
+            else:
+                logger.error("Task %s[%s] raised unexpected: %s\n%s", task.name, ctx.id,
+                             outcome.exc_repr, einfo.traceback)
+        self._after(states.FAILURE, exc, einfo)
+        return outcome
+
+    def retried(self, retry: Retry) -> Outcome:
+        task, ctx = self.task, self.ctx
+        exc = retry.exc if retry.exc is not None else retry
+        einfo = ExceptionInfo(exc)
+        resend = getattr(retry, "resend", None)
+        outcome = Outcome(ctx.id, states.RETRY, time.monotonic() - self.started,
+                          exc_repr=_safe_repr(exc), traceback=einfo.traceback, retval=retry)
+        if resend is None:
+            # A bare ``raise Retry()`` without task.retry(): nothing to re-send; treat as failure.
+            return self.failed(RuntimeError(f"Retry raised without task.retry(): {retry!r}"))
+        if self.eager:
+            outcome.retval = resend
+        else:
+            if self.store:
+                self.app.backend.mark_as_retry(ctx.id, exc, einfo.traceback, request=ctx)
+            self._resend(resend)
+            logger.info("Task %s[%s] retry: Retry %s: %s", task.name, ctx.id, retry.humanize(),
+                        outcome.exc_repr)
+        task.on_retry(exc, ctx.id, ctx.args, ctx.kwargs, einfo)
+        if signals.task_retry.receivers:
+            signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=einfo)
+        self._after(states.RETRY, exc, einfo)
+        return outcome
+
+    def _after(self, state: str, retval: Any, einfo: Any) -> None:
+        task, ctx = self.task, self.ctx
+        task.after_return(state, retval, ctx.id, ctx.args, ctx.kwargs, einfo)
+        if signals.task_postrun.receivers:
+            signals.task_postrun.send(sender=task, task_id=ctx.id, task=task, args=ctx.args,
+                                      kwargs=ctx.kwargs, retval=retval, state=state)
+
+    # ---- retries ---------------------------------------------------------------------------
+    def _autoretry(self, exc: BaseException) -> Retry | None:
+        task = self.task
+        if not task.autoretry_for or not isinstance(exc, task.autoretry_for):
+            return None
+        if task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for):
+            return None
+        options = dict(task.retry_kwargs)
+        if task.retry_backoff:
+            options["countdown"] = task.retry_countdown(self.ctx.retries or 0)
+        try:
+            return task.retry(exc=exc, throw=False, **options)
+        except Retry as retry:
+            return retry
+        except BaseException:
+            return None  # past max_retries: task.retry re-raised exc; fall through to failure
+
+    def _resend(self, resend: dict) -> None:
+        ctx = self.ctx
+        options = dict(resend.get("options") or {})
+        self.app.producer.send(
+            ctx.task, resend["args"], resend["kwargs"], task_id=ctx.id,
+            retries=(ctx.retries or 0) + 1, countdown=resend.get("countdown"),
+            eta=resend.get("eta"), root_id=ctx.root_id, parent_id=ctx.id,
+            group_id=ctx.group, group_index=ctx.group_index,
+            link=ctx.callbacks, link_error=ctx.errbacks, chain=ctx.chain, chord=ctx.chord,
+            origin=ctx.origin, queue=options.pop("queue", None) or
+            (ctx.delivery_info or {}).get("routing_key"), _task=self.task, **options)
+
+    # ---- callbacks, chains, errbacks ----------------------------------------------------------
+    def _send_followups(self, retval: Any) -> list:
+        ctx = self.ctx
+        children: list = []
+        if ctx.callbacks:
+            for callback in ctx.callbacks:
+                children.append(self._apply_signature(callback, (retval,)))
+        if ctx.chain:
+            chain = list(ctx.chain)
+            next_step = chain.pop()
+            children.append(self._apply_signature(next_step, (retval,), chain=chain))
+        return children
+
+    def _apply_signature(self, sig: Any, prefix: tuple, **extra: Any) -> list:
+        from ..canvas import Signature
+
+        sig = sig if isinstance(sig, Signature) else Signature(dict(sig), app=self.app)
+        args = sig.args if sig.immutable else prefix + sig.args
+        options = dict(sig.options)
+        task_id = options.pop("task_id", None) or str(uuid.uuid4())
+        options.pop("parent_id", None)
+        options.pop("root_id", None)
+        link = options.pop("link", None)
+        link_error = options.pop("link_error", None)
+        send = self.app.tasks[sig.task].apply_async if (self.eager and sig.task in self.app.tasks) \
+            else None
+        if send is not None:
+            send(args, sig.kwargs, task_id=task_id, parent_id=self.ctx.id,
+                 root_id=self.ctx.root_id or self.ctx.id, link=link, link_error=link_error,
+                 **extra, **options)
+        else:
+            self.app.producer.send(sig.task, args, sig.kwargs, task_id=task_id,
+                                   parent_id=self.ctx.id, root_id=self.ctx.root_id or self.ctx.id,
+                                   link=link, link_error=link_error,
+                                   _task=self.app.tasks.get(sig.task), **extra, **options)
+        return [[task_id, None], None]
+
+    def _send_errbacks(self, exc: BaseException, einfo: ExceptionInfo) -> None:
+        from ..canvas import Signature
+
+        for errback in self.ctx.errbacks or ():
+            sig = errback if isinstance(errback, Signature) else Signature(dict(errback), app=self.app)
+            local = self.app.tasks.get(sig.task)
+            try:
+                if local is not None and _accepts_request_exc_tb(local):
+                    # New-style errback registered here: called in process, as Celery does.
+                    sig(self.ctx, exc, einfo.traceback)
+                else:
+                    # Old style (or unknown here): sent as a task with the failed task's id.
+                    self._apply_signature(sig, (self.ctx.id,))
+            except Exception:
+                logger.exception("errback %s of task %s[%s] failed", sig.task, self.task.name,
+                                 self.ctx.id)
+
+
+def _accepts_request_exc_tb(task: Task) -> bool:
+    fun = task.__wrapped__ or task.run
+    try:
+        params = list(inspect.signature(fun).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if task._bound and params:
+        params = params[1:]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > 1 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+# ---- entry points ----------------------------------------------------------------------------
+def execute(task: Task, ctx: Context, *, eager: bool = False, throw: bool = False) -> Outcome:
+    """Run a sync task to its end; never raises for task errors (they become the Outcome)."""
+    run = _Run(task, ctx, eager=eager, throw=throw)
+    req_token = _context.current_request_var.set(ctx)
+    task_token = _context.current_task_var.set(task)
+    try:
+        try:
+            run.before()
+            retval = task(*ctx.args, **ctx.kwargs)
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            ctx._adopt = False
+            return run.failed(exc)
+        ctx._adopt = False
+        return run.succeeded(retval)
+    finally:
+        _context.current_task_var.reset(task_token)
+        _context.current_request_var.reset(req_token)
+
+
+async def execute_async(task: Task, ctx: Context) -> Outcome:
+    """Run an ``async def`` task on the current event loop; result I/O goes to a thread."""
+    import asyncio
+
+    run = _Run(task, ctx, eager=False)
+    req_token = _context.current_request_var.set(ctx)
+    task_token = _context.current_task_var.set(task)
+    try:
+        try:
+            await asyncio.to_thread(run.before)
+            ctx._adopt = False
+            retval = await task.run(*ctx.args, **ctx.kwargs)
+        except Exception as exc:
+            return await asyncio.to_thread(run.failed, exc)
+        return await asyncio.to_thread(run.succeeded, retval)
+    finally:
+        _context.current_task_var.reset(task_token)
+        _context.current_request_var.reset(req_token)
+
+
+def apply_eagerly(task: Task, args: tuple, kwargs: dict, *, task_id: str | None = None,
+                  link: Any = None, link_error: Any = None, throw: bool | None = None,
+                  retries: int = 0, options: dict | None = None) -> "EagerResult":
+    """``Task.apply``: run here, retrying inline, returning an EagerResult."""
+    from ..producer import _as_signature_list
+    from ..result import EagerResult
+
+    app = task._get_app()
+    throw = app.conf.task_eager_propagates if throw is None else throw
+    task_id = task_id or str(uuid.uuid4())
+    while True:
+        ctx = Context(id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries,
+                      root_id=task_id, is_eager=True, called_directly=False, hostname=None,
+                      delivery_info={"is_eager": True}, callbacks=_as_signature_list(link),
+                      errbacks=_as_signature_list(link_error), headers=options or {},
+                      ignore_result=bool((options or {}).get("ignore_result", False)), _adopt=True)
+        if task.is_coroutine:
+            import asyncio
+
+            outcome = asyncio.run(execute_async_eager(task, ctx))
+        else:
+            outcome = execute(task, ctx, eager=True)
+        if outcome.state == states.RETRY and isinstance(outcome.retval, dict):
+            resend = outcome.retval
+            args, kwargs, retries = tuple(resend["args"]), dict(resend["kwargs"]), retries + 1
+            continue
+        if outcome.state == states.FAILURE and throw:
+            raise outcome.retval
+        return EagerResult(task_id, outcome.retval, outcome.state, outcome.traceback,
+                           name=task.name, app=app)
+
+
+async def execute_async_eager(task: Task, ctx: Context) -> Outcome:
+    run = _Run(task, ctx, eager=True)
+    token = _context.current_request_var.set(ctx)
+    try:
+        run.before()
+        ctx._adopt = False
+        try:
+            retval = await task.run(*ctx.args, **ctx.kwargs)
+        except Exception as exc:
+            return run.failed(exc)
+        return run.succeeded(retval)
+    finally:
+        _context.current_request_var.reset(token)

@@ -1,0 +1,56 @@
+"""From a leased delivery to an executed task: checks done on headers alone, and the job a pool runs.
+
+Layer: worker. The consumer checks what it can from the headers (name known? content type
+accepted? expired? due?) without deserializing the body; the body is decoded only where the task
+runs (``run_message``), so in the process pool the main process never pays for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError, NotRegistered
+from ..protocol import v2
+from .executor import Outcome, context_from_body, execute
+
+if TYPE_CHECKING:
+    from ..app import Celery
+    from ..protocol.message import Message
+
+logger = logging.getLogger("celeriac.worker")
+
+#: Outcome.ack value meaning "set the message aside in the dead-letter store"
+DEAD_LETTER = "dead_letter"
+
+
+def parse_time(value: Any) -> datetime | None:
+    """ISO 8601 text (naive = UTC) or a datetime; None for null or garbage-free absence."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def run_message(app: "Celery", message: "Message", delivery_info: dict, hostname: str,
+                accept: frozenset[str]) -> Outcome:
+    """Decode and execute one task message. Never raises for bad input: it reports it."""
+    task_id = message.headers.get("id") or "?"
+    try:
+        body = v2.decode_task(message, accept)
+    except (ContentDisallowed, DecodeError, InvalidTaskError) as exc:
+        logger.error("Cannot decode task message %s: %s", task_id, exc)
+        return Outcome(task_id, states.REJECTED, ack=DEAD_LETTER,
+                       exc_repr=f"{type(exc).__name__}: {exc}")
+    try:
+        task = app.tasks[body.name]
+    except NotRegistered:
+        return Outcome(task_id, states.REJECTED, ack=DEAD_LETTER,
+                       exc_repr=f"NotRegistered: {body.name!r}")
+    ctx = context_from_body(body, hostname=hostname, delivery_info=delivery_info,
+                            properties=message.properties)
+    return execute(task, ctx)
