@@ -43,11 +43,24 @@ def connect(path: str, *, synchronous: str = "FULL") -> sqlite3.Connection:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout=30000")
-    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    if str(mode).lower() != "wal":  # pragma: no cover - only on filesystems without shm support
-        raise RuntimeError(f"could not put {path!r} in WAL mode (got {mode!r})")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
+    try:
+        conn.execute("PRAGMA busy_timeout=30000")
+        # Switching a brand-new file to WAL takes a lock that the busy handler does not wait
+        # for, so several processes opening one new file at once retry briefly.
+        for attempt in range(200):
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.005 * (1 + attempt % 10))
+        if str(mode).lower() != "wal":  # pragma: no cover - filesystems without shared memory
+            raise RuntimeError(f"could not put {path!r} in WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -1,0 +1,154 @@
+"""The in-process result store (``memory://``): a dict with expiry and change notification.
+
+Layer: backends. Used by tests and single-process apps. Values are kept as the encoded bytes, like
+a real store, so a reader mutating its copy never changes what is stored. Every backend opened on
+the same ``memory://name`` in this process shares one store (``memory://`` is the shared default),
+so a client app and a worker app in one process see the same results.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any, Sequence
+
+from ..exceptions import BackendError
+from .base import ResultBackend
+
+#: how often (seconds) a write also sweeps out expired keys nobody read again
+_SWEEP_INTERVAL = 10.0
+
+
+class _Store:
+    """The shared state behind every backend opened on one ``memory://`` name."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        #: key -> (value, expires_at on the monotonic clock or None)
+        self.data: dict[str, tuple[bytes, float | None]] = {}
+        #: key -> sequence number of its last write; what waiters compare against
+        self.stamps: dict[str, int] = {}
+        self.seq = itertools.count(1)
+        self.next_sweep = 0.0
+
+    def live(self, key: str, now: float) -> bytes | None:
+        """The value at ``key`` unless expired (expired entries are dropped). Hold ``cond``."""
+        entry = self.data.get(key)
+        if entry is None:
+            return None
+        if entry[1] is not None and entry[1] <= now:
+            del self.data[key]
+            self.stamps.pop(key, None)
+            return None
+        return entry[0]
+
+    def put(self, key: str, value: bytes, expires_at: float | None, now: float) -> None:
+        """Write and wake waiters. Hold ``cond``."""
+        self.data[key] = (value, expires_at)
+        self.stamps[key] = next(self.seq)
+        if now >= self.next_sweep:
+            self.next_sweep = now + _SWEEP_INTERVAL
+            for stale in [k for k, (_, exp) in self.data.items() if exp is not None and exp <= now]:
+                del self.data[stale]
+                self.stamps.pop(stale, None)
+        self.cond.notify_all()
+
+
+_REGISTRY: dict[str, _Store] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _shared_store(name: str) -> _Store:
+    with _REGISTRY_LOCK:
+        store = _REGISTRY.get(name)
+        if store is None:
+            store = _REGISTRY[name] = _Store()
+        return store
+
+
+def reset(name: str | None = None) -> None:
+    """Forget the shared store ``memory://name`` (every one when None) so tests start clean.
+
+    Backends already open on it keep working on the old, now private, state.
+    """
+    with _REGISTRY_LOCK:
+        if name is None:
+            _REGISTRY.clear()
+        else:
+            _REGISTRY.pop(name, None)
+
+
+class MemoryBackend(ResultBackend):
+    """Results kept in this process; thread-safe, and waiters wake on the write itself."""
+
+    def __init__(self, app: Any = None, url: str | None = None, **options: Any) -> None:
+        super().__init__(app=app, url=url, **options)
+        rest = url.split("://", 1)[1] if url and "://" in url else ""
+        self.name = rest.split("?", 1)[0].strip("/")
+        self._store = _shared_store(self.name)
+        # The stamps of the keys this thread last read: a write landing between that read and
+        # the following _wait_change must still wake it.
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"<MemoryBackend memory://{self.name}>"
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        now = time.monotonic()
+        with self._store.cond:
+            self._store.put(key, bytes(value), now + ttl if ttl else None, now)
+
+    def _get(self, key: str) -> bytes | None:
+        return self._mget([key])[0]
+
+    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        store = self._store
+        now = time.monotonic()
+        with store.cond:
+            values = [store.live(k, now) for k in keys]
+            self._local.seen = {k: store.stamps.get(k, 0) for k in keys}
+        return values
+
+    def _delete(self, keys: Sequence[str]) -> None:
+        store = self._store
+        with store.cond:
+            for key in keys:
+                store.data.pop(key, None)
+                store.stamps.pop(key, None)
+            store.cond.notify_all()
+
+    def _incr(self, key: str, amount: int, ttl: float | None) -> int:
+        store = self._store
+        now = time.monotonic()
+        with store.cond:
+            current = store.live(key, now)
+            value = _as_int(key, current) + amount if current is not None else amount
+            # Like Redis INCR + EXPIRE: a ttl refreshes the expiry, no ttl keeps the old one.
+            expires_at = now + ttl if ttl else (store.data[key][1] if current is not None else None)
+            store.put(key, str(value).encode(), expires_at, now)
+        return value
+
+    def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
+        store = self._store
+        seen: dict[str, int] = getattr(self._local, "seen", None) or {}
+        self._local.seen = None
+        deadline = time.monotonic() + timeout
+        with store.cond:
+            baseline = {k: seen.get(k, store.stamps.get(k, 0)) for k in keys}
+            while all(store.stamps.get(k, 0) == stamp for k, stamp in baseline.items()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                store.cond.wait(remaining)
+
+
+def _as_int(key: str, raw: bytes) -> int:
+    """Redis's rule: only the canonical decimal form counts as an integer."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or str(value).encode() != raw:
+        raise BackendError(f"the value at {key!r} is not an integer")
+    return value

@@ -1,0 +1,297 @@
+"""The SQLite result store: results in one file, shared by every process on the machine.
+
+Layer: backends. The table (``celeriac_result``) can live in the same file as the embedded broker's
+``celeriac_queue*`` tables. Waiting readers wake through ``ChangeWaiter`` (a cross-process change
+check that costs one pragma read), so ``AsyncResult.get`` reacts within a couple of milliseconds
+without polling the table.
+
+Durability: writes use ``PRAGMA synchronous=NORMAL`` unless the URL says ``?synchronous=FULL``
+(or ``EXTRA``/``OFF``). In WAL mode NORMAL never corrupts the file and survives a process crash;
+only a power cut or OS crash can lose the last commits. Results are cheaper to lose than messages
+(the broker keeps FULL), so the faster setting is the default. When the broker shares the file,
+its next FULL commit (e.g. the task's ack) syncs the WAL and with it every result written before;
+with separate files, a lost result leaves its task PENDING, so use ``?synchronous=FULL`` there if
+that matters.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+from urllib.parse import parse_qs
+
+from ..exceptions import BackendError, ImproperlyConfigured
+from ..utils.sqlite import DEFAULT_SQLITE_URL, ChangeWaiter, connect, sqlite_path_from_url
+from .base import ResultBackend
+
+TABLE = "celeriac_result"
+_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: keys per ``IN (...)`` list, well under SQLite's bound-parameter limit
+_CHUNK = 500
+
+_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+    " key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)"
+    " WHERE expires_at IS NOT NULL",
+)
+
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+
+_UPSERT = (
+    f"INSERT INTO {TABLE} (key, value, expires_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
+
+# One statement, so the increment is atomic across processes. Counters are stored as INTEGER; a
+# value written by _set counts only if it is the canonical decimal text of an integer (Redis's
+# rule). Anything else yields NULL, which the NOT NULL constraint turns into an error.
+_INCR = f"""
+INSERT INTO {TABLE} (key, value, expires_at) VALUES (:key, :amount, :expires_at)
+ON CONFLICT (key) DO UPDATE SET
+  value = CASE
+    WHEN expires_at IS NOT NULL AND expires_at <= :now THEN :amount
+    WHEN typeof(value) = 'integer' THEN value + :amount
+    WHEN typeof(value) IN ('blob', 'text')
+         AND CAST(CAST(value AS INTEGER) AS BLOB) = CAST(value AS BLOB)
+      THEN CAST(value AS INTEGER) + :amount
+    ELSE NULL END,
+  expires_at = CASE
+    WHEN :expires_at IS NOT NULL THEN :expires_at
+    WHEN expires_at <= :now THEN NULL
+    ELSE expires_at END
+RETURNING value
+"""
+
+#: connection handles and waiters a forked child inherited: never used or closed there (that could
+#: disturb the parent's locks and WAL), only kept referenced so garbage collection leaves them be
+_INHERITED: list[Any] = []
+
+
+class SQLiteBackend(ResultBackend):
+    """Results in a SQLite file; one connection per thread, safe across processes.
+
+    Options: ``cleanup_interval`` (seconds between sweeps that delete expired rows, default 60).
+    """
+
+    def __init__(self, app: Any = None, url: str | None = None, *, cleanup_interval: float = 60.0,
+                 **options: Any) -> None:
+        super().__init__(app=app, url=url, **options)
+        self.url = url or DEFAULT_SQLITE_URL
+        self.path = sqlite_path_from_url(self.url)
+        self.synchronous = _synchronous_from_url(self.url)
+        self.cleanup_interval = cleanup_interval
+        self._lock = threading.Lock()
+        self._start_fresh()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteBackend {self.path!r}>"
+
+    def _start_fresh(self) -> None:
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._handles: list[_Handle] = []
+        self._waiter: ChangeWaiter | None = None
+        self._schema_ready = False
+        self._next_cleanup = 0.0
+
+    def _check_fork(self) -> None:
+        # In a forked child only the forking thread survives, and a lock some other parent thread
+        # held stays held forever: replace the lock instead of taking it.
+        if self._pid != os.getpid():
+            _INHERITED.extend(self._handles)
+            if self._waiter is not None:
+                _INHERITED.append(self._waiter)
+            self._lock = threading.Lock()
+            self._start_fresh()
+
+    def _handle(self) -> _Handle:
+        """This thread's connection handle, opened (and the schema created) on first use."""
+        self._check_fork()
+        handle: _Handle | None = getattr(self._local, "handle", None)
+        if handle is None or handle.conn is None:
+            conn = _retry_locked(lambda: connect(self.path, synchronous=self.synchronous))
+            try:
+                if not self._schema_ready:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    self._schema_ready = True
+            except BaseException:
+                conn.close()
+                raise
+            handle = _Handle(conn)
+            with self._lock:
+                self._close_dead_threads()
+                self._handles.append(handle)
+            self._local.handle = handle
+        return handle
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, held so a ``close()`` from another thread waits for the
+        statement in progress instead of pulling the connection out from under it."""
+        while True:
+            handle = self._handle()
+            with handle.lock:
+                conn = handle.conn
+                if conn is None:  # closed after we looked it up: take a fresh one
+                    continue
+                if time.monotonic() >= self._next_cleanup:
+                    self._next_cleanup = time.monotonic() + self.cleanup_interval
+                    conn.execute(f"DELETE FROM {TABLE} WHERE expires_at <= ?", (time.time(),))
+                yield conn
+                return
+
+    def _close_dead_threads(self) -> None:
+        """Close connections whose thread ended (thread pools come and go). Hold ``_lock``."""
+        for handle in [h for h in self._handles if not h.thread_alive()]:
+            handle.close()
+            self._handles.remove(handle)
+
+    def _changes(self) -> ChangeWaiter:
+        self._check_fork()
+        with self._lock:
+            if self._waiter is None:
+                self._waiter = _retry_locked(lambda: ChangeWaiter(self.path))
+            return self._waiter
+
+    def _remember_token(self) -> None:
+        # Taken before reading: a commit landing between the read and the base class's following
+        # _wait_change then still counts as a change.
+        try:
+            self._local.token = self._changes().token()
+        except sqlite3.ProgrammingError:  # closed by a concurrent close(): wait() takes a new one
+            self._local.token = None
+
+    def _notify(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.notify()
+
+    # ---- primitives ----------------------------------------------------------------------------
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        expires_at = time.time() + ttl if ttl else None
+        with self._connection() as conn:
+            conn.execute(_UPSERT, (key, bytes(value), expires_at))
+        self._notify()
+
+    def _get(self, key: str) -> bytes | None:
+        self._remember_token()
+        with self._connection() as conn:
+            row = conn.execute(f"SELECT value FROM {TABLE} WHERE key = ? AND {_LIVE}",
+                               (key, time.time())).fetchone()
+        return None if row is None else _as_bytes(row[0])
+
+    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        self._remember_token()
+        now = time.time()
+        found: dict[str, bytes] = {}
+        with self._connection() as conn:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start:start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT key, value FROM {TABLE} WHERE key IN ({marks})"
+                                    f" AND {_LIVE}", (*chunk, now))
+                found.update((key, _as_bytes(value)) for key, value in rows)
+        return [found.get(key) for key in keys]
+
+    def _delete(self, keys: Sequence[str]) -> None:
+        with self._connection() as conn:
+            for start in range(0, len(keys), _CHUNK):
+                chunk = list(keys[start:start + _CHUNK])
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM {TABLE} WHERE key IN ({marks})", chunk)
+        self._notify()
+
+    def _incr(self, key: str, amount: int, ttl: float | None) -> int:
+        now = time.time()
+        params = {"key": key, "amount": amount, "now": now,
+                  "expires_at": now + ttl if ttl else None}
+        try:
+            with self._connection() as conn:
+                rows = conn.execute(_INCR, params).fetchall()  # fetchall ends the statement
+        except sqlite3.IntegrityError:
+            raise BackendError(f"the value at {key!r} is not an integer") from None
+        self._notify()
+        return int(rows[0][0])
+
+    def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
+        token = getattr(self._local, "token", None)
+        self._local.token = None
+        try:
+            self._changes().wait(timeout, token)
+        except sqlite3.ProgrammingError:  # closed by a concurrent close(): the caller re-reads
+            pass
+
+    def close(self) -> None:
+        """Close every thread's connection; the backend reopens lazily if used again."""
+        self._check_fork()
+        with self._lock:
+            handles = self._handles
+            waiter = self._waiter
+            self._start_fresh()
+        for handle in handles:
+            handle.close()
+        if waiter is not None:
+            waiter.close()
+
+
+class _Handle:
+    """One thread's connection; its lock is held while a statement runs."""
+
+    __slots__ = ("conn", "lock", "_thread")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn: sqlite3.Connection | None = conn
+        self.lock = threading.Lock()
+        self._thread = weakref.ref(threading.current_thread())
+
+    def thread_alive(self) -> bool:
+        thread = self._thread()
+        return thread is not None and thread.is_alive()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+
+_T = TypeVar("_T")
+
+
+def _retry_locked(open_: Callable[[], _T]) -> _T:
+    """Open despite "database is locked": several processes opening a new file at once race to
+    switch it to WAL, and that switch fails at once instead of waiting out the busy timeout."""
+    deadline = time.monotonic() + 10.0
+    delay = 0.002
+    while True:
+        try:
+            return open_()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _as_bytes(value: bytes | int | str) -> bytes:
+    """Counters are stored as INTEGER; readers get Redis's view of them, the decimal bytes."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _synchronous_from_url(url: str) -> str:
+    query = url.partition("?")[2]
+    values = parse_qs(query).get("synchronous")
+    if not values:
+        return "NORMAL"
+    mode = values[-1].upper()
+    if mode not in _SYNCHRONOUS_MODES:
+        raise ImproperlyConfigured(f"result_backend: synchronous={values[-1]!r} is not one of "
+                                   f"{', '.join(_SYNCHRONOUS_MODES)}")
+    return mode

@@ -1,0 +1,447 @@
+"""The result-store conformance suite: every store (memory, sqlite, redis...) must pass it.
+
+Layer: testing (imports pytest). Subclass ``BackendContract`` in a test module (as ``TestXxx``)
+and override the ``make_backend`` fixture; override ``process_url`` too when other processes can
+open the store, to run the multi-process checks. The suite uses the public ``ResultBackend`` API,
+plus the ``_wait_change`` primitive for the missed-wake-up check.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from .. import states
+from ..backends import backend_from_url
+from ..backends.base import ResultBackend
+from ..exceptions import BackendError, TaskRevokedError
+from ..exceptions import TimeoutError as CeleriacTimeoutError
+
+MakeBackend = Callable[..., ResultBackend]
+
+#: Meta documents as Celery 5.7 stored them (from shared/vectors/celery/redis/worker*/; only the
+#: long tracebacks are shortened). What matters is which keys appear and in what order.
+CELERY_META_SAMPLES: dict[str, str] = {
+    "success": '{"status": "SUCCESS", "result": 4, "traceback": null, "children": [], '
+               '"date_done": "2026-11-23T08:43:56.150843+00:00", '
+               '"task_id": "3de8d9c5-a1f4-46c0-a204-ace164e5b64f"}',
+    "success_with_link": '{"status": "SUCCESS", "result": 4, "traceback": null, "children": '
+                         '[[["ec057d9d-692a-431f-8f70-c07abea04144", null], null]], '
+                         '"date_done": "2026-11-23T08:43:56.175879+00:00", '
+                         '"task_id": "444f1125-4cbd-4d9c-8835-d835625e7d04"}',
+    "failure": '{"status": "FAILURE", "result": {"exc_type": "ValueError", "exc_message": '
+               '["boom"], "exc_module": "builtins"}, "traceback": "Traceback (most recent call '
+               'last):\\nValueError: boom\\n", "children": [], '
+               '"date_done": "2026-11-23T08:43:56.166362+00:00", '
+               '"task_id": "bf08fd16-d7d9-4369-bc04-c47caf3283b6"}',
+    "retry": '{"status": "RETRY", "result": {"exc_type": "RuntimeError", "exc_message": '
+             '["try again"], "exc_module": "builtins"}, "traceback": "Traceback (most recent '
+             'call last):\\ncelery.exceptions.Retry: Retry in 1s: RuntimeError(\'try again\')\\n",'
+             ' "children": [[["9d4cc21a-e41f-44dc-a754-93e5d1fde6fd", null], null]], '
+             '"date_done": null, "task_id": "9d4cc21a-e41f-44dc-a754-93e5d1fde6fd"}',
+    "revoked": '{"status": "REVOKED", "result": {"exc_type": "TaskRevokedError", "exc_message": '
+               '["revoked"], "exc_module": "celery.exceptions"}, "traceback": null, '
+               '"children": [], "date_done": "2026-11-23T08:44:06.802764+00:00", '
+               '"task_id": "b8aae30a-61b0-42da-a896-54ddbf4d4bf2"}',
+    "chain_step": '{"status": "SUCCESS", "result": 8, "traceback": null, "children": '
+                  '[[["33cb3beb-f316-4f94-a324-361d252c7b92", null], null]], '
+                  '"date_done": "2026-11-23T08:43:56.197388+00:00", '
+                  '"parent_id": "37a568bd-30fd-45f6-93f6-0502758a3337", '
+                  '"task_id": "b932c012-c7f6-4eec-b691-4f110363c500"}',
+    "group_member": '{"status": "SUCCESS", "result": 0, "traceback": null, "children": [], '
+                    '"date_done": "2026-11-23T08:43:56.204173+00:00", '
+                    '"group_id": "990b70a7-d900-48d8-a4ea-3400b684e41f", '
+                    '"task_id": "f45ad88d-f8d0-4a59-b9f7-d06219c90294"}',
+    "chord_body": '{"status": "SUCCESS", "result": 6, "traceback": null, "children": [], '
+                  '"date_done": "2026-11-23T08:43:56.758009+00:00", '
+                  '"group_id": "199fca52-6fbe-4e51-8793-d9088143e560", '
+                  '"parent_id": "d133c8c2-d355-4896-893d-17bf1c226f13", '
+                  '"task_id": "f5818e95-1455-483f-89f0-1e93a1da1653"}',
+    "extended_started": '{"status": "STARTED", "result": {"pid": 17423, "hostname": '
+                        '"w1@capture"}, "traceback": null, "children": [], "date_done": null, '
+                        '"name": "tasks.slow", "args": [2], "kwargs": {}, "worker": '
+                        '"w1@capture", "retries": 0, "queue": "celery", '
+                        '"task_id": "bfd5ac01-4bc8-42aa-8e56-2eda4811586c"}',
+    "extended_retried_success": '{"status": "SUCCESS", "result": 7, "traceback": null, '
+                                '"children": [], "date_done": "2026-11-23T08:44:30.735371+00:00",'
+                                ' "parent_id": "45034596-55a2-4843-867e-219971359c4a", '
+                                '"name": "tasks.retry_once", "args": [7], "kwargs": {}, '
+                                '"worker": "w1@capture", "retries": 1, "queue": "celery", '
+                                '"task_id": "45034596-55a2-4843-867e-219971359c4a"}',
+}
+
+#: A saved group as Celery wrote it (``celery-taskset-meta-<gid>`` holds ``{"result": this}``).
+CELERY_GROUP_TUPLE = [["990b70a7-d900-48d8-a4ea-3400b684e41f", None], [
+    [["f45ad88d-f8d0-4a59-b9f7-d06219c90294", None], None],
+    [["149945e9-b556-4b05-bf3b-0075748df20a", None], None],
+    [["7497ed09-d410-494b-852c-ebc17fe7a667", None], None],
+]]
+
+#: Generous bounds for "promptly": a missed wake-up shows as the base class's 1 s re-check.
+_PROMPT = 0.5
+_CHILD_TIMEOUT = 60.0
+
+
+def _request_for(meta: dict) -> SimpleNamespace:
+    """A worker request (duck-typed, as build_meta reads it) that would produce ``meta``."""
+    return SimpleNamespace(
+        id=meta["task_id"], group=meta.get("group_id"), parent_id=meta.get("parent_id"),
+        task=meta.get("name"), args=meta.get("args"), kwargs=meta.get("kwargs"),
+        hostname=meta.get("worker"), retries=meta.get("retries"),
+        delivery_info={"routing_key": meta.get("queue")})
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _assert_recent_iso(value: Any) -> None:
+    assert isinstance(value, str) and value.endswith("+00:00"), value
+    assert abs(datetime.now(timezone.utc) - datetime.fromisoformat(value)) < timedelta(minutes=1)
+
+
+def _store_later(backend: ResultBackend, task_id: str, delay: float, state: str = states.SUCCESS,
+                 result: Any = "done") -> threading.Thread:
+    def run() -> None:
+        time.sleep(delay)
+        backend.store_result(task_id, result, state)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+# ---- child-process bodies (module level so the spawn start method can import them) -------------
+def _incr_in_child(url: str, key: str, count: int, barrier: Any, out: str) -> None:
+    backend = backend_from_url(url)
+    try:
+        barrier.wait(_CHILD_TIMEOUT)
+        values = [backend.incr(key) for _ in range(count)]
+    finally:
+        backend.close()
+    Path(out).write_text(json.dumps(values))
+
+
+def _store_in_child(url: str, task_id: str, delay: float) -> None:
+    backend = backend_from_url(url)
+    try:
+        time.sleep(delay)
+        backend.mark_as_done(task_id, time.time())
+    finally:
+        backend.close()
+
+
+def _run_children(targets: list[tuple[Callable[..., None], tuple]]) -> Callable[[], None]:
+    """Start one spawned process per target (spawn: no fork-with-threads hazards); return a
+    callable that joins them all and checks they exited cleanly."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=fn, args=args, daemon=True) for fn, args in targets]
+    for proc in procs:
+        proc.start()
+
+    def join() -> None:
+        deadline = time.monotonic() + _CHILD_TIMEOUT
+        failed = []
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            if proc.exitcode != 0:
+                failed.append(proc.exitcode)
+            proc.close()
+        assert not failed, f"child processes failed with exit codes {failed}"
+
+    return join
+
+
+class BackendContract:
+    """Behaviour every result store shares. Override ``make_backend`` (and ``process_url``)."""
+
+    @pytest.fixture
+    def make_backend(self) -> Iterator[MakeBackend]:
+        """Yield a factory: ``make(**options)`` returns a new backend on this test's own store
+        (every call on the same store), closed at teardown."""
+        raise NotImplementedError("a BackendContract subclass must override make_backend")
+
+    @pytest.fixture
+    def process_url(self) -> str | None:
+        """A URL naming the same store as ``make_backend`` that other processes can open, or None
+        when the store is private to this process (the multi-process checks are then skipped)."""
+        return None
+
+    @pytest.fixture
+    def backend(self, make_backend: MakeBackend) -> ResultBackend:
+        return make_backend()
+
+    # ---- the meta layout -----------------------------------------------------------------------
+    def test_unknown_id_reads_as_pending(self, backend: ResultBackend) -> None:
+        task_id = _new_id()
+        meta = backend.get_task_meta(task_id)
+        assert list(meta) == ["status", "result", "traceback", "children", "date_done", "task_id"]
+        assert (meta["status"], meta["result"], meta["task_id"]) == (states.PENDING, None, task_id)
+
+    @pytest.mark.parametrize("role", sorted(CELERY_META_SAMPLES))
+    def test_stored_meta_has_celerys_layout(self, make_backend: MakeBackend,
+                                            role: str) -> None:
+        celery_meta = json.loads(CELERY_META_SAMPLES[role])
+        backend = make_backend(extended="name" in celery_meta)
+        task_id = celery_meta["task_id"]
+        backend.store_result(task_id, celery_meta["result"], celery_meta["status"],
+                             traceback=celery_meta["traceback"], request=_request_for(celery_meta),
+                             children=celery_meta["children"])
+        meta = backend.get_task_meta(task_id)
+        assert list(meta) == list(celery_meta)
+        if celery_meta["date_done"] is None:
+            assert meta["date_done"] is None
+        else:
+            _assert_recent_iso(meta["date_done"])
+        assert {**meta, "date_done": None} == {**celery_meta, "date_done": None}
+
+    def test_failure_round_trips_to_the_exception(self, backend: ResultBackend) -> None:
+        task_id = _new_id()
+        backend.mark_as_failure(task_id, KeyError("missing"), traceback="Traceback ...")
+        meta = backend.get_task_meta(task_id)
+        assert meta["status"] == states.FAILURE
+        assert meta["result"] == {"exc_type": "KeyError", "exc_message": ["missing"],
+                                  "exc_module": "builtins"}
+        assert meta["traceback"] == "Traceback ..."
+        _assert_recent_iso(meta["date_done"])
+        exc = backend.exception_from_meta(meta)
+        assert type(exc) is KeyError and exc.args == ("missing",)
+
+    def test_revoked_is_written_as_celery_writes_it(self, backend: ResultBackend) -> None:
+        task_id = _new_id()
+        backend.mark_as_revoked(task_id)
+        meta = backend.get_task_meta(task_id)
+        assert meta["result"] == json.loads(CELERY_META_SAMPLES["revoked"])["result"]
+        assert isinstance(backend.exception_from_meta(meta), TaskRevokedError)
+
+    def test_started_and_retry_have_no_date_done(self, backend: ResultBackend) -> None:
+        started, retried = _new_id(), _new_id()
+        backend.mark_as_started(started, pid=42, hostname="w1@host")
+        backend.mark_as_retry(retried, RuntimeError("again"), traceback="tb")
+        meta = backend.get_task_meta(started)
+        assert (meta["status"], meta["result"], meta["date_done"]) == (
+            states.STARTED, {"pid": 42, "hostname": "w1@host"}, None)
+        meta = backend.get_task_meta(retried)
+        assert (meta["status"], meta["date_done"]) == (states.RETRY, None)
+        assert meta["result"]["exc_type"] == "RuntimeError"
+
+    def test_readers_get_copies(self, backend: ResultBackend) -> None:
+        task_id = _new_id()
+        backend.mark_as_done(task_id, {"items": [1, 2]})
+        backend.get_task_meta(task_id)["result"]["items"].append(3)
+        assert backend.get_task_meta(task_id)["result"] == {"items": [1, 2]}
+
+    def test_forget(self, backend: ResultBackend) -> None:
+        kept, forgotten = _new_id(), _new_id()
+        backend.mark_as_done(kept, 1)
+        backend.mark_as_done(forgotten, 2)
+        backend.forget(forgotten)
+        assert backend.get_task_meta(forgotten)["status"] == states.PENDING
+        assert backend.get_task_meta(kept)["result"] == 1
+
+    def test_instances_on_one_store_share_results(self, make_backend: MakeBackend
+                                                  ) -> None:
+        writer, reader = make_backend(), make_backend()
+        task_id = _new_id()
+        writer.mark_as_done(task_id, "shared")
+        assert reader.get_task_meta(task_id)["result"] == "shared"
+
+    # ---- expiry --------------------------------------------------------------------------------
+    def test_results_expire(self, make_backend: MakeBackend) -> None:
+        backend = make_backend(expires=0.05)
+        task_id = _new_id()
+        backend.mark_as_done(task_id, 1)
+        assert backend.get_task_meta(task_id)["status"] == states.SUCCESS
+        time.sleep(0.12)
+        assert backend.get_task_meta(task_id)["status"] == states.PENDING
+        assert backend.get_many_meta([task_id])[task_id]["status"] == states.PENDING
+
+    def test_expires_zero_means_never(self, make_backend: MakeBackend) -> None:
+        backend = make_backend(expires=0)
+        task_id = _new_id()
+        backend.mark_as_done(task_id, 1)
+        assert backend.get_task_meta(task_id)["status"] == states.SUCCESS
+
+    def test_values_and_counters_expire(self, backend: ResultBackend) -> None:
+        backend.set_value("v", [1], ttl=0.05)
+        assert backend.incr("c", ttl=0.05) == 1
+        assert backend.get_value("v") == [1]
+        time.sleep(0.12)
+        assert backend.get_value("v") is None
+        assert backend.incr("c") == 1  # an expired counter starts again from zero
+
+    # ---- counters ------------------------------------------------------------------------------
+    def test_incr(self, backend: ResultBackend) -> None:
+        assert [backend.incr("n"), backend.incr("n"), backend.incr("n", 5),
+                backend.incr("n", -3)] == [1, 2, 7, 4]
+        assert backend.incr("other", 3) == 3
+        assert backend.get_value("n") == 4  # as on Redis: the counter reads as its decimal text
+
+    def test_incr_continues_a_stored_integer_and_refuses_other_values(
+            self, backend: ResultBackend) -> None:
+        backend.set_value("int", 41)
+        assert backend.incr("int") == 42
+        backend.set_value("text", "forty")
+        with pytest.raises(BackendError):
+            backend.incr("text")
+        assert backend.get_value("text") == "forty"
+
+    def test_incr_is_atomic_across_threads(self, make_backend: MakeBackend
+                                           ) -> None:
+        threads_n, per_thread = 8, 250
+        seen: list[int] = []
+        lock = threading.Lock()
+        start = threading.Barrier(threads_n)
+
+        backend = make_backend()  # one instance: each thread must get its own safe access
+
+        def work() -> None:
+            start.wait(10)
+            values = [backend.incr("hits") for _ in range(per_thread)]
+            with lock:
+                seen.extend(values)
+
+        threads = [threading.Thread(target=work) for _ in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(seen) == list(range(1, threads_n * per_thread + 1))
+
+    def test_incr_is_atomic_across_processes(self, process_url: str | None, tmp_path: Path,
+                                             make_backend: MakeBackend) -> None:
+        if process_url is None:
+            pytest.skip("this store is private to one process")
+        procs_n, per_proc = 4, 250
+        barrier = multiprocessing.get_context("spawn").Barrier(procs_n)
+        outs = [tmp_path / f"incr-{i}.json" for i in range(procs_n)]
+        join = _run_children([(_incr_in_child, (process_url, "hits", per_proc, barrier, str(out)))
+                              for out in outs])
+        join()
+        seen = [v for out in outs for v in json.loads(out.read_text())]
+        assert sorted(seen) == list(range(1, procs_n * per_proc + 1))
+        assert make_backend().get_value("hits") == procs_n * per_proc
+
+    # ---- plain values and groups ---------------------------------------------------------------
+    def test_set_and_get_value(self, backend: ResultBackend) -> None:
+        assert backend.get_value("k") is None
+        backend.set_value("k", {"a": [1, "two", None]})
+        assert backend.get_value("k") == {"a": [1, "two", None]}
+        backend.set_value("k", 3)
+        assert backend.get_value("k") == 3
+
+    def test_delete_keys(self, backend: ResultBackend) -> None:
+        for key in ("a", "b", "c"):
+            backend.set_value(key, key)
+        backend.delete_keys(["a", "c", "never-set"])
+        assert [backend.get_value(k) for k in ("a", "b", "c")] == [None, "b", None]
+
+    def test_groups(self, backend: ResultBackend) -> None:
+        group_id = CELERY_GROUP_TUPLE[0][0]
+        assert backend.restore_group(group_id) is None
+        backend.save_group(group_id, CELERY_GROUP_TUPLE)
+        assert backend.restore_group(group_id) == CELERY_GROUP_TUPLE
+        assert backend.get_value("celery-taskset-meta-" + group_id) == {
+            "result": CELERY_GROUP_TUPLE}
+        backend.delete_group(group_id)
+        assert backend.restore_group(group_id) is None
+
+    def test_get_many_meta(self, backend: ResultBackend) -> None:
+        ids = [_new_id() for _ in range(1100)]  # more than one batch for stores that chunk
+        for n, task_id in enumerate(ids[::2]):
+            backend.mark_as_done(task_id, n)
+        metas = backend.get_many_meta(ids)
+        assert list(metas) == ids
+        assert [metas[t]["result"] for t in ids[::2]] == list(range(len(ids[::2])))
+        assert {metas[t]["status"] for t in ids[1::2]} == {states.PENDING}
+        assert metas[ids[1]]["task_id"] == ids[1]
+
+    # ---- waiting -------------------------------------------------------------------------------
+    def test_wait_for_returns_a_ready_result_at_once(self, backend: ResultBackend) -> None:
+        task_id = _new_id()
+        backend.mark_as_done(task_id, 5)
+        started = time.monotonic()
+        assert backend.wait_for(task_id, timeout=5)["result"] == 5
+        assert time.monotonic() - started < _PROMPT
+
+    @pytest.mark.parametrize("writer", ["same instance", "other instance"])
+    def test_wait_for_wakes_when_a_thread_stores(self, make_backend: MakeBackend,
+                                                 writer: str) -> None:
+        backend = make_backend()
+        task_id = _new_id()
+        thread = _store_later(backend if writer == "same instance" else make_backend(),
+                              task_id, 0.1)
+        started = time.monotonic()
+        meta = backend.wait_for(task_id, timeout=10)
+        elapsed = time.monotonic() - started
+        thread.join()
+        assert meta["result"] == "done"
+        assert 0.09 < elapsed < 0.1 + _PROMPT
+
+    def test_wait_for_other_states(self, backend: ResultBackend) -> None:
+        task_id = _new_id()
+        thread = _store_later(backend, task_id, 0.05, state=states.STARTED, result={"pid": 1})
+        meta = backend.wait_for(task_id, timeout=10, states_wanted=frozenset({states.STARTED}))
+        thread.join()
+        assert meta["status"] == states.STARTED
+
+    def test_wait_for_times_out(self, backend: ResultBackend) -> None:
+        task_id = _new_id()
+        backend.mark_as_started(task_id)
+        started = time.monotonic()
+        with pytest.raises(CeleriacTimeoutError):
+            backend.wait_for(task_id, timeout=0.2)
+        assert 0.2 <= time.monotonic() - started < 0.2 + _PROMPT
+
+    def test_wait_for_many(self, make_backend: MakeBackend) -> None:
+        backend, writer = make_backend(), make_backend()
+        ids = [_new_id() for _ in range(3)]
+        threads = [_store_later(writer, t, 0.05 * (n + 1), result=n) for n, t in enumerate(ids)]
+        started = time.monotonic()
+        metas = backend.wait_for_many(ids, timeout=10)
+        elapsed = time.monotonic() - started
+        for thread in threads:
+            thread.join()
+        assert {t: m["result"] for t, m in metas.items()} == dict(zip(ids, range(3)))
+        assert elapsed < 0.15 + _PROMPT
+
+    def test_a_write_between_read_and_wait_is_not_missed(
+            self, make_backend: MakeBackend) -> None:
+        backend, writer = make_backend(), make_backend()
+        task_id = _new_id()
+        assert backend.get_task_meta(task_id)["status"] == states.PENDING
+        _store_later(writer, task_id, 0).join()
+        started = time.monotonic()
+        backend._wait_change([backend.task_key(task_id)], 3.0)  # noqa: SLF001 - the primitive
+        assert time.monotonic() - started < _PROMPT
+
+    def test_wait_for_wakes_when_another_process_stores(
+            self, process_url: str | None, make_backend: MakeBackend) -> None:
+        if process_url is None:
+            pytest.skip("this store is private to one process")
+        backend = make_backend()
+        task_id = _new_id()
+        join = _run_children([(_store_in_child, (process_url, task_id, 0.2))])
+        try:
+            meta = backend.wait_for(task_id, timeout=_CHILD_TIMEOUT)
+            woke_after = time.time() - meta["result"]
+        finally:
+            join()
+        assert woke_after < _PROMPT
+
+    def test_close_twice(self, backend: ResultBackend) -> None:
+        backend.mark_as_done(_new_id(), 1)
+        backend.close()
+        backend.close()

@@ -1,0 +1,100 @@
+"""Shared fixtures: throwaway SQLite URLs, apps, and real worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# The conformance suites live in the package (reusable for every transport/store): rewrite their
+# asserts so failures show values. Must run before anything imports celeriac.testing.
+pytest.register_assert_rewrite("celeriac.testing")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'celeriac.db'}"
+
+
+class WorkerProcess:
+    """A real ``celeriac worker`` subprocess in its own process group, with its log captured."""
+
+    def __init__(self, app_spec: str, url: str, logfile: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.logfile = logfile
+        full_env = {**os.environ, "CELERIAC_BROKER_URL": url, "CELERIAC_RESULT_BACKEND": url,
+                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._log = open(logfile, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celeriac.cli.main", "-A", app_spec, "worker", "-l", "INFO",
+             *args],
+            cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log()}")
+
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in worker log after {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, sqlite_url: str) -> Iterator:
+    """``start_worker("-P", "threads", ...)`` -> a ready WorkerProcess on the test's SQLite file."""
+    workers: list[WorkerProcess] = []
+
+    def start(*args: str, app: str = "tests.integration.app_tasks", url: str | None = None,
+              ready: bool = True, env: dict[str, str] | None = None) -> WorkerProcess:
+        logfile = tmp_path / f"worker-{len(workers)}.log"
+        w = WorkerProcess(app, url or sqlite_url, logfile, *args, env=env)
+        workers.append(w)
+        if ready:
+            w.wait_ready()
+        return w
+
+    yield start
+    for w in workers:
+        if w.proc.poll() is None:
+            w.kill()
+        if not w._log.closed:
+            w._log.close()

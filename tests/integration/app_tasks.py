@@ -1,0 +1,93 @@
+"""Tasks the integration tests run in real worker subprocesses (broker URL from the environment)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from celeriac import Celery, shared_task
+from celeriac.utils.log import get_task_logger
+
+app = Celery("tests.integration.app_tasks")
+logger = get_task_logger(__name__)
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+@app.task(bind=True)
+def whoami(self):
+    r = self.request
+    return {"id": r.id, "retries": r.retries, "root_id": r.root_id, "parent_id": r.parent_id,
+            "hostname": r.hostname, "delivery_info": r.delivery_info, "pid": os.getpid()}
+
+
+@app.task(bind=True, max_retries=3)
+def retry_until(self, succeed_on):
+    if self.request.retries < succeed_on:
+        raise self.retry(countdown=0.05, exc=RuntimeError(f"attempt {self.request.retries}"))
+    return self.request.retries
+
+
+@app.task(autoretry_for=(KeyError,), retry_backoff=0.01, retry_backoff_max=0.05, max_retries=2,
+          retry_jitter=False)
+def always_keyerror():
+    raise KeyError("missing")
+
+
+@app.task
+def write_ledger(path, n):
+    """Appends one line per execution, outside the system under test (an independent ledger)."""
+    with open(path, "a") as fh:
+        fh.write(f"{n} {os.getpid()}\n")
+    return n
+
+
+@app.task
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task
+def log_message(text):
+    logger.info("task says: %s", text)
+    return text
+
+
+@app.task
+async def async_sleep_add(x, y, seconds=0.2):
+    await asyncio.sleep(seconds)
+    return x + y
+
+
+@app.task
+async def async_window(seconds):
+    start = time.time()
+    await asyncio.sleep(seconds)
+    return [start, time.time()]
+
+
+@app.task
+def record_errback_old(task_id, path):
+    with open(path, "a") as fh:
+        fh.write(f"old {task_id}\n")
+
+
+@app.task
+def record_errback_new(request, exc, traceback, path):
+    with open(path, "a") as fh:
+        fh.write(f"new {request.id} {type(exc).__name__}\n")
+
+
+@shared_task
+def shared_mul(x, y):
+    return x * y
