@@ -315,7 +315,7 @@ def build_task_class(fun: Callable[..., Any], app: "Celery", *, base: type[Task]
         "name": task_name,
         "run": run,
         "_bound": bind,
-        "__wrapped__": fun,
+        "__wrapped__": staticmethod(fun),
         "__doc__": fun.__doc__,
         "__module__": fun.__module__,
         "__qualname__": fun.__qualname__,

@@ -77,13 +77,15 @@ async def async_window(seconds):
 
 
 @app.task
-def record_errback_old(task_id, path):
+def record_errback_old(task_id, *, path):
+    """Old-style errback: one positional argument, so it is sent as a task with the id."""
     with open(path, "a") as fh:
         fh.write(f"old {task_id}\n")
 
 
 @app.task
 def record_errback_new(request, exc, traceback, path):
+    """New-style errback: called in the worker's process with the failed request."""
     with open(path, "a") as fh:
         fh.write(f"new {request.id} {type(exc).__name__}\n")
 

@@ -138,7 +138,7 @@ def test_link_and_link_error_conventions(start_worker, tasks, tmp_path):
     assert child.get(timeout=20) == 14
     record = tmp_path / "errbacks"
     failing = tasks.fail.apply_async(
-        link_error=[tasks.record_errback_old.s(str(record)), tasks.record_errback_new.s(str(record))])
+        link_error=[tasks.record_errback_old.s(path=str(record)), tasks.record_errback_new.s(str(record))])
     with pytest.raises(ValueError):
         failing.get(timeout=20)
     deadline = time.monotonic() + 20
