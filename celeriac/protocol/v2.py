@@ -1,0 +1,360 @@
+"""Celery task protocol v2: build and parse task messages; layer: protocol (pure, no I/O).
+
+``encode_task`` writes headers, properties and body exactly as Celery 5 (``as_task_v2`` plus
+kombu's ``Producer.publish``) does, key order included, so a Celery worker cannot tell the
+difference. ``decode_task`` is the worker's single entry point for incoming task messages: it
+runs once per task, so it does the minimum of work and validates only what execution relies on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from numbers import Number
+from typing import Any, Iterator, Mapping
+
+from ..exceptions import InvalidTaskError
+from . import serialization
+from .message import Message
+
+#: Celery's ``app.amqp.argsrepr_maxsize`` / ``kwargsrepr_maxsize``.
+REPR_MAXSIZE = 1024
+_EMPTY_EMBED: dict[str, Any] = {}
+
+
+@dataclass(slots=True)
+class TaskBody:
+    """A decoded task message: everything a worker needs to run it and to send follow-ups."""
+
+    id: str
+    name: str
+    args: list | tuple
+    kwargs: dict
+    callbacks: list | None
+    errbacks: list | None
+    chain: list | None
+    chord: dict | None
+    root_id: str | None
+    parent_id: str | None
+    group_id: str | None
+    group_index: int | None
+    eta: datetime | None
+    expires: datetime | None
+    retries: int
+    time_limit: float | None
+    soft_time_limit: float | None
+    ignore_result: bool
+    origin: str | None
+    shadow: str | None
+    reply_to: str | None
+    headers: dict
+    argsrepr: str | None
+    kwargsrepr: str | None
+
+
+# ---- encoding -----------------------------------------------------------------------------------
+
+
+def anon_nodename() -> str:
+    """The ``origin`` Celery gives a process that is not a named worker: ``gen<pid>@<host>``."""
+    return f"gen{os.getpid()}@{socket.gethostname()}"
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def encode_task(*, name: str, task_id: str, args: list | tuple = (), kwargs: Mapping | None = None,
+                serializer: str = "json", compression: str | None = None,
+                root_id: str | None = None, parent_id: str | None = None,
+                group_id: str | None = None, group_index: int | None = None,
+                shadow: str | None = None, eta: datetime | None = None,
+                expires: datetime | None = None, retries: int = 0,
+                time_limit: float | None = None, soft_time_limit: float | None = None,
+                callbacks: list | None = None, errbacks: list | None = None,
+                chain: list | None = None, chord: dict | None = None, origin: str | None = None,
+                ignore_result: bool | None = False, reply_to: str = "",
+                priority: int | None = None, argsrepr: str | None = None,
+                kwargsrepr: str | None = None, headers: dict | None = None,
+                stamped_headers: list | None = None, stamps: dict | None = None,
+                replaced_task_nesting: int = 0, now: datetime | None = None) -> Message:
+    """Build one protocol-2 task message, ready for any transport.
+
+    ``eta``/``expires`` without a timezone are taken as UTC. ``now`` is only used for the AMQP
+    ``expiration`` property (milliseconds left until ``expires``); pass the time the caller
+    derived ``expires`` from so the two agree.
+    """
+    if not isinstance(args, (list, tuple)):
+        raise TypeError(f"task args must be a list or tuple, not {type(args).__name__}")
+    if kwargs is None:
+        kwargs = {}
+    elif not isinstance(kwargs, dict):
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(f"task kwargs must be a mapping, not {type(kwargs).__name__}")
+        kwargs = dict(kwargs)  # serializers only know real dicts
+    if eta is not None:
+        eta = _aware(eta)
+    properties: dict[str, Any] = {"correlation_id": task_id, "reply_to": reply_to or "",
+                                  "delivery_mode": 2}
+    if expires is not None:
+        expires = _aware(expires)
+        left = (expires - _aware(now or datetime.now(timezone.utc))).total_seconds()
+        # Celery sends 0 (not a negative TTL) for an expiry already in the past.
+        properties["expiration"] = str(int(max(left, 0) * 1000))
+    properties["priority"] = 0 if priority is None else min(max(int(priority), 0), 9)
+
+    table = {
+        "lang": "py",
+        "task": name,
+        "id": task_id,
+        "shadow": shadow,
+        "eta": eta.isoformat() if eta is not None else None,
+        "expires": expires.isoformat() if expires is not None else None,
+        "group": group_id,
+        "group_index": group_index,
+        "retries": retries,
+        "timelimit": [time_limit, soft_time_limit],
+        "root_id": root_id or task_id,
+        "parent_id": parent_id,
+        "argsrepr": safe_repr(tuple(args), REPR_MAXSIZE) if argsrepr is None else argsrepr,
+        "kwargsrepr": safe_repr(kwargs, REPR_MAXSIZE) if kwargsrepr is None else kwargsrepr,
+        "origin": origin or anon_nodename(),
+        "ignore_result": ignore_result,
+        "replaced_task_nesting": replaced_task_nesting,
+        "stamped_headers": stamped_headers,
+        "stamps": {} if stamps is None else stamps,
+    }
+    if headers:
+        table.update(headers)  # as Celery: user headers may override the standard ones
+    embed = {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord}
+    content_type, content_encoding, body = serialization.dumps((args, kwargs, embed), serializer)
+    if compression:
+        table["compression"], body = serialization.compress(body, compression)
+    return Message(body=body, content_type=content_type, content_encoding=content_encoding,
+                   headers=table, properties=properties)
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+
+def _when(headers: dict, key: str) -> datetime | None:
+    value = headers.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):  # pickle/yaml peers may send real datetimes
+        return _aware(value)
+    try:
+        text = value[:-1] + "+00:00" if value.endswith("Z") else value  # 3.10's parser lacks Z
+        return _aware(datetime.fromisoformat(text))
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidTaskError(f"header {key!r} is not an ISO 8601 time: {value!r}") from None
+
+
+def _timelimit(value: Any) -> tuple[Any, Any]:
+    if value is None:
+        return None, None
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return value[0], value[1]
+    raise InvalidTaskError(f"header 'timelimit' must be [hard, soft], got {value!r}")
+
+
+def decode_task(message: Message, accept: frozenset[str] | None) -> TaskBody:
+    """Parse a protocol-2 task message; raises ContentDisallowed, DecodeError, InvalidTaskError."""
+    headers = message.headers
+    content_type = message.content_type
+    serialization.check_accepted(content_type, accept)  # before anything else is looked at
+    name = headers.get("task")
+    if not name:
+        raise InvalidTaskError(
+            "message has no 'task' header (protocol 1 messages are not supported)")
+    task_id = headers.get("id")
+    if not task_id:
+        raise InvalidTaskError(f"message for task {name!r} has no 'id' header")
+    if not isinstance(name, str) or not isinstance(task_id, str):
+        raise InvalidTaskError(f"headers 'task' and 'id' must be strings: {name!r}, {task_id!r}")
+
+    data = message.body
+    compression = headers.get("compression")
+    if compression:
+        data = serialization.decompress(data, compression)
+    payload = serialization.loads(data, content_type, message.content_encoding, accept)
+
+    if not isinstance(payload, (list, tuple)) or not 2 <= len(payload) <= 3:
+        raise InvalidTaskError(
+            f"task {task_id}: body must be [args, kwargs, embed], got {_kind(payload)}")
+    args, kwargs = payload[0], payload[1]
+    embed = payload[2] if len(payload) == 3 else None
+    if embed is None:
+        embed = _EMPTY_EMBED
+    if not isinstance(args, (list, tuple)):
+        raise InvalidTaskError(f"task {task_id}: args must be a list, got {_kind(args)}")
+    if not isinstance(kwargs, dict):
+        raise InvalidTaskError(f"task {task_id}: kwargs must be a map, got {_kind(kwargs)}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise InvalidTaskError(f"task {task_id}: kwargs key {key!r} is not a string")
+    if not isinstance(embed, dict):
+        raise InvalidTaskError(f"task {task_id}: embed must be a map, got {_kind(embed)}")
+
+    get = headers.get
+    retries = get("retries") or 0
+    if not isinstance(retries, int):
+        raise InvalidTaskError(f"task {task_id}: header 'retries' is not an int: {retries!r}")
+    time_limit, soft_time_limit = _timelimit(get("timelimit"))
+    return TaskBody(
+        id=task_id, name=name, args=args, kwargs=kwargs,
+        callbacks=embed.get("callbacks"), errbacks=embed.get("errbacks"),
+        chain=embed.get("chain"), chord=embed.get("chord"),
+        root_id=get("root_id"), parent_id=get("parent_id"),
+        group_id=get("group"), group_index=get("group_index"),
+        eta=_when(headers, "eta"), expires=_when(headers, "expires"), retries=retries,
+        time_limit=time_limit, soft_time_limit=soft_time_limit,
+        ignore_result=bool(get("ignore_result")), origin=get("origin"), shadow=get("shadow"),
+        reply_to=message.properties.get("reply_to"), headers=dict(headers),
+        argsrepr=get("argsrepr"), kwargsrepr=get("kwargsrepr"),
+    )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"a {len(value)}-element {type(value).__name__}"
+    return type(value).__name__
+
+
+# ---- argsrepr / kwargsrepr ----------------------------------------------------------------------
+#
+# Celery fills argsrepr/kwargsrepr with ``celery.utils.saferepr`` (5.7 behaviour): a streaming repr
+# that stops once ``maxlen`` characters are out (writing ", ..." and closing the brackets that are
+# open) and elides containers nested ``maxlevels`` deep. Monitors show these strings, so we render
+# them the same way.
+
+_OPEN, _CLOSE, _SEP, _KEY, _STR, _TEXT, _ELIDED = range(7)
+
+
+def _truncate(text: str, maxlen: int | None) -> str:
+    # celery.utils.text.truncate: cut at the last space before maxlen, then add "...".
+    if maxlen and len(text) >= maxlen:
+        return text[:maxlen].rsplit(" ", 1)[0] + "..."
+    return text
+
+
+def _plain_repr(obj: Any) -> str:
+    try:
+        return repr(obj)
+    except Exception as exc:  # a user object's broken __repr__ must not stop the send
+        return f"<Unrepresentable {type(obj)!r}{id(obj):#x}: {exc!r}>"
+
+
+def _tokens(obj: Any, level: int, maxlevels: int, path: set[int]) -> Iterator[tuple[int, Any]]:
+    """Yield ``(kind, value)`` tokens for ``obj``; containers recurse."""
+    if isinstance(obj, Decimal):
+        yield _TEXT, repr(obj)
+        return
+    if isinstance(obj, Number):
+        yield _TEXT, str(obj)
+        return
+    if isinstance(obj, (str, bytes)):
+        yield _STR, obj
+        return
+    if isinstance(obj, (set, frozenset)):
+        if not obj:
+            yield _TEXT, f"{type(obj).__name__}()"
+            return
+        opener, closer = ("{", "}") if type(obj) is set else (f"{type(obj).__name__}({{", "})")
+        items: Any = obj
+    elif isinstance(obj, tuple):
+        opener, closer, items = "(", ",)" if len(obj) == 1 else ")", obj
+    elif isinstance(obj, dict):
+        opener, closer, items = "{", "}", obj.items()
+    elif isinstance(obj, list):
+        opener, closer, items = "[", "]", obj
+    else:
+        yield _TEXT, _plain_repr(obj)
+        return
+    if maxlevels and level >= maxlevels:
+        yield _ELIDED, f"{opener}...{closer}"
+        return
+    if id(obj) in path:
+        yield _TEXT, f"<Recursion on {type(obj).__name__} with id={id(obj)}>"
+        return
+    path.add(id(obj))
+    yield _OPEN, (opener, closer)
+    is_map = isinstance(obj, dict)
+    for index, item in enumerate(items):
+        if index:
+            yield _SEP, ", "
+        if is_map:
+            yield _KEY, item[0]
+            yield _SEP, ": "
+            item = item[1]
+        yield from _tokens(item, level + 1, maxlevels, path)
+    yield _CLOSE, closer
+    path.discard(id(obj))
+
+
+def _quote(value: str | bytes, maxlen: int | None) -> str:
+    if isinstance(value, bytes):
+        cut = maxlen is not None and len(value) > maxlen
+        chunk = value[:maxlen] if cut else value
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            text = chunk.hex()
+        return f"b'{text}...'" if cut else f"b'{text}'"
+    return "'" + _truncate(value, maxlen).replace("'", "\\'") + "'"
+
+
+_PLAIN_TYPES = frozenset({int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> bool:
+    """True when the builtin repr of ``value`` is exactly what saferepr would write."""
+    kind = type(value)
+    return kind in _PLAIN_TYPES or (
+        kind is str and "'" not in value and "\\" not in value and value.isprintable())
+
+
+def safe_repr(obj: Any, maxlen: int | None = REPR_MAXSIZE, maxlevels: int = 3) -> str:
+    """A bounded repr for logs and monitors, rendered as Celery's ``saferepr`` renders it."""
+    kind = type(obj)
+    # Fast path for the usual flat args/kwargs: the builtin repr is identical when it is short.
+    if kind is tuple or kind is list:
+        flat = all(map(_plain, obj))
+    elif kind is dict:
+        flat = all(_plain(key) and _plain(value) for key, value in obj.items())
+    else:
+        flat = False
+    if flat:
+        text = repr(obj)
+        if maxlen is None or len(text) < maxlen:
+            return text
+    out: list[str] = []
+    closers: list[str] = []
+    for kind, value in _tokens(obj, 0, maxlevels, set()):
+        if maxlen is not None and maxlen <= 0:
+            if kind == _CLOSE:  # nothing of this container is left out: just close it
+                out.append(closers.pop())
+                continue
+            out.append(", ...")
+            out.extend(reversed(closers))
+            break
+        if kind == _OPEN:
+            text, closer = value
+            closers.append(closer)
+        elif kind == _CLOSE:
+            text = closers.pop()
+        elif kind == _KEY:
+            text = safe_repr(value, maxlen, maxlevels)
+        elif kind == _STR:
+            text = _quote(value, maxlen)
+        elif kind == _TEXT:
+            text = _truncate(value, maxlen)
+        else:  # _SEP, _ELIDED: never cut
+            text = value
+        out.append(text)
+        if maxlen is not None:
+            maxlen -= len(text)
+    return "".join(out)
