@@ -1,0 +1,1 @@
+"""Transport-specific unit tests."""
