@@ -114,6 +114,10 @@ class Celery:
             if self._finalized:
                 return
             validate(self.conf)
+            from . import signals
+
+            if signals.import_modules.receivers:
+                signals.import_modules.send(sender=self)
             for module in list(self.conf.get("imports") or ()) + list(self.conf.get("include") or ()):
                 importlib.import_module(module)
             self._finalized = True

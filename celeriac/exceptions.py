@@ -28,6 +28,10 @@ class DecodeError(CeleriacError):
     """A message body or envelope could not be decoded."""
 
 
+class EncodeError(CeleriacError, TypeError):
+    """A value could not be serialized (kombu's ``EncodeError``; also a TypeError)."""
+
+
 class InvalidTaskError(CeleriacError):
     """A message is not a well-formed task message."""
 

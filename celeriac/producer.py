@@ -111,7 +111,8 @@ class Producer:
 
         route = self.router.route({"queue": queue, **extra} if queue is not None else dict(extra),
                                   name, args, kwargs,
-                                  task_queue=_task.queue if _task is not None else None)
+                                  task_queue=_task.queue if _task is not None else None,
+                                  task=_task)
         queue_name = route["queue"]
         if isinstance(queue_name, Queue):
             queue_name = queue_name.name

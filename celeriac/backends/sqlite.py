@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qs
 
 from ..exceptions import BackendError, ImproperlyConfigured
@@ -115,7 +115,7 @@ class SQLiteBackend(ResultBackend):
         self._check_fork()
         handle: _Handle | None = getattr(self._local, "handle", None)
         if handle is None or handle.conn is None:
-            conn = _retry_locked(lambda: connect(self.path, synchronous=self.synchronous))
+            conn = connect(self.path, synchronous=self.synchronous)
             try:
                 if not self._schema_ready:
                     for statement in _SCHEMA:
@@ -157,7 +157,7 @@ class SQLiteBackend(ResultBackend):
         self._check_fork()
         with self._lock:
             if self._waiter is None:
-                self._waiter = _retry_locked(lambda: ChangeWaiter(self.path))
+                self._waiter = ChangeWaiter(self.path, max_interval=0.005)
             return self._waiter
 
     def _remember_token(self) -> None:
@@ -260,24 +260,6 @@ class _Handle:
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None
-
-
-_T = TypeVar("_T")
-
-
-def _retry_locked(open_: Callable[[], _T]) -> _T:
-    """Open despite "database is locked": several processes opening a new file at once race to
-    switch it to WAL, and that switch fails at once instead of waiting out the busy timeout."""
-    deadline = time.monotonic() + 10.0
-    delay = 0.002
-    while True:
-        try:
-            return open_()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
 
 
 def _as_bytes(value: bytes | int | str) -> bytes:

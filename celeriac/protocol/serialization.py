@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable
 from uuid import UUID
 
-from ..exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
+from ..exceptions import ContentDisallowed, DecodeError, EncodeError, ImproperlyConfigured
 
 JSON = "application/json"
 MSGPACK = "application/x-msgpack"
@@ -211,7 +211,10 @@ def normalize_accept(names: Iterable[str]) -> frozenset[str]:
 def dumps(obj: Any, serializer: str = "json") -> tuple[str, str, bytes]:
     """Serialize ``obj``; returns ``(content_type, content_encoding, body)``."""
     content_type, content_encoding = _lookup(serializer)
-    return content_type, content_encoding, _DUMPERS[content_type](obj)
+    try:
+        return content_type, content_encoding, _DUMPERS[content_type](obj)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"cannot serialize with {serializer}: {exc}") from exc
 
 
 def check_accepted(content_type: str, accept: frozenset[str] | None) -> None:

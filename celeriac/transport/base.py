@@ -66,7 +66,8 @@ class Transport(Protocol):
     def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
         """Lease up to ``max_n`` due messages from ``queues``, waiting up to ``timeout`` seconds.
 
-        Earlier queues in ``queues`` and higher-priority messages come first. Returns [] on timeout.
+        Queues are served round robin (one further on each call, as Celery rotates them); within a
+        queue, higher-priority messages come first, then the oldest. Returns [] on timeout.
         """
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
@@ -83,7 +84,11 @@ class Transport(Protocol):
 
     def dead_letter(self, queue: str, message: Message, reason: str,
                     delivery: Delivery | None = None) -> str:
-        """Keep ``message`` in the dead-letter store with ``reason``; ack ``delivery`` if given."""
+        """Keep ``message`` in the dead-letter store with ``reason``; returns its id.
+
+        With ``delivery``, the leased message is removed in the same step. If that lease was
+        lost to another holder, nothing is stored and "" is returned (the new holder settles it).
+        """
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Dead letters, oldest first."""

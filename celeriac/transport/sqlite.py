@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 
 from ..protocol.message import Message
 from ..utils.sqlite import ChangeWaiter, connect, sqlite_path_from_url
@@ -26,7 +26,6 @@ from .base import DeadLetter, Delivery, Outgoing, check_queue_names
 # ``visible_at`` passes (lease expiry, due time), which the next fetch notices on its own.
 READY, LEASED, DELAYED = 0, 1, 2
 
-_T = TypeVar("_T")
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS celeriac_queue (
@@ -177,7 +176,7 @@ class SQLiteTransport:
 
     def _open(self) -> sqlite3.Connection:
         # synchronous=FULL: a publish that returned survives a power loss
-        conn = _opening(lambda: connect(self.path, synchronous="FULL"))
+        conn = connect(self.path, synchronous="FULL")
         with self._lock:
             self._all.append(conn)
             ready = self._schema_ready
@@ -200,8 +199,7 @@ class SQLiteTransport:
                 pass
             with self._lock:
                 if self._waiter is None:
-                    self._waiter = _opening(
-                        lambda: ChangeWaiter(self.path, max_interval=self.polling_interval))
+                    self._waiter = ChangeWaiter(self.path, max_interval=self.polling_interval)
                 waiter = self._waiter
         return waiter
 
@@ -392,22 +390,6 @@ class SQLiteTransport:
             conn.close()
         if waiter is not None:
             waiter.close()
-
-
-def _opening(open_: Callable[[], _T]) -> _T:
-    """Run ``open_``, retrying briefly while another opener is switching a new file to WAL.
-
-    That switch needs an exclusive lock, and SQLite reports "database is locked" at once rather
-    than waiting for it (its deadlock avoidance), so the busy timeout does not cover it.
-    """
-    for _ in range(200):
-        try:
-            return open_()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc):
-                raise
-        time.sleep(0.005)
-    return open_()
 
 
 @contextmanager

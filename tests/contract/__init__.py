@@ -1,6 +1,2 @@
-"""Conformance suites run against every transport and result store."""
-
-import pytest
-
-# the checks live in the package (reusable by other transports): show their failing values too
-pytest.register_assert_rewrite("celeriac.testing")
+"""Conformance suites run against every transport and result store (assert rewriting is
+registered in tests/conftest.py, before anything imports celeriac.testing)."""
