@@ -44,8 +44,10 @@ def always_keyerror():
 
 
 @app.task
-def write_ledger(path, n):
+def write_ledger(path, n, pause=0.0):
     """Appends one line per execution, outside the system under test (an independent ledger)."""
+    if pause:
+        time.sleep(pause)
     with open(path, "a") as fh:
         fh.write(f"{n} {os.getpid()}\n")
     return n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 import warnings
 
@@ -219,18 +220,21 @@ def test_get_inside_a_task_is_refused(app):
 
 
 def test_forget_and_result_expiry(app):
-    app.conf.result_expires = 0.2
+    app.conf.result_expires = 0.3
 
     @app.task
     def add(x, y):
         return x + y
 
     with InProcessWorker(app):
-        result = add.delay(1, 1)
-        assert result.get(timeout=10) == 2
-    fresh = app.AsyncResult(result.id)
+        kept, expiring = add.delay(1, 1), add.delay(2, 2)
+        assert kept.get(timeout=10) == 2 and expiring.get(timeout=10) == 4
+    fresh = app.AsyncResult(kept.id)
+    assert fresh.state == states.SUCCESS
     fresh.forget()
-    assert fresh.state == states.PENDING
+    assert app.AsyncResult(kept.id).state == states.PENDING
+    time.sleep(0.4)
+    assert app.AsyncResult(expiring.id).state == states.PENDING, "result_expires must be honoured"
 
 
 def test_no_warnings_on_plain_use(app):

@@ -1,0 +1,63 @@
+"""The public names: pinned, so nothing becomes public (or disappears) by accident.
+
+A Celery project migrates by replacing ``celery`` with ``celeriac`` in its imports; these are the
+imports such projects make.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import celeriac
+
+PINNED_TOP_LEVEL = [
+    "AsyncResult", "Celery", "EagerResult", "GroupResult", "ResultSet", "Signature", "Task",
+    "__version__", "current_app", "current_task", "get_current_app", "maybe_signature",
+    "shared_task", "signature", "states", "subtask",
+]
+
+CELERY_STYLE_IMPORTS = {
+    "celeriac.result": ["AsyncResult", "EagerResult", "GroupResult", "ResultSet"],
+    "celeriac.exceptions": [
+        "Retry", "MaxRetriesExceededError", "TaskRevokedError", "NotRegistered", "Ignore", "Reject",
+        "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError", "ChordError",
+        "ImproperlyConfigured", "SecurityError", "TimeoutError", "QueueNotFound", "EncodeError",
+        "DecodeError", "ContentDisallowed",
+    ],
+    "celeriac.signals": [
+        "before_task_publish", "after_task_publish", "task_prerun", "task_postrun", "task_retry",
+        "task_success", "task_failure", "task_internal_error", "task_received", "task_revoked",
+        "task_unknown", "task_rejected", "celeryd_init", "celeryd_after_setup", "worker_init",
+        "worker_before_create_process", "worker_ready", "heartbeat_sent", "worker_shutting_down",
+        "worker_process_init", "worker_process_shutdown", "worker_shutdown", "import_modules",
+        "setup_logging", "after_setup_logger", "after_setup_task_logger",
+    ],
+    "celeriac.utils.log": ["get_task_logger", "get_logger"],
+    "celeriac.states": ["PENDING", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED",
+                        "READY_STATES"],
+    "celeriac.canvas": ["Signature", "signature", "subtask", "maybe_signature"],
+}
+
+
+def test_top_level_all_is_pinned():
+    assert sorted(celeriac.__all__) == sorted(PINNED_TOP_LEVEL)
+    for name in celeriac.__all__:
+        if name not in ("current_app", "current_task"):
+            assert getattr(celeriac, name) is not None
+
+
+@pytest.mark.parametrize("module", sorted(CELERY_STYLE_IMPORTS))
+def test_celery_style_imports(module):
+    mod = importlib.import_module(module)
+    missing = [n for n in CELERY_STYLE_IMPORTS[module] if not hasattr(mod, n)]
+    assert not missing, f"{module} lacks {missing}"
+
+
+def test_current_app_is_looked_up_at_access_time():
+    app = celeriac.Celery("pinned", broker="memory://pinned", backend="memory://pinned")
+    try:
+        assert celeriac.current_app is app
+    finally:
+        app.close()
