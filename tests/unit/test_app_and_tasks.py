@@ -220,7 +220,7 @@ def test_get_inside_a_task_is_refused(app):
 
 
 def test_forget_and_result_expiry(app):
-    app.conf.result_expires = 0.3
+    app.conf.result_expires = 1.0
 
     @app.task
     def add(x, y):
@@ -229,11 +229,11 @@ def test_forget_and_result_expiry(app):
     with InProcessWorker(app):
         kept, expiring = add.delay(1, 1), add.delay(2, 2)
         assert kept.get(timeout=10) == 2 and expiring.get(timeout=10) == 4
-    fresh = app.AsyncResult(kept.id)
-    assert fresh.state == states.SUCCESS
-    fresh.forget()
-    assert app.AsyncResult(kept.id).state == states.PENDING
-    time.sleep(0.4)
+        done_at = time.monotonic()
+        assert app.AsyncResult(expiring.id).state == states.SUCCESS
+        app.AsyncResult(kept.id).forget()
+        assert app.AsyncResult(kept.id).state == states.PENDING
+    time.sleep(max(0.0, done_at + 1.2 - time.monotonic()))
     assert app.AsyncResult(expiring.id).state == states.PENDING, "result_expires must be honoured"
 
 
