@@ -22,6 +22,7 @@ from ..exceptions import NotRegistered
 from ..protocol import serialization
 from .executor import ACK, DROP, REQUEUE, Outcome
 from .request import DEAD_LETTER, parse_time
+from .revokes import RevokedSet
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -61,14 +62,20 @@ class Consumer:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pool_of: dict[int, Any] = {}  # running job id -> the pool running it
+        self.revokes = (RevokedSet(app.backend, on_terminate=self._terminate)
+                        if app.backend.persistent else None)
         self.processed = 0
         self.failed = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        for target, name in ((self._fetch_loop, "celeriac-fetch"),
-                             (self._dispatch_loop, "celeriac-dispatch"),
-                             (self._renew_loop, "celeriac-leases")):
+        loops = [(self._fetch_loop, "celeriac-fetch"), (self._dispatch_loop, "celeriac-dispatch"),
+                 (self._renew_loop, "celeriac-leases")]
+        if self.revokes is not None:
+            self.revokes.sync()  # revokes made before this worker started still count
+            loops.append((self._revoke_loop, "celeriac-revokes"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -126,6 +133,12 @@ class Consumer:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if self.revokes is not None and deliveries:
+                try:  # one round trip per batch: revokes made a moment ago count too
+                    self.revokes.check_stored([d.message.headers.get("id") for d in deliveries
+                                               if d.message.headers.get("id")])
+                except Exception:
+                    logger.exception("could not read revokes; relying on the last sync")
             for delivery in deliveries:
                 try:
                     self._accept_delivery(delivery)
@@ -166,6 +179,9 @@ class Consumer:
                          name, task_id, delivery.delivery_count)
             self._dead_letter(delivery, f"delivered {delivery.delivery_count} times (poison message)")
             return
+        if self.revokes is not None and task_id in self.revokes:
+            self._revoke(delivery, task, headers, terminated=False)
+            return
         try:
             expires = parse_time(headers.get("expires"))
             eta = parse_time(headers.get("eta"))
@@ -193,16 +209,31 @@ class Consumer:
 
     def _expire(self, delivery: "Delivery", task: Any, task_id: str, headers: dict) -> None:
         logger.info("Discarding expired task %s[%s]", headers.get("task"), task_id)
+        self._record_revoked(task, headers, "expired", expired=True)
+        self._settle(delivery, ACK)
+
+    def _revoke(self, delivery: "Delivery", task: Any, headers: dict, *, terminated: bool,
+                signum: int | None = None, settle: bool = True) -> None:
+        logger.info("Discarding revoked task %s[%s]", headers.get("task"), headers.get("id"))
+        self._record_revoked(task, headers, "terminated" if terminated else "revoked",
+                             terminated=terminated, signum=signum)
+        if settle:
+            self._settle(delivery, ACK)
+
+    def _record_revoked(self, task: Any, headers: dict, reason: str, *, expired: bool = False,
+                        terminated: bool = False, signum: int | None = None) -> None:
         from ..task import Context
 
-        request = Context(id=task_id, task=headers.get("task"), group=headers.get("group"),
-                          parent_id=headers.get("parent_id"))
+        request = Context(id=headers.get("id"), task=headers.get("task"),
+                          group=headers.get("group"), parent_id=headers.get("parent_id"))
         if not headers.get("ignore_result"):
-            self.app.backend.mark_as_revoked(task_id, "expired", request=request)
+            try:
+                self.app.backend.mark_as_revoked(headers.get("id"), reason, request=request)
+            except Exception:
+                logger.exception("could not store the revoke of task %s", headers.get("id"))
         if signals.task_revoked.receivers:
-            signals.task_revoked.send(sender=task, request=request, terminated=False,
-                                      signum=None, expired=True)
-        self._settle(delivery, ACK)
+            signals.task_revoked.send(sender=task, request=request, terminated=terminated,
+                                      signum=signum, expired=expired)
 
     # ---- dispatching ----------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -216,13 +247,26 @@ class Consumer:
                     if item is None:
                         self._cond.wait(0.05)
                 job_id, delivery, is_async = item
-                self._running += 1
-                late = self._late[job_id]
-                if not late:
-                    self._acked.add(job_id)
+                revoked = (self.revokes is not None
+                           and delivery.message.headers.get("id") in self.revokes)
+                if revoked:
+                    self._jobs.pop(job_id, None)
+                    self._late.pop(job_id, None)
+                else:
+                    self._running += 1
+                    late = self._late[job_id]
+                    if not late:
+                        self._acked.add(job_id)
+            if revoked:  # revoked while it waited in the prefetch buffer
+                headers = delivery.message.headers
+                self._revoke(delivery, self.app.tasks.get(headers.get("task")), headers,
+                             terminated=False)
+                continue
             if not late:
                 self._settle(delivery, ACK)  # early ack: the task is starting now
             pool = self.async_pool if is_async and self.async_pool is not None else self.pool
+            with self._cond:
+                self._pool_of[job_id] = pool
             delivery_info = {"routing_key": delivery.queue, "exchange": "",
                              "redelivered": delivery.redelivered,
                              "delivery_count": delivery.delivery_count}
@@ -241,6 +285,7 @@ class Consumer:
         with self._cond:
             delivery = self._jobs.pop(job_id, None)
             late = self._late.pop(job_id, False)
+            self._pool_of.pop(job_id, None)
             acked = job_id in self._acked
             self._acked.discard(job_id)
             self._running -= 1
@@ -260,6 +305,23 @@ class Consumer:
             return
         if outcome.ack == "lost":
             self._worker_lost(delivery, outcome, late and not acked)
+            return
+        headers = delivery.message.headers
+        if outcome.ack == "terminated":
+            signum = int(outcome.exc_repr) if (outcome.exc_repr or "").isdigit() else None
+            self._revoke(delivery, self.app.tasks.get(headers.get("task")), headers,
+                         terminated=True, signum=signum, settle=not acked)
+            return
+        if outcome.ack == "timeout":
+            from ..exceptions import TimeLimitExceeded
+
+            try:
+                hard: Any = float(outcome.exc_repr or "")
+            except ValueError:
+                hard = outcome.exc_repr
+            self._store_failure(outcome.task_id, TimeLimitExceeded(hard), headers)
+            if not acked:
+                self._settle(delivery, ACK)
             return
         if not acked:
             self._settle(delivery, outcome.ack)
@@ -301,6 +363,24 @@ class Consumer:
             self.app.backend.mark_as_failure(task_id, exc, None, request=request)
         except Exception:
             logger.exception("could not store the failure of task %s", task_id)
+
+    # ---- revokes --------------------------------------------------------------------------------
+    def _revoke_loop(self) -> None:
+        assert self.revokes is not None
+        while not self._stop.wait(0.2):
+            try:
+                self.revokes.sync()
+            except Exception:
+                logger.exception("could not sync revokes")
+
+    def _terminate(self, task_id: str, signum: int) -> None:
+        """A revoke with terminate=True: stop the task if it is running here."""
+        with self._cond:
+            running = [(job_id, self._pool_of.get(job_id)) for job_id, d in self._jobs.items()
+                       if d.message.headers.get("id") == task_id and job_id in self._pool_of]
+        for job_id, pool in running:
+            if pool is not None and pool.terminate(job_id, signum):
+                logger.info("Terminating task %s (signal %s)", task_id, signum)
 
     # ---- leases ---------------------------------------------------------------------------------
     def _renew_loop(self) -> None:

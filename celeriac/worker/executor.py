@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _context, signals, states
 from ..exceptions import Ignore, Reject, Retry
 from ..task import Context, Task
+from .limits import Terminated
 
 if TYPE_CHECKING:
     from ..protocol.v2 import TaskBody
@@ -29,6 +30,10 @@ logger = logging.getLogger("celeriac.worker")
 
 #: ack actions the consumer understands
 ACK, REQUEUE, DROP = "ack", "requeue", "drop"
+
+#: True while this process's main thread is inside a task's own code (not our bookkeeping): the
+#: soft time limit's SIGALRM raises only then, so it can never interrupt a result write
+in_task_code = [False]
 
 
 class ExceptionInfo:
@@ -305,9 +310,13 @@ def execute(task: Task, ctx: Context, *, eager: bool = False, throw: bool = Fals
     try:
         try:
             run.before()
-            retval = task(*ctx.args, **ctx.kwargs)
+            in_task_code[0] = True
+            try:
+                retval = task(*ctx.args, **ctx.kwargs)
+            finally:
+                in_task_code[0] = False
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, Terminated)):
                 raise
             ctx._adopt = False
             return run.failed(exc)
@@ -318,9 +327,12 @@ def execute(task: Task, ctx: Context, *, eager: bool = False, throw: bool = Fals
         _context.current_request_var.reset(req_token)
 
 
-async def execute_async(task: Task, ctx: Context) -> Outcome:
+async def execute_async(task: Task, ctx: Context, soft: float | None = None,
+                        hard: float | None = None) -> Outcome:
     """Run an ``async def`` task on the current event loop; result I/O goes to a thread."""
     import asyncio
+
+    from .limits import run_with_limits
 
     run = _Run(task, ctx, eager=False)
     req_token = _context.current_request_var.set(ctx)
@@ -329,7 +341,7 @@ async def execute_async(task: Task, ctx: Context) -> Outcome:
         try:
             await asyncio.to_thread(run.before)
             ctx._adopt = False
-            retval = await task.run(*ctx.args, **ctx.kwargs)
+            retval = await run_with_limits(task.run(*ctx.args, **ctx.kwargs), soft, hard)
         except Exception as exc:
             return await asyncio.to_thread(run.failed, exc)
         return await asyncio.to_thread(run.succeeded, retval)

@@ -20,6 +20,7 @@ from .. import signals
 from ..protocol import serialization
 from .consumer import Consumer
 from .executor import execute_async
+from .limits import limits_for
 from .pools import create_pool
 from .request import run_message
 
@@ -53,6 +54,11 @@ class Runner:
     def __call__(self, message: Any, delivery_info: dict) -> Any:
         return run_message(self.app, message, delivery_info, self.hostname, self.accept)
 
+    def limits(self, message: Any) -> tuple[float | None, float | None]:
+        """(hard, soft) time limits for this message, in seconds (None: no limit)."""
+        return limits_for(self.app, self.app.tasks.get(message.headers.get("task")),
+                          message.headers)
+
     async def run_async(self, message: Any, delivery_info: dict) -> Any:
         task = self.app.tasks.get(message.headers.get("task"))
         if task is None or not task.is_coroutine:
@@ -69,7 +75,8 @@ class Runner:
                            exc_repr=f"{type(exc).__name__}: {exc}")
         ctx = context_from_body(body, hostname=self.hostname, delivery_info=delivery_info,
                                 properties=message.properties)
-        return await execute_async(task, ctx)
+        hard, soft = self.limits(message)
+        return await execute_async(task, ctx, soft=soft, hard=hard)
 
 
 class Worker:
@@ -131,6 +138,10 @@ class Worker:
         self._install_signal_handlers()
         self.consumer.start()
         self._log_banner()
+        if self.pool_kind in ("threads", "solo") and self.app.conf.task_time_limit:
+            logger.warning("task_time_limit is not enforced in the %s pool (a thread cannot be "
+                           "killed); soft time limits are. Use the prefork pool for hard limits.",
+                           self.pool_kind)
         logger.info("%s ready.", self.hostname)
         if signals.worker_ready.receivers:
             signals.worker_ready.send(sender=self.consumer)

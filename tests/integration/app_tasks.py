@@ -7,6 +7,7 @@ import os
 import time
 
 from celeriac import Celery, shared_task
+from celeriac.exceptions import SoftTimeLimitExceeded
 from celeriac.utils.log import get_task_logger
 
 app = Celery("tests.integration.app_tasks")
@@ -95,3 +96,43 @@ def record_errback_new(request, exc, traceback, path):
 @shared_task
 def shared_mul(x, y):
     return x * y
+
+
+@app.task(soft_time_limit=0.3)
+def soft_limited(seconds):
+    """Sleeps in small steps (so a thread pool can interrupt it too) until the soft limit hits."""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "soft limit caught"
+    return "finished"
+
+
+@app.task(soft_time_limit=0.3)
+async def async_soft_limited(seconds):
+    try:
+        await asyncio.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "soft limit caught"
+    return "finished"
+
+
+@app.task
+def mark_and_wait(path, seconds):
+    """Writes its pid, then waits in small steps (interruptible in every pool)."""
+    with open(path, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "completed"
+
+
+@app.task
+async def async_mark_and_wait(path, seconds):
+    with open(path, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    await asyncio.sleep(seconds)
+    return "completed"

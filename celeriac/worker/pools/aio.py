@@ -6,6 +6,8 @@ import asyncio
 import threading
 from typing import Any
 
+from ... import states
+from ..executor import Outcome
 from . import OnDone
 
 
@@ -22,6 +24,7 @@ class AsyncioPool:
         self._thread = threading.Thread(target=self._loop.run_forever, name="celeriac-asyncio",
                                         daemon=True)
         self._idle = threading.Condition(self._lock)
+        self._futures: dict[int, Any] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -33,16 +36,28 @@ class AsyncioPool:
     def submit(self, job_id: int, message: Any, delivery_info: dict) -> None:
         with self._lock:
             self._busy += 1
-        asyncio.run_coroutine_threadsafe(self._run(job_id, message, delivery_info), self._loop)
+        with self._lock:
+            self._futures[job_id] = asyncio.run_coroutine_threadsafe(
+                self._run(job_id, message, delivery_info), self._loop)
 
     async def _run(self, job_id: int, message: Any, delivery_info: dict) -> None:
         try:
             outcome = await self.runner.run_async(message, delivery_info)
+        except asyncio.CancelledError:  # revoked with terminate=True
+            outcome = Outcome(message.headers.get("id") or "?", states.REVOKED,
+                              ack="terminated", exc_repr="terminated")
         finally:
             with self._lock:
                 self._busy -= 1
+                self._futures.pop(job_id, None)
                 self._idle.notify_all()
         self.on_done(job_id, outcome)
+
+    def terminate(self, job_id: int, signum: int) -> bool:
+        """Cancel the task's coroutine at its current await."""
+        with self._lock:
+            future = self._futures.get(job_id)
+        return future is not None and future.cancel()
 
     def stop(self, wait: bool = True) -> None:
         if wait:

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -24,11 +25,24 @@ logger = logging.getLogger("celeriac.worker")
 _ctx = multiprocessing.get_context("fork")
 
 
-def _child_main(conn: Connection, runner: Any, index: int) -> None:
-    # The parent handles SIGTERM/SIGINT (warm shutdown); children finish their task and wait
-    # for the parent to close the pipe.
+def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any) -> None:
+    from ...exceptions import SoftTimeLimitExceeded
+    from ..executor import in_task_code
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        if in_task_code[0]:  # only ever inside the task's own code, never a result write
+            raise SoftTimeLimitExceeded()
+
+    def on_term(signum: int, frame: Any) -> None:
+        # SIGTERM to the whole process group means "warm shutdown": the parent handles it and
+        # this child finishes its task. Only a terminate the parent asked for stops the child.
+        if terminate_flag.value:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
     if signals.worker_process_init.receivers:
         signals.worker_process_init.send(sender=None)
     try:
@@ -40,7 +54,14 @@ def _child_main(conn: Connection, runner: Any, index: int) -> None:
             if job is None:
                 break
             job_id, message, delivery_info = job
-            outcome = runner(message, delivery_info)
+            _, soft = runner.limits(message)
+            if soft:
+                signal.setitimer(signal.ITIMER_REAL, soft)
+            try:
+                outcome = runner(message, delivery_info)
+            finally:
+                if soft:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
             outcome.retval = None  # values were stored by the child; keep the pipe light
             conn.send((job_id, outcome))
     finally:
@@ -49,13 +70,19 @@ def _child_main(conn: Connection, runner: Any, index: int) -> None:
 
 
 class _Child:
-    __slots__ = ("process", "conn", "job", "index")
+    __slots__ = ("process", "conn", "job", "index", "deadline", "hard", "terminate_flag",
+                 "stop_reason")
 
-    def __init__(self, process: Any, conn: Connection, index: int) -> None:
+    def __init__(self, process: Any, conn: Connection, index: int, terminate_flag: Any) -> None:
         self.process = process
         self.conn = conn
         self.job: tuple | None = None
         self.index = index
+        self.deadline: float | None = None
+        self.hard: float | None = None
+        self.terminate_flag = terminate_flag
+        #: why the parent stopped this child: ("timeout", hard) or ("terminated", signum)
+        self.stop_reason: tuple[str, Any] | None = None
 
 
 class ProcessPool:
@@ -76,11 +103,13 @@ class ProcessPool:
         if signals.worker_before_create_process.receivers:
             signals.worker_before_create_process.send(sender=self)
         parent_conn, child_conn = _ctx.Pipe(duplex=True)
-        process = _ctx.Process(target=_child_main, args=(child_conn, self.runner, index),
+        terminate_flag = _ctx.RawValue("i", 0)
+        process = _ctx.Process(target=_child_main,
+                               args=(child_conn, self.runner, index, terminate_flag),
                                name=f"ForkPoolWorker-{index + 1}", daemon=True)
         process.start()
         child_conn.close()
-        return _Child(process, parent_conn, index)
+        return _Child(process, parent_conn, index, terminate_flag)
 
     def start(self) -> None:
         self._children = [self._spawn(i) for i in range(self.limit)]
@@ -96,10 +125,48 @@ class ProcessPool:
             return sum(1 for c in self._children if c.job is None and c.process.is_alive())
 
     def submit(self, job_id: int, message: Any, delivery_info: dict) -> None:
+        hard, _ = self.runner.limits(message)
         with self._lock:
             child = next(c for c in self._children if c.job is None and c.process.is_alive())
             child.job = (job_id, message, delivery_info)
+            child.hard = hard
+            child.deadline = time.monotonic() + hard if hard else None
         child.conn.send(child.job)
+        if hard:
+            os.write(self._wakeup_w, b"x")  # the collector re-plans its wait around the deadline
+
+    def terminate(self, job_id: int, signum: int) -> bool:
+        """Stop the child running ``job_id`` with ``signum`` (revoke with terminate=True)."""
+        with self._lock:
+            child = next((c for c in self._children if c.job and c.job[0] == job_id), None)
+            if child is None:
+                return False
+            child.stop_reason = ("terminated", signum)
+            child.terminate_flag.value = 1
+        try:
+            os.kill(child.process.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _enforce_deadlines(self) -> float:
+        """Kill children past their hard limit; return seconds until the next deadline."""
+        now = time.monotonic()
+        wait_for = 1.0
+        with self._lock:
+            late = [c for c in self._children if c.deadline is not None and c.deadline <= now
+                    and c.stop_reason is None]
+            for c in self._children:
+                if c.deadline is not None and c.deadline > now:
+                    wait_for = min(wait_for, c.deadline - now)
+            for c in late:
+                c.stop_reason = ("timeout", c.hard)
+        for c in late:
+            try:
+                c.process.kill()
+            except ProcessLookupError:
+                pass
+        return max(wait_for, 0.0)
 
     def _collect(self) -> None:
         while True:
@@ -110,7 +177,7 @@ class ProcessPool:
                 for c in self._children:
                     watch[c.conn] = c
                     watch[c.process.sentinel] = c
-            ready = wait([*watch, self._wakeup_r], timeout=1.0)
+            ready = wait([*watch, self._wakeup_r], timeout=self._enforce_deadlines())
             for obj in ready:
                 if obj == self._wakeup_r:
                     os.read(self._wakeup_r, 64)
@@ -130,6 +197,7 @@ class ProcessPool:
             return
         with self._lock:
             child.job = None
+            child.deadline = None
         self.on_done(job_id, outcome)
 
     def _replace(self, child: _Child) -> None:
@@ -143,14 +211,22 @@ class ProcessPool:
         exitcode = child.process.exitcode
         child.conn.close()
         if job is not None:
-            from ...exceptions import WorkerLostError
-
             job_id, message, _ = job
-            reason = f"Worker exited prematurely: {_describe_exit(exitcode)}."
-            logger.error("Process %s (pid %s) died running task %s: %s", child.process.name,
-                         child.process.pid, message.headers.get("id"), reason)
-            self.on_done(job_id, Outcome(message.headers.get("id") or "?", states.FAILURE,
-                                         ack="lost", exc_repr=repr(WorkerLostError(reason))))
+            task_id = message.headers.get("id") or "?"
+            reason = child.stop_reason
+            if reason is not None and reason[0] == "timeout":
+                logger.error("Hard time limit (%ss) exceeded for %s[%s]", reason[1],
+                             message.headers.get("task"), task_id)
+                outcome = Outcome(task_id, states.FAILURE, ack="timeout", exc_repr=str(reason[1]))
+            elif reason is not None and reason[0] == "terminated":
+                outcome = Outcome(task_id, states.REVOKED, ack="terminated",
+                                  exc_repr=str(reason[1]))
+            else:
+                detail = f"Worker exited prematurely: {_describe_exit(exitcode)}."
+                logger.error("Process %s (pid %s) died running task %s: %s", child.process.name,
+                             child.process.pid, task_id, detail)
+                outcome = Outcome(task_id, states.FAILURE, ack="lost", exc_repr=detail)
+            self.on_done(job_id, outcome)
         if not self._stopping:
             replacement = self._spawn(child.index)
             with self._lock:

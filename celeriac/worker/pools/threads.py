@@ -6,7 +6,39 @@ import queue
 import threading
 from typing import Any
 
+from ... import states
+from ...exceptions import SoftTimeLimitExceeded
+from ..executor import Outcome
+from ..limits import Terminated, ThreadGuard
 from . import OnDone
+
+
+def run_guarded(runner: Any, guards: dict, lock: threading.Lock, job_id: int, message: Any,
+                delivery_info: dict) -> Outcome:
+    """Run one job in this thread with its soft time limit and terminate hook in place."""
+    _, soft = runner.limits(message)
+    guard = ThreadGuard(soft)
+    with lock:
+        guards[job_id] = guard
+    try:
+        try:
+            return runner(message, delivery_info)
+        finally:
+            guard.finish()
+            with lock:
+                guards.pop(job_id, None)
+    except Terminated:
+        return Outcome(message.headers.get("id") or "?", states.REVOKED, ack="terminated",
+                       exc_repr="terminated")
+    except SoftTimeLimitExceeded:  # landed after the task returned: nothing left to stop
+        return Outcome(message.headers.get("id") or "?", states.FAILURE,
+                       exc_repr="SoftTimeLimitExceeded()")
+
+
+def terminate_guarded(guards: dict, lock: threading.Lock, job_id: int) -> bool:
+    with lock:
+        guard = guards.get(job_id)
+    return guard is not None and guard.interrupt(Terminated)
 
 
 class ThreadPool:
@@ -20,6 +52,7 @@ class ThreadPool:
         self._busy = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._guards: dict[int, ThreadGuard] = {}
 
     def start(self) -> None:
         for i in range(self.limit):
@@ -43,11 +76,16 @@ class ThreadPool:
                 return
             job_id, message, delivery_info = job
             try:
-                outcome = self.runner(message, delivery_info)
+                outcome = run_guarded(self.runner, self._guards, self._lock, job_id, message,
+                                      delivery_info)
             finally:
                 with self._lock:
                     self._busy -= 1
             self.on_done(job_id, outcome)
+
+    def terminate(self, job_id: int, signum: int) -> bool:
+        """Threads cannot take signals: the task gets an exception raised in its thread."""
+        return terminate_guarded(self._guards, self._lock, job_id)
 
     def stop(self, wait: bool = True) -> None:
         for _ in self._threads:
@@ -65,6 +103,8 @@ class SoloPool:
         self.limit = 1
         self.on_done = on_done
         self._busy = False
+        self._lock = threading.Lock()
+        self._guards: dict[int, ThreadGuard] = {}
 
     def start(self) -> None:
         pass
@@ -75,10 +115,14 @@ class SoloPool:
     def submit(self, job_id: int, message: Any, delivery_info: dict) -> None:
         self._busy = True
         try:
-            outcome = self.runner(message, delivery_info)
+            outcome = run_guarded(self.runner, self._guards, self._lock, job_id, message,
+                                  delivery_info)
         finally:
             self._busy = False
         self.on_done(job_id, outcome)
+
+    def terminate(self, job_id: int, signum: int) -> bool:
+        return terminate_guarded(self._guards, self._lock, job_id)
 
     def stop(self, wait: bool = True) -> None:
         pass

@@ -1,0 +1,106 @@
+"""Revocations that outlive any one worker: kept in the result store until ``result_expires``.
+
+Layer: worker (shared by ``app.control`` on the client side). Celery keeps revokes only in each
+worker's memory, so a worker started after the revoke runs the task anyway; celeriac writes them to
+the result store instead, where every worker, present or future, finds them:
+
+- ``celeriac-revoked-<task id>``: the revoke itself (checked for each fetched batch);
+- ``celeriac-revoked-seq`` and ``celeriac-revoked-log-<n>``: an append-only log workers poll
+  (a few times a second) to learn of revokes, including ``terminate`` requests for running tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as signal_module
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from ..backends.base import ResultBackend
+
+logger = logging.getLogger("celeriac.worker")
+
+REVOKED_KEY = "celeriac-revoked-"
+SEQ_KEY = "celeriac-revoked-seq"
+LOG_KEY = "celeriac-revoked-log-"
+
+
+def signal_number(value: Any) -> int:
+    """``"SIGTERM"``, ``"TERM"``, ``15`` or a ``signal.Signals`` -> the number (SIGTERM for None)."""
+    if value is None:
+        return int(signal_module.SIGTERM)
+    if isinstance(value, int):
+        return int(value)
+    name = str(value).upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(getattr(signal_module, name))
+    except AttributeError:
+        raise ValueError(f"unknown signal {value!r}") from None
+
+
+def record_revoke(backend: "ResultBackend", task_ids: Sequence[str], *, terminate: bool = False,
+                  signal: Any = None) -> None:
+    """Write the revoke where every worker will see it (now and until the results expire)."""
+    signum = signal_number(signal)
+    entry = {"terminate": bool(terminate), "signal": signum}
+    for task_id in task_ids:
+        backend.set_value(REVOKED_KEY + task_id, entry)
+    seq = backend.incr(SEQ_KEY)
+    backend.set_value(f"{LOG_KEY}{seq}", {"ids": list(task_ids), **entry})
+
+
+class RevokedSet:
+    """A worker's view of revokes, kept fresh from the result store's log."""
+
+    def __init__(self, backend: "ResultBackend",
+                 on_terminate: Callable[[str, int], None] | None = None) -> None:
+        self.backend = backend
+        self.on_terminate = on_terminate
+        self._ids: set[str] = set()
+        self._seen = 0
+        self._lock = threading.Lock()
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._ids)
+
+    def add(self, task_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._ids.update(task_ids)
+
+    def check_stored(self, task_ids: Sequence[str]) -> set[str]:
+        """Which of ``task_ids`` are revoked in the store (one round trip for a fetched batch)."""
+        if not task_ids:
+            return set()
+        keys = [REVOKED_KEY + t for t in task_ids]
+        raws = self.backend._mget(keys)
+        found = {t for t, raw in zip(task_ids, raws) if raw is not None}
+        if found:
+            self.add(found)
+        return found
+
+    def sync(self) -> None:
+        """Read log entries written since the last sync; apply terminate requests."""
+        current = self.backend.get_value(SEQ_KEY)
+        current = int(current) if current is not None else 0
+        if current <= self._seen:
+            return
+        for seq in range(self._seen + 1, current + 1):
+            entry = self.backend.get_value(f"{LOG_KEY}{seq}")
+            if not entry:
+                continue  # expired, or written a moment after the counter: the key check covers it
+            ids = list(entry.get("ids") or ())
+            self.add(ids)
+            if entry.get("terminate") and self.on_terminate is not None:
+                for task_id in ids:
+                    self.on_terminate(task_id, int(entry.get("signal") or signal_module.SIGTERM))
+        self._seen = current
