@@ -189,9 +189,13 @@ class Producer:
     @staticmethod
     def _send_publish_signal(signal: Any, item: Outgoing) -> None:
         message = item.message
-        signal.send(sender=message.headers.get("task"), body=message.body,
-                    exchange="", routing_key=item.queue, headers=message.headers,
-                    properties=message.properties, declare=[], retry_policy=None)
+        if signal is signals.before_task_publish:
+            signal.send(sender=message.headers.get("task"), body=message.body,
+                        exchange="", routing_key=item.queue, headers=message.headers,
+                        properties=message.properties, declare=[], retry_policy=None)
+        else:  # Celery's after_task_publish carries just these
+            signal.send(sender=message.headers.get("task"), body=message.body, exchange="",
+                        routing_key=item.queue)
 
 
 def _sqlite_errors() -> type[BaseException]:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from .. import signals, states
 from ..exceptions import NotRegistered
 from ..protocol import serialization
-from .executor import ACK, DROP, REQUEUE, Outcome
-from .request import DEAD_LETTER, parse_time
+from .executor import ACK, DROP, INTERNAL_ERROR, REQUEUE, Outcome
+from .request import DEAD_LETTER, ReceivedRequest, parse_time
 from .revokes import RevokedSet
 
 if TYPE_CHECKING:
@@ -156,6 +156,8 @@ class Consumer:
             missing = "task" if not name else "id"
             logger.error("Received a message without a %r header (not a protocol 2 task message); "
                          "dead-lettered", missing)
+            if signals.task_rejected.receivers:
+                signals.task_rejected.send(sender=self, message=message, exc=None)
             self._dead_letter(delivery, f"invalid message: missing {missing!r} header")
             return
         if message.content_type not in self.accept:
@@ -171,8 +173,9 @@ class Consumer:
             if signals.task_unknown.receivers:
                 signals.task_unknown.send(sender=self, name=name, id=task_id, message=message,
                                           exc=NotRegistered(name))
-            self._store_failure(task_id, NotRegistered(name), headers)
+            # Dead-letter first: once the failure is visible, the message is already kept.
             self._dead_letter(delivery, f"unknown task name {name!r}")
+            self._store_failure(task_id, NotRegistered(name), headers)
             return
         if delivery.delivery_count > self.max_deliveries:
             logger.error("Task %s[%s] was delivered %d times without finishing; dead-lettered",
@@ -198,7 +201,8 @@ class Consumer:
             return
         logger.info("Task %s[%s] received", name, task_id)
         if signals.task_received.receivers:
-            signals.task_received.send(sender=self, request=message)
+            signals.task_received.send(sender=self, request=ReceivedRequest(
+                delivery, self.hostname, self.accept))
         late = task.acks_late if task.acks_late is not None else self.acks_late_default
         job_id = next(self._ids)
         with self._cond:
@@ -311,6 +315,10 @@ class Consumer:
             signum = int(outcome.exc_repr) if (outcome.exc_repr or "").isdigit() else None
             self._revoke(delivery, self.app.tasks.get(headers.get("task")), headers,
                          terminated=True, signum=signum, settle=not acked)
+            return
+        if outcome.ack == INTERNAL_ERROR:
+            if not acked:  # the outcome was not recorded: let it run again (at-least-once)
+                self._settle(delivery, REQUEUE)
             return
         if outcome.ack == "timeout":
             from ..exceptions import TimeLimitExceeded

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 #: ack actions the consumer understands
-ACK, REQUEUE, DROP = "ack", "requeue", "drop"
+ACK, REQUEUE, DROP, INTERNAL_ERROR = "ack", "requeue", "drop", "internal_error"
 
 #: True while this process's main thread is inside a task's own code (not our bookkeeping): the
 #: soft time limit's SIGALRM raises only then, so it can never interrupt a result write
@@ -145,8 +145,6 @@ class _Run:
         if isinstance(exc, Reject):
             logger.warning("Task %s[%s] rejected: %r (requeue=%s)", task.name, ctx.id,
                            exc.reason, exc.requeue)
-            if signals.task_rejected.receivers:
-                signals.task_rejected.send(sender=None, message=None, exc=exc)
             self._after(states.REJECTED, exc, None)
             return Outcome(ctx.id, states.REJECTED, time.monotonic() - self.started,
                            ack=REQUEUE if exc.requeue else DROP, exc_repr=_safe_repr(exc))
@@ -301,6 +299,20 @@ def _accepts_request_exc_tb(task: Task) -> bool:
     return len(positional) > 1 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
+def internal_error(task: Task, ctx: Context, exc: BaseException) -> Outcome:
+    """The task may have run, but its outcome could not be recorded: never ack such a message
+    as done (the consumer requeues it when it still holds it: at-least-once)."""
+    einfo = ExceptionInfo(exc)
+    logger.critical("Internal error running task %s[%s]: %r\n%s", task.name, ctx.id, exc,
+                    einfo.traceback)
+    if signals.task_internal_error.receivers:
+        signals.task_internal_error.send(sender=task, task_id=ctx.id, args=ctx.args,
+                                         kwargs=ctx.kwargs, request=ctx, exception=exc,
+                                         traceback=exc.__traceback__, einfo=einfo)
+    return Outcome(ctx.id or "?", states.FAILURE, ack=INTERNAL_ERROR, exc_repr=_safe_repr(exc),
+                   traceback=einfo.traceback)
+
+
 # ---- entry points ----------------------------------------------------------------------------
 def execute(task: Task, ctx: Context, *, eager: bool = False, throw: bool = False) -> Outcome:
     """Run a sync task to its end; never raises for task errors (they become the Outcome)."""
@@ -322,6 +334,12 @@ def execute(task: Task, ctx: Context, *, eager: bool = False, throw: bool = Fals
             return run.failed(exc)
         ctx._adopt = False
         return run.succeeded(retval)
+    except (KeyboardInterrupt, SystemExit, Terminated):
+        raise
+    except BaseException as exc:  # our own bookkeeping failed (e.g. the result store is down)
+        if eager:
+            raise
+        return internal_error(task, ctx, exc)
     finally:
         _context.current_task_var.reset(task_token)
         _context.current_request_var.reset(req_token)
@@ -345,6 +363,8 @@ async def execute_async(task: Task, ctx: Context, soft: float | None = None,
         except Exception as exc:
             return await asyncio.to_thread(run.failed, exc)
         return await asyncio.to_thread(run.succeeded, retval)
+    except Exception as exc:  # our own bookkeeping failed
+        return internal_error(task, ctx, exc)
     finally:
         _context.current_task_var.reset(task_token)
         _context.current_request_var.reset(req_token)

@@ -36,6 +36,56 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+class ReceivedRequest:
+    """What ``task_received`` receivers get: the request as the consumer knows it (headers now,
+    arguments decoded only if a receiver asks for them)."""
+
+    def __init__(self, delivery: Any, hostname: str, accept: frozenset[str]) -> None:
+        self.delivery = delivery
+        self.message = delivery.message
+        self.hostname = hostname
+        self._accept = accept
+        self._body: Any = None
+
+    @property
+    def id(self) -> str:
+        return self.message.headers.get("id")
+
+    task_id = id
+
+    @property
+    def name(self) -> str:
+        return self.message.headers.get("task")
+
+    @property
+    def delivery_info(self) -> dict:
+        return {"routing_key": self.delivery.queue, "redelivered": self.delivery.redelivered}
+
+    @property
+    def eta(self) -> Any:
+        return self.message.headers.get("eta")
+
+    @property
+    def expires(self) -> Any:
+        return self.message.headers.get("expires")
+
+    def _decoded(self) -> Any:
+        if self._body is None:
+            self._body = v2.decode_task(self.message, self._accept)
+        return self._body
+
+    @property
+    def args(self) -> Any:
+        return self._decoded().args
+
+    @property
+    def kwargs(self) -> Any:
+        return self._decoded().kwargs
+
+    def __repr__(self) -> str:
+        return f"<Request: {self.name}[{self.id}]>"
+
+
 def run_message(app: "Celery", message: "Message", delivery_info: dict, hostname: str,
                 accept: frozenset[str]) -> Outcome:
     """Decode and execute one task message. Never raises for bad input: it reports it."""
