@@ -178,3 +178,15 @@ def test_other_app_can_read_results(start_worker, tasks, sqlite_url):
         assert reader.AsyncResult(result.id).get(timeout=5) == 10
     finally:
         reader.close()
+
+
+def test_long_task_never_holds_fetched_work_hostage(start_worker, tasks, tmp_path):
+    """One shared prefetch buffer: while one slot runs a long task, the other slot takes every
+    quick task, including ones fetched before the long task started."""
+    start_worker("-P", "prefork", "-c", "2", "--prefetch-multiplier", "4")
+    marker = tmp_path / "long"
+    long_task = tasks.mark_and_wait.delay(str(marker), 8)
+    quick = [tasks.add.delay(i, i) for i in range(12)]
+    assert [r.get(timeout=6) for r in quick] == [2 * i for i in range(12)]
+    assert long_task.state in ("PENDING", "STARTED"), "the long task is still running"
+    long_task.revoke(terminate=True)
