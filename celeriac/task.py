@@ -14,7 +14,12 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar
 
 from . import _context
-from .exceptions import ImproperlyConfigured, MaxRetriesExceededError, NotRegistered, Retry
+from .exceptions import (
+    ImproperlyConfigured,
+    MaxRetriesExceededError,
+    NotRegistered,
+    Retry,
+)
 
 if TYPE_CHECKING:
     from .app import Celery

@@ -14,6 +14,7 @@ import time
 from typing import Any, Sequence
 
 from ..exceptions import BackendError
+from ..utils.registry import NamedRegistry
 from .base import ResultBackend
 
 #: how often (seconds) a write also sweeps out expired keys nobody read again
@@ -55,28 +56,13 @@ class _Store:
         self.cond.notify_all()
 
 
-_REGISTRY: dict[str, _Store] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def _shared_store(name: str) -> _Store:
-    with _REGISTRY_LOCK:
-        store = _REGISTRY.get(name)
-        if store is None:
-            store = _REGISTRY[name] = _Store()
-        return store
+_REGISTRY: NamedRegistry[_Store] = NamedRegistry(_Store)
+_shared_store = _REGISTRY.get
 
 
 def reset(name: str | None = None) -> None:
-    """Forget the shared store ``memory://name`` (every one when None) so tests start clean.
-
-    Backends already open on it keep working on the old, now private, state.
-    """
-    with _REGISTRY_LOCK:
-        if name is None:
-            _REGISTRY.clear()
-        else:
-            _REGISTRY.pop(name, None)
+    """Forget the shared store ``memory://name`` (every one when None) so tests start clean."""
+    _REGISTRY.reset(name)
 
 
 class MemoryBackend(ResultBackend):

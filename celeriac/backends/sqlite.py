@@ -26,7 +26,12 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qs
 
 from ..exceptions import BackendError, ImproperlyConfigured
-from ..utils.sqlite import DEFAULT_SQLITE_URL, ChangeWaiter, connect, sqlite_path_from_url
+from ..utils.sqlite import (
+    DEFAULT_SQLITE_URL,
+    ChangeWaiter,
+    connect,
+    sqlite_path_from_url,
+)
 from .base import ResultBackend
 
 TABLE = "celeriac_result"

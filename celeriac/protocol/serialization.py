@@ -18,7 +18,12 @@ from decimal import Decimal
 from typing import Any, Callable, Iterable
 from uuid import UUID
 
-from ..exceptions import ContentDisallowed, DecodeError, EncodeError, ImproperlyConfigured
+from ..exceptions import (
+    ContentDisallowed,
+    DecodeError,
+    EncodeError,
+    ImproperlyConfigured,
+)
 
 JSON = "application/json"
 MSGPACK = "application/x-msgpack"

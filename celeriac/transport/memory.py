@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..protocol.message import Message
+from ..utils.registry import NamedRegistry
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
 
 READY, LEASED, DELAYED = 0, 1, 2
@@ -120,28 +121,13 @@ class _Broker:
         return q
 
 
-_REGISTRY: dict[str, _Broker] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def _shared_broker(name: str) -> _Broker:
-    with _REGISTRY_LOCK:
-        broker = _REGISTRY.get(name)
-        if broker is None:
-            broker = _REGISTRY[name] = _Broker()
-        return broker
+_REGISTRY: NamedRegistry[_Broker] = NamedRegistry(_Broker)
+_shared_broker = _REGISTRY.get
 
 
 def reset(name: str | None = None) -> None:
-    """Forget the shared broker ``memory://name`` (every one when None) so tests start clean.
-
-    Transports already open on it keep working on the old, now private, state.
-    """
-    with _REGISTRY_LOCK:
-        if name is None:
-            _REGISTRY.clear()
-        else:
-            _REGISTRY.pop(name, None)
+    """Forget the shared broker ``memory://name`` (every one when None) so tests start clean."""
+    _REGISTRY.reset(name)
 
 
 class MemoryTransport:
