@@ -50,14 +50,18 @@ class Consumer:
         self.acks_late_default = bool(conf.task_acks_late)
         self.reject_on_worker_lost = bool(conf.task_reject_on_worker_lost)
         self.max_deliveries = int(conf.get("worker_max_deliveries") or DEFAULT_MAX_DELIVERIES)
-        capacity = pool.limit + (async_pool.limit if async_pool is not None else 0)
-        self.prefetch_limit = max(capacity, capacity * max(0, prefetch_multiplier) or capacity)
+        # The window counts messages held for the sync pool (waiting + running). ``async def``
+        # tasks leave the window once they start: they run on the event loop, not in a slot.
+        # A multiplier of 0 means "no limit", as in Celery (bounded here to stay sane).
+        self.prefetch_limit = pool.limit * (prefetch_multiplier if prefetch_multiplier > 0 else 1000)
         self.renew_every = max(0.05, self.transport.visibility_timeout / 3.0)
         self._buffer: collections.deque[tuple[int, "Delivery", bool]] = collections.deque()
         self._jobs: dict[int, "Delivery"] = {}  # job id -> delivery, waiting or running
         self._late: dict[int, bool] = {}
         self._acked: set[int] = set()  # jobs acked early (their message no longer holds a lease)
         self._running = 0
+        self._running_async = 0
+        self._async_jobs: set[int] = set()
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -114,7 +118,7 @@ class Consumer:
 
     # ---- fetching -------------------------------------------------------------------------------
     def _room(self) -> int:
-        return self.prefetch_limit - len(self._buffer) - self._running
+        return self.prefetch_limit - len(self._buffer) - (self._running - self._running_async)
 
     def _fetch_loop(self) -> None:
         backoff = 0.1
@@ -258,6 +262,10 @@ class Consumer:
                     self._late.pop(job_id, None)
                 else:
                     self._running += 1
+                    if is_async and self.async_pool is not None:
+                        self._running_async += 1
+                        self._async_jobs.add(job_id)
+                        self._cond.notify_all()  # it left the window: the fetcher may fetch more
                     late = self._late[job_id]
                     if not late:
                         self._acked.add(job_id)
@@ -274,7 +282,14 @@ class Consumer:
             delivery_info = {"routing_key": delivery.queue, "exchange": "",
                              "redelivered": delivery.redelivered,
                              "delivery_count": delivery.delivery_count}
-            pool.submit(job_id, delivery.message, delivery_info)
+            if not pool.submit(job_id, delivery.message, delivery_info):
+                with self._cond:  # the slot vanished (a child died): put it back in front
+                    self._running -= 1
+                    if job_id in self._async_jobs:
+                        self._async_jobs.discard(job_id)
+                        self._running_async -= 1
+                    self._pool_of.pop(job_id, None)
+                    self._buffer.appendleft((job_id, delivery, is_async))
 
     def _next_runnable(self) -> tuple[int, "Delivery", bool] | None:
         for index, item in enumerate(self._buffer):
@@ -293,6 +308,9 @@ class Consumer:
             acked = job_id in self._acked
             self._acked.discard(job_id)
             self._running -= 1
+            if job_id in self._async_jobs:
+                self._async_jobs.discard(job_id)
+                self._running_async -= 1
             self.processed += 1
             if outcome.state == states.FAILURE:
                 self.failed += 1

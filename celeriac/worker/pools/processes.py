@@ -124,16 +124,21 @@ class ProcessPool:
         with self._lock:
             return sum(1 for c in self._children if c.job is None and c.process.is_alive())
 
-    def submit(self, job_id: int, message: Any, delivery_info: dict) -> None:
+    def submit(self, job_id: int, message: Any, delivery_info: dict) -> bool:
+        """Hand the job to an idle child; False if none is idle (the caller keeps the job)."""
         hard, _ = self.runner.limits(message)
         with self._lock:
-            child = next(c for c in self._children if c.job is None and c.process.is_alive())
+            child = next((c for c in self._children if c.job is None and c.process.is_alive()),
+                         None)
+            if child is None:
+                return False
             child.job = (job_id, message, delivery_info)
             child.hard = hard
             child.deadline = time.monotonic() + hard if hard else None
         child.conn.send(child.job)
         if hard:
             os.write(self._wakeup_w, b"x")  # the collector re-plans its wait around the deadline
+        return True
 
     def terminate(self, job_id: int, signum: int) -> bool:
         """Stop the child running ``job_id`` with ``signum`` (revoke with terminate=True)."""

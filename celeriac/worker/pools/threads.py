@@ -64,10 +64,11 @@ class ThreadPool:
         with self._lock:
             return self.limit - self._busy
 
-    def submit(self, job_id: int, message: Any, delivery_info: dict) -> None:
+    def submit(self, job_id: int, message: Any, delivery_info: dict) -> bool:
         with self._lock:
             self._busy += 1
         self._jobs.put((job_id, message, delivery_info))
+        return True
 
     def _loop(self) -> None:
         while True:
@@ -112,7 +113,7 @@ class SoloPool:
     def free_slots(self) -> int:
         return 0 if self._busy else 1
 
-    def submit(self, job_id: int, message: Any, delivery_info: dict) -> None:
+    def submit(self, job_id: int, message: Any, delivery_info: dict) -> bool:
         self._busy = True
         try:
             outcome = run_guarded(self.runner, self._guards, self._lock, job_id, message,
@@ -120,6 +121,7 @@ class SoloPool:
         finally:
             self._busy = False
         self.on_done(job_id, outcome)
+        return True
 
     def terminate(self, job_id: int, signum: int) -> bool:
         return terminate_guarded(self._guards, self._lock, job_id)
