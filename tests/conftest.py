@@ -98,3 +98,35 @@ def start_worker(tmp_path: Path, sqlite_url: str) -> Iterator:
             w.kill()
         if not w._log.closed:
             w._log.close()
+
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def _redis_up() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_server() -> str:
+    """Base URL of the real Redis on loopback. Missing server: skip locally, FAIL when CI=true."""
+    if not _redis_up():
+        message = f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: a missing broker is a failure, not a skip)")
+        pytest.skip(message)
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}"
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses (pass it as global_keyprefix)."""
+    import uuid
+
+    return f"celeriac-test-{uuid.uuid4().hex[:12]}:"
