@@ -188,9 +188,21 @@ class SQLiteTransport:
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as conn, _transaction(conn):
-            yield conn
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction. ``durable=False`` (leases, acks, renewals) skips the fsync: such
+        a commit survives a crash of any process, and only a power loss can undo it, which at
+        worst delivers a message once more (at-least-once holds). Publishes stay fsynced."""
+        with self._connection() as conn:
+            if durable:
+                with _transaction(conn):
+                    yield conn
+                return
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with _transaction(conn):
+                    yield conn
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
 
     def _change_waiter(self) -> ChangeWaiter:
         waiter = self._waiter
@@ -262,7 +274,7 @@ class SQLiteTransport:
         for queue in order:
             params += (queue, max_n)
         params.append(max_n)
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             conn.execute(f"UPDATE celeriac_queue SET state = 0 WHERE queue IN ({marks})"
                          " AND state != 0 AND visible_at <= ?", (*order, now))
             rows = conn.execute(_lease_sql(len(order)), params).fetchall()
@@ -283,7 +295,7 @@ class SQLiteTransport:
         """Delete each message if its lease is still ours; False where it was lost (fencing)."""
         if not deliveries:
             return []
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             return [conn.execute(f"DELETE FROM celeriac_queue {_FENCE}", d.receipt).rowcount == 1
                     for d in deliveries]
 
@@ -304,7 +316,7 @@ class SQLiteTransport:
         if not deliveries:
             return
         until = time.time() + (self.visibility_timeout if seconds is None else seconds)
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             conn.executemany(f"UPDATE celeriac_queue SET state = 1, visible_at = ? {_FENCE}",
                              [(until, *d.receipt) for d in deliveries])
 

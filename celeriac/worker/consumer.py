@@ -61,6 +61,10 @@ class Consumer:
         self._acked: set[int] = set()  # jobs acked early (their message no longer holds a lease)
         self._running = 0
         self._running_async = 0
+        self._ack_cond = threading.Condition()
+        self._ack_pending: list["Delivery"] = []
+        self._acks_done = False
+        self._acker: threading.Thread | None = None
         self._async_jobs: set[int] = set()
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
@@ -76,6 +80,8 @@ class Consumer:
     def start(self) -> None:
         loops = [(self._fetch_loop, "celeriac-fetch"), (self._dispatch_loop, "celeriac-dispatch"),
                  (self._renew_loop, "celeriac-leases")]
+        self._acker = threading.Thread(target=self._ack_loop, name="celeriac-acks", daemon=True)
+        self._acker.start()
         if self.revokes is not None:
             self.revokes.sync()  # revokes made before this worker started still count
             loops.append((self._revoke_loop, "celeriac-revokes"))
@@ -111,6 +117,11 @@ class Consumer:
     def join(self) -> None:
         for t in self._threads:
             t.join(timeout=5)
+        with self._ack_cond:  # every settled message is acked before the worker exits
+            self._acks_done = True
+            self._ack_cond.notify()
+        if self._acker is not None:
+            self._acker.join(timeout=10)
 
     @property
     def active(self) -> int:
@@ -365,15 +376,37 @@ class Consumer:
 
     # ---- settling -------------------------------------------------------------------------------
     def _settle(self, delivery: "Delivery", action: str) -> None:
+        if action == ACK:  # acks go out in batches: one broker round trip for many tasks
+            with self._ack_cond:
+                self._ack_pending.append(delivery)
+                self._ack_cond.notify()
+            return
         try:
-            if action == ACK:
-                self.transport.ack([delivery])
-            elif action == REQUEUE:
+            if action == REQUEUE:
                 self.transport.reject(delivery, requeue=True)
             elif action == DROP:
                 self._dead_letter(delivery, "rejected by the task (Reject, requeue=False)")
         except Exception:
             logger.exception("could not %s message %s", action, delivery.message.headers.get("id"))
+
+    def _ack_loop(self) -> None:
+        """Send pending acks together; after stop, flush what is left and end.
+
+        A crash before a flush means those messages are delivered again: at-least-once holds.
+        """
+        while True:
+            with self._ack_cond:
+                while not self._ack_pending and not self._acks_done:
+                    self._ack_cond.wait(0.5)
+                batch, self._ack_pending = self._ack_pending, []
+                finished = self._acks_done and not batch
+            if finished:
+                return
+            try:
+                self.transport.ack(batch)
+            except Exception:
+                logger.exception("could not ack %d message(s); they will be delivered again",
+                                 len(batch))
 
     def _dead_letter(self, delivery: "Delivery", reason: str) -> None:
         self.transport.dead_letter(delivery.queue, delivery.message, reason, delivery=delivery)
