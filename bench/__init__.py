@@ -1,0 +1,1 @@
+"""The benchmark suite (``python bench/run.py``); not part of the package or the test suite."""

@@ -1,0 +1,40 @@
+"""The benchmark app and its tasks. Layer: bench (outside the package).
+
+The broker and result store come from CELERIAC_BROKER_URL / CELERIAC_RESULT_BACKEND, which the
+runner points at a fresh SQLite file for every measure. When CELERIAC_BENCH_READY_FILE is set,
+the worker writes the wall-clock time it became ready there, so drains can be timed from that
+moment rather than from interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celeriac import Celery, signals
+
+app = Celery("bench.bench_tasks")
+
+READY_FILE_ENV = "CELERIAC_BENCH_READY_FILE"
+
+
+@app.task
+def noop() -> None:
+    """Does nothing, so a measure shows the queue's own cost per task."""
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@signals.worker_ready.connect
+def _write_ready_time(sender: Any = None, **_: Any) -> None:
+    path = os.environ.get(READY_FILE_ENV)
+    if not path:
+        return
+    # Write then rename: the runner polls for the file and must never read it half written.
+    with open(path + ".tmp", "w") as f:
+        f.write(repr(time.time()))
+    os.replace(path + ".tmp", path)
