@@ -23,8 +23,10 @@ def backend_from_url(url: str | None, app: Any = None, **options: Any) -> "Resul
         from .sqlite import SQLiteBackend
 
         return SQLiteBackend(app=app, url=url, **options)
-    if scheme in ("redis", "rediss"):
-        raise NotImplementedError(f"the Redis result backend is not implemented yet ({url!r})")
+    if scheme in ("redis", "rediss", "unix", "redis+socket"):
+        from .redis import RedisBackend
+
+        return RedisBackend(app=app, url=url, **options)
     from ..exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured(f"result_backend: unknown backend scheme {scheme!r} in {url!r}")

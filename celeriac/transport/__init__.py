@@ -20,9 +20,9 @@ def transport_from_url(url: str, **options: Any) -> "Transport":
 
         return SQLiteTransport.from_url(url, **options)
     if scheme in ("redis", "rediss", "redis+socket", "unix"):
-        raise NotImplementedError(
-            f"the Redis broker is not implemented yet (broker URL {url!r}); use sqlite:// or memory://"
-        )
+        from .redis import RedisTransport
+
+        return RedisTransport.from_url(url, **options)
     if scheme in ("amqp", "amqps", "pyamqp"):
         raise NotImplementedError(
             f"the RabbitMQ broker is not implemented yet (broker URL {url!r}); use sqlite:// or memory://"

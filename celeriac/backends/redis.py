@@ -1,0 +1,579 @@
+"""The Redis result store, byte-compatible with Celery's: SETEX + PUBLISH writes, pub/sub waits.
+
+Layer: backends. Keys and values are exactly Celery's (``celery-task-meta-<id>`` holding the JSON
+meta), and every write PUBLISHes the same bytes on a channel named like the key, so a Celery
+``AsyncResult`` waiting on this store wakes, and celeriac waits on a Celery worker's results the
+same way. Waiting never polls: one background thread per backend owns a pub/sub connection and
+hands each message to the waiters of its channel (``_Subscriber``).
+
+URL forms: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS; ``ssl_cert_reqs``
+etc. from the query or the ``redis_backend_use_ssl`` setting), ``unix:///path.sock?db=N`` and
+``redis+socket:///path.sock``. Celeriac extension: ``?global_keyprefix=p:`` in the URL (or in
+``result_backend_transport_options``) prefixes every key and channel, as Celery's option does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import select
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import parse_qsl, urlencode
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .. import states
+from ..exceptions import BackendError, ImproperlyConfigured
+from ..exceptions import TimeoutError as CeleriacTimeoutError
+from .base import ResultBackend
+
+logger = logging.getLogger(__name__)
+
+#: pauses between the attempts of a write that hit a connection error (then it is raised)
+_STORE_RETRY_DELAYS = (0.1, 0.5, 2.0)
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
+#: seconds of silence on the pub/sub connection before a PING checks it is still alive
+_HEALTH_INTERVAL = 15.0
+#: keys per DEL, so one huge forget never blocks the server for long
+_DELETE_CHUNK = 1000
+_SSL_NAMES = {"none": "none", "cert_none": "none", "optional": "optional",
+              "cert_optional": "optional", "required": "required", "cert_required": "required"}
+#: objects a forked child inherited (sockets, pipe fds): never used there, only kept referenced
+_INHERITED: list[Any] = []
+
+
+class RedisBackend(ResultBackend):
+    """Results in Redis, laid out as Celery lays them out; thread-safe, reopened after fork."""
+
+    def __init__(self, app: Any = None, url: str | None = None, **options: Any) -> None:
+        conf = app.conf if app is not None else None
+        transport_options = dict((conf.result_backend_transport_options if conf else None) or {})
+        self.keyprefix: str = options.pop("global_keyprefix", None) or ""
+        super().__init__(app=app, url=url or "redis://", **options)
+        redis_url, url_prefix, kwargs = client_options(self.url, conf, transport_options)
+        self.keyprefix = self.keyprefix or url_prefix
+        self._redis_url = redis_url
+        self._client_kwargs = kwargs
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._client: redis.Redis | None = None
+        self._subscriber: _Subscriber | None = None
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {_safe_url(self.url)}>"
+
+    # ---- connections -----------------------------------------------------------------------------
+    def _check_fork(self) -> None:
+        # A child must not share the parent's sockets or listener; take fresh ones, never closing
+        # the inherited ones (that could shut the parent's connections down).
+        if self._pid != os.getpid():
+            _INHERITED.extend(x for x in (self._client, self._subscriber) if x is not None)
+            self._lock = threading.Lock()
+            self._local = threading.local()
+            self._client = self._subscriber = None
+            self._pid = os.getpid()
+
+    def client(self) -> redis.Redis:
+        """The shared client of this process (its own thread-safe connection pool)."""
+        self._check_fork()
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = redis.Redis.from_url(self._redis_url, **self._client_kwargs)
+                client = self._client
+        return client
+
+    def _subscriber_for_waits(self) -> "_Subscriber":
+        self._check_fork()
+        subscriber = self._subscriber
+        if subscriber is None:
+            pool = self.client().connection_pool
+            with self._lock:
+                if self._subscriber is None:
+                    kwargs = {**pool.connection_kwargs, "socket_timeout": None,
+                              "socket_keepalive": True, "health_check_interval": 0}
+
+                    def connect() -> Any:
+                        conn = pool.connection_class(**kwargs)
+                        conn.connect()
+                        return conn
+
+                    self._subscriber = _Subscriber(connect)
+                subscriber = self._subscriber
+        return subscriber
+
+    def close(self) -> None:
+        """Stop the listener and drop the connections; the backend reopens lazily if used again."""
+        self._check_fork()
+        with self._lock:
+            client, subscriber = self._client, self._subscriber
+            self._client = self._subscriber = None
+        if subscriber is not None:
+            subscriber.close()
+        if client is not None:
+            client.close()
+
+    # ---- primitives ------------------------------------------------------------------------------
+    def _key(self, key: str) -> str:
+        return self.keyprefix + key
+
+    def _set(self, key: str, value: bytes, ttl: float | None) -> None:
+        name = self._key(key)
+
+        def write() -> None:
+            pipe = self.client().pipeline(transaction=True)
+            _set_with_ttl(pipe, name, value, ttl)
+            pipe.publish(name, value)
+            pipe.execute()
+
+        self._retrying(write, key)
+
+    def _get(self, key: str) -> bytes | None:
+        return self._mget([key])[0]
+
+    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values = self.client().mget([self._key(k) for k in keys])
+        self._local.seen = dict(zip(keys, values))
+        return values
+
+    def _delete(self, keys: Sequence[str]) -> None:
+        names = [self._key(k) for k in keys]
+        for start in range(0, len(names), _DELETE_CHUNK):
+            chunk = names[start:start + _DELETE_CHUNK]
+            self._retrying(lambda: self.client().delete(*chunk), chunk[0])
+
+    def _incr(self, key: str, amount: int, ttl: float | None) -> int:
+        # Not retried here: a connection lost after EXEC ran would count twice.
+        name = self._key(key)
+        pipe = self.client().pipeline(transaction=True)
+        pipe.incrby(name, amount)
+        if ttl:
+            pipe.pexpire(name, _ttl_ms(ttl))
+        # Celery does not publish counters; an empty message is harmless to it and lets
+        # _wait_change on a counter wake at once.
+        pipe.publish(name, b"")
+        try:
+            value = pipe.execute()[0]
+        except ResponseError as exc:
+            raise BackendError(f"the value at {key!r} is not an integer") from exc
+        return int(value)
+
+    def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
+        seen: dict[str, bytes | None] = getattr(self._local, "seen", None) or {}
+        self._local.seen = None
+        deadline = time.monotonic() + timeout
+        names = [self._key(k) for k in keys]
+        subscriber = self._subscriber_for_waits()
+        watch = subscriber.watch(names)
+        try:
+            if not watch.armed(deadline):
+                return
+            known = [k for k in keys if k in seen]
+            if known and self.client().mget([self._key(k) for k in known]) != [
+                    seen[k] for k in known]:
+                return  # written between the caller's read and our subscribe
+            watch.take(deadline)
+        finally:
+            subscriber.unwatch(watch)
+
+    def _retrying(self, operation: Callable[[], Any], key: str) -> Any:
+        """Run a write, retrying transient connection errors; the last one is raised, so the
+        worker does not acknowledge a task whose result was not stored."""
+        delays = iter(_STORE_RETRY_DELAYS)
+        while True:
+            try:
+                return operation()
+            except _TRANSIENT as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                logger.warning("Redis result store: writing %s failed (%s); retrying in %.1fs",
+                               key, exc, delay)
+                time.sleep(delay)
+
+    # ---- waiting, without polling ----------------------------------------------------------------
+    def wait_for(self, task_id: str, timeout: float | None = None,
+                 states_wanted: frozenset[str] = states.READY_STATES) -> dict:
+        """Celery's reading order: if not ready already, SUBSCRIBE, GET, then wait for PUBLISH."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        meta = self.get_task_meta(task_id)
+        if meta["status"] in states_wanted:
+            return meta
+        name = self._key(self.task_key(task_id))
+        subscriber = self._subscriber_for_waits()
+        watch = subscriber.watch([name])
+        try:
+            if not watch.armed(deadline):
+                raise _timeout(f"task {task_id}")
+            meta = self.get_task_meta(task_id)
+            while meta["status"] not in states_wanted:
+                news = watch.take(deadline)
+                if news is None:
+                    raise _timeout(f"task {task_id}")
+                raw = news.get(name)
+                meta = self.decode(raw) if raw is not None else self.get_task_meta(task_id)
+            return meta
+        finally:
+            subscriber.unwatch(watch)
+
+    def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None
+                      ) -> dict[str, dict]:
+        """Subscribe to every pending task, MGET once, then take the PUBLISHes as they come."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = {t: m for t, m in self.get_many_meta(task_ids).items()
+                if m["status"] in states.READY_STATES}
+        pending = {self._key(self.task_key(t)): t for t in task_ids if t not in done}
+        if not pending:
+            return {t: done[t] for t in task_ids}
+        subscriber = self._subscriber_for_waits()
+        watch = subscriber.watch(list(pending))
+        try:
+            if not watch.armed(deadline):
+                raise _timeout(f"{len(pending)} task(s)")
+            news: dict[str, bytes | None] = dict.fromkeys(pending)
+            while True:
+                reread = [name for name, raw in news.items() if raw is None and name in pending]
+                if reread:
+                    metas = self.get_many_meta([pending[n] for n in reread])
+                    found = {n: metas[pending[n]] for n in reread}
+                else:
+                    found = {}
+                found.update((n, self.decode(raw)) for n, raw in news.items()
+                             if raw is not None and n in pending)
+                for name, meta in found.items():
+                    if meta["status"] in states.READY_STATES:
+                        done[pending.pop(name)] = meta
+                if not pending:
+                    return {t: done[t] for t in task_ids}
+                taken = watch.take(deadline)
+                if taken is None:
+                    raise _timeout(f"{len(pending)} task(s)")
+                news = taken
+        finally:
+            subscriber.unwatch(watch)
+
+
+class _Watch:
+    """One waiter's view of some channels: armed once all are subscribed, then fed messages."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = tuple(dict.fromkeys(keys))
+        self.cond = threading.Condition(threading.Lock())
+        self.is_armed = False
+        self.error: BaseException | None = None
+        #: channel -> the latest payload since the last take(); None means "re-read it"
+        self.news: dict[str, bytes | None] = {}
+
+    def armed(self, deadline: float | None) -> bool:
+        """Wait until every channel is subscribed (so a GET now misses nothing); False on
+        timeout. A connection failure before that is raised as BackendError."""
+        with self.cond:
+            while not self.is_armed and self.error is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.cond.wait(remaining)
+            if self.error is not None:
+                raise BackendError(f"Redis result store: cannot subscribe: {self.error}") \
+                    from self.error
+            return True
+
+    def take(self, deadline: float | None) -> dict[str, bytes | None] | None:
+        """The news since the last call, waiting for some; None on timeout."""
+        with self.cond:
+            while not self.news:
+                if self.error is not None:
+                    raise BackendError(f"Redis result store: {self.error}") from self.error
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self.cond.wait(remaining)
+            news, self.news = self.news, {}
+            return news
+
+    def arm(self, resync: bool) -> None:
+        with self.cond:
+            self.is_armed = True
+            if resync:  # re-subscribed after a reconnect: anything may have been missed
+                self.news.update(dict.fromkeys(self.keys))
+            self.cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.cond:
+            self.error = error
+            self.cond.notify_all()
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        with self.cond:
+            self.news[channel] = data
+            self.cond.notify_all()
+
+
+class _Subscriber:
+    """The pub/sub connection of one backend, owned by one background thread.
+
+    Waiters register channels with ``watch``; the thread subscribes them (a pipe wakes it), arms
+    each watch once the server confirmed every channel, and hands it the messages. Channels
+    nobody watches any more are unsubscribed on the thread's next wake-up.
+    """
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._watches: dict[str, set[_Watch]] = {}
+        self._unarmed: set[_Watch] = set()
+        #: channels last asked to be subscribed, and replies still due per channel
+        self._active: set[str] = set()
+        self._inflight: Counter[str] = Counter()
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread: threading.Thread | None = None
+
+    def watch(self, channels: Sequence[str]) -> _Watch:
+        watch = _Watch(channels)
+        with self._lock:
+            if self._closed:
+                raise BackendError("the Redis result store is closed")
+            for channel in watch.keys:
+                self._watches.setdefault(channel, set()).add(watch)
+            if self._ready(watch.keys):
+                watch.is_armed = True
+                return watch
+            self._unarmed.add(watch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="celeriac-redis-results")
+                self._thread.start()
+        self._poke()
+        return watch
+
+    def unwatch(self, watch: _Watch) -> None:
+        with self._lock:
+            self._unarmed.discard(watch)
+            for channel in watch.keys:
+                watchers = self._watches.get(channel)
+                if watchers is not None:
+                    watchers.discard(watch)
+                    if not watchers:
+                        del self._watches[channel]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            watches = {w for ws in self._watches.values() for w in ws} | self._unarmed
+            self._unarmed = set()
+        for watch in watches:  # waiters still blocked get an error instead of hanging
+            watch.fail(BackendError("the Redis result store was closed"))
+        self._poke()
+        if thread is not None:
+            thread.join(5.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _ready(self, channels: Iterable[str]) -> bool:
+        """Hold ``_lock``."""
+        return all(c in self._active and not self._inflight[c] for c in channels)
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass  # already full of pokes, or closed
+
+    # ---- the listener thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        failures = 0
+        while not self._closed:
+            conn = None
+            try:
+                conn = self._connect()
+                failures = 0
+                self._serve(conn)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                self._connection_lost(exc)
+                if not self._closed:
+                    logger.warning("Redis result store: pub/sub connection lost (%s); "
+                                   "reconnecting", exc)
+                    self._sleep(min(0.05 * 2 ** failures, 2.0))
+            finally:
+                if conn is not None:
+                    conn.disconnect()
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        with self._lock:
+            self._active.clear()
+            self._inflight.clear()
+            never_armed = [w for w in self._unarmed if not w.is_armed]
+            self._unarmed -= set(never_armed)
+            # The armed ones stay: they are re-armed, with a re-read, once subscribed again.
+            self._unarmed.update(w for ws in self._watches.values() for w in ws)
+        for watch in never_armed:
+            watch.fail(exc)
+
+    def _sleep(self, seconds: float) -> None:
+        select.select([self._wake_r], [], [], seconds)
+        self._drain_pokes()
+
+    def _drain_pokes(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _serve(self, conn: Any) -> None:
+        ping_sent = False
+        while not self._closed:
+            self._reconcile(conn)
+            while conn.can_read(timeout=0):
+                self._handle(conn.read_response(push_request=True))
+                ping_sent = False
+            ready, _, _ = select.select([conn._sock, self._wake_r], [], [], _HEALTH_INTERVAL)
+            if self._wake_r in ready:
+                self._drain_pokes()
+            if not ready:
+                if ping_sent:
+                    raise RedisConnectionError("no reply to PING on the pub/sub connection")
+                conn.send_command("PING")
+                ping_sent = True
+
+    def _reconcile(self, conn: Any) -> None:
+        with self._lock:
+            wanted = set(self._watches)
+            subscribe = sorted(wanted - self._active)
+            unsubscribe = sorted(self._active - wanted)
+            self._active = wanted
+            self._inflight.update(subscribe + unsubscribe)
+        if unsubscribe:
+            conn.send_command("UNSUBSCRIBE", *unsubscribe)
+        if subscribe:
+            conn.send_command("SUBSCRIBE", *subscribe)
+
+    def _handle(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 3:
+            return  # the PING reply
+        kind, channel = reply[0], reply[1].decode("utf-8", "replace")
+        if kind == b"message":
+            with self._lock:
+                watchers = list(self._watches.get(channel, ()))
+            for watch in watchers:
+                watch.deliver(channel, reply[2])
+        elif kind in (b"subscribe", b"unsubscribe"):
+            with self._lock:
+                self._inflight[channel] -= 1
+                if self._inflight[channel] <= 0:
+                    del self._inflight[channel]
+                armed = [w for w in self._unarmed if channel in w.keys and self._ready(w.keys)]
+                self._unarmed.difference_update(armed)
+            for watch in armed:
+                watch.arm(resync=watch.is_armed)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+def client_options(url: str, conf: Any = None, transport_options: dict | None = None
+                   ) -> tuple[str, str, dict[str, Any]]:
+    """Split a backend URL into (URL redis-py understands, key prefix, client keyword options)."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("redis", "rediss", "unix", "redis+socket"):
+        raise ImproperlyConfigured(f"result_backend: not a Redis URL: {_safe_url(url)!r}")
+    if scheme == "redis+socket":
+        scheme = "unix"
+    base, _, query = rest.partition("?")
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    options = dict(transport_options or {})
+    prefix = params.pop("global_keyprefix", None) or options.get("global_keyprefix") or ""
+    kwargs: dict[str, Any] = {
+        # redis-py 8 defaults to 5 s, which would break long commands; waits use their own
+        # connection with no timeout at all.
+        "socket_timeout": _conf(conf, "redis_socket_timeout", 120.0),
+        "socket_connect_timeout": _conf(conf, "redis_socket_connect_timeout", None) or 10.0,
+        "socket_keepalive": bool(_conf(conf, "redis_socket_keepalive", False)),
+        "retry_on_timeout": bool(_conf(conf, "redis_retry_on_timeout", False)),
+        # one quick retry for a pooled connection gone stale; _retrying handles real outages
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        "health_check_interval": 25,
+    }
+    max_connections = _conf(conf, "redis_max_connections", None)
+    if max_connections:
+        kwargs["max_connections"] = int(max_connections)
+    ssl_options = {k: params.pop(k) for k in list(params) if k.startswith("ssl_")}
+    if scheme == "rediss":
+        ssl_options = {**(_conf(conf, "redis_backend_use_ssl", None) or {}), **ssl_options}
+        ssl_options["ssl_cert_reqs"] = _cert_reqs(ssl_options.get("ssl_cert_reqs", "required"))
+        if "ssl_check_hostname" in ssl_options:
+            ssl_options["ssl_check_hostname"] = str(ssl_options["ssl_check_hostname"]).lower() \
+                in ("1", "true", "yes")
+        kwargs.update(ssl_options)
+    elif ssl_options:
+        raise ImproperlyConfigured("result_backend: ssl_* options need a rediss:// URL")
+    redis_url = f"{scheme}://{base}" + (f"?{urlencode(params)}" if params else "")
+    try:
+        parsed = parse_url(redis_url)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"result_backend: {exc} ({_safe_url(url)!r})") from None
+    for name in ("username", "password"):  # the settings fill in what the URL leaves out
+        value = _conf(conf, f"redis_{name}", None)
+        if value and name not in parsed:
+            kwargs[name] = value
+    return redis_url, prefix, kwargs
+
+
+def _cert_reqs(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # an ssl.VerifyMode
+    name = _SSL_NAMES.get(value.lower())
+    if name is None:
+        raise ImproperlyConfigured(f"result_backend: ssl_cert_reqs={value!r} is not one of "
+                                   "required, optional, none")
+    return name
+
+
+def _conf(conf: Any, name: str, default: Any) -> Any:
+    value = getattr(conf, name, None) if conf is not None else None
+    return default if value is None else value
+
+
+def _set_with_ttl(pipe: Any, name: str, value: bytes, ttl: float | None) -> None:
+    """SETEX with whole seconds, the command Celery sends; milliseconds only when needed."""
+    if not ttl:
+        pipe.set(name, value)
+    elif ttl >= 1 and float(ttl).is_integer():
+        pipe.execute_command("SETEX", name, int(ttl), value)  # redis-py 8 deprecates .setex()
+    else:
+        pipe.set(name, value, px=_ttl_ms(ttl))
+
+
+def _ttl_ms(ttl: float) -> int:
+    return max(1, math.ceil(ttl * 1000))
+
+
+def _timeout(what: str) -> CeleriacTimeoutError:
+    return CeleriacTimeoutError(f"the operation timed out waiting for {what}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    return f"{scheme}{sep}{auth.split(':', 1)[0]}:**@{host}"

@@ -1,0 +1,382 @@
+"""The Redis broker (``redis://``, ``rediss://``, unix sockets), laid out exactly as kombu does.
+
+Layer: transport. Producers LPUSH kombu envelopes onto the queue's list (or its priority sub-list)
+and keep the ``_kombu.binding.<queue>`` set, so Celery workers consume what we send. Every consumer
+state change is one Lua script (``scripts.py``): a fetch moves due delayed messages into their
+lists, restores expired leases, pops and records the in-flight entry in kombu's ``unacked`` hash
+and ``unacked_index`` zset in one atomic step, so no crash window loses a message and a Celery
+peer's restore sweep handles our deliveries (and ours handles theirs).
+
+Waiting: celeriac producers PUBLISH on a per-queue wake channel after pushing; each transport has
+one listener thread (PSUBSCRIBE) that wakes its waiting fetches. Messages pushed by Celery producers
+publish nothing, so a waiting fetch also re-checks every ``polling_interval`` (default 0.05 s) and
+at the next due time (delayed message or lease expiry) the fetch script reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import uuid
+from typing import Any, Sequence
+
+import redis as redis_py
+
+from ...protocol.message import Message
+from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
+from . import scripts
+from .envelope import decode, encode, list_name, priority_step
+
+#: how many delayed messages and expired leases one fetch moves at most
+RESTORE_LIMIT = 100
+logger = logging.getLogger(__name__)
+#: redis-py client options a broker_transport_options dict may carry
+_CLIENT_OPTIONS = ("socket_timeout", "socket_connect_timeout", "socket_keepalive",
+                   "health_check_interval", "max_connections", "retry_on_timeout", "username",
+                   "password", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+class RedisTransport:
+    """Queues on a Redis server, wire-compatible with Celery 5 / kombu.
+
+    Options (``broker_transport_options``): ``visibility_timeout`` (lease, default 3600 s),
+    ``polling_interval`` (fallback re-check while waiting, 0.05 s), ``global_keyprefix`` (prepended
+    to every key and wake channel), ``sep`` (priority separator, ``"\\x06\\x16"``),
+    ``priority_steps`` (``[0, 3, 6, 9]``), ``priority_order`` (``"low_first"``: a lower number is
+    served first, as Celery on Redis does; ``"high_first"``: a higher one, as on the other
+    celeriac brokers), ``queue_order_strategy`` (``"round_robin"``, or ``"sorted"``/``"priority"``
+    to always serve queues in the order given), ``unacked_key``, ``unacked_index_key``,
+    ``unacked_mutex_key`` and redis-py client options (``socket_timeout``...). Others are ignored.
+
+    A message of priority p goes to the list of the largest step <= p, as kombu puts it; within a
+    step, oldest first. Celeriac-owned keys (all under the prefix): ``celeriac.deliveries`` (tag
+    -> delivery count), ``celeriac.leases.<queue>`` (tag -> lease token, for fencing),
+    ``celeriac.delayed.<queue>`` (envelope by due time), ``celeriac.dead_letter`` (+ ``.order``,
+    ``.seq``).
+    """
+
+    def __init__(self, url: str = "redis://localhost:6379/0", *, visibility_timeout: float = 3600.0,
+                 polling_interval: float = 0.05, global_keyprefix: str = "", sep: str = "\x06\x16",
+                 priority_steps: Sequence[int] = (0, 3, 6, 9), priority_order: str = "low_first",
+                 queue_order_strategy: str = "round_robin", unacked_key: str = "unacked",
+                 unacked_index_key: str = "unacked_index", unacked_mutex_key: str = "unacked_mutex",
+                 **options: Any) -> None:
+        if priority_order not in ("low_first", "high_first"):
+            raise ValueError(f"priority_order must be 'low_first' or 'high_first', "
+                             f"not {priority_order!r}")
+        self.url = url
+        self.visibility_timeout = float(visibility_timeout)
+        self.polling_interval = float(polling_interval)
+        self.prefix = global_keyprefix or ""
+        self.sep = sep
+        self.steps = tuple(sorted({0, *(min(max(int(s), 0), 9) for s in priority_steps)}))
+        self.priority_order = priority_order
+        self.round_robin = queue_order_strategy == "round_robin"
+        self.unacked_key = self.prefix + unacked_key
+        self.unacked_index_key = self.prefix + unacked_index_key
+        self.unacked_mutex_key = self.prefix + unacked_mutex_key  # kombu's; our restore needs none
+        self._client_options = {k: options[k] for k in _CLIENT_OPTIONS if k in options}
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+        self._declared: set[str] = set()
+        self._pid = os.getpid()
+        self._client = self._connect()
+        self._scripts = {name: self._client.register_script(getattr(scripts, name))
+                         for name in ("FETCH", "ACK", "REJECT", "DEFER", "EXTEND", "DEAD_LETTER",
+                                      "SIZE")}
+        db = self._client.connection_pool.connection_kwargs.get("db", 0)
+        self._wake_base = f"{self.prefix}/{db}.celeriac.wake/"
+        self._waker: _Waker | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisTransport:
+        """``redis://[:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path?db=N`` or
+        kombu's ``redis+socket:///path``."""
+        return cls(url, **options)
+
+    def __repr__(self) -> str:
+        return f"<RedisTransport {_redact(self.url)!r}>"
+
+    # ---- connections --------------------------------------------------------------------------
+    def _connect(self) -> redis_py.Redis:
+        url = self.url
+        if url.startswith("redis+socket://"):
+            url = "unix://" + url[len("redis+socket://"):]
+        return redis_py.Redis.from_url(url, **self._client_options)
+
+    def _check_fork(self) -> None:
+        """A forked child must not share the parent's sockets or listener thread."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._client = self._connect()
+            self._scripts = {name: self._client.register_script(s.script)
+                             for name, s in self._scripts.items()}
+            self._waker = None
+
+    def _run(self, name: str, args: Sequence[Any]) -> Any:
+        self._check_fork()
+        keys = (self.unacked_key, self.unacked_index_key, self.prefix + "celeriac.deliveries")
+        head = (self.prefix, self.sep, len(self.steps), *self.steps)
+        return self._scripts[name](keys=keys, args=(*head, *args), client=self._client)
+
+    def _list(self, queue: str, priority: Any) -> str:
+        return self.prefix + list_name(queue, priority_step(priority, self.steps), self.sep)
+
+    def _wake_channel(self, queue: str) -> str:
+        return self._wake_base + queue
+
+    # ---- producing ----------------------------------------------------------------------------
+    def declare(self, queue: str) -> None:
+        """Write kombu's binding member for ``queue`` (what a Celery producer declares)."""
+        self._check_fork()
+        self._client.sadd(f"{self.prefix}_kombu.binding.{queue}", self._binding(queue))
+        self._declared.add(queue)
+
+    def _binding(self, queue: str) -> str:
+        return f"{queue}{self.sep}{self.sep}{queue}"
+
+    def publish(self, items: Sequence[Outgoing]) -> None:
+        """LPUSH every item (delayed ones into ``celeriac.delayed.<queue>``) in one MULTI/EXEC."""
+        if not items:
+            return
+        now = time.time()
+        encoded = [(item, encode(item.message, item.queue, str(uuid.uuid4()))) for item in items]
+        self._check_fork()
+        pipe = self._client.pipeline(transaction=True)
+        fresh = list(dict.fromkeys(item.queue for item in items if item.queue not in self._declared))
+        for queue in fresh:
+            pipe.sadd(f"{self.prefix}_kombu.binding.{queue}", self._binding(queue))
+        woken: dict[str, None] = {}
+        run_key, run = "", []  # consecutive pushes to one list go in one LPUSH
+        for item, envelope in encoded:
+            if item.not_before is not None and item.not_before > now:
+                pipe.zadd(f"{self.prefix}celeriac.delayed.{item.queue}", {envelope: item.not_before})
+                continue
+            key = self._list(item.queue, item.message.properties.get("priority"))
+            if key != run_key and run:
+                pipe.lpush(run_key, *run)
+                run = []
+            run_key = key
+            run.append(envelope)
+            woken[item.queue] = None
+        if run:
+            pipe.lpush(run_key, *run)
+        for queue in woken:
+            pipe.publish(self._wake_channel(queue), "")
+        pipe.execute()
+        self._declared.update(fresh)
+
+    # ---- consuming ----------------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``max_n`` messages in one script call, waiting up to ``timeout`` seconds."""
+        check_queue_names(queues)
+        if max_n < 1:
+            raise ValueError(f"max_n must be at least 1, got {max_n!r}")
+        deadline = time.monotonic() + max(timeout, 0.0)
+        start = next(self._turn) % len(queues) if self.round_robin else 0
+        order = list(dict.fromkeys([*queues[start:], *queues[:start]]))
+        waker = self._waiter() if timeout > 0 else None
+        while True:
+            seen = waker.mark(order) if waker else None
+            leased, due = self._lease(order, max_n)
+            remaining = deadline - time.monotonic()
+            if leased or remaining <= 0 or waker is None:
+                return leased
+            pause = min(remaining, self.polling_interval)
+            if due is not None:
+                pause = min(pause, max(due - time.time(), 0.0005))
+            waker.wait(order, seen, pause)
+
+    def _lease(self, order: list[str], max_n: int) -> tuple[list[Delivery], float | None]:
+        token = secrets.token_hex(8)
+        high = "high" if self.priority_order == "high_first" else "low"
+        reply = self._run("FETCH", (high, repr(time.time()), self.visibility_timeout, max_n, token,
+                                    RESTORE_LIMIT, len(order), *order))
+        hint = float(reply[0]) if reply[0] else None
+        deliveries = []
+        for i in range(1, len(reply), 4):
+            queue = order[int(reply[i]) - 1]
+            message, flagged = decode(reply[i + 1])
+            count = int(reply[i + 2])
+            tag = reply[i + 3].decode()
+            deliveries.append(Delivery(message, queue, (tag, token), count, flagged or count > 1,
+                                       {"delivery_tag": tag}))
+        return deliveries, hint
+
+    def _waiter(self) -> _Waker:
+        self._check_fork()
+        with self._lock:
+            if self._waker is None or not self._waker.alive:
+                self._waker = _Waker(self._connect(), self._wake_base)
+            return self._waker
+
+    @staticmethod
+    def _triples(deliveries: Sequence[Delivery]) -> list[str]:
+        return [part for d in deliveries for part in (*d.receipt, d.queue)]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Drop each message if this holder still leases it; False where the lease was lost."""
+        if not deliveries:
+            return []
+        reply = self._run("ACK", (len(deliveries), *self._triples(deliveries)))
+        return [bool(flag) for flag in reply]
+
+    def reject(self, delivery: Delivery, requeue: bool) -> bool:
+        """``requeue``: back to the consuming end with kombu's redelivered flags; else dropped."""
+        return bool(self._run("REJECT", (*self._triples([delivery]), "1" if requeue else "0",
+                                         self._wake_channel(delivery.queue))))
+
+    def extend_lease(self, deliveries: Sequence[Delivery], seconds: float | None = None) -> None:
+        """Move the ``unacked_index`` score so the lease ends ``seconds`` from now (fenced).
+
+        The score stays "delivery time" as kombu reads it: now + seconds - visibility_timeout.
+        """
+        if not deliveries:
+            return
+        length = self.visibility_timeout if seconds is None else float(seconds)
+        score = repr(time.time() + length - self.visibility_timeout)
+        self._run("EXTEND", (len(deliveries), score, *self._triples(deliveries)))
+
+    def defer(self, delivery: Delivery, not_before: float) -> bool:
+        """Give the lease up and hold the message in the delayed set until ``not_before``."""
+        return bool(self._run("DEFER", (*self._triples([delivery]), repr(float(not_before)),
+                                        repr(time.time()), self._wake_channel(delivery.queue))))
+
+    # ---- dead letters -------------------------------------------------------------------------
+    def dead_letter(self, queue: str, message: Message, reason: str,
+                    delivery: Delivery | None = None) -> str:
+        """Keep the envelope with ``reason``; with ``delivery``, settle its lease in the same step."""
+        record = json.dumps({"queue": queue, "reason": reason, "created_at": time.time(),
+                             "envelope": encode(message, queue, "", lenient=True)})
+        args: list[Any] = [record]
+        if delivery is not None:
+            args += self._triples([delivery])
+        reply = self._run("DEAD_LETTER", args)
+        return reply.decode() if isinstance(reply, bytes) else str(reply or "")
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        self._check_fork()
+        ids = self._client.zrange(self.prefix + "celeriac.dead_letter.order", 0, limit - 1)
+        if not ids:
+            return []
+        records = self._client.hmget(self.prefix + "celeriac.dead_letter", ids)
+        return [_dead_letter(i.decode(), r) for i, r in zip(ids, records) if r is not None]
+
+    def dead_letter_get(self, dead_letter_id: str) -> DeadLetter | None:
+        self._check_fork()
+        record = self._client.hget(self.prefix + "celeriac.dead_letter", str(dead_letter_id))
+        return _dead_letter(str(dead_letter_id), record) if record is not None else None
+
+    def dead_letter_delete(self, dead_letter_ids: Sequence[str] | None = None) -> int:
+        self._check_fork()
+        store, order = self.prefix + "celeriac.dead_letter", self.prefix + "celeriac.dead_letter.order"
+        pipe = self._client.pipeline(transaction=True)
+        if dead_letter_ids is None:
+            pipe.hlen(store).delete(store, order)
+            return int(pipe.execute()[0])
+        ids = list(dict.fromkeys(str(i) for i in dead_letter_ids))
+        if not ids:
+            return 0
+        pipe.hdel(store, *ids).zrem(order, *ids)
+        return int(pipe.execute()[0])
+
+    # ---- admin --------------------------------------------------------------------------------
+    def purge(self, queue: str) -> int:
+        """Drop the ready and delayed messages of ``queue`` (leased ones stay)."""
+        return int(self._run("SIZE", (queue, "1")))
+
+    def qsize(self, queue: str) -> int:
+        """Ready, delayed and leased messages of ``queue``."""
+        return int(self._run("SIZE", (queue, "0")))
+
+    def close(self) -> None:
+        """Stop the listener and disconnect; the transport reconnects lazily if used again."""
+        with self._lock:
+            waker, self._waker = self._waker, None
+        if waker is not None and self._pid == os.getpid():
+            waker.stop(self._client)
+        if self._pid == os.getpid():
+            self._client.connection_pool.disconnect()
+
+
+class _Waker:
+    """Counts wake-up messages per queue from a listener thread, so waiting fetches need no polling."""
+
+    def __init__(self, client: redis_py.Redis, base: str) -> None:
+        self._client = client
+        self._base = base
+        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", base) + "*"
+        self._stop_channel = f"{base}\x00stop-{uuid.uuid4().hex}"
+        self._cond = threading.Condition()
+        self._counts: dict[str, int] = {}
+        self._stopping = False
+        self.alive = True
+        self._ready = threading.Event()
+        self._pubsub = client.pubsub()
+        self._thread = threading.Thread(target=self._listen, name="celeriac-redis-wake", daemon=True)
+        self._thread.start()
+        self._ready.wait(5.0)
+
+    def _listen(self) -> None:
+        try:
+            self._pubsub.psubscribe(self._pattern)
+            while not self._stopping:
+                event = self._pubsub.get_message(timeout=5.0)
+                if event is None:
+                    continue
+                if event["type"] == "psubscribe":
+                    self._ready.set()
+                elif event["type"] == "pmessage":
+                    queue = event["channel"][len(self._base.encode()):].decode("utf-8", "replace")
+                    with self._cond:
+                        self._counts[queue] = self._counts.get(queue, 0) + 1
+                        self._cond.notify_all()
+        except Exception as exc:  # noqa: BLE001 - broker gone: waiting fetches fall back to polling
+            logger.debug("Redis wake-up listener stopped: %r", exc)
+        finally:
+            with self._cond:
+                self.alive = False
+                self._cond.notify_all()
+            self._ready.set()
+            try:
+                self._pubsub.close()
+                self._client.connection_pool.disconnect()
+            except (redis_py.RedisError, OSError) as exc:
+                logger.debug("closing the Redis wake-up listener: %r", exc)
+
+    def mark(self, queues: Sequence[str]) -> tuple[int, ...]:
+        with self._cond:
+            return tuple(self._counts.get(q, 0) for q in queues)
+
+    def wait(self, queues: Sequence[str], seen: tuple[int, ...] | None, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: not self.alive or tuple(
+                self._counts.get(q, 0) for q in queues) != seen, timeout)
+
+    def stop(self, client: redis_py.Redis) -> None:
+        self._stopping = True
+        if self._thread.is_alive():
+            try:
+                client.publish(self._stop_channel, "")
+            except redis_py.RedisError:
+                pass
+            self._thread.join(6.0)
+
+
+def _dead_letter(dead_id: str, record: bytes) -> DeadLetter:
+    doc = json.loads(record)
+    message, _ = decode(doc["envelope"])
+    return DeadLetter(dead_id, doc["queue"], doc["reason"], message, float(doc["created_at"]))
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

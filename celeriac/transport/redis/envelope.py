@@ -1,0 +1,95 @@
+"""kombu's Redis message envelope: Message <-> the JSON text stored in Redis lists; layer: transport.
+
+The layout (key order, separators, base64 body, ``delivery_info``/``delivery_tag``) is byte for byte
+what kombu writes (see the wire spec §2.1), so Celery peers read our messages and we read theirs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from ...protocol.message import Message
+from ...protocol.serialization import json_dumps, json_loads
+
+#: properties the transport owns: written on every envelope, taken off again when decoding
+TRANSPORT_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
+#: where a message that itself carried ``delivery_info``/``body_encoding`` keeps its own values,
+#: so it comes back unchanged (absent for every normal task message)
+KEPT = "x-celeriac-kept"
+#: ``content_type`` given to a list item that is not a kombu envelope, so the worker sets it aside
+UNDECODABLE = "application/x-celeriac-undecodable"
+
+
+def encode(message: Message, queue: str, delivery_tag: str, *, lenient: bool = False) -> str:
+    """The envelope text for ``message`` published to ``queue`` (raises TypeError on odd values).
+
+    ``lenient`` (dead letters, which must always store) turns unserializable values into their repr.
+    """
+    source = message.properties
+    properties: dict[str, Any] = {k: v for k, v in source.items()
+                                  if k not in TRANSPORT_PROPERTIES and k not in ("priority", KEPT)}
+    properties["delivery_info"] = {"exchange": "", "routing_key": queue}
+    if "priority" in source:
+        properties["priority"] = source["priority"]
+    properties["body_encoding"] = "base64"
+    properties["delivery_tag"] = delivery_tag
+    kept = {k: source[k] for k in ("delivery_info", "body_encoding") if k in source}
+    if kept:
+        properties[KEPT] = kept
+    envelope = {
+        "body": base64.b64encode(bytes(message.body)).decode("ascii"),
+        "content-encoding": message.content_encoding,
+        "content-type": message.content_type,
+        "headers": message.headers,
+        "properties": properties,
+    }
+    if not lenient:
+        return json_dumps(envelope)
+    try:
+        return json_dumps(envelope)
+    except (TypeError, ValueError):
+        return json.dumps(envelope, default=repr)
+
+
+def decode(raw: bytes | str) -> tuple[Message, bool]:
+    """``(message, redelivered)`` from envelope text; anything unreadable comes back as raw bytes."""
+    try:
+        envelope = json_loads(raw)
+        properties = dict(envelope["properties"])
+        headers = dict(envelope.get("headers") or {})
+        body = envelope["body"]
+        if properties.get("body_encoding") == "base64":
+            data = base64.b64decode(body.encode("ascii"), validate=True)
+        else:
+            data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        content_type = envelope.get("content-type") or "application/json"
+        content_encoding = envelope.get("content-encoding") or "utf-8"
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeError):
+        data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+        return Message(data, UNDECODABLE, "binary", {}, {}), False
+    info = properties.get("delivery_info")
+    redelivered = bool(headers.pop("redelivered", False))
+    if isinstance(info, dict) and info.get("redelivered"):
+        redelivered = True
+    for key in TRANSPORT_PROPERTIES:
+        properties.pop(key, None)
+    kept = properties.pop(KEPT, None)
+    if isinstance(kept, dict):
+        properties.update(kept)
+    return Message(data, content_type, content_encoding, headers, properties), redelivered
+
+
+def priority_step(priority: Any, steps: tuple[int, ...]) -> int:
+    """The largest step <= ``priority`` clamped to 0..9, as kombu picks a priority sub-list."""
+    try:
+        value = min(max(int(priority), 0), 9)
+    except (TypeError, ValueError):
+        value = 0
+    return max(s for s in steps if s <= value)
+
+
+def list_name(queue: str, step: int, sep: str) -> str:
+    """The Redis list (without the key prefix) holding ``queue``'s messages of one priority step."""
+    return queue if step == 0 else f"{queue}{sep}{step}"

@@ -1,0 +1,342 @@
+"""Runs the result-store conformance suite on real Redis, plus Celery byte/interop checks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+
+from celeriac import states
+from celeriac.backends import backend_from_url
+from celeriac.backends.redis import RedisBackend
+from celeriac.exceptions import TimeoutError as CeleriacTimeoutError
+from celeriac.testing.backend_suite import BackendContract, MakeBackend
+
+pytestmark = [pytest.mark.redis]
+
+DB = 9
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared/vectors/celery/redis/worker"
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    return f"{redis_server}/{DB}"
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def task_ids(raw: redis.Redis) -> Iterator[list[str]]:
+    """Fresh task ids for tests that write unprefixed Celery keys; those keys are removed after."""
+    ids: list[str] = []
+    yield ids
+    if ids:
+        raw.delete(*[f"celery-task-meta-{t}" for t in ids])
+
+
+def _new(ids: list[str]) -> str:
+    ids.append(str(uuid.uuid4()))
+    return ids[-1]
+
+
+class TestRedisBackend(BackendContract):
+    @pytest.fixture
+    def process_url(self, redis_url: str, redis_prefix: str) -> str:
+        return f"{redis_url}?global_keyprefix={redis_prefix}"
+
+    @pytest.fixture
+    def make_backend(self, process_url: str, raw: redis.Redis, redis_prefix: str
+                     ) -> Iterator[MakeBackend]:
+        made: list[RedisBackend] = []
+
+        def make(**options: Any) -> RedisBackend:
+            made.append(RedisBackend(url=process_url, **options))
+            return made[-1]
+
+        yield make
+        for backend in made:
+            backend.close()
+        keys = list(raw.scan_iter(match=redis_prefix + "*", count=1000))
+        if keys:
+            raw.delete(*keys)
+
+
+# ---- the bytes Celery reads ----------------------------------------------------------------------
+def test_success_meta_bytes_and_ttl(redis_url: str, raw: redis.Redis,
+                                    task_ids: list[str]) -> None:
+    backend = RedisBackend(url=redis_url, expires=3600)
+    try:
+        task_id = _new(task_ids)
+        backend.mark_as_done(task_id, 4)
+        stored = raw.get(f"celery-task-meta-{task_id}")
+        ttl = raw.ttl(f"celery-task-meta-{task_id}")
+    finally:
+        backend.close()
+    date_done = json.loads(stored)["date_done"]
+    assert stored == (
+        '{"status": "SUCCESS", "result": 4, "traceback": null, "children": [], '
+        f'"date_done": "{date_done}", "task_id": "{task_id}"}}').encode()
+    assert 3590 < ttl <= 3600
+
+
+def test_no_expiry_stores_without_ttl(redis_url: str, raw: redis.Redis,
+                                      task_ids: list[str]) -> None:
+    backend = RedisBackend(url=redis_url, expires=0)
+    try:
+        task_id = _new(task_ids)
+        backend.mark_as_done(task_id, 1)
+    finally:
+        backend.close()
+    assert raw.ttl(f"celery-task-meta-{task_id}") == -1
+
+
+def test_store_publishes_the_stored_bytes(redis_url: str, raw: redis.Redis,
+                                          task_ids: list[str]) -> None:
+    task_id = _new(task_ids)
+    channel = f"celery-task-meta-{task_id}"
+    pubsub = raw.pubsub()
+    backend = RedisBackend(url=redis_url)
+    try:
+        pubsub.subscribe(channel)
+        assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+        backend.mark_as_done(task_id, [1, "two"])
+        message = pubsub.get_message(timeout=2)
+    finally:
+        backend.close()
+        pubsub.close()
+    assert message is not None and message["channel"] == channel.encode()
+    assert message["data"] == raw.get(channel)
+    assert json.loads(message["data"])["result"] == [1, "two"]
+
+
+@pytest.mark.parametrize("role", ["add", "fail"])
+def test_reads_celerys_own_meta(redis_url: str, raw: redis.Redis, task_ids: list[str],
+                                role: str) -> None:
+    captured = json.loads((VECTORS / "result_backend_final.json").read_text())
+    entry = captured["task_meta_by_role"][role]
+    old_id = entry["key"].removeprefix("celery-task-meta-")
+    task_id = _new(task_ids)
+    value = base64.b64decode(entry["raw"]["b64"]).replace(old_id.encode(), task_id.encode())
+    raw.set(f"celery-task-meta-{task_id}", value)
+    backend = backend_from_url(redis_url)
+    try:
+        meta = backend.wait_for(task_id, timeout=2)
+    finally:
+        backend.close()
+    assert meta["task_id"] == task_id
+    if role == "add":
+        assert (meta["status"], meta["result"]) == (states.SUCCESS, 4)
+    else:
+        assert meta["status"] == states.FAILURE
+        exc = backend.exception_from_meta(meta)
+        assert type(exc) is ValueError and exc.args == ("boom",)
+
+
+def test_global_keyprefix_applies_to_keys_and_channels(redis_url: str, raw: redis.Redis,
+                                                       redis_prefix: str) -> None:
+    backend = RedisBackend(url=redis_url, global_keyprefix=redis_prefix)
+    task_id = str(uuid.uuid4())
+    pubsub = raw.pubsub()
+    try:
+        pubsub.subscribe(f"{redis_prefix}celery-task-meta-{task_id}")
+        pubsub.get_message(timeout=2)
+        backend.mark_as_done(task_id, 1)
+        message = pubsub.get_message(timeout=2)
+        assert raw.exists(f"celery-task-meta-{task_id}") == 0
+        assert raw.get(f"{redis_prefix}celery-task-meta-{task_id}") == message["data"]
+    finally:
+        backend.close()
+        pubsub.close()
+        raw.delete(f"{redis_prefix}celery-task-meta-{task_id}")
+
+
+# ---- waiting ---------------------------------------------------------------------------------------
+def test_wait_for_wakes_on_a_store_from_another_thread(redis_url: str,
+                                                       task_ids: list[str]) -> None:
+    reader, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)
+    task_id = _new(task_ids)
+    stored_at: list[float] = []
+
+    def store() -> None:
+        time.sleep(0.2)
+        stored_at.append(time.monotonic())
+        writer.mark_as_done(task_id, "ok")
+
+    thread = threading.Thread(target=store)
+    try:
+        thread.start()
+        meta = reader.wait_for(task_id, timeout=10)
+        woke = time.monotonic()
+        thread.join()
+    finally:
+        reader.close()
+        writer.close()
+    assert meta["result"] == "ok"
+    assert woke - stored_at[0] < 0.1
+
+
+def test_wait_for_times_out_naming_the_task(redis_url: str, task_ids: list[str]) -> None:
+    backend = RedisBackend(url=redis_url)
+    task_id = _new(task_ids)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CeleriacTimeoutError, match=task_id):
+            backend.wait_for(task_id, timeout=0.3)
+    finally:
+        backend.close()
+    assert 0.3 <= time.monotonic() - started < 1.0
+
+
+def test_many_concurrent_waiters_share_one_listener(redis_url: str,
+                                                    task_ids: list[str]) -> None:
+    reader, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)
+    ids = [_new(task_ids) for _ in range(20)]
+    results: dict[str, Any] = {}
+
+    def wait(task_id: str) -> None:
+        results[task_id] = reader.wait_for(task_id, timeout=10)["result"]
+
+    threads = [threading.Thread(target=wait, args=(t,)) for t in ids]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.1)
+        for n, task_id in enumerate(ids):
+            writer.mark_as_done(task_id, n)
+        for thread in threads:
+            thread.join(10)
+        listeners = [t for t in threading.enumerate() if t.name == "celeriac-redis-results"]
+    finally:
+        reader.close()
+        writer.close()
+    assert results == {t: n for n, t in enumerate(ids)}
+    assert len(listeners) == 1  # the reader's only: the writer never waited
+
+
+def test_waiter_survives_a_pubsub_connection_kill(redis_url: str, raw: redis.Redis,
+                                                  task_ids: list[str]) -> None:
+    reader, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)
+    task_id = _new(task_ids)
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(reader.wait_for(task_id, timeout=10)))
+    try:
+        thread.start()
+        time.sleep(0.2)
+        killed = raw.client_kill_filter(_type="pubsub")
+        time.sleep(0.3)  # the listener reconnects and re-subscribes
+        writer.mark_as_done(task_id, "after kill")
+        thread.join(10)
+    finally:
+        reader.close()
+        writer.close()
+    assert killed >= 1
+    assert got and got[0]["result"] == "after kill"
+
+
+def test_store_retries_then_raises_when_redis_is_unreachable(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from celeriac.backends import redis as redis_backend
+
+    monkeypatch.setattr(redis_backend, "_STORE_RETRY_DELAYS", (0.01, 0.01))
+    backend = RedisBackend(url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    try:
+        with pytest.raises(redis.ConnectionError):
+            backend.mark_as_done(str(uuid.uuid4()), 1)
+    finally:
+        backend.close()
+    assert sum("retrying" in r.getMessage() for r in caplog.records) == 2
+
+
+# ---- interop with the real Celery package (in a subprocess) ---------------------------------------
+_CELERY_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path[:0] = [sys.argv[1], sys.argv[5]]
+    from celery import Celery
+    from celery.result import AsyncResult
+    app = Celery(backend=sys.argv[2], broker="memory://")
+    reads = AsyncResult(sys.argv[3], app=app).get(timeout=5)
+    app.backend.store_result(sys.argv[4], {"from": "celery"}, "SUCCESS")
+    print(json.dumps(reads))
+""")
+
+
+@pytest.mark.interop
+def test_interop_celery_reads_celeriac_and_celeriac_reads_celery(redis_url: str, task_ids: list[str],
+                                                         tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("celery") is None:
+        pytest.fail("Celery 5 is a test dependency: pip install -e '.[test]'")
+    if importlib.util.find_spec("tzlocal") is None:
+        # The reference install lacks this dependency; Celery only uses it for local-time display.
+        (tmp_path / "tzlocal.py").write_text(
+            "from datetime import timezone\n\ndef get_localzone():\n    return timezone.utc\n")
+    backend = RedisBackend(url=redis_url)
+    ours, theirs = _new(task_ids), _new(task_ids)
+    try:
+        backend.mark_as_done(ours, {"from": "celeriac", "n": [1, 2]})
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        proc = subprocess.run(
+            [sys.executable, "-c", _CELERY_SCRIPT, str(tmp_path), redis_url, ours, theirs,
+             str(tmp_path)],
+            capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"from": "celeriac",
+                                                                     "n": [1, 2]}
+        assert backend.wait_for(theirs, timeout=5)["result"] == {"from": "celery"}
+    finally:
+        backend.close()
+
+
+def test_close_releases_a_blocked_waiter(redis_url: str, task_ids: list[str]) -> None:
+    from celeriac.exceptions import BackendError
+
+    backend = RedisBackend(url=redis_url)
+    task_id = _new(task_ids)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            backend.wait_for(task_id, timeout=None)
+        except BackendError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)
+    backend.close()
+    thread.join(5)
+    assert not thread.is_alive() and len(errors) == 1
+
+
+def test_wait_change_as_the_first_call_wakes_on_a_store(redis_url: str,
+                                                        task_ids: list[str]) -> None:
+    backend, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)
+    task_id = _new(task_ids)
+    thread = threading.Timer(0.2, writer.mark_as_done, args=(task_id, 1))
+    try:
+        thread.start()
+        started = time.monotonic()
+        backend._wait_change([backend.task_key(task_id)], 5.0)  # noqa: SLF001 - the primitive
+        elapsed = time.monotonic() - started
+        thread.join()
+    finally:
+        backend.close()
+        writer.close()
+    assert 0.15 < elapsed < 1.0

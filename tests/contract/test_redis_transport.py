@@ -1,0 +1,221 @@
+"""The transport conformance suite, plus kombu-interop and crash checks, on a real Redis server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+
+from celeriac.protocol.message import Message
+from celeriac.testing.transport_suite import MakeTransport, TransportContract, message, tags
+from celeriac.transport import transport_from_url
+from celeriac.transport.base import Outgoing
+from celeriac.transport.redis import RedisTransport
+from celeriac.transport.redis.envelope import decode
+
+VECTORS = Path("/work/shared/vectors/celery/redis")
+DB = 10
+
+
+def _raw(entry: dict[str, Any]) -> bytes:
+    return base64.b64decode(entry["b64"])
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    return f"{redis_server}/{DB}"
+
+
+@pytest.fixture
+def client(redis_url: str, redis_prefix: str) -> Iterator[redis.Redis]:
+    """A raw client on the test DB; deletes every key under the test's prefix afterwards."""
+    raw = redis.Redis.from_url(redis_url)
+    yield raw
+    keys = list(raw.scan_iter(match=f"{redis_prefix}*", count=1000))
+    if keys:
+        raw.delete(*keys)
+    raw.close()
+
+
+@pytest.fixture
+def make(redis_url: str, redis_prefix: str, client: redis.Redis) -> Iterator[MakeTransport]:
+    opened: list[RedisTransport] = []
+
+    def factory(**options: Any) -> RedisTransport:
+        options.setdefault("global_keyprefix", redis_prefix)
+        transport = RedisTransport.from_url(redis_url, **options)
+        opened.append(transport)
+        return transport
+
+    yield factory
+    for transport in opened:
+        transport.close()
+
+
+class TestRedisTransport(TransportContract):
+    """The shared suite. Its priority checks want each priority 0..9 served highest first, so the
+    transports here use one list per priority and ``priority_order="high_first"``."""
+
+    @pytest.fixture
+    def transport_factory(self, make: MakeTransport) -> MakeTransport:
+        def factory(**options: Any) -> Any:
+            options.setdefault("priority_steps", list(range(10)))
+            options.setdefault("priority_order", "high_first")
+            return make(**options)
+
+        return factory
+
+
+# ---- kombu layout --------------------------------------------------------------------------------
+def test_url_scheme_builds_the_redis_transport(redis_url: str, redis_prefix: str,
+                                                client: redis.Redis) -> None:
+    transport = transport_from_url(redis_url, global_keyprefix=redis_prefix, visibility_timeout=7)
+    try:
+        assert isinstance(transport, RedisTransport) and transport.visibility_timeout == 7
+        transport.publish([Outgoing("q", message("m"))])
+        assert client.llen(f"{redis_prefix}q") == 1
+    finally:
+        transport.close()
+
+
+def test_publish_writes_kombu_keys(make: MakeTransport, client: redis.Redis,
+                                   redis_prefix: str) -> None:
+    transport = make()
+    transport.publish([Outgoing("celery", message(n, priority=p))
+                       for n, p in (("a", 0), ("b", 5), ("c", 3), ("d", 9), ("e", 2))])
+    p = redis_prefix
+    assert client.smembers(f"{p}_kombu.binding.celery") == {b"celery\x06\x16\x06\x16celery"}
+    assert [decode(e)[0].body for e in client.lrange(f"{p}celery", 0, -1)] == [b"e", b"a"]
+    assert [decode(e)[0].body for e in client.lrange(f"{p}celery\x06\x163", 0, -1)] == [b"c", b"b"]
+    assert client.llen(f"{p}celery\x06\x169") == 1
+    assert client.llen(f"{p}celery\x06\x166") == 0
+
+
+def test_default_priority_order_is_celerys_on_redis(make: MakeTransport) -> None:
+    transport = make()
+    transport.publish([Outgoing("q", message(n, priority=p))
+                       for n, p in (("p9", 9), ("p5", 5), ("p0", 0), ("p7", 7))])
+    assert tags(transport.fetch(["q"], 4, 1.0)) == ["p0", "p5", "p7", "p9"]
+
+
+def test_a_celery_envelope_pushed_raw_is_fetched(make: MakeTransport, client: redis.Redis,
+                                                 redis_prefix: str) -> None:
+    vector = json.loads((VECTORS / "send/eta_expires.json").read_text())["messages"][0]
+    raw = _raw(vector["raw"])
+    client.lpush(f"{redis_prefix}celery", raw)
+    transport = make()
+    [got] = transport.fetch(["celery"], 1, 1.0)
+    envelope = vector["envelope"]
+    props = {k: v for k, v in envelope["properties"].items()
+             if k not in ("delivery_info", "body_encoding", "delivery_tag")}
+    assert got.message == Message(_raw(vector["body_bytes"]), envelope["content-type"],
+                                  envelope["content-encoding"], envelope["headers"], props)
+    assert (got.queue, got.delivery_count, got.redelivered) == ("celery", 1, False)
+    tag = envelope["properties"]["delivery_tag"]
+    assert got.extra["delivery_tag"] == tag
+    # the in-flight record is kombu's: [envelope, exchange, routing key], envelope unchanged
+    stored = client.hget(f"{redis_prefix}unacked", tag)
+    assert stored == b"[" + raw + b', "", "celery"]'
+    assert client.zscore(f"{redis_prefix}unacked_index", tag) == pytest.approx(time.time(), abs=5)
+    assert transport.ack([got]) == [True]
+    assert client.hlen(f"{redis_prefix}unacked") == 0
+    assert client.zcard(f"{redis_prefix}unacked_index") == 0
+
+
+def test_unacked_record_matches_a_celery_workers(make: MakeTransport, client: redis.Redis,
+                                                 redis_prefix: str) -> None:
+    snapshot = json.loads((VECTORS / "worker/snapshot_mid_chord_slow_running.json").read_text())
+    [(tag, entry)] = snapshot["db5"]["unacked"]["fields"].items()
+    celery_value = _raw(entry)
+    celery_envelope, _, routing_key = json.loads(celery_value)
+    # the same envelope, pushed to the queue and fetched by us, is recorded byte for byte alike
+    client.lpush(f"{redis_prefix}{routing_key}", json.dumps(celery_envelope))
+    transport = make()
+    [got] = transport.fetch([routing_key], 1, 1.0)
+    assert client.hget(f"{redis_prefix}unacked", tag) == celery_value
+    assert got.message.task_name == "tasks.slow"
+    assert transport.ack([got]) == [True]
+
+
+def test_expired_celery_entry_is_restored_with_kombus_flags(make: MakeTransport,
+                                                            client: redis.Redis,
+                                                            redis_prefix: str) -> None:
+    snapshot = json.loads((VECTORS / "worker/snapshot_mid_chord_slow_running.json").read_text())
+    [(tag, entry)] = snapshot["db5"]["unacked"]["fields"].items()
+    [[_, score]] = snapshot["db5"]["unacked_index"]["members_with_scores"]
+    # a Celery worker died holding this message long ago
+    client.hset(f"{redis_prefix}unacked", tag, _raw(entry))
+    client.zadd(f"{redis_prefix}unacked_index", {tag: score - 10_000_000})
+    transport = make(visibility_timeout=60)
+    [got] = transport.fetch(["celery"], 1, 1.0)
+    assert got.redelivered and got.extra["delivery_tag"] == tag
+    expected = json.loads(_raw(entry))[0]
+    assert got.message.headers == expected["headers"]  # flags are transport state, not headers
+    stored = json.loads(client.hget(f"{redis_prefix}unacked", tag))
+    assert stored[0]["headers"]["redelivered"] is True
+    assert stored[0]["properties"]["delivery_info"]["redelivered"] is True
+    assert transport.ack([got]) == [True]
+
+
+def test_a_consumer_dying_before_ack_loses_nothing(make: MakeTransport) -> None:
+    dead, alive = make(visibility_timeout=0.2), make(visibility_timeout=0.2)
+    alive.publish([Outgoing("q", message("m"))])
+    [first] = dead.fetch(["q"], 1, 1.0)
+    dead.close()  # "killed" between fetch and ack: the in-flight record is already there
+    assert alive.fetch(["q"], 1, 0) == []
+    [again] = alive.fetch(["q"], 1, 3.0)
+    assert (tags([again]), again.redelivered, again.delivery_count) == (["m"], True, 2)
+    assert again.message == first.message
+    assert alive.ack([again]) == [True]
+
+
+def test_delayed_messages_wait_in_the_celeriac_set(make: MakeTransport, client: redis.Redis,
+                                                   redis_prefix: str) -> None:
+    transport = make()
+    due = time.time() + 0.3
+    transport.publish([Outgoing("q", message("later"), due)])
+    assert client.llen(f"{redis_prefix}q") == 0
+    assert client.zcard(f"{redis_prefix}celeriac.delayed.q") == 1
+    assert transport.fetch(["q"], 1, 0.1) == []
+    assert tags(transport.fetch(["q"], 1, 2.0)) == ["later"]
+    assert time.time() >= due - 0.01
+    assert client.zcard(f"{redis_prefix}celeriac.delayed.q") == 0
+
+
+def test_reject_requeue_sets_kombus_flags_and_fences(make: MakeTransport, client: redis.Redis,
+                                                     redis_prefix: str) -> None:
+    transport = make()
+    transport.publish([Outgoing("q", message("m", priority=5))])
+    [d] = transport.fetch(["q"], 1, 1.0)
+    assert transport.reject(d, requeue=True)
+    [raw] = client.lrange(f"{redis_prefix}q\x06\x163", 0, -1)
+    envelope = json.loads(raw)
+    assert envelope["headers"]["redelivered"] is True
+    assert envelope["properties"]["delivery_info"] == {"exchange": "", "routing_key": "q",
+                                                       "redelivered": True}
+    assert transport.ack([d]) == [False]
+    [again] = transport.fetch(["q"], 1, 1.0)
+    assert again.message == message("m", priority=5)
+    assert (again.redelivered, again.delivery_count) == (True, 2)
+    assert transport.ack([again]) == [True]
+    assert client.hlen(f"{redis_prefix}celeriac.deliveries") == 0
+
+
+def test_publish_wakes_a_waiting_fetch_fast(make: MakeTransport) -> None:
+    consumer, producer = make(polling_interval=5.0), make()
+    consumer.fetch(["q"], 1, 0.01)  # the listener is up
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.extend(consumer.fetch(["q"], 1, 3.0)))
+    thread.start()
+    time.sleep(0.05)
+    sent = time.monotonic()
+    producer.publish([Outgoing("q", message("m"))])
+    thread.join()
+    assert tags(got) == ["m"]
+    assert time.monotonic() - sent < 0.5  # woken by the publish, not by the 5 s poll
