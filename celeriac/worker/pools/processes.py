@@ -242,13 +242,18 @@ class ProcessPool:
 
     # ---- shutdown ------------------------------------------------------------------------------
     def stop(self, wait: bool = True) -> None:
+        """Warm (``wait``): let children finish their task. Cold: kill them. Safe to call again
+        from another thread (a cold shutdown arriving during a warm one only kills)."""
         with self._lock:
+            first = not self._stopping
             self._stopping = True
             children = list(self._children)
         if not wait:
             for c in children:
                 if c.process.is_alive():
                     c.process.kill()
+        if not first:
+            return
         for c in children:
             try:
                 c.conn.send(None)
