@@ -123,6 +123,7 @@ DEFAULTS: dict[str, Any] = {
     "elasticsearch_timeout": None, "elasticsearch_save_meta_as_text": True,
     # -- celeriac's own (see CELERIAC_EXTRAS)
     "worker_max_deliveries": 10, "worker_async_concurrency": 100, "worker_hostname": None,
+    "worker_heartbeat_interval": 2.0,
 }
 
 #: Settings Celery does not have.
@@ -131,6 +132,7 @@ CELERIAC_EXTRAS: tuple[str, ...] = (
                                  # dead-lettered (poison-message guard)
     "worker_async_concurrency",  # how many ``async def`` tasks one worker runs at once
     "worker_hostname",           # node name used when the worker is started without ``-n``
+    "worker_heartbeat_interval",  # seconds between worker heartbeats (Celery's event freq, 2.0)
 )
 
 #: Celery 3 uppercase names -> today's names. An uppercase spelling of a current name
@@ -365,6 +367,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "worker_concurrency": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an int >= 1"),
     "worker_max_deliveries": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
     "worker_async_concurrency": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "worker_heartbeat_interval": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  and v > 0, "a number of seconds > 0"),
     "task_time_limit": (_optional_positive, "None or a number > 0"),
     "task_soft_time_limit": (_optional_positive, "None or a number > 0"),
     "result_expires": (_is_expires, "None, a number >= 0 or a timedelta"),

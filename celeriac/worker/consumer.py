@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -85,6 +86,7 @@ class Consumer:
         if self.revokes is not None:
             self.revokes.sync()  # revokes made before this worker started still count
             loops.append((self._revoke_loop, "celeriac-revokes"))
+            loops.append((self._heartbeat_loop, "celeriac-heartbeat"))
         for target, name in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -422,6 +424,25 @@ class Consumer:
             self.app.backend.mark_as_failure(task_id, exc, None, request=request)
         except Exception:
             logger.exception("could not store the failure of task %s", task_id)
+
+    # ---- heartbeats -----------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        """Every ``worker_heartbeat_interval`` seconds, record this node as alive in the result
+        store (``celeriac-worker-<node>``, expiring after three missed beats)."""
+        freq = float(self.app.conf.get("worker_heartbeat_interval") or 2.0)
+        key = f"celeriac-worker-{self.hostname}"
+        while not self._stop.is_set():
+            try:
+                self.app.backend.set_value(key, {
+                    "hostname": self.hostname, "pid": os.getpid(), "freq": freq,
+                    "active": self._running, "processed": self.processed,
+                    "timestamp": time.time(), "queues": list(self.queues)}, ttl=freq * 3)
+            except Exception:
+                logger.exception("could not record a heartbeat")
+            else:
+                if signals.heartbeat_sent.receivers:
+                    signals.heartbeat_sent.send(sender=self)
+            self._stop.wait(freq)
 
     # ---- revokes --------------------------------------------------------------------------------
     def _revoke_loop(self) -> None:

@@ -7,7 +7,7 @@ import os
 
 from celeriac import Celery, signals
 
-app = Celery("tests.integration.signal_tasks")
+app = Celery("tests.integration.signal_tasks", worker_heartbeat_interval=0.2)
 
 # setup_logging is left out on purpose: connecting to it tells celeriac not to configure logging.
 WATCHED = [
@@ -15,7 +15,7 @@ WATCHED = [
     "task_success", "task_retry", "task_failure", "task_revoked", "task_unknown", "task_rejected",
     "celeryd_init", "celeryd_after_setup", "import_modules", "worker_init",
     "worker_before_create_process", "worker_process_init", "worker_process_shutdown",
-    "worker_ready", "worker_shutting_down", "worker_shutdown",
+    "worker_ready", "worker_shutting_down", "worker_shutdown", "heartbeat_sent",
     "after_setup_logger", "after_setup_task_logger",
 ]
 

@@ -25,6 +25,7 @@ EXPECTED = {
     "worker_process_init": (set(), "child"),
     "celeryd_after_setup": ({"instance", "conf"}, "main"),
     "worker_ready": (set(), "main"),
+    "heartbeat_sent": (set(), "main"),
     "task_received": ({"request"}, "main"),
     "task_prerun": ({"task_id", "task", "args", "kwargs"}, "child"),
     "task_postrun": ({"task_id", "task", "args", "kwargs", "retval", "state"}, "child"),
