@@ -6,53 +6,22 @@ library: worker, demo, dlq, purge, call, result.
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import sys
 from typing import Any
 
 import click
 
 from ..exceptions import ImproperlyConfigured
+from ..utils.imports import find_app as load_app
 
 
 def find_app(spec: str) -> Any:
-    """Load an app from ``module``, ``module:attr`` or ``module.attr`` (Celery's ``-A`` rules)."""
-    from ..app import Celery
-
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = spec.partition(":")
+    """``-A`` loading (see ``celeriac.utils.imports.find_app``), errors shown as usage errors."""
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if attr or "." not in module_name or exc.name != module_name:
-            raise click.UsageError(f"-A {spec}: cannot import module {module_name!r}: {exc}") from exc
-        module_name, _, attr = module_name.rpartition(".")
-        module = importlib.import_module(module_name)
-    if attr:
-        app = getattr(module, attr, None)
-        if app is None:
-            raise click.UsageError(f"-A {spec}: module {module_name!r} has no attribute {attr!r}")
-        return app() if callable(app) and not isinstance(app, Celery) else app
-    for name in ("app", "celery"):
-        candidate = getattr(module, name, None)
-        if isinstance(candidate, Celery):
-            return candidate
-    found = [v for v in vars(module).values() if isinstance(v, Celery)]
-    if len(found) == 1:
-        return found[0]
-    try:  # a package with a celery.py module (proj/celery.py), as Celery looks for
-        sub = importlib.import_module(f"{module_name}.celery")
-        for name in ("app", "celery"):
-            candidate = getattr(sub, name, None)
-            if isinstance(candidate, Celery):
-                return candidate
-    except ModuleNotFoundError:
-        pass
-    raise click.UsageError(f"-A {spec}: no celeriac.Celery app found in module {module_name!r} "
-                           "(name it `app`, or use -A module:attribute)")
+        return load_app(spec)
+    except ImproperlyConfigured as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 class AppHolder:
@@ -113,7 +82,8 @@ def worker(obj: AppHolder, loglevel: str, concurrency: int | None, pool: str | N
     try:
         setup_logging(loglevel, logfile, hostname=hostname)
         w = app.Worker(hostname=hostname, concurrency=concurrency, pool=pool, queues=queues,
-                       prefetch_multiplier=prefetch_multiplier, task_events=task_events)
+                       prefetch_multiplier=prefetch_multiplier, task_events=task_events,
+                       app_spec=obj.spec)
     except ImproperlyConfigured as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(w.start())

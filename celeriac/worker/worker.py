@@ -46,10 +46,19 @@ def expand_hostname(name: str | None, default_name: str = "celeriac") -> str:
 class Runner:
     """What a pool calls to run one message; picklable by reference through fork."""
 
-    def __init__(self, app: "Celery", hostname: str) -> None:
+    def __init__(self, app: "Celery", hostname: str, *, app_spec: str | None = None,
+                 overrides: dict | None = None) -> None:
         self.app = app
         self.hostname = hostname
         self.accept = serialization.normalize_accept(app.conf.accept_content)
+        self.app_spec = app_spec
+        self.overrides = overrides or {}
+
+    def respawn_args(self) -> tuple | None:
+        """What a fresh interpreter needs to rebuild this runner (None: only fork can)."""
+        if not self.app_spec:
+            return None
+        return (self.app_spec, self.overrides, self.hostname)
 
     def __call__(self, message: Any, delivery_info: dict) -> Any:
         return run_message(self.app, message, delivery_info, self.hostname, self.accept)
@@ -116,7 +125,10 @@ class Worker:
         if signals.celeryd_init.receivers:
             signals.celeryd_init.send(sender=self.hostname, instance=self, conf=app.conf,
                                       options=self.options)
-        runner = Runner(app, self.hostname)
+        overrides = {k: app.conf.get(k) for k in ("broker_url", "result_backend")
+                     if app.conf.get(k)}
+        runner = Runner(app, self.hostname, app_spec=self.options.get("app_spec"),
+                        overrides=overrides)
         self.pool = create_pool(self.pool_kind, runner, self.concurrency, self._on_done)
         if self.pool_kind != "asyncio":
             limit = int(app.conf.get("worker_async_concurrency") or DEFAULT_ASYNC_CONCURRENCY)
@@ -191,6 +203,7 @@ class Worker:
                                               exitcode=self.exitcode)
         if not warm:
             # Cold: don't wait for running tasks. Their leases (acks_late) lapse and they come back.
+            self.exitcode = 1  # EX_FAILURE, as Celery ends a cold shutdown
             logger.warning("Cold shutdown: terminating running tasks")
             if self.pool is not None:
                 threading.Thread(target=self.pool.stop, kwargs={"wait": False}, daemon=True).start()

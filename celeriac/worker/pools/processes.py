@@ -23,6 +23,9 @@ from . import OnDone
 logger = logging.getLogger("celeriac.worker")
 
 _ctx = multiprocessing.get_context("fork")
+#: Replacement children start as fresh interpreters: forking a process whose other threads may
+#: hold locks (SQLite's, a socket's, logging's) can leave the child deadlocked on its first use.
+_spawn_ctx = multiprocessing.get_context("spawn")
 
 
 def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any) -> None:
@@ -69,6 +72,20 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any) 
             signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
 
 
+def _spawned_child_main(conn: Connection, respawn: tuple, index: int,
+                        terminate_flag: Any) -> None:
+    """Entry point of a replacement child: load the app by its ``-A`` spec, then serve jobs."""
+    app_spec, overrides, hostname = respawn
+    from ...utils.imports import find_app
+    from ..worker import Runner
+
+    app = find_app(app_spec)
+    if overrides:
+        app.conf.update(overrides)
+    _child_main(conn, Runner(app, hostname, app_spec=app_spec, overrides=overrides), index,
+                terminate_flag)
+
+
 class _Child:
     __slots__ = ("process", "conn", "job", "index", "deadline", "hard", "terminate_flag",
                  "stop_reason")
@@ -99,14 +116,21 @@ class ProcessPool:
         self._wakeup_r, self._wakeup_w = os.pipe()
 
     # ---- children ------------------------------------------------------------------------------
-    def _spawn(self, index: int) -> _Child:
+    def _spawn(self, index: int, fresh: bool = False) -> _Child:
+        """Fork a child (at start-up, before our threads exist) or, for a replacement, start a
+        fresh interpreter when the app can be found again by its ``-A`` spec."""
         if signals.worker_before_create_process.receivers:
             signals.worker_before_create_process.send(sender=self)
-        parent_conn, child_conn = _ctx.Pipe(duplex=True)
-        terminate_flag = _ctx.RawValue("i", 0)
-        process = _ctx.Process(target=_child_main,
-                               args=(child_conn, self.runner, index, terminate_flag),
-                               name=f"ForkPoolWorker-{index + 1}", daemon=True)
+        respawn = getattr(self.runner, "respawn_args", lambda: None)() if fresh else None
+        ctx = _spawn_ctx if respawn else _ctx
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        terminate_flag = ctx.RawValue("i", 0)
+        if respawn:
+            target, args = _spawned_child_main, (child_conn, respawn, index, terminate_flag)
+        else:
+            target, args = _child_main, (child_conn, self.runner, index, terminate_flag)
+        process = ctx.Process(target=target, args=args, name=f"ForkPoolWorker-{index + 1}",
+                              daemon=True)
         process.start()
         child_conn.close()
         return _Child(process, parent_conn, index, terminate_flag)
@@ -219,7 +243,12 @@ class ProcessPool:
             job_id, message, _ = job
             task_id = message.headers.get("id") or "?"
             reason = child.stop_reason
-            if reason is not None and reason[0] == "timeout":
+            if self._stopping:
+                # A cold shutdown killed it: give the message back (when it is still held, i.e.
+                # acks_late) rather than record a failure the task did not have.
+                outcome = Outcome(task_id, states.REJECTED, ack="requeue",
+                                  exc_repr="cold shutdown")
+            elif reason is not None and reason[0] == "timeout":
                 logger.error("Hard time limit (%ss) exceeded for %s[%s]", reason[1],
                              message.headers.get("task"), task_id)
                 outcome = Outcome(task_id, states.FAILURE, ack="timeout", exc_repr=str(reason[1]))
@@ -233,7 +262,7 @@ class ProcessPool:
                 outcome = Outcome(task_id, states.FAILURE, ack="lost", exc_repr=detail)
             self.on_done(job_id, outcome)
         if not self._stopping:
-            replacement = self._spawn(child.index)
+            replacement = self._spawn(child.index, fresh=True)
             with self._lock:
                 self._children[position] = replacement
         else:
