@@ -134,8 +134,9 @@ class Celery:
 
     def _default_backend_url(self) -> str:
         # With the embedded broker, results live in the same file (one thing to find and back up).
+        # With Redis as broker, results go to the same server, where every machine can read them.
         broker = self.broker_url
-        if broker.startswith(("sqlite://", "memory://")):
+        if broker.startswith(("sqlite://", "memory://", "redis://", "rediss://")):
             return broker
         return DEFAULT_SQLITE_URL
 

@@ -193,9 +193,9 @@ class Producer:
             signal.send(sender=message.headers.get("task"), body=message.body,
                         exchange="", routing_key=item.queue, headers=message.headers,
                         properties=message.properties, declare=[], retry_policy=None)
-        else:  # Celery's after_task_publish carries just these
+        else:  # Celery's after_task_publish carries these
             signal.send(sender=message.headers.get("task"), body=message.body, exchange="",
-                        routing_key=item.queue)
+                        routing_key=item.queue, headers=message.headers)
 
 
 def _sqlite_errors() -> type[BaseException]:

@@ -8,10 +8,11 @@ without polling the table.
 Durability: writes use ``PRAGMA synchronous=NORMAL`` unless the URL says ``?synchronous=FULL``
 (or ``EXTRA``/``OFF``). In WAL mode NORMAL never corrupts the file and survives a process crash;
 only a power cut or OS crash can lose the last commits. Results are cheaper to lose than messages
-(the broker keeps FULL), so the faster setting is the default. When the broker shares the file,
-its next FULL commit (e.g. the task's ack) syncs the WAL and with it every result written before;
-with separate files, a lost result leaves its task PENDING, so use ``?synchronous=FULL`` there if
-that matters.
+(the broker fsyncs every publish), so the faster setting is the default. When the broker shares
+the file, its next publish syncs the WAL and with it every result written before. The WAL keeps
+commit order, so a power cut never keeps a task's ack (also unsynced) while losing its result:
+with ``acks_late`` such a task is simply run again. Use ``?synchronous=FULL`` if results must
+survive a power cut on their own.
 """
 
 from __future__ import annotations

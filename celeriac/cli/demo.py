@@ -68,7 +68,8 @@ def _workload(app, add, checked_div, flaky, count: int, worker: subprocess.Popen
             calls.append((add.name, (i, i), {}, {}))
             expected_value = 2 * i
         expected[i] = expected_value
-    click.echo(f"sending {count} tasks ({count // failing_every + 1} fail on purpose, "
+    deliberate = sum(1 for v in expected.values() if v is None)
+    click.echo(f"sending {count} tasks ({deliberate} fail on purpose, "
                f"{len(range(1, count, retrying_every))} retry once)...")
     start = time.perf_counter()
     ids: list[str] = []

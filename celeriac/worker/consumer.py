@@ -145,6 +145,10 @@ class Consumer:
             try:
                 deliveries = self.transport.fetch(self.queues, room, 1.0)
                 backoff = 0.1
+                if self._stop.is_set():  # shutdown began during the fetch: give them back now
+                    for delivery in deliveries:
+                        self._settle(delivery, REQUEUE)
+                    return
             except Exception as exc:  # broker trouble: log, back off, carry on
                 logger.error("fetch failed: %r; retrying in %.1fs", exc, backoff)
                 self._stop.wait(backoff)
@@ -268,8 +272,9 @@ class Consumer:
                     if item is None:
                         self._cond.wait(0.05)
                 job_id, delivery, is_async = item
-                revoked = (self.revokes is not None
-                           and delivery.message.headers.get("id") in self.revokes)
+                revoked = ((self.revokes is not None
+                            and delivery.message.headers.get("id") in self.revokes)
+                           or _expired(delivery.message.headers))
                 if revoked:
                     self._jobs.pop(job_id, None)
                     self._late.pop(job_id, None)
@@ -282,10 +287,13 @@ class Consumer:
                     late = self._late[job_id]
                     if not late:
                         self._acked.add(job_id)
-            if revoked:  # revoked while it waited in the prefetch buffer
+            if revoked:  # revoked, or expired, while it waited in the prefetch buffer
                 headers = delivery.message.headers
-                self._revoke(delivery, self.app.tasks.get(headers.get("task")), headers,
-                             terminated=False)
+                task = self.app.tasks.get(headers.get("task"))
+                if _expired(headers):
+                    self._expire(delivery, task, headers.get("id"), headers)
+                else:
+                    self._revoke(delivery, task, headers, terminated=False)
                 continue
             if not late:
                 self._settle(delivery, ACK)  # early ack: the task is starting now
@@ -474,3 +482,15 @@ class Consumer:
                     logger.exception("lease renewal failed")
             if self._stop.is_set() and not self._running:
                 return
+
+
+def _expired(headers: dict) -> bool:
+    """Checked again just before a task starts (it may have expired while it waited)."""
+    value = headers.get("expires")
+    if not value:
+        return False
+    try:
+        expires = parse_time(value)
+    except (TypeError, ValueError):
+        return False
+    return expires is not None and expires <= datetime.now(timezone.utc)

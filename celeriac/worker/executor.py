@@ -100,7 +100,7 @@ class _Run:
         self.eager = eager
         self.throw = throw
         conf = self.app.conf
-        ignore = ctx.ignore_result or task.ignore_result
+        ignore = ctx.ignore_result or task.ignore_result or conf.task_ignore_result
         self.store = (not ignore) and (not eager or bool(conf.task_store_eager_result))
         self.started = 0.0
 

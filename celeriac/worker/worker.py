@@ -107,7 +107,10 @@ class Worker:
         self.concurrency = int(concurrency or conf.get("worker_concurrency") or default_concurrency)
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
-        self.queues = list(queues or [conf.task_default_queue])
+        # Without -Q: every queue in task_queues (as Celery does), else the default queue.
+        from ..routing import Router
+
+        self.queues = list(queues or Router.queue_names(conf) or [conf.task_default_queue])
         self.prefetch_multiplier = int(prefetch_multiplier if prefetch_multiplier is not None
                                        else conf.worker_prefetch_multiplier)
         self.options = options
