@@ -38,6 +38,14 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
+def _first(*values: Any) -> Any:
+    """The first value that is not None (call option, then task attribute, then setting)."""
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
 def _as_signature_list(value: Any) -> list | None:
     if value is None:
         return None
@@ -91,23 +99,14 @@ class Producer:
             expires = now + timedelta(seconds=float(expires))
         elif isinstance(expires, datetime):
             expires = _utc(expires)
-        if _task is not None:
-            if priority is None:
-                priority = _task.priority
-            if serializer is None:
-                serializer = _task.serializer
-            if ignore_result is None:
-                ignore_result = _task.ignore_result
-            if time_limit is None:
-                time_limit = _task.time_limit
-            if soft_time_limit is None:
-                soft_time_limit = _task.soft_time_limit
-        if priority is None:
-            priority = self.default_priority
-        if time_limit is None:
-            time_limit = self.time_limit
-        if soft_time_limit is None:
-            soft_time_limit = self.soft_time_limit
+        def from_task(attr: str) -> Any:
+            return getattr(_task, attr, None) if _task is not None else None
+
+        priority = _first(priority, from_task("priority"), self.default_priority)
+        serializer = _first(serializer, from_task("serializer"))
+        ignore_result = _first(ignore_result, from_task("ignore_result"))
+        time_limit = _first(time_limit, from_task("time_limit"), self.time_limit)
+        soft_time_limit = _first(soft_time_limit, from_task("soft_time_limit"), self.soft_time_limit)
 
         route = self.router.route({"queue": queue, **extra} if queue is not None else dict(extra),
                                   name, args, kwargs,
