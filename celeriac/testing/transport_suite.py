@@ -193,8 +193,8 @@ class TransportContract:
     # ---- leases -----------------------------------------------------------------------------
     def test_expired_lease_is_delivered_again(self, transport: Transport) -> None:
         self.publish(transport, "q", "m")
+        leased_at = time.time()  # taken before the fetch: the lease cannot start earlier
         [first] = transport.fetch(["q"], 1, 1.0)
-        leased_at = time.time()
         assert transport.fetch(["q"], 1, 0) == []  # leased: invisible
         [second] = transport.fetch(["q"], 1, 3.0)  # comes back after the lease, by itself
         assert time.time() - leased_at >= self.lease - 0.05

@@ -66,10 +66,18 @@ class RedisTransport:
                  priority_steps: Sequence[int] = (0, 3, 6, 9), priority_order: str = "low_first",
                  queue_order_strategy: str = "round_robin", unacked_key: str = "unacked",
                  unacked_index_key: str = "unacked_index", unacked_mutex_key: str = "unacked_mutex",
-                 **options: Any) -> None:
+                 delayed_publish: str = "queue", **options: Any) -> None:
         if priority_order not in ("low_first", "high_first"):
             raise ValueError(f"priority_order must be 'low_first' or 'high_first', "
                              f"not {priority_order!r}")
+        if delayed_publish not in ("queue", "delayed_set"):
+            raise ValueError(f"delayed_publish must be 'queue' or 'delayed_set', "
+                             f"not {delayed_publish!r}")
+        #: "queue" (default): an ETA/countdown message is pushed onto its queue like any other,
+        #: as Celery does, so Celery workers sharing the queue run it too (a celeriac worker that
+        #: takes it early defers it to ``celeriac.delayed.<queue>`` until due). "delayed_set":
+        #: hold it in that set from the start (celeriac-only fleets; nothing is fetched early).
+        self.delayed_publish = delayed_publish
         self.url = url
         self.visibility_timeout = float(visibility_timeout)
         self.polling_interval = float(polling_interval)
@@ -143,7 +151,8 @@ class RedisTransport:
         return f"{queue}{self.sep}{self.sep}{queue}"
 
     def publish(self, items: Sequence[Outgoing]) -> None:
-        """LPUSH every item (delayed ones into ``celeriac.delayed.<queue>``) in one MULTI/EXEC."""
+        """LPUSH every item in one MULTI/EXEC (with ``delayed_publish="delayed_set"``, items not
+        yet due go to ``celeriac.delayed.<queue>`` instead)."""
         if not items:
             return
         now = time.time()
@@ -156,7 +165,8 @@ class RedisTransport:
         woken: dict[str, None] = {}
         run_key, run = "", []  # consecutive pushes to one list go in one LPUSH
         for item, envelope in encoded:
-            if item.not_before is not None and item.not_before > now:
+            if (self.delayed_publish == "delayed_set" and item.not_before is not None
+                    and item.not_before > now):
                 pipe.zadd(f"{self.prefix}celeriac.delayed.{item.queue}", {envelope: item.not_before})
                 continue
             key = self._list(item.queue, item.message.properties.get("priority"))

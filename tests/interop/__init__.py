@@ -1,0 +1,1 @@
+"""Live interop tests: real Celery 5 and celeriac clients and workers sharing one Redis."""

@@ -1,0 +1,98 @@
+"""The real-Celery half of the interop tests: an app module for ``celery worker`` and a tiny client.
+
+Layer: test support. Imports ``celery`` (never celeriac). The broker/backend URL comes from
+``INTEROP_REDIS_URL`` so each test can use its own Redis DB. Run as a module, it is a one-shot Celery
+client that prints one JSON line (``python -m tests.interop.celery_side <scenario> <queue>``), so
+Celery's own ``AsyncResult.get()`` is what reads the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from celery import Celery, chain
+
+URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/12")
+TIMEOUT = 20.0
+
+app = Celery("interop_celery", broker=URL, backend=URL)
+app.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json",
+                broker_connection_retry_on_startup=True, worker_hijack_root_logger=True)
+
+
+@app.task(name="interop.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="interop.fail")
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name="interop.whoami", bind=True)
+def whoami(self: Any, *previous: Any) -> dict[str, Any]:
+    """Which implementation ran this, and the request fields a chain step must carry."""
+    request = self.request
+    return {"impl": "celery", "id": request.id, "root_id": request.root_id,
+            "parent_id": request.parent_id, "hostname": request.hostname, "at": time.time()}
+
+
+# ---- one-shot client scenarios (each prints a JSON document) -----------------------------------
+def _describe_exception(exc: BaseException) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "module": type(exc).__module__, "args": list(exc.args)}
+
+
+def scenario_basic(queue: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    out["add"] = app.send_task("interop.add", (2, 3), queue=queue).get(timeout=TIMEOUT)
+    steps = chain(app.signature("interop.add", (1, 1), queue=queue),
+                  app.signature("interop.add", (10,), queue=queue),
+                  app.signature("interop.add", (100,), queue=queue))
+    last = steps.apply_async()
+    out["chain_last"] = last.get(timeout=TIMEOUT)
+    out["chain_middle"] = last.parent.get(timeout=TIMEOUT)
+    try:
+        app.send_task("interop.fail", ("boom from celery client",), queue=queue).get(timeout=TIMEOUT)
+        out["fail"] = None
+    except Exception as exc:  # what Celery rebuilt from the stored meta
+        out["fail"] = _describe_exception(exc)
+    return out
+
+
+def scenario_whoami_chain(queue: str) -> dict[str, Any]:
+    steps = chain(*(app.signature("interop.whoami", queue=queue) for _ in range(3)))
+    last = steps.apply_async()
+    results = [last.parent.parent, last.parent, last]
+    return {"ids": [r.id for r in results], "steps": [r.get(timeout=TIMEOUT) for r in results]}
+
+
+def scenario_whoami(queue: str) -> dict[str, Any]:
+    result = app.send_task("interop.whoami", queue=queue)
+    return {"id": result.id, "ran": result.get(timeout=TIMEOUT)}
+
+
+def scenario_countdown(queue: str) -> dict[str, Any]:
+    sent_at = time.time()
+    result = app.signature("interop.whoami").apply_async(countdown=1, queue=queue)
+    return {"sent_at": sent_at, "ran": result.get(timeout=TIMEOUT)}
+
+
+SCENARIOS = {"basic": scenario_basic, "whoami_chain": scenario_whoami_chain,
+             "whoami": scenario_whoami, "countdown": scenario_countdown}
+
+
+def main(argv: list[str]) -> None:
+    scenario, queue = argv
+    try:
+        print(json.dumps(SCENARIOS[scenario](queue)))
+    finally:
+        app.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

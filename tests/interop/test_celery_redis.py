@@ -1,0 +1,135 @@
+"""Real Celery 5 and celeriac, clients and workers, talking to each other through one Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+
+pytestmark = [pytest.mark.interop, pytest.mark.integration]
+
+TIMEOUT = 20.0
+
+
+def _step(task: str, args: list[Any], queue: str, task_id: str) -> dict[str, Any]:
+    """A chain element as Celery embeds it (§1.5): the pre-assigned id sits in options."""
+    return {"task": task, "args": args, "kwargs": {},
+            "options": {"task_id": task_id, "queue": queue},
+            "subtask_type": None, "immutable": False}
+
+
+def _send_chain(app: Any, queue: str, steps: list[tuple[str, list[Any]]]) -> list[str]:
+    """Send ``steps`` as one chain (embed.chain, reversed, §1.6); returns every step's id."""
+    ids = [str(uuid.uuid4()) for _ in steps]
+    rest = [_step(name, args, queue, ids[i]) for i, (name, args) in enumerate(steps) if i]
+    name, args = steps[0]
+    app.send_task(name, args, queue=queue, task_id=ids[0], chain=list(reversed(rest)))
+    return ids
+
+
+def _assert_chain_lineage(steps: list[dict[str, Any]], ids: list[str], impl: str) -> None:
+    assert [s["impl"] for s in steps] == [impl] * len(ids)
+    assert [s["id"] for s in steps] == ids
+    assert [s["root_id"] for s in steps] == [ids[0]] * len(ids)
+    assert [s["parent_id"] for s in steps] == [None, *ids[:-1]]
+
+
+# ---- (a) Celery client -> celeriac worker ----------------------------------------------------------
+def test_celery_client_gets_values_and_exception_from_celeriac_worker(workers, celery_client,
+                                                                      queue_name):
+    worker = workers("celeriac", queue_name)
+    out = celery_client("basic", queue_name)
+    assert out["add"] == 5, worker.log()
+    assert out["chain_middle"] == 12
+    assert out["chain_last"] == 112
+    assert out["fail"] == {"type": "ValueError", "module": "builtins",
+                           "args": ["boom from celery client"]}, worker.log()
+
+
+# ---- (b) celeriac client -> Celery worker ----------------------------------------------------------
+def test_celeriac_client_gets_values_and_exception_from_celery_worker(workers, celeriac_client,
+                                                                      queue_name):
+    worker = workers("celery", queue_name)
+    app = celeriac_client
+    assert app.send_task("interop.add", (2, 3), queue=queue_name).get(timeout=TIMEOUT) == 5, \
+        worker.log()
+    ids = _send_chain(app, queue_name, [("interop.add", [1, 1]), ("interop.add", [10]),
+                                        ("interop.add", [100])])
+    assert [app.AsyncResult(i).get(timeout=TIMEOUT) for i in ids] == [2, 12, 112], worker.log()
+    failing = app.send_task("interop.fail", ("boom from celeriac client",), queue=queue_name)
+    with pytest.raises(ValueError) as caught:
+        failing.get(timeout=TIMEOUT)
+    assert type(caught.value) is ValueError
+    assert caught.value.args == ("boom from celeriac client",)
+    assert failing.state == "FAILURE"
+    assert "boom from celeriac client" in (failing.traceback or ""), worker.log()
+
+
+# ---- (c) request fields: id / root_id / parent_id along a chain -----------------------------------
+def test_celeriac_worker_sees_celery_chain_lineage(workers, celery_client, queue_name):
+    worker = workers("celeriac", queue_name)
+    out = celery_client("whoami_chain", queue_name)
+    _assert_chain_lineage(out["steps"], out["ids"], "celeriac")
+    assert out["steps"][0]["hostname"].startswith("celeriac-interop@"), worker.log()
+
+
+def test_celery_worker_sees_celeriac_chain_lineage(workers, celeriac_client, queue_name):
+    worker = workers("celery", queue_name)
+    app = celeriac_client
+    ids = _send_chain(app, queue_name, [("interop.whoami", [])] * 3)
+    steps = [app.AsyncResult(i).get(timeout=TIMEOUT) for i in ids]
+    _assert_chain_lineage(steps, ids, "celery")
+    assert steps[0]["hostname"].startswith("celery-interop@"), worker.log()
+
+
+# ---- (d) both workers on one Redis DB, each on its own queue --------------------------------------
+def test_celery_and_celeriac_workers_share_a_db_without_crosstalk(workers, celeriac_client,
+                                                                  interop_url):
+    queues = {"celery": f"interop-{uuid.uuid4().hex[:8]}",
+              "celeriac": f"interop-{uuid.uuid4().hex[:8]}"}
+    for kind, queue in queues.items():
+        workers(kind, queue)
+    app = celeriac_client
+    sent = [(kind, app.send_task("interop.whoami", queue=queue))
+            for _ in range(4) for kind, queue in queues.items()]
+    for kind, result in sent:
+        ran = result.get(timeout=TIMEOUT)
+        assert (ran["impl"], ran["id"]) == (kind, result.id)
+    _assert_all_acked(interop_url, list(queues.values()))
+
+
+def _assert_all_acked(url: str, queues: list[str]) -> None:
+    """Both sides acked in kombu's shared ``unacked`` bookkeeping and left nothing queued."""
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 5
+        while client.hlen("unacked") or client.zcard("unacked_index"):
+            assert time.monotonic() < deadline, client.hgetall("unacked")
+            time.sleep(0.05)
+        assert [client.llen(q) for q in queues] == [0, 0]
+    finally:
+        client.close()
+
+
+# ---- (e) countdown set by a Celery client, honoured by a celeriac worker -------------------------
+def test_celery_countdown_runs_on_celeriac_worker_after_one_second(workers, celery_client,
+                                                                  queue_name):
+    workers("celeriac", queue_name)
+    out = celery_client("countdown", queue_name)
+    assert out["ran"]["impl"] == "celeriac"
+    # eta = client's now (taken after sent_at) + 1 s; allow only float/ISO rounding below that
+    assert out["ran"]["at"] - out["sent_at"] >= 0.999
+
+
+# ---- (f) countdown set by a celeriac client, honoured by a Celery worker -------------------------
+def test_celeriac_countdown_runs_on_celery_worker_after_one_second(workers, celeriac_client,
+                                                                  queue_name):
+    workers("celery", queue_name)
+    sent_at = time.time()
+    ran = celeriac_client.send_task("interop.whoami", queue=queue_name, countdown=1).get(timeout=3)
+    assert ran["impl"] == "celery"
+    assert ran["at"] - sent_at >= 0.999
