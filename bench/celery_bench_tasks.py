@@ -1,0 +1,39 @@
+"""The Celery 5 twin of bench/bench_tasks.py, for side-by-side Redis runs. Layer: bench.
+
+Imported only by Celery processes in the benchmark's own virtualenv (bench/.venv-celery), never
+by celeriac or pytest. It reads the same environment variables as the celeriac app, so one
+runner drives both: CELERIAC_BROKER_URL and CELERIAC_RESULT_BACKEND name the Redis database, and
+CELERIAC_BENCH_READY_FILE, when set, receives the wall-clock time the worker became ready.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import Celery, signals
+
+# Same name as bench.bench_tasks.READY_FILE_ENV; not imported, since celeriac is not installed here.
+READY_FILE_ENV = "CELERIAC_BENCH_READY_FILE"
+
+app = Celery("bench.celery_bench_tasks",
+             broker=os.environ.get("CELERIAC_BROKER_URL"),
+             backend=os.environ.get("CELERIAC_RESULT_BACKEND"))
+# Celery's defaults otherwise; this one only silences a start-up deprecation warning.
+app.conf.broker_connection_retry_on_startup = True
+
+
+@app.task
+def noop() -> None:
+    """Does nothing, so a measure shows the queue's own cost per task."""
+
+
+@signals.worker_ready.connect
+def _write_ready_time(sender: Any = None, **_: Any) -> None:
+    path = os.environ.get(READY_FILE_ENV)
+    if not path:
+        return
+    with open(path + ".tmp", "w") as f:  # write then rename: the runner never reads half a file
+        f.write(repr(time.time()))
+    os.replace(path + ".tmp", path)

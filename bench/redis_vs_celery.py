@@ -1,0 +1,403 @@
+"""Side-by-side benchmarks on Redis: celeriac against Celery 5, same workloads, one table.
+
+Layer: bench (outside the package; pytest never runs it). Run from anywhere as
+``python bench/redis_vs_celery.py [--tasks N] [--samples N] [--db N]``. Celery runs from its own
+virtualenv, bench/.venv-celery, which this script creates on first use (``python -m venv`` and
+``pip install 'celery[redis]==5.*'``) and reuses afterwards. Both sides use one Redis database
+as broker and result store, flushed before every measure; workers are real subprocesses, each in
+its own process group, killed at the end even on error. The clients (enqueue loop, round trips)
+are subprocesses too, this interpreter for celeriac and the virtualenv's for Celery, started as
+``python bench/redis_vs_celery.py client APP_MODULE MEASURE ...``. The helpers shared with
+bench/run.py import celeriac, which the virtualenv lacks, so the runner imports them where used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # ``python bench/...`` puts bench/, not the repo, on the path
+    sys.path.insert(0, str(ROOT))
+
+VENV = ROOT / "bench" / ".venv-celery"
+CELERY_REQUIREMENT = "celery[redis]==5.*"
+META_PREFIX = "celery-task-meta-"  # the result key layout both sides share
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class Side:
+    """How to run one implementation: its interpreter, app module and worker command."""
+
+    name: str
+    python: str
+    app_module: str
+    worker_module: str
+
+
+# ---- the client half: runs in either interpreter, so it imports neither library up front -----
+def client_main(argv: list[str]) -> None:
+    """``client APP_MODULE enqueue N OUT`` or ``client APP_MODULE latency SAMPLES WARMUP OUT``."""
+    noop = importlib.import_module(argv[0]).noop
+    measure, out = argv[1], argv[-1]
+    if measure == "enqueue":
+        n = int(argv[2])
+        ids = [noop.delay().id]  # connects to Redis outside the timed loop
+        start = time.perf_counter()
+        for _ in range(n):
+            ids.append(noop.delay().id)
+        report: dict[str, Any] = {"elapsed": time.perf_counter() - start, "ids": ids}
+    else:
+        samples, warmup = int(argv[2]), int(argv[3])
+        for _ in range(warmup):
+            noop.delay().get(timeout=30)
+        trips = []
+        for _ in range(samples):
+            sent_at = time.time()
+            start = time.perf_counter()
+            result = noop.delay()
+            result.get(timeout=30)
+            elapsed = time.perf_counter() - start
+            trips.append((result.id, sent_at, time.time(), elapsed))
+        report = {"trips": trips}
+    Path(out).write_text(json.dumps(report))
+
+
+# ---- the runner half --------------------------------------------------------------------------
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def celery_python() -> str:
+    """The virtualenv's interpreter, creating the virtualenv and installing Celery when needed."""
+    python = VENV / "bin" / "python"
+    check = "import celery, redis, sys; sys.exit(celery.VERSION[0] != 5)"
+    if python.exists() and subprocess.run([python, "-c", check], capture_output=True,
+                                          check=False).returncode == 0:
+        return str(python)
+    log(f"creating {VENV} with {CELERY_REQUIREMENT} (once; later runs reuse it) ...")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", CELERY_REQUIREMENT], check=True)
+    subprocess.run([python, "-c", check], check=True)
+    return str(python)
+
+
+def versions(python: str) -> str:
+    code = ("import celery, kombu, redis; "
+            "print(celery.__version__, kombu.__version__, redis.__version__)")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    celery, kombu, redis_py = out.stdout.split()
+    return f"celery {celery}, kombu {kombu}, redis-py {redis_py}"
+
+
+class Bench:
+    """The Redis database both sides share, and the runs of clients and workers against it."""
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.url = url
+        self.workdir = workdir
+        self.redis = redis.Redis.from_url(url)
+        self.redis.ping()  # fail early, with redis-py's message, if no server listens
+        os.environ["CELERIAC_BROKER_URL"] = url
+        os.environ["CELERIAC_RESULT_BACKEND"] = url
+
+    def close(self) -> None:
+        self.redis.flushdb()
+        self.redis.close()
+
+    def flush(self) -> None:
+        self.redis.flushdb()
+
+    def client(self, side: Side, *args: object) -> dict[str, Any]:
+        out = self.workdir / f"client-{side.name}.json"
+        out.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        cmd = [side.python, str(Path(__file__).resolve()), "client", side.app_module,
+               *map(str, args), str(out)]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the {side.name} client failed ({proc.returncode}):\n"
+                               f"{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+    @contextlib.contextmanager
+    def worker(self, side: Side, pool: str, *, wrapper: Sequence[str] = ()) -> Iterator[Any]:
+        """A running worker; ``wrapper`` goes between the interpreter and the worker's module."""
+        from bench.run import WorkerProcess
+
+        worker = WorkerProcess(self.workdir, f"{side.name}-{pool}")
+        # The shared runner names the celeriac app; both sides get the same flags otherwise.
+        worker.argv = [side.python, "-m", *wrapper, side.worker_module, "-A", side.app_module,
+                       "worker", "-P", pool, "-c", "1", "-l", "WARNING",
+                       "-n", f"bench-{side.name}@%h"]
+        worker.ready_file.unlink(missing_ok=True)
+        with worker:
+            yield worker
+
+    def metas(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        found: list[dict[str, Any] | None] = []
+        for start in range(0, len(ids), 1000):
+            keys = [META_PREFIX + i for i in ids[start:start + 1000]]
+            found.extend(json.loads(v) if v is not None else None for v in self.redis.mget(keys))
+        return found
+
+    def done_times(self, ids: Sequence[str], worker: Any, timeout: float) -> list[float]:
+        """Wait until every task has a result (cheap: the last one sent is watched first),
+        check they all succeeded, and return each ``date_done`` as a timestamp."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.redis.exists(META_PREFIX + ids[-1]):
+                metas = self.metas(ids)
+                if all(metas):
+                    break
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                done = sum(1 for m in self.metas(ids) if m)
+                raise RuntimeError(f"only {done}/{len(ids)} results after {timeout:.0f}s")
+            time.sleep(0.02)
+        bad = [m for m in metas if m["status"] != "SUCCESS"]
+        if bad:
+            raise RuntimeError(f"{len(bad)} task(s) did not succeed, e.g. {bad[0]!r}")
+        return [datetime.fromisoformat(m["date_done"]).timestamp() for m in metas]
+
+
+@dataclass
+class Row:
+    """One line of the table: a measure with both sides' figures."""
+
+    measure: str
+    n: int
+    unit: str
+    values: dict[str, float]
+    note: str = ""
+
+
+def measure_enqueue_and_solo_drain(bench: Bench, side: Side, n: int) -> tuple[float, float, str]:
+    """The enqueue loop fills the queue the solo drain then empties: one flush, two figures."""
+    bench.flush()
+    report = bench.client(side, "enqueue", n)
+    enqueue_rate = n / report["elapsed"]
+    drain_rate, note = drain(bench, side, "solo", report["ids"])
+    return enqueue_rate, drain_rate, note
+
+
+def measure_prefork_drain(bench: Bench, side: Side, n: int) -> tuple[float, str]:
+    bench.flush()
+    return drain(bench, side, "prefork", bench.client(side, "enqueue", n)["ids"])
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds a process and its descendants (every thread) have used, from Linux's /proc."""
+    total, pending = 0.0, [pid]
+    while pending:
+        proc = Path(f"/proc/{pending.pop()}")
+        with contextlib.suppress(OSError, ValueError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+            for thread in (proc / "task").iterdir():
+                pending.extend(int(c) for c in (thread / "children").read_text().split())
+    return total
+
+
+def drain(bench: Bench, side: Side, pool: str, ids: list[str]) -> tuple[float, str]:
+    with bench.worker(side, pool) as worker:
+        ready = worker.wait_ready(60)
+        cpu_before = tree_cpu(worker.proc.pid)
+        finished = bench.done_times(ids, worker, timeout=60 + len(ids) / 50)
+        cpu = tree_cpu(worker.proc.pid) - cpu_before  # also counts up to 20 ms of polling lag
+    rate = len(ids) / (max(finished) - ready)
+    return rate, (f"{side.name} start-up {ready - worker.started_at:.2f} s, "
+                  f"CPU {cpu / len(ids) * 1e6:.0f} µs/task")
+
+
+def measure_latency(bench: Bench, side: Side, samples: int, warmup: int) -> tuple[list[float], str]:
+    bench.flush()
+    with bench.worker(side, "solo") as worker:
+        worker.wait_ready(60)
+        trips = bench.client(side, "latency", samples, warmup)["trips"]
+    metas = bench.metas([t[0] for t in trips])
+    stored = sorted(datetime.fromisoformat(m["date_done"]).timestamp() - t[1]
+                    for m, t in zip(metas, trips, strict=True) if m)
+    seen = sorted(t[2] - datetime.fromisoformat(m["date_done"]).timestamp()
+                  for m, t in zip(metas, trips, strict=True) if m)
+    note = (f"{side.name}: to stored {stored[len(stored) // 2] * 1000:.2f} ms, "
+            f"then to get() {seen[len(seen) // 2] * 1000:.2f} ms")
+    return sorted(t[3] * 1000 for t in trips), note
+
+
+def profile(bench: Bench, side: Side, tasks: int, out: Path) -> None:
+    """A celeriac solo drain with the worker under bench/threadprof.py (cProfile, every thread)."""
+    from bench.profile_run import top_table
+
+    bench.flush()
+    ids = bench.client(side, "enqueue", tasks)["ids"]
+    out.unlink(missing_ok=True)
+    with bench.worker(side, "solo", wrapper=("bench.threadprof", str(out))) as worker:
+        ready = worker.wait_ready(60)
+        finished = bench.done_times(ids, worker, timeout=120 + len(ids) / 20)
+        log(f"drained {len(ids)} tasks in {max(finished) - ready:.2f} s under the profiler")
+        code = worker.stop(timeout=60)
+    if code != 0 or not out.exists():
+        raise RuntimeError(f"the profiled worker exited with {code}:\n{worker.log_tail()}")
+    stats = pstats.Stats(str(out))
+    for key in ("cumulative", "tottime"):
+        print(f"\nsolo worker on Redis, {len(ids)} noop tasks: top 20 by {key} time")
+        print(top_table(stats, key, len(ids), 20))
+    print(f"\nfull profile: {out} (python -m pstats {out})")
+
+
+def run(bench: Bench, sides: dict[str, Side], tasks: int, samples: int, warmup: int) -> list[Row]:
+    """Each measure for both sides back to back, so drifting machine load hits both alike."""
+    from bench.run import percentile
+
+    enqueue = Row("enqueue: noop.delay() in a loop", tasks, "tasks/s", {})
+    solo = Row("drain: one worker, -P solo -c 1", tasks + 1, "tasks/s", {})
+    prefork = Row("drain: one worker, -P prefork -c 1", tasks + 1, "tasks/s", {})
+    notes: dict[str, list[str]] = {"solo": [], "prefork": [], "latency": []}
+    latencies: dict[str, list[float]] = {}
+    for name, side in sides.items():
+        log(f"{name}: enqueue, then solo drain ...")
+        enqueue.values[name], solo.values[name], note = measure_enqueue_and_solo_drain(
+            bench, side, tasks)
+        notes["solo"].append(note)
+        log(f"  {enqueue.values[name]:,.0f} enqueued/s, {solo.values[name]:,.0f} drained/s")
+    for name, side in sides.items():
+        log(f"{name}: prefork drain ...")
+        prefork.values[name], note = measure_prefork_drain(bench, side, tasks)
+        notes["prefork"].append(note)
+        log(f"  {prefork.values[name]:,.0f} drained/s")
+    for name, side in sides.items():
+        log(f"{name}: {samples} round trips after {warmup} warm-up ...")
+        latencies[name], note = measure_latency(bench, side, samples, warmup)
+        notes["latency"].append(note)
+        log(f"  p50 {percentile(latencies[name], 50):.2f} ms")
+    solo.note, prefork.note = "; ".join(notes["solo"]), "; ".join(notes["prefork"])
+    rows = [enqueue, solo, prefork]
+    for p in (50, 90, 99):
+        rows.append(Row(f"latency: noop.delay().get(), -P solo, p{p}", samples, "ms",
+                        {k: percentile(v, p) for k, v in latencies.items()}))
+    rows[3].note = "medians " + "; ".join(notes["latency"])
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("measure", "N", "celeriac", "Celery", "unit", "celeriac/Celery", "notes")
+
+    def fmt(row: Row, side: str) -> str:
+        value = row.values.get(side)
+        if value is None:
+            return "-"
+        return f"{value:,.0f}" if row.unit == "tasks/s" else f"{value:.2f}"
+
+    cells = [(r.measure, f"{r.n:,}", fmt(r, "celeriac"), fmt(r, "celery"), r.unit,
+              f"{r.values['celeriac'] / r.values['celery']:.2f}" if len(r.values) == 2 else "-",
+              r.note) for r in rows]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(6)]
+    lines = []
+    for i, c in enumerate([header, *cells]):
+        lines.append(f"{c[0]:<{widths[0]}}  {c[1]:>{widths[1]}}  {c[2]:>{widths[2]}}  "
+                     f"{c[3]:>{widths[3]}}  {c[4]:<{widths[4]}}  {c[5]:>{widths[5]}}  "
+                     f"{c[6]}".rstrip())
+        if i == 0:
+            lines.append("-" * max(len(line) for line in lines))
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> list[str]:
+    """The issue's targets, each marked met or not met from this run's figures."""
+    enqueue, solo, _, p50 = rows[0], rows[1], rows[2], rows[3]
+    mine, theirs = solo.values["celeriac"], solo.values.get("celery")
+    checks = [
+        ("solo drain >= 5,000 tasks/s", f"{mine:,.0f}", mine >= 5000),
+        ("enqueue >= 10,000 tasks/s per producer", f"{enqueue.values['celeriac']:,.0f}",
+         enqueue.values["celeriac"] >= 10000),
+        ("round trip p50 < 1 ms", f"{p50.values['celeriac']:.2f} ms", p50.values["celeriac"] < 1),
+    ]
+    if theirs:
+        checks.insert(1, ("solo drain >= 3x Celery", f"{mine / theirs:.2f}x", mine >= 3 * theirs))
+    return [f"  {'met    ' if ok else 'NOT met'}  {what}: {got}" for what, got, ok in checks]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["client"]:
+        client_main(argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10000,
+                        help="tasks per enqueue and drain measure (default 10000)")
+    parser.add_argument("--samples", type=int, default=2000,
+                        help="timed round trips per side (default 2000)")
+    parser.add_argument("--warmup", type=int, default=200,
+                        help="untimed round trips before the samples (default 200)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379",
+                        help="Redis server, without a database (default redis://127.0.0.1:6379)")
+    parser.add_argument("--db", type=int, default=7,
+                        help="database number, flushed before every measure: one no test uses "
+                             "(default 7)")
+    parser.add_argument("--celeriac-only", action="store_true",
+                        help="skip Celery (and its virtualenv)")
+    parser.add_argument("--profile", type=Path, metavar="OUT.prof",
+                        help="instead: profile a celeriac solo worker draining --tasks tasks")
+    args = parser.parse_args(argv)
+    if args.tasks < 1 or args.samples < 1 or args.warmup < 0:
+        parser.error("--tasks and --samples must be at least 1, --warmup at least 0")
+
+    from bench.run import _exit_on_signal, machine_summary, revision
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    sides = {"celeriac": Side("celeriac", sys.executable, "bench.bench_tasks", "celeriac.cli.main")}
+    if not (args.celeriac_only or args.profile):
+        python = celery_python()
+        sides["celery"] = Side("celery", python, "bench.celery_bench_tasks", "celery")
+    measured, load_before, started = revision(), os.getloadavg()[0], time.perf_counter()
+    url = f"{args.redis.rstrip('/')}/{args.db}"
+    against = versions(sides["celery"].python) if "celery" in sides else "no Celery"
+    log(f"celeriac {measured} against {against} on {url}")
+    with tempfile.TemporaryDirectory(prefix="celeriac-redis-bench-") as tmp:
+        bench = Bench(url, Path(tmp))
+        try:
+            server = bench.redis.info("server")["redis_version"]
+            if args.profile:
+                profile(bench, sides["celeriac"], args.tasks, args.profile.resolve())
+                return 0
+            rows = run(bench, sides, args.tasks, args.samples, args.warmup)
+        finally:
+            bench.close()
+    print()
+    print(f"celeriac {measured} against {against}; redis-server {server} at {url} as broker "
+          f"and result store")
+    print(f"machine: {machine_summary()}")
+    print(f"run at {datetime.now().astimezone().isoformat(timespec='seconds')}, "
+          f"took {time.perf_counter() - started:.0f} s; 1-min load average {load_before:.2f} "
+          f"before, {os.getloadavg()[0]:.2f} after (other processes skew the figures)")
+    print()
+    print(format_table(rows))
+    print()
+    print("targets (celeriac):")
+    print("\n".join(targets(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
