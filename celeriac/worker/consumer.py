@@ -472,17 +472,28 @@ class Consumer:
 
     # ---- leases ---------------------------------------------------------------------------------
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.renew_every) or self._jobs:
-            with self._cond:
-                held = [d for job_id, d in self._jobs.items() if job_id not in self._acked]
-            if held:
-                try:
-                    self.transport.extend_lease(held)
-                except Exception:
-                    logger.exception("lease renewal failed")
-            if self._stop.is_set() and not self._running:
+        """Renew the leases of every held message each ``renew_every`` seconds, until the worker
+        has stopped and holds nothing (running tasks keep their leases through a warm shutdown)."""
+        next_renewal = time.monotonic() + self.renew_every
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and not self._jobs:
                 return
-
+            now = time.monotonic()
+            if now >= next_renewal:
+                with self._cond:
+                    held = [d for job_id, d in self._jobs.items() if job_id not in self._acked]
+                if held:
+                    try:
+                        self.transport.extend_lease(held)
+                    except Exception:
+                        logger.exception("lease renewal failed")
+                next_renewal = now + self.renew_every
+            wait = next_renewal - now
+            if stopping:  # _stop is set, so waiting on it would return at once: sleep instead
+                time.sleep(min(wait, 0.1))
+            else:
+                self._stop.wait(wait)
 
 def _expired(headers: dict) -> bool:
     """Checked again just before a task starts (it may have expired while it waited)."""

@@ -2,7 +2,8 @@
 
 The worker reads ``FAULT_VT`` (lease seconds), ``FAULT_ACKS_LATE`` and ``FAULT_REJECT_ON_LOST``
 (``"1"`` to enable) at import, so each test picks its reliability settings per worker process.
-Tasks keep an independent ledger: one appended line per event, in a file the test owns.
+Tasks keep an independent ledger: one appended line per event, in a file the test owns, naming
+the worker by ``FAULT_NAME`` (an environment variable every pool's workers inherit).
 """
 
 from __future__ import annotations
@@ -48,19 +49,19 @@ def _attempt(path: str, n: int) -> int:
 
 def _work(path: str, n: int, seconds: float, first_only: bool) -> int:
     attempt = _attempt(path, n)
-    # pid and parent pid: the parent of a prefork child is the worker's main process
-    _append(path, f"start {n} {os.getpid()} {os.getppid()} {attempt}")
+    worker = os.environ.get("FAULT_NAME") or "-"
+    _append(path, f"start {n} {os.getpid()} {worker} {attempt}")
     if seconds and (attempt == 1 or not first_only):
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:  # small steps, so any pool can interrupt it
             time.sleep(0.01)
-    _append(path, f"end {n} {os.getpid()} {os.getppid()} {attempt}")
+    _append(path, f"end {n} {os.getpid()} {worker} {attempt}")
     return n
 
 
 @app.task
 def work(path: str, n: int, seconds: float = 0.0, first_only: bool = False) -> int:
-    """Ledger ``start``, sleep ``seconds`` (only on attempt 1 when ``first_only``), ledger ``end``."""
+    """Ledger ``start``, sleep ``seconds`` (on attempt 1 only if ``first_only``), ledger ``end``."""
     return _work(path, n, seconds, first_only)
 
 

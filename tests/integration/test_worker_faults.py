@@ -1,8 +1,9 @@
 """Worker fault tests: real worker subprocesses are signalled, killed and restarted mid-work.
 
 Executions are counted with an independent ledger (``fault_tasks`` appends ``start``/``end``
-lines with pid, parent pid and attempt to a file this test owns), never through the system under
-test alone. Parametrised over brokers so Redis/RabbitMQ can join the list.
+lines with pid, worker name and attempt to a file this test owns), never through the system
+under test alone. Parametrised over brokers: the embedded SQLite file and a real Redis (skipped
+when none runs locally, a failure under CI=true).
 """
 
 from __future__ import annotations
@@ -10,25 +11,30 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from celeriac import states
 from celeriac.exceptions import WorkerLostError
+from tests.integration.test_worker_redis import private_db
 
 pytestmark = pytest.mark.integration
 
 APP = "tests.integration.fault_tasks"
 
 
-@pytest.fixture(params=["sqlite"])
-def broker_url(request, tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "redis"])
+def broker_url(request, tmp_path: Path) -> Iterator[str]:
+    """Broker and result store in one place; workers must be started after this is set up."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'faults.db'}"
-    raise AssertionError(f"no URL recipe for broker {request.param!r}")  # pragma: no cover
+        yield f"sqlite:///{tmp_path / 'faults.db'}"
+        return
+    with private_db(request.getfixturevalue("redis_server")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -43,23 +49,26 @@ def tasks(broker_url, monkeypatch):
 
 
 @pytest.fixture
-def spawn(start_worker, broker_url) -> Callable:
-    """``spawn("-c", "2", vt=3, acks_late=True)``: a ready worker on the fault tasks module."""
+def spawn(broker_url, start_worker) -> Callable:
+    """``spawn("-c", "2", vt=3, name="second")``: a ready worker on the fault tasks module.
 
-    def start(*args: str, vt: float, acks_late: bool = False, reject_on_lost: bool = False,
-              signal_log: Path | None = None):
+    ``name`` is what its tasks write in the ledger's worker column.
+    """
+
+    def start(*args: str, vt: float, name: str = "w", acks_late: bool = False,
+              reject_on_lost: bool = False, signal_log: Path | None = None):
         env = {"FAULT_VT": str(vt), "FAULT_ACKS_LATE": "1" if acks_late else "0",
                "FAULT_REJECT_ON_LOST": "1" if reject_on_lost else "0",
-               "FAULT_SIGNAL_LOG": str(signal_log or "")}
+               "FAULT_SIGNAL_LOG": str(signal_log or ""), "FAULT_NAME": name}
         return start_worker(*args, app=APP, url=broker_url, env=env)
 
     return start
 
 
 class Ledger:
-    """Reads the lines the tasks appended: ``phase n pid ppid attempt``."""
+    """Reads the lines the tasks appended: ``phase n pid worker attempt``."""
 
-    Entry = collections.namedtuple("Entry", "phase n pid ppid attempt")
+    Entry = collections.namedtuple("Entry", "phase n pid worker attempt")
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -67,19 +76,19 @@ class Ledger:
     def __str__(self) -> str:
         return str(self.path)
 
-    def entries(self) -> list["Ledger.Entry"]:
+    def entries(self) -> list[Ledger.Entry]:
         if not self.path.exists():
             return []
         rows = [line.split() for line in self.path.read_text().splitlines() if line.strip()]
-        return [self.Entry(p, int(n), int(pid), int(ppid), int(a)) for p, n, pid, ppid, a in rows]
+        return [self.Entry(p, int(n), int(pid), w, int(a)) for p, n, pid, w, a in rows]
 
-    def of(self, phase: str, n: int | None = None) -> list["Ledger.Entry"]:
+    def of(self, phase: str, n: int | None = None) -> list[Ledger.Entry]:
         return [e for e in self.entries() if e.phase == phase and (n is None or e.n == n)]
 
     def ended(self) -> set[int]:
         return {e.n for e in self.of("end")}
 
-    def wait(self, predicate: Callable[["Ledger"], bool], timeout: float, what: str) -> float:
+    def wait(self, predicate: Callable[[Ledger], bool], timeout: float, what: str) -> float:
         """Poll until ``predicate(self)``; returns the monotonic time it became true."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -98,7 +107,7 @@ def ledger(tmp_path: Path) -> Ledger:
 def exit_within(worker, timeout: float) -> int:
     try:
         return worker.proc.wait(timeout)
-    except Exception:
+    except subprocess.TimeoutExpired:
         raise AssertionError(f"worker still running after {timeout}s:\n{worker.log()}") from None
 
 
@@ -113,14 +122,15 @@ def test_warm_shutdown_gives_prefetched_messages_back_at_once(tasks, spawn, ledg
     slow = getattr(tasks, slow_task).delay(str(ledger), 0, 4)
     quick = [tasks.work.delay(str(ledger), n) for n in range(1, 11)]
     # A 60 s lease: anything that runs elsewhere within seconds was given back, not expired.
-    first = spawn("-c", "1", "--prefetch-multiplier", "4", vt=60, signal_log=signal_log)
+    first = spawn("-c", "1", "--prefetch-multiplier", "4", vt=60, name="first",
+                  signal_log=signal_log)
     ledger.wait(lambda lg: lg.of("start", 0), 15, "slow task started")
     # A window of 1 x 4: the slow task and the next three quick ones; the rest stay queued.
     prefetched = quick[:3]
     for r in prefetched:
         first.wait_for_log(f"[{r.id}] received", timeout=5)
     first.proc.send_signal(signal.SIGTERM)
-    second = spawn("-c", "2", vt=60)
+    second = spawn("-c", "2", vt=60, name="second")
 
     assert [r.get(timeout=20) for r in quick] == list(range(1, 11))
     assert exit_within(first, 20) == 0
@@ -132,9 +142,9 @@ def test_warm_shutdown_gives_prefetched_messages_back_at_once(tasks, spawn, ledg
         "the prefetched messages waited for the running task instead of going back at once")
     for n in range(1, 11):
         runs = ledger.of("start", n)
-        assert len(runs) == 1 and runs[0].ppid == second.proc.pid, (n, runs)
-    assert [e.ppid for e in ledger.of("start", 0)] == [first.proc.pid]
-    assert [e.ppid for e in ledger.of("end", 0)] == [first.proc.pid]
+        assert len(runs) == 1 and runs[0].worker == "second", (n, runs)
+    assert [e.worker for e in ledger.of("start", 0)] == ["first"]
+    assert [e.worker for e in ledger.of("end", 0)] == ["first"]
 
     log = first.log()
     assert "Warm shutdown" in log
@@ -147,11 +157,26 @@ def test_warm_shutdown_gives_prefetched_messages_back_at_once(tasks, spawn, ledg
     assert second.proc.poll() is None
 
 
-def test_sigterm_to_the_process_group_is_a_warm_shutdown(tasks, spawn, ledger):
-    worker = spawn("-c", "1", vt=60)
-    result = tasks.work.delay(str(ledger), 7, 1.5)
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far, from the kernel (not the system under test)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from /proc")
+@pytest.mark.parametrize("task_name", ["work", "late_work"], ids=["early-ack", "acks-late"])
+def test_sigterm_to_the_process_group_is_a_warm_shutdown(tasks, spawn, ledger, task_name):
+    worker = spawn("-c", "1", vt=3)
+    result = getattr(tasks, task_name).delay(str(ledger), 7, 3)
     ledger.wait(lambda lg: lg.of("start", 7), 15, "task started")
     os.killpg(worker.proc.pid, signal.SIGTERM)  # the main process and its pool children
+    # While it waits for the task, the main process only renews a lease now and then.
+    worker.wait_for_log("Warm shutdown", timeout=5)
+    before = _cpu_seconds(worker.proc.pid)
+    time.sleep(1)
+    busy = _cpu_seconds(worker.proc.pid) - before
+    assert not ledger.of("end", 7), "the task ended before the measurement did"
+    assert busy < 0.3, f"the waiting worker used {busy:.2f}s of CPU in 1s (a busy loop?)"
 
     assert exit_within(worker, 20) == 0
     assert result.get(timeout=5) == 7  # not WorkerLostError: the child finished its task
@@ -239,14 +264,14 @@ def test_pool_child_killed_mid_task(tasks, spawn, ledger, acks_late, reject_on_l
     victim = tasks.work.delay(str(ledger), 1, 30, first_only=True)
     ledger.wait(lambda lg: lg.of("start", 1), 15, "victim started")
     [run] = ledger.of("start", 1)
-    assert run.ppid == worker.proc.pid
+    assert run.pid != worker.proc.pid  # a pool child, not the worker's main process
     os.kill(run.pid, signal.SIGKILL)
 
     if reject_on_lost:
         assert _value(victim, ledger, 1) == 1
         first, second = ledger.of("start", 1)
         assert (first.attempt, second.attempt) == (1, 2)
-        assert second.pid != run.pid and second.ppid == worker.proc.pid
+        assert second.pid != run.pid  # run by the child that replaced the victim
         assert [e.attempt for e in ledger.of("end", 1)] == [2]
     else:
         exc = victim.get(timeout=15, propagate=False)
@@ -280,7 +305,7 @@ def test_replacement_children_keep_working(tasks, spawn, ledger):
     for round_ in range(rounds):
         victim = 1000 + round_
         tasks.work.delay(str(ledger), victim, 30)
-        ledger.wait(lambda lg: lg.of("start", victim), 15, f"victim {victim} started")
+        ledger.wait(lambda lg, v=victim: lg.of("start", v), 15, f"victim {victim} started")
         quick = [tasks.work.delay(str(ledger), 10 * round_ + k) for k in range(3)]
         os.kill(ledger.of("start", victim)[0].pid, signal.SIGKILL)  # replaced as they arrive
         for k, r in enumerate(quick):
@@ -291,17 +316,17 @@ def test_replacement_children_keep_working(tasks, spawn, ledger):
 # ---- 6: a long healthy task outlives its lease many times -------------------------------------
 
 def test_long_healthy_task_is_never_redelivered(tasks, spawn, ledger):
-    busy = spawn("-c", "1", vt=1)
-    idle = spawn("-c", "1", vt=1)
+    # Two workers the whole time: whichever does not take the task stays idle, ready to steal it.
+    one = spawn("-c", "1", vt=1, name="one")
+    two = spawn("-c", "1", vt=1, name="two")
     result = tasks.work.delay(str(ledger), 5, 3.5)
     assert result.get(timeout=20) == 5 and result.state == states.SUCCESS
     time.sleep(0.5)  # a redelivery racing the ack would show up as a second start by now
     runs = ledger.of("start", 5)
     assert len(runs) == 1, runs
     assert len(ledger.of("end", 5)) == 1
-    assert runs[0].ppid in (busy.proc.pid, idle.proc.pid)
-    assert busy.proc.poll() is None and idle.proc.poll() is None
-    assert sum(f"[{result.id}] received" in w.log() for w in (busy, idle)) == 1
+    assert one.proc.poll() is None and two.proc.poll() is None
+    assert sum(f"[{result.id}] received" in w.log() for w in (one, two)) == 1
 
 
 # ---- 7: early ack: only the running task can be lost ------------------------------------------
@@ -310,22 +335,22 @@ def test_early_ack_crash_loses_only_the_running_task(tasks, spawn, ledger):
     vt = 2.0
     running = tasks.work.delay(str(ledger), 0, 30)
     waiting = [tasks.work.delay(str(ledger), n) for n in range(1, 6)]
-    first = spawn("-c", "1", "--prefetch-multiplier", "4", vt=vt)
+    first = spawn("-c", "1", "--prefetch-multiplier", "4", vt=vt, name="first")
     ledger.wait(lambda lg: lg.of("start", 0), 15, "long task started")
     for r in waiting[:3]:  # a window of 1 x 4: three wait in the worker, two stay queued
         first.wait_for_log(f"[{r.id}] received", timeout=5)
     first.kill()
     killed = time.monotonic()
 
-    second = spawn("-c", "2", vt=vt)  # a free slot for the long task too, if it came back
+    spawn("-c", "2", vt=vt, name="second")  # a free slot for the long task, if it came back
     done = ledger.wait(lambda lg: lg.ended() >= set(range(1, 6)), vt + 10, "prefetched tasks run")
     assert done - killed <= vt + 10
     assert [r.get(timeout=5) for r in waiting] == list(range(1, 6))
     for n in range(1, 6):
-        assert [e.ppid for e in ledger.of("start", n)] == [second.proc.pid]
+        assert [e.worker for e in ledger.of("start", n)] == ["second"]
     time.sleep(0.5)
     # The running task was acked when it started, so the crash lost exactly that one.
-    assert [e.ppid for e in ledger.of("start", 0)] == [first.proc.pid]
+    assert [e.worker for e in ledger.of("start", 0)] == ["first"]
     assert not ledger.of("end", 0)
     assert running.state == states.PENDING
     assert tasks.app.transport.qsize("celery") == 0
