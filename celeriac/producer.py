@@ -104,7 +104,8 @@ class Producer:
 
         priority = _first(priority, from_task("priority"), self.default_priority)
         serializer = _first(serializer, from_task("serializer"))
-        ignore_result = _first(ignore_result, from_task("ignore_result"))
+        if ignore_result is None and _task is not None:
+            ignore_result = _task.resolved_ignore_result()
         time_limit = _first(time_limit, from_task("time_limit"), self.time_limit)
         soft_time_limit = _first(soft_time_limit, from_task("soft_time_limit"), self.soft_time_limit)
 
@@ -126,7 +127,7 @@ class Producer:
             callbacks=_as_signature_list(link), errbacks=_as_signature_list(link_error),
             chain=chain, chord=dict(chord) if chord is not None else None,
             origin=origin or origin_name(),
-            ignore_result=bool(ignore_result) if ignore_result is not None else False,
+            ignore_result=bool(ignore_result) if ignore_result is not None else None,
             reply_to=reply_to or "", priority=priority, headers=headers, now=now,
         )
         not_before = eta.timestamp() if eta is not None and eta > now else None
@@ -177,7 +178,8 @@ class Producer:
             try:
                 transport.publish(items)
                 return
-            except (OSError, ConnectionError, TimeoutError, _sqlite_errors()) as exc:
+            except (OSError, ConnectionError, TimeoutError,
+                    *getattr(transport, "transient_errors", ())) as exc:
                 if not do_retry or (max_retries is not None and attempt >= max_retries):
                     raise
                 attempt += 1
@@ -195,12 +197,6 @@ class Producer:
         else:  # Celery's after_task_publish carries these
             signal.send(sender=message.headers.get("task"), body=message.body, exchange="",
                         routing_key=item.queue, headers=message.headers)
-
-
-def _sqlite_errors() -> type[BaseException]:
-    import sqlite3
-
-    return sqlite3.OperationalError
 
 
 def _log_publish_retry(exc: BaseException, attempt: int) -> None:

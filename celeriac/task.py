@@ -91,7 +91,8 @@ class Task(Generic[P, R]):
     max_retries: int | None = 3
     default_retry_delay: float = 180
     rate_limit: str | None = None
-    ignore_result: bool = False
+    #: None: follow the ``task_ignore_result`` setting
+    ignore_result: bool | None = None
     store_errors_even_if_ignored: bool = False
     serializer: str | None = None
     time_limit: float | None = None
@@ -115,6 +116,12 @@ class Task(Generic[P, R]):
     #: the wrapped function, for tasks made by the decorator
     __wrapped__: Callable[..., Any] | None = None
     _bound: bool = False
+
+    def resolved_ignore_result(self) -> bool:
+        """The task's own ``ignore_result``, else the app's ``task_ignore_result``."""
+        if self.ignore_result is not None:
+            return bool(self.ignore_result)
+        return bool(self._get_app().conf.task_ignore_result)
 
     # ---- calling in-process ------------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:

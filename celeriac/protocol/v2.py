@@ -46,7 +46,7 @@ class TaskBody:
     retries: int
     time_limit: float | None
     soft_time_limit: float | None
-    ignore_result: bool
+    ignore_result: bool | None  # None: the sender did not say (Celery's send_task)
     origin: str | None
     shadow: str | None
     reply_to: str | None
@@ -212,7 +212,8 @@ def decode_task(message: Message, accept: frozenset[str] | None) -> TaskBody:
         group_id=get("group"), group_index=get("group_index"),
         eta=_when(headers, "eta"), expires=_when(headers, "expires"), retries=retries,
         time_limit=time_limit, soft_time_limit=soft_time_limit,
-        ignore_result=bool(get("ignore_result")), origin=get("origin"), shadow=get("shadow"),
+        ignore_result=_optional_bool(get("ignore_result")), origin=get("origin"),
+        shadow=get("shadow"),
         reply_to=message.properties.get("reply_to"), headers=dict(headers),
         argsrepr=get("argsrepr"), kwargsrepr=get("kwargsrepr"),
     )
@@ -358,3 +359,7 @@ def safe_repr(obj: Any, maxlen: int | None = REPR_MAXSIZE, maxlevels: int = 3) -
         if maxlen is not None:
             maxlen -= len(text)
     return "".join(out)
+
+
+def _optional_bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)

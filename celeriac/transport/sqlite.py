@@ -126,6 +126,9 @@ class SQLiteTransport:
       lease cannot touch a message someone else now holds.
     """
 
+    #: errors a publish may be retried after (``task_publish_retry``): the file was busy
+    transient_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+
     def __init__(self, path: str, *, visibility_timeout: float = 3600.0,
                  polling_interval: float = 0.002, **options: Any) -> None:
         self.path = path

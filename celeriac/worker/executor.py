@@ -100,7 +100,10 @@ class _Run:
         self.eager = eager
         self.throw = throw
         conf = self.app.conf
-        ignore = ctx.ignore_result or task.ignore_result or conf.task_ignore_result
+        # the call's choice (the message header) wins; a message without one (send_task from a
+        # Celery client sends null) follows the task, then the task_ignore_result setting
+        header = ctx.ignore_result
+        ignore = bool(header) if header is not None else task.resolved_ignore_result()
         self.store = (not ignore) and (not eager or bool(conf.task_store_eager_result))
         self.started = 0.0
 

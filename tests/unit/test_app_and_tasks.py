@@ -189,6 +189,34 @@ def test_ignore_result_stores_nothing(app):
     assert result.state == states.PENDING
 
 
+def test_ignore_result_precedence(app):
+    """Call option, then the task's own ignore_result, then task_ignore_result."""
+    app.conf.task_ignore_result = True
+    ran = []
+
+    @app.task
+    def follows_setting():
+        ran.append("setting")
+        return 1
+
+    @app.task(ignore_result=False)
+    def keeps():
+        ran.append("keeps")
+        return 2
+
+    with InProcessWorker(app):
+        assert keeps.delay().get(timeout=10) == 2  # the task's explicit False beats the setting
+        stored_by_call = follows_setting.apply_async(ignore_result=False)
+        assert stored_by_call.get(timeout=10) == 1  # the call's choice beats both
+        by_name = app.send_task(follows_setting.name)  # no header: follows the setting
+        ignored = follows_setting.delay()
+        deadline = time.monotonic() + 10
+        while ran.count("setting") < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert ran.count("setting") == 3
+    assert by_name.state == states.PENDING and ignored.state == states.PENDING
+
+
 def test_track_started_records_started_state(app):
     app.conf.task_track_started = True
     seen = []

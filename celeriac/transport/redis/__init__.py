@@ -61,6 +61,10 @@ class RedisTransport:
     ``.seq``).
     """
 
+    #: errors a publish may be retried after (``task_publish_retry``): the server was unreachable
+    transient_errors: tuple[type[BaseException], ...] = (redis_py.exceptions.ConnectionError,
+                                                         redis_py.exceptions.TimeoutError)
+
     def __init__(self, url: str = "redis://localhost:6379/0", *, visibility_timeout: float = 3600.0,
                  polling_interval: float = 0.05, global_keyprefix: str = "", sep: str = "\x06\x16",
                  priority_steps: Sequence[int] = (0, 3, 6, 9), priority_order: str = "low_first",

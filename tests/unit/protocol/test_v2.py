@@ -157,8 +157,9 @@ def test_minimal_message_gets_defaults_for_missing_optional_headers() -> None:
     body = decode_task(m, JSON_ONLY)
     assert (body.args, body.kwargs, body.callbacks, body.chain, body.chord) == (
         [], {}, None, None, None)
+    # a missing ignore_result stays None: "not said", so the worker follows the task's own setting
     assert (body.retries, body.ignore_result, body.eta, body.expires, body.reply_to) == (
-        0, False, None, None, None)
+        0, None, None, None, None)
     assert (body.time_limit, body.soft_time_limit, body.root_id, body.origin) == (
         None, None, None, None)
 
