@@ -311,6 +311,7 @@ class Consumer:
                         self._running_async -= 1
                     self._pool_of.pop(job_id, None)
                     self._buffer.appendleft((job_id, delivery, is_async))
+                    self._cond.wait(0.05)  # never spin: the pool needs a moment to replace it
 
     def _next_runnable(self) -> tuple[int, "Delivery", bool] | None:
         for index, item in enumerate(self._buffer):

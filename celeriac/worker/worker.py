@@ -8,6 +8,7 @@ messages back, let running tasks finish); a second one, or SIGQUIT, is a cold sh
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -180,6 +181,8 @@ class Worker:
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        # `kill -USR2 <pid>` prints every thread's stack to stderr: a stuck worker explains itself.
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGQUIT, self._on_quit)

@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -86,6 +87,36 @@ def _spawned_child_main(conn: Connection, respawn: tuple, index: int,
                 terminate_flag)
 
 
+class _TerminateFlag:
+    """One byte in a small file: set by the parent before it sends a terminate signal, read by
+    the child's SIGTERM handler. A file (not shared memory) works the same for forked and freshly
+    started children and needs no helper process or thread to hand it over."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="celeriac-child-", suffix=".flag")
+        os.write(fd, b"0")
+        os.close(fd)
+
+    @property
+    def value(self) -> int:
+        try:
+            with open(self.path, "rb") as fh:
+                return 1 if fh.read(1) == b"1" else 0
+        except OSError:
+            return 0
+
+    @value.setter
+    def value(self, flag: int) -> None:
+        with open(self.path, "wb") as fh:
+            fh.write(b"1" if flag else b"0")
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
 class _Child:
     __slots__ = ("process", "conn", "job", "index", "deadline", "hard", "terminate_flag",
                  "stop_reason")
@@ -124,7 +155,7 @@ class ProcessPool:
         respawn = getattr(self.runner, "respawn_args", lambda: None)() if fresh else None
         ctx = _spawn_ctx if respawn else _ctx
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        terminate_flag = ctx.RawValue("i", 0)
+        terminate_flag = _TerminateFlag()
         if respawn:
             target, args = _spawned_child_main, (child_conn, respawn, index, terminate_flag)
         else:
@@ -145,6 +176,7 @@ class ProcessPool:
         return [c.process.pid for c in self._children]
 
     def free_slots(self) -> int:
+        # A dead child is not a free slot, even before the collector has replaced it.
         with self._lock:
             return sum(1 for c in self._children if c.job is None and c.process.is_alive())
 
@@ -239,6 +271,7 @@ class ProcessPool:
             position = self._children.index(child)
         exitcode = child.process.exitcode
         child.conn.close()
+        child.terminate_flag.remove()
         if job is not None:
             job_id, message, _ = job
             task_id = message.headers.get("id") or "?"
@@ -290,11 +323,18 @@ class ProcessPool:
                 pass
         os.write(self._wakeup_w, b"x")
         for c in children:
-            c.process.join(timeout=None if wait else 2)
+            # Warm: a child with a task finishes it first (no limit); an idle one was told to exit
+            # and gets 10 s before it is killed, so a stuck child cannot hold the shutdown forever.
+            c.process.join(timeout=None if (wait and c.job is not None) else (10 if wait else 2))
+            if c.process.is_alive():
+                logger.warning("pool child %s did not exit; killing it", c.process.pid)
+                c.process.kill()
+                c.process.join(timeout=5)
         if self._collector is not None:
             self._collector.join(timeout=5)
         for c in children:
             c.conn.close()
+            c.terminate_flag.remove()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
 
