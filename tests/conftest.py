@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -130,3 +131,37 @@ def redis_prefix() -> str:
     import uuid
 
     return f"celeriac-test-{uuid.uuid4().hex[:12]}:"
+
+
+@contextlib.contextmanager
+def private_redis_db(redis_server: str, dbs: tuple[int, ...], timeout: float = 120.0) -> Iterator[str]:
+    """``redis://.../<db>`` for one of ``dbs`` that no other test holds, flushed before and after.
+
+    A lock file per database keeps concurrent pytest runs on one machine apart (a FLUSHDB or a
+    worker from one run would otherwise eat the other's messages).
+    """
+    import fcntl
+
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for db in dbs:
+            lock = open(f"/tmp/celeriac-test-redis-db{db}.lock", "w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            url = f"{redis_server}/{db}"
+            try:
+                with redis.Redis.from_url(url) as client:
+                    client.flushdb()
+                    yield url
+                    client.flushdb()
+            finally:
+                lock.close()  # closing the file releases the lock
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Redis databases {dbs} stayed busy for {timeout} s")
+        time.sleep(0.2)

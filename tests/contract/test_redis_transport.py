@@ -13,7 +13,12 @@ import pytest
 import redis
 
 from celeriac.protocol.message import Message
-from celeriac.testing.transport_suite import MakeTransport, TransportContract, message, tags
+from celeriac.testing.transport_suite import (
+    MakeTransport,
+    TransportContract,
+    message,
+    tags,
+)
 from celeriac.transport import transport_from_url
 from celeriac.transport.base import Outgoing
 from celeriac.transport.redis import RedisTransport

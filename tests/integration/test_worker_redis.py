@@ -7,8 +7,6 @@ under CI=true. Every test gets a database of its own (``private_db``), flushed b
 from __future__ import annotations
 
 import collections
-import contextlib
-import fcntl
 import time
 from typing import Callable, Iterator
 
@@ -17,6 +15,7 @@ import redis
 
 from celeriac import Celery, states
 from celeriac.exceptions import NotRegistered, TaskRevokedError
+from tests.conftest import private_redis_db
 
 pytestmark = pytest.mark.integration
 
@@ -24,34 +23,9 @@ pytestmark = pytest.mark.integration
 WORKER_DBS = (1, 2, 3, 4)
 
 
-@contextlib.contextmanager
-def private_db(redis_server: str, timeout: float = 120.0) -> Iterator[str]:
-    """``redis://.../<db>`` for a database no other test holds, flushed before and after.
-
-    A lock file per database keeps concurrent pytest runs on one machine apart (a FLUSHDB or a
-    worker from one run would otherwise eat the other's messages).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        for db in WORKER_DBS:
-            lock = open(f"/tmp/celeriac-worker-redis-db{db}.lock", "w")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                continue
-            url = f"{redis_server}/{db}"
-            try:
-                with redis.Redis.from_url(url) as client:
-                    client.flushdb()
-                    yield url
-                    client.flushdb()
-            finally:
-                lock.close()  # closing the file releases the lock
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Redis databases {WORKER_DBS} stayed busy for {timeout} s")
-        time.sleep(0.2)
+def private_db(redis_server: str, timeout: float = 120.0):
+    """A private, flushed Redis database for one worker test (see tests/conftest.py)."""
+    return private_redis_db(redis_server, WORKER_DBS, timeout)
 
 
 @pytest.fixture

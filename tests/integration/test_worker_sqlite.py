@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
+
 import pytest
 
 from celeriac import Celery, states

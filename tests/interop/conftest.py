@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import REPO, WorkerProcess
+from tests.conftest import REPO, WorkerProcess, private_redis_db
 
 #: Redis DBs reserved for these tests; each test holds one exclusively (file lock, so parallel
 #: pytest runs on this machine never share a DB)
@@ -37,39 +35,11 @@ class CeleryWorkerProcess(WorkerProcess):
             start_new_session=True)
 
 
-def _flushdb(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
 @pytest.fixture
 def interop_url(redis_server: str) -> Iterator[str]:
     """``redis://.../<db>`` for a DB in 12-15 that this test alone uses, flushed before and after."""
-    deadline = time.monotonic() + 120
-    while True:
-        for db in INTEROP_DBS:
-            lock = open(f"/tmp/celeriac-interop-redis-db{db}.lock", "w")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                continue
-            url = f"{redis_server}/{db}"
-            try:
-                _flushdb(url)
-                yield url
-                _flushdb(url)
-            finally:
-                lock.close()  # closing the file releases the lock
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"all interop Redis DBs {INTEROP_DBS} stayed busy for 120 s")
-        time.sleep(0.2)
+    with private_redis_db(redis_server, INTEROP_DBS) as url:
+        yield url
 
 
 @pytest.fixture

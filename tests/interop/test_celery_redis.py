@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import redis
 
-
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
 
 TIMEOUT = 20.0

@@ -10,8 +10,15 @@ from datetime import timedelta
 
 import pytest
 
-from celeriac.config import (CELERIAC_EXTRAS, DEFAULTS, OLD_SETTING_NAMES, Settings,
-                             UnknownSettingWarning, settings_from_object, validate)
+from celeriac.config import (
+    CELERIAC_EXTRAS,
+    DEFAULTS,
+    OLD_SETTING_NAMES,
+    Settings,
+    UnknownSettingWarning,
+    settings_from_object,
+    validate,
+)
 from celeriac.exceptions import ImproperlyConfigured
 
 

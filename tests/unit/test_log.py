@@ -12,8 +12,14 @@ from celeriac import signals
 from celeriac._context import current_request_var
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.utils import log
-from celeriac.utils.log import (TASK_LOGGER_NAME, ColorFormatter, TaskFormatter, get_logger,
-                                get_task_logger, setup_logging)
+from celeriac.utils.log import (
+    TASK_LOGGER_NAME,
+    ColorFormatter,
+    TaskFormatter,
+    get_logger,
+    get_task_logger,
+    setup_logging,
+)
 
 
 @pytest.fixture
