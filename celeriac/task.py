@@ -10,14 +10,13 @@ from __future__ import annotations
 import inspect
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar
 
 from . import _context
 from .exceptions import (
     ImproperlyConfigured,
     MaxRetriesExceededError,
-    NotRegistered,
     Retry,
 )
 
@@ -414,18 +413,3 @@ def shared_task(*args: Any, **options: Any) -> Any:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def to_eta(countdown: float | None = None, eta: datetime | None = None) -> datetime | None:
-    if eta is not None:
-        return eta if eta.tzinfo else eta.replace(tzinfo=timezone.utc)
-    if countdown is not None:
-        return utcnow() + timedelta(seconds=float(countdown))
-    return None
-
-
-def lookup(app: "Celery", name: str) -> Task:
-    try:
-        return app.tasks[name]
-    except KeyError:
-        raise NotRegistered(name) from None

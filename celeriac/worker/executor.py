@@ -91,14 +91,13 @@ def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: 
 class _Run:
     """One execution: shared by the sync and async paths so their bookkeeping is identical."""
 
-    __slots__ = ("app", "task", "ctx", "eager", "store", "started", "throw")
+    __slots__ = ("app", "task", "ctx", "eager", "store", "started")
 
-    def __init__(self, task: Task, ctx: Context, *, eager: bool, throw: bool = False) -> None:
+    def __init__(self, task: Task, ctx: Context, *, eager: bool) -> None:
         self.task = task
         self.app = task._get_app()
         self.ctx = ctx
         self.eager = eager
-        self.throw = throw
         conf = self.app.conf
         # the call's choice (the message header) wins; a message without one (send_task from a
         # Celery client sends null) follows the task, then the task_ignore_result setting
@@ -317,9 +316,9 @@ def internal_error(task: Task, ctx: Context, exc: BaseException) -> Outcome:
 
 
 # ---- entry points ----------------------------------------------------------------------------
-def execute(task: Task, ctx: Context, *, eager: bool = False, throw: bool = False) -> Outcome:
+def execute(task: Task, ctx: Context, *, eager: bool = False) -> Outcome:
     """Run a sync task to its end; never raises for task errors (they become the Outcome)."""
-    run = _Run(task, ctx, eager=eager, throw=throw)
+    run = _Run(task, ctx, eager=eager)
     req_token = _context.current_request_var.set(ctx)
     task_token = _context.current_task_var.set(task)
     try:
@@ -349,13 +348,13 @@ def execute(task: Task, ctx: Context, *, eager: bool = False, throw: bool = Fals
 
 
 async def execute_async(task: Task, ctx: Context, soft: float | None = None,
-                        hard: float | None = None) -> Outcome:
+                        hard: float | None = None, *, eager: bool = False) -> Outcome:
     """Run an ``async def`` task on the current event loop; result I/O goes to a thread."""
     import asyncio
 
     from .limits import run_with_limits
 
-    run = _Run(task, ctx, eager=False)
+    run = _Run(task, ctx, eager=eager)
     req_token = _context.current_request_var.set(ctx)
     task_token = _context.current_task_var.set(task)
     try:
@@ -367,6 +366,8 @@ async def execute_async(task: Task, ctx: Context, soft: float | None = None,
             return await asyncio.to_thread(run.failed, exc)
         return await asyncio.to_thread(run.succeeded, retval)
     except Exception as exc:  # our own bookkeeping failed
+        if eager:
+            raise
         return internal_error(task, ctx, exc)
     finally:
         _context.current_task_var.reset(task_token)
@@ -392,7 +393,7 @@ def apply_eagerly(task: Task, args: tuple, kwargs: dict, *, task_id: str | None 
         if task.is_coroutine:
             import asyncio
 
-            outcome = asyncio.run(execute_async_eager(task, ctx))
+            outcome = asyncio.run(execute_async(task, ctx, eager=True))
         else:
             outcome = execute(task, ctx, eager=True)
         if outcome.state == states.RETRY and isinstance(outcome.retval, dict):
@@ -403,18 +404,3 @@ def apply_eagerly(task: Task, args: tuple, kwargs: dict, *, task_id: str | None 
             raise outcome.retval
         return EagerResult(task_id, outcome.retval, outcome.state, outcome.traceback,
                            name=task.name, app=app)
-
-
-async def execute_async_eager(task: Task, ctx: Context) -> Outcome:
-    run = _Run(task, ctx, eager=True)
-    token = _context.current_request_var.set(ctx)
-    try:
-        run.before()
-        ctx._adopt = False
-        try:
-            retval = await task.run(*ctx.args, **ctx.kwargs)
-        except Exception as exc:
-            return run.failed(exc)
-        return run.succeeded(retval)
-    finally:
-        _context.current_request_var.reset(token)

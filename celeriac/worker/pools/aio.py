@@ -36,7 +36,6 @@ class AsyncioPool:
     def submit(self, job_id: int, message: Any, delivery_info: dict) -> bool:
         with self._lock:
             self._busy += 1
-        with self._lock:
             self._futures[job_id] = asyncio.run_coroutine_threadsafe(
                 self._run(job_id, message, delivery_info), self._loop)
         return True
