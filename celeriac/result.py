@@ -7,6 +7,7 @@ which never calls anything that is not an exception class.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -312,8 +313,6 @@ class ResultSet:
         """Yield values as results finish (completion order, not call order)."""
         backend = self.app.backend
         pending = {r.id: r for r in self.results}
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
             for tid, meta in backend.get_many_meta(list(pending)).items():
