@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .. import states
@@ -19,6 +20,22 @@ from . import meta as metamod
 
 TASK_KEY_PREFIX = "celery-task-meta-"
 GROUP_KEY_PREFIX = "celery-taskset-meta-"
+
+
+#: what a chord's dispatch claim holds once the body has been sent (Celery 5.7's marker)
+CHORD_DONE = b"done"
+
+
+@dataclass(frozen=True, slots=True)
+class ChordPart:
+    """What counting one header result in a chord's join found."""
+
+    #: distinct header results counted so far; -1 when the chord had already fired (a late copy)
+    ready: int
+    #: results the chord waits for (its size plus ``add_to_chord`` extras); None while unknown
+    expected: int | None
+    #: True for exactly one caller: the one that counted the last result and must fire the body
+    claimed: bool
 
 
 class ResultBackend(ABC):
@@ -64,6 +81,25 @@ class ResultBackend(ABC):
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         """Block until any of ``keys`` may have changed, or ``timeout`` passes. Spurious wake-ups
         are fine; missed ones are not (callers re-read after every return)."""
+
+    # ---- chord joins: primitives a store implements -------------------------------------------
+    # Keys follow Celery's Redis layout under ``celery-taskset-meta-<group_id>``: ``.s`` the size,
+    # ``.t`` extras, ``.j`` the results, ``.d`` who was counted, ``.c`` the dispatch claim.
+    @abstractmethod
+    def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
+                          entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
+        """Atomically add one header result (``entry``, counted once per task id and index,
+        however often it is delivered), count the results, and, if that completes the chord,
+        take its dispatch claim (``.c``) for ``claim_ttl`` seconds with ``claim_token``."""
+
+    @abstractmethod
+    def chord_results(self, group_id: str) -> list[bytes]:
+        """Every counted entry, in header order (``group_index``)."""
+
+    @abstractmethod
+    def chord_cleanup(self, group_id: str, claim_token: str, done_ttl: float) -> bool:
+        """If ``claim_token`` still holds the claim: drop the join and mark the chord done (a
+        late copy of a header task then counts nothing). False if the claim was lost."""
 
     def close(self) -> None:
         """Release connections."""
@@ -181,6 +217,19 @@ class ResultBackend(ABC):
     def delete_group(self, group_id: str) -> None:
         self._delete([GROUP_KEY_PREFIX + group_id])
 
+    # ---- chords (the join itself lives in canvas/chords.py) -------------------------------------
+    def chord_key(self, group_id: str, suffix: str = "") -> str:
+        return GROUP_KEY_PREFIX + group_id + suffix
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Written by the client before the header is sent (a re-applied chord starts over)."""
+        self._delete([self.chord_key(group_id, ".c")])
+        self._set(self.chord_key(group_id, ".s"), str(int(size)).encode(), self.expires or None)
+
+    def add_to_chord(self, group_id: str, result: Any = None) -> None:
+        """One more header result to wait for (a header task that added a task to its chord)."""
+        self.incr(self.chord_key(group_id, ".t"), 1)
+
     # ---- exceptions --------------------------------------------------------------------------
     def exception_from_meta(self, meta: dict) -> BaseException:
         return metamod.exception_from_dict(meta.get("result"))
@@ -202,6 +251,7 @@ class DisabledBackend(ResultBackend):
         return {}
 
     _set = _get = _mget = _delete = _incr = _wait_change = _fail  # type: ignore[assignment]
+    chord_part_return = chord_results = chord_cleanup = _fail  # type: ignore[assignment]
 
 
 def _seconds(value: Any) -> float:

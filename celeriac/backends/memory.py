@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..exceptions import BackendError
 from ..utils.registry import NamedRegistry
-from .base import ResultBackend
+from .base import CHORD_DONE, ChordPart, ResultBackend
 
 #: how often (seconds) a write also sweeps out expired keys nobody read again
 _SWEEP_INTERVAL = 10.0
@@ -32,6 +32,8 @@ class _Store:
         self.stamps: dict[str, int] = {}
         self.seq = itertools.count(1)
         self.next_sweep = 0.0
+        #: chord joins: join key -> ({"<task_id>:<index>": (index, entry)}, expires_at or None)
+        self.joins: dict[str, tuple[dict[str, tuple[float, bytes]], float | None]] = {}
 
     def live(self, key: str, now: float) -> bytes | None:
         """The value at ``key`` unless expired (expired entries are dropped). Hold ``cond``."""
@@ -53,6 +55,8 @@ class _Store:
             for stale in [k for k, (_, exp) in self.data.items() if exp is not None and exp <= now]:
                 del self.data[stale]
                 self.stamps.pop(stale, None)
+            for stale in [k for k, (_, exp) in self.joins.items() if exp is not None and exp <= now]:
+                del self.joins[stale]
         self.cond.notify_all()
 
 
@@ -114,6 +118,48 @@ class MemoryBackend(ResultBackend):
             expires_at = now + ttl if ttl else (store.data[key][1] if current is not None else None)
             store.put(key, str(value).encode(), expires_at, now)
         return value
+
+    # ---- chord joins ----------------------------------------------------------------------------
+    def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
+                          entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
+        store = self._store
+        jkey, ckey = self.chord_key(group_id, ".j"), self.chord_key(group_id, ".c")
+        now = time.monotonic()
+        ttl = self.expires or None
+        with store.cond:
+            if store.live(ckey, now) == CHORD_DONE:
+                return ChordPart(-1, None, False)
+            index = float("inf") if group_index is None else float(group_index)
+            members = store.joins.get(jkey, ({}, None))[0]
+            members.setdefault(f"{task_id}:{group_index if group_index is not None else '+inf'}",
+                               (index, bytes(entry)))
+            store.joins[jkey] = (members, now + ttl if ttl else None)
+            ready = len(members)
+            size = store.live(self.chord_key(group_id, ".s"), now)
+            extra = store.live(self.chord_key(group_id, ".t"), now)
+            expected = int(size) + int(extra or 0) if size is not None else None
+            claimed = expected is not None and ready == expected and store.live(ckey, now) is None
+            if claimed:
+                store.put(ckey, claim_token.encode(), now + claim_ttl, now)
+        return ChordPart(ready, expected, claimed)
+
+    def chord_results(self, group_id: str) -> list[bytes]:
+        with self._store.cond:
+            members = self._store.joins.get(self.chord_key(group_id, ".j"), ({}, None))[0]
+            return [entry for _, entry in sorted(members.values(), key=lambda item: item[0])]
+
+    def chord_cleanup(self, group_id: str, claim_token: str, done_ttl: float) -> bool:
+        store = self._store
+        now = time.monotonic()
+        ckey = self.chord_key(group_id, ".c")
+        with store.cond:
+            if store.live(ckey, now) != claim_token.encode():
+                return False
+            store.joins.pop(self.chord_key(group_id, ".j"), None)
+            for suffix in (".s", ".t"):
+                store.data.pop(self.chord_key(group_id, suffix), None)
+            store.put(ckey, CHORD_DONE, now + done_ttl if done_ttl else None, now)
+        return True
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         store = self._store

@@ -35,7 +35,8 @@ from redis.retry import Retry
 from .. import states
 from ..exceptions import BackendError, ImproperlyConfigured
 from ..exceptions import TimeoutError as CeleriacTimeoutError
-from .base import ResultBackend
+from . import redis_chord
+from .base import ChordPart, ResultBackend
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class RedisBackend(ResultBackend):
         self._pid = os.getpid()
         self._client: redis.Redis | None = None
         self._subscriber: _Subscriber | None = None
+        self._chord_scripts: redis_chord.ChordScripts | None = None
 
     def __repr__(self) -> str:
         return f"<RedisBackend {_safe_url(self.url)}>"
@@ -81,7 +83,7 @@ class RedisBackend(ResultBackend):
             _INHERITED.extend(x for x in (self._client, self._subscriber) if x is not None)
             self._lock = threading.Lock()
             self._local = threading.local()
-            self._client = self._subscriber = None
+            self._client = self._subscriber = self._chord_scripts = None
             self._pid = os.getpid()
 
     def client(self) -> redis.Redis:
@@ -119,7 +121,7 @@ class RedisBackend(ResultBackend):
         self._check_fork()
         with self._lock:
             client, subscriber = self._client, self._subscriber
-            self._client = self._subscriber = None
+            self._client = self._subscriber = self._chord_scripts = None
         if subscriber is not None:
             subscriber.close()
         if client is not None:
@@ -189,6 +191,44 @@ class RedisBackend(ResultBackend):
             watch.take(deadline)
         finally:
             subscriber.unwatch(watch)
+
+    # ---- chords (Celery 5.7's keys and semantics; see backends/redis_chord.py) -------------------
+    def _chord_keys(self, group_id: str) -> dict[str, str]:
+        return {suffix: self._key(self.chord_key(group_id, suffix))
+                for suffix in (".j", ".t", ".s", ".d", ".c")}
+
+    def _scripts(self) -> redis_chord.ChordScripts:
+        client = self.client()
+        scripts = self._chord_scripts
+        if scripts is None:
+            scripts = self._chord_scripts = redis_chord.ChordScripts(client)
+        return scripts
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        keys = self._chord_keys(group_id)
+
+        def write() -> None:
+            pipe = self.client().pipeline(transaction=False)
+            pipe.delete(keys[".c"])
+            _set_with_ttl(pipe, keys[".s"], str(int(size)).encode(), self.expires or None)
+            pipe.execute()
+
+        self._retrying(write, keys[".s"])
+
+    def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
+                          entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
+        # Not retried: the script is idempotent for one task, but a retry after a lost reply
+        # could take a claim whose owner never learns it holds it.
+        return redis_chord.part_return(self._scripts(), self._chord_keys(group_id), task_id,
+                                       group_index, entry, expires=self.expires,
+                                       claim_token=claim_token, claim_ttl=claim_ttl)
+
+    def chord_results(self, group_id: str) -> list[bytes]:
+        return self.client().zrange(self._key(self.chord_key(group_id, ".j")), 0, -1)
+
+    def chord_cleanup(self, group_id: str, claim_token: str, done_ttl: float) -> bool:
+        return redis_chord.cleanup(self._scripts(), self._chord_keys(group_id), claim_token,
+                                   done_ttl)
 
     def _retrying(self, operation: Callable[[], Any], key: str) -> Any:
         """Run a write, retrying transient connection errors; the last one is raised, so the

@@ -33,9 +33,11 @@ from ..utils.sqlite import (
     connect,
     sqlite_path_from_url,
 )
-from .base import ResultBackend
+from .base import CHORD_DONE, ChordPart, ResultBackend
 
 TABLE = "celeriac_result"
+#: chord joins: one row per counted header result (Redis keeps these in a sorted set)
+JOIN_TABLE = "celeriac_result_chord"
 _SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: keys per ``IN (...)`` list, well under SQLite's bound-parameter limit
 _CHUNK = 500
@@ -45,6 +47,9 @@ _SCHEMA = (
     " key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)"
     " WHERE expires_at IS NOT NULL",
+    f"CREATE TABLE IF NOT EXISTS {JOIN_TABLE} ("
+    " join_key TEXT NOT NULL, member TEXT NOT NULL, idx REAL NOT NULL, value BLOB NOT NULL,"
+    " expires_at REAL, PRIMARY KEY (join_key, member))",
 )
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -150,6 +155,8 @@ class SQLiteBackend(ResultBackend):
                 if time.monotonic() >= self._next_cleanup:
                     self._next_cleanup = time.monotonic() + self.cleanup_interval
                     conn.execute(f"DELETE FROM {TABLE} WHERE expires_at <= ?", (time.time(),))
+                    conn.execute(f"DELETE FROM {JOIN_TABLE} WHERE expires_at <= ?",
+                                 (time.time(),))
                 yield conn
                 return
 
@@ -225,6 +232,73 @@ class SQLiteBackend(ResultBackend):
             raise BackendError(f"the value at {key!r} is not an integer") from None
         self._notify()
         return int(rows[0][0])
+
+    # ---- chord joins ----------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One immediate (write-locked) transaction: what it reads, nobody changes under it."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        self._notify()
+
+    @staticmethod
+    def _live(conn: sqlite3.Connection, key: str, now: float) -> bytes | None:
+        row = conn.execute(f"SELECT value FROM {TABLE} WHERE key = ? AND {_LIVE}",
+                           (key, now)).fetchone()
+        return None if row is None else _as_bytes(row[0])
+
+    def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
+                          entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
+        key = self.chord_key
+        now = time.time()
+        expires_at = now + self.expires if self.expires else None
+        member = f"{task_id}:{group_index if group_index is not None else '+inf'}"
+        index = float("inf") if group_index is None else float(group_index)
+        with self._transaction() as conn:
+            if self._live(conn, key(group_id, ".c"), now) == CHORD_DONE:
+                return ChordPart(-1, None, False)
+            added = conn.execute(
+                f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key(group_id, ".j"), member, index, bytes(entry), expires_at)).rowcount
+            # A running count (".n") instead of COUNT(*): counting a 10,000-row join on every
+            # arrival would make a big chord quadratic.
+            counter = {"key": key(group_id, ".n"), "amount": added, "now": now,
+                       "expires_at": expires_at}
+            ready = int(conn.execute(_INCR, counter).fetchall()[0][0])
+            size = self._live(conn, key(group_id, ".s"), now)
+            extra = self._live(conn, key(group_id, ".t"), now)
+            expected = int(size) + int(extra or 0) if size is not None else None
+            claimed = (expected is not None and ready == expected
+                       and self._live(conn, key(group_id, ".c"), now) is None)
+            if claimed:
+                conn.execute(_UPSERT, (key(group_id, ".c"), claim_token.encode(), now + claim_ttl))
+        return ChordPart(ready, expected, claimed)
+
+    def chord_results(self, group_id: str) -> list[bytes]:
+        with self._connection() as conn:
+            rows = conn.execute(f"SELECT value FROM {JOIN_TABLE} WHERE join_key = ? AND {_LIVE}"
+                                " ORDER BY idx", (self.chord_key(group_id, ".j"), time.time()))
+            return [_as_bytes(value) for (value,) in rows]
+
+    def chord_cleanup(self, group_id: str, claim_token: str, done_ttl: float) -> bool:
+        key = self.chord_key
+        now = time.time()
+        with self._transaction() as conn:
+            if self._live(conn, key(group_id, ".c"), now) != claim_token.encode():
+                return False
+            conn.execute(f"DELETE FROM {JOIN_TABLE} WHERE join_key = ?", (key(group_id, ".j"),))
+            conn.execute(f"DELETE FROM {TABLE} WHERE key IN (?, ?, ?)",
+                         (key(group_id, ".s"), key(group_id, ".t"), key(group_id, ".n")))
+            conn.execute(_UPSERT, (key(group_id, ".c"), CHORD_DONE,
+                                   now + done_ttl if done_ttl else None))
+        return True
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         token = getattr(self._local, "token", None)

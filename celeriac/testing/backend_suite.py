@@ -22,7 +22,7 @@ import pytest
 
 from .. import states
 from ..backends import backend_from_url
-from ..backends.base import ResultBackend
+from ..backends.base import ChordPart, ResultBackend
 from ..exceptions import BackendError, TaskRevokedError
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 
@@ -138,6 +138,24 @@ def _store_in_child(url: str, task_id: str, delay: float) -> None:
         backend.mark_as_done(task_id, time.time())
     finally:
         backend.close()
+
+
+def _chord_parts_in_child(url: str, group_id: str, indexes: list[int], barrier: Any,
+                          out: str) -> None:
+    backend = backend_from_url(url)
+    try:
+        barrier.wait(_CHILD_TIMEOUT)
+        claims = [backend.chord_part_return(group_id, f"t{i}", i, _entry(f"t{i}", i),
+                                            claim_token=f"token-{i}", claim_ttl=30).claimed
+                  for i in indexes]
+    finally:
+        backend.close()
+    Path(out).write_text(json.dumps(claims))
+
+
+def _entry(task_id: str, value: Any, state: str = states.SUCCESS) -> bytes:
+    """A join entry as Celery writes it: ``[1, id, state, result]`` in JSON."""
+    return json.dumps([1, task_id, state, value]).encode()
 
 
 def _run_children(targets: list[tuple[Callable[..., None], tuple]]) -> Callable[[], None]:
@@ -440,6 +458,130 @@ class BackendContract:
         finally:
             join()
         assert woke_after < _PROMPT
+
+    # ---- chord joins ---------------------------------------------------------------------------
+    def test_chord_join_counts_each_header_task_once_and_claims_once(
+            self, backend: ResultBackend) -> None:
+        group_id = _new_id()
+        backend.set_chord_size(group_id, 3)
+
+        def part(task_id: str, index: int, token: str = "tok") -> Any:
+            return backend.chord_part_return(group_id, task_id, index, _entry(task_id, index),
+                                             claim_token=token, claim_ttl=30)
+
+        assert part("t2", 2) == ChordPart(1, 3, False)
+        assert part("t2", 2) == ChordPart(1, 3, False)  # a redelivered copy counts nothing
+        assert part("t0", 0) == ChordPart(2, 3, False)
+        assert part("t1", 1, "winner") == ChordPart(3, 3, True)
+        assert part("t1", 1, "late") == ChordPart(3, 3, False)  # the claim is taken
+        # results come back in header order, whatever order they arrived in
+        assert [json.loads(raw) for raw in backend.chord_results(group_id)] == [
+            [1, "t0", "SUCCESS", 0], [1, "t1", "SUCCESS", 1], [1, "t2", "SUCCESS", 2]]
+        assert backend.chord_cleanup(group_id, "not-the-token", 60) is False
+        assert backend.chord_cleanup(group_id, "winner", 60) is True
+        assert backend.chord_results(group_id) == []
+        # after the body was sent, a late copy of a header task changes nothing
+        assert part("t0", 0, "again") == ChordPart(-1, None, False)
+        assert backend.chord_results(group_id) == []
+
+    def test_chord_join_without_a_size_never_claims(self, backend: ResultBackend) -> None:
+        group_id = _new_id()
+        first = backend.chord_part_return(group_id, "a", 0, _entry("a", 0), claim_token="x",
+                                          claim_ttl=30)
+        assert first == ChordPart(1, None, False)
+        backend.set_chord_size(group_id, 2)
+        second = backend.chord_part_return(group_id, "b", 1, _entry("b", 1), claim_token="y",
+                                           claim_ttl=30)
+        assert second == ChordPart(2, 2, True)
+
+    def test_chord_join_counts_add_to_chord_extras(self, backend: ResultBackend) -> None:
+        group_id = _new_id()
+        backend.set_chord_size(group_id, 1)
+        backend.add_to_chord(group_id)
+        parts = [backend.chord_part_return(group_id, t, i, _entry(t, i), claim_token=t,
+                                           claim_ttl=30) for i, t in enumerate(("a", "b"))]
+        assert parts == [ChordPart(1, 2, False), ChordPart(2, 2, True)]
+
+    def test_chord_join_keeps_failures_with_their_state(self, backend: ResultBackend) -> None:
+        group_id = _new_id()
+        backend.set_chord_size(group_id, 1)
+        failure = {"exc_type": "ValueError", "exc_message": ["boom"], "exc_module": "builtins"}
+        backend.chord_part_return(group_id, "f", 0, _entry("f", failure, states.FAILURE),
+                                  claim_token="t", claim_ttl=30)
+        assert [json.loads(raw) for raw in backend.chord_results(group_id)] == [
+            [1, "f", "FAILURE", failure]]
+
+    def test_chord_claim_expires_so_a_redelivery_can_take_it(self, backend: ResultBackend
+                                                            ) -> None:
+        group_id = _new_id()
+        backend.set_chord_size(group_id, 1)
+        assert backend.chord_part_return(group_id, "a", 0, _entry("a", 0), claim_token="dead",
+                                         claim_ttl=1).claimed
+        time.sleep(1.2)  # the claimer "crashed" before sending the body; its claim runs out
+        again = backend.chord_part_return(group_id, "a", 0, _entry("a", 0),
+                                          claim_token="redelivered", claim_ttl=30)
+        assert again == ChordPart(1, 1, True)
+        assert backend.chord_cleanup(group_id, "dead", 60) is False
+        assert backend.chord_cleanup(group_id, "redelivered", 60) is True
+
+    def test_re_applied_chord_starts_over(self, backend: ResultBackend) -> None:
+        group_id = _new_id()
+        backend.set_chord_size(group_id, 1)
+        backend.chord_part_return(group_id, "a", 0, _entry("a", 0), claim_token="t1",
+                                  claim_ttl=30)
+        backend.chord_cleanup(group_id, "t1", 60)
+        backend.set_chord_size(group_id, 1)  # the same frozen chord, applied again
+        assert backend.chord_part_return(group_id, "a", 0, _entry("a", 0), claim_token="t2",
+                                         claim_ttl=30) == ChordPart(1, 1, True)
+
+    def test_chord_join_claims_once_across_threads(self, make_backend: MakeBackend) -> None:
+        threads_n, per_thread = 8, 50
+        group_id = _new_id()
+        backend = make_backend()
+        backend.set_chord_size(group_id, threads_n * per_thread)
+        claims: list[bool] = []
+        lock = threading.Lock()
+        start = threading.Barrier(threads_n)
+
+        def work(first: int) -> None:
+            start.wait(10)
+            mine = [backend.chord_part_return(group_id, f"t{i}", i, _entry(f"t{i}", i),
+                                              claim_token=f"k{i}", claim_ttl=30).claimed
+                    for i in range(first, first + per_thread)]
+            with lock:
+                claims.extend(mine)
+
+        threads = [threading.Thread(target=work, args=(n * per_thread,))
+                   for n in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(claims) == threads_n * per_thread and claims.count(True) == 1
+        values = [json.loads(raw)[3] for raw in backend.chord_results(group_id)]
+        assert values == list(range(threads_n * per_thread))
+
+    def test_chord_join_claims_once_across_processes(self, process_url: str | None,
+                                                     tmp_path: Path) -> None:
+        if process_url is None:
+            pytest.skip("this store is private to one process")
+        procs_n, per_proc = 4, 50
+        group_id = _new_id()
+        setup = backend_from_url(process_url)
+        try:
+            setup.set_chord_size(group_id, procs_n * per_proc)
+        finally:
+            setup.close()
+        barrier = multiprocessing.get_context("spawn").Barrier(procs_n)
+        outs = [tmp_path / f"chord-{i}.json" for i in range(procs_n)]
+        join = _run_children([
+            (_chord_parts_in_child, (process_url, group_id,
+                                     list(range(n * per_proc, (n + 1) * per_proc)), barrier,
+                                     str(out)))
+            for n, out in enumerate(outs)])
+        join()
+        claims = [c for out in outs for c in json.loads(out.read_text())]
+        assert len(claims) == procs_n * per_proc and claims.count(True) == 1
 
     def test_close_twice(self, backend: ResultBackend) -> None:
         backend.mark_as_done(_new_id(), 1)

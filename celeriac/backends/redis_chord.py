@@ -1,0 +1,74 @@
+"""Chord joins on Redis, in the keys Celery 5.7 uses, so celeriac and Celery workers can finish
+each other's chords. Layer: backends (used by ``RedisBackend``).
+
+Under ``celery-taskset-meta-<group_id>``: ``.s`` the size (written by the client), ``.t`` extras
+(``add_to_chord``), ``.j`` a sorted set of ``[1, id, state, result]`` entries scored by
+``group_index``, ``.d`` the set of ``"<id>:<index>"`` already counted (so a redelivered header
+task counts once), ``.c`` the dispatch claim, then ``"done"``. Each step is one Lua script: the
+count and the claim can never disagree across workers. Celery 5.3's workers, which only know
+``.j``/``.t``/``.s``, count into the same sorted set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ChordPart
+
+# KEYS: .j .t .s .d .c   ARGV: member, entry, score, expires (s, 0 = none), claim ttl (s), token
+_PART_RETURN = """
+if redis.call('GET', KEYS[5]) == 'done' then
+  return {-1, false, false, 0}
+end
+if redis.call('SADD', KEYS[4], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+end
+local ready = redis.call('ZCARD', KEYS[1])
+local expires = tonumber(ARGV[4])
+if expires > 0 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], expires) end
+end
+local extra = redis.call('GET', KEYS[2])
+local size = redis.call('GET', KEYS[3])
+local claimed = 0
+if size and ready == tonumber(size) + tonumber(extra or 0) then
+  if redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', ARGV[5]) then claimed = 1 end
+end
+return {ready, extra, size, claimed}
+"""
+
+# KEYS: .c .j .t .s .d   ARGV: token, done ttl (s)
+_CLEANUP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('SET', KEYS[1], 'done', 'EX', ARGV[2])
+return 1
+"""
+
+
+class ChordScripts:
+    """The two scripts, registered once per client (redis-py sends EVALSHA, EVAL on a miss)."""
+
+    def __init__(self, client: Any) -> None:
+        self.part_return = client.register_script(_PART_RETURN)
+        self.cleanup = client.register_script(_CLEANUP)
+
+
+def part_return(scripts: ChordScripts, keys: dict[str, str], task_id: str,
+                group_index: int | None, entry: bytes, *, expires: float, claim_token: str,
+                claim_ttl: float) -> ChordPart:
+    score = "+inf" if group_index is None else str(int(group_index))
+    ready, extra, size, claimed = scripts.part_return(
+        keys=[keys[".j"], keys[".t"], keys[".s"], keys[".d"], keys[".c"]],
+        args=[f"{task_id}:{score}", entry, score, int(expires or 0),
+              max(1, int(claim_ttl)), claim_token])
+    if ready == -1:
+        return ChordPart(-1, None, False)
+    expected = int(size) + int(extra or 0) if size else None
+    return ChordPart(int(ready), expected, bool(claimed))
+
+
+def cleanup(scripts: ChordScripts, keys: dict[str, str], claim_token: str,
+            done_ttl: float) -> bool:
+    return bool(scripts.cleanup(keys=[keys[".c"], keys[".j"], keys[".t"], keys[".s"], keys[".d"]],
+                                args=[claim_token, max(1, int(done_ttl))]))
