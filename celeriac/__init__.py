@@ -10,8 +10,20 @@ from typing import Any
 from . import states
 from ._context import get_current_app
 from .app import Celery
-from .canvas import Signature, maybe_signature, signature, subtask
-from .result import AsyncResult, EagerResult, GroupResult, ResultSet
+from .canvas import (
+    Signature,
+    TaskSet,
+    chain,
+    chord,
+    chunks,
+    group,
+    maybe_signature,
+    signature,
+    subtask,
+    xmap,
+    xstarmap,
+)
+from .result import AsyncResult, EagerResult, GroupResult, ResultSet, TaskSetResult
 from .task import Task, shared_task
 
 __version__ = "0.1.0"
@@ -25,15 +37,23 @@ __all__ = [
     "ResultSet",
     "Signature",
     "Task",
+    "TaskSet",
+    "TaskSetResult",
     "__version__",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
     "current_task",
     "get_current_app",
+    "group",
     "maybe_signature",
     "shared_task",
     "signature",
     "states",
     "subtask",
+    "xmap",
+    "xstarmap",
 ]
 
 

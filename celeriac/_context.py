@@ -37,3 +37,13 @@ def get_current_app() -> "Celery | None":
 
 def set_default_app(app: "Celery") -> None:
     _default_app[:] = [app]
+
+
+def current_worker_request() -> "Context | None":
+    """The request of the task a worker is running in this context, or None: outside a task,
+    and when the task was called like a function or eagerly (Celery's ``current_worker_task``).
+    Work sent from such a task gets it as parent and is listed in its result's ``children``."""
+    request = current_request_var.get()
+    if request is None or request.called_directly or request.is_eager:
+        return None
+    return request

@@ -281,8 +281,14 @@ class Celery:
         """Send a task by name (it need not be registered here), returning its AsyncResult."""
         from .result import AsyncResult
 
+        add_to_parent = options.pop("add_to_parent", True)
         task_id = self.producer.send(name, args, kwargs, **options)
-        return AsyncResult(task_id, app=self, task_name=name)
+        result = AsyncResult(task_id, app=self, task_name=name)
+        if add_to_parent:  # sent from a running task: one of its children (Celery's trail)
+            parent = _context.current_worker_request()
+            if parent is not None:
+                parent.add_child(result)
+        return result
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> "AsyncResult":  # noqa: N802
         from .result import AsyncResult
@@ -298,6 +304,17 @@ class Celery:
         from .canvas import Signature
 
         return Signature(*args, app=self, **kwargs)
+
+    @property
+    def oid(self) -> str:
+        """This app's reply address (a UUID), which Celery puts in ``reply_to``: frozen workflow
+        signatures carry it, as Celery's do."""
+        oid = self.__dict__.get("_oid")
+        if oid is None:
+            import uuid
+
+            oid = self.__dict__["_oid"] = str(uuid.uuid4())
+        return oid
 
     def now(self) -> Any:
         from .task import utcnow

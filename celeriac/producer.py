@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from . import signals
+from . import _context, signals
 from .protocol import v2
 from .routing import Queue, Router
 from .transport.base import Outgoing
@@ -83,8 +83,19 @@ class Producer:
               shadow: str | None = None, time_limit: float | None = None,
               soft_time_limit: float | None = None, retries: int = 0, chain: Any = None,
               chord: Any = None, reply_to: str | None = None, origin: str | None = None,
+              route_name: str | None = None, add_to_parent: bool = True,
               _task: Any = None, **extra: Any) -> Outgoing:
-        """Turn one call's options into an ``Outgoing`` (message + queue + hold-until time)."""
+        """Turn one call's options into an ``Outgoing`` (message + queue + hold-until time).
+
+        ``route_name`` routes the message as if it were that task (``celery.map`` messages go
+        where the mapped task goes). Sent from inside a running task, the message gets that task
+        as its parent (``parent_id``, ``root_id``) unless the call says otherwise.
+        """
+        if parent_id is None or root_id is None:
+            parent = _context.current_worker_request()
+            if parent is not None:
+                parent_id = parent.id if parent_id is None else parent_id
+                root_id = (parent.root_id or parent.id) if root_id is None else root_id
         args = tuple(args) if args is not None else ()
         kwargs = dict(kwargs) if kwargs is not None else {}
         task_id = task_id or str(uuid.uuid4())
@@ -109,10 +120,11 @@ class Producer:
         time_limit = _first(time_limit, from_task("time_limit"), self.time_limit)
         soft_time_limit = _first(soft_time_limit, from_task("soft_time_limit"), self.soft_time_limit)
 
+        route_task = _task if route_name is None else self.app.tasks.get(route_name)
         route = self.router.route({"queue": queue, **extra} if queue is not None else dict(extra),
-                                  name, args, kwargs,
-                                  task_queue=_task.queue if _task is not None else None,
-                                  task=_task)
+                                  route_name or name, args, kwargs,
+                                  task_queue=route_task.queue if route_task is not None else None,
+                                  task=route_task)
         queue_name = route["queue"]
         if isinstance(queue_name, Queue):
             queue_name = queue_name.name

@@ -71,6 +71,10 @@ class AsyncResult:
         if meta.get("status") in states.READY_STATES:
             self._cache = meta
 
+    def _known_meta(self) -> dict | None:
+        """The meta if it is known without asking the store (ready results never change)."""
+        return self._cache
+
     @property
     def state(self) -> str:
         return self._get_task_meta()["status"]
@@ -116,12 +120,22 @@ class AsyncResult:
     def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
             no_ack: bool = True, follow_parents: bool = True, disable_sync_subtasks: bool = True,
             on_message: Callable[[dict], None] | None = None, **kwargs: Any) -> Any:
-        """Wait for the task to finish and return its value (or raise its exception)."""
+        """Wait for the task to finish and return its value (or raise its exception).
+
+        While it is not finished, a failed parent (an earlier step of its chain, a task of its
+        chord's header) is raised at once instead of waiting, as on Celery. Once it has
+        finished its own outcome is the answer, so a finished chord body never walks its header.
+        """
         if disable_sync_subtasks:
             _assert_not_in_task()
-        if follow_parents and propagate and self.parent is not None:
-            self.parent._raise_if_failed()
-        meta = self._cache or self.backend.wait_for(self.id, timeout=timeout)
+        meta = self._cache
+        if meta is None and follow_parents and propagate and self.parent is not None:
+            meta = self.backend.get_task_meta(self.id)
+            if meta["status"] not in states.READY_STATES:
+                self.parent._raise_if_failed()
+                meta = None
+        if meta is None:
+            meta = self.backend.wait_for(self.id, timeout=timeout)
         self._set_cache(meta)
         if on_message is not None:
             on_message(meta)
@@ -246,28 +260,91 @@ class EagerResult(AsyncResult):
     def revoke(self, *args: Any, **kwargs: Any) -> None:
         self._state = states.REVOKED
 
+    def ready(self) -> bool:
+        return self._state in states.READY_STATES
+
+    def _known_meta(self) -> dict | None:
+        return {"status": self._state, "result": self._result, "task_id": self.id}
+
+    def _set_cache(self, meta: dict) -> None:
+        pass
+
+    def _value_from(self, meta: dict, propagate: bool) -> Any:
+        return self.get(propagate=propagate)
+
     def __reduce__(self) -> Any:
         return (EagerResult, (self.id, self._result, self._state, self._traceback, self.name))
 
 
 class ResultSet:
-    """Several results read together, in the order they were given."""
+    """Several results read together, in the order they were given.
 
-    def __init__(self, results: Iterable[AsyncResult], app: "Celery | None" = None,
+    Reads go to the store in one batch (one MGET on Redis) for all members, nested groups
+    included; waiting uses the store's change notification for all of them at once.
+    """
+
+    def __init__(self, results: Iterable[Any], app: "Celery | None" = None,
                  **kwargs: Any) -> None:
         self.results = list(results)
         self._app = app
 
     @property
     def app(self) -> "Celery":
-        return _resolve_app(self._app or (self.results[0].app if self.results else None))
+        return _resolve_app(self._app or next(
+            (r.app for r in self.results if getattr(r, "app", None) is not None), None))
 
-    def add(self, result: AsyncResult) -> None:
+    @property
+    def children(self) -> list[Any]:
+        return self.results
+
+    @property
+    def supports_native_join(self) -> bool:
+        return True
+
+    # ---- membership ------------------------------------------------------------------------
+    def add(self, result: Any) -> None:
         if result not in self.results:
             self.results.append(result)
 
+    def remove(self, result: Any) -> None:
+        if isinstance(result, str):
+            result = AsyncResult(result, app=self._app)
+        self.results.remove(result)
+
+    def discard(self, result: Any) -> None:
+        try:
+            self.remove(result)
+        except ValueError:
+            pass
+
+    def update(self, results: Iterable[Any]) -> None:
+        self.results.extend(r for r in results if r not in self.results)
+
+    def clear(self) -> None:
+        self.results[:] = []
+
+    def _leaves(self) -> Iterator[AsyncResult]:
+        """Every single-task result, nested groups flattened, in call order."""
+        for result in self.results:
+            if isinstance(result, ResultSet):
+                yield from result._leaves()
+            else:
+                yield result
+
+    # ---- reading -------------------------------------------------------------------------------
     def _metas(self) -> dict[str, dict]:
-        return self.app.backend.get_many_meta([r.id for r in self.results])
+        """id -> meta for every leaf; results already known (ready, or eager) cost nothing."""
+        metas: dict[str, dict] = {}
+        unknown: list[str] = []
+        for leaf in self._leaves():
+            known = leaf._known_meta()
+            if known is not None:
+                metas[leaf.id] = known
+            else:
+                unknown.append(leaf.id)
+        if unknown:
+            metas.update(self.app.backend.get_many_meta(unknown))
+        return metas
 
     def ready(self) -> bool:
         return all(m["status"] in states.READY_STATES for m in self._metas().values())
@@ -284,35 +361,87 @@ class ResultSet:
     def completed_count(self) -> int:
         return sum(m["status"] == states.SUCCESS for m in self._metas().values())
 
-    def revoke(self, terminate: bool = False, signal: Any = None, **kwargs: Any) -> None:
-        self.app.control.revoke([r.id for r in self.results], terminate=terminate, signal=signal)
+    def maybe_throw(self, propagate: bool = True, callback: Any = None) -> None:
+        """Raise the first failure (in call order) among the results that are ready."""
+        if not propagate:
+            return
+        metas = self._metas()
+        for leaf in self._leaves():
+            meta = metas[leaf.id]
+            if meta["status"] in states.PROPAGATE_STATES:
+                leaf._value_from(meta, propagate=True)
+
+    maybe_reraise = maybe_throw
+
+    def _raise_if_failed(self) -> None:
+        parent = getattr(self, "parent", None)
+        if parent is not None:
+            parent._raise_if_failed()
+        self.maybe_throw()
+
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: Any = None,
+               wait: bool = False, timeout: float | None = None) -> None:
+        self.app.control.revoke([r.id for r in self._leaves()], terminate=terminate,
+                                signal=signal)
 
     def forget(self) -> None:
-        for r in self.results:
-            r.forget()
+        leaves = list(self._leaves())
+        for leaf in leaves:
+            leaf._cache = None
+        self.app.backend.delete_keys([self.app.backend.task_key(r.id) for r in leaves
+                                      if not isinstance(r, EagerResult)])
 
+    # ---- waiting -------------------------------------------------------------------------------
     def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> list:
         return self.join(timeout=timeout, propagate=propagate, **kwargs)
 
     def join(self, timeout: float | None = None, propagate: bool = True,
+             interval: float = 0.5, callback: Callable[[str, Any], None] | None = None,
+             no_ack: bool = True, on_message: Any = None, on_interval: Any = None,
              disable_sync_subtasks: bool = True, **kwargs: Any) -> list:
-        """Wait for every result; values in the order the results were given."""
+        """Wait for every result; values in call order (nested groups as nested lists).
+
+        With ``callback``, each ``callback(task_id, value)`` is called in call order instead and
+        the returned list is empty, as on Celery.
+        """
         if disable_sync_subtasks:
             _assert_not_in_task()
-        ids = [r.id for r in self.results]
-        metas = self.app.backend.wait_for_many(ids, timeout=timeout)
-        values = []
-        for r in self.results:
-            r._set_cache(metas[r.id])
-            values.append(r._value_from(metas[r.id], propagate))
+        self._wait_all(timeout)
+        values: list = []
+        for result in self.results:
+            if isinstance(result, ResultSet):
+                value: Any = result.join(propagate=propagate, disable_sync_subtasks=False)
+            else:
+                value = result._value_from(result._known_meta(), propagate)
+            if callback is not None:
+                callback(result.id, value)
+            else:
+                values.append(value)
         return values
 
     join_native = join
 
-    def iterate(self, timeout: float | None = None, propagate: bool = True) -> Iterator[Any]:
+    def _wait_all(self, timeout: float | None) -> None:
+        pending = [leaf for leaf in self._leaves() if leaf._known_meta() is None]
+        if not pending:
+            return
+        metas = self.app.backend.wait_for_many(list(dict.fromkeys(r.id for r in pending)),
+                                               timeout=timeout)
+        for leaf in pending:
+            leaf._set_cache(metas[leaf.id])
+
+    def iterate(self, timeout: float | None = None, propagate: bool = True,
+                interval: float = 0.5) -> Iterator[Any]:
         """Yield values as results finish (completion order, not call order)."""
+        pending: dict[str, AsyncResult] = {}
+        for leaf in self._leaves():
+            if leaf._known_meta() is not None:
+                yield leaf._value_from(leaf._known_meta(), propagate)
+            else:
+                pending[leaf.id] = leaf
+        if not pending:
+            return
         backend = self.app.backend
-        pending = {r.id: r for r in self.results}
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
             for tid, meta in backend.get_many_meta(list(pending)).items():
@@ -329,17 +458,27 @@ class ResultSet:
     def __len__(self) -> int:
         return len(self.results)
 
-    def __iter__(self) -> Iterator[AsyncResult]:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.results)
 
-    def __getitem__(self, index: int) -> AsyncResult:
+    def __getitem__(self, index: int) -> Any:
         return self.results[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ResultSet):
+            return other.results == self.results
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: [{', '.join(r.id for r in self.results)}]>"
 
 
 class GroupResult(ResultSet):
     """The results of a group, with the group's id (saved with ``save()``, found by ``restore``)."""
 
-    def __init__(self, id: str | None = None, results: Iterable[AsyncResult] | None = None,  # noqa: A002
+    def __init__(self, id: str | None = None, results: Iterable[Any] | None = None,  # noqa: A002
                  parent: AsyncResult | None = None, app: "Celery | None" = None,
                  **kwargs: Any) -> None:
         super().__init__(results or [], app=app)
@@ -366,7 +505,51 @@ class GroupResult(ResultSet):
             return None
         from .canvas import result_from_tuple
 
-        return result_from_tuple(stored, app)
+        restored = result_from_tuple(stored, app)
+        if cls is not GroupResult and isinstance(restored, GroupResult):
+            restored = cls(restored.id, restored.results, parent=restored.parent, app=app)
+        return restored
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GroupResult):
+            return other.id == self.id and other.results == self.results
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_group_result, (type(self), self.id, self.results, self.parent))
 
     def __repr__(self) -> str:
-        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+        return f"<{type(self).__name__}: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+def _rebuild_group_result(cls: type, group_id: str, results: list, parent: Any) -> "GroupResult":
+    return cls(group_id, results, parent=parent)
+
+
+class TaskSetResult(GroupResult):
+    """Celery 2's name for a group's results (``TaskSet(...).apply_async()`` returns one)."""
+
+    def __init__(self, taskset_id: str | None = None, subtasks: Iterable[Any] | None = None,
+                 app: "Celery | None" = None, **kwargs: Any) -> None:
+        results = kwargs.pop("results", None)
+        super().__init__(taskset_id or kwargs.pop("id", None),
+                         subtasks if subtasks is not None else results, app=app, **kwargs)
+
+    @property
+    def taskset_id(self) -> str | None:
+        return self.id
+
+    @property
+    def subtasks(self) -> list[Any]:
+        return self.results
+
+    @property
+    def total(self) -> int:
+        return len(self.results)
+
+    def itersubtasks(self) -> Iterator[Any]:
+        return iter(self.results)

@@ -71,6 +71,16 @@ class Context:
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 
+    def add_child(self, result: Any) -> None:
+        """Record work this task started (its stored result lists it in ``children``)."""
+        children = self.__dict__.get("children")
+        if children is None:
+            children = self.__dict__["children"] = []
+        children.append(result)
+
+    def children_tuples(self) -> list:
+        return [child.as_tuple() for child in self.__dict__.get("children") or ()]
+
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
@@ -250,10 +260,12 @@ class Task(Generic[P, R]):
         self._get_app().backend.store_result(task_id, meta, state or "PENDING", request=self.request)
 
     def signature(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
-                  **options: Any) -> "Signature":
+                  options: dict | None = None, **extra: Any) -> "Signature":
+        """``add.signature((2, 2), {}, countdown=10)``; ``immutable=True`` makes it ignore the
+        result of the task before it (what ``si`` does)."""
         from .canvas import Signature
 
-        return Signature(self.name, args, kwargs, options, app=self._get_app())
+        return Signature(self.name, args, kwargs, options, app=self._get_app(), **extra)
 
     subtask = signature
 
@@ -262,6 +274,24 @@ class Task(Generic[P, R]):
 
     def si(self, *args: Any, **kwargs: Any) -> "Signature":
         return self.signature(args, kwargs, immutable=True)
+
+    def map(self, it: Iterable[Any]) -> Any:
+        """One message that calls this task once per item (``celery.map``)."""
+        from .canvas import xmap
+
+        return xmap(self.s(), it, app=self._get_app())
+
+    def starmap(self, it: Iterable[Any]) -> Any:
+        """One message that calls this task once per argument tuple (``celery.starmap``)."""
+        from .canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self._get_app())
+
+    def chunks(self, it: Iterable[Any], n: int) -> Any:
+        """The argument tuples split into messages of ``n`` calls each (a group of starmaps)."""
+        from .canvas import chunks
+
+        return chunks(self.s(), it, n, app=self._get_app())
 
     # ---- hooks (override in a custom base) -------------------------------------------------
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None: ...

@@ -114,8 +114,7 @@ def _redis_up() -> bool:
         return False
 
 
-@pytest.fixture
-def redis_server() -> str:
+def require_redis() -> str:
     """Base URL of the real Redis on loopback. Missing server: skip locally, FAIL when CI=true."""
     if not _redis_up():
         message = f"Redis is not reachable on {REDIS_HOST}:{REDIS_PORT}"
@@ -123,6 +122,11 @@ def redis_server() -> str:
             pytest.fail(message + " (CI=true: a missing broker is a failure, not a skip)")
         pytest.skip(message)
     return f"redis://{REDIS_HOST}:{REDIS_PORT}"
+
+
+@pytest.fixture
+def redis_server() -> str:
+    return require_redis()
 
 
 @pytest.fixture

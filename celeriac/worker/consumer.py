@@ -19,14 +19,16 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
-from ..exceptions import NotRegistered
+from ..canvas import followups
+from ..exceptions import NotRegistered, TaskRevokedError
 from ..protocol import serialization
 from .executor import ACK, DROP, INTERNAL_ERROR, REQUEUE, Outcome
-from .request import DEAD_LETTER, ReceivedRequest, parse_time
+from .request import DEAD_LETTER, ReceivedRequest, parse_time, request_from_message
 from .revokes import RevokedSet
 
 if TYPE_CHECKING:
     from ..app import Celery
+    from ..protocol.message import Message
     from ..transport.base import Delivery
 
 logger = logging.getLogger("celeriac.worker")
@@ -196,7 +198,8 @@ class Consumer:
                                           exc=NotRegistered(name))
             # Dead-letter first: once the failure is visible, the message is already kept.
             self._dead_letter(delivery, f"unknown task name {name!r}")
-            self._store_failure(task_id, NotRegistered(name), headers)
+            # Not its chord or errbacks: the dead letter can still be replayed once registered.
+            self._store_failure(NotRegistered(name), message, followups_too=False)
             return
         if delivery.delivery_count > self.max_deliveries:
             logger.error("Task %s[%s] was delivered %d times without finishing; dead-lettered",
@@ -234,31 +237,43 @@ class Consumer:
 
     def _expire(self, delivery: "Delivery", task: Any, task_id: str, headers: dict) -> None:
         logger.info("Discarding expired task %s[%s]", headers.get("task"), task_id)
-        self._record_revoked(task, headers, "expired", expired=True)
+        self._record_revoked(task, delivery.message, "expired", expired=True)
         self._settle(delivery, ACK)
 
     def _revoke(self, delivery: "Delivery", task: Any, headers: dict, *, terminated: bool,
                 signum: int | None = None, settle: bool = True) -> None:
         logger.info("Discarding revoked task %s[%s]", headers.get("task"), headers.get("id"))
-        self._record_revoked(task, headers, "terminated" if terminated else "revoked",
+        self._record_revoked(task, delivery.message, "terminated" if terminated else "revoked",
                              terminated=terminated, signum=signum)
         if settle:
             self._settle(delivery, ACK)
 
-    def _record_revoked(self, task: Any, headers: dict, reason: str, *, expired: bool = False,
-                        terminated: bool = False, signum: int | None = None) -> None:
-        from ..task import Context
-
-        request = Context(id=headers.get("id"), task=headers.get("task"),
-                          group=headers.get("group"), parent_id=headers.get("parent_id"))
-        if not headers.get("ignore_result"):
-            try:
-                self.app.backend.mark_as_revoked(headers.get("id"), reason, request=request)
-            except Exception:
-                logger.exception("could not store the revoke of task %s", headers.get("id"))
+    def _record_revoked(self, task: Any, message: "Message", reason: str, *,
+                        expired: bool = False, terminated: bool = False,
+                        signum: int | None = None) -> None:
+        request = self._request_of(message)
+        try:  # stored as REVOKED, and counted (as failed) by the chord it belongs to, if any
+            followups.on_failure(self.app, request, TaskRevokedError(reason), None,
+                                 store=not message.headers.get("ignore_result"),
+                                 state=states.REVOKED)
+        except Exception:
+            logger.exception("could not store the revoke of task %s", request.id)
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=task, request=request, terminated=terminated,
                                       signum=signum, expired=expired)
+
+    def _request_of(self, message: "Message") -> Any:
+        """The request of a message that ends without running (decoded, so its chord, chain and
+        errbacks are known; from the headers alone if the body cannot be decoded)."""
+        request = request_from_message(message, self.accept, self.hostname)
+        if request is None:
+            from ..task import Context
+
+            headers = message.headers
+            request = Context(id=headers.get("id"), task=headers.get("task"),
+                              group=headers.get("group"), parent_id=headers.get("parent_id"),
+                              root_id=headers.get("root_id"), called_directly=False)
+        return request
 
     # ---- dispatching ----------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -367,7 +382,7 @@ class Consumer:
                 hard: Any = float(outcome.exc_repr or "")
             except ValueError:
                 hard = outcome.exc_repr
-            self._store_failure(outcome.task_id, TimeLimitExceeded(hard), headers)
+            self._store_failure(TimeLimitExceeded(hard), delivery.message)
             if not acked:
                 self._settle(delivery, ACK)
             return
@@ -380,8 +395,7 @@ class Consumer:
         if holds_lease and self.reject_on_worker_lost:
             self._settle(delivery, REQUEUE)
             return
-        self._store_failure(outcome.task_id, WorkerLostError(outcome.exc_repr or "worker lost"),
-                            delivery.message.headers)
+        self._store_failure(WorkerLostError(outcome.exc_repr or "worker lost"), delivery.message)
         if holds_lease:
             self._settle(delivery, ACK)
 
@@ -422,17 +436,19 @@ class Consumer:
     def _dead_letter(self, delivery: "Delivery", reason: str) -> None:
         self.transport.dead_letter(delivery.queue, delivery.message, reason, delivery=delivery)
 
-    def _store_failure(self, task_id: str, exc: BaseException, headers: dict) -> None:
-        if headers.get("ignore_result"):
-            return
+    def _store_failure(self, exc: BaseException, message: "Message", *,
+                       followups_too: bool = True) -> None:
+        """Record a task that failed outside the task's own code (time limit, lost worker, unknown
+        task): its state and, unless told otherwise, its chord, chain and errbacks."""
+        request = self._request_of(message)
         try:
-            from ..task import Context
-
-            request = Context(id=task_id, task=headers.get("task"), group=headers.get("group"),
-                              parent_id=headers.get("parent_id"))
-            self.app.backend.mark_as_failure(task_id, exc, None, request=request)
+            if followups_too:
+                followups.on_failure(self.app, request, exc, None,
+                                     store=not message.headers.get("ignore_result"))
+            elif not message.headers.get("ignore_result"):
+                self.app.backend.mark_as_failure(request.id, exc, None, request=request)
         except Exception:
-            logger.exception("could not store the failure of task %s", task_id)
+            logger.exception("could not store the failure of task %s", request.id)
 
     # ---- heartbeats -----------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:

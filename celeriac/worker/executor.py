@@ -8,7 +8,6 @@ whose result was lost.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import _context, signals, states
+from ..canvas import chords, followups
 from ..exceptions import Ignore, Reject, Retry
 from ..task import Context, Task
 from .limits import Terminated
@@ -123,9 +123,14 @@ class _Run:
     def succeeded(self, retval: Any) -> Outcome:
         task, ctx = self.task, self.ctx
         runtime = time.monotonic() - self.started
-        children = self._send_followups(retval)
+        if ctx.callbacks or ctx.chain:
+            # Sent before the result is stored, so the stored result lists them as children.
+            followups.on_success(self.app, ctx, retval)
         if self.store:
-            self.app.backend.mark_as_done(ctx.id, retval, request=ctx, children=children)
+            self.app.backend.mark_as_done(ctx.id, retval, request=ctx,
+                                          children=ctx.children_tuples())
+        if ctx.chord:
+            chords.on_part_return(self.app, ctx, states.SUCCESS, retval)
         task.on_success(retval, ctx.id, ctx.args, ctx.kwargs)
         if signals.task_success.receivers:
             signals.task_success.send(sender=task, result=retval)
@@ -156,9 +161,8 @@ class _Run:
         einfo = ExceptionInfo(exc)
         runtime = time.monotonic() - self.started
         expected = bool(task.throws) and isinstance(exc, task.throws)
-        if self.store or (task.store_errors_even_if_ignored and not self.eager):
-            self.app.backend.mark_as_failure(ctx.id, exc, einfo.traceback, request=ctx)
-        self._send_errbacks(exc, einfo)
+        followups.on_failure(self.app, ctx, exc, einfo.traceback, store=self.store or (
+            task.store_errors_even_if_ignored and not self.eager))
         task.on_failure(exc, ctx.id, ctx.args, ctx.kwargs, einfo)
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=task, task_id=ctx.id, exception=exc, args=ctx.args,
@@ -233,73 +237,6 @@ class _Run:
             link=ctx.callbacks, link_error=ctx.errbacks, chain=ctx.chain, chord=ctx.chord,
             origin=ctx.origin, queue=options.pop("queue", None) or
             (ctx.delivery_info or {}).get("routing_key"), _task=self.task, **options)
-
-    # ---- callbacks, chains, errbacks ----------------------------------------------------------
-    def _send_followups(self, retval: Any) -> list:
-        ctx = self.ctx
-        children: list = []
-        if ctx.callbacks:
-            for callback in ctx.callbacks:
-                children.append(self._apply_signature(callback, (retval,)))
-        if ctx.chain:
-            chain = list(ctx.chain)
-            next_step = chain.pop()
-            children.append(self._apply_signature(next_step, (retval,), chain=chain))
-        return children
-
-    def _apply_signature(self, sig: Any, prefix: tuple, **extra: Any) -> list:
-        from ..canvas import Signature
-
-        sig = sig if isinstance(sig, Signature) else Signature(dict(sig), app=self.app)
-        args = sig.args if sig.immutable else prefix + sig.args
-        options = dict(sig.options)
-        task_id = options.pop("task_id", None) or str(uuid.uuid4())
-        options.pop("parent_id", None)
-        options.pop("root_id", None)
-        link = options.pop("link", None)
-        link_error = options.pop("link_error", None)
-        send = self.app.tasks[sig.task].apply_async if (self.eager and sig.task in self.app.tasks) \
-            else None
-        if send is not None:
-            send(args, sig.kwargs, task_id=task_id, parent_id=self.ctx.id,
-                 root_id=self.ctx.root_id or self.ctx.id, link=link, link_error=link_error,
-                 **extra, **options)
-        else:
-            self.app.producer.send(sig.task, args, sig.kwargs, task_id=task_id,
-                                   parent_id=self.ctx.id, root_id=self.ctx.root_id or self.ctx.id,
-                                   link=link, link_error=link_error,
-                                   _task=self.app.tasks.get(sig.task), **extra, **options)
-        return [[task_id, None], None]
-
-    def _send_errbacks(self, exc: BaseException, einfo: ExceptionInfo) -> None:
-        from ..canvas import Signature
-
-        for errback in self.ctx.errbacks or ():
-            sig = errback if isinstance(errback, Signature) else Signature(dict(errback), app=self.app)
-            local = self.app.tasks.get(sig.task)
-            try:
-                if local is not None and _accepts_request_exc_tb(local):
-                    # New-style errback registered here: called in process, as Celery does.
-                    sig(self.ctx, exc, einfo.traceback)
-                else:
-                    # Old style (or unknown here): sent as a task with the failed task's id.
-                    self._apply_signature(sig, (self.ctx.id,))
-            except Exception:
-                logger.exception("errback %s of task %s[%s] failed", sig.task, self.task.name,
-                                 self.ctx.id)
-
-
-def _accepts_request_exc_tb(task: Task) -> bool:
-    fun = task.__wrapped__ or task.run
-    try:
-        params = list(inspect.signature(fun).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    if task._bound and params:
-        params = params[1:]
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) > 1 or any(p.kind == p.VAR_POSITIONAL for p in params)
-
 
 def internal_error(task: Task, ctx: Context, exc: BaseException) -> Outcome:
     """The task may have run, but its outcome could not be recorded: never ack such a message

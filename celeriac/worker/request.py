@@ -104,3 +104,15 @@ def run_message(app: "Celery", message: "Message", delivery_info: dict, hostname
     ctx = context_from_body(body, hostname=hostname, delivery_info=delivery_info,
                             properties=message.properties)
     return execute(task, ctx)
+
+
+def request_from_message(message: "Message", accept: frozenset[str],
+                         hostname: str | None = None) -> Any:
+    """The request of a message that ends without running (revoked, expired, timed out, lost),
+    so its chord, chain and errbacks can be told; None when the body cannot be decoded."""
+    try:
+        body = v2.decode_task(message, accept)
+    except (ContentDisallowed, DecodeError, InvalidTaskError):
+        return None
+    return context_from_body(body, hostname=hostname, delivery_info=None,
+                             properties=message.properties)

@@ -27,6 +27,16 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+@app.task(name="interop.xsum")
+def xsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task(name="interop.collect")
+def collect(values: list[Any]) -> list[Any]:
+    return values
+
+
 @app.task(name="interop.whoami", bind=True)
 def whoami(self: Any, *previous: Any) -> dict[str, Any]:
     """Which implementation ran this, and the request fields a chain step must carry."""

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from celery import Celery, chain
+from celery import Celery, chain, chord, group
 
 URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/12")
 TIMEOUT = 20.0
@@ -32,6 +32,16 @@ def add(x: int, y: int) -> int:
 @app.task(name="interop.fail")
 def fail(message: str) -> None:
     raise ValueError(message)
+
+
+@app.task(name="interop.xsum")
+def xsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task(name="interop.collect")
+def collect(values: list[Any]) -> list[Any]:
+    return values
 
 
 @app.task(name="interop.whoami", bind=True)
@@ -82,7 +92,39 @@ def scenario_countdown(queue: str) -> dict[str, Any]:
     return {"sent_at": sent_at, "ran": result.get(timeout=TIMEOUT)}
 
 
-SCENARIOS = {"basic": scenario_basic, "whoami_chain": scenario_whoami_chain,
+def scenario_canvas(queue: str) -> dict[str, Any]:
+    """Celery builds each canvas; whoever serves ``queue`` runs it."""
+
+    def sig(name: str, *args: Any) -> Any:
+        return app.signature(name, args, queue=queue)
+
+    out: dict[str, Any] = {}
+    out["group"] = group(sig("interop.add", i, 1) for i in range(3)).apply_async().get(
+        timeout=TIMEOUT)
+    header = [sig("interop.add", i, i) for i in range(4)]
+    out["chord"] = chord(header, sig("interop.collect")).apply_async().get(timeout=TIMEOUT)
+    out["group_in_chain"] = (sig("interop.add", 1, 1)
+                             | group(sig("interop.add", 10), sig("interop.add", 20))
+                             | sig("interop.collect")).apply_async().get(timeout=TIMEOUT)
+    out["chord_in_chain"] = (sig("interop.add", 1, 1)
+                             | chord([sig("interop.add", 1), sig("interop.add", 2)],
+                                     sig("interop.xsum"))
+                             | sig("interop.add", 100)).apply_async().get(timeout=TIMEOUT)
+    out["chain_in_group"] = group(sig("interop.add", 1, 1) | sig("interop.add", 5),
+                                  sig("interop.add", 2, 2)).apply_async().get(timeout=TIMEOUT)
+    out["chunks"] = add.chunks(zip(range(4), range(4)), 2).apply_async(queue=queue).get(
+        timeout=TIMEOUT)
+    out["starmap"] = add.starmap([(1, 2), (3, 4)]).apply_async(queue=queue).get(timeout=TIMEOUT)
+    failing = chord([sig("interop.add", 1, 1), sig("interop.fail", "header boom")],
+                    sig("interop.collect")).apply_async()
+    # propagate=False: Celery would raise a failed header task's own error instead, if it
+    # happened to see it before the body's
+    stored = failing.get(timeout=TIMEOUT, propagate=False)
+    out["chord_failure"] = {**_describe_exception(stored), "state": failing.state}
+    return out
+
+
+SCENARIOS = {"canvas": scenario_canvas, "basic": scenario_basic, "whoami_chain": scenario_whoami_chain,
              "whoami": scenario_whoami, "countdown": scenario_countdown}
 
 

@@ -132,3 +132,66 @@ def test_celeriac_countdown_runs_on_celery_worker_after_one_second(workers, cele
     ran = celeriac_client.send_task("interop.whoami", queue=queue_name, countdown=1).get(timeout=3)
     assert ran["impl"] == "celery"
     assert ran["at"] - sent_at >= 0.999
+
+
+# ---- (g) canvases: built by one side, run by the other --------------------------------------------
+CANVAS_RESULTS = {
+    "group": [1, 2, 3],
+    "chord": [0, 2, 4, 6],
+    "group_in_chain": [12, 22],
+    "chord_in_chain": 107,
+    "chain_in_group": [7, 4],
+    "chunks": [[0, 2], [4, 6]],
+    "starmap": [3, 7],
+}
+
+
+def test_celery_canvases_run_on_a_celeriac_worker(workers, celery_client, queue_name):
+    worker = workers("celeriac", queue_name)
+    out = celery_client("canvas", queue_name)
+    failure = out.pop("chord_failure")
+    assert out == CANVAS_RESULTS, worker.log()
+    # the body's stored failure, as Celery's AsyncResult rebuilt it
+    assert (failure["type"], failure["module"], failure["state"]) == (
+        "ChordError", "celery.exceptions", "FAILURE")
+    assert "header boom" in failure["args"][0], worker.log()
+
+
+def test_celeriac_canvases_run_on_a_celery_worker(workers, celeriac_client, queue_name):
+    from celeriac import chord, chunks, group
+    from celeriac.exceptions import ChordError
+
+    worker = workers("celery", queue_name)
+    app = celeriac_client
+
+    def sig(name: str, *args: Any) -> Any:
+        return app.signature(name, args, queue=queue_name)
+
+    out = {
+        "group": group(sig("interop.add", i, 1) for i in range(3)).apply_async(),
+        "chord": chord([sig("interop.add", i, i) for i in range(4)],
+                       sig("interop.collect")).apply_async(),
+        "group_in_chain": (sig("interop.add", 1, 1)
+                           | group(sig("interop.add", 10), sig("interop.add", 20))
+                           | sig("interop.collect")).apply_async(),
+        "chord_in_chain": (sig("interop.add", 1, 1)
+                           | chord([sig("interop.add", 1), sig("interop.add", 2)],
+                                   sig("interop.xsum"))
+                           | sig("interop.add", 100)).apply_async(),
+        "chain_in_group": group(sig("interop.add", 1, 1) | sig("interop.add", 5),
+                                sig("interop.add", 2, 2)).apply_async(),
+        "chunks": chunks(app.signature("interop.add"), zip(range(4), range(4)), 2).apply_async(
+            queue=queue_name),
+        "starmap": app.signature("interop.add").set(queue=queue_name),
+    }
+    from celeriac.canvas import xstarmap
+
+    out["starmap"] = xstarmap(out["starmap"], [(1, 2), (3, 4)], app=app).apply_async(
+        queue=queue_name)
+    assert {k: r.get(timeout=TIMEOUT) for k, r in out.items()} == CANVAS_RESULTS, worker.log()
+    failing = chord([sig("interop.add", 1, 1), sig("interop.fail", "header boom")],
+                    sig("interop.collect")).apply_async()
+    stored = failing.get(timeout=TIMEOUT, propagate=False)
+    assert isinstance(stored, ChordError) and "header boom" in str(stored), worker.log()
+    with pytest.raises(ChordError, match="header boom"):
+        failing.get(timeout=TIMEOUT)

@@ -14,12 +14,14 @@ import celeriac
 
 PINNED_TOP_LEVEL = [
     "AsyncResult", "Celery", "EagerResult", "GroupResult", "ResultSet", "Signature", "Task",
-    "__version__", "current_app", "current_task", "get_current_app", "maybe_signature",
-    "shared_task", "signature", "states", "subtask",
+    "TaskSet", "TaskSetResult", "__version__", "chain", "chord", "chunks", "current_app",
+    "current_task", "get_current_app", "group", "maybe_signature", "shared_task", "signature",
+    "states", "subtask", "xmap", "xstarmap",
 ]
 
 CELERY_STYLE_IMPORTS = {
-    "celeriac.result": ["AsyncResult", "EagerResult", "GroupResult", "ResultSet"],
+    "celeriac.result": ["AsyncResult", "EagerResult", "GroupResult", "ResultSet",
+                        "TaskSetResult"],
     "celeriac.exceptions": [
         "Retry", "MaxRetriesExceededError", "TaskRevokedError", "NotRegistered", "Ignore", "Reject",
         "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLostError", "ChordError",
@@ -37,7 +39,8 @@ CELERY_STYLE_IMPORTS = {
     "celeriac.utils.log": ["get_task_logger", "get_logger"],
     "celeriac.states": ["PENDING", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED",
                         "READY_STATES"],
-    "celeriac.canvas": ["Signature", "signature", "subtask", "maybe_signature"],
+    "celeriac.canvas": ["Signature", "signature", "subtask", "maybe_signature", "chain", "group",
+                        "chord", "chunks", "xmap", "xstarmap", "TaskSet"],
 }
 
 

@@ -1,0 +1,121 @@
+"""Chords on the worker side: count each header result, fire the body exactly once.
+
+Layer: canvas (called when a header task ends). Every header task that finishes, whatever its
+state, adds ``[1, id, state, result]`` to the chord's join in the result store in one atomic step
+(``ResultBackend.chord_part_return``); the step that completes the count also takes the chord's
+dispatch claim, so exactly one worker reads the results (in header order) and sends the body.
+There is no unlock task polling for the header to finish, unlike Celery on non-Redis backends.
+
+If a header task failed, the body is not sent: it is marked FAILURE with ``ChordError``
+("Dependency <id> raised ..."), its errbacks run and its chain fails with it, as on Celery.
+
+Crash windows: a worker that dies after taking the claim but before sending the body leaves the
+claim to expire after ``CLAIM_TTL``; a redelivered copy of a header task (``acks_late``) counts
+nothing new but takes the expired claim and sends the body. With early acks nothing is
+redelivered, so such a body is not sent (the same limit as Celery's).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from ..backends.meta import exception_from_dict, exception_to_dict
+from ..exceptions import ChordError
+from .signature import maybe_signature
+
+if TYPE_CHECKING:
+    from ..app import Celery
+    from ..task import Context
+
+logger = logging.getLogger("celeriac.worker")
+
+#: seconds the worker that completed a chord holds the right to send its body
+CLAIM_TTL = 10.0
+#: seconds the "done" marker keeps late copies of header tasks from counting again
+DONE_TTL = 300.0
+
+
+def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -> None:
+    """Count one header result of ``request``'s chord; send the body if it was the last one."""
+    group_id, body = request.group, request.chord
+    if not group_id or body is None:
+        return
+    backend = app.backend
+    if not backend.persistent:
+        logger.error("Task %s[%s] is part of a chord, but no result backend is configured: the "
+                     "chord body will never run", request.task, request.id)
+        return
+    payload = exception_to_dict(result) if isinstance(result, BaseException) else result
+    entry = backend.encode([1, request.id, state, payload])
+    token = uuid.uuid4().hex
+    part = backend.chord_part_return(group_id, request.id, request.group_index, entry,
+                                     claim_token=token, claim_ttl=CLAIM_TTL)
+    if not part.claimed:
+        return
+    body = maybe_signature(body, app=app)
+    try:
+        try:
+            values = [_unpack(backend, raw) for raw in backend.chord_results(group_id)]
+        except ChordError as exc:
+            logger.error("Chord %s failed: %s", group_id, exc)
+            fail_body(app, body, exc)
+            return
+        try:
+            body.apply_async((values,), parent_id=request.id,
+                             root_id=request.root_id or request.id)
+        except Exception as exc:
+            logger.exception("Chord %s: sending its body failed", group_id)
+            fail_body(app, body, ChordError(f"Callback error: {exc!r}"))
+    finally:
+        if not backend.chord_cleanup(group_id, token, DONE_TTL):
+            logger.warning("Chord %s: the dispatch claim expired before the body was sent; "
+                           "its data is left to expire", group_id)
+
+
+def _unpack(backend: Any, raw: bytes) -> Any:
+    _, task_id, state, value = backend.decode(raw)
+    if state in states.PROPAGATE_STATES:
+        exc = exception_from_dict(value)
+        raise ChordError(f"Dependency {task_id} raised {exc!r}") from exc
+    return value
+
+
+def fail_body(app: "Celery", body: Any, exc: BaseException) -> None:
+    """The chord will not run its body: record that on the body's result (every member's, for
+    a group body; every step's, for a chain) and run its errbacks."""
+    from ..task import Context
+    from . import followups
+    from .primitives import chain, chord, group
+
+    body = maybe_signature(body, app=app)
+    if isinstance(body, group):
+        for member in body.tasks:
+            fail_body(app, member, exc)
+        return
+    if isinstance(body, chord):
+        fail_body(app, body.body, exc)
+        return
+    if isinstance(body, chain):
+        steps = [maybe_signature(s, app=app) for s in body.tasks]
+        if steps:
+            fail_body(app, steps[0], exc)
+            followups.fail_chain(app, steps[1:], exc, None)
+        return
+    options = body.options
+    task_id = options.get("task_id") or options.setdefault("task_id", str(uuid.uuid4()))
+    ctx = Context(id=task_id, task=body.task, args=body.args, kwargs=body.kwargs,
+                  group=options.get("group_id"), group_index=options.get("group_index"),
+                  chord=options.get("chord"), parent_id=options.get("parent_id"),
+                  root_id=options.get("root_id"), errbacks=_as_list(options.get("link_error")),
+                  chain=options.get("chain"),
+                  called_directly=False, is_eager=False, delivery_info={})
+    followups.on_failure(app, ctx, exc, None, store=True)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else list(value)

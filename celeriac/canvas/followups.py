@@ -1,0 +1,123 @@
+"""What a finished task sets in motion: link callbacks, the next chain step, its chord's join,
+and on failure the rest of its chain and its errbacks. Layer: canvas (called by the worker's
+executor, and by the consumer for tasks that end without running: revoked, timed out, lost).
+
+Everything a task sends from here goes through ``Signature.apply_async`` while the task's
+request is current, so it becomes one of the task's ``children`` and gets the task as parent.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from . import chords
+from .primitives import chain, chord, group
+from .signature import maybe_signature
+
+if TYPE_CHECKING:
+    from ..app import Celery
+    from ..task import Context, Task
+
+logger = logging.getLogger("celeriac.worker")
+
+
+def on_success(app: "Celery", ctx: "Context", retval: Any) -> None:
+    """Send the task's callbacks with ``retval`` prepended, then the next step of its chain
+    (which takes the remaining steps along, still in wire order: next step last)."""
+    for callback in ctx.callbacks or ():
+        _send(app, callback, (retval,), ctx)
+    if ctx.chain:
+        rest = list(ctx.chain)
+        _send(app, rest.pop(), (retval,), ctx, chain=rest)
+
+
+def _send(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", **options: Any) -> Any:
+    sig = maybe_signature(sig, app=app)
+    return sig.apply_async(prefix, parent_id=ctx.id, root_id=ctx.root_id or ctx.id, **options)
+
+
+def on_failure(app: "Celery", ctx: "Context", exc: BaseException, traceback: str | None, *,
+               store: bool, state: str = states.FAILURE, errbacks: bool = True) -> None:
+    """Record a failed (or revoked) task the way Celery does: its own state, its part in a chord,
+    the same failure for every later step of its chain (so whoever waits on the chain's result
+    learns of it), then its errbacks."""
+    if store:
+        if state == states.REVOKED:
+            app.backend.mark_as_revoked(ctx.id, str(exc.args[0]) if exc.args else "revoked",
+                                        request=ctx)
+        else:
+            app.backend.mark_as_failure(ctx.id, exc, traceback, request=ctx, state=state)
+    if ctx.chord:
+        chords.on_part_return(app, ctx, state, exc)
+    if state == states.REVOKED:
+        return
+    fail_chain(app, ctx.chain, exc, traceback)
+    if errbacks:
+        send_errbacks(app, ctx, exc, traceback)
+
+
+def fail_chain(app: "Celery", steps: Any, exc: BaseException, traceback: str | None) -> None:
+    """Mark every step that will now never run as failed with ``exc``; a step that belongs to a
+    chord header counts toward that chord (as failed), so the chord does not wait forever."""
+    from ..task import Context
+
+    pending = deque(maybe_signature(s, app=app) for s in steps or ())
+    persistent = app.backend.persistent
+    while pending:
+        step = pending.popleft()
+        if isinstance(step, chord):  # its header never runs; what waits on it waits on the body
+            if step.body is not None:
+                pending.append(step.body)
+            continue
+        if isinstance(step, (group, chain)):
+            pending.extend(maybe_signature(t, app=app) for t in step.tasks)
+            continue
+        options = step.options
+        task_id = options.get("task_id")
+        if not task_id:
+            continue
+        step_ctx = Context(id=task_id, task=step.task, args=step.args, kwargs=step.kwargs,
+                           group=options.get("group_id"), group_index=options.get("group_index"),
+                           chord=options.get("chord"), parent_id=options.get("parent_id"),
+                           root_id=options.get("root_id"), called_directly=False)
+        if persistent:
+            app.backend.mark_as_failure(task_id, exc, traceback, request=step_ctx)
+        if step_ctx.chord:
+            chords.on_part_return(app, step_ctx, states.FAILURE, exc)
+
+
+def send_errbacks(app: "Celery", ctx: "Context", exc: BaseException,
+                  traceback: str | None) -> None:
+    """New-style errbacks ``(request, exc, traceback)`` registered here run in this process, as
+    on Celery; the rest are sent as tasks with the failed task's id as their argument."""
+    for errback in ctx.errbacks or ():
+        sig = maybe_signature(errback, app=app)
+        try:
+            local = app.tasks.get(sig.task)
+            if local is not None and accepts_request_exc_tb(local, sig):
+                sig(ctx, exc, traceback)
+            else:
+                _send(app, sig, (ctx.id,), ctx)
+        except Exception:
+            logger.exception("errback %s of task %s[%s] failed", sig.task, ctx.task, ctx.id)
+
+
+def accepts_request_exc_tb(task: "Task", sig: Any = None) -> bool:
+    """Whether ``task`` still takes more than one positional argument once the errback
+    signature's own args and kwargs are bound (Celery's test for the new errback style)."""
+    fun = task.__wrapped__ or task.run
+    try:
+        params = list(inspect.signature(fun).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if task._bound and params:
+        params = params[1:]
+    if sig is not None and not sig.immutable:
+        params = params[len(sig.args):]
+        params = [p for p in params if p.name not in sig.kwargs]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > 1 or any(p.kind == p.VAR_POSITIONAL for p in params)

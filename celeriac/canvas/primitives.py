@@ -1,0 +1,760 @@
+"""Workflow primitives: ``chain``, ``group``, ``chord``, ``xmap``/``xstarmap`` and ``chunks``.
+
+Layer: canvas (client side; the worker uses the same classes when it applies a follow-up). Each
+is a Signature whose fields sit in ``kwargs`` exactly as Celery puts them (``kwargs.tasks``,
+``kwargs.header``/``body``...), so a canvas built here runs on a Celery worker and the reverse.
+On the wire (Celery's protocol 2): a chain sends its first task with the rest in ``embed.chain``,
+last step first; a group sends one message per member with ``group``/``group_index``; a chord
+writes the header's size to the result store (``set_chord_size``) before it sends the header,
+each header task carrying the body in ``embed.chord``. Ids are fixed ("frozen") before anything
+is sent, so the results handed back are valid at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from .. import _context
+from .signature import CLIENT_ONLY_OPTIONS, Signature, maybe_signature
+
+if TYPE_CHECKING:
+    from ..app import Celery
+    from ..result import AsyncResult, GroupResult
+
+#: plain group members are published in batches of this many (one broker round trip each), so
+#: a 10,000-task group never holds 10,000 encoded messages at once
+PUBLISH_BATCH = 500
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    return list(value)
+
+
+def _app_of(sig: Signature, app: "Celery | None" = None) -> "Celery":
+    """The signature's app, else the first one a member knows (a chain of ``add.s()`` calls
+    belongs to ``add``'s app), else the current app."""
+    found = app or sig._app or _member_app(sig)
+    if found is None:
+        return sig.app  # raises, naming the problem
+    sig._app = found
+    return found
+
+
+def _member_app(sig: Any) -> "Celery | None":
+    kwargs = sig.get("kwargs") or {}
+    members = list(kwargs.get("tasks") or ()) + [kwargs.get(k) for k in ("header", "body", "task")]
+    for member in members:
+        if isinstance(member, Signature):
+            found = member._app or _member_app(member)
+            if found is not None:
+                return found
+    return None
+
+
+def _is_empty_group(sig: Any) -> bool:
+    return isinstance(sig, group) and not sig.tasks
+
+
+def _eager(app: "Celery") -> bool:
+    return bool(app.conf.task_always_eager)
+
+
+# ---- chain --------------------------------------------------------------------------------------
+@Signature.register_type("chain")
+class chain(Signature):
+    """Tasks run one after the other, each receiving the previous one's result."""
+
+    def __init__(self, *tasks: Any, app: "Celery | None" = None, **options: Any) -> None:
+        if len(tasks) == 1 and not isinstance(tasks[0], dict):
+            tasks = tuple(tasks[0])  # chain([a, b]) or chain(generator)
+        Signature.__init__(self, "celery.chain", (), {"tasks": [maybe_signature(t, app=app)
+                                                               for t in tasks]},
+                           options, subtask_type="chain", app=app)
+
+    @classmethod
+    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "chain":
+        kwargs = data.get("kwargs") or {}
+        sig = cls(*(kwargs.get("tasks") or ()), app=app, **(data.get("options") or {}))
+        sig["args"] = tuple(data.get("args") or ())
+        sig["immutable"] = bool(data.get("immutable"))
+        return sig
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return self.kwargs["tasks"]
+
+    @tasks.setter
+    def tasks(self, value: Iterable[Any]) -> None:
+        self.kwargs["tasks"] = list(value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs) if self.tasks else None
+
+    def __or__(self, other: Any) -> Any:
+        if _is_empty_group(other):
+            return self
+        if isinstance(other, group):
+            other = other.unroll_single()
+        tasks = self.unchain_tasks()
+        if isinstance(other, chain):
+            result: Any = self
+            for task in other.unchain_tasks():
+                result = result | task
+            return result
+        if isinstance(other, group):
+            if not tasks:
+                return other
+            if isinstance(tasks[-1], chord):  # the group follows the chord's body
+                tasks[-1].body = tasks[-1].body | other
+                return chain(*tasks, app=self._app)
+            return chain(*tasks, other, app=self._app)
+        if isinstance(other, Signature):
+            if tasks and isinstance(tasks[-1], group):  # group | task: a chord
+                tasks[-1] = chord(tasks[-1], other, app=self._app)
+                return chain(*tasks, app=self._app)
+            if tasks and isinstance(tasks[-1], chord) and not isinstance(other, chord):
+                tasks[-1].body = tasks[-1].body | other
+                return chain(*tasks, app=self._app)
+            return chain(*tasks, other, app=self._app)
+        return NotImplemented
+
+    def unchain_tasks(self) -> list[Signature]:
+        """Copies of the steps; the chain's own ``link`` goes to the last step and its
+        ``link_error`` to every step (any of them may be the one that fails)."""
+        tasks = [maybe_signature(t, app=self._app).clone() for t in self.tasks]
+        if tasks:
+            for callback in _as_list(self.options.get("link")):
+                tasks[-1].link(callback)
+            for errback in _as_list(self.options.get("link_error")):
+                for task in tasks:
+                    task.link_error(errback)
+        return tasks
+
+    # ---- running ---------------------------------------------------------------------------
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+                    **options: Any) -> Any:
+        app = _app_of(self)
+        options = {k: v for k, v in options.items() if v is not None}
+        if _eager(app):
+            return self.apply(args, kwargs, **options)
+        # The chain's own kwargs hold its steps: call-time kwargs go to the first step only.
+        merged_args = self.args if self.immutable else tuple(args or ()) + self.args
+        # The chain's own link/link_error reach the steps through unchain_tasks; only those
+        # given to this call are added by run().
+        own = {k: v for k, v in self.options.items() if k not in ("link", "link_error")}
+        return self.run(merged_args, dict(kwargs or {}), app=app, **{**own, **options})
+
+    def run(self, args: tuple = (), kwargs: dict | None = None, *, app: "Celery",
+            task_id: str | None = None, group_id: str | None = None,
+            group_index: int | None = None, chord: Any = None, root_id: str | None = None,
+            parent_id: str | None = None, link: Any = None, link_error: Any = None,
+            chain: Any = None, **options: Any) -> Any:
+        """Freeze every step, then send the first with the others in its ``embed.chain``."""
+        for key in CLIENT_ONLY_OPTIONS:
+            options.pop(key, None)
+        steps = self._prepare_steps(args, kwargs or {}, app, tail=chain)
+        if not steps:
+            return None
+        results = _freeze_steps(steps, app, task_id=task_id, group_id=group_id,
+                                group_index=group_index, chord_body=chord, root_id=root_id)
+        for errback in _as_list(link_error):
+            for step in steps:
+                step.link_error(errback)
+        for callback in _as_list(link):
+            steps[-1].link(callback)
+        first, rest = steps[0], steps[1:]
+        wire_rest = [dict(step) for step in reversed(rest)]
+        first_options = dict(options)
+        if root_id:
+            first_options["root_id"] = root_id
+        if parent_id:
+            first_options["parent_id"] = parent_id
+        if wire_rest:
+            first_options["chain"] = wire_rest
+        sent = first.apply_async(**first_options)
+        return sent if not rest else results[-1]
+
+    def _prepare_steps(self, args: tuple, kwargs: dict, app: "Celery",
+                       tail: Any = None) -> list[Signature]:
+        """The steps to run, flat: nested chains spliced in, one-member groups unrolled, empty
+        groups dropped, and a group followed by another step turned into a chord (Celery's
+        rules). ``tail`` is the rest of an enclosing chain, in wire order (last step first)."""
+        pending = self.unchain_tasks() + [maybe_signature(s, app=app) for s in
+                                          reversed(_as_list(tail))]
+        steps: list[Signature] = []
+        while pending:
+            step = pending.pop(0)
+            if isinstance(step, chain):
+                pending[0:0] = step.unchain_tasks()
+                continue
+            if isinstance(step, group):
+                step = step.unroll_single()
+                if _is_empty_group(step) and (pending or steps):
+                    continue
+            steps.append(step)
+        merged: list[Signature] = []
+        for step in steps:
+            if merged and isinstance(merged[-1], group):  # group | next: a chord
+                merged[-1] = chord(merged.pop(), step, app=app)
+                continue
+            merged.append(step)
+        if merged and (args or kwargs):
+            merged[0] = merged[0].clone(args, kwargs)
+        return merged
+
+    def freeze(self, _id: str | None = None, group_id: str | None = None,
+               chord: Any = None, root_id: str | None = None, parent_id: str | None = None,
+               group_index: int | None = None) -> Any:
+        app = _app_of(self)
+        steps = self._prepare_steps(self.args, {}, app)
+        # The steps now hold the partial args and the chain's link/link_error: not twice.
+        self.tasks, self["args"] = steps, ()
+        self.options.pop("link", None)
+        self.options.pop("link_error", None)
+        results = _freeze_steps(steps, app, task_id=_id, group_id=group_id,
+                                group_index=group_index, chord_body=chord, root_id=root_id)
+        return results[-1] if results else None
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+              **options: Any) -> Any:
+        """Run every step here, in order (``task_always_eager``)."""
+        app = _app_of(self)
+        steps = self._prepare_steps(tuple(args or ()), dict(kwargs or {}), app)
+        last = None
+        for step in steps:
+            result = step.apply((last.get(),) if last is not None else None,
+                                **{**self.options, **options})
+            result.parent, last = last, result
+        return last
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(t) for t in self.tasks) if self.tasks else "chain()"
+
+
+def _freeze_steps(steps: list[Signature], app: "Celery", *, task_id: str | None,
+                  group_id: str | None, group_index: int | None, chord_body: Any,
+                  root_id: str | None) -> list[Any]:
+    """Fix every step's id; the last step stands for the whole chain (its id, and its place in
+    an enclosing group or chord). Each result's parent is the step before."""
+    results: list[Any] = [None] * len(steps)
+    for index in range(len(steps) - 1, -1, -1):
+        step = steps[index]
+        if index == len(steps) - 1:
+            results[index] = step.freeze(task_id, group_id=group_id, chord=chord_body,
+                                         root_id=root_id, group_index=group_index)
+        else:
+            results[index] = step.freeze(root_id=root_id)
+    for index in range(1, len(results)):
+        node = results[index]
+        while node is not None and node.parent is not None:  # a chord's result tree
+            node = node.parent
+        if node is not None and node is not results[index - 1]:
+            node.parent = results[index - 1]
+    return results
+
+
+# ---- group --------------------------------------------------------------------------------------
+@Signature.register_type("group")
+class group(Signature):
+    """Tasks run in parallel; their results come back as one GroupResult, in call order."""
+
+    def __init__(self, *tasks: Any, app: "Celery | None" = None, **options: Any) -> None:
+        if len(tasks) == 1:
+            only = tasks[0]
+            if isinstance(only, group):
+                tasks = tuple(only.tasks)
+            elif isinstance(only, dict):
+                tasks = (maybe_signature(only, app=app).clone(),)
+            else:
+                tasks = tuple(only)  # a list or a generator of signatures
+        Signature.__init__(self, "celery.group", (), {"tasks": [maybe_signature(t, app=app)
+                                                               for t in tasks]},
+                           options, subtask_type="group", app=app)
+
+    @classmethod
+    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "group":
+        kwargs = data.get("kwargs") or {}
+        sig = cls(list(kwargs.get("tasks") or ()), app=app, **(data.get("options") or {}))
+        sig["args"] = tuple(data.get("args") or ())
+        sig["immutable"] = bool(data.get("immutable"))
+        return sig
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return self.kwargs["tasks"]
+
+    @tasks.setter
+    def tasks(self, value: Iterable[Any]) -> None:
+        self.kwargs["tasks"] = list(value)
+
+    def __len__(self) -> int:  # Celery's group: the number of tasks, not of dict keys
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[Signature]:
+        return iter(self.tasks)
+
+    def __call__(self, *args: Any, **options: Any) -> Any:
+        return self.apply_async(args, **options)
+
+    def __or__(self, other: Any) -> Any:
+        if _is_empty_group(other):
+            return self
+        return chord(self, body=other, app=self._app)
+
+    def unroll_single(self) -> Signature:
+        """A group of one task is that task (with the group's options)."""
+        if len(self.tasks) != 1:
+            return self
+        only = maybe_signature(self.tasks[0], app=self._app).clone()
+        for key, value in self.options.items():
+            only.options.setdefault(key, value)
+        return only
+
+    def set_immutable(self, immutable: bool) -> None:
+        for task in self.tasks:
+            task.set_immutable(immutable)
+
+    def link(self, callback: Signature) -> Signature:
+        # Runs after the first member only (Celery's behaviour), so it gets no result: use a
+        # chord to run something after every member.
+        return self.tasks[0].link(maybe_signature(callback).clone().set(immutable=True))
+
+    def link_error(self, errback: Signature) -> Any:
+        errback = maybe_signature(errback)
+        return tuple(task.link_error(errback.clone()) for task in self.tasks)
+
+    # ---- running ---------------------------------------------------------------------------
+    def _members(self, app: "Celery") -> list[Signature]:
+        """Copies of the members with nested groups flattened (their tasks count one by one)."""
+        members: list[Signature] = []
+        pending = [maybe_signature(t, app=app) for t in self.tasks]
+        while pending:
+            member = pending.pop(0).clone()
+            if isinstance(member, group):
+                pending[0:0] = [maybe_signature(t, app=app) for t in member.tasks]
+            elif isinstance(member, chain) and not member.tasks:
+                continue
+            else:
+                members.append(member)
+        return members
+
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+                    add_to_parent: bool = True, link: Any = None, link_error: Any = None,
+                    **options: Any) -> Any:
+        if link is not None:
+            raise TypeError("Cannot add link to group: use a chord")
+        if link_error is not None:
+            raise TypeError("Cannot add link_error to group: do that on the member tasks")
+        app = _app_of(self)
+        options = {k: v for k, v in options.items() if v is not None}
+        if _eager(app):
+            return self.apply(args, kwargs, **options)
+        merged = {**self.options, **options}
+        for key in CLIENT_ONLY_OPTIONS:
+            merged.pop(key, None)
+        merged.pop("chain", None)  # a group never carries an enclosing chain to its members
+        group_id = merged.pop("task_id", None) or _uuid()
+        merged.pop("group_id", None)
+        merged.pop("group_index", None)
+        body = merged.pop("chord", None)
+        result = self._send(app, tuple(args or ()), dict(kwargs or {}), group_id, body, merged)
+        if add_to_parent:
+            _add_to_parent(result)
+        return result
+
+    def _send(self, app: "Celery", args: tuple, kwargs: dict, group_id: str, body: Any,
+              options: dict) -> "GroupResult":
+        from ..result import GroupResult
+
+        publisher = _Publisher(app)
+        results = []
+        root_id = options.get("root_id")
+        for index, member in enumerate(self._members(app)):
+            if (args or kwargs) and not member.immutable:
+                member = member.clone(args, kwargs)
+            if type(member) is Signature:
+                results.append(member.freeze(group_id=group_id, group_index=index, chord=body,
+                                             root_id=root_id))
+                publisher.add(member, options)
+            else:
+                publisher.flush()  # keep the publishing order the call order
+                results.append(member.apply_async(group_id=group_id, group_index=index,
+                                                  chord=body, add_to_parent=False, **options))
+        publisher.flush()
+        return GroupResult(group_id, results, app=app)
+
+    def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
+               root_id: str | None = None, parent_id: str | None = None,
+               group_index: int | None = None) -> "GroupResult":
+        from ..result import GroupResult
+
+        app = _app_of(self)
+        opts = self.options
+        gid = opts.setdefault("task_id", _id or _uuid())
+        if group_id:
+            opts["group_id"] = group_id
+        if chord is not None:
+            opts["chord"] = chord
+        if group_index is not None:
+            opts["group_index"] = group_index
+        members = self._members(app)
+        results = [m.freeze(group_id=gid, group_index=i, chord=chord, root_id=root_id,
+                            parent_id=parent_id) for i, m in enumerate(members)]
+        self.tasks = members
+        return GroupResult(gid, results, app=app)
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+              **options: Any) -> "GroupResult":
+        from ..result import GroupResult
+
+        app = _app_of(self)
+        group_id = options.pop("task_id", None) or self.options.get("task_id") or _uuid()
+        for key in ("chord", "chain", "group_id", "group_index"):
+            options.pop(key, None)
+        return GroupResult(group_id, [m.apply(args, kwargs, **options)
+                                      for m in self._members(app)], app=app)
+
+    def __repr__(self) -> str:
+        return f"group({list(self.tasks)!r})" if self.tasks else "group(<empty>)"
+
+
+# ---- chord --------------------------------------------------------------------------------------
+@Signature.register_type("chord")
+class chord(Signature):
+    """A group (the header) whose results, in header order, go to one more task (the body)."""
+
+    def __init__(self, header: Any, body: Any = None, task: str = "celery.chord",
+                 args: Iterable[Any] | None = None, kwargs: dict | None = None,
+                 app: "Celery | None" = None, **options: Any) -> None:
+        fields = dict(kwargs) if kwargs else {"kwargs": {}}
+        header_sig = header if isinstance(header, group) else (
+            maybe_signature(header, app=app) if isinstance(header, dict) else group(header, app=app))
+        if not isinstance(header_sig, group):  # a single task, or a chain, as the whole header
+            header_sig = group([header_sig], app=app)
+        fields.update(header=header_sig, body=maybe_signature(body, app=app))
+        Signature.__init__(self, task, args, fields, options, subtask_type="chord", app=app)
+
+    @classmethod
+    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "chord":
+        kwargs = dict(data.get("kwargs") or {})
+        header, body = kwargs.pop("header", None), kwargs.pop("body", None)
+        sig = cls(header or [], body, args=data.get("args"), kwargs=kwargs or None, app=app,
+                  **(data.get("options") or {}))
+        sig["immutable"] = bool(data.get("immutable"))
+        return sig
+
+    @property
+    def tasks(self) -> "group":
+        return self.kwargs["header"]
+
+    header = tasks
+
+    @property
+    def body(self) -> Signature | None:
+        return self.kwargs.get("body")
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self.kwargs["body"] = maybe_signature(value, app=self._app)
+
+    def __call__(self, body: Any = None, **options: Any) -> Any:
+        return self.apply_async((), {"body": body} if body else {}, **options)
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, group) and len(other.tasks) == 1:
+            other = other.unroll_single()
+        if isinstance(other, Signature) and not isinstance(other, (group, chain)):
+            new = self.clone()
+            new.body = new.body | other
+            return new
+        return Signature.__or__(self, other)
+
+    def link(self, callback: Signature) -> Signature:
+        self.body.link(callback)
+        return callback
+
+    def link_error(self, errback: Signature) -> Signature:
+        # The body is what fails when a header task fails (ChordError), so it holds the errback.
+        self.body.link_error(errback)
+        return errback
+
+    def set_immutable(self, immutable: bool) -> None:
+        self.tasks.set_immutable(immutable)
+
+    def __length_hint__(self) -> int:
+        return chord_size(self.tasks)
+
+    # ---- running ---------------------------------------------------------------------------
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+                    task_id: str | None = None, **options: Any) -> Any:
+        app = _app_of(self)
+        options = {k: v for k, v in options.items() if v is not None}
+        kwargs = dict(kwargs or {})
+        body = kwargs.pop("body", None) or self.body
+        if body is None:
+            raise TypeError("a chord needs a body: chord(header)(body) or chord(header, body)")
+        args = tuple(args or ())
+        if not self.immutable:
+            args = args + self.args
+        else:
+            args = self.args
+        if _eager(app):
+            return self.apply(args, kwargs, body=body, **options)
+        merged = {**self.options, **options}
+        # A chord's own task_id is its header group's id (Celery's layout); ``task_id`` given
+        # to this call is the body's.
+        header_id = merged.pop("task_id", None)
+        return self.run(self.tasks, maybe_signature(body, app=app).clone(), args, app=app,
+                        task_id=task_id, header_id=header_id, kwargs=kwargs, **merged)
+
+    def run(self, header: "group", body: Signature, partial_args: tuple, *, app: "Celery",
+            task_id: str | None = None, header_id: str | None = None,
+            kwargs: dict | None = None,
+            group_id: str | None = None, group_index: int | None = None, chord: Any = None,
+            chain: Any = None, link: Any = None, link_error: Any = None,
+            parent_id: str | None = None, root_id: str | None = None,
+            **options: Any) -> Any:
+        for key in CLIENT_ONLY_OPTIONS:
+            options.pop(key, None)
+        add_to_parent = options.pop("add_to_parent", True)
+        header = maybe_signature(header, app=app).clone()
+        header_id = header.options.get("task_id") or header_id or _uuid()
+        header.options["task_id"] = header_id
+        if chain:  # the rest of an enclosing chain continues after the body
+            body = chain_from_tail(body, chain, app)
+        for callback in _as_list(link):
+            body.link(callback)
+        for errback in _as_list(link_error):
+            body.link_error(errback)
+        if group_id:  # this chord is itself a member of a group (or of an outer chord's header)
+            body.options.setdefault("group_id", group_id)
+            if group_index is not None:
+                body.options.setdefault("group_index", group_index)
+            if chord is not None:
+                body.options["chord"] = chord
+        for key, value in options.items():  # queue, priority...: the body goes the same way
+            body.options.setdefault(key, value)
+        body_result = body.freeze(task_id or body.options.get("task_id") or _uuid(),
+                                  group_id=header_id, root_id=root_id)
+        size = chord_size(header)
+        header_options = dict(options)
+        if root_id:
+            header_options["root_id"] = root_id
+        if parent_id:
+            header_options["parent_id"] = parent_id
+        if size == 0:  # nothing will ever count: the body runs now, on an empty list
+            from ..result import GroupResult
+
+            body.apply_async(([],), parent_id=parent_id, root_id=root_id)
+            header_result = GroupResult(header_id, [], app=app)
+        else:
+            # Written before any header task is sent, so the last one to finish always sees it.
+            app.backend.set_chord_size(header_id, size)
+            header_result = header.apply_async(partial_args, kwargs, task_id=header_id,
+                                               chord=body, add_to_parent=False,
+                                               **header_options)
+        _root_of(body_result).parent = header_result
+        if add_to_parent:
+            _add_to_parent(body_result)
+        return body_result
+
+    def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
+               root_id: str | None = None, parent_id: str | None = None,
+               group_index: int | None = None) -> Any:
+        header = self.tasks
+        header_result = header.freeze(parent_id=parent_id, root_id=root_id, chord=self.body)
+        self.options["task_id"] = header_result.id  # where Celery looks for the header's id
+        body_result = self.body.freeze(_id, group_id=group_id or header_result.id,
+                                       chord=chord, root_id=root_id, group_index=group_index)
+        if group_id is not None:
+            self.body.options["group_id"] = group_id
+        _root_of(body_result).parent = header_result
+        return body_result
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+              propagate: bool = True, body: Any = None, **options: Any) -> Any:
+        body = maybe_signature(body, app=self._app) if body is not None else self.body
+        header_result = self.tasks.clone().apply(args, kwargs)
+        return body.apply((header_result.get(propagate=propagate),))
+
+    def __repr__(self) -> str:
+        return f"chord({self.tasks!r}, {self.body!r})"
+
+
+def chord_size(sig: Any) -> int:
+    """How many results a chord with this header waits for: a member task counts 1, a group
+    the sum of its members, a chain its last step, a chord its body (Celery's rule)."""
+    sig = maybe_signature(sig)
+    if isinstance(sig, group):
+        return sum(chord_size(t) for t in sig.tasks)
+    if isinstance(sig, chain):
+        for step in reversed(sig.tasks):
+            size = chord_size(step)
+            if size:
+                return size
+        return 0
+    if isinstance(sig, chord):
+        return chord_size(sig.body)
+    return 1
+
+
+def chain_from_tail(first: Signature, tail: Any, app: "Celery") -> Signature:
+    """``first`` followed by the steps of an enclosing chain's ``embed.chain`` (wire order)."""
+    rest = [maybe_signature(s, app=app) for s in reversed(_as_list(tail))]
+    return chain(first, *rest, app=app) if rest else first
+
+
+def _root_of(result: Any) -> Any:
+    node = result
+    while node.parent is not None:
+        node = node.parent
+    return node
+
+
+# ---- map, starmap, chunks -----------------------------------------------------------------------
+class _basemap(Signature):
+    _task_name = ""
+    _type_name = ""
+
+    def __init__(self, task: Any, it: Iterable[Any], app: "Celery | None" = None,
+                 **options: Any) -> None:
+        Signature.__init__(self, self._task_name, (),
+                           {"task": maybe_signature(task, app=app), "it": list(it)}, options,
+                           subtask_type=self._type_name, immutable=True, app=app)
+
+    @classmethod
+    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "_basemap":
+        kwargs = data.get("kwargs") or {}
+        return cls(kwargs["task"], kwargs.get("it") or (), app=app, **(data.get("options") or {}))
+
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+                    **options: Any) -> Any:
+        options = {k: v for k, v in options.items() if v is not None}
+        _, _, merged = self._merge(options=options)
+        for key in CLIENT_ONLY_OPTIONS:
+            merged.pop(key, None)
+        task = maybe_signature(self.kwargs["task"], app=self._app)
+        app = _app_of(self)
+        # Routed as the mapped task would be (task_routes, its queue), as Celery does.
+        return app.tasks[self._task_name].apply_async(
+            (), {"task": task, "it": list(self.kwargs["it"])}, route_name=task.task, **merged)
+
+
+@Signature.register_type("xmap")
+class xmap(_basemap):
+    """One task called once per item, in one message (``task.map(items)``)."""
+
+    _task_name = "celery.map"
+    _type_name = "xmap"
+
+    def __repr__(self) -> str:
+        return f"[{self.kwargs['task'].task}(x) for x in {self.kwargs['it']!r:.100}]"
+
+
+@Signature.register_type("xstarmap")
+class xstarmap(_basemap):
+    """One task called once per argument tuple, in one message (``task.starmap(items)``)."""
+
+    _task_name = "celery.starmap"
+    _type_name = "xstarmap"
+
+    def __repr__(self) -> str:
+        return f"[{self.kwargs['task'].task}(*x) for x in {self.kwargs['it']!r:.100}]"
+
+
+@Signature.register_type("chunks")
+class chunks(Signature):
+    """Items split into chunks of ``n``: a group of ``celery.starmap`` messages."""
+
+    def __init__(self, task: Any, it: Iterable[Any], n: int, app: "Celery | None" = None,
+                 **options: Any) -> None:
+        if int(n) < 1:
+            raise ValueError(f"chunks: n must be at least 1, got {n!r}")
+        Signature.__init__(self, "celery.chunks", (),
+                           {"task": maybe_signature(task, app=app), "it": list(it), "n": int(n)},
+                           options, subtask_type="chunks", immutable=True, app=app)
+
+    @classmethod
+    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "chunks":
+        kwargs = data.get("kwargs") or {}
+        return cls(kwargs["task"], kwargs.get("it") or (), kwargs["n"], app=app,
+                   **(data.get("options") or {}))
+
+    def __call__(self, **options: Any) -> Any:
+        return self.apply_async(**options)
+
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+                    **options: Any) -> Any:
+        return self.group().apply_async(args, kwargs, **{**self.options, **options})
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
+              **options: Any) -> Any:
+        return self.group().apply(args, kwargs, **options)
+
+    def group(self) -> group:
+        task, items, size = self.kwargs["task"], list(self.kwargs["it"]), self.kwargs["n"]
+        parts = [items[i:i + size] for i in range(0, len(items), size)]
+        return group([xstarmap(task, part, app=self._app) for part in parts], app=self._app)
+
+    def __repr__(self) -> str:
+        return f"{self.kwargs['task'].task}.chunks({len(self.kwargs['it'])} items, n={self.kwargs['n']})"
+
+
+# ---- sending helpers ----------------------------------------------------------------------------
+class _Publisher:
+    """Collects plain member calls and publishes them in batches (``producer.send_many``)."""
+
+    def __init__(self, app: "Celery") -> None:
+        self.app = app
+        self.calls: list[tuple[str, tuple, dict, dict]] = []
+        parent = _context.current_worker_request()
+        self.parent = parent
+
+    def add(self, sig: Signature, options: dict) -> None:
+        merged = {**options, **sig.options}  # the member's own options (its id) win
+        for key in CLIENT_ONLY_OPTIONS:
+            merged.pop(key, None)
+        merged.pop("add_to_parent", None)
+        task = self.app.tasks.get(sig.task)
+        if task is not None:
+            if task.typing:
+                task._check_arguments(sig.args, sig.kwargs)
+            merged["_task"] = task
+        if self.parent is not None:
+            merged.setdefault("parent_id", self.parent.id)
+            merged.setdefault("root_id", self.parent.root_id or self.parent.id)
+        self.calls.append((sig.task, sig.args, sig.kwargs, merged))
+        if len(self.calls) >= PUBLISH_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.calls:
+            calls, self.calls = self.calls, []
+            self.app.producer.send_many(calls)
+
+
+def _add_to_parent(result: Any) -> None:
+    """A workflow started from inside a running task is one of that task's children (its
+    stored result lists it, as Celery's does)."""
+    request = _context.current_worker_request()
+    if request is not None:
+        request.add_child(result)
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while True:
+        part = list(itertools.islice(iterator, size))
+        if not part:
+            return
+        yield part

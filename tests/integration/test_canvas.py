@@ -1,0 +1,267 @@
+"""Workflows end to end: chain, group, chord, map/starmap/chunks, nesting, failures and the
+TaskSet API, run by a real prefork worker on the embedded SQLite broker and on a real Redis.
+
+One worker per broker serves the whole module (starting one per test would cost more than the
+tests). Every test builds its canvas with the public API, as a Celery user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import pytest
+
+from celeriac import GroupResult, TaskSet, TaskSetResult, chain, chord, group, states, subtask
+from celeriac.exceptions import ChordError, TaskRevokedError
+from tests.conftest import WorkerProcess, private_redis_db, require_redis
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 30.0
+#: Redis databases for this module (worker tests use 1-4, contract 9-10, interop 12-15)
+CANVAS_DBS = (5, 6)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def canvas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[SimpleNamespace]:
+    """The client app, its tasks module and a running ``-P prefork -c 2`` worker."""
+    from tests.integration import canvas_tasks
+
+    tmp = tmp_path_factory.mktemp(f"canvas-{request.param}")
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp / 'celeriac.db'}"
+        else:
+            url = stack.enter_context(private_redis_db(require_redis(), CANVAS_DBS))
+        app = canvas_tasks.app
+        app.conf.update(broker_url=url, result_backend=url)
+        app.close()
+        worker = WorkerProcess("tests.integration.canvas_tasks", url, tmp / "worker.log",
+                               "-P", "prefork", "-c", "2")
+        try:
+            worker.wait_ready()
+            yield SimpleNamespace(app=app, t=canvas_tasks, worker=worker, tmp=tmp)
+        finally:
+            worker.stop()
+            app.close()
+            app.conf.update(broker_url=None, result_backend=None)
+
+
+def _wait_for_lines(path: Path, count: int, timeout: float = TIMEOUT) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"{path} has {lines!r}, expected {count} line(s)")
+
+
+# ---- chain ---------------------------------------------------------------------------------------
+def test_chain_passes_each_result_on_and_links_parents(canvas):
+    t = canvas.t
+    result = (t.add.s(2, 2) | t.add.s(4) | t.mul.s(10)).apply_async()
+    assert result.get(timeout=TIMEOUT) == 80
+    assert result.parent.get(timeout=TIMEOUT) == 8
+    assert result.parent.parent.get(timeout=TIMEOUT) == 4
+    assert result.parent.parent.parent is None
+    # partial args go to the first step; an immutable step ignores the previous result
+    assert chain(t.add.s(1), t.add.si(5, 5), t.add.s(1))(1).get(timeout=TIMEOUT) == 11
+
+
+def test_chain_steps_see_root_and_parent_and_list_their_children(canvas):
+    t = canvas.t
+    last = (t.lineage.s() | t.lineage.s() | t.lineage.s())()
+    steps = [last.parent.parent, last.parent, last]
+    seen = [step.get(timeout=TIMEOUT) for step in steps]
+    assert [s["id"] for s in seen] == [step.id for step in steps]
+    assert [s["root_id"] for s in seen] == [steps[0].id] * 3
+    assert [s["parent_id"] for s in seen] == [None, steps[0].id, steps[1].id]
+    assert steps[0].children == [steps[1]] and steps[1].children == [steps[2]]
+
+
+def test_tasks_sent_from_a_task_are_its_children(canvas):
+    result = canvas.t.spawn_children.delay(3)
+    ids = result.get(timeout=TIMEOUT)
+    assert [child.id for child in result.children] == ids
+    for child in result.children:
+        seen = child.get(timeout=TIMEOUT)
+        assert (seen["parent_id"], seen["root_id"]) == (result.id, result.id)
+
+
+# ---- group ---------------------------------------------------------------------------------------
+def test_group_results_come_back_in_call_order(canvas):
+    t = canvas.t
+    # the first member is the slowest, so completion order is the reverse of call order
+    g = group(t.slow_identity.s(i, 0.1 * (4 - i)) for i in range(5))()
+    assert isinstance(g, GroupResult) and len(g) == 5
+    assert g.get(timeout=TIMEOUT) == [0, 1, 2, 3, 4]
+    assert g.ready() and g.successful() and not g.failed() and not g.waiting()
+    assert g.completed_count() == 5
+    assert sorted(g.iterate(timeout=TIMEOUT)) == [0, 1, 2, 3, 4]
+    g.save()
+    restored = GroupResult.restore(g.id, app=canvas.app)
+    assert [r.id for r in restored] == [r.id for r in g]
+    assert restored.join(timeout=TIMEOUT) == [0, 1, 2, 3, 4]
+    g.delete()
+    assert GroupResult.restore(g.id, app=canvas.app) is None
+
+
+def test_group_iterate_yields_results_as_they_finish(canvas):
+    t = canvas.t
+    g = group(t.slow_identity.s("slow", 1.0), t.slow_identity.s("fast", 0.0))()
+    assert list(g.iterate(timeout=TIMEOUT)) == ["fast", "slow"]
+
+
+def test_group_propagate_false_gathers_exceptions(canvas):
+    t = canvas.t
+    g = group(t.add.s(1, 1), t.fail.s(message="second"), t.add.s(2, 2))()
+    values = g.get(timeout=TIMEOUT, propagate=False)
+    assert values[0] == 2 and values[2] == 4
+    assert isinstance(values[1], ValueError) and values[1].args == ("second",)
+    assert g.failed() and not g.successful() and g.completed_count() == 2
+    with pytest.raises(ValueError, match="second"):
+        g.get(timeout=TIMEOUT)
+
+
+def test_revoking_a_group_revokes_what_has_not_started(canvas):
+    t = canvas.t
+    g = group(t.slow_identity.s(i, 0.5) for i in range(8))()
+    g.revoke()
+    values = g.get(timeout=TIMEOUT, propagate=False)
+    revoked = [v for v in values if isinstance(v, TaskRevokedError)]
+    assert revoked, values  # two worker slots: most of the eight never started
+    assert all(v in range(8) for v in values if not isinstance(v, TaskRevokedError))
+    states_seen = {r.state for r in g}
+    assert states.REVOKED in states_seen and states_seen <= {states.REVOKED, states.SUCCESS}
+
+
+# ---- chord ---------------------------------------------------------------------------------------
+def test_chord_body_gets_the_header_results_in_header_order(canvas):
+    t = canvas.t
+    header = [t.slow_identity.s(i, 0.05 * (5 - i)) for i in range(6)]
+    result = chord(header)(t.collect.s())
+    assert result.get(timeout=TIMEOUT) == [0, 1, 2, 3, 4, 5]
+    assert isinstance(result.parent, GroupResult)
+    assert result.parent.get(timeout=TIMEOUT) == [0, 1, 2, 3, 4, 5]
+    assert chord(header, t.xsum.s()).apply_async().get(timeout=TIMEOUT) == 15
+    assert (group(header) | t.xsum.s())().get(timeout=TIMEOUT) == 15
+
+
+def test_chord_body_runs_exactly_once(canvas, tmp_path):
+    t = canvas.t
+    ledger = tmp_path / "bodies"
+    body = t.record.s(path=str(ledger))
+    result = chord([t.identity.s(i) for i in range(40)], body)()
+    assert result.get(timeout=TIMEOUT) == list(range(40))
+    time.sleep(0.5)  # a second body run, if any, would land by now
+    assert _wait_for_lines(ledger, 1) == [f"old {list(range(40))}"]
+
+
+def test_a_failed_header_task_fails_the_body_with_chord_error(canvas, tmp_path):
+    t = canvas.t
+    ledger = tmp_path / "errbacks"
+    body = t.xsum.s()
+    body.link_error(t.record.s(path=str(ledger)))
+    result = chord([t.add.s(1, 1), t.fail.s(message="header"), t.add.s(2, 2)], body)()
+    stored = result.get(timeout=TIMEOUT, propagate=False)
+    assert isinstance(stored, ChordError) and result.state == states.FAILURE
+    with pytest.raises(ChordError, match=r"Dependency .* raised ValueError\('header'\)"):
+        result.get(timeout=TIMEOUT)  # once the body has failed, its own error is the answer
+    assert _wait_for_lines(ledger, 1) == [f"old {result.id}"]
+    header = result.parent.get(timeout=TIMEOUT, propagate=False)
+    assert header[0] == 2 and isinstance(header[1], ValueError) and header[2] == 4
+
+
+def test_a_big_chord(canvas):
+    t = canvas.t
+    result = chord([t.identity.s(i) for i in range(600)], t.xsum.s())()
+    assert result.get(timeout=60) == sum(range(600))
+
+
+# ---- nesting -------------------------------------------------------------------------------------
+def test_a_chain_inside_a_group(canvas):
+    t = canvas.t
+    g = group(t.add.s(1, 1) | t.mul.s(10), t.add.s(2, 2))()
+    assert g.get(timeout=TIMEOUT) == [20, 4]
+
+
+def test_a_group_inside_a_chain_becomes_a_chord(canvas):
+    t = canvas.t
+    result = (t.add.s(1, 1) | group(t.add.s(10), t.add.s(20)) | t.xsum.s())()
+    assert result.get(timeout=TIMEOUT) == 12 + 22
+    # a group as the chain's last step: the chain's result is the group's
+    tail = (t.add.s(1, 1) | group(t.add.s(1), t.add.s(2)))()
+    assert tail.get(timeout=TIMEOUT) == [3, 4]
+
+
+def test_a_chord_inside_a_chain(canvas):
+    t = canvas.t
+    result = (t.add.s(1, 1) | chord([t.add.s(1), t.add.s(2)], t.xsum.s()) | t.mul.s(10))()
+    assert result.get(timeout=TIMEOUT) == 70
+
+
+def test_chords_and_groups_inside_a_chord_header(canvas):
+    t = canvas.t
+    inner = chord([t.add.s(1, 1), t.add.s(2, 2)], t.xsum.s())
+    assert chord([inner, t.add.s(10, 10)], t.collect.s())().get(timeout=TIMEOUT) == [6, 20]
+    flattened = chord([group(t.identity.s(1), t.identity.s(2)), t.identity.s(3)], t.collect.s())
+    assert flattened().get(timeout=TIMEOUT) == [1, 2, 3]
+    with_chain = chord([t.add.s(1, 1) | t.mul.s(3), t.identity.s(7)], t.collect.s())
+    assert with_chain().get(timeout=TIMEOUT) == [6, 7]
+
+
+# ---- map, starmap, chunks ------------------------------------------------------------------------
+def test_map_starmap_and_chunks(canvas):
+    t = canvas.t
+    assert t.identity.map([1, 2, 3]).delay().get(timeout=TIMEOUT) == [1, 2, 3]
+    assert t.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=TIMEOUT) == [3, 7]
+    chunked = t.add.chunks(zip(range(10), range(10)), 4)()
+    assert chunked.get(timeout=TIMEOUT) == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]
+    as_group = t.add.chunks(zip(range(4), range(4)), 2).group()
+    assert len(as_group) == 2
+    assert as_group.apply_async().get(timeout=TIMEOUT) == [[0, 2], [4, 6]]
+
+
+# ---- failures in a chain -------------------------------------------------------------------------
+def test_a_failure_stops_the_chain_and_reaches_its_errbacks_and_its_result(canvas, tmp_path):
+    t = canvas.t
+    ledger = tmp_path / "errbacks"
+    steps = chain(t.add.s(1, 1), t.fail.s(message="midway"), t.add.s(5), t.add.s(6))
+    steps.link_error(t.record.s(path=str(ledger)))
+    steps.link_error(t.record_new_style.s(path=str(ledger)))
+    last = steps.apply_async()
+    with pytest.raises(ValueError, match="midway"):
+        last.get(timeout=TIMEOUT)
+    never_ran, failed, first = last.parent, last.parent.parent, last.parent.parent.parent
+    assert [last.state, never_ran.state, failed.state] == [states.FAILURE] * 3
+    assert first.get(timeout=TIMEOUT) == 2
+    lines = sorted(_wait_for_lines(ledger, 2))
+    assert lines == [f"new {failed.id} ValueError", f"old {failed.id}"]
+
+
+def test_a_failure_before_a_chord_fails_the_chord_body(canvas):
+    t = canvas.t
+    last = (t.fail.s(message="first") | chord([t.add.s(1), t.add.s(2)], t.xsum.s()))()
+    with pytest.raises(ValueError, match="first"):
+        last.get(timeout=TIMEOUT)
+
+
+# ---- Celery 2's TaskSet --------------------------------------------------------------------------
+def test_taskset_and_the_subtask_callback_pattern(canvas):
+    t = canvas.t
+    result = TaskSet(tasks=[t.add.s(i, i) for i in range(4)]).apply_async()
+    assert isinstance(result, TaskSetResult) and result.total == 4
+    assert result.join(timeout=TIMEOUT) == [0, 2, 4, 6]
+    assert result.successful() and result.ready() and not result.failed()
+    assert not result.waiting() and result.completed_count() == 4
+    assert sorted(result.iterate(timeout=TIMEOUT)) == [0, 2, 4, 6]
+    assert [r.id for r in result.subtasks] == [r.id for r in result.itersubtasks()]
+    assert result.taskset_id == result.id
+    callback = dict(t.xsum.s())  # as Celery 2 code kept callbacks: plain dicts
+    assert subtask(callback).delay(result.join()).get(timeout=TIMEOUT) == 12

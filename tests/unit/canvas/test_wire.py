@@ -1,0 +1,135 @@
+"""What a canvas puts on the wire, compared with the messages real Celery 5.7 sent for the same
+calls (``shared/vectors/celery/redis/send/{chain,group,chord,chunks,map,starmap}.json``).
+
+The messages are published to the in-memory broker and read back as a worker would; the
+comparison is of layout (which headers and embed fields are set, how signatures are nested),
+since ids and times differ from run to run.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+import pytest
+
+from celeriac import Celery, chain, chord, group
+from celeriac.protocol import serialization, v2
+
+VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors" / "celery" / "redis"
+ACCEPT = serialization.normalize_accept(["json"])
+
+
+def _vector(name: str) -> dict:
+    return json.loads((VECTORS / "send" / f"{name}.json").read_text())
+
+
+def _vector_bodies(name: str) -> list[tuple[dict, list]]:
+    """(headers, decoded body) of each captured message, oldest first."""
+    out = []
+    for message in reversed(_vector(name)["messages"]):  # LPUSHed: the list's tail is the oldest
+        out.append((message["envelope"]["headers"], message["decoded_body"]))
+    return out
+
+
+@pytest.fixture
+def app():
+    url = f"memory://{uuid.uuid4().hex}"
+    app = Celery("wire", broker=url, backend=url, set_as_current=False)
+
+    @app.task(name="tasks.add")
+    def add(x, y):
+        return x + y
+
+    @app.task(name="tasks.xsum")
+    def xsum(values):
+        return sum(values)
+
+    yield app
+    app.close()
+
+
+def _sent(app: Celery) -> list[tuple[dict, list]]:
+    deliveries = app.transport.fetch(["celery"], 1000, 0.1)
+    return [(d.message.headers, json.loads(d.message.body)) for d in deliveries]
+
+
+def _shape(sig: dict) -> dict:
+    """A signature's layout without ids: keys, option names, nesting."""
+    return {"keys": sorted(sig), "task": sig["task"], "args": sig["args"],
+            "options": sorted(sig["options"]), "subtask_type": sig["subtask_type"],
+            "immutable": sig["immutable"]}
+
+
+def test_chain_sends_the_first_task_with_the_rest_reversed(app):
+    add = app.tasks["tasks.add"]
+    result = chain(add.s(2, 2), add.s(4), add.s(8)).apply_async()
+    (headers, body), = _sent(app)
+    (celery_headers, celery_body), = _vector_bodies("chain")
+    assert body[:2] == celery_body[:2] == [[2, 2], {}]
+    assert [_shape(s) for s in body[2]["chain"]] == [_shape(s) for s in celery_body[2]["chain"]]
+    assert [s["args"] for s in body[2]["chain"]] == [[8], [4]]  # next step last
+    assert [s["options"]["task_id"] for s in body[2]["chain"]] == [result.id, result.parent.id]
+    assert headers["id"] == result.parent.parent.id
+    assert headers["root_id"] == headers["id"] and headers["parent_id"] is None
+    assert sorted(headers) == sorted(celery_headers)
+
+
+def test_group_sends_one_message_per_member_with_group_headers(app):
+    add = app.tasks["tasks.add"]
+    result = group(add.s(i, i) for i in range(3)).apply_async()
+    sent = _sent(app)
+    celery = _vector_bodies("group")
+    assert [h["group_index"] for h, _ in sent] == [h["group_index"] for h, _ in celery]
+    assert {h["group"] for h, _ in sent} == {result.id}
+    assert [h["id"] for h, _ in sent] == [r.id for r in result.results]
+    assert all(h["root_id"] == h["id"] for h, _ in sent)
+    assert [b for _, b in sent] == [b for _, b in celery]
+
+
+def test_chord_embeds_the_body_in_each_header_task_and_stores_its_size(app):
+    add, xsum = app.tasks["tasks.add"], app.tasks["tasks.xsum"]
+    result = chord(group(add.s(i, i) for i in range(3)), xsum.s()).apply_async()
+    sent = _sent(app)
+    celery = _vector_bodies("chord")
+    group_id = result.parent.id
+    for (headers, body), (celery_headers, celery_body) in zip(sent, celery):
+        assert (headers["group"], headers["group_index"]) == (group_id,
+                                                               celery_headers["group_index"])
+        assert _shape(body[2]["chord"]) == _shape(celery_body[2]["chord"])
+        assert body[2]["chord"]["options"]["task_id"] == result.id
+        assert body[2]["chord"]["options"]["group_id"] == group_id
+        assert body[:2] == celery_body[:2]
+    # the size Celery keeps at celery-taskset-meta-<gid>.s, written before any header task
+    size_key = f"celery-taskset-meta-{group_id}.s"
+    assert app.backend._get(size_key) == b"3"
+    celery_size = _vector("chord")["other_redis_keys"]
+    assert any(k.endswith(".s") and v["value"]["text"] == "3" for k, v in celery_size.items())
+
+
+@pytest.mark.parametrize("name, build", [
+    ("chunks", lambda tasks: tasks["tasks.add"].chunks(zip(range(4), range(4)), 2)),
+    ("map", lambda tasks: tasks["tasks.xsum"].map([[1, 2], [3, 4]])),
+    ("starmap", lambda tasks: tasks["tasks.add"].starmap([(1, 2), (3, 4)])),
+])
+def test_map_starmap_and_chunks_are_builtin_task_messages(app, name, build):
+    vector = _vector(name)
+    build(app.tasks).apply_async()
+    sent = _sent(app)
+    celery = _vector_bodies(name)
+    assert [h["task"] for h, _ in sent] == [h["task"] for h, _ in celery]
+    for (_, body), (_, celery_body) in zip(sent, celery):
+        assert body[0] == celery_body[0] == []
+        assert sorted(body[1]) == sorted(celery_body[1]) == ["it", "task"]
+        assert _shape(body[1]["task"]) == _shape(celery_body[1]["task"])
+        assert body[1]["it"] == celery_body[1]["it"], vector["call"]
+
+
+def test_the_worker_decodes_what_the_canvas_sent(app):
+    add = app.tasks["tasks.add"]
+    chain(add.s(1, 1), add.s(2)).apply_async()
+    (delivery,) = app.transport.fetch(["celery"], 10, 0.1)
+    body = v2.decode_task(delivery.message, ACCEPT)
+    assert body.chain[0]["task"] == "tasks.add" and body.chain[0]["args"] == [2]
+    assert body.callbacks is None and body.chord is None
+
