@@ -406,7 +406,9 @@ class ResultSet:
         """
         if disable_sync_subtasks:
             _assert_not_in_task()
-        self._wait_all(timeout)
+        self._wait_all(timeout, stop_on_failure=propagate)
+        if propagate:
+            self.maybe_throw()  # a failure is raised as soon as it is known, as on Celery
         values: list = []
         for result in self.results:
             if isinstance(result, ResultSet):
@@ -421,14 +423,16 @@ class ResultSet:
 
     join_native = join
 
-    def _wait_all(self, timeout: float | None) -> None:
+    def _wait_all(self, timeout: float | None, stop_on_failure: bool = False) -> None:
         pending = [leaf for leaf in self._leaves() if leaf._known_meta() is None]
         if not pending:
             return
         metas = self.app.backend.wait_for_many(list(dict.fromkeys(r.id for r in pending)),
-                                               timeout=timeout)
+                                               timeout=timeout, until_failure=stop_on_failure)
         for leaf in pending:
-            leaf._set_cache(metas[leaf.id])
+            meta = metas.get(leaf.id)
+            if meta is not None:
+                leaf._set_cache(meta)
 
     def iterate(self, timeout: float | None = None, propagate: bool = True,
                 interval: float = 0.5) -> Iterator[Any]:

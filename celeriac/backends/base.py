@@ -117,24 +117,37 @@ class ResultBackend(ABC):
         return TASK_KEY_PREFIX + task_id
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
-                     request: Any = None, children: list | None = None) -> dict:
-        """Write a task's state in Celery's meta layout; returns the meta written."""
+                     request: Any = None, children: list | None = None, *,
+                     defer: bool = False) -> dict:
+        """Write a task's state in Celery's meta layout; returns the meta written.
+
+        ``defer``: the write may wait for this thread's next exchange with the store (or its
+        next ``flush()``), so it can share that round trip; stores that cannot, write at once.
+        """
         meta = metamod.build_meta(task_id, state, result, traceback=traceback, request=request,
                                   children=children, extended=self.extended)
-        self._set(self.task_key(task_id), self.encode(meta), self.expires or None)
+        self._set_meta(self.task_key(task_id), self.encode(meta), self.expires or None, defer)
         return meta
+
+    def _set_meta(self, key: str, value: bytes, ttl: float | None, defer: bool) -> None:
+        self._set(key, value, ttl)
+
+    def flush(self) -> None:
+        """Send the writes this thread deferred (``store_result(defer=True)``)."""
 
     def mark_as_started(self, task_id: str, request: Any = None, **info: Any) -> dict:
         return self.store_result(task_id, info, states.STARTED, request=request)
 
     def mark_as_done(self, task_id: str, result: Any, request: Any = None,
-                     children: list | None = None) -> dict:
-        return self.store_result(task_id, result, states.SUCCESS, request=request, children=children)
+                     children: list | None = None, *, defer: bool = False) -> dict:
+        return self.store_result(task_id, result, states.SUCCESS, request=request,
+                                 children=children, defer=defer)
 
     def mark_as_failure(self, task_id: str, exc: BaseException, traceback: str | None = None,
-                        request: Any = None, state: str = states.FAILURE) -> dict:
+                        request: Any = None, state: str = states.FAILURE, *,
+                        defer: bool = False) -> dict:
         return self.store_result(task_id, metamod.exception_to_dict(exc), state,
-                                 traceback=traceback, request=request)
+                                 traceback=traceback, request=request, defer=defer)
 
     def mark_as_retry(self, task_id: str, exc: BaseException, traceback: str | None = None,
                       request: Any = None) -> dict:
@@ -172,8 +185,10 @@ class ResultBackend(ABC):
                 raise CeleriacTimeoutError(f"the operation timed out waiting for task {task_id}")
             self._wait_change([key], min(remaining, 1.0))
 
-    def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None) -> dict[str, dict]:
-        """Block until every task is ready; returns their metas."""
+    def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None, *,
+                      until_failure: bool = False) -> dict[str, dict]:
+        """Block until every task is ready (or, ``until_failure``, until one has failed);
+        returns the metas of those that are ready."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done: dict[str, dict] = {}
         pending = list(task_ids)
@@ -182,7 +197,7 @@ class ResultBackend(ABC):
                 if meta["status"] in states.READY_STATES:
                     done[tid] = meta
             pending = [t for t in pending if t not in done]
-            if not pending:
+            if not pending or (until_failure and _any_failed(done)):
                 return done
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
@@ -247,11 +262,16 @@ class DisabledBackend(ResultBackend):
             "No result backend is configured: set result_backend (e.g. 'sqlite:///celeriac.db')")
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
-                     request: Any = None, children: list | None = None) -> dict:
+                     request: Any = None, children: list | None = None, *,
+                     defer: bool = False) -> dict:
         return {}
 
     _set = _get = _mget = _delete = _incr = _wait_change = _fail  # type: ignore[assignment]
     chord_part_return = chord_results = chord_cleanup = _fail  # type: ignore[assignment]
+
+
+def _any_failed(metas: dict[str, dict]) -> bool:
+    return any(m["status"] in states.PROPAGATE_STATES for m in metas.values())
 
 
 def _seconds(value: Any) -> float:

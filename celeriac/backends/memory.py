@@ -134,6 +134,10 @@ class MemoryBackend(ResultBackend):
             members.setdefault(f"{task_id}:{group_index if group_index is not None else '+inf'}",
                                (index, bytes(entry)))
             store.joins[jkey] = (members, now + ttl if ttl else None)
+            for suffix in (".s", ".t"):  # every arrival pushes the chord's expiry back, as on Redis
+                held = store.data.get(self.chord_key(group_id, suffix))
+                if held is not None and ttl:
+                    store.data[self.chord_key(group_id, suffix)] = (held[0], now + ttl)
             ready = len(members)
             size = store.live(self.chord_key(group_id, ".s"), now)
             extra = store.live(self.chord_key(group_id, ".t"), now)

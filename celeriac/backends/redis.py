@@ -29,20 +29,20 @@ from redis.backoff import ExponentialBackoff
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .. import states
 from ..exceptions import BackendError, ImproperlyConfigured
 from ..exceptions import TimeoutError as CeleriacTimeoutError
+from ..utils import redis_wire
 from . import redis_chord
-from .base import ChordPart, ResultBackend
+from .base import ChordPart, ResultBackend, _any_failed
 
 logger = logging.getLogger(__name__)
 
 #: pauses between the attempts of a write that hit a connection error (then it is raised)
 _STORE_RETRY_DELAYS = (0.1, 0.5, 2.0)
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
+_TRANSIENT = redis_wire.TRANSIENT
 #: seconds of silence on the pub/sub connection before a PING checks it is still alive
 _HEALTH_INTERVAL = 15.0
 #: keys per DEL, so one huge forget never blocks the server for long
@@ -70,7 +70,6 @@ class RedisBackend(ResultBackend):
         self._pid = os.getpid()
         self._client: redis.Redis | None = None
         self._subscriber: _Subscriber | None = None
-        self._chord_scripts: redis_chord.ChordScripts | None = None
 
     def __repr__(self) -> str:
         return f"<RedisBackend {_safe_url(self.url)}>"
@@ -83,7 +82,7 @@ class RedisBackend(ResultBackend):
             _INHERITED.extend(x for x in (self._client, self._subscriber) if x is not None)
             self._lock = threading.Lock()
             self._local = threading.local()
-            self._client = self._subscriber = self._chord_scripts = None
+            self._client = self._subscriber = None
             self._pid = os.getpid()
 
     def client(self) -> redis.Redis:
@@ -121,7 +120,7 @@ class RedisBackend(ResultBackend):
         self._check_fork()
         with self._lock:
             client, subscriber = self._client, self._subscriber
-            self._client = self._subscriber = self._chord_scripts = None
+            self._client = self._subscriber = None
         if subscriber is not None:
             subscriber.close()
         if client is not None:
@@ -131,16 +130,24 @@ class RedisBackend(ResultBackend):
     def _key(self, key: str) -> str:
         return self.keyprefix + key
 
+    def _wire(self) -> redis_wire.Wire:
+        """This thread's raw connection (shared with a Redis broker on the same database)."""
+        return redis_wire.wire_for(self.client().connection_pool)
+
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
-        name = self._key(key)
+        commands = _set_commands(self._key(key), value, ttl)
+        self._retrying(lambda: self._wire().call(*commands), key)
 
-        def write() -> None:
-            pipe = self.client().pipeline(transaction=True)
-            _set_with_ttl(pipe, name, value, ttl)
-            pipe.publish(name, value)
-            pipe.execute()
+    def _set_meta(self, key: str, value: bytes, ttl: float | None, defer: bool) -> None:
+        if not defer:
+            self._set(key, value, ttl)
+            return
+        # Sent ahead of this thread's next command to this database (the worker's ack of the
+        # task, in one round trip), or at the worker's next flush().
+        self._wire().defer(*_set_commands(self._key(key), value, ttl))
 
-        self._retrying(write, key)
+    def flush(self) -> None:
+        redis_wire.flush_thread()
 
     def _get(self, key: str) -> bytes | None:
         return self._mget([key])[0]
@@ -148,7 +155,7 @@ class RedisBackend(ResultBackend):
     def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values = self.client().mget([self._key(k) for k in keys])
+        values = self._wire().call_one("MGET", *[self._key(k) for k in keys])
         self._local.seen = dict(zip(keys, values))
         return values
 
@@ -197,37 +204,26 @@ class RedisBackend(ResultBackend):
         return {suffix: self._key(self.chord_key(group_id, suffix))
                 for suffix in (".j", ".t", ".s", ".d", ".c")}
 
-    def _scripts(self) -> redis_chord.ChordScripts:
-        client = self.client()
-        scripts = self._chord_scripts
-        if scripts is None:
-            scripts = self._chord_scripts = redis_chord.ChordScripts(client)
-        return scripts
-
     def set_chord_size(self, group_id: str, size: int) -> None:
         keys = self._chord_keys(group_id)
-
-        def write() -> None:
-            pipe = self.client().pipeline(transaction=False)
-            pipe.delete(keys[".c"])
-            _set_with_ttl(pipe, keys[".s"], str(int(size)).encode(), self.expires or None)
-            pipe.execute()
-
-        self._retrying(write, keys[".s"])
+        commands = [("DEL", keys[".c"]),
+                    *_set_commands(keys[".s"], str(int(size)).encode(), self.expires or None,
+                                   publish=False)]
+        self._retrying(lambda: self._wire().call(*commands), keys[".s"])
 
     def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
                           entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
         # Not retried: the script is idempotent for one task, but a retry after a lost reply
         # could take a claim whose owner never learns it holds it.
-        return redis_chord.part_return(self._scripts(), self._chord_keys(group_id), task_id,
+        return redis_chord.part_return(self._wire(), self._chord_keys(group_id), task_id,
                                        group_index, entry, expires=self.expires,
                                        claim_token=claim_token, claim_ttl=claim_ttl)
 
     def chord_results(self, group_id: str) -> list[bytes]:
-        return self.client().zrange(self._key(self.chord_key(group_id, ".j")), 0, -1)
+        return self._wire().call_one("ZRANGE", self._key(self.chord_key(group_id, ".j")), 0, -1)
 
     def chord_cleanup(self, group_id: str, claim_token: str, done_ttl: float) -> bool:
-        return redis_chord.cleanup(self._scripts(), self._chord_keys(group_id), claim_token,
+        return redis_chord.cleanup(self._wire(), self._chord_keys(group_id), claim_token,
                                    done_ttl)
 
     def _retrying(self, operation: Callable[[], Any], key: str) -> Any:
@@ -270,15 +266,15 @@ class RedisBackend(ResultBackend):
         finally:
             subscriber.unwatch(watch)
 
-    def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None
-                      ) -> dict[str, dict]:
+    def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None, *,
+                      until_failure: bool = False) -> dict[str, dict]:
         """Subscribe to every pending task, MGET once, then take the PUBLISHes as they come."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done = {t: m for t, m in self.get_many_meta(task_ids).items()
                 if m["status"] in states.READY_STATES}
         pending = {self._key(self.task_key(t)): t for t in task_ids if t not in done}
-        if not pending:
-            return {t: done[t] for t in task_ids}
+        if not pending or (until_failure and _any_failed(done)):
+            return {t: done[t] for t in task_ids if t in done}
         subscriber = self._subscriber_for_waits()
         watch = subscriber.watch(list(pending))
         try:
@@ -297,8 +293,8 @@ class RedisBackend(ResultBackend):
                 for name, meta in found.items():
                     if meta["status"] in states.READY_STATES:
                         done[pending.pop(name)] = meta
-                if not pending:
-                    return {t: done[t] for t in task_ids}
+                if not pending or (until_failure and _any_failed(done)):
+                    return {t: done[t] for t in task_ids if t in done}
                 taken = watch.take(deadline)
                 if taken is None:
                     raise _timeout(f"{len(pending)} task(s)")
@@ -592,14 +588,17 @@ def _conf(conf: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _set_with_ttl(pipe: Any, name: str, value: bytes, ttl: float | None) -> None:
-    """SETEX with whole seconds, the command Celery sends; milliseconds only when needed."""
+def _set_commands(name: str, value: bytes, ttl: float | None, *,
+                  publish: bool = True) -> list[tuple]:
+    """SETEX with whole seconds (the command Celery sends; milliseconds only when needed), then
+    PUBLISH of the same bytes on the key's channel, so a waiting Celery reader wakes."""
     if not ttl:
-        pipe.set(name, value)
+        write: tuple = ("SET", name, value)
     elif ttl >= 1 and float(ttl).is_integer():
-        pipe.execute_command("SETEX", name, int(ttl), value)  # redis-py 8 deprecates .setex()
+        write = ("SETEX", name, int(ttl), value)
     else:
-        pipe.set(name, value, px=_ttl_ms(ttl))
+        write = ("SET", name, value, "PX", _ttl_ms(ttl))
+    return [write, ("PUBLISH", name, value)] if publish else [write]
 
 
 def _ttl_ms(ttl: float) -> int:

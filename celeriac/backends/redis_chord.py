@@ -11,8 +11,7 @@ count and the claim can never disagree across workers. Celery 5.3's workers, whi
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..utils import redis_wire
 from .base import ChordPart
 
 # KEYS: .j .t .s .d .c   ARGV: member, entry, score, expires (s, 0 = none), claim ttl (s), token
@@ -46,29 +45,25 @@ return 1
 """
 
 
-class ChordScripts:
-    """The two scripts, registered once per client (redis-py sends EVALSHA, EVAL on a miss)."""
-
-    def __init__(self, client: Any) -> None:
-        self.part_return = client.register_script(_PART_RETURN)
-        self.cleanup = client.register_script(_CLEANUP)
+_PART_RETURN_SHA = redis_wire.script_sha(_PART_RETURN)
+_CLEANUP_SHA = redis_wire.script_sha(_CLEANUP)
 
 
-def part_return(scripts: ChordScripts, keys: dict[str, str], task_id: str,
+def part_return(wire: redis_wire.Wire, keys: dict[str, str], task_id: str,
                 group_index: int | None, entry: bytes, *, expires: float, claim_token: str,
                 claim_ttl: float) -> ChordPart:
     score = "+inf" if group_index is None else str(int(group_index))
-    ready, extra, size, claimed = scripts.part_return(
-        keys=[keys[".j"], keys[".t"], keys[".s"], keys[".d"], keys[".c"]],
-        args=[f"{task_id}:{score}", entry, score, int(expires or 0),
-              max(1, int(claim_ttl)), claim_token])
+    ready, extra, size, claimed = wire.call_one(
+        "EVALSHA", _PART_RETURN_SHA, 5, keys[".j"], keys[".t"], keys[".s"], keys[".d"],
+        keys[".c"], f"{task_id}:{score}", entry, score, int(expires or 0),
+        max(1, int(claim_ttl)), claim_token)
     if ready == -1:
         return ChordPart(-1, None, False)
     expected = int(size) + int(extra or 0) if size else None
     return ChordPart(int(ready), expected, bool(claimed))
 
 
-def cleanup(scripts: ChordScripts, keys: dict[str, str], claim_token: str,
+def cleanup(wire: redis_wire.Wire, keys: dict[str, str], claim_token: str,
             done_ttl: float) -> bool:
-    return bool(scripts.cleanup(keys=[keys[".c"], keys[".j"], keys[".t"], keys[".s"], keys[".d"]],
-                                args=[claim_token, max(1, int(done_ttl))]))
+    return bool(wire.call_one("EVALSHA", _CLEANUP_SHA, 5, keys[".c"], keys[".j"], keys[".t"],
+                              keys[".s"], keys[".d"], claim_token, max(1, int(done_ttl))))

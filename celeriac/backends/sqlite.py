@@ -49,7 +49,7 @@ _SCHEMA = (
     " WHERE expires_at IS NOT NULL",
     f"CREATE TABLE IF NOT EXISTS {JOIN_TABLE} ("
     " join_key TEXT NOT NULL, member TEXT NOT NULL, idx REAL NOT NULL, value BLOB NOT NULL,"
-    " expires_at REAL, PRIMARY KEY (join_key, member))",
+    " PRIMARY KEY (join_key, member))",
 )
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -155,8 +155,9 @@ class SQLiteBackend(ResultBackend):
                 if time.monotonic() >= self._next_cleanup:
                     self._next_cleanup = time.monotonic() + self.cleanup_interval
                     conn.execute(f"DELETE FROM {TABLE} WHERE expires_at <= ?", (time.time(),))
-                    conn.execute(f"DELETE FROM {JOIN_TABLE} WHERE expires_at <= ?",
-                                 (time.time(),))
+                    # a join lives as long as its ".j" marker row, refreshed by every arrival
+                    conn.execute(f"DELETE FROM {JOIN_TABLE} WHERE join_key NOT IN"
+                                 f" (SELECT key FROM {TABLE})")
                 yield conn
                 return
 
@@ -264,11 +265,14 @@ class SQLiteBackend(ResultBackend):
             if self._live(conn, key(group_id, ".c"), now) == CHORD_DONE:
                 return ChordPart(-1, None, False)
             added = conn.execute(
-                f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (key(group_id, ".j"), member, index, bytes(entry), expires_at)).rowcount
-            # A running count (".n") instead of COUNT(*): counting a 10,000-row join on every
-            # arrival would make a big chord quadratic.
+                f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value)"
+                " VALUES (?, ?, ?, ?)", (key(group_id, ".j"), member, index, bytes(entry))).rowcount
+            # Every arrival pushes the chord's expiry back, as on Redis: the ".j" marker row
+            # keeps the join's rows alive. A running count (".n") instead of COUNT(*): counting
+            # a 10,000-row join on every arrival would make a big chord quadratic.
+            conn.execute(_UPSERT, (key(group_id, ".j"), b"1", expires_at))
+            conn.execute(f"UPDATE {TABLE} SET expires_at = ? WHERE key IN (?, ?)",
+                         (expires_at, key(group_id, ".s"), key(group_id, ".t")))
             counter = {"key": key(group_id, ".n"), "amount": added, "now": now,
                        "expires_at": expires_at}
             ready = int(conn.execute(_INCR, counter).fetchall()[0][0])
@@ -282,9 +286,12 @@ class SQLiteBackend(ResultBackend):
         return ChordPart(ready, expected, claimed)
 
     def chord_results(self, group_id: str) -> list[bytes]:
+        jkey = self.chord_key(group_id, ".j")
         with self._connection() as conn:
-            rows = conn.execute(f"SELECT value FROM {JOIN_TABLE} WHERE join_key = ? AND {_LIVE}"
-                                " ORDER BY idx", (self.chord_key(group_id, ".j"), time.time()))
+            if self._live(conn, jkey, time.time()) is None:
+                return []
+            rows = conn.execute(f"SELECT value FROM {JOIN_TABLE} WHERE join_key = ?"
+                                " ORDER BY idx", (jkey,))
             return [_as_bytes(value) for (value,) in rows]
 
     def chord_cleanup(self, group_id: str, claim_token: str, done_ttl: float) -> bool:
@@ -294,8 +301,9 @@ class SQLiteBackend(ResultBackend):
             if self._live(conn, key(group_id, ".c"), now) != claim_token.encode():
                 return False
             conn.execute(f"DELETE FROM {JOIN_TABLE} WHERE join_key = ?", (key(group_id, ".j"),))
-            conn.execute(f"DELETE FROM {TABLE} WHERE key IN (?, ?, ?)",
-                         (key(group_id, ".s"), key(group_id, ".t"), key(group_id, ".n")))
+            conn.execute(f"DELETE FROM {TABLE} WHERE key IN (?, ?, ?, ?)",
+                         (key(group_id, ".s"), key(group_id, ".t"), key(group_id, ".n"),
+                          key(group_id, ".j")))
             conn.execute(_UPSERT, (key(group_id, ".c"), CHORD_DONE,
                                    now + done_ttl if done_ttl else None))
         return True

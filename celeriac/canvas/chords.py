@@ -12,7 +12,9 @@ If a header task failed, the body is not sent: it is marked FAILURE with ``Chord
 Crash windows: a worker that dies after taking the claim but before sending the body leaves the
 claim to expire after ``CLAIM_TTL``; a redelivered copy of a header task (``acks_late``) counts
 nothing new but takes the expired claim and sends the body. With early acks nothing is
-redelivered, so such a body is not sent (the same limit as Celery's).
+redelivered, so such a body is not sent (the same limit as Celery's). A worker paused for longer
+than ``CLAIM_TTL`` between taking the claim and sending could, with such a redelivery, send the
+body twice.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import states
 from ..backends.meta import exception_from_dict, exception_to_dict
 from ..exceptions import ChordError
-from .signature import maybe_signature
+from .signature import as_list, maybe_signature
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -32,8 +34,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 
-#: seconds the worker that completed a chord holds the right to send its body
-CLAIM_TTL = 10.0
+#: seconds the worker that completed a chord holds the right to send its body (long compared to
+#: reading the results and sending one message; a crash leaves the chord to a redelivered header
+#: task only after this)
+CLAIM_TTL = 60.0
+#: seconds to wait for the results of a nested header (they are stored before being counted)
+JOIN_TIMEOUT = 10.0
 #: seconds the "done" marker keeps late copies of header tasks from counting again
 DONE_TTL = 300.0
 
@@ -56,23 +62,49 @@ def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -
     if not part.claimed:
         return
     body = maybe_signature(body, app=app)
+    failure: ChordError | None = None
     try:
-        try:
-            values = [_unpack(backend, raw) for raw in backend.chord_results(group_id)]
-        except ChordError as exc:
-            logger.error("Chord %s failed: %s", group_id, exc)
-            fail_body(app, body, exc)
-            return
+        values = _header_values(app, group_id)
+    except ChordError as exc:
+        failure = exc
+    except Exception as exc:  # the store failed us: the body cannot get its arguments
+        logger.exception("Chord %s: reading its header's results failed", group_id)
+        failure = ChordError(f"Join error: {exc!r}")
+    else:
         try:
             body.apply_async((values,), parent_id=request.id,
                              root_id=request.root_id or request.id)
         except Exception as exc:
             logger.exception("Chord %s: sending its body failed", group_id)
-            fail_body(app, body, ChordError(f"Callback error: {exc!r}"))
-    finally:
-        if not backend.chord_cleanup(group_id, token, DONE_TTL):
-            logger.warning("Chord %s: the dispatch claim expired before the body was sent; "
-                           "its data is left to expire", group_id)
+            failure = ChordError(f"Callback error: {exc!r}")
+    if failure is not None:
+        logger.error("Chord %s failed: %s", group_id, failure)
+        try:
+            fail_body(app, body, failure)
+        except Exception:
+            # Neither sent nor failed: keep the join, so a redelivered header task can take the
+            # claim again once it expires (after CLAIM_TTL) and finish the chord.
+            logger.exception("Chord %s: recording its failure failed", group_id)
+            return
+    if not backend.chord_cleanup(group_id, token, DONE_TTL):
+        logger.warning("Chord %s: the dispatch claim expired before the body was sent; its data "
+                       "is left to expire", group_id)
+
+
+def _header_values(app: "Celery", group_id: str) -> list[Any]:
+    """The header's results in header order. A header that holds groups was saved as a
+    GroupResult when it was sent (as Celery does): its nesting comes back from that."""
+    from ..result import GroupResult
+
+    backend = app.backend
+    saved = GroupResult.restore(group_id, app=app)
+    if saved is None:
+        return [_unpack(backend, raw) for raw in backend.chord_results(group_id)]
+    try:
+        # every member was counted, so every result is stored: nothing to wait for
+        return saved.join(timeout=JOIN_TIMEOUT, propagate=True, disable_sync_subtasks=False)
+    except Exception as exc:
+        raise ChordError(f"Dependency raised {exc!r}") from exc
 
 
 def _unpack(backend: Any, raw: bytes) -> Any:
@@ -86,7 +118,6 @@ def _unpack(backend: Any, raw: bytes) -> Any:
 def fail_body(app: "Celery", body: Any, exc: BaseException) -> None:
     """The chord will not run its body: record that on the body's result (every member's, for
     a group body; every step's, for a chain) and run its errbacks."""
-    from ..task import Context
     from . import followups
     from .primitives import chain, chord, group
 
@@ -104,18 +135,7 @@ def fail_body(app: "Celery", body: Any, exc: BaseException) -> None:
             fail_body(app, steps[0], exc)
             followups.fail_chain(app, steps[1:], exc, None)
         return
-    options = body.options
-    task_id = options.get("task_id") or options.setdefault("task_id", str(uuid.uuid4()))
-    ctx = Context(id=task_id, task=body.task, args=body.args, kwargs=body.kwargs,
-                  group=options.get("group_id"), group_index=options.get("group_index"),
-                  chord=options.get("chord"), parent_id=options.get("parent_id"),
-                  root_id=options.get("root_id"), errbacks=_as_list(options.get("link_error")),
-                  chain=options.get("chain"),
-                  called_directly=False, is_eager=False, delivery_info={})
+    body.options.setdefault("task_id", str(uuid.uuid4()))
+    ctx = followups.request_for(body, errbacks=as_list(body.options.get("link_error")),
+                                chain=body.options.get("chain"))
     followups.on_failure(app, ctx, exc, None, store=True)
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return [value] if isinstance(value, dict) else list(value)

@@ -25,14 +25,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 
+#: errors worth raising to the worker (the task's message is then handled as an internal error
+#: and, with acks_late, runs again): the broker or the store was unreachable
+_TRANSIENT = (OSError, ConnectionError, TimeoutError)
+
+
 def on_success(app: "Celery", ctx: "Context", retval: Any) -> None:
     """Send the task's callbacks with ``retval`` prepended, then the next step of its chain
     (which takes the remaining steps along, still in wire order: next step last)."""
     for callback in ctx.callbacks or ():
-        _send(app, callback, (retval,), ctx)
+        _send_or_fail(app, callback, (retval,), ctx, ())
     if ctx.chain:
         rest = list(ctx.chain)
-        _send(app, rest.pop(), (retval,), ctx, chain=rest)
+        _send_or_fail(app, rest.pop(), (retval,), ctx, rest, chain=rest)
 
 
 def _send(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", **options: Any) -> Any:
@@ -40,31 +45,45 @@ def _send(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", **options: Any
     return sig.apply_async(prefix, parent_id=ctx.id, root_id=ctx.root_id or ctx.id, **options)
 
 
+def _send_or_fail(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", rest: Any,
+                  **options: Any) -> None:
+    """Send one follow-up. One that can never be sent (its arguments do not fit, it cannot be
+    encoded...) does not cost the finished task its result: it and what follows it are stored
+    as failed with the reason, so nobody waits for them forever."""
+    try:
+        _send(app, sig, prefix, ctx, **options)
+    except (*_TRANSIENT, *getattr(app.transport, "transient_errors", ())):
+        raise
+    except Exception as exc:
+        logger.error("Task %s[%s]: could not send %s: %r", ctx.task, ctx.id,
+                     maybe_signature(sig, app=app).task, exc)
+        fail_chain(app, [sig, *rest], exc, None)
+
+
 def on_failure(app: "Celery", ctx: "Context", exc: BaseException, traceback: str | None, *,
-               store: bool, state: str = states.FAILURE, errbacks: bool = True) -> None:
+               store: bool, state: str = states.FAILURE, defer: bool = False) -> None:
     """Record a failed (or revoked) task the way Celery does: its own state, its part in a chord,
-    the same failure for every later step of its chain (so whoever waits on the chain's result
-    learns of it), then its errbacks."""
+    the same end for every later step of its chain (so whoever waits on the chain's result
+    learns of it; Celery leaves them pending after a revoke), then, for a failure, its
+    errbacks."""
     if store:
         if state == states.REVOKED:
             app.backend.mark_as_revoked(ctx.id, str(exc.args[0]) if exc.args else "revoked",
                                         request=ctx)
         else:
-            app.backend.mark_as_failure(ctx.id, exc, traceback, request=ctx, state=state)
+            app.backend.mark_as_failure(ctx.id, exc, traceback, request=ctx, state=state,
+                                        defer=defer)
     if ctx.chord:
         chords.on_part_return(app, ctx, state, exc)
-    if state == states.REVOKED:
-        return
-    fail_chain(app, ctx.chain, exc, traceback)
-    if errbacks:
+    fail_chain(app, ctx.chain, exc, traceback, state=state)
+    if state != states.REVOKED:
         send_errbacks(app, ctx, exc, traceback)
 
 
-def fail_chain(app: "Celery", steps: Any, exc: BaseException, traceback: str | None) -> None:
-    """Mark every step that will now never run as failed with ``exc``; a step that belongs to a
-    chord header counts toward that chord (as failed), so the chord does not wait forever."""
-    from ..task import Context
-
+def fail_chain(app: "Celery", steps: Any, exc: BaseException, traceback: str | None, *,
+               state: str = states.FAILURE) -> None:
+    """Mark every step that will now never run as failed (or revoked) with ``exc``; a step that
+    belongs to a chord header counts toward that chord (as failed), so it does not wait forever."""
     pending = deque(maybe_signature(s, app=app) for s in steps or ())
     persistent = app.backend.persistent
     while pending:
@@ -76,18 +95,26 @@ def fail_chain(app: "Celery", steps: Any, exc: BaseException, traceback: str | N
         if isinstance(step, (group, chain)):
             pending.extend(maybe_signature(t, app=app) for t in step.tasks)
             continue
-        options = step.options
-        task_id = options.get("task_id")
-        if not task_id:
+        if not step.id:
             continue
-        step_ctx = Context(id=task_id, task=step.task, args=step.args, kwargs=step.kwargs,
-                           group=options.get("group_id"), group_index=options.get("group_index"),
-                           chord=options.get("chord"), parent_id=options.get("parent_id"),
-                           root_id=options.get("root_id"), called_directly=False)
+        step_ctx = request_for(step)
         if persistent:
-            app.backend.mark_as_failure(task_id, exc, traceback, request=step_ctx)
+            app.backend.mark_as_failure(step.id, exc, traceback, request=step_ctx, state=state)
         if step_ctx.chord:
-            chords.on_part_return(app, step_ctx, states.FAILURE, exc)
+            chords.on_part_return(app, step_ctx, state, exc)
+
+
+def request_for(sig: Any, **fields: Any) -> "Context":
+    """The request a task would have had if this frozen signature had been sent: what storing
+    its end (and counting it in its chord) needs."""
+    from ..task import Context
+
+    options = sig.options
+    return Context(id=options.get("task_id"), task=sig.task, args=sig.args, kwargs=sig.kwargs,
+                   group=options.get("group_id"), group_index=options.get("group_index"),
+                   chord=options.get("chord"), parent_id=options.get("parent_id"),
+                   root_id=options.get("root_id"), called_directly=False, is_eager=False,
+                   delivery_info={}, **fields)
 
 
 def send_errbacks(app: "Celery", ctx: "Context", exc: BaseException,

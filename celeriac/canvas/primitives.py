@@ -12,16 +12,16 @@ is sent, so the results handed back are valid at once.
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .. import _context
-from .signature import CLIENT_ONLY_OPTIONS, Signature, maybe_signature
+from ..task import Task
+from .signature import Signature, as_list, maybe_signature, message_options
 
 if TYPE_CHECKING:
     from ..app import Celery
-    from ..result import AsyncResult, GroupResult
+    from ..result import GroupResult
 
 #: plain group members are published in batches of this many (one broker round trip each), so
 #: a 10,000-task group never holds 10,000 encoded messages at once
@@ -30,14 +30,6 @@ PUBLISH_BATCH = 500
 
 def _uuid() -> str:
     return str(uuid.uuid4())
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [value]
-    return list(value)
 
 
 def _app_of(sig: Signature, app: "Celery | None" = None) -> "Celery":
@@ -133,9 +125,9 @@ class chain(Signature):
         ``link_error`` to every step (any of them may be the one that fails)."""
         tasks = [maybe_signature(t, app=self._app).clone() for t in self.tasks]
         if tasks:
-            for callback in _as_list(self.options.get("link")):
+            for callback in as_list(self.options.get("link")):
                 tasks[-1].link(callback)
-            for errback in _as_list(self.options.get("link_error")):
+            for errback in as_list(self.options.get("link_error")):
                 for task in tasks:
                     task.link_error(errback)
         return tasks
@@ -160,17 +152,16 @@ class chain(Signature):
             parent_id: str | None = None, link: Any = None, link_error: Any = None,
             chain: Any = None, **options: Any) -> Any:
         """Freeze every step, then send the first with the others in its ``embed.chain``."""
-        for key in CLIENT_ONLY_OPTIONS:
-            options.pop(key, None)
+        options = message_options(options)
         steps = self._prepare_steps(args, kwargs or {}, app, tail=chain)
         if not steps:
             return None
         results = _freeze_steps(steps, app, task_id=task_id, group_id=group_id,
                                 group_index=group_index, chord_body=chord, root_id=root_id)
-        for errback in _as_list(link_error):
+        for errback in as_list(link_error):
             for step in steps:
                 step.link_error(errback)
-        for callback in _as_list(link):
+        for callback in as_list(link):
             steps[-1].link(callback)
         first, rest = steps[0], steps[1:]
         wire_rest = [dict(step) for step in reversed(rest)]
@@ -190,7 +181,7 @@ class chain(Signature):
         groups dropped, and a group followed by another step turned into a chord (Celery's
         rules). ``tail`` is the rest of an enclosing chain, in wire order (last step first)."""
         pending = self.unchain_tasks() + [maybe_signature(s, app=app) for s in
-                                          reversed(_as_list(tail))]
+                                          reversed(as_list(tail))]
         steps: list[Signature] = []
         while pending:
             step = pending.pop(0)
@@ -205,7 +196,8 @@ class chain(Signature):
         merged: list[Signature] = []
         for step in steps:
             if merged and isinstance(merged[-1], group):  # group | next: a chord
-                merged[-1] = chord(merged.pop(), step, app=app)
+                header = merged.pop()
+                merged.append(chord(header, step, app=app))
                 continue
             merged.append(step)
         if merged and (args or kwargs):
@@ -230,10 +222,19 @@ class chain(Signature):
         """Run every step here, in order (``task_always_eager``)."""
         app = _app_of(self)
         steps = self._prepare_steps(tuple(args or ()), dict(kwargs or {}), app)
+        if not steps:
+            return None
+        for callback in as_list(options.pop("link", None)):
+            steps[-1].link(callback)
+        for errback in as_list(options.pop("link_error", None)):
+            for step in steps:
+                step.link_error(errback)
+        # the chain's own link/link_error already sit on its steps (unchain_tasks)
+        shared = {k: v for k, v in {**self.options, **options}.items()
+                  if k not in ("link", "link_error")}
         last = None
         for step in steps:
-            result = step.apply((last.get(),) if last is not None else None,
-                                **{**self.options, **options})
+            result = step.apply((last.get(),) if last is not None else None, **shared)
             result.parent, last = last, result
         return last
 
@@ -359,9 +360,7 @@ class group(Signature):
         options = {k: v for k, v in options.items() if v is not None}
         if _eager(app):
             return self.apply(args, kwargs, **options)
-        merged = {**self.options, **options}
-        for key in CLIENT_ONLY_OPTIONS:
-            merged.pop(key, None)
+        merged = message_options({**self.options, **options})
         merged.pop("chain", None)  # a group never carries an enclosing chain to its members
         group_id = merged.pop("task_id", None) or _uuid()
         merged.pop("group_id", None)
@@ -408,8 +407,10 @@ class group(Signature):
         if group_index is not None:
             opts["group_index"] = group_index
         members = self._members(app)
-        results = [m.freeze(group_id=gid, group_index=i, chord=chord, root_id=root_id,
-                            parent_id=parent_id) for i, m in enumerate(members)]
+        # Inside an enclosing group or chord header (a chain ending in this group, a chord body
+        # that is a group), the members count toward the enclosing one, as on Celery.
+        results = [m.freeze(group_id=group_id or gid, group_index=i, chord=chord,
+                            root_id=root_id, parent_id=parent_id) for i, m in enumerate(members)]
         self.tasks = members
         return GroupResult(gid, results, app=app)
 
@@ -524,28 +525,23 @@ class chord(Signature):
             chain: Any = None, link: Any = None, link_error: Any = None,
             parent_id: str | None = None, root_id: str | None = None,
             **options: Any) -> Any:
-        for key in CLIENT_ONLY_OPTIONS:
-            options.pop(key, None)
+        options = message_options(options)
         add_to_parent = options.pop("add_to_parent", True)
         header = maybe_signature(header, app=app).clone()
         header_id = header.options.get("task_id") or header_id or _uuid()
         header.options["task_id"] = header_id
         if chain:  # the rest of an enclosing chain continues after the body
             body = chain_from_tail(body, chain, app)
-        for callback in _as_list(link):
+        for callback in as_list(link):
             body.link(callback)
-        for errback in _as_list(link_error):
+        for errback in as_list(link_error):
             body.link_error(errback)
-        if group_id:  # this chord is itself a member of a group (or of an outer chord's header)
-            body.options.setdefault("group_id", group_id)
-            if group_index is not None:
-                body.options.setdefault("group_index", group_index)
-            if chord is not None:
-                body.options["chord"] = chord
         for key, value in options.items():  # queue, priority...: the body goes the same way
             body.options.setdefault(key, value)
+        # A chord inside a group (or an outer chord's header) counts there through its body.
         body_result = body.freeze(task_id or body.options.get("task_id") or _uuid(),
-                                  group_id=header_id, root_id=root_id)
+                                  group_id=group_id or header_id, chord=chord,
+                                  group_index=group_index, root_id=root_id)
         size = chord_size(header)
         header_options = dict(options)
         if root_id:
@@ -558,6 +554,14 @@ class chord(Signature):
             body.apply_async(([],), parent_id=parent_id, root_id=root_id)
             header_result = GroupResult(header_id, [], app=app)
         else:
+            from ..result import ResultSet
+
+            if any(type(maybe_signature(t, app=app)) is not Signature for t in header.tasks):
+                # Members that are workflows may stand for several results (a chain ending in
+                # a group): the header's shape is saved, and the body gets nested lists back.
+                shape = header.freeze(header_id, chord=body, root_id=root_id)
+                if any(isinstance(r, ResultSet) for r in shape.results):
+                    shape.save()
             # Written before any header task is sent, so the last one to finish always sees it.
             app.backend.set_chord_size(header_id, size)
             header_result = header.apply_async(partial_args, kwargs, task_id=header_id,
@@ -610,7 +614,7 @@ def chord_size(sig: Any) -> int:
 
 def chain_from_tail(first: Signature, tail: Any, app: "Celery") -> Signature:
     """``first`` followed by the steps of an enclosing chain's ``embed.chain`` (wire order)."""
-    rest = [maybe_signature(s, app=app) for s in reversed(_as_list(tail))]
+    rest = [maybe_signature(s, app=app) for s in reversed(as_list(tail))]
     return chain(first, *rest, app=app) if rest else first
 
 
@@ -641,8 +645,7 @@ class _basemap(Signature):
                     **options: Any) -> Any:
         options = {k: v for k, v in options.items() if v is not None}
         _, _, merged = self._merge(options=options)
-        for key in CLIENT_ONLY_OPTIONS:
-            merged.pop(key, None)
+        merged = message_options(merged)
         task = maybe_signature(self.kwargs["task"], app=self._app)
         app = _app_of(self)
         # Routed as the mapped task would be (task_routes, its queue), as Celery does.
@@ -717,22 +720,20 @@ class _Publisher:
     def __init__(self, app: "Celery") -> None:
         self.app = app
         self.calls: list[tuple[str, tuple, dict, dict]] = []
-        parent = _context.current_worker_request()
-        self.parent = parent
 
     def add(self, sig: Signature, options: dict) -> None:
-        merged = {**options, **sig.options}  # the member's own options (its id) win
-        for key in CLIENT_ONLY_OPTIONS:
-            merged.pop(key, None)
-        merged.pop("add_to_parent", None)
+        # the member's own options (its id) win
+        merged = message_options({**options, **sig.options}, frozenset({"add_to_parent"}))
         task = self.app.tasks.get(sig.task)
         if task is not None:
+            if type(task).apply_async is not Task.apply_async:
+                # a task class with its own apply_async gets called through it, in order
+                self.flush()
+                task.apply_async(sig.args, sig.kwargs, add_to_parent=False, **merged)
+                return
             if task.typing:
                 task._check_arguments(sig.args, sig.kwargs)
             merged["_task"] = task
-        if self.parent is not None:
-            merged.setdefault("parent_id", self.parent.id)
-            merged.setdefault("root_id", self.parent.root_id or self.parent.id)
         self.calls.append((sig.task, sig.args, sig.kwargs, merged))
         if len(self.calls) >= PUBLISH_BATCH:
             self.flush()
@@ -749,12 +750,3 @@ def _add_to_parent(result: Any) -> None:
     request = _context.current_worker_request()
     if request is not None:
         request.add_child(result)
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(items)
-    while True:
-        part = list(itertools.islice(iterator, size))
-        if not part:
-            return
-        yield part

@@ -28,6 +28,23 @@ CLIENT_ONLY_OPTIONS = frozenset({"producer", "publisher", "connection", "router"
                                  "chord_size"})
 
 
+def message_options(options: dict, drop: frozenset[str] = frozenset()) -> dict:
+    """``options`` without the ones that only steer the client (and without ``drop``)."""
+    return {k: v for k, v in options.items() if k not in CLIENT_ONLY_OPTIONS and k not in drop}
+
+
+def as_list(value: Any) -> list:
+    """An option that may hold one signature or several, as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else list(value)
+
+
+#: what eager runs ignore: the message-only parts of a workflow
+_EAGER_DROP = frozenset({"chord", "chain", "group_id", "group_index", "root_id", "parent_id",
+                         "reply_to", "add_to_parent", "route_name"})
+
+
 class Signature(dict):
     """One task call as data, plus the helpers to build on it and to send it."""
 
@@ -194,7 +211,10 @@ class Signature(dict):
         self._append_option("link_error", errback)
         return errback
 
-    on_error = link_error
+    def on_error(self, errback: "Signature") -> "Signature":
+        """Celery's chaining form of ``link_error``: returns this signature."""
+        self.link_error(errback)
+        return self
 
     def _append_option(self, key: str, value: Any) -> None:
         current = self.options.get(key)
@@ -246,9 +266,6 @@ class Signature(dict):
     def __ior__(self, other: Any) -> Any:  # dict's |= would merge keys: keep Celery's meaning
         return self.__or__(other)
 
-    def __ror__(self, other: Any) -> Any:
-        return NotImplemented
-
     # ---- calling -----------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         merged_args, merged_kwargs, _ = self._merge(args, kwargs)
@@ -262,8 +279,7 @@ class Signature(dict):
         """Send this call (args prepended, kwargs and options merged); returns its result."""
         options = {k: v for k, v in options.items() if v is not None}
         merged_args, merged_kwargs, merged_options = self._merge(args, kwargs, options)
-        for key in CLIENT_ONLY_OPTIONS:
-            merged_options.pop(key, None)
+        merged_options = message_options(merged_options)
         app = self.app
         task = app.tasks.get(self.task)
         if task is not None:
@@ -275,11 +291,8 @@ class Signature(dict):
         """Run the call here and now (as ``Task.apply`` does); returns an EagerResult."""
         options = {k: v for k, v in options.items() if v is not None}
         merged_args, merged_kwargs, merged_options = self._merge(args, kwargs, options)
-        for key in CLIENT_ONLY_OPTIONS | {"chord", "chain", "group_id", "group_index", "root_id",
-                                          "parent_id", "reply_to", "add_to_parent",
-                                          "route_name"}:
-            merged_options.pop(key, None)
-        return self.type.apply(merged_args, merged_kwargs, **merged_options)
+        return self.type.apply(merged_args, merged_kwargs,
+                               **message_options(merged_options, _EAGER_DROP))
 
     def __repr__(self) -> str:
         args = ", ".join([repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()])

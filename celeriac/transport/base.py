@@ -71,7 +71,12 @@ class Transport(Protocol):
         """
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        """Remove the messages for good; False for any whose lease was lost (fencing)."""
+        """Remove the messages for good; False for any whose lease was lost (fencing).
+
+        A transport whose ``inline_acks`` is True (each ack one cheap round trip) also has
+        ``ack_later(deliveries)``: the ack travels with the calling thread's next round trip to
+        the broker (the worker's next ack, read or ``flush()``), in order after what came before.
+        """
 
     def reject(self, delivery: Delivery, requeue: bool) -> bool:
         """Give a message back (``requeue``) or drop it. Callers dead-letter before dropping."""

@@ -57,7 +57,16 @@ class Consumer:
         # tasks leave the window once they start: they run on the event loop, not in a slot.
         # A multiplier of 0 means "no limit", as in Celery (bounded here to stay sane).
         self.prefetch_limit = pool.limit * (prefetch_multiplier if prefetch_multiplier > 0 else 1000)
+        # Fetch once half the window is free, not whenever one slot frees: fewer, fuller fetches.
+        self.fetch_at = max(1, self.prefetch_limit // 2)
         self.renew_every = max(0.05, self.transport.visibility_timeout / 3.0)
+        # Inline settling: where the task runs in this process and the broker's acks are cheap
+        # single round trips (Redis), the thread that ran the task acks it itself, and the
+        # result write it deferred travels in the same round trip (see utils/redis_wire.py).
+        self.inline = bool(getattr(pool, "in_process", False)
+                           and getattr(self.transport, "inline_acks", False))
+        self.inline_early_ack = self.inline and getattr(pool, "runs_in_dispatcher", False)
+        self._unflushed = False  # the dispatch thread may hold deferred result writes
         self._buffer: collections.deque[tuple[int, "Delivery", bool]] = collections.deque()
         self._jobs: dict[int, "Delivery"] = {}  # job id -> delivery, waiting or running
         self._late: dict[int, bool] = {}
@@ -139,7 +148,7 @@ class Consumer:
         backoff = 0.1
         while not self._stop.is_set():
             with self._cond:
-                while self._room() <= 0 and not self._stop.is_set():
+                while self._room() < self.fetch_at and not self._stop.is_set():
                     self._cond.wait(0.5)
                 room = self._room()
             if self._stop.is_set():
@@ -156,7 +165,8 @@ class Consumer:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if self.revokes is not None and deliveries:
+            if self.revokes is not None and deliveries and not self.inline_early_ack:
+                # (inline settling checks each task as it starts, in its ack's round trip)
                 try:  # one round trip per batch: revokes made a moment ago count too
                     self.revokes.check_stored([d.message.headers.get("id") for d in deliveries
                                                if d.message.headers.get("id")])
@@ -277,6 +287,12 @@ class Consumer:
 
     # ---- dispatching ----------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
+        try:
+            self._dispatch()
+        finally:
+            self.flush_results()
+
+    def _dispatch(self) -> None:
         while True:
             with self._cond:
                 item = None
@@ -285,7 +301,13 @@ class Consumer:
                         return
                     item = self._next_runnable()
                     if item is None:
+                        if self._unflushed:  # idle: send deferred result writes first
+                            break
                         self._cond.wait(0.05)
+            if item is None:
+                self.flush_results()
+                continue
+            with self._cond:
                 job_id, delivery, is_async = item
                 revoked = ((self.revokes is not None
                             and delivery.message.headers.get("id") in self.revokes)
@@ -310,8 +332,11 @@ class Consumer:
                 else:
                     self._revoke(delivery, task, headers, terminated=False)
                 continue
-            if not late:
-                self._settle(delivery, ACK)  # early ack: the task is starting now
+            if self.inline_early_ack and not (is_async and self.async_pool is not None):
+                if self._start_inline(job_id, delivery, late):
+                    continue
+            elif not late:  # early ack: the task is starting now
+                self._settle(delivery, ACK)
             pool = self.async_pool if is_async and self.async_pool is not None else self.pool
             with self._cond:
                 self._pool_of[job_id] = pool
@@ -327,6 +352,33 @@ class Consumer:
                     self._pool_of.pop(job_id, None)
                     self._buffer.appendleft((job_id, delivery, is_async))
                     self._cond.wait(0.05)  # never spin: the pool needs a moment to replace it
+
+    def _start_inline(self, job_id: int, delivery: "Delivery", late: bool) -> bool:
+        """Solo pool, inline settling: one round trip before the task starts carries the previous
+        task's result (and its ack, with acks_late), this task's early ack, and the check
+        whether this task was revoked a moment ago. Returns True if it was (then it is done)."""
+        task_id = delivery.message.headers.get("id")
+        try:
+            if not late:
+                self.transport.ack_later([delivery])
+            revoked = self.revokes is not None and bool(self.revokes.check_stored([task_id]))
+            self._flush_wires()  # a no-op when the check above carried everything
+        except Exception:
+            logger.exception("could not ack or check task %s before it starts; it runs anyway, "
+                             "and may be delivered again", task_id)
+            return False
+        if not revoked:
+            return False
+        with self._cond:
+            self._running -= 1
+            self._jobs.pop(job_id, None)
+            self._late.pop(job_id, None)
+            self._acked.discard(job_id)
+            self._cond.notify_all()
+        headers = delivery.message.headers
+        self._revoke(delivery, self.app.tasks.get(headers.get("task")), headers,
+                     terminated=False, settle=late)
+        return True
 
     def _next_runnable(self) -> tuple[int, "Delivery", bool] | None:
         for index, item in enumerate(self._buffer):
@@ -386,8 +438,29 @@ class Consumer:
             if not acked:
                 self._settle(delivery, ACK)
             return
-        if not acked:
-            self._settle(delivery, outcome.ack)
+        if not acked and outcome.ack == ACK and self.inline_early_ack:
+            self.transport.ack_later([delivery])  # with the next task's round trip, or idle
+            self._unflushed = True
+        elif not acked:
+            self._settle(delivery, outcome.ack, inline=self.inline)
+        elif self.inline_early_ack:
+            self._unflushed = True  # the result waits for the next round trip, or the idle flush
+        elif self.inline:
+            self.flush_results()  # a pool thread: nothing else will carry the result
+
+    def flush_results(self) -> None:
+        """Send the result writes (and acks) this thread deferred (inline settling only)."""
+        if not self.inline:
+            return
+        try:
+            self._flush_wires()
+        except Exception:
+            logger.exception("could not store deferred task results")
+
+    def _flush_wires(self) -> None:
+        self._unflushed = False
+        self.transport.flush()
+        self.app.backend.flush()
 
     def _worker_lost(self, delivery: "Delivery", outcome: Outcome, holds_lease: bool) -> None:
         from ..exceptions import WorkerLostError
@@ -400,7 +473,14 @@ class Consumer:
             self._settle(delivery, ACK)
 
     # ---- settling -------------------------------------------------------------------------------
-    def _settle(self, delivery: "Delivery", action: str) -> None:
+    def _settle(self, delivery: "Delivery", action: str, *, inline: bool = False) -> None:
+        if action == ACK and inline:  # one round trip, with the result write deferred before it
+            try:
+                self.transport.ack([delivery])
+            except Exception:
+                logger.exception("could not ack message %s; it will be delivered again",
+                                 delivery.message.headers.get("id"))
+            return
         if action == ACK:  # acks go out in batches: one broker round trip for many tasks
             with self._ack_cond:
                 self._ack_pending.append(delivery)

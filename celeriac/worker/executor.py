@@ -91,13 +91,15 @@ def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: 
 class _Run:
     """One execution: shared by the sync and async paths so their bookkeeping is identical."""
 
-    __slots__ = ("app", "task", "ctx", "eager", "store", "started")
+    __slots__ = ("app", "task", "ctx", "eager", "store", "started", "defer")
 
-    def __init__(self, task: Task, ctx: Context, *, eager: bool) -> None:
+    def __init__(self, task: Task, ctx: Context, *, eager: bool, defer: bool = False) -> None:
         self.task = task
         self.app = task._get_app()
         self.ctx = ctx
         self.eager = eager
+        #: the final result write may wait for the worker thread's next round trip
+        self.defer = defer
         conf = self.app.conf
         # the call's choice (the message header) wins; a message without one (send_task from a
         # Celery client sends null) follows the task, then the task_ignore_result setting
@@ -128,7 +130,7 @@ class _Run:
             followups.on_success(self.app, ctx, retval)
         if self.store:
             self.app.backend.mark_as_done(ctx.id, retval, request=ctx,
-                                          children=ctx.children_tuples())
+                                          children=ctx.children_tuples(), defer=self.defer)
         if ctx.chord:
             chords.on_part_return(self.app, ctx, states.SUCCESS, retval)
         task.on_success(retval, ctx.id, ctx.args, ctx.kwargs)
@@ -162,7 +164,7 @@ class _Run:
         runtime = time.monotonic() - self.started
         expected = bool(task.throws) and isinstance(exc, task.throws)
         followups.on_failure(self.app, ctx, exc, einfo.traceback, store=self.store or (
-            task.store_errors_even_if_ignored and not self.eager))
+            task.store_errors_even_if_ignored and not self.eager), defer=self.defer)
         task.on_failure(exc, ctx.id, ctx.args, ctx.kwargs, einfo)
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=task, task_id=ctx.id, exception=exc, args=ctx.args,
@@ -253,9 +255,10 @@ def internal_error(task: Task, ctx: Context, exc: BaseException) -> Outcome:
 
 
 # ---- entry points ----------------------------------------------------------------------------
-def execute(task: Task, ctx: Context, *, eager: bool = False) -> Outcome:
+def execute(task: Task, ctx: Context, *, eager: bool = False,
+            defer_result: bool = False) -> Outcome:
     """Run a sync task to its end; never raises for task errors (they become the Outcome)."""
-    run = _Run(task, ctx, eager=eager)
+    run = _Run(task, ctx, eager=eager, defer=defer_result)
     req_token = _context.current_request_var.set(ctx)
     task_token = _context.current_task_var.set(task)
     try:

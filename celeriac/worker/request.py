@@ -87,7 +87,7 @@ class ReceivedRequest:
 
 
 def run_message(app: "Celery", message: "Message", delivery_info: dict, hostname: str,
-                accept: frozenset[str]) -> Outcome:
+                accept: frozenset[str], *, defer_result: bool = False) -> Outcome:
     """Decode and execute one task message. Never raises for bad input: it reports it."""
     task_id = message.headers.get("id") or "?"
     try:
@@ -103,7 +103,7 @@ def run_message(app: "Celery", message: "Message", delivery_info: dict, hostname
                        exc_repr=f"NotRegistered: {body.name!r}")
     ctx = context_from_body(body, hostname=hostname, delivery_info=delivery_info,
                             properties=message.properties)
-    return execute(task, ctx)
+    return execute(task, ctx, defer_result=defer_result)
 
 
 def request_from_message(message: "Message", accept: frozenset[str],

@@ -48,9 +48,11 @@ class Runner:
     """What a pool calls to run one message; picklable by reference through fork."""
 
     def __init__(self, app: "Celery", hostname: str, *, app_spec: str | None = None,
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, defer_results: bool = False) -> None:
         self.app = app
         self.hostname = hostname
+        #: results may wait for the thread's next round trip (the consumer then flushes them)
+        self.defer_results = defer_results
         self.accept = serialization.normalize_accept(app.conf.accept_content)
         self.app_spec = app_spec
         self.overrides = overrides or {}
@@ -62,7 +64,8 @@ class Runner:
         return (self.app_spec, self.overrides, self.hostname)
 
     def __call__(self, message: Any, delivery_info: dict) -> Any:
-        return run_message(self.app, message, delivery_info, self.hostname, self.accept)
+        return run_message(self.app, message, delivery_info, self.hostname, self.accept,
+                           defer_result=self.defer_results)
 
     def limits(self, message: Any) -> tuple[float | None, float | None]:
         """(hard, soft) time limits for this message, in seconds (None: no limit)."""
@@ -133,7 +136,13 @@ class Worker:
                      if app.conf.get(k)}
         runner = Runner(app, self.hostname, app_spec=self.options.get("app_spec"),
                         overrides=overrides)
-        self.pool = create_pool(self.pool_kind, runner, self.concurrency, self._on_done)
+        # In the solo and thread pools, with a broker whose acks are single round trips, the
+        # thread that ran a task sends its result with its ack (see Consumer.inline).
+        inline = (self.pool_kind in ("solo", "threads")
+                  and getattr(app.transport, "inline_acks", False))
+        pool_runner = Runner(app, self.hostname, app_spec=runner.app_spec, overrides=overrides,
+                             defer_results=True) if inline else runner
+        self.pool = create_pool(self.pool_kind, pool_runner, self.concurrency, self._on_done)
         if self.pool_kind != "asyncio":
             limit = int(app.conf.get("worker_async_concurrency") or DEFAULT_ASYNC_CONCURRENCY)
             self.async_pool = create_pool("asyncio", runner, limit, self._on_done)

@@ -76,5 +76,10 @@ def spawn_children(n):
 
 
 @app.task
+def no_arguments():
+    return "none taken"
+
+
+@app.task
 def pid(_=None):
     return os.getpid()

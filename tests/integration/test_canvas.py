@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
@@ -200,6 +201,13 @@ def test_a_group_inside_a_chain_becomes_a_chord(canvas):
     assert tail.get(timeout=TIMEOUT) == [3, 4]
 
 
+def test_a_group_after_a_step_or_first_in_a_chain(canvas):
+    t = canvas.t
+    built = chain(t.identity.s(3), group(t.add.s(1), t.add.s(2)), t.xsum.s())  # not through |
+    assert built().get(timeout=TIMEOUT) == 4 + 5
+    assert chain(group(t.identity.s(1), t.identity.s(2)), t.xsum.s())().get(timeout=TIMEOUT) == 3
+
+
 def test_a_chord_inside_a_chain(canvas):
     t = canvas.t
     result = (t.add.s(1, 1) | chord([t.add.s(1), t.add.s(2)], t.xsum.s()) | t.mul.s(10))()
@@ -214,6 +222,18 @@ def test_chords_and_groups_inside_a_chord_header(canvas):
     assert flattened().get(timeout=TIMEOUT) == [1, 2, 3]
     with_chain = chord([t.add.s(1, 1) | t.mul.s(3), t.identity.s(7)], t.collect.s())
     assert with_chain().get(timeout=TIMEOUT) == [6, 7]
+    # a chain that ends in a group: its members count for the outer chord, nested in the result
+    ending_in_group = chord([t.identity.s(1), chain(t.identity.s(2), group(t.identity.s(),
+                                                                             t.identity.s()))],
+                            t.collect.s())
+    assert ending_in_group().get(timeout=TIMEOUT) == [1, [2, 2]]
+    # an inner chord whose body is a chain, or a group
+    chained_body = chord([t.identity.s(1), t.identity.s(2)], t.xsum.s() | t.add.s(1))
+    assert chord([chained_body, t.identity.s(10)], t.xsum.s())().get(timeout=TIMEOUT) == 14
+    group_body = chord([t.identity.s(1), t.identity.s(2)],
+                       group(t.identity.s(), t.identity.s()))
+    assert chord([group_body, t.identity.s(10)], t.collect.s())().get(timeout=TIMEOUT) == [
+        [[1, 2], [1, 2]], 10]
 
 
 # ---- map, starmap, chunks ------------------------------------------------------------------------
@@ -243,6 +263,33 @@ def test_a_failure_stops_the_chain_and_reaches_its_errbacks_and_its_result(canva
     assert first.get(timeout=TIMEOUT) == 2
     lines = sorted(_wait_for_lines(ledger, 2))
     assert lines == [f"new {failed.id} ValueError", f"old {failed.id}"]
+
+
+def test_a_step_that_cannot_be_sent_fails_the_rest_but_not_its_parent(canvas):
+    t = canvas.t
+    last = (t.add.s(1, 2) | t.no_arguments.s() | t.add.s(1))()  # the 3 does not fit
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        last.get(timeout=TIMEOUT)
+    assert last.parent.parent.get(timeout=TIMEOUT) == 3
+    assert last.parent.state == states.FAILURE
+
+
+def test_a_revoked_step_revokes_the_rest_of_its_chain(canvas):
+    t = canvas.t
+    # the middle step has expired by the time it is sent: the worker revokes it
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    last = chain(t.identity.s(1), t.identity.s().set(expires=past), t.identity.s())()
+    with pytest.raises(TaskRevokedError):
+        last.get(timeout=TIMEOUT)
+    assert last.state == last.parent.state == states.REVOKED
+
+
+def test_a_failure_stops_waiting_for_the_rest_of_a_group(canvas):
+    t = canvas.t
+    g = group(t.slow_identity.s("slow", 3.0), t.fail.s(message="fast"))()
+    with pytest.raises(ValueError, match="fast"):
+        g.get(timeout=TIMEOUT)
+    assert not g.results[0].ready()  # raised as soon as the failure was known
 
 
 def test_a_failure_before_a_chord_fails_the_chord_body(canvas):

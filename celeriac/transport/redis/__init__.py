@@ -29,12 +29,15 @@ from typing import Any, Sequence
 import redis as redis_py
 
 from ...protocol.message import Message
+from ...utils import redis_wire
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
 from . import scripts
 from .envelope import decode, encode, list_name, priority_step
 
 #: how many delayed messages and expired leases one fetch moves at most
 RESTORE_LIMIT = 100
+_SHAS = {name: redis_wire.script_sha(getattr(scripts, name))
+         for name in ("FETCH", "ACK", "REJECT", "DEFER", "EXTEND", "DEAD_LETTER", "SIZE")}
 logger = logging.getLogger(__name__)
 #: redis-py client options a broker_transport_options dict may carry
 _CLIENT_OPTIONS = ("socket_timeout", "socket_connect_timeout", "socket_keepalive",
@@ -60,6 +63,10 @@ class RedisTransport:
     ``celeriac.delayed.<queue>`` (envelope by due time), ``celeriac.dead_letter`` (+ ``.order``,
     ``.seq``).
     """
+
+    #: an ack is one cheap round trip: the worker thread that ran a task acks it itself, with the
+    #: result write it deferred in the same round trip (see worker/consumer.py)
+    inline_acks = True
 
     #: errors a publish may be retried after (``task_publish_retry``): the server was unreachable
     transient_errors: tuple[type[BaseException], ...] = (redis_py.exceptions.ConnectionError,
@@ -99,9 +106,8 @@ class RedisTransport:
         self._declared: set[str] = set()
         self._pid = os.getpid()
         self._client = self._connect()
-        self._scripts = {name: self._client.register_script(getattr(scripts, name))
-                         for name in ("FETCH", "ACK", "REJECT", "DEFER", "EXTEND", "DEAD_LETTER",
-                                      "SIZE")}
+        self._keys = (self.unacked_key, self.unacked_index_key, self.prefix + "celeriac.deliveries")
+        self._head = (self.prefix, self.sep, len(self.steps), *self.steps)
         db = self._client.connection_pool.connection_kwargs.get("db", 0)
         self._wake_base = f"{self.prefix}/{db}.celeriac.wake/"
         self._waker: _Waker | None = None
@@ -128,15 +134,19 @@ class RedisTransport:
             self._pid = os.getpid()
             self._lock = threading.Lock()
             self._client = self._connect()
-            self._scripts = {name: self._client.register_script(s.script)
-                             for name, s in self._scripts.items()}
             self._waker = None
 
-    def _run(self, name: str, args: Sequence[Any]) -> Any:
+    def _wire(self) -> redis_wire.Wire:
+        """This thread's raw connection, shared with a result store on the same database (so
+        an ack can travel with the result write before it)."""
         self._check_fork()
-        keys = (self.unacked_key, self.unacked_index_key, self.prefix + "celeriac.deliveries")
-        head = (self.prefix, self.sep, len(self.steps), *self.steps)
-        return self._scripts[name](keys=keys, args=(*head, *args), client=self._client)
+        return redis_wire.wire_for(self._client.connection_pool)
+
+    def _script(self, name: str, args: Sequence[Any]) -> tuple:
+        return ("EVALSHA", _SHAS[name], 3, *self._keys, *self._head, *args)
+
+    def _run(self, name: str, args: Sequence[Any]) -> Any:
+        return self._wire().call_one(*self._script(name, args))
 
     def _list(self, queue: str, priority: Any) -> str:
         return self.prefix + list_name(queue, priority_step(priority, self.steps), self.sep)
@@ -160,31 +170,39 @@ class RedisTransport:
         if not items:
             return
         now = time.time()
-        encoded = [(item, encode(item.message, item.queue, str(uuid.uuid4()))) for item in items]
-        self._check_fork()
-        pipe = self._client.pipeline(transaction=True)
+        wire = self._wire()
+        writes: list[tuple] = []
         fresh = list(dict.fromkeys(item.queue for item in items if item.queue not in self._declared))
         for queue in fresh:
-            pipe.sadd(f"{self.prefix}_kombu.binding.{queue}", self._binding(queue))
+            writes.append(("SADD", f"{self.prefix}_kombu.binding.{queue}", self._binding(queue)))
         woken: dict[str, None] = {}
         run_key, run = "", []  # consecutive pushes to one list go in one LPUSH
-        for item, envelope in encoded:
+        for item in items:
+            envelope = encode(item.message, item.queue, str(uuid.uuid4()))
             if (self.delayed_publish == "delayed_set" and item.not_before is not None
                     and item.not_before > now):
-                pipe.zadd(f"{self.prefix}celeriac.delayed.{item.queue}", {envelope: item.not_before})
+                writes.append(("ZADD", f"{self.prefix}celeriac.delayed.{item.queue}",
+                               repr(item.not_before), envelope))
                 continue
             key = self._list(item.queue, item.message.properties.get("priority"))
             if key != run_key and run:
-                pipe.lpush(run_key, *run)
+                writes.append(("LPUSH", run_key, *run))
                 run = []
             run_key = key
             run.append(envelope)
             woken[item.queue] = None
         if run:
-            pipe.lpush(run_key, *run)
-        for queue in woken:
-            pipe.publish(self._wake_channel(queue), "")
-        pipe.execute()
+            writes.append(("LPUSH", run_key, *run))
+        wakes = [("PUBLISH", self._wake_channel(queue), "") for queue in woken]
+        if len(writes) > 1:  # all or nothing: a retried publish must not duplicate half of it
+            replies = wire.call(("MULTI",), *writes, ("EXEC",), *wakes)
+            outcome = replies[len(writes) + 1]
+        else:
+            replies = wire.call(*writes, *wakes)
+            outcome = replies[:len(writes)]
+        for reply in outcome if isinstance(outcome, list) else [outcome]:
+            if isinstance(reply, Exception):
+                raise reply
         self._declared.update(fresh)
 
     # ---- consuming ----------------------------------------------------------------------------
@@ -241,6 +259,16 @@ class RedisTransport:
             return []
         reply = self._run("ACK", (len(deliveries), *self._triples(deliveries)))
         return [bool(flag) for flag in reply]
+
+    def flush(self) -> None:
+        """Send what this thread queued with ``ack_later`` (and deferred result writes)."""
+        redis_wire.flush_thread()
+
+    def ack_later(self, deliveries: Sequence[Delivery]) -> None:
+        """Queue the ack on this thread's wire: it goes out with the thread's next round trip
+        (a result store on the same database shares that wire, see utils/redis_wire.py)."""
+        if deliveries:
+            self._wire().defer(self._script("ACK", (len(deliveries), *self._triples(deliveries))))
 
     def reject(self, delivery: Delivery, requeue: bool) -> bool:
         """``requeue``: back to the consuming end with kombu's redelivered flags; else dropped."""

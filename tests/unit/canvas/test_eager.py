@@ -74,6 +74,24 @@ def test_taskset_apply(run):
     assert result.join() == [2, 4] and result.total == 2
 
 
+def test_a_chain_link_runs_once_after_the_last_step(run):
+    add = run.tasks["e.add"]
+    seen = []
+
+    @add.app.task(name="e.record")
+    def record(value):
+        seen.append(value)
+
+    steps = add.s(1, 1) | add.s(1) | add.s(1)
+    steps.link(record.s())
+    assert run(steps).get() == 4
+    if add.app.conf.task_always_eager:
+        assert seen == [4]
+    else:  # .apply() runs the chain here; its callback is sent, as on Celery
+        sent = add.app.transport.fetch(["celery"], 10, 0.1)
+        assert [d.message.headers["task"] for d in sent] == ["e.record"]
+
+
 def test_chain_apply_passes_results(run):
     add = run.tasks["e.add"]
     assert chain(add.s(1), add.s(10)).apply((1,)).get() == 12

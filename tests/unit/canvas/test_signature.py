@@ -95,6 +95,7 @@ def test_set_link_and_link_error(add):
     callback, errback = add.s(2), add.s(3)
     assert sig.link(callback) is callback and sig.link_error(errback) is errback
     assert sig.options["link"] == [callback] and sig.options["link_error"] == [errback]
+    assert sig.on_error(add.s(4)) is sig  # Celery's chaining form
 
 
 def test_freeze_fixes_the_id_once(app, add):

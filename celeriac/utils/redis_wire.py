@@ -1,0 +1,205 @@
+"""One thread's raw connection to one Redis database, shared by the broker and the result store.
+
+Layer: utils (used by ``transport/redis`` and ``backends/redis``). redis-py's client checks a
+connection out of its pool, polls it, and wraps every command in layers of bookkeeping; on the
+per-task path that costs more than the round trip itself. A ``Wire`` keeps one redis-py
+``Connection`` per thread and sends packed commands straight on it (hiredis parses the replies).
+
+Two things follow from sharing: a transport and a result store of one process that point at the
+same server and database use the same ``Wire`` in a given thread, so their commands can share a
+round trip; and writes whose replies nobody waits for (a stored result, an ack) can be *deferred*:
+they go out ahead of the thread's next command, in the same packet, or at the next ``flush()``.
+Deferred commands are kept until a round trip carrying them has completed, so a connection lost
+on the way sends them again (they must be idempotent: SET, PUBLISH, fenced acks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = logging.getLogger(__name__)
+
+#: connection options that decide whether two clients reach the same database
+_IDENTITY = ("host", "port", "db", "path", "username", "password", "ssl_certfile", "ssl_keyfile",
+             "ssl_ca_certs", "ssl_cert_reqs")
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+#: pauses between attempts of a ``flush()`` that hit a connection error (then it is raised)
+FLUSH_RETRY_DELAYS = (0.1, 0.5, 2.0)
+
+Command = tuple  # ("SET", key, value, ...)
+
+#: sha1 -> Lua source of every script a wire may have to load again (after SCRIPT FLUSH or a
+#: server restart the server forgets them)
+_SCRIPTS: dict[str, bytes] = {}
+
+
+def script_sha(source: str) -> str:
+    """Register a Lua script; EVALSHA it with this sha (loaded on demand)."""
+    data = source.encode()
+    sha = hashlib.sha1(data).hexdigest()
+    _SCRIPTS[sha] = data
+    return sha
+
+
+def wire_key(pool: Any) -> tuple:
+    """What identifies the database a redis-py pool connects to."""
+    kwargs = pool.connection_kwargs
+    return (pool.connection_class, *(kwargs.get(name) for name in _IDENTITY))
+
+
+class Wire:
+    """A raw connection used by one thread only (no locks): ``call``, ``defer``, ``flush``."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._conn: Any = None
+        self._deferred: list[Command] = []
+
+    @property
+    def pending(self) -> int:
+        return len(self._deferred)
+
+    def defer(self, *commands: Command) -> None:
+        """Send ``commands`` with this thread's next round trip on this wire (or at ``flush``)."""
+        self._deferred.extend(commands)
+
+    def call(self, *commands: Command) -> list[Any]:
+        """Send the deferred commands and then ``commands`` in one round trip; return the replies
+        of ``commands`` (an error reply is returned as a ``ResponseError``, not raised)."""
+        if not commands and not self._deferred:
+            return []
+        batch = [*self._deferred, *commands]
+        replies = self._round_trip(batch)
+        deferred, self._deferred = batch[:len(batch) - len(commands)], []
+        for command, reply in zip(deferred, replies):
+            if isinstance(reply, ResponseError):  # a deferred write the server refused
+                logger.error("Redis refused a deferred %s: %s", command[0], reply)
+        return replies[len(deferred):]
+
+    def call_one(self, *command: Any) -> Any:
+        """One command (plus the deferred ones); its reply, an error reply raised."""
+        reply = self.call(command)[0]
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    def flush(self) -> None:
+        """Send the deferred commands now, retrying a lost connection a few times."""
+        delays = iter(FLUSH_RETRY_DELAYS)
+        while self._deferred:
+            try:
+                self.call()
+            except TRANSIENT:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    def drop_deferred(self) -> int:
+        dropped, self._deferred = len(self._deferred), []
+        return dropped
+
+    def _round_trip(self, batch: Sequence[Command], reload: bool = True) -> list[Any]:
+        reused = self._conn is not None
+        try:
+            replies = self._exchange(batch)
+        except TRANSIENT:
+            if not reused:
+                raise
+            # A connection that sat idle may have died with a server restart: one more try on a
+            # fresh one (what redis-py does for its pooled connections too).
+            replies = self._exchange(batch)
+        missing = [i for i, reply in enumerate(replies)
+                   if _is_noscript(reply) and str(batch[i][1]) in _SCRIPTS] if reload else []
+        if missing:  # the server forgot our scripts (restart, SCRIPT FLUSH): load, send again
+            shas = dict.fromkeys(str(batch[i][1]) for i in missing)
+            retry = [("SCRIPT", "LOAD", _SCRIPTS[sha]) for sha in shas]
+            again = self._round_trip([*retry, *(batch[i] for i in missing)],
+                                     reload=False)[len(retry):]
+            for i, reply in zip(missing, again):
+                replies[i] = reply
+        return replies
+
+    def _exchange(self, batch: Sequence[Command]) -> list[Any]:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
+        try:
+            conn.send_packed_command(conn.pack_commands(batch), check_health=False)
+            return [_read(conn) for _ in batch]
+        except BaseException:
+            self.close()  # the stream may be half read: never reuse it
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001 - closing a broken socket must not raise
+                pass
+
+
+def _read(conn: Any) -> Any:
+    try:
+        return conn.read_response()
+    except ResponseError as exc:
+        return exc
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, NoScriptError)
+
+
+class _ThreadWires(threading.local):
+    def __init__(self) -> None:
+        self.wires: dict[tuple, Wire] = {}
+
+
+_local = _ThreadWires()
+_pid = os.getpid()
+
+
+def wire_for(pool: Any) -> Wire:
+    """This thread's wire to the database of ``pool`` (a redis-py ConnectionPool); one per
+    database and thread, whoever asks."""
+    global _local, _pid
+    if _pid != os.getpid():  # a forked child: the parent's sockets are not ours
+        _local, _pid = _ThreadWires(), os.getpid()
+    key = wire_key(pool)
+    wire = _local.wires.get(key)
+    if wire is None:
+        kwargs = dict(pool.connection_kwargs)
+        connection_class = pool.connection_class
+
+        def connect() -> Any:
+            conn = connection_class(**kwargs)
+            conn.connect()
+            return conn
+
+        wire = _local.wires[key] = Wire(connect)
+    return wire
+
+
+def flush_thread() -> None:
+    """Send every deferred command of this thread, on every wire."""
+    if _pid != os.getpid():
+        return
+    for wire in list(_local.wires.values()):
+        if wire.pending:
+            wire.flush()
+
+
+def pending_in_thread() -> int:
+    if _pid != os.getpid():
+        return 0
+    return sum(wire.pending for wire in _local.wires.values())
