@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from celeriac import Celery, signals
+from celeriac import Celery, chord, signals  # noqa: F401 - chord: the client's chord measure
 
 app = Celery("bench.bench_tasks")
 
@@ -27,6 +27,12 @@ def noop() -> None:
 @app.task
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task
+def count(results: list) -> int:
+    """A chord body: how many header results it was given."""
+    return len(results)
 
 
 @signals.worker_ready.connect

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, chord, signals  # noqa: F401 - chord: the client's chord measure
 
 # Same name as bench.bench_tasks.READY_FILE_ENV; not imported, since celeriac is not installed here.
 READY_FILE_ENV = "CELERIAC_BENCH_READY_FILE"
@@ -27,6 +27,12 @@ app.conf.broker_connection_retry_on_startup = True
 @app.task
 def noop() -> None:
     """Does nothing, so a measure shows the queue's own cost per task."""
+
+
+@app.task
+def count(results: list) -> int:
+    """A chord body: how many header results it was given."""
+    return len(results)
 
 
 @signals.worker_ready.connect

@@ -133,7 +133,7 @@ def fail_body(app: "Celery", body: Any, exc: BaseException) -> None:
         steps = [maybe_signature(s, app=app) for s in body.tasks]
         if steps:
             fail_body(app, steps[0], exc)
-            followups.fail_chain(app, steps[1:], exc, None)
+            followups.fail_chain(app, steps[:0:-1], exc, None)  # the rest, in wire order
         return
     body.options.setdefault("task_id", str(uuid.uuid4()))
     ctx = followups.request_for(body, errbacks=as_list(body.options.get("link_error")),

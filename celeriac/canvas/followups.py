@@ -57,7 +57,7 @@ def _send_or_fail(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", rest: 
     except Exception as exc:
         logger.error("Task %s[%s]: could not send %s: %r", ctx.task, ctx.id,
                      maybe_signature(sig, app=app).task, exc)
-        fail_chain(app, [sig, *rest], exc, None)
+        fail_chain(app, [*rest, sig], exc, None)  # wire order: the next step last
 
 
 def on_failure(app: "Celery", ctx: "Context", exc: BaseException, traceback: str | None, *,
@@ -84,7 +84,9 @@ def fail_chain(app: "Celery", steps: Any, exc: BaseException, traceback: str | N
                state: str = states.FAILURE) -> None:
     """Mark every step that will now never run as failed (or revoked) with ``exc``; a step that
     belongs to a chord header counts toward that chord (as failed), so it does not wait forever."""
-    pending = deque(maybe_signature(s, app=app) for s in steps or ())
+    # ``steps`` is in wire order (next step last): marked from the next step on, so whoever sees
+    # the chain's last result failed finds every step before it failed too
+    pending = deque(maybe_signature(s, app=app) for s in reversed(list(steps or ())))
     persistent = app.backend.persistent
     while pending:
         step = pending.popleft()

@@ -527,7 +527,10 @@ class chord(Signature):
             **options: Any) -> Any:
         options = message_options(options)
         add_to_parent = options.pop("add_to_parent", True)
-        header = maybe_signature(header, app=app).clone()
+        header = maybe_signature(header, app=app)
+        # a new group over the same members (each is copied as it is sent): the caller's chord
+        # keeps its header as it was
+        header = group(list(header.tasks), app=app, **dict(header.options))
         header_id = header.options.get("task_id") or header_id or _uuid()
         header.options["task_id"] = header_id
         if chain:  # the rest of an enclosing chain continues after the body

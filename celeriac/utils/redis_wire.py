@@ -63,6 +63,8 @@ class Wire:
         self._connect = connect
         self._conn: Any = None
         self._deferred: list[Command] = []
+        #: position in ``_deferred`` -> what to do with that command's reply (deferred reads)
+        self._handlers: dict[int, Callable[[Any], None]] = {}
 
     @property
     def pending(self) -> int:
@@ -72,18 +74,38 @@ class Wire:
         """Send ``commands`` with this thread's next round trip on this wire (or at ``flush``)."""
         self._deferred.extend(commands)
 
+    def defer_read(self, command: Command, handler: Callable[[Any], None]) -> None:
+        """Like ``defer``, for a command whose reply matters: ``handler(reply)`` runs once the
+        round trip that carried it is over. Unlike writes, it is not sent again if that round
+        trip fails (a read repeated blindly could do its work twice)."""
+        self._handlers[len(self._deferred)] = handler
+        self._deferred.append(command)
+
     def call(self, *commands: Command) -> list[Any]:
         """Send the deferred commands and then ``commands`` in one round trip; return the replies
         of ``commands`` (an error reply is returned as a ``ResponseError``, not raised)."""
-        if not commands and not self._deferred:
+        deferred = self._deferred
+        if not commands and not deferred:
             return []
-        batch = [*self._deferred, *commands]
-        replies = self._round_trip(batch)
-        deferred, self._deferred = batch[:len(batch) - len(commands)], []
-        for command, reply in zip(deferred, replies):
-            if isinstance(reply, ResponseError):  # a deferred write the server refused
-                logger.error("Redis refused a deferred %s: %s", command[0], reply)
-        return replies[len(deferred):]
+        batch = [*deferred, *commands] if deferred else list(commands)
+        handlers = self._handlers
+        try:
+            replies = self._round_trip(batch)
+        except BaseException:
+            if handlers:  # keep the writes for the next round trip, not the reads
+                self._deferred = [c for i, c in enumerate(deferred) if i not in handlers]
+                self._handlers = {}
+            raise
+        self._deferred, self._handlers = [], {}
+        if deferred:
+            for index, (command, reply) in enumerate(zip(deferred, replies)):
+                handler = handlers.get(index) if handlers else None
+                if handler is not None:
+                    handler(reply)
+                elif isinstance(reply, ResponseError):  # a deferred write the server refused
+                    logger.error("Redis refused a deferred %s: %s", command[0], reply)
+            return replies[len(deferred):]
+        return replies
 
     def call_one(self, *command: Any) -> Any:
         """One command (plus the deferred ones); its reply, an error reply raised."""
@@ -103,10 +125,6 @@ class Wire:
                 if delay is None:
                     raise
                 time.sleep(delay)
-
-    def drop_deferred(self) -> int:
-        dropped, self._deferred = len(self._deferred), []
-        return dropped
 
     def _round_trip(self, batch: Sequence[Command], reload: bool = True) -> list[Any]:
         reused = self._conn is not None
@@ -134,8 +152,15 @@ class Wire:
         if conn is None:
             conn = self._conn = self._connect()
         try:
-            conn.send_packed_command(conn.pack_commands(batch), check_health=False)
-            return [_read(conn) for _ in batch]
+            conn.send_packed_command(_pack(conn, batch), check_health=False)
+            read = conn.read_response
+            replies = []
+            for _ in batch:
+                try:
+                    replies.append(read())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
         except BaseException:
             self.close()  # the stream may be half read: never reuse it
             raise
@@ -149,11 +174,18 @@ class Wire:
                 pass
 
 
-def _read(conn: Any) -> Any:
-    try:
-        return conn.read_response()
-    except ResponseError as exc:
-        return exc
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    _hiredis_pack = None
+
+
+def _pack(conn: Any, batch: Sequence[Command]) -> list[bytes]:
+    """The RESP chunks for ``batch``: hiredis directly (our commands are plain str/bytes/int tuples
+    with one-word names), else redis-py's own packer."""
+    if _hiredis_pack is not None:
+        return [b"".join([_hiredis_pack(command) for command in batch])]
+    return conn.pack_commands(batch)
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -163,6 +195,8 @@ def _is_noscript(reply: Any) -> bool:
 class _ThreadWires(threading.local):
     def __init__(self) -> None:
         self.wires: dict[tuple, Wire] = {}
+        #: id(pool) -> (pool, its wire): the identity lookup, once per pool and thread
+        self.by_pool: dict[int, tuple[Any, Wire]] = {}
 
 
 _local = _ThreadWires()
@@ -175,8 +209,12 @@ def wire_for(pool: Any) -> Wire:
     global _local, _pid
     if _pid != os.getpid():  # a forked child: the parent's sockets are not ours
         _local, _pid = _ThreadWires(), os.getpid()
+    local = _local
+    known = local.by_pool.get(id(pool))
+    if known is not None and known[0] is pool:
+        return known[1]
     key = wire_key(pool)
-    wire = _local.wires.get(key)
+    wire = local.wires.get(key)
     if wire is None:
         kwargs = dict(pool.connection_kwargs)
         connection_class = pool.connection_class
@@ -186,7 +224,8 @@ def wire_for(pool: Any) -> Wire:
             conn.connect()
             return conn
 
-        wire = _local.wires[key] = Wire(connect)
+        wire = local.wires[key] = Wire(connect)
+    local.by_pool[id(pool)] = (pool, wire)
     return wire
 
 

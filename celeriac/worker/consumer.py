@@ -67,6 +67,7 @@ class Consumer:
                            and getattr(self.transport, "inline_acks", False))
         self.inline_early_ack = self.inline and getattr(pool, "runs_in_dispatcher", False)
         self._unflushed = False  # the dispatch thread may hold deferred result writes
+        self._fetching = False  # a fetch is on its way (one at a time keeps the window honest)
         self._buffer: collections.deque[tuple[int, "Delivery", bool]] = collections.deque()
         self._jobs: dict[int, "Delivery"] = {}  # job id -> delivery, waiting or running
         self._late: dict[int, bool] = {}
@@ -144,35 +145,50 @@ class Consumer:
     def _room(self) -> int:
         return self.prefetch_limit - len(self._buffer) - (self._running - self._running_async)
 
+    def _may_fetch(self) -> bool:
+        """Hold ``_cond``. Room for a fetch, nobody fetching; with inline settling the dispatch
+        thread refills the buffer itself while it works, so this thread waits for it to run dry."""
+        return (self._room() >= self.fetch_at and not self._fetching
+                and not (self.inline_early_ack and self._buffer))
+
     def _fetch_loop(self) -> None:
         backoff = 0.1
         while not self._stop.is_set():
             with self._cond:
-                while self._room() < self.fetch_at and not self._stop.is_set():
+                while not self._may_fetch() and not self._stop.is_set():
                     self._cond.wait(0.5)
                 room = self._room()
-            if self._stop.is_set():
-                return
+                self._fetching = True
             try:
-                deliveries = self.transport.fetch(self.queues, room, 1.0)
-                backoff = 0.1
-                if self._stop.is_set():  # shutdown began during the fetch: give them back now
-                    for delivery in deliveries:
-                        self._settle(delivery, REQUEUE)
+                if self._stop.is_set():
                     return
-            except Exception as exc:  # broker trouble: log, back off, carry on
-                logger.error("fetch failed: %r; retrying in %.1fs", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if self.revokes is not None and deliveries and not self.inline_early_ack:
-                # (inline settling checks each task as it starts, in its ack's round trip)
-                try:  # one round trip per batch: revokes made a moment ago count too
-                    self.revokes.check_stored([d.message.headers.get("id") for d in deliveries
-                                               if d.message.headers.get("id")])
-                except Exception:
-                    logger.exception("could not read revokes; relying on the last sync")
+                try:
+                    deliveries = self.transport.fetch(self.queues, room, 1.0)
+                    backoff = 0.1
+                except Exception as exc:  # broker trouble: log, back off, carry on
+                    logger.error("fetch failed: %r; retrying in %.1fs", exc, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                self._receive(deliveries)
+            finally:
+                with self._cond:
+                    self._fetching = False
+
+    def _receive(self, deliveries: list["Delivery"]) -> None:
+        """Take fetched deliveries in: checked, then buffered (or settled at once)."""
+        if self._stop.is_set():  # shutdown began during the fetch: give them back now
             for delivery in deliveries:
+                self._settle(delivery, REQUEUE)
+            return
+        if self.revokes is not None and deliveries and not self.inline_early_ack:
+            # (inline settling checks each task as it starts, in its ack's round trip)
+            try:  # one round trip per batch: revokes made a moment ago count too
+                self.revokes.check_stored([d.message.headers.get("id") for d in deliveries
+                                           if d.message.headers.get("id")])
+            except Exception:
+                logger.exception("could not read revokes; relying on the last sync")
+        for delivery in deliveries:
                 try:
                     self._accept_delivery(delivery)
                 except Exception:
@@ -335,8 +351,10 @@ class Consumer:
             if self.inline_early_ack and not (is_async and self.async_pool is not None):
                 if self._start_inline(job_id, delivery, late):
                     continue
-            elif not late:  # early ack: the task is starting now
-                self._settle(delivery, ACK)
+            elif not late:
+                # Early ack, confirmed before the task starts: a crash from here on loses this
+                # task but never runs it twice (Celery's at-most-once for early acks).
+                self._settle(delivery, ACK, inline=True)
             pool = self.async_pool if is_async and self.async_pool is not None else self.pool
             with self._cond:
                 self._pool_of[job_id] = pool
@@ -358,7 +376,13 @@ class Consumer:
         task's result (and its ack, with acks_late), this task's early ack, and the check
         whether this task was revoked a moment ago. Returns True if it was (then it is done)."""
         task_id = delivery.message.headers.get("id")
+        with self._cond:  # refill the buffer in the same round trip while there is room
+            refill = self._room() if (self._room() >= self.fetch_at and not self._fetching
+                                       and not self._stop.is_set()) else 0
+            self._fetching = self._fetching or bool(refill)
         try:
+            if refill:
+                self.transport.fetch_later(self.queues, refill, self._receive)
             if not late:
                 self.transport.ack_later([delivery])
             revoked = self.revokes is not None and bool(self.revokes.check_stored([task_id]))
@@ -367,6 +391,11 @@ class Consumer:
             logger.exception("could not ack or check task %s before it starts; it runs anyway, "
                              "and may be delivered again", task_id)
             return False
+        finally:
+            if refill:
+                with self._cond:
+                    self._fetching = False
+                    self._cond.notify_all()
         if not revoked:
             return False
         with self._cond:

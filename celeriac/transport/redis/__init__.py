@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 import uuid
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis as redis_py
 
@@ -208,12 +208,8 @@ class RedisTransport:
     # ---- consuming ----------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
         """Lease up to ``max_n`` messages in one script call, waiting up to ``timeout`` seconds."""
-        check_queue_names(queues)
-        if max_n < 1:
-            raise ValueError(f"max_n must be at least 1, got {max_n!r}")
+        order = self._order(queues, max_n)
         deadline = time.monotonic() + max(timeout, 0.0)
-        start = next(self._turn) % len(queues) if self.round_robin else 0
-        order = list(dict.fromkeys([*queues[start:], *queues[:start]]))
         waker = self._waiter() if timeout > 0 else None
         while True:
             seen = waker.mark(order) if waker else None
@@ -226,11 +222,34 @@ class RedisTransport:
                 pause = min(pause, max(due - time.time(), 0.0005))
             waker.wait(order, seen, pause)
 
-    def _lease(self, order: list[str], max_n: int) -> tuple[list[Delivery], float | None]:
+    def fetch_later(self, queues: Sequence[str], max_n: int,
+                    handler: Callable[[list[Delivery]], None]) -> None:
+        """Lease up to ``max_n`` messages with this thread's next round trip (no waiting):
+        ``handler(deliveries)`` gets them once it is over. Nothing is fetched if it fails."""
+        order = self._order(queues, max_n)
+        command, token = self._fetch_command(order, max_n)
+        self._wire().defer_read(command, lambda reply: handler(
+            [] if isinstance(reply, Exception) else self._deliveries(order, token, reply)[0]))
+
+    def _order(self, queues: Sequence[str], max_n: int) -> list[str]:
+        check_queue_names(queues)
+        if max_n < 1:
+            raise ValueError(f"max_n must be at least 1, got {max_n!r}")
+        start = next(self._turn) % len(queues) if self.round_robin else 0
+        return list(dict.fromkeys([*queues[start:], *queues[:start]]))
+
+    def _fetch_command(self, order: list[str], max_n: int) -> tuple[tuple, str]:
         token = secrets.token_hex(8)
         high = "high" if self.priority_order == "high_first" else "low"
-        reply = self._run("FETCH", (high, repr(time.time()), self.visibility_timeout, max_n, token,
-                                    RESTORE_LIMIT, len(order), *order))
+        return self._script("FETCH", (high, repr(time.time()), self.visibility_timeout, max_n,
+                                      token, RESTORE_LIMIT, len(order), *order)), token
+
+    def _lease(self, order: list[str], max_n: int) -> tuple[list[Delivery], float | None]:
+        command, token = self._fetch_command(order, max_n)
+        return self._deliveries(order, token, self._wire().call_one(*command))
+
+    def _deliveries(self, order: list[str], token: str,
+                    reply: list) -> tuple[list[Delivery], float | None]:
         hint = float(reply[0]) if reply[0] else None
         deliveries = []
         for i in range(1, len(reply), 4):
