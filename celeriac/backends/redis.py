@@ -213,11 +213,24 @@ class RedisBackend(ResultBackend):
 
     def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
                           entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
-        # Not retried: the script is idempotent for one task, but a retry after a lost reply
-        # could take a claim whose owner never learns it holds it.
-        return redis_chord.part_return(self._wire(), self._chord_keys(group_id), task_id,
-                                       group_index, entry, expires=self.expires,
-                                       claim_token=claim_token, claim_ttl=claim_ttl)
+        # Safe to retry: the member counts once, and the same token keeps the claim it took.
+        command = redis_chord.part_return_command(
+            self._chord_keys(group_id), task_id, group_index, entry, expires=self.expires,
+            claim_token=claim_token, claim_ttl=claim_ttl)
+        return redis_chord.part_from_reply(self._retrying(
+            lambda: self._wire().call(command)[0], self.chord_key(group_id)))
+
+    def chord_part_return_later(self, group_id: str, task_id: str, group_index: int | None,
+                                entry: bytes, *, claim_token: str, claim_ttl: float,
+                                then: Callable[[ChordPart], None]) -> None:
+        """``chord_part_return`` sent with this thread's next round trip (the worker's next
+        ack or flush); ``then(part)`` runs once it is over. Sent again if that round trip
+        fails, which is safe (see above)."""
+        command = redis_chord.part_return_command(
+            self._chord_keys(group_id), task_id, group_index, entry, expires=self.expires,
+            claim_token=claim_token, claim_ttl=claim_ttl)
+        self._wire().defer_read(command, lambda reply: then(redis_chord.part_from_reply(reply)),
+                                retain=True)
 
     def chord_results(self, group_id: str) -> list[bytes]:
         return self._wire().call_one("ZRANGE", self._key(self.chord_key(group_id, ".j")), 0, -1)

@@ -11,6 +11,8 @@ count and the claim can never disagree across workers. Celery 5.3's workers, whi
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..utils import redis_wire
 from .base import ChordPart
 
@@ -31,7 +33,9 @@ local extra = redis.call('GET', KEYS[2])
 local size = redis.call('GET', KEYS[3])
 local claimed = 0
 if size and ready == tonumber(size) + tonumber(extra or 0) then
-  if redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', ARGV[5]) then claimed = 1 end
+  -- the same token again (a retried call) still holds the claim it took
+  if redis.call('SET', KEYS[5], ARGV[6], 'NX', 'EX', ARGV[5]) then claimed = 1
+  elseif redis.call('GET', KEYS[5]) == ARGV[6] then claimed = 1 end
 end
 return {ready, extra, size, claimed}
 """
@@ -49,14 +53,19 @@ _PART_RETURN_SHA = redis_wire.script_sha(_PART_RETURN)
 _CLEANUP_SHA = redis_wire.script_sha(_CLEANUP)
 
 
-def part_return(wire: redis_wire.Wire, keys: dict[str, str], task_id: str,
-                group_index: int | None, entry: bytes, *, expires: float, claim_token: str,
-                claim_ttl: float) -> ChordPart:
+def part_return_command(keys: dict[str, str], task_id: str, group_index: int | None,
+                        entry: bytes, *, expires: float, claim_token: str,
+                        claim_ttl: float) -> tuple:
     score = "+inf" if group_index is None else str(int(group_index))
-    ready, extra, size, claimed = wire.call_one(
-        "EVALSHA", _PART_RETURN_SHA, 5, keys[".j"], keys[".t"], keys[".s"], keys[".d"],
-        keys[".c"], f"{task_id}:{score}", entry, score, int(expires or 0),
-        max(1, int(claim_ttl)), claim_token)
+    return ("EVALSHA", _PART_RETURN_SHA, 5, keys[".j"], keys[".t"], keys[".s"], keys[".d"],
+            keys[".c"], f"{task_id}:{score}", entry, score, int(expires or 0),
+            max(1, int(claim_ttl)), claim_token)
+
+
+def part_from_reply(reply: Any) -> ChordPart:
+    if isinstance(reply, Exception):
+        raise reply
+    ready, extra, size, claimed = reply
     if ready == -1:
         return ChordPart(-1, None, False)
     expected = int(size) + int(extra or 0) if size else None

@@ -24,6 +24,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .. import states
+from ..backends.base import ChordPart
 from ..backends.meta import exception_from_dict, exception_to_dict
 from ..exceptions import ChordError
 from .signature import as_list, maybe_signature
@@ -44,8 +45,13 @@ JOIN_TIMEOUT = 10.0
 DONE_TTL = 300.0
 
 
-def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -> None:
-    """Count one header result of ``request``'s chord; send the body if it was the last one."""
+def on_part_return(app: "Celery", request: "Context", state: str, result: Any, *,
+                   defer: bool = False) -> None:
+    """Count one header result of ``request``'s chord; send the body if it was the last one.
+
+    ``defer``: the count may travel with the worker thread's next round trip to the store
+    (stores that can, Redis); the body then goes out when that round trip is over.
+    """
     group_id, body = request.group, request.chord
     if not group_id or body is None:
         return
@@ -57,11 +63,30 @@ def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -
     payload = exception_to_dict(result) if isinstance(result, BaseException) else result
     entry = backend.encode([1, request.id, state, payload])
     token = uuid.uuid4().hex
+    later = getattr(backend, "chord_part_return_later", None) if defer else None
+    if later is not None:
+        def then(part: ChordPart) -> None:
+            try:
+                _after_count(app, request, group_id, token, part)
+            except Exception:
+                logger.exception("Chord %s: finishing it after task %s failed", group_id,
+                                 request.id)
+
+        later(group_id, request.id, request.group_index, entry, claim_token=token,
+              claim_ttl=CLAIM_TTL, then=then)
+        return
     part = backend.chord_part_return(group_id, request.id, request.group_index, entry,
                                      claim_token=token, claim_ttl=CLAIM_TTL)
+    _after_count(app, request, group_id, token, part)
+
+
+def _after_count(app: "Celery", request: "Context", group_id: str, token: str,
+                 part: ChordPart) -> None:
+    """Whoever took the claim sends the body (or fails it), then marks the chord done."""
     if not part.claimed:
         return
-    body = maybe_signature(body, app=app)
+    backend = app.backend
+    body = maybe_signature(request.chord, app=app)
     failure: ChordError | None = None
     try:
         values = _header_values(app, group_id)
@@ -72,8 +97,9 @@ def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -
         failure = ChordError(f"Join error: {exc!r}")
     else:
         try:
+            # (add_to_parent off: this may run after the worker moved on to another task)
             body.apply_async((values,), parent_id=request.id,
-                             root_id=request.root_id or request.id)
+                             root_id=request.root_id or request.id, add_to_parent=False)
         except Exception as exc:
             logger.exception("Chord %s: sending its body failed", group_id)
             failure = ChordError(f"Callback error: {exc!r}")

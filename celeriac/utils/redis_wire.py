@@ -63,8 +63,9 @@ class Wire:
         self._connect = connect
         self._conn: Any = None
         self._deferred: list[Command] = []
-        #: position in ``_deferred`` -> what to do with that command's reply (deferred reads)
-        self._handlers: dict[int, Callable[[Any], None]] = {}
+        #: position in ``_deferred`` -> (what to do with that command's reply, whether it is sent
+        #: again after a failed round trip): deferred reads
+        self._handlers: dict[int, tuple[Callable[[Any], None], bool]] = {}
 
     @property
     def pending(self) -> int:
@@ -74,11 +75,13 @@ class Wire:
         """Send ``commands`` with this thread's next round trip on this wire (or at ``flush``)."""
         self._deferred.extend(commands)
 
-    def defer_read(self, command: Command, handler: Callable[[Any], None]) -> None:
+    def defer_read(self, command: Command, handler: Callable[[Any], None], *,
+                   retain: bool = False) -> None:
         """Like ``defer``, for a command whose reply matters: ``handler(reply)`` runs once the
-        round trip that carried it is over. Unlike writes, it is not sent again if that round
-        trip fails (a read repeated blindly could do its work twice)."""
-        self._handlers[len(self._deferred)] = handler
+        round trip that carried it is over. If that round trip fails it is dropped, unless
+        ``retain`` (only for commands that are safe to run twice): then it goes again, handler
+        and all, with the next one."""
+        self._handlers[len(self._deferred)] = (handler, retain)
         self._deferred.append(command)
 
     def call(self, *commands: Command) -> list[Any]:
@@ -92,16 +95,24 @@ class Wire:
         try:
             replies = self._round_trip(batch)
         except BaseException:
-            if handlers:  # keep the writes for the next round trip, not the reads
-                self._deferred = [c for i, c in enumerate(deferred) if i not in handlers]
-                self._handlers = {}
+            if handlers:  # keep the writes (and retained reads) for the next round trip
+                kept: list[Command] = []
+                kept_handlers: dict[int, tuple[Callable[[Any], None], bool]] = {}
+                for index, command in enumerate(deferred):
+                    entry = handlers.get(index)
+                    if entry is not None and not entry[1]:
+                        continue
+                    if entry is not None:
+                        kept_handlers[len(kept)] = entry
+                    kept.append(command)
+                self._deferred, self._handlers = kept, kept_handlers
             raise
         self._deferred, self._handlers = [], {}
         if deferred:
             for index, (command, reply) in enumerate(zip(deferred, replies)):
-                handler = handlers.get(index) if handlers else None
-                if handler is not None:
-                    handler(reply)
+                entry = handlers.get(index) if handlers else None
+                if entry is not None:
+                    entry[0](reply)
                 elif isinstance(reply, ResponseError):  # a deferred write the server refused
                     logger.error("Redis refused a deferred %s: %s", command[0], reply)
             return replies[len(deferred):]

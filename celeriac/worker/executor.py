@@ -132,7 +132,7 @@ class _Run:
             self.app.backend.mark_as_done(ctx.id, retval, request=ctx,
                                           children=ctx.children_tuples(), defer=self.defer)
         if ctx.chord:
-            chords.on_part_return(self.app, ctx, states.SUCCESS, retval)
+            chords.on_part_return(self.app, ctx, states.SUCCESS, retval, defer=self.defer)
         task.on_success(retval, ctx.id, ctx.args, ctx.kwargs)
         if signals.task_success.receivers:
             signals.task_success.send(sender=task, result=retval)

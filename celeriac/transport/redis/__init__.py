@@ -36,6 +36,10 @@ from .envelope import decode, encode, list_name, priority_step
 
 #: how many delayed messages and expired leases one fetch moves at most
 RESTORE_LIMIT = 100
+#: seconds between the fetches that also move due delayed messages and restore expired leases
+#: (or sooner, once the due time a fetch reported has come): sweeping on every fetch would cost
+#: the server more than the fetch itself
+SWEEP_INTERVAL = 0.1
 _SHAS = {name: redis_wire.script_sha(getattr(scripts, name))
          for name in ("FETCH", "ACK", "REJECT", "DEFER", "EXTEND", "DEAD_LETTER", "SIZE")}
 logger = logging.getLogger(__name__)
@@ -111,6 +115,8 @@ class RedisTransport:
         db = self._client.connection_pool.connection_kwargs.get("db", 0)
         self._wake_base = f"{self.prefix}/{db}.celeriac.wake/"
         self._waker: _Waker | None = None
+        self._next_sweep = 0.0  # monotonic time of the next sweeping fetch
+        self._due_at: float | None = None  # wall time a fetch said something comes due
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisTransport:
@@ -241,8 +247,13 @@ class RedisTransport:
     def _fetch_command(self, order: list[str], max_n: int) -> tuple[tuple, str]:
         token = secrets.token_hex(8)
         high = "high" if self.priority_order == "high_first" else "low"
-        return self._script("FETCH", (high, repr(time.time()), self.visibility_timeout, max_n,
-                                      token, RESTORE_LIMIT, len(order), *order)), token
+        now, clock = time.time(), time.monotonic()
+        due = self._due_at
+        sweep = clock >= self._next_sweep or (due is not None and now >= due)
+        if sweep:
+            self._next_sweep, self._due_at = clock + SWEEP_INTERVAL, None
+        return self._script("FETCH", (high, repr(now), self.visibility_timeout, max_n, token,
+                                      RESTORE_LIMIT if sweep else 0, len(order), *order)), token
 
     def _lease(self, order: list[str], max_n: int) -> tuple[list[Delivery], float | None]:
         command, token = self._fetch_command(order, max_n)
@@ -251,6 +262,8 @@ class RedisTransport:
     def _deliveries(self, order: list[str], token: str,
                     reply: list) -> tuple[list[Delivery], float | None]:
         hint = float(reply[0]) if reply[0] else None
+        if hint is not None:
+            self._due_at = hint if self._due_at is None else min(self._due_at, hint)
         deliveries = []
         for i in range(1, len(reply), 4):
             queue = order[int(reply[i]) - 1]

@@ -1,7 +1,8 @@
 """The Lua scripts that make every Redis state change one atomic server-side step; layer: transport.
 
-Each script starts with ``PRELUDE``: helpers that read the common arguments
-(``ARGV[1..]`` = key prefix, priority separator, step count, steps ascending) and splice kombu's
+Each script starts with ``PRELUDE``: the common arguments (``ARGV[1..]`` = key prefix, priority
+separator, step count, steps ascending) and the lease bookkeeping; those that read envelopes add
+``ENVELOPES``: helpers that find kombu's delivery tag, pick a priority list and splice kombu's
 ``redelivered`` flags into envelope text without re-encoding it (cjson would rewrite numbers and
 empty arrays). The fixed keys come in ``KEYS``: unacked hash, unacked_index zset, delivery counts.
 Per-queue keys are built from the prefix, exactly as kombu builds them.
@@ -9,6 +10,7 @@ Per-queue keys are built from the prefix, exactly as kombu builds them.
 
 from __future__ import annotations
 
+#: what every script starts with: the common arguments, and lease bookkeeping
 PRELUDE = r"""
 local unacked, index, deliveries = KEYS[1], KEYS[2], KEYS[3]
 local prefix, sep = ARGV[1], ARGV[2]
@@ -17,6 +19,23 @@ local steps = {}
 for i = 1, nsteps do steps[i] = tonumber(ARGV[3 + i]) end
 local A = 4 + nsteps -- first script-specific argument
 
+local function lease_key(queue) return prefix .. 'celeriac.leases.' .. queue end
+
+-- the lease ``token`` still holds ``tag`` of ``queue`` (a Celery peer's restore also ends it)
+local function holds(tag, token, queue)
+  return redis.call('HGET', lease_key(queue), tag) == token and redis.call('HEXISTS', unacked, tag) == 1
+end
+
+local function forget(tag, queue)
+  redis.call('HDEL', unacked, tag)
+  redis.call('ZREM', index, tag)
+  redis.call('HDEL', lease_key(queue), tag)
+end
+"""
+
+#: the envelope helpers, for scripts that read or rewrite envelopes (their definitions cost
+#: each call some microseconds of the server's time, so the others go without)
+ENVELOPES = r"""
 -- index just past the JSON value starting at i
 local function skip(s, i)
   local c = string.sub(s, i, i)
@@ -84,6 +103,18 @@ local function flag(env)
   return env
 end
 
+-- kombu's delivery_tag without decoding the whole envelope: the envelope is a JSON object whose
+-- last member is "properties", and the tag is the last "delivery_tag" in it (a header of that
+-- name would come earlier, in "headers"). Anything else: nil, and the caller decodes.
+local function envelope_tag(env)
+  local props = string.find(env, '"properties": {', 1, true)
+  if not props then return nil end
+  local tag
+  for t in string.gmatch(string.sub(env, props), '"delivery_tag": "([%w%-%.]+)"') do tag = t end
+  if tag and string.sub(env, -1) == '}' then return tag end
+  return nil
+end
+
 local function decoded(env)
   local ok, value = pcall(cjson.decode, env)
   if ok and type(value) == 'table' and type(value.properties) == 'table' then return value end
@@ -100,7 +131,6 @@ local function list_for(queue, env)
   return prefix .. queue .. sep .. step
 end
 
-local function lease_key(queue) return prefix .. 'celeriac.leases.' .. queue end
 
 -- the envelope inside an unacked value '[<envelope>, "<exchange>", "<routing key>"]'
 local function unacked_envelope(value)
@@ -111,23 +141,13 @@ local function unacked_envelope(value)
   if not start then return nil end
   return string.sub(value, start, skip(value, start) - 1), rec
 end
-
--- the lease ``token`` still holds ``tag`` of ``queue`` (a Celery peer's restore also ends it)
-local function holds(tag, token, queue)
-  return redis.call('HGET', lease_key(queue), tag) == token and redis.call('HEXISTS', unacked, tag) == 1
-end
-
-local function forget(tag, queue)
-  redis.call('HDEL', unacked, tag)
-  redis.call('ZREM', index, tag)
-  redis.call('HDEL', lease_key(queue), tag)
-end
 """
+
 
 #: ARGV[A..]: order ('low'|'high'), now, visibility timeout, max_n, token, restore limit, n queues,
 #: queues. Returns {hint, (queue number, envelope, delivery count, tag)...}; hint is the next time
 #: something may become due when nothing was fetched, else ''.
-FETCH = PRELUDE + r"""
+FETCH = PRELUDE + ENVELOPES + r"""
 local high_first = ARGV[A] == 'high'
 local now_s = ARGV[A + 1]
 local now, vt, max_n = tonumber(now_s), tonumber(ARGV[A + 2]), tonumber(ARGV[A + 3])
@@ -135,8 +155,8 @@ local token, limit, nq = ARGV[A + 4], tonumber(ARGV[A + 5]), tonumber(ARGV[A + 6
 local queues = {}
 for i = 1, nq do queues[i] = ARGV[A + 6 + i] end
 
--- 1. delayed messages that came due join their lists
-for _, q in ipairs(queues) do
+-- 1. delayed messages that came due join their lists (a restore limit of 0: no sweeps this time)
+for _, q in ipairs(limit > 0 and queues or {}) do
   local dkey = prefix .. 'celeriac.delayed.' .. q
   for _, env in ipairs(redis.call('ZRANGEBYSCORE', dkey, '-inf', now_s, 'LIMIT', 0, limit)) do
     redis.call('ZREM', dkey, env)
@@ -145,7 +165,9 @@ for _, q in ipairs(queues) do
 end
 
 -- 2. expired leases (anyone's, as kombu's restore does) go back to the consuming end
-for _, tag in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now - vt, 'LIMIT', 0, limit)) do
+local expired = limit > 0 and redis.call('ZRANGEBYSCORE', index, '-inf', now - vt,
+                                         'LIMIT', 0, limit) or {}
+for _, tag in ipairs(expired) do
   local value = redis.call('HGET', unacked, tag)
   redis.call('ZREM', index, tag)
   if value then
@@ -196,11 +218,14 @@ while got < max_n and busy do
       if env then
         got = got + 1
         busy = true
-        local doc = decoded(env)
-        local tag = doc and doc.properties.delivery_tag
-        local stored = env
-        if type(tag) ~= 'string' then tag = token .. '.' .. got end
-        if not doc then stored = cjson.encode(env) end
+        local tag, stored = envelope_tag(env), env
+        if not tag then
+          -- not the kombu layout we know: decode it properly (or keep it as a string)
+          local doc = decoded(env)
+          tag = doc and doc.properties.delivery_tag
+          if type(tag) ~= 'string' then tag = token .. '.' .. got end
+          if not doc then stored = cjson.encode(env) end
+        end
         redis.call('ZADD', index, now_s, tag)
         redis.call('HSET', unacked, tag, '[' .. stored .. ', "", ' .. cjson.encode(q) .. ']')
         redis.call('HSET', lease_key(q), tag, token)
@@ -245,7 +270,7 @@ return out
 """
 
 #: ARGV[A..]: tag, token, queue, requeue ('1'|'0'), wake channel. Requeue goes to the consuming end.
-REJECT = PRELUDE + r"""
+REJECT = PRELUDE + ENVELOPES + r"""
 local tag, token, q = ARGV[A], ARGV[A + 1], ARGV[A + 2]
 if not holds(tag, token, q) then return 0 end
 local env, rec = unacked_envelope(redis.call('HGET', unacked, tag))
@@ -265,7 +290,7 @@ return 1
 
 #: ARGV[A..]: tag, token, queue, not_before, now, wake channel. A deferral is not a failed
 #: delivery, so it takes back the count the fetch added.
-DEFER = PRELUDE + r"""
+DEFER = PRELUDE + ENVELOPES + r"""
 local tag, token, q = ARGV[A], ARGV[A + 1], ARGV[A + 2]
 if not holds(tag, token, q) then return 0 end
 local env = unacked_envelope(redis.call('HGET', unacked, tag))
