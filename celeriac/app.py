@@ -154,6 +154,9 @@ class Celery:
                     options = dict(self.conf.get("broker_transport_options") or {})
                     if url.startswith("sqlite") and "visibility_timeout" not in options:
                         options["visibility_timeout"] = SQLITE_DEFAULT_VISIBILITY_TIMEOUT
+                    use_ssl = self.conf.get("broker_use_ssl")
+                    if isinstance(use_ssl, dict) and url.startswith("rediss"):
+                        options = {**use_ssl, **options}  # Celery's TLS setting for the broker
                     self._transport = transport_from_url(url, **options)
         return self._transport
 

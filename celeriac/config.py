@@ -319,7 +319,10 @@ COMPRESSIONS = ("zlib", "gzip", "bzip2", "lzma", "xz")
 _OPTIONAL_BOOLS = frozenset({"broker_connection_retry_on_startup", "result_persistent",
                              "task_reject_on_worker_lost", "worker_log_color",
                              "elasticsearch_retry_on_timeout"})
-_BOOLS = tuple(k for k, v in DEFAULTS.items() if isinstance(v, bool) or k in _OPTIONAL_BOOLS)
+#: bool settings that also take a dict of options (Celery's TLS settings)
+_BOOL_OR_DICT = frozenset({"broker_use_ssl"})
+_BOOLS = tuple(k for k, v in DEFAULTS.items()
+               if (isinstance(v, bool) or k in _OPTIONAL_BOOLS) and k not in _BOOL_OR_DICT)
 
 
 def _is_int(v: Any) -> bool:
@@ -380,6 +383,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "broker_write_url": (_is_url, "None or a URL str containing '://'"),
     "result_backend": (_is_url, "None or a URL str containing '://'"),
     "broker_transport_options": (lambda v: isinstance(v, Mapping), "a dict"),
+    "broker_use_ssl": (lambda v: isinstance(v, (bool, Mapping)), "a bool or a dict of ssl options"),
     "task_publish_retry_policy": (lambda v: isinstance(v, Mapping), "a dict"),
     "task_routes": (_is_routes, "a dict, list, tuple, dotted path str, callable or None"),
     "task_queues": (lambda v: v is None or isinstance(v, (Mapping, list, tuple, set)),

@@ -104,7 +104,9 @@ class RedisBackend(ResultBackend):
             with self._lock:
                 if self._subscriber is None:
                     kwargs = {**pool.connection_kwargs, "socket_timeout": None,
-                              "socket_keepalive": True, "health_check_interval": 0}
+                              "health_check_interval": 0}
+                    if issubclass(pool.connection_class, redis.connection.Connection):
+                        kwargs["socket_keepalive"] = True  # TCP only (not a unix socket)
 
                     def connect() -> Any:
                         conn = pool.connection_class(**kwargs)
@@ -574,6 +576,8 @@ def client_options(url: str, conf: Any = None, transport_options: dict | None = 
         kwargs.update(ssl_options)
     elif ssl_options:
         raise ImproperlyConfigured("result_backend: ssl_* options need a rediss:// URL")
+    if scheme == "unix":  # TCP keepalive means nothing on a unix socket (redis-py refuses it)
+        kwargs.pop("socket_keepalive", None)
     redis_url = f"{scheme}://{base}" + (f"?{urlencode(params)}" if params else "")
     try:
         parsed = parse_url(redis_url)

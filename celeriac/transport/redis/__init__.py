@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from typing import Any, Callable, Sequence
+from urllib.parse import parse_qsl, urlencode
 
 import redis as redis_py
 
@@ -120,8 +121,17 @@ class RedisTransport:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisTransport:
-        """``redis://[:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path?db=N`` or
-        kombu's ``redis+socket:///path``."""
+        """``redis://[:password@]host:port/db``, ``rediss://`` (TLS, ``ssl_*`` options in the
+        query or in ``broker_use_ssl``), ``unix:///path?db=N`` or kombu's
+        ``redis+socket:///path``. ``?global_keyprefix=p:`` in the query works like the
+        transport option (which wins)."""
+        base, _, query = url.partition("?")
+        params = parse_qsl(query, keep_blank_values=True)
+        prefix = [value for key, value in params if key == "global_keyprefix"]
+        if prefix:
+            options.setdefault("global_keyprefix", prefix[-1])
+            rest = [(k, v) for k, v in params if k != "global_keyprefix"]
+            url = base + (f"?{urlencode(rest)}" if rest else "")
         return cls(url, **options)
 
     def __repr__(self) -> str:
