@@ -157,14 +157,15 @@ class Bench:
         return json.loads(out.read_text())
 
     @contextlib.contextmanager
-    def worker(self, side: Side, pool: str, *, wrapper: Sequence[str] = ()) -> Iterator[Any]:
+    def worker(self, side: Side, pool: str, *, wrapper: Sequence[str] = (),
+               concurrency: int = 1) -> Iterator[Any]:
         """A running worker; ``wrapper`` goes between the interpreter and the worker's module."""
         from bench.run import WorkerProcess
 
         worker = WorkerProcess(self.workdir, f"{side.name}-{pool}")
         # The shared runner names the celeriac app; both sides get the same flags otherwise.
         worker.argv = [side.python, "-m", *wrapper, side.worker_module, "-A", side.app_module,
-                       "worker", "-P", pool, "-c", "1", "-l", "WARNING",
+                       "worker", "-P", pool, "-c", str(concurrency), "-l", "WARNING",
                        "-n", f"bench-{side.name}@%h"]
         worker.ready_file.unlink(missing_ok=True)
         with worker:
@@ -275,13 +276,13 @@ def peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def measure_chord(bench: Bench, side: Side, n: int, pool: str,
-                  timeout: float) -> tuple[float, float | None, str]:
+def measure_chord(bench: Bench, side: Side, n: int, pool: str, timeout: float,
+                  concurrency: int = 1) -> tuple[float, float | None, str]:
     """A chord of ``n`` noop tasks and a body that counts them, sent to an idle worker:
     (seconds from the first submit to the body's date_done, seconds from that to get()
     returning or None if it had not returned after ``timeout``, notes)."""
     bench.flush()
-    with bench.worker(side, pool) as worker:
+    with bench.worker(side, pool, concurrency=concurrency) as worker:
         worker.wait_ready(60)
         report = bench.client(side, "chord", n, timeout)
         rss = peak_rss_mb(worker.proc.pid)
@@ -332,12 +333,12 @@ def profile(bench: Bench, side: Side, tasks: int, out: Path) -> None:
 
 def run(bench: Bench, sides: dict[str, Side], tasks: int, samples: int, warmup: int,
         chord_size: int = 0, chord_pool: str = "solo", chord_timeout: float = 300.0,
-        only: Sequence[str] = ()) -> list[Row]:
+        only: Sequence[str] = (), chord_concurrency: int = 1) -> list[Row]:
     """Each measure for both sides back to back, so drifting machine load hits both alike."""
     from bench.run import percentile
 
     if only and set(only) <= {"chord"}:
-        return chord_rows(bench, sides, chord_size, chord_pool, chord_timeout)
+        return chord_rows(bench, sides, chord_size, chord_pool, chord_timeout, chord_concurrency)
 
     enqueue = Row("enqueue: noop.delay() in a loop", tasks, "tasks/s", {})
     solo = Row("drain: one worker, -P solo -c 1", tasks + 1, "tasks/s", {})
@@ -367,18 +368,18 @@ def run(bench: Bench, sides: dict[str, Side], tasks: int, samples: int, warmup: 
                         {k: percentile(v, p) for k, v in latencies.items()}))
     rows[3].note = "medians " + "; ".join(notes["latency"])
     if chord_size:
-        rows += chord_rows(bench, sides, chord_size, chord_pool, chord_timeout)
+        rows += chord_rows(bench, sides, chord_size, chord_pool, chord_timeout, chord_concurrency)
     return rows
 
 
-def chord_rows(bench: Bench, sides: dict[str, Side], n: int, pool: str,
-               timeout: float) -> list[Row]:
-    to_body = Row(f"chord: first submit -> body done, -P {pool}", n, "s", {})
+def chord_rows(bench: Bench, sides: dict[str, Side], n: int, pool: str, timeout: float,
+               concurrency: int = 1) -> list[Row]:
+    to_body = Row(f"chord: first submit -> body done, -P {pool} -c {concurrency}", n, "s", {})
     to_get = Row("chord: body done -> get() returns", n, "ms", {})
     notes = []
     for name, side in sides.items():
-        log(f"{name}: a chord of {n} noop tasks on an idle -P {pool} worker ...")
-        body, got, note = measure_chord(bench, side, n, pool, timeout)
+        log(f"{name}: a chord of {n} noop tasks on an idle -P {pool} -c {concurrency} worker ...")
+        body, got, note = measure_chord(bench, side, n, pool, timeout, concurrency)
         to_body.values[name] = body
         if got is not None:
             to_get.values[name] = got * 1000
@@ -465,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="header size of the chord measure (default 10000; 0 skips it)")
     parser.add_argument("--chord-pool", default="solo",
                         help="pool of the worker the chord runs on (default solo, -c 1)")
+    parser.add_argument("--chord-concurrency", type=int, default=1,
+                        help="that worker's concurrency (default 1)")
     parser.add_argument("--chord-timeout", type=float, default=300.0,
                         help="how long the chord's get() may wait (default 300 s)")
     parser.add_argument("--only", choices=["chord"], action="append", default=[],
@@ -497,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             speed = calibration()
             rows = run(bench, sides, args.tasks, args.samples, args.warmup,
                        chord_size=args.chord, chord_pool=args.chord_pool,
-                       chord_timeout=args.chord_timeout, only=args.only)
+                       chord_timeout=args.chord_timeout, only=args.only,
+                       chord_concurrency=args.chord_concurrency)
             speed_after = calibration()
         finally:
             bench.close()
