@@ -632,6 +632,7 @@ def _root_of(result: Any) -> Any:
 class _basemap(Signature):
     _task_name = ""
     _type_name = ""
+    _star = ""  # how the repr shows an item being passed: x, or *x
 
     def __init__(self, task: Any, it: Iterable[Any], app: "Celery | None" = None,
                  **options: Any) -> None:
@@ -655,6 +656,9 @@ class _basemap(Signature):
         return app.tasks[self._task_name].apply_async(
             (), {"task": task, "it": list(self.kwargs["it"])}, route_name=task.task, **merged)
 
+    def __repr__(self) -> str:
+        return f"[{self.kwargs['task'].task}({self._star}x) for x in {self.kwargs['it']!r:.100}]"
+
 
 @Signature.register_type("xmap")
 class xmap(_basemap):
@@ -663,9 +667,6 @@ class xmap(_basemap):
     _task_name = "celery.map"
     _type_name = "xmap"
 
-    def __repr__(self) -> str:
-        return f"[{self.kwargs['task'].task}(x) for x in {self.kwargs['it']!r:.100}]"
-
 
 @Signature.register_type("xstarmap")
 class xstarmap(_basemap):
@@ -673,9 +674,7 @@ class xstarmap(_basemap):
 
     _task_name = "celery.starmap"
     _type_name = "xstarmap"
-
-    def __repr__(self) -> str:
-        return f"[{self.kwargs['task'].task}(*x) for x in {self.kwargs['it']!r:.100}]"
+    _star = "*"
 
 
 @Signature.register_type("chunks")

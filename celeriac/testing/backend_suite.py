@@ -1,8 +1,9 @@
 """The result-store conformance suite: every store (memory, sqlite, redis...) must pass it.
 
 Layer: testing (imports pytest). Subclass ``BackendContract`` in a test module (as ``TestXxx``)
-and override the ``make_backend`` fixture; override ``process_url`` too when other processes can
-open the store, to run the multi-process checks. The suite uses the public ``ResultBackend`` API,
+and override the ``make_backend`` fixture; for a store other processes can open, subclass
+``SharedBackendContract`` instead and override ``process_url`` too, to add the multi-process
+checks. The suite uses the public ``ResultBackend`` API,
 plus the ``_wait_change`` primitive for the missed-wake-up check.
 """
 
@@ -183,7 +184,7 @@ def _run_children(targets: list[tuple[Callable[..., None], tuple]]) -> Callable[
 
 
 class BackendContract:
-    """Behaviour every result store shares. Override ``make_backend`` (and ``process_url``)."""
+    """Behaviour every result store shares. Override ``make_backend``."""
 
     @pytest.fixture
     def make_backend(self) -> Iterator[MakeBackend]:
@@ -191,11 +192,6 @@ class BackendContract:
         (every call on the same store), closed at teardown."""
         raise NotImplementedError("a BackendContract subclass must override make_backend")
 
-    @pytest.fixture
-    def process_url(self) -> str | None:
-        """A URL naming the same store as ``make_backend`` that other processes can open, or None
-        when the store is private to this process (the multi-process checks are then skipped)."""
-        return None
 
     @pytest.fixture
     def backend(self, make_backend: MakeBackend) -> ResultBackend:
@@ -338,20 +334,6 @@ class BackendContract:
             thread.join(30)
         assert sorted(seen) == list(range(1, threads_n * per_thread + 1))
 
-    def test_incr_is_atomic_across_processes(self, process_url: str | None, tmp_path: Path,
-                                             make_backend: MakeBackend) -> None:
-        if process_url is None:
-            pytest.skip("this store is private to one process")
-        procs_n, per_proc = 4, 250
-        barrier = multiprocessing.get_context("spawn").Barrier(procs_n)
-        outs = [tmp_path / f"incr-{i}.json" for i in range(procs_n)]
-        join = _run_children([(_incr_in_child, (process_url, "hits", per_proc, barrier, str(out)))
-                              for out in outs])
-        join()
-        seen = [v for out in outs for v in json.loads(out.read_text())]
-        assert sorted(seen) == list(range(1, procs_n * per_proc + 1))
-        assert make_backend().get_value("hits") == procs_n * per_proc
-
     # ---- plain values and groups ---------------------------------------------------------------
     def test_set_and_get_value(self, backend: ResultBackend) -> None:
         assert backend.get_value("k") is None
@@ -444,20 +426,6 @@ class BackendContract:
         started = time.monotonic()
         backend._wait_change([backend.task_key(task_id)], 3.0)  # noqa: SLF001 - the primitive
         assert time.monotonic() - started < _PROMPT
-
-    def test_wait_for_wakes_when_another_process_stores(
-            self, process_url: str | None, make_backend: MakeBackend) -> None:
-        if process_url is None:
-            pytest.skip("this store is private to one process")
-        backend = make_backend()
-        task_id = _new_id()
-        join = _run_children([(_store_in_child, (process_url, task_id, 0.2))])
-        try:
-            meta = backend.wait_for(task_id, timeout=_CHILD_TIMEOUT)
-            woke_after = time.time() - meta["result"]
-        finally:
-            join()
-        assert woke_after < _PROMPT
 
     # ---- chord joins ---------------------------------------------------------------------------
     def test_chord_join_counts_each_header_task_once_and_claims_once(
@@ -561,10 +529,46 @@ class BackendContract:
         values = [json.loads(raw)[3] for raw in backend.chord_results(group_id)]
         assert values == list(range(threads_n * per_thread))
 
-    def test_chord_join_claims_once_across_processes(self, process_url: str | None,
+    def test_close_twice(self, backend: ResultBackend) -> None:
+        backend.mark_as_done(_new_id(), 1)
+        backend.close()
+        backend.close()
+
+
+class SharedBackendContract(BackendContract):
+    """For stores that several processes open at once (SQLite, Redis): the same, plus checks
+    that run in child processes. Override ``process_url`` with a URL naming the test's store."""
+
+    @pytest.fixture
+    def process_url(self) -> str:
+        raise NotImplementedError("a SharedBackendContract subclass must override process_url")
+
+    def test_incr_is_atomic_across_processes(self, process_url: str, tmp_path: Path,
+                                             make_backend: MakeBackend) -> None:
+        procs_n, per_proc = 4, 250
+        barrier = multiprocessing.get_context("spawn").Barrier(procs_n)
+        outs = [tmp_path / f"incr-{i}.json" for i in range(procs_n)]
+        join = _run_children([(_incr_in_child, (process_url, "hits", per_proc, barrier, str(out)))
+                              for out in outs])
+        join()
+        seen = [v for out in outs for v in json.loads(out.read_text())]
+        assert sorted(seen) == list(range(1, procs_n * per_proc + 1))
+        assert make_backend().get_value("hits") == procs_n * per_proc
+
+    def test_wait_for_wakes_when_another_process_stores(
+            self, process_url: str, make_backend: MakeBackend) -> None:
+        backend = make_backend()
+        task_id = _new_id()
+        join = _run_children([(_store_in_child, (process_url, task_id, 0.2))])
+        try:
+            meta = backend.wait_for(task_id, timeout=_CHILD_TIMEOUT)
+            woke_after = time.time() - meta["result"]
+        finally:
+            join()
+        assert woke_after < _PROMPT
+
+    def test_chord_join_claims_once_across_processes(self, process_url: str,
                                                      tmp_path: Path) -> None:
-        if process_url is None:
-            pytest.skip("this store is private to one process")
         procs_n, per_proc = 4, 50
         group_id = _new_id()
         setup = backend_from_url(process_url)
@@ -582,8 +586,3 @@ class BackendContract:
         join()
         claims = [c for out in outs for c in json.loads(out.read_text())]
         assert len(claims) == procs_n * per_proc and claims.count(True) == 1
-
-    def test_close_twice(self, backend: ResultBackend) -> None:
-        backend.mark_as_done(_new_id(), 1)
-        backend.close()
-        backend.close()

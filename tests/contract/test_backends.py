@@ -19,7 +19,7 @@ from celeriac.backends import sqlite as sqlite_backend
 from celeriac.backends.memory import MemoryBackend
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.exceptions import ImproperlyConfigured
-from celeriac.testing.backend_suite import BackendContract, MakeBackend
+from celeriac.testing.backend_suite import BackendContract, MakeBackend, SharedBackendContract
 
 
 class TestMemoryBackend(BackendContract):
@@ -38,7 +38,7 @@ class TestMemoryBackend(BackendContract):
         memory.reset(name)
 
 
-class TestSQLiteBackend(BackendContract):
+class TestSQLiteBackend(SharedBackendContract):
     @pytest.fixture
     def process_url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/results.db"

@@ -21,7 +21,7 @@ from celeriac import states
 from celeriac.backends import backend_from_url
 from celeriac.backends.redis import RedisBackend
 from celeriac.exceptions import TimeoutError as CeleriacTimeoutError
-from celeriac.testing.backend_suite import BackendContract, MakeBackend
+from celeriac.testing.backend_suite import MakeBackend, SharedBackendContract
 
 pytestmark = [pytest.mark.redis]
 
@@ -55,7 +55,7 @@ def _new(ids: list[str]) -> str:
     return ids[-1]
 
 
-class TestRedisBackend(BackendContract):
+class TestRedisBackend(SharedBackendContract):
     @pytest.fixture
     def process_url(self, redis_url: str, redis_prefix: str) -> str:
         return f"{redis_url}?global_keyprefix={redis_prefix}"
