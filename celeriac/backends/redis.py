@@ -138,7 +138,7 @@ class RedisBackend(ResultBackend):
 
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
         commands = _set_commands(self._key(key), value, ttl)
-        self._retrying(lambda: self._wire().call(*commands), key)
+        self._retrying(lambda: self._wire().call_checked(*commands), key)
 
     def _set_meta(self, key: str, value: bytes, ttl: float | None, defer: bool) -> None:
         if not defer:
@@ -150,6 +150,10 @@ class RedisBackend(ResultBackend):
 
     def flush(self) -> None:
         redis_wire.flush_thread()
+
+    def redis_pool(self) -> Any:
+        """The redis-py pool whose database this store uses (to tell whether a broker shares it)."""
+        return self.client().connection_pool
 
     def _get(self, key: str) -> bytes | None:
         return self._mget([key])[0]
@@ -211,7 +215,7 @@ class RedisBackend(ResultBackend):
         commands = [("DEL", keys[".c"]),
                     *_set_commands(keys[".s"], str(int(size)).encode(), self.expires or None,
                                    publish=False)]
-        self._retrying(lambda: self._wire().call(*commands), keys[".s"])
+        self._retrying(lambda: self._wire().call_checked(*commands), keys[".s"])
 
     def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
                           entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:

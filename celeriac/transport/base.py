@@ -73,9 +73,10 @@ class Transport(Protocol):
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Remove the messages for good; False for any whose lease was lost (fencing).
 
-        A transport whose ``inline_acks`` is True (each ack one cheap round trip) also has
-        ``ack_later(deliveries)``: the ack travels with the calling thread's next round trip to
-        the broker (the worker's next ack, read or ``flush()``), in order after what came before.
+        A transport that can share each thread's connection with the result store (Redis) has
+        ``shares_wire_with(backend)``, ``ack_later(deliveries, on_reply=None)`` (the ack travels
+        with the thread's next round trip, after what came before it), ``fetch_later`` and
+        ``flush()``: the worker then settles tasks inline (see worker/consumer.py).
         """
 
     def reject(self, delivery: Delivery, requeue: bool) -> bool:

@@ -28,14 +28,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
-#: connection options that decide whether two clients reach the same database
-_IDENTITY = ("host", "port", "db", "path", "username", "password", "ssl_certfile", "ssl_keyfile",
-             "ssl_ca_certs", "ssl_cert_reqs")
+#: connection options that decide whether two clients reach the same database the same way
+#: (a connection is shared only between pools that agree on all of them)
+_IDENTITY = ("host", "port", "db", "path", "username", "password", "protocol", "decode_responses",
+             "ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data",
+             "ssl_cert_reqs", "ssl_check_hostname")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 #: pauses between attempts of a ``flush()`` that hit a connection error (then it is raised)
 FLUSH_RETRY_DELAYS = (0.1, 0.5, 2.0)
 
-Command = tuple  # ("SET", key, value, ...)
+Command = tuple  # ("SET", key, value, ...): str, bytes, int or float arguments
 
 #: sha1 -> Lua source of every script a wire may have to load again (after SCRIPT FLUSH or a
 #: server restart the server forgets them)
@@ -51,9 +53,28 @@ def script_sha(source: str) -> str:
 
 
 def wire_key(pool: Any) -> tuple:
-    """What identifies the database a redis-py pool connects to."""
+    """What identifies the database a redis-py pool connects to, and how."""
     kwargs = pool.connection_kwargs
     return (pool.connection_class, *(kwargs.get(name) for name in _IDENTITY))
+
+
+def same_wire(first: Any, second: Any) -> bool:
+    """Whether two redis-py pools share one wire per thread (and so one order of commands)."""
+    return wire_key(first) == wire_key(second)
+
+
+class _Deferred:
+    """A command waiting for the next round trip: packed at once (so a command that cannot be
+    sent fails where it is made), with what to do with its reply, if anything."""
+
+    __slots__ = ("command", "packed", "handler", "retain")
+
+    def __init__(self, command: Command, handler: Callable[[Any], None] | None,
+                 retain: bool) -> None:
+        self.command = command
+        self.packed = _pack_one(command)
+        self.handler = handler
+        self.retain = retain
 
 
 class Wire:
@@ -62,18 +83,16 @@ class Wire:
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
         self._conn: Any = None
-        self._deferred: list[Command] = []
-        #: position in ``_deferred`` -> (what to do with that command's reply, whether it is sent
-        #: again after a failed round trip): deferred reads
-        self._handlers: dict[int, tuple[Callable[[Any], None], bool]] = {}
+        self._deferred: list[_Deferred] = []
 
     @property
     def pending(self) -> int:
         return len(self._deferred)
 
     def defer(self, *commands: Command) -> None:
-        """Send ``commands`` with this thread's next round trip on this wire (or at ``flush``)."""
-        self._deferred.extend(commands)
+        """Send ``commands`` with this thread's next round trip on this wire (or at ``flush``);
+        they are sent again after a failed round trip, so they must be safe to repeat."""
+        self._deferred.extend(_Deferred(command, None, True) for command in commands)
 
     def defer_read(self, command: Command, handler: Callable[[Any], None], *,
                    retain: bool = False) -> None:
@@ -81,8 +100,7 @@ class Wire:
         round trip that carried it is over. If that round trip fails it is dropped, unless
         ``retain`` (only for commands that are safe to run twice): then it goes again, handler
         and all, with the next one."""
-        self._handlers[len(self._deferred)] = (handler, retain)
-        self._deferred.append(command)
+        self._deferred.append(_Deferred(command, handler, retain))
 
     def call(self, *commands: Command) -> list[Any]:
         """Send the deferred commands and then ``commands`` in one round trip; return the replies
@@ -90,40 +108,37 @@ class Wire:
         deferred = self._deferred
         if not commands and not deferred:
             return []
-        batch = [*deferred, *commands] if deferred else list(commands)
-        handlers = self._handlers
+        self._deferred = []
+        batch = [d.command for d in deferred] + list(commands)
+        packed = [d.packed for d in deferred] + [_pack_one(c) for c in commands]
         try:
-            replies = self._round_trip(batch)
+            replies = self._round_trip(batch, packed)
         except BaseException:
-            if handlers:  # keep the writes (and retained reads) for the next round trip
-                kept: list[Command] = []
-                kept_handlers: dict[int, tuple[Callable[[Any], None], bool]] = {}
-                for index, command in enumerate(deferred):
-                    entry = handlers.get(index)
-                    if entry is not None and not entry[1]:
-                        continue
-                    if entry is not None:
-                        kept_handlers[len(kept)] = entry
-                    kept.append(command)
-                self._deferred, self._handlers = kept, kept_handlers
+            # keep the writes (and retained reads) for the next round trip, ahead of newer ones
+            self._deferred = [d for d in deferred if d.retain] + self._deferred
             raise
-        self._deferred, self._handlers = [], {}
-        if deferred:
-            for index, (command, reply) in enumerate(zip(deferred, replies)):
-                entry = handlers.get(index) if handlers else None
-                if entry is not None:
-                    entry[0](reply)
-                elif isinstance(reply, ResponseError):  # a deferred write the server refused
-                    logger.error("Redis refused a deferred %s: %s", command[0], reply)
-            return replies[len(deferred):]
+        for entry, reply in zip(deferred, replies):
+            if entry.handler is not None:
+                try:
+                    entry.handler(reply)
+                except Exception:  # one reader's trouble must not cost the others theirs
+                    logger.exception("handling the reply to a deferred %s failed",
+                                     entry.command[0])
+            elif isinstance(reply, ResponseError):  # a deferred write the server refused
+                logger.error("Redis refused a deferred %s: %s", entry.command[0], reply)
+        return replies[len(deferred):]
+
+    def call_checked(self, *commands: Command) -> list[Any]:
+        """``call``, raising the first error reply among ``commands``' replies."""
+        replies = self.call(*commands)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
         return replies
 
     def call_one(self, *command: Any) -> Any:
         """One command (plus the deferred ones); its reply, an error reply raised."""
-        reply = self.call(command)[0]
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+        return self.call_checked(command)[0]
 
     def flush(self) -> None:
         """Send the deferred commands now, retrying a lost connection a few times."""
@@ -137,36 +152,36 @@ class Wire:
                     raise
                 time.sleep(delay)
 
-    def _round_trip(self, batch: Sequence[Command], reload: bool = True) -> list[Any]:
+    def _round_trip(self, batch: Sequence[Command], packed: list[bytes]) -> list[Any]:
         reused = self._conn is not None
         try:
-            replies = self._exchange(batch)
+            replies = self._exchange(packed, len(batch))
         except TRANSIENT:
             if not reused:
                 raise
             # A connection that sat idle may have died with a server restart: one more try on a
             # fresh one (what redis-py does for its pooled connections too).
-            replies = self._exchange(batch)
+            replies = self._exchange(packed, len(batch))
         missing = [i for i, reply in enumerate(replies)
-                   if _is_noscript(reply) and str(batch[i][1]) in _SCRIPTS] if reload else []
+                   if _is_noscript(reply) and str(batch[i][1]) in _SCRIPTS]
         if missing:  # the server forgot our scripts (restart, SCRIPT FLUSH): load, send again
             shas = dict.fromkeys(str(batch[i][1]) for i in missing)
-            retry = [("SCRIPT", "LOAD", _SCRIPTS[sha]) for sha in shas]
-            again = self._round_trip([*retry, *(batch[i] for i in missing)],
-                                     reload=False)[len(retry):]
-            for i, reply in zip(missing, again):
+            again = [("SCRIPT", "LOAD", _SCRIPTS[sha]) for sha in shas]
+            again += [batch[i] for i in missing]
+            fresh = self._exchange([_pack_one(c) for c in again], len(again))[len(shas):]
+            for i, reply in zip(missing, fresh):
                 replies[i] = reply
         return replies
 
-    def _exchange(self, batch: Sequence[Command]) -> list[Any]:
+    def _exchange(self, packed: list[bytes], count: int) -> list[Any]:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._connect()
         try:
-            conn.send_packed_command(_pack(conn, batch), check_health=False)
+            conn.send_packed_command([b"".join(packed)], check_health=False)
             read = conn.read_response
             replies = []
-            for _ in batch:
+            for _ in range(count):
                 try:
                     replies.append(read())
                 except ResponseError as exc:
@@ -189,14 +204,18 @@ try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - hiredis comes with the redis extra
     _hiredis_pack = None
+    from redis.connection import Encoder, PythonRespSerializer
+
+    _python_pack = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack
 
 
-def _pack(conn: Any, batch: Sequence[Command]) -> list[bytes]:
-    """The RESP chunks for ``batch``: hiredis directly (our commands are plain str/bytes/int tuples
-    with one-word names), else redis-py's own packer."""
+def _pack_one(command: Command) -> bytes:
+    """The RESP bytes of one command (hiredis when installed, as with the redis extra)."""
+    if any(isinstance(arg, bool) or arg is None for arg in command):
+        raise TypeError(f"Redis command arguments must be str, bytes or numbers: {command[:2]!r}")
     if _hiredis_pack is not None:
-        return [b"".join([_hiredis_pack(command) for command in batch])]
-    return conn.pack_commands(batch)
+        return _hiredis_pack(command)
+    return b"".join(_python_pack(*command))  # pragma: no cover
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -247,9 +266,3 @@ def flush_thread() -> None:
     for wire in list(_local.wires.values()):
         if wire.pending:
             wire.flush()
-
-
-def pending_in_thread() -> int:
-    if _pid != os.getpid():
-        return 0
-    return sum(wire.pending for wire in _local.wires.values())

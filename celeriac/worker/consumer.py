@@ -35,6 +35,8 @@ logger = logging.getLogger("celeriac.worker")
 
 #: a delivery leased this many times without finishing is a poison message: dead-lettered
 DEFAULT_MAX_DELIVERIES = 10
+#: seconds between attempts to send deferred results while the broker cannot be reached
+IDLE_FLUSH_RETRY = 1.0
 
 
 class Consumer:
@@ -63,10 +65,12 @@ class Consumer:
         # Inline settling: where the task runs in this process and the broker's acks are cheap
         # single round trips (Redis), the thread that ran the task acks it itself, and the
         # result write it deferred travels in the same round trip (see utils/redis_wire.py).
-        self.inline = bool(getattr(pool, "in_process", False)
-                           and getattr(self.transport, "inline_acks", False))
+        shares = getattr(self.transport, "shares_wire_with", None)
+        self.inline = bool(getattr(pool, "in_process", False) and shares is not None
+                           and shares(app.backend))
         self.inline_early_ack = self.inline and getattr(pool, "runs_in_dispatcher", False)
         self._unflushed = False  # the dispatch thread may hold deferred result writes
+        self._flush_retry_at = 0.0  # after a failed idle flush, not before this (monotonic)
         self._fetching = False  # a fetch is on its way (one at a time keeps the window honest)
         self._buffer: collections.deque[tuple[int, "Delivery", bool]] = collections.deque()
         self._jobs: dict[int, "Delivery"] = {}  # job id -> delivery, waiting or running
@@ -181,10 +185,12 @@ class Consumer:
             for delivery in deliveries:
                 self._settle(delivery, REQUEUE)
             return
-        if self.revokes is not None and deliveries and not self.inline_early_ack:
-            # (inline settling checks each task as it starts, in its ack's round trip)
-            try:  # one round trip per batch: revokes made a moment ago count too
-                self.revokes.check_stored([d.message.headers.get("id") for d in deliveries
+        # One round trip per batch: revokes made a moment ago count too. With inline settling
+        # each sync task is checked as it starts, in its ack's round trip; async ones are not.
+        checked = [d for d in deliveries if not self.inline_early_ack or self._is_async(d)]
+        if self.revokes is not None and checked:
+            try:
+                self.revokes.check_stored([d.message.headers.get("id") for d in checked
                                            if d.message.headers.get("id")])
             except Exception:
                 logger.exception("could not read revokes; relying on the last sync")
@@ -195,6 +201,10 @@ class Consumer:
                     logger.exception("could not handle message %r; dead-lettering it",
                                      delivery.message.headers.get("id"))
                     self._dead_letter(delivery, "internal error while receiving the message")
+
+    def _is_async(self, delivery: "Delivery") -> bool:
+        task = self.app.tasks.get(delivery.message.headers.get("task"))
+        return bool(task is not None and task.is_coroutine and self.async_pool is not None)
 
     def _accept_delivery(self, delivery: "Delivery") -> None:
         """Header-only checks; anything that can never run goes to the dead-letter store."""
@@ -317,8 +327,8 @@ class Consumer:
                         return
                     item = self._next_runnable()
                     if item is None:
-                        if self._unflushed:  # idle: send deferred result writes first
-                            break
+                        if self._unflushed and time.monotonic() >= self._flush_retry_at:
+                            break  # idle: send deferred result writes first
                         self._cond.wait(0.05)
             if item is None:
                 self.flush_results()
@@ -354,7 +364,15 @@ class Consumer:
             elif not late:
                 # Early ack, confirmed before the task starts: a crash from here on loses this
                 # task but never runs it twice (Celery's at-most-once for early acks).
-                self._settle(delivery, ACK, inline=True)
+                try:
+                    confirmed: list[bool] | None = self.transport.ack([delivery])
+                except Exception:
+                    logger.exception("could not ack task %s before it starts",
+                                     delivery.message.headers.get("id"))
+                    confirmed = None
+                if not (confirmed and confirmed[0]) and \
+                        not self._unconfirmed(job_id, delivery, is_async, confirmed):
+                    continue
             pool = self.async_pool if is_async and self.async_pool is not None else self.pool
             with self._cond:
                 self._pool_of[job_id] = pool
@@ -380,34 +398,70 @@ class Consumer:
             refill = self._room() if (self._room() >= self.fetch_at and not self._fetching
                                        and not self._stop.is_set()) else 0
             self._fetching = self._fetching or bool(refill)
+        acked: list[list[bool] | None] = []
         try:
             if refill:
                 self.transport.fetch_later(self.queues, refill, self._receive)
             if not late:
-                self.transport.ack_later([delivery])
+                self.transport.ack_later([delivery], on_reply=acked.append)
             revoked = self.revokes is not None and bool(self.revokes.check_stored([task_id]))
             self._flush_wires()  # a no-op when the check above carried everything
         except Exception:
-            logger.exception("could not ack or check task %s before it starts; it runs anyway, "
-                             "and may be delivered again", task_id)
-            return False
+            logger.exception("could not ack or check task %s before it starts", task_id)
+            revoked = False
         finally:
             if refill:
                 with self._cond:
                     self._fetching = False
                     self._cond.notify_all()
+        if not late and not (acked and acked[0] and acked[0][0]):
+            return not self._unconfirmed(job_id, delivery, False, acked[0] if acked else None)
         if not revoked:
             return False
+        self._forget_job(job_id, False)
+        headers = delivery.message.headers
+        self._revoke(delivery, self.app.tasks.get(headers.get("task")), headers,
+                     terminated=False, settle=late)
+        return True
+
+    def _unconfirmed(self, job_id: int, delivery: "Delivery", is_async: bool,
+                     reply: list[bool] | None) -> bool:
+        """An early ack that was not confirmed. True: run the task all the same (the ack did
+        happen); False: it will not run here (given back, or held by another worker now)."""
+        task_id = delivery.message.headers.get("id")
+        if reply is not None:  # the broker answered: this worker's lease had been lost
+            logger.warning("Task %s: the lease ran out before it started; another worker has it",
+                           task_id)
+            self._forget_job(job_id, is_async)
+            return False
+        try:  # no answer: find out whether the ack went through, by giving the message back
+            requeued = self.transport.reject(delivery, requeue=True)
+        except Exception:
+            logger.exception("Task %s: broker unreachable; it waits in the buffer", task_id)
+            with self._cond:  # still leased, still ours: try again in a moment
+                self._running -= 1
+                self._acked.discard(job_id)
+                if is_async and job_id in self._async_jobs:
+                    self._async_jobs.discard(job_id)
+                    self._running_async -= 1
+                self._buffer.appendleft((job_id, delivery, is_async))
+                self._cond.wait(0.5)
+            return False
+        if requeued:
+            self._forget_job(job_id, is_async)
+            return False
+        return True  # the lease was gone: the ack had gone through, so this worker runs it
+
+    def _forget_job(self, job_id: int, is_async: bool) -> None:
         with self._cond:
             self._running -= 1
             self._jobs.pop(job_id, None)
             self._late.pop(job_id, None)
             self._acked.discard(job_id)
+            if is_async and job_id in self._async_jobs:
+                self._async_jobs.discard(job_id)
+                self._running_async -= 1
             self._cond.notify_all()
-        headers = delivery.message.headers
-        self._revoke(delivery, self.app.tasks.get(headers.get("task")), headers,
-                     terminated=False, settle=late)
-        return True
 
     def _next_runnable(self) -> tuple[int, "Delivery", bool] | None:
         for index, item in enumerate(self._buffer):
@@ -455,6 +509,8 @@ class Consumer:
         if outcome.ack == INTERNAL_ERROR:
             if not acked:  # the outcome was not recorded: let it run again (at-least-once)
                 self._settle(delivery, REQUEUE)
+            elif self.inline:
+                self.flush_results()  # a result deferred before the failure still goes out
             return
         if outcome.ack == "timeout":
             from ..exceptions import TimeLimitExceeded
@@ -478,18 +534,23 @@ class Consumer:
             self.flush_results()  # a pool thread: nothing else will carry the result
 
     def flush_results(self) -> None:
-        """Send the result writes (and acks) this thread deferred (inline settling only)."""
+        """Send the result writes (and acks) this thread deferred (inline settling only); if
+        the broker cannot be reached, they stay queued and the idle loop tries again later."""
         if not self.inline:
             return
         try:
             self._flush_wires()
         except Exception:
-            logger.exception("could not store deferred task results")
+            logger.exception("could not store deferred task results; trying again in %.0f s",
+                             IDLE_FLUSH_RETRY)
+            self._unflushed = True
+            self._flush_retry_at = time.monotonic() + IDLE_FLUSH_RETRY
 
     def _flush_wires(self) -> None:
-        self._unflushed = False
+        # One flush covers the transport and the result store: inline settling means they
+        # share this thread's connection.
         self.transport.flush()
-        self.app.backend.flush()
+        self._unflushed = False
 
     def _worker_lost(self, delivery: "Delivery", outcome: Outcome, holds_lease: bool) -> None:
         from ..exceptions import WorkerLostError

@@ -98,8 +98,10 @@ class _Run:
         self.app = task._get_app()
         self.ctx = ctx
         self.eager = eager
-        #: the final result write may wait for the worker thread's next round trip
-        self.defer = defer
+        late = task.acks_late if task.acks_late is not None else self.app.conf.task_acks_late
+        #: the final result write (and a chord count) may wait for the worker thread's next
+        #: round trip; not with acks_late, whose ack must only follow a result known stored
+        self.defer = defer and not late
         conf = self.app.conf
         # the call's choice (the message header) wins; a message without one (send_task from a
         # Celery client sends null) follows the task, then the task_ignore_result setting

@@ -139,7 +139,7 @@ class Worker:
         # In the solo and thread pools, with a broker whose acks are single round trips, the
         # thread that ran a task sends its result with its ack (see Consumer.inline).
         inline = (self.pool_kind in ("solo", "threads")
-                  and getattr(app.transport, "inline_acks", False))
+                  and _shares_wire(app.transport, app.backend))
         pool_runner = Runner(app, self.hostname, app_spec=runner.app_spec, overrides=overrides,
                              defer_results=True) if inline else runner
         self.pool = create_pool(self.pool_kind, pool_runner, self.concurrency, self._on_done)
@@ -242,6 +242,11 @@ class Worker:
         if signals.worker_shutdown.receivers:
             signals.worker_shutdown.send(sender=self)
         self.app.close()
+
+
+def _shares_wire(transport: Any, backend: Any) -> bool:
+    shares = getattr(transport, "shares_wire_with", None)
+    return bool(shares is not None and shares(backend))
 
 
 def _redact(url: str) -> str:

@@ -69,10 +69,6 @@ class RedisTransport:
     ``.seq``).
     """
 
-    #: an ack is one cheap round trip: the worker thread that ran a task acks it itself, with the
-    #: result write it deferred in the same round trip (see worker/consumer.py)
-    inline_acks = True
-
     #: errors a publish may be retried after (``task_publish_retry``): the server was unreachable
     transient_errors: tuple[type[BaseException], ...] = (redis_py.exceptions.ConnectionError,
                                                          redis_py.exceptions.TimeoutError)
@@ -241,7 +237,9 @@ class RedisTransport:
     def fetch_later(self, queues: Sequence[str], max_n: int,
                     handler: Callable[[list[Delivery]], None]) -> None:
         """Lease up to ``max_n`` messages with this thread's next round trip (no waiting):
-        ``handler(deliveries)`` gets them once it is over. Nothing is fetched if it fails."""
+        ``handler(deliveries)`` gets them once it is over. If that round trip fails, the handler
+        is not called; messages the script may have leased all the same come back when their
+        lease expires (``visibility_timeout``), as after a lost reply to ``fetch``."""
         order = self._order(queues, max_n)
         command, token = self._fetch_command(order, max_n)
         self._wire().defer_read(command, lambda reply: handler(
@@ -302,15 +300,30 @@ class RedisTransport:
         reply = self._run("ACK", (len(deliveries), *self._triples(deliveries)))
         return [bool(flag) for flag in reply]
 
+    def shares_wire_with(self, backend: Any) -> bool:
+        """Whether ``backend`` reaches Redis through this transport's connection in each thread
+        (same server, database and options): then a result write and the ack after it go out
+        in one round trip, in that order (see worker/consumer.py)."""
+        pool = getattr(backend, "redis_pool", None)
+        return pool is not None and redis_wire.same_wire(self._client.connection_pool, pool())
+
     def flush(self) -> None:
         """Send what this thread queued with ``ack_later`` (and deferred result writes)."""
         redis_wire.flush_thread()
 
-    def ack_later(self, deliveries: Sequence[Delivery]) -> None:
-        """Queue the ack on this thread's wire: it goes out with the thread's next round trip
-        (a result store on the same database shares that wire, see utils/redis_wire.py)."""
-        if deliveries:
-            self._wire().defer(self._script("ACK", (len(deliveries), *self._triples(deliveries))))
+    def ack_later(self, deliveries: Sequence[Delivery],
+                  on_reply: Callable[[list[bool] | None], None] | None = None) -> None:
+        """Queue the ack on this thread's wire: it goes out with the thread's next round trip.
+        ``on_reply`` gets what ``ack`` would return, or None if the round trip failed (the ack
+        is then not sent again); without it, a failed round trip sends it again later."""
+        if not deliveries:
+            return
+        command = self._script("ACK", (len(deliveries), *self._triples(deliveries)))
+        if on_reply is None:
+            self._wire().defer(command)
+        else:
+            self._wire().defer_read(command, lambda reply: on_reply(
+                None if isinstance(reply, Exception) else [bool(flag) for flag in reply]))
 
     def reject(self, delivery: Delivery, requeue: bool) -> bool:
         """``requeue``: back to the consuming end with kombu's redelivered flags; else dropped."""

@@ -1,0 +1,105 @@
+"""The per-thread raw Redis connection (utils/redis_wire.py) against a real server: deferred
+commands ride along in order, failures keep writes and drop reads, one bad handler harms nobody."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Iterator
+
+import pytest
+import redis
+
+from celeriac.utils import redis_wire
+
+DB = 9  # shared with the backend contract tests; every key here carries its own prefix
+
+
+@pytest.fixture
+def client(redis_server: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(f"{redis_server}/{DB}") as client:
+        yield client
+
+
+@pytest.fixture
+def prefix(client: redis.Redis) -> Iterator[str]:
+    prefix = f"wire-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    for key in client.scan_iter(prefix + "*"):
+        client.delete(key)
+
+
+def _wire(client: redis.Redis) -> redis_wire.Wire:
+    pool = client.connection_pool
+
+    def connect():
+        conn = pool.connection_class(**pool.connection_kwargs)
+        conn.connect()
+        return conn
+
+    return redis_wire.Wire(connect)
+
+
+def test_deferred_commands_go_first_in_order(client, prefix):
+    wire = _wire(client)
+    wire.defer(("RPUSH", prefix + "log", "a"), ("RPUSH", prefix + "log", "b"))
+    assert client.lrange(prefix + "log", 0, -1) == []  # nothing sent yet
+    assert wire.call(("RPUSH", prefix + "log", "c")) == [3]
+    assert client.lrange(prefix + "log", 0, -1) == [b"a", b"b", b"c"]
+    wire.close()
+
+
+def test_a_failing_handler_costs_nobody_else_their_replies(client, prefix):
+    wire = _wire(client)
+    seen = []
+    wire.defer_read(("INCR", prefix + "n"), lambda reply: 1 / 0)
+    wire.defer_read(("INCR", prefix + "n"), seen.append)
+    assert wire.call(("GET", prefix + "n")) == [b"2"]
+    assert seen == [2]
+    wire.close()
+
+
+def test_a_failed_round_trip_keeps_the_writes_and_drops_the_reads(client, prefix):
+    wire = _wire(client)
+    seen = []
+    wire.defer(("RPUSH", prefix + "log", "kept"))
+    wire.defer_read(("RPUSH", prefix + "log", "dropped"), seen.append)
+    wire.defer_read(("RPUSH", prefix + "log", "retained"), seen.append, retain=True)
+    real = wire._connect
+
+    def unreachable():
+        raise redis.ConnectionError("server gone")
+
+    wire._connect = unreachable
+    with pytest.raises(redis.ConnectionError):
+        wire.call(("PING",))
+    wire._connect = real
+    wire.flush()
+    assert client.lrange(prefix + "log", 0, -1) == [b"kept", b"retained"]
+    assert seen == [2]
+    wire.close()
+
+
+def test_an_error_reply_is_raised_by_checked_calls(client, prefix):
+    wire = _wire(client)
+    client.set(prefix + "text", "x")
+    assert isinstance(wire.call(("INCR", prefix + "text"))[0], redis.ResponseError)
+    with pytest.raises(redis.ResponseError):
+        wire.call_checked(("INCR", prefix + "text"))
+    wire.close()
+
+
+def test_arguments_redis_cannot_carry_are_refused_at_once(client):
+    wire = _wire(client)
+    with pytest.raises(TypeError):
+        wire.defer(("SET", "k", None))
+    with pytest.raises(TypeError):
+        wire.defer(("SET", "k", True))
+    assert wire.pending == 0
+
+
+def test_scripts_are_loaded_again_after_the_server_forgets_them(client, prefix):
+    sha = redis_wire.script_sha(f"return '{prefix}'")
+    client.script_flush()
+    wire = _wire(client)
+    assert wire.call_one("EVALSHA", sha, 0) == prefix.encode()
+    wire.close()
