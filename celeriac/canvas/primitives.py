@@ -1,4 +1,4 @@
-"""Workflow primitives: ``chain``, ``group``, ``chord``, ``xmap``/``xstarmap`` and ``chunks``.
+"""Workflow primitives: ``chain``, ``group`` and ``chord`` (``canvas/maps.py``: map, chunks).
 
 Layer: canvas (client side; the worker uses the same classes when it applies a follow-up). Each
 is a Signature whose fields sit in ``kwargs`` exactly as Celery puts them (``kwargs.tasks``,
@@ -32,7 +32,7 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-def _app_of(sig: Signature, app: "Celery | None" = None) -> "Celery":
+def app_of(sig: Signature, app: "Celery | None" = None) -> "Celery":
     """The signature's app, else the first one a member knows (a chain of ``add.s()`` calls
     belongs to ``add``'s app), else the current app."""
     found = app or sig._app or _member_app(sig)
@@ -135,7 +135,7 @@ class chain(Signature):
     # ---- running ---------------------------------------------------------------------------
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
                     **options: Any) -> Any:
-        app = _app_of(self)
+        app = app_of(self)
         options = {k: v for k, v in options.items() if v is not None}
         if _eager(app):
             return self.apply(args, kwargs, **options)
@@ -207,7 +207,7 @@ class chain(Signature):
     def freeze(self, _id: str | None = None, group_id: str | None = None,
                chord: Any = None, root_id: str | None = None, parent_id: str | None = None,
                group_index: int | None = None) -> Any:
-        app = _app_of(self)
+        app = app_of(self)
         steps = self._prepare_steps(self.args, {}, app)
         # The steps now hold the partial args and the chain's link/link_error: not twice.
         self.tasks, self["args"] = steps, ()
@@ -220,7 +220,7 @@ class chain(Signature):
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
               **options: Any) -> Any:
         """Run every step here, in order (``task_always_eager``)."""
-        app = _app_of(self)
+        app = app_of(self)
         steps = self._prepare_steps(tuple(args or ()), dict(kwargs or {}), app)
         if not steps:
             return None
@@ -356,7 +356,7 @@ class group(Signature):
             raise TypeError("Cannot add link to group: use a chord")
         if link_error is not None:
             raise TypeError("Cannot add link_error to group: do that on the member tasks")
-        app = _app_of(self)
+        app = app_of(self)
         options = {k: v for k, v in options.items() if v is not None}
         if _eager(app):
             return self.apply(args, kwargs, **options)
@@ -397,7 +397,7 @@ class group(Signature):
                group_index: int | None = None) -> "GroupResult":
         from ..result import GroupResult
 
-        app = _app_of(self)
+        app = app_of(self)
         opts = self.options
         gid = opts.setdefault("task_id", _id or _uuid())
         if group_id:
@@ -418,7 +418,7 @@ class group(Signature):
               **options: Any) -> "GroupResult":
         from ..result import GroupResult
 
-        app = _app_of(self)
+        app = app_of(self)
         group_id = options.pop("task_id", None) or self.options.get("task_id") or _uuid()
         for key in ("chord", "chain", "group_id", "group_index"):
             options.pop(key, None)
@@ -498,7 +498,7 @@ class chord(Signature):
     # ---- running ---------------------------------------------------------------------------
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
                     task_id: str | None = None, **options: Any) -> Any:
-        app = _app_of(self)
+        app = app_of(self)
         options = {k: v for k, v in options.items() if v is not None}
         kwargs = dict(kwargs or {})
         body = kwargs.pop("body", None) or self.body
@@ -626,93 +626,6 @@ def _root_of(result: Any) -> Any:
     while node.parent is not None:
         node = node.parent
     return node
-
-
-# ---- map, starmap, chunks -----------------------------------------------------------------------
-class _basemap(Signature):
-    _task_name = ""
-    _type_name = ""
-    _star = ""  # how the repr shows an item being passed: x, or *x
-
-    def __init__(self, task: Any, it: Iterable[Any], app: "Celery | None" = None,
-                 **options: Any) -> None:
-        Signature.__init__(self, self._task_name, (),
-                           {"task": maybe_signature(task, app=app), "it": list(it)}, options,
-                           subtask_type=self._type_name, immutable=True, app=app)
-
-    @classmethod
-    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "_basemap":
-        kwargs = data.get("kwargs") or {}
-        return cls(kwargs["task"], kwargs.get("it") or (), app=app, **(data.get("options") or {}))
-
-    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
-                    **options: Any) -> Any:
-        options = {k: v for k, v in options.items() if v is not None}
-        _, _, merged = self._merge(options=options)
-        merged = message_options(merged)
-        task = maybe_signature(self.kwargs["task"], app=self._app)
-        app = _app_of(self)
-        # Routed as the mapped task would be (task_routes, its queue), as Celery does.
-        return app.tasks[self._task_name].apply_async(
-            (), {"task": task, "it": list(self.kwargs["it"])}, route_name=task.task, **merged)
-
-    def __repr__(self) -> str:
-        return f"[{self.kwargs['task'].task}({self._star}x) for x in {self.kwargs['it']!r:.100}]"
-
-
-@Signature.register_type("xmap")
-class xmap(_basemap):
-    """One task called once per item, in one message (``task.map(items)``)."""
-
-    _task_name = "celery.map"
-    _type_name = "xmap"
-
-
-@Signature.register_type("xstarmap")
-class xstarmap(_basemap):
-    """One task called once per argument tuple, in one message (``task.starmap(items)``)."""
-
-    _task_name = "celery.starmap"
-    _type_name = "xstarmap"
-    _star = "*"
-
-
-@Signature.register_type("chunks")
-class chunks(Signature):
-    """Items split into chunks of ``n``: a group of ``celery.starmap`` messages."""
-
-    def __init__(self, task: Any, it: Iterable[Any], n: int, app: "Celery | None" = None,
-                 **options: Any) -> None:
-        if int(n) < 1:
-            raise ValueError(f"chunks: n must be at least 1, got {n!r}")
-        Signature.__init__(self, "celery.chunks", (),
-                           {"task": maybe_signature(task, app=app), "it": list(it), "n": int(n)},
-                           options, subtask_type="chunks", immutable=True, app=app)
-
-    @classmethod
-    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "chunks":
-        kwargs = data.get("kwargs") or {}
-        return cls(kwargs["task"], kwargs.get("it") or (), kwargs["n"], app=app,
-                   **(data.get("options") or {}))
-
-    def __call__(self, **options: Any) -> Any:
-        return self.apply_async(**options)
-
-    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
-                    **options: Any) -> Any:
-        return self.group().apply_async(args, kwargs, **{**self.options, **options})
-
-    def apply(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
-              **options: Any) -> Any:
-        return self.group().apply(args, kwargs, **options)
-
-    def group(self) -> group:
-        task, items, size = self.kwargs["task"], list(self.kwargs["it"]), self.kwargs["n"]
-        parts = [items[i:i + size] for i in range(0, len(items), size)]
-        return group([xstarmap(task, part, app=self._app) for part in parts], app=self._app)
-
-    def __repr__(self) -> str:
-        return f"{self.kwargs['task'].task}.chunks({len(self.kwargs['it'])} items, n={self.kwargs['n']})"
 
 
 # ---- sending helpers ----------------------------------------------------------------------------
