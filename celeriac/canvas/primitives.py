@@ -61,22 +61,13 @@ def _eager(app: "Celery") -> bool:
     return bool(app.conf.task_always_eager)
 
 
-# ---- chain --------------------------------------------------------------------------------------
-@Signature.register_type("chain")
-class chain(Signature):
-    """Tasks run one after the other, each receiving the previous one's result."""
-
-    def __init__(self, *tasks: Any, app: "Celery | None" = None, **options: Any) -> None:
-        if len(tasks) == 1 and not isinstance(tasks[0], dict):
-            tasks = tuple(tasks[0])  # chain([a, b]) or chain(generator)
-        Signature.__init__(self, "celery.chain", (), {"tasks": [maybe_signature(t, app=app)
-                                                               for t in tasks]},
-                           options, subtask_type="chain", app=app)
+class _TaskList(Signature):
+    """What chain and group share: their members in ``kwargs.tasks``."""
 
     @classmethod
-    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "chain":
+    def from_dict(cls, data: dict, app: "Celery | None" = None) -> Any:
         kwargs = data.get("kwargs") or {}
-        sig = cls(*(kwargs.get("tasks") or ()), app=app, **(data.get("options") or {}))
+        sig = cls(list(kwargs.get("tasks") or ()), app=app, **(data.get("options") or {}))
         sig["args"] = tuple(data.get("args") or ())
         sig["immutable"] = bool(data.get("immutable"))
         return sig
@@ -88,6 +79,19 @@ class chain(Signature):
     @tasks.setter
     def tasks(self, value: Iterable[Any]) -> None:
         self.kwargs["tasks"] = list(value)
+
+
+# ---- chain --------------------------------------------------------------------------------------
+@Signature.register_type("chain")
+class chain(_TaskList):
+    """Tasks run one after the other, each receiving the previous one's result."""
+
+    def __init__(self, *tasks: Any, app: "Celery | None" = None, **options: Any) -> None:
+        if len(tasks) == 1 and not isinstance(tasks[0], dict):
+            tasks = tuple(tasks[0])  # chain([a, b]) or chain(generator)
+        Signature.__init__(self, "celery.chain", (), {"tasks": [maybe_signature(t, app=app)
+                                                               for t in tasks]},
+                           options, subtask_type="chain", app=app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs) if self.tasks else None
@@ -266,7 +270,7 @@ def _freeze_steps(steps: list[Signature], app: "Celery", *, task_id: str | None,
 
 # ---- group --------------------------------------------------------------------------------------
 @Signature.register_type("group")
-class group(Signature):
+class group(_TaskList):
     """Tasks run in parallel; their results come back as one GroupResult, in call order."""
 
     def __init__(self, *tasks: Any, app: "Celery | None" = None, **options: Any) -> None:
@@ -281,22 +285,6 @@ class group(Signature):
         Signature.__init__(self, "celery.group", (), {"tasks": [maybe_signature(t, app=app)
                                                                for t in tasks]},
                            options, subtask_type="group", app=app)
-
-    @classmethod
-    def from_dict(cls, data: dict, app: "Celery | None" = None) -> "group":
-        kwargs = data.get("kwargs") or {}
-        sig = cls(list(kwargs.get("tasks") or ()), app=app, **(data.get("options") or {}))
-        sig["args"] = tuple(data.get("args") or ())
-        sig["immutable"] = bool(data.get("immutable"))
-        return sig
-
-    @property
-    def tasks(self) -> list[Signature]:
-        return self.kwargs["tasks"]
-
-    @tasks.setter
-    def tasks(self, value: Iterable[Any]) -> None:
-        self.kwargs["tasks"] = list(value)
 
     def __len__(self) -> int:  # Celery's group: the number of tasks, not of dict keys
         return len(self.tasks)
