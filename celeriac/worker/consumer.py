@@ -62,9 +62,10 @@ class Consumer:
         # Fetch once half the window is free, not whenever one slot frees: fewer, fuller fetches.
         self.fetch_at = max(1, self.prefetch_limit // 2)
         self.renew_every = max(0.05, self.transport.visibility_timeout / 3.0)
-        # Inline settling: where the task runs in this process and the broker's acks are cheap
-        # single round trips (Redis), the thread that ran the task acks it itself, and the
-        # result write it deferred travels in the same round trip (see utils/redis_wire.py).
+        # Inline settling: where the task runs in this process and the broker shares each
+        # thread's connection with the result store (Redis, one database), the thread that ran
+        # the task settles it itself, and what it deferred (an early-acked task's result, an
+        # acks_late ack) travels with its next round trip (see utils/redis_wire.py).
         shares = getattr(self.transport, "shares_wire_with", None)
         self.inline = bool(getattr(pool, "in_process", False) and shares is not None
                            and shares(app.backend))
