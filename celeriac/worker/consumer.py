@@ -349,6 +349,9 @@ class Consumer:
                         self._async_jobs.add(job_id)
                         self._cond.notify_all()  # it left the window: the fetcher may fetch more
                     late = self._late[job_id]
+                    # a job put back after its early ack (its pool slot vanished) is not
+                    # acked twice: the second ack would fail and give the task up
+                    needs_ack = not late and job_id not in self._acked
                     if not late:
                         self._acked.add(job_id)
             if revoked:  # revoked, or expired, while it waited in the prefetch buffer
@@ -362,7 +365,7 @@ class Consumer:
             if self.inline_early_ack and not (is_async and self.async_pool is not None):
                 if self._start_inline(job_id, delivery, late):
                     continue
-            elif not late:
+            elif needs_ack:
                 # Early ack, confirmed before the task starts: a crash from here on loses this
                 # task but never runs it twice (Celery's at-most-once for early acks).
                 try:

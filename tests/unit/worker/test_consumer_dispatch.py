@@ -1,0 +1,49 @@
+"""The consumer's dispatch loop, run by an in-process worker on the in-memory broker."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from celeriac import Celery
+from celeriac.worker.pools.threads import ThreadPool
+
+
+@pytest.fixture
+def app():
+    url = f"memory://{uuid.uuid4().hex}"
+    app = Celery("dispatch", broker=url, backend=url, set_as_current=False)
+    yield app
+    app.close()
+
+
+def test_an_early_acked_task_whose_slot_vanished_still_runs(app, monkeypatch):
+    """A prefork child can die between "a slot is free" and the hand-over: the task goes back to
+    the front of the buffer. Its early ack already went through, so it must not be acked again
+    (that ack would fail and the task would be given up as taken by another worker)."""
+
+    @app.task(name="dispatch.add")
+    def add(x, y):
+        return x + y
+
+    real_submit = ThreadPool.submit
+    refused = []
+
+    def submit_refusing_once(self, job_id, message, delivery_info):
+        if not refused:
+            refused.append(job_id)
+            return False
+        return real_submit(self, job_id, message, delivery_info)
+
+    monkeypatch.setattr(ThreadPool, "submit", submit_refusing_once)
+    worker = app.Worker(pool="threads", concurrency=1, hostname="dispatch@test")
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        assert add.delay(2, 3).get(timeout=10) == 5
+        assert refused  # the refusal did happen
+    finally:
+        worker.stop(warm=True)
+        thread.join(10)
