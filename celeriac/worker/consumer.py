@@ -43,7 +43,7 @@ class Consumer:
     """Moves messages from the transport to the pool and settles them afterwards."""
 
     def __init__(self, app: "Celery", *, queues: list[str], pool: Any, hostname: str,
-                 prefetch_multiplier: int, async_pool: Any = None) -> None:
+                 prefetch_multiplier: int, async_pool: Any = None, inline: bool = False) -> None:
         self.app = app
         self.transport = app.transport
         self.queues = queues
@@ -62,13 +62,12 @@ class Consumer:
         # Fetch once half the window is free, not whenever one slot frees: fewer, fuller fetches.
         self.fetch_at = max(1, self.prefetch_limit // 2)
         self.renew_every = max(0.05, self.transport.visibility_timeout / 3.0)
-        # Inline settling: where the task runs in this process and the broker shares each
-        # thread's connection with the result store (Redis, one database), the thread that ran
-        # the task settles it itself, and what it deferred (an early-acked task's result, an
-        # acks_late ack) travels with its next round trip (see utils/redis_wire.py).
-        shares = getattr(self.transport, "shares_wire_with", None)
-        self.inline = bool(getattr(pool, "in_process", False) and shares is not None
-                           and shares(app.backend))
+        # Inline settling (the worker decides: the task runs in this process and the broker
+        # shares each thread's connection with the result store, as Redis on one database
+        # does): the thread that ran the task settles it itself, and what it deferred (an
+        # early-acked task's result, an acks_late ack) travels with its next round trip (see
+        # utils/redis_wire.py).
+        self.inline = inline
         self.inline_early_ack = self.inline and getattr(pool, "runs_in_dispatcher", False)
         self._unflushed = False  # the dispatch thread may hold deferred result writes
         self._flush_retry_at = 0.0  # after a failed idle flush, not before this (monotonic)
@@ -336,6 +335,7 @@ class Consumer:
                 continue
             with self._cond:
                 job_id, delivery, is_async = item
+                runs_async = is_async and self.async_pool is not None
                 revoked = ((self.revokes is not None
                             and delivery.message.headers.get("id") in self.revokes)
                            or _expired(delivery.message.headers))
@@ -344,7 +344,7 @@ class Consumer:
                     self._late.pop(job_id, None)
                 else:
                     self._running += 1
-                    if is_async and self.async_pool is not None:
+                    if runs_async:
                         self._running_async += 1
                         self._async_jobs.add(job_id)
                         self._cond.notify_all()  # it left the window: the fetcher may fetch more
@@ -362,7 +362,7 @@ class Consumer:
                 else:
                     self._revoke(delivery, task, headers, terminated=False)
                 continue
-            if self.inline_early_ack and not (is_async and self.async_pool is not None):
+            if self.inline_early_ack and not runs_async:
                 if self._start_inline(job_id, delivery, late):
                     continue
             elif needs_ack:
@@ -377,7 +377,7 @@ class Consumer:
                 if not (confirmed and confirmed[0]) and \
                         not self._unconfirmed(job_id, delivery, is_async, confirmed):
                     continue
-            pool = self.async_pool if is_async and self.async_pool is not None else self.pool
+            pool = self.async_pool if runs_async else self.pool
             with self._cond:
                 self._pool_of[job_id] = pool
             delivery_info = {"routing_key": delivery.queue, "exchange": "",
@@ -385,10 +385,7 @@ class Consumer:
                              "delivery_count": delivery.delivery_count}
             if not pool.submit(job_id, delivery.message, delivery_info):
                 with self._cond:  # the slot vanished (a child died): put it back in front
-                    self._running -= 1
-                    if job_id in self._async_jobs:
-                        self._async_jobs.discard(job_id)
-                        self._running_async -= 1
+                    self._leave_running(job_id)
                     self._pool_of.pop(job_id, None)
                     self._buffer.appendleft((job_id, delivery, is_async))
                     self._cond.wait(0.05)  # never spin: the pool needs a moment to replace it
@@ -422,7 +419,7 @@ class Consumer:
             return not self._unconfirmed(job_id, delivery, False, acked[0] if acked else None)
         if not revoked:
             return False
-        self._forget_job(job_id, False)
+        self._forget_job(job_id)
         headers = delivery.message.headers
         self._revoke(delivery, self.app.tasks.get(headers.get("task")), headers,
                      terminated=False, settle=late)
@@ -436,36 +433,37 @@ class Consumer:
         if reply is not None:  # the broker answered: this worker's lease had been lost
             logger.warning("Task %s: the lease ran out before it started; another worker has it",
                            task_id)
-            self._forget_job(job_id, is_async)
+            self._forget_job(job_id)
             return False
         try:  # no answer: find out whether the ack went through, by giving the message back
             requeued = self.transport.reject(delivery, requeue=True)
         except Exception:
             logger.exception("Task %s: broker unreachable; it waits in the buffer", task_id)
             with self._cond:  # still leased, still ours: try again in a moment
-                self._running -= 1
+                self._leave_running(job_id)
                 self._acked.discard(job_id)
-                if is_async and job_id in self._async_jobs:
-                    self._async_jobs.discard(job_id)
-                    self._running_async -= 1
                 self._buffer.appendleft((job_id, delivery, is_async))
                 self._cond.wait(0.5)
             return False
         if requeued:
-            self._forget_job(job_id, is_async)
+            self._forget_job(job_id)
             return False
         return True  # the lease was gone: the ack had gone through, so this worker runs it
 
-    def _forget_job(self, job_id: int, is_async: bool) -> None:
+    def _forget_job(self, job_id: int) -> None:
         with self._cond:
-            self._running -= 1
+            self._leave_running(job_id)
             self._jobs.pop(job_id, None)
             self._late.pop(job_id, None)
             self._acked.discard(job_id)
-            if is_async and job_id in self._async_jobs:
-                self._async_jobs.discard(job_id)
-                self._running_async -= 1
             self._cond.notify_all()
+
+    def _leave_running(self, job_id: int) -> None:
+        """Hold ``_cond``. The job stops counting as running (it ended, or it goes back)."""
+        self._running -= 1
+        if job_id in self._async_jobs:
+            self._async_jobs.discard(job_id)
+            self._running_async -= 1
 
     def _next_runnable(self) -> tuple[int, "Delivery", bool] | None:
         for index, item in enumerate(self._buffer):
@@ -483,10 +481,7 @@ class Consumer:
             self._pool_of.pop(job_id, None)
             acked = job_id in self._acked
             self._acked.discard(job_id)
-            self._running -= 1
-            if job_id in self._async_jobs:
-                self._async_jobs.discard(job_id)
-                self._running_async -= 1
+            self._leave_running(job_id)
             self.processed += 1
             if outcome.state == states.FAILURE:
                 self.failed += 1

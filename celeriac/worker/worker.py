@@ -136,8 +136,9 @@ class Worker:
                      if app.conf.get(k)}
         runner = Runner(app, self.hostname, app_spec=self.options.get("app_spec"),
                         overrides=overrides)
-        # In the solo and thread pools, with a broker whose acks are single round trips, the
-        # thread that ran a task sends its result with its ack (see Consumer.inline).
+        # In the solo and thread pools, with a broker that shares each thread's connection with
+        # the result store, the thread that ran a task sends its result with its ack (see
+        # Consumer.inline). The runner defers result writes only then: the consumer flushes them.
         inline = (self.pool_kind in ("solo", "threads")
                   and _shares_wire(app.transport, app.backend))
         pool_runner = Runner(app, self.hostname, app_spec=runner.app_spec, overrides=overrides,
@@ -157,7 +158,7 @@ class Worker:
         self.consumer = Consumer(app, queues=self.queues, pool=self.pool,
                                  hostname=self.hostname,
                                  prefetch_multiplier=self.prefetch_multiplier,
-                                 async_pool=self.async_pool)
+                                 async_pool=self.async_pool, inline=inline)
         if signals.celeryd_after_setup.receivers:
             signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
         self._install_signal_handlers()

@@ -44,8 +44,7 @@ def terminate_guarded(guards: dict, lock: threading.Lock, job_id: int) -> bool:
 class ThreadPool:
     """N worker threads taking jobs from one queue: an idle thread always takes the next job."""
 
-    #: tasks run in this process, and ``on_done`` is called in the thread that ran the task
-    in_process = True
+    #: tasks run in pool threads, not in the consumer's dispatch thread
     runs_in_dispatcher = False
 
     def __init__(self, runner: Any, concurrency: int, on_done: OnDone) -> None:
@@ -103,7 +102,6 @@ class ThreadPool:
 class SoloPool:
     """Runs each task inline in the dispatching thread: one at a time, no concurrency."""
 
-    in_process = True
     runs_in_dispatcher = True
 
     def __init__(self, runner: Any, concurrency: int, on_done: OnDone) -> None:
