@@ -47,3 +47,11 @@ def current_worker_request() -> "Context | None":
     if request is None or request.called_directly or request.is_eager:
         return None
     return request
+
+
+def add_to_current_parent(result: Any) -> None:
+    """Work sent from inside a running task is one of its children (its stored result lists it,
+    as Celery's does)."""
+    request = current_worker_request()
+    if request is not None:
+        request.add_child(result)

@@ -287,10 +287,8 @@ class Celery:
         add_to_parent = options.pop("add_to_parent", True)
         task_id = self.producer.send(name, args, kwargs, **options)
         result = AsyncResult(task_id, app=self, task_name=name)
-        if add_to_parent:  # sent from a running task: one of its children (Celery's trail)
-            parent = _context.current_worker_request()
-            if parent is not None:
-                parent.add_child(result)
+        if add_to_parent:
+            _context.add_to_current_parent(result)
         return result
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> "AsyncResult":  # noqa: N802

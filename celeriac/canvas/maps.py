@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .primitives import app_of, group
-from .signature import Signature, maybe_signature, message_options
+from .signature import Signature, given, maybe_signature, message_options
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -35,8 +35,7 @@ class _basemap(Signature):
 
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
                     **options: Any) -> Any:
-        options = {k: v for k, v in options.items() if v is not None}
-        _, _, merged = self._merge(options=options)
+        _, _, merged = self._merge(options=given(options))
         merged = message_options(merged)
         task = maybe_signature(self.kwargs["task"], app=self._app)
         app = app_of(self)

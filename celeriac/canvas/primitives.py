@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .. import _context
 from ..task import Task
-from .signature import Signature, as_list, maybe_signature, message_options
+from .signature import Signature, as_list, given, maybe_signature, message_options
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -128,19 +128,14 @@ class chain(_TaskList):
         """Copies of the steps; the chain's own ``link`` goes to the last step and its
         ``link_error`` to every step (any of them may be the one that fails)."""
         tasks = [maybe_signature(t, app=self._app).clone() for t in self.tasks]
-        if tasks:
-            for callback in as_list(self.options.get("link")):
-                tasks[-1].link(callback)
-            for errback in as_list(self.options.get("link_error")):
-                for task in tasks:
-                    task.link_error(errback)
+        _link_steps(tasks, self.options.get("link"), self.options.get("link_error"))
         return tasks
 
     # ---- running ---------------------------------------------------------------------------
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
                     **options: Any) -> Any:
         app = app_of(self)
-        options = {k: v for k, v in options.items() if v is not None}
+        options = given(options)
         if _eager(app):
             return self.apply(args, kwargs, **options)
         # The chain's own kwargs hold its steps: call-time kwargs go to the first step only.
@@ -162,18 +157,10 @@ class chain(_TaskList):
             return None
         results = _freeze_steps(steps, app, task_id=task_id, group_id=group_id,
                                 group_index=group_index, chord_body=chord, root_id=root_id)
-        for errback in as_list(link_error):
-            for step in steps:
-                step.link_error(errback)
-        for callback in as_list(link):
-            steps[-1].link(callback)
+        _link_steps(steps, link, link_error)
         first, rest = steps[0], steps[1:]
         wire_rest = [dict(step) for step in reversed(rest)]
-        first_options = dict(options)
-        if root_id:
-            first_options["root_id"] = root_id
-        if parent_id:
-            first_options["parent_id"] = parent_id
+        first_options = _with_lineage(options, root_id, parent_id)
         if wire_rest:
             first_options["chain"] = wire_rest
         sent = first.apply_async(**first_options)
@@ -228,11 +215,7 @@ class chain(_TaskList):
         steps = self._prepare_steps(tuple(args or ()), dict(kwargs or {}), app)
         if not steps:
             return None
-        for callback in as_list(options.pop("link", None)):
-            steps[-1].link(callback)
-        for errback in as_list(options.pop("link_error", None)):
-            for step in steps:
-                step.link_error(errback)
+        _link_steps(steps, options.pop("link", None), options.pop("link_error", None))
         # the chain's own link/link_error already sit on its steps (unchain_tasks)
         shared = {k: v for k, v in {**self.options, **options}.items()
                   if k not in ("link", "link_error")}
@@ -260,12 +243,34 @@ def _freeze_steps(steps: list[Signature], app: "Celery", *, task_id: str | None,
         else:
             results[index] = step.freeze(root_id=root_id)
     for index in range(1, len(results)):
-        node = results[index]
-        while node is not None and node.parent is not None:  # a chord's result tree
-            node = node.parent
-        if node is not None and node is not results[index - 1]:
+        if results[index] is None:
+            continue
+        node = _root_of(results[index])  # a chord's result tree
+        if node is not results[index - 1]:
             node.parent = results[index - 1]
     return results
+
+
+def _link_steps(steps: list[Signature], link: Any, link_error: Any) -> None:
+    """A chain's callbacks go to its last step; its errbacks to every step (any of them may be
+    the one that fails)."""
+    if not steps:
+        return
+    for callback in as_list(link):
+        steps[-1].link(callback)
+    for errback in as_list(link_error):
+        for step in steps:
+            step.link_error(errback)
+
+
+def _with_lineage(options: dict, root_id: str | None, parent_id: str | None) -> dict:
+    """A copy of ``options`` carrying the workflow's root and parent, where they are known."""
+    options = dict(options)
+    if root_id:
+        options["root_id"] = root_id
+    if parent_id:
+        options["parent_id"] = parent_id
+    return options
 
 
 # ---- group --------------------------------------------------------------------------------------
@@ -345,7 +350,7 @@ class group(_TaskList):
         if link_error is not None:
             raise TypeError("Cannot add link_error to group: do that on the member tasks")
         app = app_of(self)
-        options = {k: v for k, v in options.items() if v is not None}
+        options = given(options)
         if _eager(app):
             return self.apply(args, kwargs, **options)
         merged = message_options({**self.options, **options})
@@ -356,7 +361,7 @@ class group(_TaskList):
         body = merged.pop("chord", None)
         result = self._send(app, tuple(args or ()), dict(kwargs or {}), group_id, body, merged)
         if add_to_parent:
-            _add_to_parent(result)
+            _context.add_to_current_parent(result)
         return result
 
     def _send(self, app: "Celery", args: tuple, kwargs: dict, group_id: str, body: Any,
@@ -487,7 +492,7 @@ class chord(Signature):
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
                     task_id: str | None = None, **options: Any) -> Any:
         app = app_of(self)
-        options = {k: v for k, v in options.items() if v is not None}
+        options = given(options)
         kwargs = dict(kwargs or {})
         body = kwargs.pop("body", None) or self.body
         if body is None:
@@ -534,11 +539,7 @@ class chord(Signature):
                                   group_id=group_id or header_id, chord=chord,
                                   group_index=group_index, root_id=root_id)
         size = chord_size(header)
-        header_options = dict(options)
-        if root_id:
-            header_options["root_id"] = root_id
-        if parent_id:
-            header_options["parent_id"] = parent_id
+        header_options = _with_lineage(options, root_id, parent_id)
         if size == 0:  # nothing will ever count: the body runs now, on an empty list
             from ..result import GroupResult
 
@@ -560,7 +561,7 @@ class chord(Signature):
                                                **header_options)
         _root_of(body_result).parent = header_result
         if add_to_parent:
-            _add_to_parent(body_result)
+            _context.add_to_current_parent(body_result)
         return body_result
 
     def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
@@ -645,11 +646,3 @@ class _Publisher:
         if self.calls:
             calls, self.calls = self.calls, []
             self.app.producer.send_many(calls)
-
-
-def _add_to_parent(result: Any) -> None:
-    """A workflow started from inside a running task is one of that task's children (its
-    stored result lists it, as Celery's does)."""
-    request = _context.current_worker_request()
-    if request is not None:
-        request.add_child(result)

@@ -33,6 +33,11 @@ def message_options(options: dict, drop: frozenset[str] = frozenset()) -> dict:
     return {k: v for k, v in options.items() if k not in CLIENT_ONLY_OPTIONS and k not in drop}
 
 
+def given(options: dict) -> dict:
+    """The call options actually given (``None`` means "not given", as on Celery)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def as_list(value: Any) -> list:
     """An option that may hold one signature or several, as a list."""
     if value is None:
@@ -285,8 +290,7 @@ class Signature(dict):
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
                     **options: Any) -> Any:
         """Send this call (args prepended, kwargs and options merged); returns its result."""
-        options = {k: v for k, v in options.items() if v is not None}
-        merged_args, merged_kwargs, merged_options = self._merge(args, kwargs, options)
+        merged_args, merged_kwargs, merged_options = self._merge(args, kwargs, given(options))
         merged_options = message_options(merged_options)
         app = self.app
         task = app.tasks.get(self.task)
@@ -297,8 +301,7 @@ class Signature(dict):
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
               **options: Any) -> Any:
         """Run the call here and now (as ``Task.apply`` does); returns an EagerResult."""
-        options = {k: v for k, v in options.items() if v is not None}
-        merged_args, merged_kwargs, merged_options = self._merge(args, kwargs, options)
+        merged_args, merged_kwargs, merged_options = self._merge(args, kwargs, given(options))
         return self.type.apply(merged_args, merged_kwargs,
                                **message_options(merged_options, _EAGER_DROP))
 
