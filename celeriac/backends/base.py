@@ -38,6 +38,14 @@ class ChordPart:
     claimed: bool
 
 
+def join_member(task_id: str, group_index: int | None) -> tuple[str, float]:
+    """A header result's identity in a chord's join, ``"<id>:<index>"`` (counted once, however
+    often it is delivered), and its place in header order (without an index: after the rest)."""
+    if group_index is None:
+        return f"{task_id}:+inf", float("inf")
+    return f"{task_id}:{int(group_index)}", float(group_index)
+
+
 class ResultBackend(ABC):
     """Stores and reads task results in Celery's meta format."""
 

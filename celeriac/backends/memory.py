@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..exceptions import BackendError
 from ..utils.registry import NamedRegistry
-from .base import CHORD_DONE, ChordPart, ResultBackend
+from .base import CHORD_DONE, ChordPart, ResultBackend, join_member
 
 #: how often (seconds) a write also sweeps out expired keys nobody read again
 _SWEEP_INTERVAL = 10.0
@@ -126,13 +126,13 @@ class MemoryBackend(ResultBackend):
         jkey, ckey = self.chord_key(group_id, ".j"), self.chord_key(group_id, ".c")
         now = time.monotonic()
         ttl = self.expires or None
+        member, index = join_member(task_id, group_index)
         with store.cond:
-            if store.live(ckey, now) == CHORD_DONE:
+            claim = store.live(ckey, now)
+            if claim == CHORD_DONE:
                 return ChordPart(-1, None, False)
-            index = float("inf") if group_index is None else float(group_index)
             members = store.joins.get(jkey, ({}, None))[0]
-            members.setdefault(f"{task_id}:{group_index if group_index is not None else '+inf'}",
-                               (index, bytes(entry)))
+            members.setdefault(member, (index, bytes(entry)))
             store.joins[jkey] = (members, now + ttl if ttl else None)
             for suffix in (".s", ".t"):  # every arrival pushes the chord's expiry back, as on Redis
                 held = store.data.get(self.chord_key(group_id, suffix))
@@ -142,7 +142,7 @@ class MemoryBackend(ResultBackend):
             size = store.live(self.chord_key(group_id, ".s"), now)
             extra = store.live(self.chord_key(group_id, ".t"), now)
             expected = int(size) + int(extra or 0) if size is not None else None
-            claimed = expected is not None and ready == expected and store.live(ckey, now) is None
+            claimed = expected is not None and ready == expected and claim is None
             if claimed:
                 store.put(ckey, claim_token.encode(), now + claim_ttl, now)
         return ChordPart(ready, expected, claimed)

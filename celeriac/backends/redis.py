@@ -99,17 +99,10 @@ class RedisBackend(ResultBackend):
             pool = self.client().connection_pool
             with self._lock:
                 if self._subscriber is None:
-                    kwargs = {**pool.connection_kwargs, "socket_timeout": None,
-                              "health_check_interval": 0}
+                    overrides: dict[str, Any] = {"socket_timeout": None, "health_check_interval": 0}
                     if issubclass(pool.connection_class, redis.connection.Connection):
-                        kwargs["socket_keepalive"] = True  # TCP only (not a unix socket)
-
-                    def connect() -> Any:
-                        conn = pool.connection_class(**kwargs)
-                        conn.connect()
-                        return conn
-
-                    self._subscriber = Subscriber(connect)
+                        overrides["socket_keepalive"] = True  # TCP only (not a unix socket)
+                    self._subscriber = Subscriber(redis_wire.connector(pool, **overrides))
                 subscriber = self._subscriber
         return subscriber
 
@@ -213,12 +206,17 @@ class RedisBackend(ResultBackend):
                                    publish=False)]
         self._retrying(lambda: self._wire().call_checked(*commands), keys[".s"])
 
+    def _part_return_command(self, group_id: str, task_id: str, group_index: int | None,
+                             entry: bytes, claim_token: str, claim_ttl: float) -> tuple:
+        return redis_chord.part_return_command(
+            self._chord_keys(group_id), task_id, group_index, entry, expires=self.expires,
+            claim_token=claim_token, claim_ttl=claim_ttl)
+
     def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
                           entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
         # Safe to retry: the member counts once, and the same token keeps the claim it took.
-        command = redis_chord.part_return_command(
-            self._chord_keys(group_id), task_id, group_index, entry, expires=self.expires,
-            claim_token=claim_token, claim_ttl=claim_ttl)
+        command = self._part_return_command(group_id, task_id, group_index, entry, claim_token,
+                                            claim_ttl)
         return redis_chord.part_from_reply(self._retrying(
             lambda: self._wire().call(command)[0], self.chord_key(group_id)))
 
@@ -228,9 +226,8 @@ class RedisBackend(ResultBackend):
         """``chord_part_return`` sent with this thread's next round trip (the worker's next
         ack or flush); ``then(part)`` runs once it is over. Sent again if that round trip
         fails, which is safe (see above)."""
-        command = redis_chord.part_return_command(
-            self._chord_keys(group_id), task_id, group_index, entry, expires=self.expires,
-            claim_token=claim_token, claim_ttl=claim_ttl)
+        command = self._part_return_command(group_id, task_id, group_index, entry, claim_token,
+                                            claim_ttl)
         self._wire().defer_read(command, lambda reply: then(redis_chord.part_from_reply(reply)),
                                 retain=True)
 

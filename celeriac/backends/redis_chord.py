@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..utils import redis_wire
-from .base import ChordPart
+from .base import ChordPart, join_member
 
 # KEYS: .j .t .s .d .c   ARGV: member, entry, score, expires (s, 0 = none), claim ttl (s), token
 _PART_RETURN = """
@@ -56,9 +56,10 @@ _CLEANUP_SHA = redis_wire.script_sha(_CLEANUP)
 def part_return_command(keys: dict[str, str], task_id: str, group_index: int | None,
                         entry: bytes, *, expires: float, claim_token: str,
                         claim_ttl: float) -> tuple:
+    member, _ = join_member(task_id, group_index)
     score = "+inf" if group_index is None else str(int(group_index))
     return ("EVALSHA", _PART_RETURN_SHA, 5, keys[".j"], keys[".t"], keys[".s"], keys[".d"],
-            keys[".c"], f"{task_id}:{score}", entry, score, int(expires or 0),
+            keys[".c"], member, entry, score, int(expires or 0),
             max(1, int(claim_ttl)), claim_token)
 
 

@@ -1,7 +1,7 @@
 """Waiting for results on Redis without polling: one pub/sub connection per result store.
 
 Layer: backends (used by ``RedisBackend``). Waiters register the channels of the results they
-wait for (``_Subscriber.watch``); one background thread owns the connection, subscribes, and
+wait for (``Subscriber.watch``); one background thread owns the connection, subscribes, and
 hands each message to the waiters of its channel. After a reconnect every waiter re-reads its
 keys, so a result published while the connection was down is never missed.
 """

@@ -33,7 +33,7 @@ from ..utils.sqlite import (
     connect,
     sqlite_path_from_url,
 )
-from .base import CHORD_DONE, ChordPart, ResultBackend
+from .base import CHORD_DONE, ChordPart, ResultBackend, join_member
 
 TABLE = "celeriac_result"
 #: chord joins: one row per counted header result (Redis keeps these in a sorted set)
@@ -259,10 +259,10 @@ class SQLiteBackend(ResultBackend):
         key = self.chord_key
         now = time.time()
         expires_at = now + self.expires if self.expires else None
-        member = f"{task_id}:{group_index if group_index is not None else '+inf'}"
-        index = float("inf") if group_index is None else float(group_index)
+        member, index = join_member(task_id, group_index)
         with self._transaction() as conn:
-            if self._live(conn, key(group_id, ".c"), now) == CHORD_DONE:
+            claim = self._live(conn, key(group_id, ".c"), now)  # nobody changes it under us
+            if claim == CHORD_DONE:
                 return ChordPart(-1, None, False)
             added = conn.execute(
                 f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value)"
@@ -279,8 +279,7 @@ class SQLiteBackend(ResultBackend):
             size = self._live(conn, key(group_id, ".s"), now)
             extra = self._live(conn, key(group_id, ".t"), now)
             expected = int(size) + int(extra or 0) if size is not None else None
-            claimed = (expected is not None and ready == expected
-                       and self._live(conn, key(group_id, ".c"), now) is None)
+            claimed = expected is not None and ready == expected and claim is None
             if claimed:
                 conn.execute(_UPSERT, (key(group_id, ".c"), claim_token.encode(), now + claim_ttl))
         return ChordPart(ready, expected, claimed)

@@ -58,6 +58,20 @@ def wire_key(pool: Any) -> tuple:
     return (pool.connection_class, *(kwargs.get(name) for name in _IDENTITY))
 
 
+def connector(pool: Any, **overrides: Any) -> Callable[[], Any]:
+    """A function that opens a new connection like ``pool``'s (with ``overrides``), outside the
+    pool: for connections one owner keeps for itself."""
+    kwargs = {**pool.connection_kwargs, **overrides}
+    connection_class = pool.connection_class
+
+    def connect() -> Any:
+        conn = connection_class(**kwargs)
+        conn.connect()
+        return conn
+
+    return connect
+
+
 def same_wire(first: Any, second: Any) -> bool:
     """Whether two redis-py pools share one wire per thread (and so one order of commands)."""
     return wire_key(first) == wire_key(second)
@@ -246,15 +260,7 @@ def wire_for(pool: Any) -> Wire:
     key = wire_key(pool)
     wire = local.wires.get(key)
     if wire is None:
-        kwargs = dict(pool.connection_kwargs)
-        connection_class = pool.connection_class
-
-        def connect() -> Any:
-            conn = connection_class(**kwargs)
-            conn.connect()
-            return conn
-
-        wire = local.wires[key] = Wire(connect)
+        wire = local.wires[key] = Wire(connector(pool))
     local.by_pool[id(pool)] = (pool, wire)
     return wire
 
