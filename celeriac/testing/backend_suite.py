@@ -192,7 +192,6 @@ class BackendContract:
         (every call on the same store), closed at teardown."""
         raise NotImplementedError("a BackendContract subclass must override make_backend")
 
-
     @pytest.fixture
     def backend(self, make_backend: MakeBackend) -> ResultBackend:
         return make_backend()

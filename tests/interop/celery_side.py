@@ -16,6 +16,8 @@ from typing import Any
 
 from celery import Celery, chain, chord, group
 
+from .shared_tasks import register
+
 URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/12")
 TIMEOUT = 20.0
 
@@ -23,33 +25,8 @@ app = Celery("interop_celery", broker=URL, backend=URL)
 app.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json",
                 broker_connection_retry_on_startup=True, worker_hijack_root_logger=True)
 
-
-@app.task(name="interop.add")
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@app.task(name="interop.fail")
-def fail(message: str) -> None:
-    raise ValueError(message)
-
-
-@app.task(name="interop.xsum")
-def xsum(values: list[int]) -> int:
-    return sum(values)
-
-
-@app.task(name="interop.collect")
-def collect(values: list[Any]) -> list[Any]:
-    return values
-
-
-@app.task(name="interop.whoami", bind=True)
-def whoami(self: Any, *previous: Any) -> dict[str, Any]:
-    """Which implementation ran this, and the request fields a chain step must carry."""
-    request = self.request
-    return {"impl": "celery", "id": request.id, "root_id": request.root_id,
-            "parent_id": request.parent_id, "hostname": request.hostname, "at": time.time()}
+TASKS = register(app, "celery")
+add = TASKS["add"]
 
 
 # ---- one-shot client scenarios (each prints a JSON document) -----------------------------------

@@ -3,18 +3,15 @@ would, without a broker."""
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
 
-from celeriac import Celery, EagerResult, GroupResult, TaskSet, chain, chord, group
+from celeriac import EagerResult, GroupResult, TaskSet, chain, chord, group
 
 
 @pytest.fixture(params=[True, False], ids=["always_eager", "apply"])
-def run(request):
-    url = f"memory://{uuid.uuid4().hex}"
-    app = Celery("eager", broker=url, backend=url, set_as_current=False,
-                 task_always_eager=request.param)
+def run(request, make_app):
+    app = make_app(task_always_eager=request.param)
 
     @app.task(name="e.add")
     def add(x, y):
@@ -32,8 +29,7 @@ def run(request):
         return canvas.apply_async() if request.param else canvas.apply()
 
     go.tasks = app.tasks
-    yield go
-    app.close()
+    return go
 
 
 def test_chain(run):

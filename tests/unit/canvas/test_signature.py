@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import uuid
 
 import pytest
 
-from celeriac import Celery, Signature, chain, chord, chunks, group, signature, subtask, xmap
+from celeriac import Signature, chain, chord, chunks, group, signature, subtask, xmap
 from celeriac.canvas import maybe_signature, xstarmap
 from celeriac.canvas.primitives import chord_size
-
-
-@pytest.fixture
-def app():
-    url = f"memory://{uuid.uuid4().hex}"
-    app = Celery("canvas", broker=url, backend=url, set_as_current=False)
-    yield app
-    app.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ since ids and times differ from run to run.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 import pytest
 
@@ -33,9 +32,8 @@ def _vector_bodies(name: str) -> list[tuple[dict, list]]:
 
 
 @pytest.fixture
-def app():
-    url = f"memory://{uuid.uuid4().hex}"
-    app = Celery("wire", broker=url, backend=url, set_as_current=False)
+def app(app):
+    """The canvas app with the tasks the captured messages call."""
 
     @app.task(name="tasks.add")
     def add(x, y):
@@ -45,8 +43,7 @@ def app():
     def xsum(values):
         return sum(values)
 
-    yield app
-    app.close()
+    return app
 
 
 def _sent(app: Celery) -> list[tuple[dict, list]]:

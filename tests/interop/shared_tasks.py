@@ -1,0 +1,40 @@
+"""The tasks both interop halves serve, defined once so their names and bodies cannot drift apart.
+
+Layer: test support. Imports neither ``celery`` nor ``celeriac``: each half passes its own app
+(their ``@app.task`` decorators take the same arguments) and the name that ``interop.whoami``
+reports, so a test can tell which implementation ran a task.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def register(app: Any, impl: str) -> dict[str, Any]:
+    """Register the interop tasks on ``app``; returns them by short name."""
+
+    @app.task(name="interop.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="interop.fail")
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    @app.task(name="interop.xsum")
+    def xsum(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(name="interop.collect")
+    def collect(values: list[Any]) -> list[Any]:
+        return values
+
+    @app.task(name="interop.whoami", bind=True)
+    def whoami(self: Any, *previous: Any) -> dict[str, Any]:
+        """Which implementation ran this, and the request fields a chain step must carry."""
+        request = self.request
+        return {"impl": impl, "id": request.id, "root_id": request.root_id,
+                "parent_id": request.parent_id, "hostname": request.hostname, "at": time.time()}
+
+    return {"add": add, "fail": fail, "xsum": xsum, "collect": collect, "whoami": whoami}

@@ -1,0 +1,32 @@
+"""Canvas unit tests run on a private in-memory broker and store per app."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from celeriac import Celery
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[..., Celery]]:
+    """``make_app(**settings)``: a new app on its own in-memory broker and store, closed after
+    the test."""
+    apps: list[Celery] = []
+
+    def make(**settings: Any) -> Celery:
+        url = f"memory://{uuid.uuid4().hex}"
+        app = Celery("canvas", broker=url, backend=url, set_as_current=False, **settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Celery]) -> Celery:
+    return make_app()
