@@ -22,11 +22,12 @@ from celeriac.backends import backend_from_url
 from celeriac.backends.redis import RedisBackend
 from celeriac.exceptions import TimeoutError as CeleriacTimeoutError
 from celeriac.testing.backend_suite import MakeBackend, SharedBackendContract
+from tests.vectors import CELERY_VECTORS
 
 pytestmark = [pytest.mark.redis]
 
 DB = 9
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared/vectors/celery/redis/worker"
+VECTORS = CELERY_VECTORS / "redis" / "worker"
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import base64
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -23,8 +22,9 @@ from celeriac.transport import transport_from_url
 from celeriac.transport.base import Outgoing
 from celeriac.transport.redis import RedisTransport
 from celeriac.transport.redis.envelope import decode
+from tests.vectors import CELERY_VECTORS
 
-VECTORS = Path("/work/shared/vectors/celery/redis")
+VECTORS = CELERY_VECTORS / "redis"
 DB = 10
 
 

@@ -9,13 +9,14 @@ since ids and times differ from run to run.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
 import pytest
 
 from celeriac import Celery, chain, chord, group
 from celeriac.protocol import serialization, v2
+from tests.vectors import CELERY_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors" / "celery" / "redis"
+VECTORS = CELERY_VECTORS / "redis"
 ACCEPT = serialization.normalize_accept(["json"])
 
 

@@ -15,8 +15,9 @@ import pytest
 
 from celeriac.exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
 from celeriac.protocol import serialization as ser
+from tests.vectors import CELERY_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors" / "celery"
+VECTORS = CELERY_VECTORS
 CEST = timezone(timedelta(hours=2))
 
 

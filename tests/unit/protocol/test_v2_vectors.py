@@ -13,8 +13,9 @@ import pytest
 from celeriac.protocol import serialization
 from celeriac.protocol.message import Message
 from celeriac.protocol.v2 import decode_task, encode_task, safe_repr
+from tests.vectors import CELERY_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors" / "celery"
+VECTORS = CELERY_VECTORS
 FOLDERS = ("redis/send", "redis/send-celery5.3.6", "redis/send-celery5.5.3", "amqp/send")
 ACCEPT_ALL = serialization.normalize_accept(["json", "msgpack", "pickle", "yaml"])
 SERIALIZER_OF = {ct: name for name, (ct, _) in serialization.SERIALIZERS.items()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,9 @@ from celeriac.transport.redis.envelope import (
     list_name,
     priority_step,
 )
+from tests.vectors import CELERY_VECTORS
 
-VECTORS = Path("/work/shared/vectors/celery/redis")
+VECTORS = CELERY_VECTORS / "redis"
 SENT = sorted(p for folder in ("send", "send-celery5.3.6", "send-celery5.5.3")
               for p in (VECTORS / folder).glob("*.json"))
 TRANSPORT_KEYS = ("delivery_info", "body_encoding", "delivery_tag")
