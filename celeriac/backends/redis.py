@@ -61,6 +61,7 @@ class RedisBackend(ResultBackend):
         self.keyprefix = self.keyprefix or url_prefix
         self._redis_url = redis_url
         self._client_kwargs = kwargs
+        self._busy_poll = _busy_poll(transport_options.get("busy_poll"))
         self._lock = threading.Lock()
         self._local = threading.local()
         self._pid = os.getpid()
@@ -89,6 +90,7 @@ class RedisBackend(ResultBackend):
             with self._lock:
                 if self._client is None:
                     self._client = redis.Redis.from_url(self._redis_url, **self._client_kwargs)
+                    redis_wire.set_busy_poll(self._client.connection_pool, self._busy_poll)
                 client = self._client
         return client
 
@@ -365,6 +367,20 @@ def client_options(url: str, conf: Any = None, transport_options: dict | None = 
         if value and name not in parsed:
             kwargs[name] = value
     return redis_url, prefix, kwargs
+
+
+def _busy_poll(value: Any) -> float:
+    """``result_backend_transport_options["busy_poll"]``: seconds, 0 or more."""
+    if value is None:
+        return redis_wire.DEFAULT_BUSY_POLL
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ImproperlyConfigured(f"result_backend_transport_options: busy_poll must be 0 or "
+                                   f"more seconds, not {value!r}")
+    return seconds
 
 
 def _cert_reqs(value: Any) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import select
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -36,6 +37,11 @@ _IDENTITY = ("host", "port", "db", "path", "username", "password", "protocol", "
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 #: pauses between attempts of a ``flush()`` that hit a connection error (then it is raised)
 FLUSH_RETRY_DELAYS = (0.1, 0.5, 2.0)
+#: seconds a round trip polls its socket for the reply before it blocks (the ``busy_poll``
+#: transport option). A thread that blocks at once gives its CPU back to the kernel, and on a
+#: virtual machine waking an idle CPU again costs more than Redis takes to answer: measured here,
+#: a loopback round trip took 55-75 us blocking and 26-36 us polling (docs/benchmarks.md).
+DEFAULT_BUSY_POLL = 0.0002
 
 Command = tuple  # ("SET", key, value, ...): str, bytes, int or float arguments
 
@@ -94,10 +100,13 @@ class _Deferred:
 class Wire:
     """A raw connection used by one thread only (no locks): ``call``, ``defer``, ``flush``."""
 
-    def __init__(self, connect: Callable[[], Any]) -> None:
+    def __init__(self, connect: Callable[[], Any], busy_poll: float = DEFAULT_BUSY_POLL) -> None:
         self._connect = connect
         self._conn: Any = None
         self._deferred: list[_Deferred] = []
+        #: seconds to poll for a reply before blocking; 0: block at once
+        self.busy_poll = busy_poll
+        self._poller: Any = None  # select.poll on the current connection's socket
 
     @property
     def pending(self) -> int:
@@ -193,6 +202,8 @@ class Wire:
             conn = self._conn = self._connect()
         try:
             conn.send_packed_command([b"".join(packed)], check_health=False)
+            if self.busy_poll > 0:
+                self._await_reply(conn)
             read = conn.read_response
             replies = []
             for _ in range(count):
@@ -205,8 +216,23 @@ class Wire:
             self.close()  # the stream may be half read: never reuse it
             raise
 
+    def _await_reply(self, conn: Any) -> None:
+        """Poll the socket (yielding the CPU between polls) until a reply is readable or
+        ``busy_poll`` has passed; the read that follows blocks for whatever is still missing."""
+        poller = self._poller
+        if poller is None:
+            sock = getattr(conn, "_sock", None)  # redis-py keeps the socket there
+            if sock is None:
+                return
+            poller = self._poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+        poll, clock, pause = poller.poll, time.perf_counter, os.sched_yield
+        deadline = clock() + self.busy_poll
+        while not poll(0) and clock() < deadline:
+            pause()
+
     def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._poller = self._conn, None, None
         if conn is not None:
             try:
                 conn.disconnect()
@@ -260,9 +286,26 @@ def wire_for(pool: Any) -> Wire:
     key = wire_key(pool)
     wire = local.wires.get(key)
     if wire is None:
-        wire = local.wires[key] = Wire(connector(pool))
+        wire = local.wires[key] = Wire(connector(pool), _busy_polls.get(key, DEFAULT_BUSY_POLL))
     local.by_pool[id(pool)] = (pool, wire)
     return wire
+
+
+#: wire key -> the smallest ``busy_poll`` any user of that database asked for
+_busy_polls: dict[tuple, float] = {}
+
+
+def set_busy_poll(pool: Any, seconds: float) -> None:
+    """Ask the wires to ``pool``'s database to poll ``seconds`` for replies (0: never); when a
+    broker and a result store on one database ask for different values, the smaller wins."""
+    seconds = float(seconds)
+    if seconds < 0:
+        raise ValueError(f"busy_poll must be 0 or more seconds, got {seconds!r}")
+    key = wire_key(pool)
+    _busy_polls[key] = min(seconds, _busy_polls.get(key, seconds))
+    wire = _local.wires.get(key)  # wires of other threads are normally made later
+    if wire is not None:
+        wire.busy_poll = _busy_polls[key]
 
 
 def flush_thread() -> None:

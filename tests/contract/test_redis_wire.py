@@ -3,6 +3,7 @@ commands ride along in order, failures keep writes and drop reads, one bad handl
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Iterator
 
@@ -102,4 +103,38 @@ def test_scripts_are_loaded_again_after_the_server_forgets_them(client, prefix):
     client.script_flush()
     wire = _wire(client)
     assert wire.call_one("EVALSHA", sha, 0) == prefix.encode()
+    wire.close()
+
+
+def test_polling_for_a_reply_ends_as_soon_as_it_is_there(client, prefix):
+    wire = redis_wire.Wire(redis_wire.connector(client.connection_pool), busy_poll=5.0)
+    started = time.monotonic()
+    for n in range(1, 4):
+        assert wire.call(("INCR", prefix + "n")) == [n]
+    # a poll that missed the reply would spend its whole 5 s on each of the three calls
+    assert time.monotonic() - started < 5.0
+    wire.close()
+
+
+def test_a_reply_slower_than_the_poll_is_still_read_whole(client, prefix):
+    wire = redis_wire.Wire(redis_wire.connector(client.connection_pool), busy_poll=0.001)
+    assert wire.call(("BLPOP", prefix + "empty", "0.2"), ("PING",)) == [None, b"PONG"]
+    assert wire.call(("INCR", prefix + "n")) == [1]  # the stream is still in step
+    wire.close()
+
+
+def test_the_smallest_busy_poll_asked_for_wins(client, monkeypatch):
+    monkeypatch.setattr(redis_wire, "_busy_polls", {})
+    monkeypatch.setattr(redis_wire, "_local", redis_wire._ThreadWires())
+    pool = client.connection_pool
+    wire = redis_wire.wire_for(pool)
+    assert wire.busy_poll == redis_wire.DEFAULT_BUSY_POLL
+    redis_wire.set_busy_poll(pool, 0.001)
+    redis_wire.set_busy_poll(pool, 0.01)
+    assert wire.busy_poll == 0.001 and redis_wire.wire_for(pool) is wire
+    redis_wire.set_busy_poll(pool, 0)
+    assert wire.busy_poll == 0
+    assert wire.call(("PING",)) == [b"PONG"]  # no polling at all, still a normal round trip
+    with pytest.raises(ValueError, match="busy_poll"):
+        redis_wire.set_busy_poll(pool, -1)
     wire.close()

@@ -60,7 +60,9 @@ class RedisTransport:
     served first, as Celery on Redis does; ``"high_first"``: a higher one, as on the other
     celeriac brokers), ``queue_order_strategy`` (``"round_robin"``, or ``"sorted"``/``"priority"``
     to always serve queues in the order given), ``unacked_key``, ``unacked_index_key``,
-    ``unacked_mutex_key`` and redis-py client options (``socket_timeout``...). Others are ignored.
+    ``unacked_mutex_key``, ``busy_poll`` (seconds a round trip polls for its reply before it
+    blocks, default 0.0002; 0 blocks at once) and redis-py client options
+    (``socket_timeout``...). Others are ignored.
 
     A message of priority p goes to the list of the largest step <= p, as kombu puts it; within a
     step, oldest first. Celeriac-owned keys (all under the prefix): ``celeriac.deliveries`` (tag
@@ -78,13 +80,16 @@ class RedisTransport:
                  priority_steps: Sequence[int] = (0, 3, 6, 9), priority_order: str = "low_first",
                  queue_order_strategy: str = "round_robin", unacked_key: str = "unacked",
                  unacked_index_key: str = "unacked_index", unacked_mutex_key: str = "unacked_mutex",
-                 delayed_publish: str = "queue", **options: Any) -> None:
+                 delayed_publish: str = "queue",
+                 busy_poll: float = redis_wire.DEFAULT_BUSY_POLL, **options: Any) -> None:
         if priority_order not in ("low_first", "high_first"):
             raise ValueError(f"priority_order must be 'low_first' or 'high_first', "
                              f"not {priority_order!r}")
         if delayed_publish not in ("queue", "delayed_set"):
             raise ValueError(f"delayed_publish must be 'queue' or 'delayed_set', "
                              f"not {delayed_publish!r}")
+        if not isinstance(busy_poll, (int, float)) or isinstance(busy_poll, bool) or busy_poll < 0:
+            raise ValueError(f"busy_poll must be 0 or more seconds, not {busy_poll!r}")
         #: "queue" (default): an ETA/countdown message is pushed onto its queue like any other,
         #: as Celery does, so Celery workers sharing the queue run it too (a celeriac worker that
         #: takes it early defers it to ``celeriac.delayed.<queue>`` until due). "delayed_set":
@@ -107,6 +112,7 @@ class RedisTransport:
         self._declared: set[str] = set()
         self._pid = os.getpid()
         self._client = self._connect()
+        redis_wire.set_busy_poll(self._client.connection_pool, busy_poll)
         self._keys = (self.unacked_key, self.unacked_index_key, self.prefix + "celeriac.deliveries")
         self._head = (self.prefix, self.sep, len(self.steps), *self.steps)
         db = self._client.connection_pool.connection_kwargs.get("db", 0)

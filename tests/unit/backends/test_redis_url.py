@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 from redis.connection import SSLConnection, UnixDomainSocketConnection
 
+from celeriac import Celery
 from celeriac.backends import backend_from_url
 from celeriac.backends.redis import RedisBackend, client_options
 from celeriac.exceptions import ImproperlyConfigured
@@ -93,3 +94,14 @@ def test_backend_from_url_builds_the_redis_backend_and_masks_the_password() -> N
         assert "hunter2" not in repr(backend)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("value", [-0.5, "soon"])
+def test_a_bad_busy_poll_is_refused_by_name(value) -> None:
+    app = Celery("bad-poll", broker="memory://bad-poll", backend="redis://h/0",
+                 set_as_current=False, result_backend_transport_options={"busy_poll": value})
+    try:
+        with pytest.raises(ImproperlyConfigured, match="busy_poll"):
+            app.backend
+    finally:
+        app.close()

@@ -33,3 +33,9 @@ def test_broker_use_ssl_takes_celerys_dict_and_reaches_the_transport() -> None:
     with pytest.raises(ImproperlyConfigured, match="broker_use_ssl"):
         Celery("bad-tls", broker="memory://x", set_as_current=False,
                broker_use_ssl="yes").finalize()
+
+
+@pytest.mark.parametrize("value", [-1, "fast", None])
+def test_a_bad_busy_poll_is_refused_by_name(value) -> None:
+    with pytest.raises(ValueError, match="busy_poll"):
+        RedisTransport.from_url("redis://127.0.0.1:6379/3", busy_poll=value)
