@@ -7,12 +7,13 @@ to the broker in one round trip (``send_many``).
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from . import _context, signals
 from .protocol import v2
@@ -179,25 +180,36 @@ class Producer:
 
     def _publish_with_retry(self, transport: Any, items: Sequence[Outgoing], retry: bool | None,
                             retry_policy: dict[str, Any] | None) -> None:
-        do_retry = self.publish_retry if retry is None else retry
-        policy = {**self.publish_retry_policy, **(retry_policy or {})}
-        max_retries = policy.get("max_retries", 3)
-        interval = float(policy.get("interval_start", 0))
-        step = float(policy.get("interval_step", 0.2))
-        interval_max = float(policy.get("interval_max", 0.2))
         attempt = 0
+        delays: Iterator[float] | None = None  # worked out once a publish has failed
         while True:
             try:
                 transport.publish(items)
                 return
             except (OSError, ConnectionError, TimeoutError,
                     *getattr(transport, "transient_errors", ())) as exc:
-                if not do_retry or (max_retries is not None and attempt >= max_retries):
+                if not (self.publish_retry if retry is None else retry):
+                    raise
+                if delays is None:
+                    delays = self._retry_delays(retry_policy)
+                delay = next(delays, None)
+                if delay is None:
                     raise
                 attempt += 1
-                time.sleep(min(interval, interval_max))
-                interval += step
+                time.sleep(delay)
                 _log_publish_retry(exc, attempt)
+
+    def _retry_delays(self, retry_policy: dict[str, Any] | None) -> Iterator[float]:
+        """The pauses before each retry ``task_publish_retry_policy`` allows (Celery's keys)."""
+        policy = {**self.publish_retry_policy, **(retry_policy or {})}
+        max_retries = policy.get("max_retries", 3)
+        interval = float(policy.get("interval_start", 0))
+        step = float(policy.get("interval_step", 0.2))
+        interval_max = float(policy.get("interval_max", 0.2))
+        retries = itertools.count() if max_retries is None else range(int(max_retries))
+        for _ in retries:
+            yield min(interval, interval_max)
+            interval += step
 
     @staticmethod
     def _send_publish_signal(signal: Any, item: Outgoing) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -35,6 +34,7 @@ from ..utils import redis_wire
 from . import redis_chord
 from .base import ChordPart, ResultBackend, _any_failed
 from .redis_pubsub import Subscriber
+from ..utils import pid as _pid
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class RedisBackend(ResultBackend):
         self._busy_poll = _busy_poll(transport_options.get("busy_poll"))
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._pid = os.getpid()
+        self._pid = _pid.current()
         self._client: redis.Redis | None = None
         self._subscriber: Subscriber | None = None
 
@@ -75,12 +75,12 @@ class RedisBackend(ResultBackend):
     def _check_fork(self) -> None:
         # A child must not share the parent's sockets or listener; take fresh ones, never closing
         # the inherited ones (that could shut the parent's connections down).
-        if self._pid != os.getpid():
+        if self._pid != _pid.current():
             _INHERITED.extend(x for x in (self._client, self._subscriber) if x is not None)
             self._lock = threading.Lock()
             self._local = threading.local()
             self._client = self._subscriber = None
-            self._pid = os.getpid()
+            self._pid = _pid.current()
 
     def client(self) -> redis.Redis:
         """The shared client of this process (its own thread-safe connection pool)."""

@@ -27,6 +27,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import pid as _pid
+
 logger = logging.getLogger(__name__)
 
 #: connection options that decide whether two clients reach the same database the same way
@@ -251,10 +253,14 @@ except ImportError:  # pragma: no cover - hiredis comes with the redis extra
 
 def _pack_one(command: Command) -> bytes:
     """The RESP bytes of one command (hiredis when installed, as with the redis extra)."""
-    if any(isinstance(arg, bool) or arg is None for arg in command):
-        raise TypeError(f"Redis command arguments must be str, bytes or numbers: {command[:2]!r}")
     if _hiredis_pack is not None:
-        return _hiredis_pack(command)
+        try:
+            return _hiredis_pack(command)  # refuses None and bools itself
+        except TypeError:
+            raise TypeError("Redis command arguments must be str, bytes or numbers: "
+                            f"{command[:2]!r}") from None
+    if any(isinstance(arg, bool) or arg is None for arg in command):  # pragma: no cover
+        raise TypeError(f"Redis command arguments must be str, bytes or numbers: {command[:2]!r}")
     return b"".join(_python_pack(*command))  # pragma: no cover
 
 
@@ -270,15 +276,15 @@ class _ThreadWires(threading.local):
 
 
 _local = _ThreadWires()
-_pid = os.getpid()
+_owner_pid = _pid.current()
 
 
 def wire_for(pool: Any) -> Wire:
     """This thread's wire to the database of ``pool`` (a redis-py ConnectionPool); one per
     database and thread, whoever asks."""
-    global _local, _pid
-    if _pid != os.getpid():  # a forked child: the parent's sockets are not ours
-        _local, _pid = _ThreadWires(), os.getpid()
+    global _local, _owner_pid
+    if _owner_pid != _pid.current():  # a forked child: the parent's sockets are not ours
+        _local, _owner_pid = _ThreadWires(), _pid.current()
     local = _local
     known = local.by_pool.get(id(pool))
     if known is not None and known[0] is pool:
@@ -310,7 +316,7 @@ def set_busy_poll(pool: Any, seconds: float) -> None:
 
 def flush_thread() -> None:
     """Send every deferred command of this thread, on every wire."""
-    if _pid != os.getpid():
+    if _owner_pid != _pid.current():
         return
     for wire in list(_local.wires.values()):
         if wire.pending:

@@ -18,9 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -34,6 +32,7 @@ from ...utils import redis_wire
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
 from . import scripts
 from .envelope import decode, encode, list_name, priority_step
+from ...utils import pid as _pid
 
 #: how many delayed messages and expired leases one fetch moves at most
 RESTORE_LIMIT = 100
@@ -44,6 +43,8 @@ SWEEP_INTERVAL = 0.1
 _SHAS = {name: redis_wire.script_sha(getattr(scripts, name))
          for name in ("FETCH", "ACK", "REJECT", "DEFER", "EXTEND", "DEAD_LETTER", "SIZE")}
 logger = logging.getLogger(__name__)
+#: numbers fetches; with the process's random salt, a lease token no other fetch has
+_FETCH_SERIAL = itertools.count(1)
 #: redis-py client options a broker_transport_options dict may carry
 _CLIENT_OPTIONS = ("socket_timeout", "socket_connect_timeout", "socket_keepalive",
                    "health_check_interval", "max_connections", "retry_on_timeout", "username",
@@ -110,7 +111,7 @@ class RedisTransport:
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._declared: set[str] = set()
-        self._pid = os.getpid()
+        self._pid = _pid.current()
         self._client = self._connect()
         redis_wire.set_busy_poll(self._client.connection_pool, busy_poll)
         self._keys = (self.unacked_key, self.unacked_index_key, self.prefix + "celeriac.deliveries")
@@ -148,8 +149,8 @@ class RedisTransport:
 
     def _check_fork(self) -> None:
         """A forked child must not share the parent's sockets or listener thread."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._pid != _pid.current():
+            self._pid = _pid.current()
             self._lock = threading.Lock()
             self._client = self._connect()
             self._waker = None
@@ -259,7 +260,7 @@ class RedisTransport:
         return list(dict.fromkeys([*queues[start:], *queues[:start]]))
 
     def _fetch_command(self, order: list[str], max_n: int) -> tuple[tuple, str]:
-        token = secrets.token_hex(8)
+        token = f"{_pid.salt()}{next(_FETCH_SERIAL):x}"  # unique per fetch, fleet-wide
         high = "high" if self.priority_order == "high_first" else "low"
         now, clock = time.time(), time.monotonic()
         due = self._due_at
@@ -405,9 +406,9 @@ class RedisTransport:
         """Stop the listener and disconnect; the transport reconnects lazily if used again."""
         with self._lock:
             waker, self._waker = self._waker, None
-        if waker is not None and self._pid == os.getpid():
+        if waker is not None and self._pid == _pid.current():
             waker.stop(self._client)
-        if self._pid == os.getpid():
+        if self._pid == _pid.current():
             self._client.connection_pool.disconnect()
 
 
