@@ -8,7 +8,6 @@ to the broker in one round trip (``send_many``).
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 import time
 import uuid
@@ -19,6 +18,7 @@ from . import _context, signals
 from .protocol import v2
 from .routing import Queue, Router
 from .transport.base import Outgoing
+from .utils import pid as _pid
 
 if TYPE_CHECKING:
     from .app import Celery
@@ -29,7 +29,7 @@ _origin_cache: tuple[int, str] | None = None
 def origin_name() -> str:
     """``gen<pid>@<host>``: Celery's name for a sending process (recomputed after fork)."""
     global _origin_cache
-    pid = os.getpid()
+    pid = _pid.current()
     if _origin_cache is None or _origin_cache[0] != pid:
         _origin_cache = (pid, f"gen{pid}@{socket.gethostname()}")
     return _origin_cache[1]

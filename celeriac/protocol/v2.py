@@ -119,8 +119,10 @@ def encode_task(*, name: str, task_id: str, args: list | tuple = (), kwargs: Map
         "timelimit": [time_limit, soft_time_limit],
         "root_id": root_id or task_id,
         "parent_id": parent_id,
-        "argsrepr": safe_repr(tuple(args), REPR_MAXSIZE) if argsrepr is None else argsrepr,
-        "kwargsrepr": safe_repr(kwargs, REPR_MAXSIZE) if kwargsrepr is None else kwargsrepr,
+        "argsrepr": (argsrepr if argsrepr is not None
+                     else safe_repr(tuple(args), REPR_MAXSIZE) if args else "()"),
+        "kwargsrepr": (kwargsrepr if kwargsrepr is not None
+                       else safe_repr(kwargs, REPR_MAXSIZE) if kwargs else "{}"),
         "origin": origin or anon_nodename(),
         "ignore_result": ignore_result,
         "replaced_task_nesting": replaced_task_nesting,

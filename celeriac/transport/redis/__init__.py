@@ -188,8 +188,11 @@ class RedisTransport:
         yet due go to ``celeriac.delayed.<queue>`` instead)."""
         if not items:
             return
-        now = time.time()
         wire = self._wire()
+        if len(items) == 1 and items[0].not_before is None and items[0].queue in self._declared:
+            self._publish_one(wire, items[0])  # a plain delay(): nothing to group or declare
+            return
+        now = time.time()
         writes: list[tuple] = []
         fresh = list(dict.fromkeys(item.queue for item in items if item.queue not in self._declared))
         for queue in fresh:
@@ -223,6 +226,15 @@ class RedisTransport:
             if isinstance(reply, Exception):
                 raise reply
         self._declared.update(fresh)
+
+    def _publish_one(self, wire: redis_wire.Wire, item: Outgoing) -> None:
+        message = item.message
+        envelope = encode(message, item.queue, str(uuid.uuid4()))
+        key = self._list(item.queue, message.properties.get("priority"))
+        wake = ("PUBLISH", self._wake_base + item.queue, "")
+        pushed = wire.call(("LPUSH", key, envelope), wake)[0]
+        if isinstance(pushed, Exception):
+            raise pushed
 
     # ---- consuming ----------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
