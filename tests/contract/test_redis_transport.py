@@ -106,6 +106,21 @@ def test_publish_writes_kombu_keys(make: MakeTransport, client: redis.Redis,
     assert client.llen(f"{p}celery\x06\x166") == 0
 
 
+def test_one_message_at_a_time_lands_like_a_batch(make: MakeTransport, client: redis.Redis,
+                                                 redis_prefix: str) -> None:
+    transport = make()
+    for body, priority in (("a", 0), ("b", 5), ("c", 0)):  # the first declares, later ones not
+        transport.publish([Outgoing("celery", message(body, priority=priority))])
+    p = redis_prefix
+    assert client.smembers(f"{p}_kombu.binding.celery") == {b"celery\x06\x16\x06\x16celery"}
+    assert [decode(e)[0].body for e in client.lrange(f"{p}celery", 0, -1)] == [b"c", b"a"]
+    assert [decode(e)[0].body for e in client.lrange(f"{p}celery\x06\x163", 0, -1)] == [b"b"]
+    client.delete(f"{p}celery")
+    client.set(f"{p}celery", "not a list")  # the server refuses the push: the caller hears it
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        transport.publish([Outgoing("celery", message("d"))])
+
+
 def test_default_priority_order_is_celerys_on_redis(make: MakeTransport) -> None:
     transport = make()
     transport.publish([Outgoing("q", message(n, priority=p))
