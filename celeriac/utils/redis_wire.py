@@ -19,12 +19,13 @@ import hashlib
 import logging
 import os
 import select
+import socket
 import threading
 import time
 from typing import Any, Callable, Sequence
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import pid as _pid
@@ -109,6 +110,8 @@ class Wire:
         #: seconds to poll for a reply before blocking; 0: block at once
         self.busy_poll = busy_poll
         self._poller: Any = None  # select.poll on the current connection's socket
+        self._buffer = bytearray(65536)  # what each recv reads into
+        self._reader: Any = None  # the hiredis reader of the current connection
 
     @property
     def pending(self) -> int:
@@ -206,7 +209,10 @@ class Wire:
             conn.send_packed_command([b"".join(packed)], check_health=False)
             if self.busy_poll > 0:
                 self._await_reply(conn)
-            read = conn.read_response
+            reader = self._reader or self._make_reader(conn)
+            if reader is not None:
+                return self._read_replies(conn._sock, reader, count)
+            read = conn.read_response  # no hiredis reader: redis-py's own path
             replies = []
             for _ in range(count):
                 try:
@@ -217,6 +223,44 @@ class Wire:
         except BaseException:
             self.close()  # the stream may be half read: never reuse it
             raise
+
+    def _make_reader(self, conn: Any) -> Any:
+        """A hiredis reader for ``conn`` that makes error replies into redis-py's exception
+        classes (None without hiredis, or for a connection that is not a plain socket one)."""
+        parser = getattr(conn, "_parser", None)
+        if _hiredis is None or getattr(conn, "_sock", None) is None or parser is None:
+            return None
+        options: dict[str, Any] = {"protocolError": InvalidResponse,
+                                   "replyError": parser.parse_error}
+        encoder = getattr(conn, "encoder", None)
+        if encoder is not None and encoder.decode_responses:
+            options.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
+        self._reader = _hiredis.Reader(**options)
+        return self._reader
+
+    def _read_replies(self, sock: Any, reader: Any, count: int) -> list[Any]:
+        """``count`` replies straight from the socket, without redis-py's per-reply layers; an
+        error reply is returned, a connection-level one raised as redis-py would."""
+        buffer = self._buffer
+        replies: list[Any] = []
+        gets, feed, append = reader.gets, reader.feed, replies.append
+        while len(replies) < count:
+            reply = gets()
+            if reply is False:  # hiredis: not enough data yet
+                try:
+                    size = sock.recv_into(buffer)
+                except socket.timeout:
+                    raise RedisTimeoutError("Timeout reading from Redis") from None
+                except OSError as exc:
+                    raise RedisConnectionError(f"Error while reading from Redis: {exc}") from None
+                if not size:
+                    raise RedisConnectionError("Connection closed by server.")
+                feed(buffer, 0, size)
+                continue
+            if isinstance(reply, RedisConnectionError):  # e.g. LOADING, max clients
+                raise reply
+            append(reply)
+        return replies
 
     def _await_reply(self, conn: Any) -> None:
         """Poll the socket (yielding the CPU between polls) until a reply is readable or
@@ -234,7 +278,7 @@ class Wire:
             pause()
 
     def close(self) -> None:
-        conn, self._conn, self._poller = self._conn, None, None
+        conn, self._conn, self._poller, self._reader = self._conn, None, None, None
         if conn is not None:
             try:
                 conn.disconnect()
@@ -243,9 +287,10 @@ class Wire:
 
 
 try:
+    import hiredis as _hiredis
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - hiredis comes with the redis extra
-    _hiredis_pack = None
+    _hiredis = _hiredis_pack = None
     from redis.connection import Encoder, PythonRespSerializer
 
     _python_pack = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack

@@ -138,3 +138,12 @@ def test_the_smallest_busy_poll_asked_for_wins(client, monkeypatch):
     with pytest.raises(ValueError, match="busy_poll"):
         redis_wire.set_busy_poll(pool, -1)
     wire.close()
+
+
+def test_a_connection_the_server_closed_is_replaced_on_the_next_call(client, prefix):
+    wire = _wire(client)
+    own_id = wire.call(("CLIENT", "ID"))[0]
+    assert client.client_kill_filter(_id=own_id) == 1
+    assert wire.call(("INCR", prefix + "n"), ("GET", prefix + "missing")) == [1, None]
+    assert wire.call(("CLIENT", "ID"))[0] != own_id  # a fresh connection, read in step
+    wire.close()
