@@ -17,7 +17,6 @@ from .config import Settings, settings_from_object, validate
 from .exceptions import ImproperlyConfigured
 from .task import Task, _register_shared_with, build_task_class
 from .utils.sqlite import DEFAULT_SQLITE_URL
-from .utils import pid as _pid
 
 if TYPE_CHECKING:
     from .backends.base import ResultBackend
@@ -77,7 +76,7 @@ class Celery:
         self._producer: Producer | None = None
         self._control: Control | None = None
         self._finalized = False
-        self._pid = _pid.current()
+        self._pid = os.getpid()
         self._register_builtins()
         _all_apps.add(self)
         _register_shared_with(self)
@@ -194,7 +193,7 @@ class Celery:
 
     def _check_fork(self) -> None:
         # Connections must never be shared across fork: a child starts its own.
-        if self._pid != _pid.current():
+        if self._pid != os.getpid():
             self._after_fork()
 
     def _after_fork(self) -> None:
@@ -203,7 +202,7 @@ class Celery:
         _fork_leftovers.extend(x for x in (self._transport, self._backend, self._producer) if x)
         self._transport = self._backend = self._producer = None
         self._lock = threading.RLock()
-        self._pid = _pid.current()
+        self._pid = os.getpid()
 
     def _reset_connections(self) -> None:
         with self._lock:

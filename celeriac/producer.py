@@ -7,7 +7,7 @@ to the broker in one round trip (``send_many``).
 
 from __future__ import annotations
 
-import itertools
+import os
 import socket
 import time
 import uuid
@@ -18,7 +18,6 @@ from . import _context, signals
 from .protocol import v2
 from .routing import Queue, Router
 from .transport.base import Outgoing
-from .utils import pid as _pid
 
 if TYPE_CHECKING:
     from .app import Celery
@@ -29,7 +28,7 @@ _origin_cache: tuple[int, str] | None = None
 def origin_name() -> str:
     """``gen<pid>@<host>``: Celery's name for a sending process (recomputed after fork)."""
     global _origin_cache
-    pid = _pid.current()
+    pid = os.getpid()
     if _origin_cache is None or _origin_cache[0] != pid:
         _origin_cache = (pid, f"gen{pid}@{socket.gethostname()}")
     return _origin_cache[1]
@@ -206,10 +205,11 @@ class Producer:
         interval = float(policy.get("interval_start", 0))
         step = float(policy.get("interval_step", 0.2))
         interval_max = float(policy.get("interval_max", 0.2))
-        retries = itertools.count() if max_retries is None else range(int(max_retries))
-        for _ in retries:
+        done = 0
+        while max_retries is None or done < max_retries:
             yield min(interval, interval_max)
             interval += step
+            done += 1
 
     @staticmethod
     def _send_publish_signal(signal: Any, item: Outgoing) -> None:

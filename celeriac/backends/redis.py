@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -34,7 +35,6 @@ from ..utils import redis_wire
 from . import redis_chord
 from .base import ChordPart, ResultBackend, _any_failed
 from .redis_pubsub import Subscriber
-from ..utils import pid as _pid
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class RedisBackend(ResultBackend):
         self._busy_poll = _busy_poll(transport_options.get("busy_poll"))
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._pid = _pid.current()
+        self._pid = os.getpid()
         self._client: redis.Redis | None = None
         self._subscriber: Subscriber | None = None
 
@@ -75,12 +75,12 @@ class RedisBackend(ResultBackend):
     def _check_fork(self) -> None:
         # A child must not share the parent's sockets or listener; take fresh ones, never closing
         # the inherited ones (that could shut the parent's connections down).
-        if self._pid != _pid.current():
+        if self._pid != os.getpid():
             _INHERITED.extend(x for x in (self._client, self._subscriber) if x is not None)
             self._lock = threading.Lock()
             self._local = threading.local()
             self._client = self._subscriber = None
-            self._pid = _pid.current()
+            self._pid = os.getpid()
 
     def client(self) -> redis.Redis:
         """The shared client of this process (its own thread-safe connection pool)."""
@@ -370,17 +370,13 @@ def client_options(url: str, conf: Any = None, transport_options: dict | None = 
 
 
 def _busy_poll(value: Any) -> float:
-    """``result_backend_transport_options["busy_poll"]``: seconds, 0 or more."""
+    """``result_backend_transport_options["busy_poll"]``, checked like the broker's."""
     if value is None:
         return redis_wire.DEFAULT_BUSY_POLL
     try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds >= 0:
-        raise ImproperlyConfigured(f"result_backend_transport_options: busy_poll must be 0 or "
-                                   f"more seconds, not {value!r}")
-    return seconds
+        return redis_wire.busy_poll_seconds(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"result_backend_transport_options: {exc}") from None
 
 
 def _cert_reqs(value: Any) -> Any:

@@ -34,7 +34,6 @@ from ..utils.sqlite import (
     sqlite_path_from_url,
 )
 from .base import CHORD_DONE, ChordPart, ResultBackend, join_member
-from ..utils import pid as _pid
 
 TABLE = "celeriac_result"
 #: chord joins: one row per counted header result (Redis keeps these in a sorted set)
@@ -105,7 +104,7 @@ class SQLiteBackend(ResultBackend):
         return f"<SQLiteBackend {self.path!r}>"
 
     def _start_fresh(self) -> None:
-        self._pid = _pid.current()
+        self._pid = os.getpid()
         self._local = threading.local()
         self._handles: list[_Handle] = []
         self._waiter: ChangeWaiter | None = None
@@ -115,7 +114,7 @@ class SQLiteBackend(ResultBackend):
     def _check_fork(self) -> None:
         # In a forked child only the forking thread survives, and a lock some other parent thread
         # held stays held forever: replace the lock instead of taking it.
-        if self._pid != _pid.current():
+        if self._pid != os.getpid():
             _INHERITED.extend(self._handles)
             if self._waiter is not None:
                 _INHERITED.append(self._waiter)

@@ -21,7 +21,6 @@ from typing import Any, Iterator, Sequence
 from ..protocol.message import Message
 from ..utils.sqlite import ChangeWaiter, connect, sqlite_path_from_url
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
-from ..utils import pid as _pid
 
 # Row states. READY rows are fetchable now; LEASED and DELAYED rows become fetchable again once
 # ``visible_at`` passes (lease expiry, due time), which the next fetch notices on its own.
@@ -137,7 +136,7 @@ class SQLiteTransport:
         self.polling_interval = float(polling_interval)
         self.options = options
         self._lock = threading.Lock()
-        self._pid = _pid.current()
+        self._pid = os.getpid()
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         self._waiter: ChangeWaiter | None = None
@@ -154,10 +153,10 @@ class SQLiteTransport:
 
     # ---- connections ------------------------------------------------------------------------
     def _check_fork(self) -> None:
-        if self._pid != _pid.current():
+        if self._pid != os.getpid():
             _INHERITED.extend([*self._all, *([self._waiter] if self._waiter else [])])
             self._lock = threading.Lock()
-            self._pid = _pid.current()
+            self._pid = os.getpid()
             self._idle, self._all, self._waiter = [], [], None
 
     @contextmanager
@@ -210,7 +209,7 @@ class SQLiteTransport:
 
     def _change_waiter(self) -> ChangeWaiter:
         waiter = self._waiter
-        if waiter is None or self._pid != _pid.current():
+        if waiter is None or self._pid != os.getpid():
             with self._connection():  # the file exists, in WAL mode, with its tables
                 pass
             with self._lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import select
 import socket
@@ -28,7 +29,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import pid as _pid
 
 logger = logging.getLogger(__name__)
 
@@ -226,12 +226,14 @@ class Wire:
 
     def _make_reader(self, conn: Any) -> Any:
         """A hiredis reader for ``conn`` that makes error replies into redis-py's exception
-        classes (None without hiredis, or for a connection that is not a plain socket one)."""
+        classes, as redis-py's own parser does (None without hiredis or a socket)."""
         parser = getattr(conn, "_parser", None)
         if _hiredis is None or getattr(conn, "_sock", None) is None or parser is None:
             return None
         options: dict[str, Any] = {"protocolError": InvalidResponse,
-                                   "replyError": parser.parse_error}
+                                   "replyError": parser.parse_error,
+                                   # RESP3 has a real false reply: "no data yet" must differ
+                                   "notEnoughData": _NOT_ENOUGH_DATA}
         encoder = getattr(conn, "encoder", None)
         if encoder is not None and encoder.decode_responses:
             options.update(encoding=encoder.encoding, errors=encoder.encoding_errors)
@@ -239,14 +241,16 @@ class Wire:
         return self._reader
 
     def _read_replies(self, sock: Any, reader: Any, count: int) -> list[Any]:
-        """``count`` replies straight from the socket, without redis-py's per-reply layers; an
-        error reply is returned, a connection-level one raised as redis-py would."""
+        """``count`` replies straight from the socket, without redis-py's per-reply layers. An
+        error reply is returned; a connection-level error (as a reply or the first item of one)
+        is raised, as redis-py does; RESP3 push messages (invalidations, maintenance notices)
+        are not replies to anything sent here and are skipped."""
         buffer = self._buffer
         replies: list[Any] = []
         gets, feed, append = reader.gets, reader.feed, replies.append
         while len(replies) < count:
             reply = gets()
-            if reply is False:  # hiredis: not enough data yet
+            if reply is _NOT_ENOUGH_DATA:
                 try:
                     size = sock.recv_into(buffer)
                 except socket.timeout:
@@ -257,8 +261,13 @@ class Wire:
                     raise RedisConnectionError("Connection closed by server.")
                 feed(buffer, 0, size)
                 continue
+            if _PUSH is not None and isinstance(reply, _PUSH):
+                logger.debug("skipped a Redis push message: %r", reply[:1])
+                continue
             if isinstance(reply, RedisConnectionError):  # e.g. LOADING, max clients
                 raise reply
+            if isinstance(reply, list) and reply and isinstance(reply[0], RedisConnectionError):
+                raise reply[0]
             append(reply)
         return replies
 
@@ -294,6 +303,10 @@ except ImportError:  # pragma: no cover - hiredis comes with the redis extra
     from redis.connection import Encoder, PythonRespSerializer
 
     _python_pack = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack
+#: what our hiredis readers return while a reply is incomplete
+_NOT_ENOUGH_DATA = object()
+#: RESP3 push messages (hiredis 3 and later), which no command of ours asked for
+_PUSH = getattr(_hiredis, "PushNotification", None)
 
 
 def _pack_one(command: Command) -> bytes:
@@ -321,15 +334,15 @@ class _ThreadWires(threading.local):
 
 
 _local = _ThreadWires()
-_owner_pid = _pid.current()
+_owner_pid = os.getpid()
 
 
 def wire_for(pool: Any) -> Wire:
     """This thread's wire to the database of ``pool`` (a redis-py ConnectionPool); one per
     database and thread, whoever asks."""
     global _local, _owner_pid
-    if _owner_pid != _pid.current():  # a forked child: the parent's sockets are not ours
-        _local, _owner_pid = _ThreadWires(), _pid.current()
+    if _owner_pid != os.getpid():  # a forked child: the parent's sockets are not ours
+        _local, _owner_pid = _ThreadWires(), os.getpid()
     local = _local
     known = local.by_pool.get(id(pool))
     if known is not None and known[0] is pool:
@@ -346,12 +359,23 @@ def wire_for(pool: Any) -> Wire:
 _busy_polls: dict[tuple, float] = {}
 
 
+def busy_poll_seconds(value: Any) -> float:
+    """A ``busy_poll`` option as seconds: a number (or numeric text, as from an environment
+    variable) from 0 to 1; anything else raises ValueError naming the option."""
+    try:
+        seconds = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not 0 <= seconds <= 1:  # also refuses NaN
+        raise ValueError(f"busy_poll must be a number of seconds from 0 to 1, not {value!r}")
+    return seconds
+
+
 def set_busy_poll(pool: Any, seconds: float) -> None:
-    """Ask the wires to ``pool``'s database to poll ``seconds`` for replies (0: never); when a
-    broker and a result store on one database ask for different values, the smaller wins."""
-    seconds = float(seconds)
-    if seconds < 0:
-        raise ValueError(f"busy_poll must be 0 or more seconds, got {seconds!r}")
+    """Ask the wires to ``pool``'s database to poll ``seconds`` for replies (0: never). The
+    smallest value any broker or result store of this process asked for holds for that database
+    for the life of the process."""
+    seconds = busy_poll_seconds(seconds)
     key = wire_key(pool)
     _busy_polls[key] = min(seconds, _busy_polls.get(key, seconds))
     wire = _local.wires.get(key)  # wires of other threads are normally made later
@@ -361,7 +385,7 @@ def set_busy_poll(pool: Any, seconds: float) -> None:
 
 def flush_thread() -> None:
     """Send every deferred command of this thread, on every wire."""
-    if _owner_pid != _pid.current():
+    if _owner_pid != os.getpid():
         return
     for wire in list(_local.wires.values()):
         if wire.pending:

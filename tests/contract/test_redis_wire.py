@@ -147,3 +147,12 @@ def test_a_connection_the_server_closed_is_replaced_on_the_next_call(client, pre
     assert wire.call(("INCR", prefix + "n"), ("GET", prefix + "missing")) == [1, None]
     assert wire.call(("CLIENT", "ID"))[0] != own_id  # a fresh connection, read in step
     wire.close()
+
+
+def test_resp3_pushes_are_skipped_and_false_is_a_reply(client, prefix):
+    wire = redis_wire.Wire(redis_wire.connector(client.connection_pool, protocol=3))
+    wire.call(("CLIENT", "TRACKING", "on"), ("GET", prefix + "tracked"))
+    client.set(prefix + "tracked", "changed")  # the server pushes an invalidation to the wire
+    assert [wire.call(("INCR", prefix + "n")) for _ in range(3)] == [[1], [2], [3]]
+    assert wire.call(("EVAL", "redis.setresp(3); return false", 0), ("PING",)) == [False, b"PONG"]
+    wire.close()

@@ -64,3 +64,10 @@ def test_no_retry_when_task_publish_retry_is_off(sleeps):
     with pytest.raises(ConnectionError):
         _publish(transport, task_publish_retry=False)
     assert transport.attempts == 1 and sleeps == []
+
+
+def test_a_fractional_max_retries_counts_as_the_next_whole_attempt(sleeps):
+    transport = FlakyTransport(failures=5)
+    with pytest.raises(ConnectionError, match="attempt 4"):
+        _publish(transport, task_publish_retry_policy={"max_retries": 2.5})
+    assert transport.attempts == 4  # retries at 0, 1 and 2, as kombu counts

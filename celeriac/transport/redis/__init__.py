@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -32,7 +33,7 @@ from ...utils import redis_wire
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
 from . import scripts
 from .envelope import decode, encode, list_name, priority_step
-from ...utils import pid as _pid
+from ...utils.salt import process_salt
 
 #: how many delayed messages and expired leases one fetch moves at most
 RESTORE_LIMIT = 100
@@ -89,8 +90,7 @@ class RedisTransport:
         if delayed_publish not in ("queue", "delayed_set"):
             raise ValueError(f"delayed_publish must be 'queue' or 'delayed_set', "
                              f"not {delayed_publish!r}")
-        if not isinstance(busy_poll, (int, float)) or isinstance(busy_poll, bool) or busy_poll < 0:
-            raise ValueError(f"busy_poll must be 0 or more seconds, not {busy_poll!r}")
+        busy_poll = redis_wire.busy_poll_seconds(busy_poll)
         #: "queue" (default): an ETA/countdown message is pushed onto its queue like any other,
         #: as Celery does, so Celery workers sharing the queue run it too (a celeriac worker that
         #: takes it early defers it to ``celeriac.delayed.<queue>`` until due). "delayed_set":
@@ -111,7 +111,7 @@ class RedisTransport:
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._declared: set[str] = set()
-        self._pid = _pid.current()
+        self._pid = os.getpid()
         self._client = self._connect()
         redis_wire.set_busy_poll(self._client.connection_pool, busy_poll)
         self._keys = (self.unacked_key, self.unacked_index_key, self.prefix + "celeriac.deliveries")
@@ -149,8 +149,8 @@ class RedisTransport:
 
     def _check_fork(self) -> None:
         """A forked child must not share the parent's sockets or listener thread."""
-        if self._pid != _pid.current():
-            self._pid = _pid.current()
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
             self._lock = threading.Lock()
             self._client = self._connect()
             self._waker = None
@@ -184,8 +184,9 @@ class RedisTransport:
         return f"{queue}{self.sep}{self.sep}{queue}"
 
     def publish(self, items: Sequence[Outgoing]) -> None:
-        """LPUSH every item in one MULTI/EXEC (with ``delayed_publish="delayed_set"``, items not
-        yet due go to ``celeriac.delayed.<queue>`` instead)."""
+        """LPUSH every item, several in one MULTI/EXEC (with ``delayed_publish="delayed_set"``,
+        items not yet due go to ``celeriac.delayed.<queue>`` instead); one message due now, to
+        a queue already declared, takes a shorter path with the same commands."""
         if not items:
             return
         wire = self._wire()
@@ -272,7 +273,7 @@ class RedisTransport:
         return list(dict.fromkeys([*queues[start:], *queues[:start]]))
 
     def _fetch_command(self, order: list[str], max_n: int) -> tuple[tuple, str]:
-        token = f"{_pid.salt()}{next(_FETCH_SERIAL):x}"  # unique per fetch, fleet-wide
+        token = f"{process_salt()}{next(_FETCH_SERIAL):x}"  # unique per fetch, fleet-wide
         high = "high" if self.priority_order == "high_first" else "low"
         now, clock = time.time(), time.monotonic()
         due = self._due_at
@@ -418,9 +419,9 @@ class RedisTransport:
         """Stop the listener and disconnect; the transport reconnects lazily if used again."""
         with self._lock:
             waker, self._waker = self._waker, None
-        if waker is not None and self._pid == _pid.current():
+        if waker is not None and self._pid == os.getpid():
             waker.stop(self._client)
-        if self._pid == _pid.current():
+        if self._pid == os.getpid():
             self._client.connection_pool.disconnect()
 
 

@@ -96,7 +96,7 @@ def test_backend_from_url_builds_the_redis_backend_and_masks_the_password() -> N
         backend.close()
 
 
-@pytest.mark.parametrize("value", [-0.5, "soon"])
+@pytest.mark.parametrize("value", [-0.5, "soon", True, float("inf")])
 def test_a_bad_busy_poll_is_refused_by_name(value) -> None:
     app = Celery("bad-poll", broker="memory://bad-poll", backend="redis://h/0",
                  set_as_current=False, result_backend_transport_options={"busy_poll": value})

@@ -35,7 +35,11 @@ def test_broker_use_ssl_takes_celerys_dict_and_reaches_the_transport() -> None:
                broker_use_ssl="yes").finalize()
 
 
-@pytest.mark.parametrize("value", [-1, "fast", None])
+@pytest.mark.parametrize("value", [-1, "fast", None, True, float("nan"), 5])
 def test_a_bad_busy_poll_is_refused_by_name(value) -> None:
     with pytest.raises(ValueError, match="busy_poll"):
         RedisTransport.from_url("redis://127.0.0.1:6379/3", busy_poll=value)
+
+
+def test_busy_poll_may_be_given_as_text() -> None:
+    RedisTransport.from_url("redis://127.0.0.1:6379/3", busy_poll="0.0005")  # no error
