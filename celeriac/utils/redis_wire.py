@@ -29,7 +29,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-
 logger = logging.getLogger(__name__)
 
 #: connection options that decide whether two clients reach the same database the same way
@@ -334,15 +333,15 @@ class _ThreadWires(threading.local):
 
 
 _local = _ThreadWires()
-_owner_pid = os.getpid()
+_pid = os.getpid()
 
 
 def wire_for(pool: Any) -> Wire:
     """This thread's wire to the database of ``pool`` (a redis-py ConnectionPool); one per
     database and thread, whoever asks."""
-    global _local, _owner_pid
-    if _owner_pid != os.getpid():  # a forked child: the parent's sockets are not ours
-        _local, _owner_pid = _ThreadWires(), os.getpid()
+    global _local, _pid
+    if _pid != os.getpid():  # a forked child: the parent's sockets are not ours
+        _local, _pid = _ThreadWires(), os.getpid()
     local = _local
     known = local.by_pool.get(id(pool))
     if known is not None and known[0] is pool:
@@ -385,7 +384,7 @@ def set_busy_poll(pool: Any, seconds: float) -> None:
 
 def flush_thread() -> None:
     """Send every deferred command of this thread, on every wire."""
-    if _owner_pid != os.getpid():
+    if _pid != os.getpid():
         return
     for wire in list(_local.wires.values()):
         if wire.pending:

@@ -90,7 +90,6 @@ class RedisTransport:
         if delayed_publish not in ("queue", "delayed_set"):
             raise ValueError(f"delayed_publish must be 'queue' or 'delayed_set', "
                              f"not {delayed_publish!r}")
-        busy_poll = redis_wire.busy_poll_seconds(busy_poll)
         #: "queue" (default): an ETA/countdown message is pushed onto its queue like any other,
         #: as Celery does, so Celery workers sharing the queue run it too (a celeriac worker that
         #: takes it early defers it to ``celeriac.delayed.<queue>`` until due). "delayed_set":
@@ -201,13 +200,13 @@ class RedisTransport:
         woken: dict[str, None] = {}
         run_key, run = "", []  # consecutive pushes to one list go in one LPUSH
         for item in items:
-            envelope = encode(item.message, item.queue, str(uuid.uuid4()))
+            envelope = self._envelope(item)
             if (self.delayed_publish == "delayed_set" and item.not_before is not None
                     and item.not_before > now):
                 writes.append(("ZADD", f"{self.prefix}celeriac.delayed.{item.queue}",
                                repr(item.not_before), envelope))
                 continue
-            key = self._list(item.queue, item.message.properties.get("priority"))
+            key = self._list_of(item)
             if key != run_key and run:
                 writes.append(("LPUSH", run_key, *run))
                 run = []
@@ -216,7 +215,7 @@ class RedisTransport:
             woken[item.queue] = None
         if run:
             writes.append(("LPUSH", run_key, *run))
-        wakes = [("PUBLISH", self._wake_channel(queue), "") for queue in woken]
+        wakes = [self._wake_command(queue) for queue in woken]
         if len(writes) > 1:  # all or nothing: a retried publish must not duplicate half of it
             replies = wire.call(("MULTI",), *writes, ("EXEC",), *wakes)
             outcome = replies[len(writes) + 1]
@@ -229,13 +228,21 @@ class RedisTransport:
         self._declared.update(fresh)
 
     def _publish_one(self, wire: redis_wire.Wire, item: Outgoing) -> None:
-        message = item.message
-        envelope = encode(message, item.queue, str(uuid.uuid4()))
-        key = self._list(item.queue, message.properties.get("priority"))
-        wake = ("PUBLISH", self._wake_base + item.queue, "")
-        pushed = wire.call(("LPUSH", key, envelope), wake)[0]
+        pushed = wire.call(("LPUSH", self._list_of(item), self._envelope(item)),
+                           self._wake_command(item.queue))[0]
         if isinstance(pushed, Exception):
             raise pushed
+
+    @staticmethod
+    def _envelope(item: Outgoing) -> str:
+        return encode(item.message, item.queue, str(uuid.uuid4()))
+
+    def _list_of(self, item: Outgoing) -> str:
+        return self._list(item.queue, item.message.properties.get("priority"))
+
+    def _wake_command(self, queue: str) -> tuple:
+        """The PUBLISH that wakes celeriac workers waiting on ``queue`` at once."""
+        return ("PUBLISH", self._wake_channel(queue), "")
 
     # ---- consuming ----------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
