@@ -7,8 +7,6 @@ to the broker in one round trip (``send_many``).
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -18,20 +16,18 @@ from . import _context, signals
 from .protocol import v2
 from .routing import Queue, Router
 from .transport.base import Outgoing
+from .utils.forks import ForkLocal
 
 if TYPE_CHECKING:
     from .app import Celery
 
-_origin_cache: tuple[int, str] | None = None
+#: ``gen<pid>@<host>``, worked out once per process
+_origin = ForkLocal(v2.anon_nodename)
 
 
 def origin_name() -> str:
     """``gen<pid>@<host>``: Celery's name for a sending process (recomputed after fork)."""
-    global _origin_cache
-    pid = os.getpid()
-    if _origin_cache is None or _origin_cache[0] != pid:
-        _origin_cache = (pid, f"gen{pid}@{socket.gethostname()}")
-    return _origin_cache[1]
+    return _origin.get()
 
 
 def _utc(value: datetime) -> datetime:
@@ -118,7 +114,8 @@ class Producer:
         if ignore_result is None and _task is not None:
             ignore_result = _task.resolved_ignore_result()
         time_limit = _first(time_limit, from_task("time_limit"), self.time_limit)
-        soft_time_limit = _first(soft_time_limit, from_task("soft_time_limit"), self.soft_time_limit)
+        soft_time_limit = _first(soft_time_limit, from_task("soft_time_limit"),
+                                 self.soft_time_limit)
 
         route_task = _task if route_name is None else self.app.tasks.get(route_name)
         route = self.router.route({"queue": queue, **extra} if queue is not None else dict(extra),
@@ -128,6 +125,7 @@ class Producer:
         queue_name = route["queue"]
         if isinstance(queue_name, Queue):
             queue_name = queue_name.name
+        exchange, routing_key = self.router.publish_target(route)
 
         message = v2.encode_task(
             name=name, task_id=task_id, args=args, kwargs=kwargs,
@@ -143,7 +141,7 @@ class Producer:
             reply_to=reply_to or "", priority=priority, headers=headers, now=now,
         )
         not_before = eta.timestamp() if eta is not None and eta > now else None
-        return Outgoing(queue_name, message, not_before)
+        return Outgoing(queue_name, message, not_before, exchange, routing_key)
 
     # ---- publishing ----------------------------------------------------------------------------
     def send(self, name: str, args: Iterable[Any] | None = None,
@@ -157,7 +155,8 @@ class Producer:
 
     def send_many(self, calls: Sequence[tuple[str, Any, Any, dict[str, Any]]]) -> list[str]:
         """Publish many ``(name, args, kwargs, options)`` in one broker round trip."""
-        items = [self.build(name, args, kwargs, **(opts or {})) for name, args, kwargs, opts in calls]
+        items = [self.build(name, args, kwargs, **(opts or {}))
+                 for name, args, kwargs, opts in calls]
         self.publish(items)
         return [item.message.headers["id"] for item in items]
 
@@ -166,7 +165,7 @@ class Producer:
         transport = self.app.transport
         for item in items:
             if item.queue not in self._declared:
-                transport.declare(item.queue)
+                transport.declare(self.router.resolve(item.queue))
                 self._declared.add(item.queue)
         listening_before = signals.before_task_publish.receivers
         if listening_before:
@@ -216,11 +215,11 @@ class Producer:
         message = item.message
         if signal is signals.before_task_publish:
             signal.send(sender=message.headers.get("task"), body=message.body,
-                        exchange="", routing_key=item.queue, headers=message.headers,
+                        exchange=item.exchange, routing_key=item.key, headers=message.headers,
                         properties=message.properties, declare=[], retry_policy=None)
         else:  # Celery's after_task_publish carries these
-            signal.send(sender=message.headers.get("task"), body=message.body, exchange="",
-                        routing_key=item.queue, headers=message.headers)
+            signal.send(sender=message.headers.get("task"), body=message.body,
+                        exchange=item.exchange, routing_key=item.key, headers=message.headers)
 
 
 def _log_publish_retry(exc: BaseException, attempt: int) -> None:

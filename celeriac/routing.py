@@ -1,7 +1,8 @@
 """Queues, exchanges and ``task_routes``: which queue each task message is published to.
 
-Layer: producer side (imports only ``exceptions``). ``Router.route`` runs on every publish, so the
-routes are parsed, imported and their globs compiled once, when the Router is built.
+Layer: producer side (imports only ``exceptions`` and ``protocol.entities``). ``Router.route``
+runs on every publish, so the routes are parsed, imported and their globs compiled once, when the
+Router is built.
 """
 
 from __future__ import annotations
@@ -13,76 +14,11 @@ from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
 from .exceptions import ImproperlyConfigured, QueueNotFound
+from .protocol.entities import Exchange, Queue
 
 __all__ = ["Exchange", "Queue", "Router"]
 
 RouteFn = Callable[..., Any]
-
-
-class Exchange:
-    """An AMQP exchange by name and type (for brokers without exchanges it is just a label)."""
-
-    def __init__(self, name: str = "", type: str = "direct", durable: bool = True,  # noqa: A002
-                 auto_delete: bool = False, arguments: dict[str, Any] | None = None) -> None:
-        self.name = name
-        self.type = type
-        self.durable = durable
-        self.auto_delete = auto_delete
-        self.arguments = dict(arguments or {})
-
-    def _fields(self) -> tuple[Any, ...]:
-        return (self.name, self.type, self.durable, self.auto_delete, self.arguments)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Exchange):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.type))
-
-    def __repr__(self) -> str:
-        return f"<Exchange {self.name or repr('')}({self.type})>"
-
-
-class Queue:
-    """A named queue, bound to ``exchange`` with ``routing_key`` (both default to the name)."""
-
-    def __init__(self, name: str, exchange: Exchange | str | None = None,
-                 routing_key: str | None = None, *, durable: bool = True, exclusive: bool = False,
-                 auto_delete: bool = False, queue_arguments: dict[str, Any] | None = None,
-                 max_priority: int | None = None, **kw: Any) -> None:
-        self.name = name
-        if exchange is None:
-            exchange = Exchange(name)
-        elif isinstance(exchange, str):
-            exchange = Exchange(exchange)
-        self.exchange: Exchange = exchange
-        self.routing_key = name if routing_key is None else routing_key
-        self.durable = durable
-        self.exclusive = exclusive
-        self.auto_delete = auto_delete
-        self.queue_arguments = dict(queue_arguments or {})
-        self.max_priority = max_priority
-        if max_priority is not None:  # how AMQP brokers are told (kombu does the same)
-            self.queue_arguments["x-max-priority"] = max_priority
-        #: other kombu queue options (expires, message_ttl, ...) for transports that support them
-        self.options = kw
-
-    def _fields(self) -> tuple[Any, ...]:
-        return (self.name, self.exchange, self.routing_key, self.durable, self.exclusive,
-                self.auto_delete, self.queue_arguments, self.options)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Queue):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-    def __repr__(self) -> str:
-        return f"<Queue {self.name} -> {self.exchange!r} -> {self.routing_key}>"
 
 
 # ---- task_routes --------------------------------------------------------------------------------
@@ -227,13 +163,24 @@ class Router:
         queue = merged.get("queue")
         if queue is None and "routing_key" in merged:
             queue = self._bound_queue(merged.get("exchange"), merged["routing_key"])
-        resolved = self._resolve(queue if queue is not None else task_queue or self.default_queue)
+        resolved = self.resolve(queue if queue is not None else task_queue or self.default_queue)
         merged["queue"] = resolved.name
         exchange = merged.get("exchange")
         merged["exchange"] = (resolved.exchange.name if exchange is None else
                               exchange.name if isinstance(exchange, Exchange) else exchange)
         merged.setdefault("routing_key", resolved.routing_key)
         return merged
+
+    def publish_target(self, route: dict[str, Any]) -> tuple[str, str]:
+        """The exchange and routing key a routed message is published with: Celery sends a
+        route to a direct queue through the default exchange ``""`` with the queue's name as
+        the key, and anything else as routed."""
+        queue = self.resolve(route["queue"])
+        exchange, routing_key = route["exchange"], route["routing_key"]
+        if (queue.exchange.type == "direct" and exchange == queue.exchange.name
+                and routing_key == queue.routing_key):
+            return "", queue.name
+        return exchange, routing_key
 
     def _bound_queue(self, exchange: Exchange | str | None, routing_key: str) -> Queue | None:
         """The configured queue an AMQP-style ``{exchange, routing_key}`` route points at."""
@@ -243,7 +190,8 @@ class Router:
             return self._bindings.get((exchange, routing_key))
         return next((q for q in self.queues.values() if q.routing_key == routing_key), None)
 
-    def _resolve(self, queue: Queue | str) -> Queue:
+    def resolve(self, queue: Queue | str) -> Queue:
+        """The ``Queue`` a name stands for (configured, or created as Celery would)."""
         if isinstance(queue, Queue):
             return queue
         try:

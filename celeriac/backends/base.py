@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 from .. import states
 from ..exceptions import TimeoutError as CeleriacTimeoutError
@@ -44,6 +44,29 @@ def join_member(task_id: str, group_index: int | None) -> tuple[str, float]:
     if group_index is None:
         return f"{task_id}:+inf", float("inf")
     return f"{task_id}:{int(group_index)}", float(group_index)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultWrite:
+    """One result document, encoded and addressed, not yet sent."""
+
+    key: str
+    value: bytes
+    ttl: float | None
+    meta: dict[str, Any]
+
+
+@runtime_checkable
+class StagedWrites(Protocol):
+    """A store that shares each thread's connection with the broker (see the transport's
+    ``SharedConnectionSettling``): writes can be put on that connection now and travel with
+    the thread's next round trip, in order, before the ack queued after them."""
+
+    def stage_results(self, writes: Sequence[ResultWrite]) -> None: ...
+
+    def chord_part_return_later(self, group_id: str, task_id: str, group_index: int | None,
+                                entry: bytes, *, claim_token: str, claim_ttl: float,
+                                then: Callable[[ChordPart], None]) -> None: ...
 
 
 class ResultBackend(ABC):
@@ -125,37 +148,38 @@ class ResultBackend(ABC):
         return TASK_KEY_PREFIX + task_id
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
-                     request: Any = None, children: list | None = None, *,
-                     defer: bool = False) -> dict:
-        """Write a task's state in Celery's meta layout; returns the meta written.
+                     request: Any = None, children: list | None = None) -> dict:
+        """Write a task's state in Celery's meta layout; returns the meta written."""
+        write = self.result_write(task_id, result, state, traceback=traceback, request=request,
+                                  children=children)
+        self._set(write.key, write.value, write.ttl)
+        return write.meta
 
-        ``defer``: the write may wait for this thread's next exchange with the store (or its
-        next ``flush()``), so it can share that round trip; stores that cannot, write at once.
-        """
+    def result_write(self, task_id: str, result: Any, state: str, traceback: str | None = None,
+                     request: Any = None, children: list | None = None) -> ResultWrite:
+        """The write ``store_result`` would make, made ready but not sent: a worker gathers
+        these in a batch and sends them with other writes (see worker/pending.py)."""
         meta = metamod.build_meta(task_id, state, result, traceback=traceback, request=request,
                                   children=children, extended=self.extended)
-        self._set_meta(self.task_key(task_id), self.encode(meta), self.expires or None, defer)
-        return meta
+        return ResultWrite(self.task_key(task_id), self.encode(meta), self.expires or None, meta)
 
-    def _set_meta(self, key: str, value: bytes, ttl: float | None, defer: bool) -> None:
-        self._set(key, value, ttl)
-
-    def flush(self) -> None:
-        """Send the writes this thread deferred (``store_result(defer=True)``)."""
+    def write_results(self, writes: Sequence[ResultWrite]) -> None:
+        """Send writes made by ``result_write`` now, in order."""
+        for write in writes:
+            self._set(write.key, write.value, write.ttl)
 
     def mark_as_started(self, task_id: str, request: Any = None, **info: Any) -> dict:
         return self.store_result(task_id, info, states.STARTED, request=request)
 
     def mark_as_done(self, task_id: str, result: Any, request: Any = None,
-                     children: list | None = None, *, defer: bool = False) -> dict:
+                     children: list | None = None) -> dict:
         return self.store_result(task_id, result, states.SUCCESS, request=request,
-                                 children=children, defer=defer)
+                                 children=children)
 
     def mark_as_failure(self, task_id: str, exc: BaseException, traceback: str | None = None,
-                        request: Any = None, state: str = states.FAILURE, *,
-                        defer: bool = False) -> dict:
+                        request: Any = None, state: str = states.FAILURE) -> dict:
         return self.store_result(task_id, metamod.exception_to_dict(exc), state,
-                                 traceback=traceback, request=request, defer=defer)
+                                 traceback=traceback, request=request)
 
     def mark_as_retry(self, task_id: str, exc: BaseException, traceback: str | None = None,
                       request: Any = None) -> dict:
@@ -270,9 +294,11 @@ class DisabledBackend(ResultBackend):
             "No result backend is configured: set result_backend (e.g. 'sqlite:///celeriac.db')")
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
-                     request: Any = None, children: list | None = None, *,
-                     defer: bool = False) -> dict:
+                     request: Any = None, children: list | None = None) -> dict:
         return {}
+
+    def write_results(self, writes: Sequence[ResultWrite]) -> None:
+        pass
 
     _set = _get = _mget = _delete = _incr = _wait_change = _fail  # type: ignore[assignment]
     chord_part_return = chord_results = chord_cleanup = _fail  # type: ignore[assignment]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..exceptions import BackendError
+from ..utils import memory_wire
 from ..utils.registry import NamedRegistry
-from .base import CHORD_DONE, ChordPart, ResultBackend, join_member
+from .base import CHORD_DONE, ChordPart, ResultBackend, ResultWrite, join_member
 
 #: how often (seconds) a write also sweeps out expired keys nobody read again
 _SWEEP_INTERVAL = 10.0
@@ -83,6 +84,21 @@ class MemoryBackend(ResultBackend):
 
     def __repr__(self) -> str:
         return f"<MemoryBackend memory://{self.name}>"
+
+    # ---- staged writes (shared with a memory broker of the same name) ---------------------------
+    def memory_wire(self) -> memory_wire.MemoryWire:
+        return memory_wire.wire_for(self.name)
+
+    def stage_results(self, writes: Sequence[ResultWrite]) -> None:
+        batch = list(writes)
+        self.memory_wire().stage(lambda: self.write_results(batch))
+
+    def chord_part_return_later(self, group_id: str, task_id: str, group_index: int | None,
+                                entry: bytes, *, claim_token: str, claim_ttl: float,
+                                then: Callable[[ChordPart], None]) -> None:
+        self.memory_wire().stage(lambda: then(self.chord_part_return(
+            group_id, task_id, group_index, entry, claim_token=claim_token,
+            claim_ttl=claim_ttl)))
 
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
         now = time.monotonic()

@@ -33,7 +33,7 @@ from ..exceptions import BackendError, ImproperlyConfigured
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 from ..utils import redis_wire
 from . import redis_chord
-from .base import ChordPart, ResultBackend, _any_failed
+from .base import ChordPart, ResultBackend, ResultWrite, _any_failed
 from .redis_pubsub import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -131,16 +131,12 @@ class RedisBackend(ResultBackend):
         commands = _set_commands(self._key(key), value, ttl)
         self._retrying(lambda: self._wire().call_checked(*commands), key)
 
-    def _set_meta(self, key: str, value: bytes, ttl: float | None, defer: bool) -> None:
-        if not defer:
-            self._set(key, value, ttl)
-            return
-        # Sent ahead of this thread's next command to this database (the worker's ack of the
-        # task, in one round trip), or at the worker's next flush().
-        self._wire().defer(*_set_commands(self._key(key), value, ttl))
-
-    def flush(self) -> None:
-        redis_wire.flush_thread()
+    def stage_results(self, writes: Sequence[ResultWrite]) -> None:
+        """Put the writes on this thread's connection: they go out ahead of its next command to
+        this database (the worker's ack of the task, in one round trip), or at its next flush."""
+        wire = self._wire()
+        for write in writes:
+            wire.defer(*_set_commands(self._key(write.key), write.value, write.ttl))
 
     def redis_pool(self) -> Any:
         """The redis-py pool whose database this store uses (to tell whether a broker shares it)."""

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import states
-from ..backends.base import ChordPart
+from ..backends.base import ChordPart, StagedWrites
 from ..backends.meta import exception_from_dict, exception_to_dict
 from ..exceptions import ChordError
 from .signature import as_list, maybe_signature
@@ -45,39 +46,60 @@ JOIN_TIMEOUT = 10.0
 DONE_TTL = 300.0
 
 
-def on_part_return(app: "Celery", request: "Context", state: str, result: Any, *,
-                   defer: bool = False) -> None:
-    """Count one header result of ``request``'s chord; send the body if it was the last one.
+@dataclass(frozen=True, slots=True)
+class ChordCount:
+    """One header result ready to be counted in its chord's join."""
 
-    ``defer``: the count may travel with the worker thread's next round trip to the store
-    (stores that can, Redis); the body then goes out when that round trip is over.
-    """
+    request: Any
+    group_id: str
+    entry: bytes
+    token: str
+
+
+def part_of(app: "Celery", request: "Context", state: str, result: Any) -> ChordCount | None:
+    """The count ``request``'s end makes in its chord, or None when it belongs to no chord."""
     group_id, body = request.group, request.chord
     if not group_id or body is None:
-        return
+        return None
     backend = app.backend
     if not backend.persistent:
         logger.error("Task %s[%s] is part of a chord, but no result backend is configured: the "
                      "chord body will never run", request.task, request.id)
-        return
+        return None
     payload = exception_to_dict(result) if isinstance(result, BaseException) else result
-    entry = backend.encode([1, request.id, state, payload])
-    token = uuid.uuid4().hex
-    later = getattr(backend, "chord_part_return_later", None) if defer else None
-    if later is not None:
-        def then(part: ChordPart) -> None:
-            try:
-                _after_count(app, request, group_id, token, part)
-            except Exception:
-                logger.exception("Chord %s: finishing it after task %s failed", group_id,
-                                 request.id)
+    return ChordCount(request, group_id, backend.encode([1, request.id, state, payload]),
+                      uuid.uuid4().hex)
 
-        later(group_id, request.id, request.group_index, entry, claim_token=token,
-              claim_ttl=CLAIM_TTL, then=then)
-        return
-    part = backend.chord_part_return(group_id, request.id, request.group_index, entry,
-                                     claim_token=token, claim_ttl=CLAIM_TTL)
-    _after_count(app, request, group_id, token, part)
+
+def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -> None:
+    """Count one header result of ``request``'s chord; send the body if it was the last one."""
+    part = part_of(app, request, state, result)
+    if part is not None:
+        count(app, part)
+
+
+def count(app: "Celery", part: ChordCount) -> None:
+    """Count ``part`` now; whoever completes the chord sends the body."""
+    request = part.request
+    found = app.backend.chord_part_return(part.group_id, request.id, request.group_index,
+                                          part.entry, claim_token=part.token, claim_ttl=CLAIM_TTL)
+    _after_count(app, request, part.group_id, part.token, found)
+
+
+def stage(app: "Celery", backend: StagedWrites, part: ChordCount) -> None:
+    """Put the count on the worker thread's shared connection (it travels with the thread's
+    next round trip); the body goes out once that round trip is over."""
+    request = part.request
+
+    def then(found: ChordPart) -> None:
+        try:
+            _after_count(app, request, part.group_id, part.token, found)
+        except Exception:
+            logger.exception("Chord %s: finishing it after task %s failed", part.group_id,
+                             request.id)
+
+    backend.chord_part_return_later(part.group_id, request.id, request.group_index, part.entry,
+                                    claim_token=part.token, claim_ttl=CLAIM_TTL, then=then)
 
 
 def _after_count(app: "Celery", request: "Context", group_id: str, token: str,

@@ -61,7 +61,7 @@ def _send_or_fail(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", rest: 
 
 
 def on_failure(app: "Celery", ctx: "Context", exc: BaseException, traceback: str | None, *,
-               store: bool, state: str = states.FAILURE, defer: bool = False) -> None:
+               store: bool, state: str = states.FAILURE) -> None:
     """Record a failed (or revoked) task the way Celery does: its own state, its part in a chord,
     the same end for every later step of its chain (so whoever waits on the chain's result
     learns of it; Celery leaves them pending after a revoke), then, for a failure, its
@@ -71,8 +71,7 @@ def on_failure(app: "Celery", ctx: "Context", exc: BaseException, traceback: str
             app.backend.mark_as_revoked(ctx.id, str(exc.args[0]) if exc.args else "revoked",
                                         request=ctx)
         else:
-            app.backend.mark_as_failure(ctx.id, exc, traceback, request=ctx, state=state,
-                                        defer=defer)
+            app.backend.mark_as_failure(ctx.id, exc, traceback, request=ctx, state=state)
     if ctx.chord:
         chords.on_part_return(app, ctx, state, exc)
     fail_chain(app, ctx.chain, exc, traceback, state=state)

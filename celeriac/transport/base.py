@@ -1,35 +1,60 @@
-"""The transport interface every broker implements, and the types that cross it.
+"""The broker interface: a small core every broker has, plus capabilities a broker declares.
 
-Layer: transport. Deliberately small: batched publish, batched leasing fetch, ack, reject/requeue,
-lease renewal, deferral (delayed delivery outside the lease clock), a dead-letter store, and admin.
-Everything richer (routing, retries, canvas) lives above it.
+Layer: transport (imports ``protocol``, ``exceptions`` and ``utils`` only). The core is what
+RabbitMQ, Redis and SQLite all do: declare a queue, publish, fetch, ack, reject (requeue or
+drop), purge, count. Everything else is a *capability*, a ``typing.Protocol`` checked once with
+``isinstance`` when a worker starts (see ``capabilities_of``), never probed with ``getattr``:
 
-Delivery model: ``fetch`` atomically *leases* messages (never delete-on-fetch). A lease that is not
-renewed expires, and the message becomes fetchable again by anyone: that is how a killed worker's
-messages come back. ``ack`` with a stale lease (the lease expired and someone else took the message)
-returns False and does nothing (fencing).
+- ``Leases``: fetched messages are leased and the lease must be renewed (SQLite, Redis, memory).
+  A broker whose channel is the lease (RabbitMQ) simply lacks it, and the worker renews nothing.
+- ``Deferral``: a not-yet-due message is handed back to wait outside the lease clock.
+- ``DeadLetterStore``: messages that can never run are kept byte for byte with a reason.
+- ``Broadcast``: fanout to every subscriber (remote control, events, revokes).
+- ``SharedConnectionSettling``: the broker shares each thread's connection with the result
+  store, so a result write, an ack and the next fetch travel in one round trip.
+
+Delivery model for leasing brokers: ``fetch`` atomically *leases* messages (never
+delete-on-fetch). A lease that is not renewed expires, and the message becomes fetchable again:
+that is how a killed worker's messages come back. ``ack`` with a stale lease returns False and
+does nothing (fencing).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+from ..protocol.entities import Queue
 from ..protocol.message import Message
 
 
 @dataclass(slots=True)
 class Outgoing:
-    """A message to publish to ``queue``, optionally held back until ``not_before`` (Unix time)."""
+    """A message for ``queue``, published as ``exchange``/``routing_key`` say, optionally held
+    back until ``not_before`` (Unix time).
+
+    Celery publishes a plain task to the default exchange ``""`` with the queue's name as the
+    routing key; ``routing_key`` None means exactly that.
+    """
 
     queue: str
     message: Message
     not_before: float | None = None
+    exchange: str = ""
+    routing_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.queue if self.routing_key is None else self.routing_key
 
 
 @dataclass(slots=True)
 class Delivery:
-    """A leased message. ``receipt`` is transport-private (row id + lease token, delivery tag...)."""
+    """A fetched message. ``receipt`` is transport-private (row id + lease token, delivery tag...).
+
+    ``exchange`` and ``routing_key`` say how it was published, as Celery's ``delivery_info``
+    reports them.
+    """
 
     message: Message
     queue: str
@@ -37,6 +62,15 @@ class Delivery:
     delivery_count: int = 1
     redelivered: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    exchange: str = ""
+    routing_key: str | None = None
+
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        """What a task sees as ``self.request.delivery_info`` (Celery's keys)."""
+        return {"exchange": self.exchange,
+                "routing_key": self.queue if self.routing_key is None else self.routing_key,
+                "redelivered": self.redelivered, "delivery_count": self.delivery_count}
 
 
 @dataclass(slots=True)
@@ -50,50 +84,71 @@ class DeadLetter:
     created_at: float
 
 
+# ---- the core -----------------------------------------------------------------------------------
 @runtime_checkable
 class Transport(Protocol):
-    """What the producer and the worker need from a broker. Sync; callers may use threads."""
+    """What every broker does. Sync; callers may use threads."""
 
-    #: default lease length in seconds (``broker_transport_options['visibility_timeout']``)
-    visibility_timeout: float
-
-    def declare(self, queue: str) -> None:
-        """Make sure ``queue`` exists (a no-op where queues need no declaration)."""
+    def declare(self, queue: Queue | str) -> None:
+        """Make sure ``queue`` exists with its exchange, binding and arguments (a bare name is
+        ``Queue(name)``). Where queues need no declaration this records the binding or does
+        nothing."""
 
     def publish(self, items: Sequence[Outgoing]) -> None:
         """Durably enqueue every item; returns only once they are stored (one round trip)."""
 
     def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
-        """Lease up to ``max_n`` due messages from ``queues``, waiting up to ``timeout`` seconds.
+        """Take up to ``max_n`` due messages from ``queues``, waiting up to ``timeout`` seconds.
 
         Queues are served round robin (one further on each call, as Celery rotates them); within a
         queue, higher-priority messages come first, then the oldest. Returns [] on timeout.
         """
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        """Remove the messages for good; False for any whose lease was lost (fencing).
-
-        A transport that can share each thread's connection with the result store (Redis) has
-        ``shares_wire_with(backend)``, ``ack_later(deliveries, on_reply=None)`` (the ack travels
-        with the thread's next round trip, after what came before it), ``fetch_later`` and
-        ``flush()``: the worker then settles tasks inline (see worker/consumer.py).
-        """
+        """Remove the messages for good; False for any this holder no longer holds (fencing)."""
 
     def reject(self, delivery: Delivery, requeue: bool) -> bool:
         """Give a message back (``requeue``) or drop it. Callers dead-letter before dropping."""
 
+    def purge(self, queue: str) -> int:
+        """Drop every ready message of ``queue``; returns how many."""
+
+    def qsize(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (ready or held)."""
+
+    def close(self) -> None: ...
+
+
+# ---- capabilities -------------------------------------------------------------------------------
+@runtime_checkable
+class Leases(Protocol):
+    """Fetched messages are leased for ``visibility_timeout`` seconds unless renewed."""
+
+    #: default lease length in seconds (``broker_transport_options['visibility_timeout']``)
+    visibility_timeout: float
+
     def extend_lease(self, deliveries: Sequence[Delivery], seconds: float | None = None) -> None:
         """Renew leases so a long healthy task is never redelivered."""
 
+
+@runtime_checkable
+class Deferral(Protocol):
+    """A held message can wait for its ETA outside the lease clock, holding no prefetch slot."""
+
     def defer(self, delivery: Delivery, not_before: float) -> bool:
-        """Release a leased message to become due at ``not_before`` (ETA), holding no lease meanwhile."""
+        """Release ``delivery`` to become due at ``not_before``; False if no longer held."""
+
+
+@runtime_checkable
+class DeadLetterStore(Protocol):
+    """Messages that can never run, kept with the reason (``celeriac dlq``)."""
 
     def dead_letter(self, queue: str, message: Message, reason: str,
                     delivery: Delivery | None = None) -> str:
-        """Keep ``message`` in the dead-letter store with ``reason``; returns its id.
+        """Keep ``message`` with ``reason``; returns its id.
 
-        With ``delivery``, the leased message is removed in the same step. If that lease was
-        lost to another holder, nothing is stored and "" is returned (the new holder settles it).
+        With ``delivery``, the held message is removed in the same step. If that lease was lost
+        to another holder, nothing is stored and "" is returned (the new holder settles it).
         """
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -104,13 +159,75 @@ class Transport(Protocol):
     def dead_letter_delete(self, dead_letter_ids: Sequence[str] | None = None) -> int:
         """Remove the given dead letters (all when None); returns how many went."""
 
-    def purge(self, queue: str) -> int:
-        """Drop every ready message of ``queue``; returns how many."""
 
-    def qsize(self, queue: str) -> int:
-        """Messages waiting in ``queue`` (ready or leased)."""
+class Subscription(Protocol):
+    """Broadcast messages published after ``subscribe`` returned, in publish order."""
+
+    def get(self, timeout: float) -> list[Message]:
+        """What arrived since the last call, waiting up to ``timeout`` seconds for the first."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Broadcast(Protocol):
+    """Fanout: every current subscriber of an exchange gets its own copy; nobody subscribed,
+    nobody gets it (kombu's fanout semantics; Redis: PUBLISH ``/<db>.<exchange>/<key>``)."""
+
+    def broadcast(self, exchange: str, message: Message, routing_key: str = "") -> None:
+        """Send ``message`` to every subscriber of ``exchange`` whose binding matches."""
+
+    def subscribe(self, exchange: str, binding: str = "#") -> Subscription:
+        """Receive what ``exchange`` broadcasts from now on. ``binding`` is an AMQP topic
+        pattern on the routing key (``#`` all, ``*`` one word)."""
+
+
+@runtime_checkable
+class SharedConnectionSettling(Protocol):
+    """The broker reaches its server through the same per-thread connection as the result
+    store, so writes nobody waits for can ride along with the thread's next round trip."""
+
+    def shares_connection_with(self, backend: Any) -> bool:
+        """Whether ``backend`` uses this transport's connection in each thread."""
+
+    def ack_later(self, deliveries: Sequence[Delivery],
+                  on_reply: Callable[[list[bool] | None], None] | None = None) -> None:
+        """Queue the ack on this thread's connection, after what was queued before it.
+        ``on_reply`` gets what ``ack`` would return, or None if the round trip failed."""
+
+    def fetch_later(self, queues: Sequence[str], max_n: int,
+                    on_fetched: Callable[[list[Delivery]], None]) -> None:
+        """A fetch (without waiting) that rides along with the thread's next round trip."""
+
+    def flush(self) -> None:
+        """Send what this thread queued now (one round trip)."""
+
+
+def capabilities_of(transport: Any) -> frozenset[str]:
+    """The names of the capabilities ``transport`` declares (for logs and the contract suite)."""
+    return frozenset(cap.__name__ for cap in ALL_CAPABILITIES if isinstance(transport, cap))
+
+
+ALL_CAPABILITIES: tuple[type, ...] = (Leases, Deferral, DeadLetterStore, Broadcast,
+                                      SharedConnectionSettling)
+
+
+def topic_matches(binding: str, routing_key: str) -> bool:
+    """AMQP topic matching: words split on ``.``, ``*`` is one word, ``#`` zero or more."""
+    if binding in ("#", ""):
+        return True if binding == "#" else routing_key == ""
+    return _match(binding.split("."), routing_key.split(".") if routing_key else [])
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])
 
 
 def check_queue_names(queues: Sequence[str]) -> None:

@@ -15,9 +15,11 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from ..protocol.entities import Queue, as_queue
 from ..protocol.message import Message
+from ..utils import memory_wire
 from ..utils.registry import NamedRegistry
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
 
@@ -59,6 +61,8 @@ class _Entry:
     visible_at: float
     token: int | None = None
     delivery_count: int = 0
+    exchange: str = ""
+    routing_key: str | None = None
     #: bumped on every state change; heap items carrying an older version are stale
     version: int = 0
 
@@ -164,22 +168,23 @@ class MemoryTransport:
         return f"<MemoryTransport {where}>"
 
     # ---- producing ------------------------------------------------------------------------
-    def declare(self, queue: str) -> None:
+    def declare(self, queue: Queue | str) -> None:
         with self._broker.cond:
-            self._broker.queue(queue)
+            self._broker.queue(as_queue(queue).name)
 
     def publish(self, items: Sequence[Outgoing]) -> None:
         """Store every item at once (all or none); ``not_before`` holds an item until that time."""
         now = time.time()
-        prepared = [(item.queue, _Stored.of(item.message), item.message.priority, item.not_before)
-                    for item in items]
+        prepared = [(item, _Stored.of(item.message)) for item in items]
         broker = self._broker
         with broker.cond:
-            for queue, stored, priority, not_before in prepared:
+            for item, stored in prepared:
+                not_before = item.not_before
                 delayed = not_before is not None and not_before > now
-                entry = _Entry(next(broker.seq), stored, priority, DELAYED if delayed else READY,
-                               not_before if delayed else 0.0)
-                q = broker.queue(queue)
+                entry = _Entry(next(broker.seq), stored, item.message.priority,
+                               DELAYED if delayed else READY, not_before if delayed else 0.0,
+                               exchange=item.exchange, routing_key=item.routing_key)
+                q = broker.queue(item.queue)
                 q.entries[entry.seq] = entry
                 q.place(entry)
             if prepared:
@@ -231,10 +236,37 @@ class MemoryTransport:
                 entry.delivery_count += 1
                 pair[1].place(entry)
                 out.append(Delivery(entry.stored.message(), pair[0], (entry.seq, token),
-                                    entry.delivery_count, entry.delivery_count > 1))
+                                    entry.delivery_count, entry.delivery_count > 1,
+                                    exchange=entry.exchange, routing_key=entry.routing_key))
                 if len(out) == max_n:
                     break
         return out
+
+    # ---- settling on a shared connection (see transport.base.SharedConnectionSettling) ------
+    def memory_wire(self) -> memory_wire.MemoryWire:
+        return memory_wire.wire_for(self.name or f"private-{id(self._broker)}")
+
+    def shares_connection_with(self, backend: Any) -> bool:
+        return (isinstance(backend, memory_wire.OnMemoryWire)
+                and backend.memory_wire() is self.memory_wire())
+
+    def ack_later(self, deliveries: Sequence[Delivery],
+                  on_reply: Callable[[list[bool] | None], None] | None = None) -> None:
+        batch = list(deliveries)
+
+        def ack() -> None:
+            reply = self.ack(batch)
+            if on_reply is not None:
+                on_reply(reply)
+
+        self.memory_wire().stage(ack)
+
+    def fetch_later(self, queues: Sequence[str], max_n: int,
+                    on_fetched: Callable[[list[Delivery]], None]) -> None:
+        self.memory_wire().stage(lambda: on_fetched(self.fetch(queues, max_n, 0.0)))
+
+    def flush(self) -> None:
+        self.memory_wire().flush()
 
     def _owned(self, delivery: Delivery) -> tuple[_Queue, _Entry] | None:
         """The entry behind ``delivery`` if its lease token still matches (the fence)."""

@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
+from ..protocol.entities import Queue
 from ..protocol.message import Message
 from ..utils.sqlite import ChangeWaiter, connect, sqlite_path_from_url
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
@@ -41,7 +42,9 @@ _SCHEMA = (
         content_encoding TEXT NOT NULL,
         headers TEXT NOT NULL,
         properties TEXT NOT NULL,
-        body BLOB NOT NULL)""",
+        body BLOB NOT NULL,
+        exchange TEXT,
+        routing_key TEXT)""",
     # serves the fetch: ready rows of a queue, best priority first, then oldest
     "CREATE INDEX IF NOT EXISTS celeriac_queue_ready"
     " ON celeriac_queue (queue, state, priority DESC, id)",
@@ -63,8 +66,11 @@ _SCHEMA = (
 
 _INSERT = (
     "INSERT INTO celeriac_queue (queue, priority, state, visible_at, created_at, content_type,"
-    " content_encoding, headers, properties, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " content_encoding, headers, properties, body, exchange, routing_key)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: columns a file made by an older celeriac lacks (added in place, NULL for its rows)
+_ADDED_COLUMNS = (("celeriac_queue", "exchange", "TEXT"), ("celeriac_queue", "routing_key", "TEXT"))
 _FENCE = "WHERE id = ? AND lease_token = ?"
 _DEAD_FIELDS = "queue, reason, created_at, content_type, content_encoding, headers, properties, body"
 
@@ -87,8 +93,8 @@ def _lease_sql(n_queues: int) -> str:
         "UPDATE celeriac_queue SET state = 1, visible_at = ?, lease_token = ?,"
         " delivery_count = delivery_count + 1"
         f" WHERE id IN (SELECT id FROM ({picks}) ORDER BY rn, k LIMIT ?)"
-        " RETURNING id, queue, priority, delivery_count, content_type, content_encoding,"
-        " headers, properties, body"
+        " RETURNING id, queue, priority, delivery_count, exchange, routing_key, content_type,"
+        " content_encoding, headers, properties, body"
     )
 
 
@@ -187,6 +193,10 @@ class SQLiteTransport:
             with _transaction(conn):
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                for table, column, kind in _ADDED_COLUMNS:
+                    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._schema_ready = True
         return conn
 
@@ -224,8 +234,9 @@ class SQLiteTransport:
             waiter.notify()
 
     # ---- producing --------------------------------------------------------------------------
-    def declare(self, queue: str) -> None:
-        """Queues need no declaration; this only makes sure the tables exist."""
+    def declare(self, queue: Queue | str) -> None:
+        """Queues need no declaration (a message names its queue); this only makes sure the
+        tables exist."""
         with self._connection():
             pass
 
@@ -241,7 +252,7 @@ class SQLiteTransport:
             rows.append((item.queue, msg.priority, DELAYED if delayed else READY,
                          item.not_before if delayed else 0.0, now, msg.content_type,
                          msg.content_encoding, _dumps(msg.headers), _dumps(msg.properties),
-                         bytes(msg.body)))
+                         bytes(msg.body), item.exchange or None, item.routing_key))
         with self._write() as conn:
             conn.executemany(_INSERT, rows)
         self._notify()
@@ -291,7 +302,8 @@ class SQLiteTransport:
         for row in sorted(rows, key=lambda r: (-r[2], r[0])):
             by_queue.setdefault(row[1], []).append(row)
         tiers = itertools.zip_longest(*(by_queue.get(q, ()) for q in order))
-        return [Delivery(_message(*row[4:]), row[1], (row[0], token), row[3], row[3] > 1)
+        return [Delivery(_message(*row[6:]), row[1], (row[0], token), row[3], row[3] > 1,
+                         exchange=row[4] or "", routing_key=row[5])
                 for tier in tiers for row in tier if row is not None], None
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:

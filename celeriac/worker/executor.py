@@ -13,7 +13,6 @@ import os
 import time
 import traceback as tb_module
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import _context, signals, states
@@ -21,15 +20,14 @@ from ..canvas import chords, followups
 from ..exceptions import Ignore, Reject, Retry
 from ..task import Context, Task
 from .limits import Terminated
+from .outcome import Ending, Outcome
+from .pending import PendingWrites
 
 if TYPE_CHECKING:
     from ..protocol.v2 import TaskBody
     from ..result import EagerResult
 
 logger = logging.getLogger("celeriac.worker")
-
-#: ack actions the consumer understands
-ACK, REQUEUE, DROP, INTERNAL_ERROR = "ack", "requeue", "drop", "internal_error"
 
 #: True while this process's main thread is inside a task's own code (not our bookkeeping): the
 #: soft time limit's SIGALRM raises only then, so it can never interrupt a result write
@@ -47,20 +45,6 @@ class ExceptionInfo:
 
     def __str__(self) -> str:
         return self.traceback
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened to one task, reported back to the consumer (across processes: keep it small)."""
-
-    task_id: str
-    state: str
-    runtime: float = 0.0
-    ack: str = ACK
-    retval_repr: str | None = None
-    exc_repr: str | None = None
-    traceback: str | None = None
-    retval: Any = None
 
 
 def _safe_repr(value: Any, limit: int = 1024) -> str:
@@ -91,17 +75,18 @@ def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: 
 class _Run:
     """One execution: shared by the sync and async paths so their bookkeeping is identical."""
 
-    __slots__ = ("app", "task", "ctx", "eager", "store", "started", "defer")
+    __slots__ = ("app", "task", "ctx", "eager", "store", "started", "pending")
 
-    def __init__(self, task: Task, ctx: Context, *, eager: bool, defer: bool = False) -> None:
+    def __init__(self, task: Task, ctx: Context, *, eager: bool,
+                 pending: PendingWrites | None = None) -> None:
         self.task = task
         self.app = task._get_app()
         self.ctx = ctx
         self.eager = eager
         late = task.acks_late if task.acks_late is not None else self.app.conf.task_acks_late
-        #: the final result write (and a chord count) may wait for the worker thread's next
-        #: round trip; not with acks_late, whose ack must only follow a result known stored
-        self.defer = defer and not late
+        #: where a success's result write and chord count go for the consumer to send (inline
+        #: settling); not with acks_late, whose ack must only follow a result known stored
+        self.pending = None if late else pending
         conf = self.app.conf
         # the call's choice (the message header) wins; a message without one (send_task from a
         # Celery client sends null) follows the task, then the task_ignore_result setting
@@ -130,15 +115,26 @@ class _Run:
         if ctx.callbacks or ctx.chain:
             # Sent before the result is stored, so the stored result lists them as children.
             followups.on_success(self.app, ctx, retval)
+        pending = self.pending
         if self.store:
-            self.app.backend.mark_as_done(ctx.id, retval, request=ctx,
-                                          children=ctx.children_tuples(), defer=self.defer)
+            if pending is None:
+                self.app.backend.mark_as_done(ctx.id, retval, request=ctx,
+                                              children=ctx.children_tuples())
+            else:
+                pending.results.append(self.app.backend.result_write(
+                    ctx.id, retval, states.SUCCESS, request=ctx, children=ctx.children_tuples()))
         if ctx.chord:
-            chords.on_part_return(self.app, ctx, states.SUCCESS, retval, defer=self.defer)
+            if pending is None:
+                chords.on_part_return(self.app, ctx, states.SUCCESS, retval)
+            else:
+                part = chords.part_of(self.app, ctx, states.SUCCESS, retval)
+                if part is not None:
+                    pending.chord_counts.append(part)
         task.on_success(retval, ctx.id, ctx.args, ctx.kwargs)
         if signals.task_success.receivers:
             signals.task_success.send(sender=task, result=retval)
-        outcome = Outcome(ctx.id, states.SUCCESS, runtime, retval=retval)
+        outcome = Outcome(ctx.id, states.SUCCESS, Ending.SUCCEEDED, runtime, retval=retval,
+                          pending=pending)
         if not self.eager:
             outcome.retval_repr = _safe_repr(retval)
             logger.info("Task %s[%s] succeeded in %.6fs: %s", task.name, ctx.id, runtime,
@@ -152,13 +148,15 @@ class _Run:
             return self.retried(exc)
         if isinstance(exc, Ignore):
             self._after(states.IGNORED, None, None)
-            return Outcome(ctx.id, states.IGNORED, time.monotonic() - self.started)
+            return Outcome(ctx.id, states.IGNORED, Ending.IGNORED,
+                           time.monotonic() - self.started)
         if isinstance(exc, Reject):
             logger.warning("Task %s[%s] rejected: %r (requeue=%s)", task.name, ctx.id,
                            exc.reason, exc.requeue)
             self._after(states.REJECTED, exc, None)
-            return Outcome(ctx.id, states.REJECTED, time.monotonic() - self.started,
-                           ack=REQUEUE if exc.requeue else DROP, exc_repr=_safe_repr(exc))
+            return Outcome(ctx.id, states.REJECTED,
+                           Ending.REJECTED_REQUEUE if exc.requeue else Ending.REJECTED_DROP,
+                           time.monotonic() - self.started, exc_repr=_safe_repr(exc))
         retry = self._autoretry(exc)
         if retry is not None:
             return self.retried(retry)
@@ -166,13 +164,13 @@ class _Run:
         runtime = time.monotonic() - self.started
         expected = bool(task.throws) and isinstance(exc, task.throws)
         followups.on_failure(self.app, ctx, exc, einfo.traceback, store=self.store or (
-            task.store_errors_even_if_ignored and not self.eager), defer=self.defer)
+            task.store_errors_even_if_ignored and not self.eager))
         task.on_failure(exc, ctx.id, ctx.args, ctx.kwargs, einfo)
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=task, task_id=ctx.id, exception=exc, args=ctx.args,
                                       kwargs=ctx.kwargs, traceback=exc.__traceback__, einfo=einfo)
-        outcome = Outcome(ctx.id, states.FAILURE, runtime, exc_repr=_safe_repr(exc),
-                          traceback=einfo.traceback, retval=exc)
+        outcome = Outcome(ctx.id, states.FAILURE, Ending.FAILED, runtime,
+                          exc_repr=_safe_repr(exc), traceback=einfo.traceback, retval=exc)
         if not self.eager:
             if expected:
                 logger.info("Task %s[%s] raised expected: %s", task.name, ctx.id, outcome.exc_repr)
@@ -187,7 +185,7 @@ class _Run:
         exc = retry.exc if retry.exc is not None else retry
         einfo = ExceptionInfo(exc)
         resend = getattr(retry, "resend", None)
-        outcome = Outcome(ctx.id, states.RETRY, time.monotonic() - self.started,
+        outcome = Outcome(ctx.id, states.RETRY, Ending.RETRIED, time.monotonic() - self.started,
                           exc_repr=_safe_repr(exc), traceback=einfo.traceback, retval=retry)
         if resend is None:
             # A bare ``raise Retry()`` without task.retry(): nothing to re-send; treat as failure.
@@ -252,15 +250,17 @@ def internal_error(task: Task, ctx: Context, exc: BaseException) -> Outcome:
         signals.task_internal_error.send(sender=task, task_id=ctx.id, args=ctx.args,
                                          kwargs=ctx.kwargs, request=ctx, exception=exc,
                                          traceback=exc.__traceback__, einfo=einfo)
-    return Outcome(ctx.id or "?", states.FAILURE, ack=INTERNAL_ERROR, exc_repr=_safe_repr(exc),
-                   traceback=einfo.traceback)
+    return Outcome(ctx.id or "?", states.FAILURE, Ending.INTERNAL_ERROR,
+                   exc_repr=_safe_repr(exc), traceback=einfo.traceback)
 
 
 # ---- entry points ----------------------------------------------------------------------------
 def execute(task: Task, ctx: Context, *, eager: bool = False,
-            defer_result: bool = False) -> Outcome:
-    """Run a sync task to its end; never raises for task errors (they become the Outcome)."""
-    run = _Run(task, ctx, eager=eager, defer=defer_result)
+            pending: PendingWrites | None = None) -> Outcome:
+    """Run a sync task to its end; never raises for task errors (they become the Outcome).
+    With ``pending``, a success's result write and chord count are recorded there instead of
+    sent (the consumer sends them)."""
+    run = _Run(task, ctx, eager=eager, pending=pending)
     req_token = _context.current_request_var.set(ctx)
     task_token = _context.current_task_var.set(task)
     try:
@@ -283,7 +283,9 @@ def execute(task: Task, ctx: Context, *, eager: bool = False,
     except BaseException as exc:  # our own bookkeeping failed (e.g. the result store is down)
         if eager:
             raise
-        return internal_error(task, ctx, exc)
+        outcome = internal_error(task, ctx, exc)
+        outcome.pending = run.pending  # what was recorded before the failure still goes out
+        return outcome
     finally:
         _context.current_task_var.reset(task_token)
         _context.current_request_var.reset(req_token)

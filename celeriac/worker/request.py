@@ -11,20 +11,17 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .. import states
 from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError, NotRegistered
 from ..protocol import v2
-from .executor import Outcome, context_from_body, execute
+from .executor import context_from_body, execute
+from .outcome import Outcome
+from .pending import PendingWrites
 
 if TYPE_CHECKING:
     from ..app import Celery
     from ..protocol.message import Message
 
 logger = logging.getLogger("celeriac.worker")
-
-#: Outcome.ack value meaning "set the message aside in the dead-letter store"
-DEAD_LETTER = "dead_letter"
-
 
 def parse_time(value: Any) -> datetime | None:
     """ISO 8601 text (naive = UTC) or a datetime; None for null or garbage-free absence."""
@@ -87,23 +84,22 @@ class ReceivedRequest:
 
 
 def run_message(app: "Celery", message: "Message", delivery_info: dict, hostname: str,
-                accept: frozenset[str], *, defer_result: bool = False) -> Outcome:
-    """Decode and execute one task message. Never raises for bad input: it reports it."""
+                accept: frozenset[str], *, collect_writes: bool = False) -> Outcome:
+    """Decode and execute one task message. Never raises for bad input: it reports it.
+    ``collect_writes``: a success's writes come back in ``Outcome.pending`` for the consumer."""
     task_id = message.headers.get("id") or "?"
     try:
         body = v2.decode_task(message, accept)
     except (ContentDisallowed, DecodeError, InvalidTaskError) as exc:
         logger.error("Cannot decode task message %s: %s", task_id, exc)
-        return Outcome(task_id, states.REJECTED, ack=DEAD_LETTER,
-                       exc_repr=f"{type(exc).__name__}: {exc}")
+        return Outcome.undecodable(task_id, f"{type(exc).__name__}: {exc}")
     try:
         task = app.tasks[body.name]
     except NotRegistered:
-        return Outcome(task_id, states.REJECTED, ack=DEAD_LETTER,
-                       exc_repr=f"NotRegistered: {body.name!r}")
+        return Outcome.undecodable(task_id, f"NotRegistered: {body.name!r}")
     ctx = context_from_body(body, hostname=hostname, delivery_info=delivery_info,
                             properties=message.properties)
-    return execute(task, ctx, defer_result=defer_result)
+    return execute(task, ctx, pending=PendingWrites() if collect_writes else None)
 
 
 def request_from_message(message: "Message", accept: frozenset[str],

@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals
 from ..protocol import serialization
+from ..routing import Router
 from .consumer import Consumer
 from .executor import execute_async
+from .extensions import Expiry, Heartbeat, WorkerExtension
 from .limits import limits_for
 from .pools import create_pool
 from .request import run_message
+from .settlement import choose as choose_settlement
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -48,11 +51,11 @@ class Runner:
     """What a pool calls to run one message; picklable by reference through fork."""
 
     def __init__(self, app: "Celery", hostname: str, *, app_spec: str | None = None,
-                 overrides: dict | None = None, defer_results: bool = False) -> None:
+                 overrides: dict | None = None, collect_writes: bool = False) -> None:
         self.app = app
         self.hostname = hostname
-        #: results may wait for the thread's next round trip (the consumer then flushes them)
-        self.defer_results = defer_results
+        #: a success's writes come back in the Outcome for the consumer to send (inline settling)
+        self.collect_writes = collect_writes
         self.accept = serialization.normalize_accept(app.conf.accept_content)
         self.app_spec = app_spec
         self.overrides = overrides or {}
@@ -65,7 +68,7 @@ class Runner:
 
     def __call__(self, message: Any, delivery_info: dict) -> Any:
         return run_message(self.app, message, delivery_info, self.hostname, self.accept,
-                           defer_result=self.defer_results)
+                           collect_writes=self.collect_writes)
 
     def limits(self, message: Any) -> tuple[float | None, float | None]:
         """(hard, soft) time limits for this message, in seconds (None: no limit)."""
@@ -78,14 +81,14 @@ class Runner:
             return await asyncio.to_thread(self, message, delivery_info)
         from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError
         from ..protocol import v2
-        from .executor import Outcome, context_from_body
-        from .request import DEAD_LETTER
+        from .executor import context_from_body
+        from .outcome import Outcome
 
         try:
             body = v2.decode_task(message, self.accept)
         except (ContentDisallowed, DecodeError, InvalidTaskError) as exc:
-            return Outcome(message.headers.get("id") or "?", "REJECTED", ack=DEAD_LETTER,
-                           exc_repr=f"{type(exc).__name__}: {exc}")
+            return Outcome.undecodable(message.headers.get("id") or "?",
+                                       f"{type(exc).__name__}: {exc}")
         ctx = context_from_body(body, hostname=self.hostname, delivery_info=delivery_info,
                                 properties=message.properties)
         hard, soft = self.limits(message)
@@ -112,8 +115,6 @@ class Worker:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
         # Without -Q: every queue in task_queues (as Celery does), else the default queue.
-        from ..routing import Router
-
         self.queues = list(queues or Router.queue_names(conf) or [conf.task_default_queue])
         self.prefetch_multiplier = int(prefetch_multiplier if prefetch_multiplier is not None
                                        else conf.worker_prefetch_multiplier)
@@ -136,21 +137,24 @@ class Worker:
                      if app.conf.get(k)}
         runner = Runner(app, self.hostname, app_spec=self.options.get("app_spec"),
                         overrides=overrides)
-        # In the solo and thread pools, with a broker that shares each thread's connection with
-        # the result store, the thread that ran a task sends its result with its ack (see
-        # Consumer.inline). The runner defers result writes only then: the consumer flushes them.
-        inline = (self.pool_kind in ("solo", "threads")
-                  and _shares_wire(app.transport, app.backend))
+        # How messages are settled, decided once from what the broker declares (see
+        # worker/settlement.py): inline in the solo and thread pools when the broker shares each
+        # thread's connection with the result store; then the pool's runner hands a success's
+        # writes back to the consumer instead of sending them itself.
+        settlement = choose_settlement(app.transport, app.backend,
+                                       in_process=self.pool_kind in ("solo", "threads"),
+                                       in_dispatcher=self.pool_kind == "solo")
         pool_runner = Runner(app, self.hostname, app_spec=runner.app_spec, overrides=overrides,
-                             defer_results=True) if inline else runner
+                             collect_writes=True) if settlement.collects_writes else runner
         self.pool = create_pool(self.pool_kind, pool_runner, self.concurrency, self._on_done)
         if self.pool_kind != "asyncio":
             limit = int(app.conf.get("worker_async_concurrency") or DEFAULT_ASYNC_CONCURRENCY)
             self.async_pool = create_pool("asyncio", runner, limit, self._on_done)
         if signals.worker_init.receivers:
             signals.worker_init.send(sender=self)
+        router = Router(app.conf)
         for queue in self.queues:
-            app.transport.declare(queue)
+            app.transport.declare(router.resolve(queue))
         # Fork the pool before any of our threads exist, so children start clean.
         self.pool.start()
         if self.async_pool is not None:
@@ -158,7 +162,8 @@ class Worker:
         self.consumer = Consumer(app, queues=self.queues, pool=self.pool,
                                  hostname=self.hostname,
                                  prefetch_multiplier=self.prefetch_multiplier,
-                                 async_pool=self.async_pool, inline=inline)
+                                 async_pool=self.async_pool, settlement=settlement,
+                                 extensions=self.extensions())
         if signals.celeryd_after_setup.receivers:
             signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
         self._install_signal_handlers()
@@ -174,6 +179,15 @@ class Worker:
         self._shutdown.wait()
         self._finish()
         return self.exitcode
+
+    def extensions(self) -> list[WorkerExtension]:
+        """The built-in features on the consumer's extension points, then the app's own
+        (``app.worker_extensions``), in that order."""
+        built_in: list[WorkerExtension] = [Expiry()]
+        if self.app.backend.persistent:
+            built_in.append(Heartbeat(float(self.app.conf.get("worker_heartbeat_interval")
+                                            or 2.0)))
+        return [*built_in, *self.app.worker_extensions]
 
     def _on_done(self, job_id: int, outcome: Any) -> None:
         assert self.consumer is not None
@@ -243,11 +257,6 @@ class Worker:
         if signals.worker_shutdown.receivers:
             signals.worker_shutdown.send(sender=self)
         self.app.close()
-
-
-def _shares_wire(transport: Any, backend: Any) -> bool:
-    shares = getattr(transport, "shares_wire_with", None)
-    return bool(shares is not None and shares(backend))
 
 
 def _redact(url: str) -> str:

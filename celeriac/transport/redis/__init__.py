@@ -28,11 +28,12 @@ from urllib.parse import parse_qsl, urlencode
 
 import redis as redis_py
 
+from ...protocol.entities import Queue, as_queue
 from ...protocol.message import Message
 from ...utils import redis_wire
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
 from . import scripts
-from .envelope import decode, encode, list_name, priority_step
+from .envelope import decode, decode_delivery, encode, list_name, priority_step
 from ...utils.salt import process_salt
 
 #: how many delayed messages and expired leases one fetch moves at most
@@ -173,14 +174,19 @@ class RedisTransport:
         return self._wake_base + queue
 
     # ---- producing ----------------------------------------------------------------------------
-    def declare(self, queue: str) -> None:
-        """Write kombu's binding member for ``queue`` (what a Celery producer declares)."""
+    def declare(self, queue: Queue | str) -> None:
+        """Write kombu's binding member for ``queue`` in its exchange's binding set (what a
+        Celery producer declares); Redis keeps no other queue properties."""
         self._check_fork()
-        self._client.sadd(f"{self.prefix}_kombu.binding.{queue}", self._binding(queue))
-        self._declared.add(queue)
+        queue = as_queue(queue)
+        exchange = queue.exchange.name or queue.name
+        self._client.sadd(f"{self.prefix}_kombu.binding.{exchange}",
+                          self._binding(queue.name, queue.routing_key))
+        self._declared.add(queue.name)
 
-    def _binding(self, queue: str) -> str:
-        return f"{queue}{self.sep}{self.sep}{queue}"
+    def _binding(self, queue: str, routing_key: str | None = None) -> str:
+        key = queue if routing_key is None else routing_key
+        return f"{key}{self.sep}{self.sep}{queue}"
 
     def publish(self, items: Sequence[Outgoing]) -> None:
         """LPUSH every item, several in one MULTI/EXEC (with ``delayed_publish="delayed_set"``,
@@ -235,7 +241,8 @@ class RedisTransport:
 
     @staticmethod
     def _envelope(item: Outgoing) -> str:
-        return encode(item.message, item.queue, str(uuid.uuid4()))
+        return encode(item.message, item.queue, str(uuid.uuid4()), exchange=item.exchange,
+                      routing_key=item.routing_key)
 
     def _list_of(self, item: Outgoing) -> str:
         return self._list(item.queue, item.message.properties.get("priority"))
@@ -302,11 +309,11 @@ class RedisTransport:
         deliveries = []
         for i in range(1, len(reply), 4):
             queue = order[int(reply[i]) - 1]
-            message, flagged = decode(reply[i + 1])
+            message, flagged, exchange, routing_key = decode_delivery(reply[i + 1])
             count = int(reply[i + 2])
             tag = reply[i + 3].decode()
             deliveries.append(Delivery(message, queue, (tag, token), count, flagged or count > 1,
-                                       {"delivery_tag": tag}))
+                                       {"delivery_tag": tag}, exchange, routing_key))
         return deliveries, hint
 
     def _waiter(self) -> _Waker:
@@ -327,12 +334,12 @@ class RedisTransport:
         reply = self._run("ACK", (len(deliveries), *self._triples(deliveries)))
         return [bool(flag) for flag in reply]
 
-    def shares_wire_with(self, backend: Any) -> bool:
+    def shares_connection_with(self, backend: Any) -> bool:
         """Whether ``backend`` reaches Redis through this transport's connection in each thread
         (same server, database and options): then a result write and the ack after it go out
         in one round trip, in that order (see worker/consumer.py)."""
-        pool = getattr(backend, "redis_pool", None)
-        return pool is not None and redis_wire.same_wire(self._client.connection_pool, pool())
+        return (isinstance(backend, redis_wire.OnRedis)
+                and redis_wire.same_wire(self._client.connection_pool, backend.redis_pool()))
 
     def flush(self) -> None:
         """Send what this thread queued with ``ack_later`` (and deferred result writes)."""

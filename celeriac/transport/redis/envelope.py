@@ -22,15 +22,18 @@ KEPT = "x-celeriac-kept"
 UNDECODABLE = "application/x-celeriac-undecodable"
 
 
-def encode(message: Message, queue: str, delivery_tag: str, *, lenient: bool = False) -> str:
-    """The envelope text for ``message`` published to ``queue`` (raises TypeError on odd values).
+def encode(message: Message, queue: str, delivery_tag: str, *, lenient: bool = False,
+           exchange: str = "", routing_key: str | None = None) -> str:
+    """The envelope text for ``message`` published to ``queue`` (raises TypeError on odd values),
+    recording ``exchange`` and ``routing_key`` (default: the queue's name) as kombu does.
 
     ``lenient`` (dead letters, which must always store) turns unserializable values into their repr.
     """
     source = message.properties
     properties: dict[str, Any] = {k: v for k, v in source.items()
                                   if k not in TRANSPORT_PROPERTIES and k not in ("priority", KEPT)}
-    properties["delivery_info"] = {"exchange": "", "routing_key": queue}
+    properties["delivery_info"] = {"exchange": exchange,
+                                   "routing_key": queue if routing_key is None else routing_key}
     if "priority" in source:
         properties["priority"] = source["priority"]
     properties["body_encoding"] = "base64"
@@ -55,6 +58,12 @@ def encode(message: Message, queue: str, delivery_tag: str, *, lenient: bool = F
 
 def decode(raw: bytes | str) -> tuple[Message, bool]:
     """``(message, redelivered)`` from envelope text; anything unreadable comes back as raw bytes."""
+    message, redelivered, _, _ = decode_delivery(raw)
+    return message, redelivered
+
+
+def decode_delivery(raw: bytes | str) -> tuple[Message, bool, str, str | None]:
+    """``decode``, plus the exchange and routing key the envelope says it was published with."""
     try:
         envelope = json_loads(raw)
         properties = dict(envelope["properties"])
@@ -68,7 +77,7 @@ def decode(raw: bytes | str) -> tuple[Message, bool]:
         content_encoding = envelope.get("content-encoding") or "utf-8"
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeError):
         data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
-        return Message(data, UNDECODABLE, "binary", {}, {}), False
+        return Message(data, UNDECODABLE, "binary", {}, {}), False, "", None
     info = properties.get("delivery_info")
     redelivered = bool(headers.pop("redelivered", False))
     if isinstance(info, dict) and info.get("redelivered"):
@@ -78,7 +87,13 @@ def decode(raw: bytes | str) -> tuple[Message, bool]:
     kept = properties.pop(KEPT, None)
     if isinstance(kept, dict):
         properties.update(kept)
-    return Message(data, content_type, content_encoding, headers, properties), redelivered
+    exchange, routing_key = "", None
+    if isinstance(info, dict):
+        exchange = str(info.get("exchange") or "")
+        key = info.get("routing_key")
+        routing_key = key if isinstance(key, str) else None
+    message = Message(data, content_type, content_encoding, headers, properties)
+    return message, redelivered, exchange, routing_key
 
 
 def priority_step(priority: Any, steps: tuple[int, ...]) -> int:

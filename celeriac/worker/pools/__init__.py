@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..executor import Outcome
+from ..outcome import Outcome
 
 OnDone = Callable[[int, Outcome], None]
 

@@ -6,8 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
-from ... import states
-from ..executor import Outcome
+from ..outcome import Outcome
 from . import OnDone
 
 
@@ -44,8 +43,7 @@ class AsyncioPool:
         try:
             outcome = await self.runner.run_async(message, delivery_info)
         except asyncio.CancelledError:  # revoked with terminate=True
-            outcome = Outcome(message.headers.get("id") or "?", states.REVOKED,
-                              ack="terminated", exc_repr="terminated")
+            outcome = Outcome.terminated(message.headers.get("id") or "?")
         finally:
             with self._lock:
                 self._busy -= 1

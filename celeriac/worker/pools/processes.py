@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ... import signals, states
-from ..executor import Outcome
+from ..outcome import Ending, Outcome
 from . import OnDone
 
 logger = logging.getLogger("celeriac.worker")
@@ -67,6 +67,7 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any) 
                 if soft:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             outcome.retval = None  # values were stored by the child; keep the pipe light
+            outcome.pending = None
             conn.send((job_id, outcome))
     finally:
         if signals.worker_process_shutdown.receivers:
@@ -279,20 +280,19 @@ class ProcessPool:
             if self._stopping:
                 # A cold shutdown killed it: give the message back (when it is still held, i.e.
                 # acks_late) rather than record a failure the task did not have.
-                outcome = Outcome(task_id, states.REJECTED, ack="requeue",
-                                  exc_repr="cold shutdown")
+                outcome = Outcome(task_id, states.REJECTED, Ending.ABANDONED,
+                                  reason="cold shutdown")
             elif reason is not None and reason[0] == "timeout":
                 logger.error("Hard time limit (%ss) exceeded for %s[%s]", reason[1],
                              message.headers.get("task"), task_id)
-                outcome = Outcome(task_id, states.FAILURE, ack="timeout", exc_repr=str(reason[1]))
+                outcome = Outcome(task_id, states.FAILURE, Ending.TIME_LIMIT, limit=reason[1])
             elif reason is not None and reason[0] == "terminated":
-                outcome = Outcome(task_id, states.REVOKED, ack="terminated",
-                                  exc_repr=str(reason[1]))
+                outcome = Outcome.terminated(task_id, int(reason[1]))
             else:
                 detail = f"Worker exited prematurely: {_describe_exit(exitcode)}."
                 logger.error("Process %s (pid %s) died running task %s: %s", child.process.name,
                              child.process.pid, task_id, detail)
-                outcome = Outcome(task_id, states.FAILURE, ack="lost", exc_repr=detail)
+                outcome = Outcome(task_id, states.FAILURE, Ending.WORKER_LOST, reason=detail)
             self.on_done(job_id, outcome)
         if not self._stopping:
             replacement = self._spawn(child.index, fresh=True)

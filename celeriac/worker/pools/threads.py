@@ -8,7 +8,7 @@ from typing import Any
 
 from ... import states
 from ...exceptions import SoftTimeLimitExceeded
-from ..executor import Outcome
+from ..outcome import Ending, Outcome
 from ..limits import Terminated, ThreadGuard
 from . import OnDone
 
@@ -28,10 +28,9 @@ def run_guarded(runner: Any, guards: dict, lock: threading.Lock, job_id: int, me
             with lock:
                 guards.pop(job_id, None)
     except Terminated:
-        return Outcome(message.headers.get("id") or "?", states.REVOKED, ack="terminated",
-                       exc_repr="terminated")
+        return Outcome.terminated(message.headers.get("id") or "?")
     except SoftTimeLimitExceeded:  # landed after the task returned: nothing left to stop
-        return Outcome(message.headers.get("id") or "?", states.FAILURE,
+        return Outcome(message.headers.get("id") or "?", states.FAILURE, Ending.FAILED,
                        exc_repr="SoftTimeLimitExceeded()")
 
 

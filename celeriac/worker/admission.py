@@ -1,0 +1,204 @@
+"""Admission: the ordered checks a fetched delivery passes before the worker holds it.
+
+Layer: worker. Each step looks at headers only (the body is decoded where the task runs) and
+either lets the delivery through (returns None) or ends admission with a ``Decision``: run it,
+defer it until it is due, set it aside in the dead-letter store, or drop it as revoked or
+expired. The consumer carries decisions out; steps never touch the broker. Extensions add steps
+through ``WorkerExtension.before_admission`` (see worker/extensions.py), between the built-in
+checks of the message itself and the final "is it due" step.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from .. import signals
+from ..exceptions import NotRegistered
+from .request import parse_time
+
+if TYPE_CHECKING:
+    from ..transport.base import Delivery
+    from .revokes import RevokedSet
+
+logger = logging.getLogger("celeriac.worker")
+
+
+class Verdict(enum.Enum):
+    RUN = "run"
+    DEFER = "defer"
+    DEAD_LETTER = "dead_letter"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """How admission ended for one delivery."""
+
+    verdict: Verdict
+    reason: str = ""
+    #: DEFER: when it becomes due (Unix time)
+    not_before: float | None = None
+    #: DEAD_LETTER: a failure to store as the task's result, so no caller waits forever
+    failure: BaseException | None = None
+
+
+RUN = Decision(Verdict.RUN)
+
+
+@dataclass(slots=True)
+class Arrival:
+    """A delivery under admission, with what the steps found out so far."""
+
+    delivery: Delivery
+    #: the registered task, once ``registered`` has found it
+    task: Any = None
+    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.delivery.message.headers
+
+    @property
+    def label(self) -> str:
+        return f"{self.headers.get('task')}[{self.headers.get('id')}]"
+
+
+Step = Callable[[Arrival], "Decision | None"]
+
+
+def well_formed(arrival: Arrival) -> Decision | None:
+    """A protocol 2 task message has a task name and an id in its headers."""
+    headers = arrival.headers
+    missing = "task" if not headers.get("task") else "id" if not headers.get("id") else None
+    if missing is None:
+        return None
+    logger.error("Received a message without a %r header (not a protocol 2 task message); "
+                 "dead-lettered", missing)
+    if signals.task_rejected.receivers:
+        signals.task_rejected.send(sender=None, message=arrival.delivery.message, exc=None)
+    return Decision(Verdict.DEAD_LETTER, f"invalid message: missing {missing!r} header")
+
+
+def accepted_content(accept: frozenset[str]) -> Step:
+    """Never deserialize a content type the worker does not accept (``accept_content``)."""
+
+    def step(arrival: Arrival) -> Decision | None:
+        content_type = arrival.delivery.message.content_type
+        if content_type in accept:
+            return None
+        logger.error("Refusing task %s: content type %r is not in accept_content %s; "
+                     "dead-lettered without deserializing", arrival.label, content_type,
+                     sorted(accept))
+        return Decision(Verdict.DEAD_LETTER, f"content type {content_type!r} not accepted")
+
+    return step
+
+
+def registered(tasks: Any) -> Step:
+    """The task name is registered here; an unknown one is dead-lettered (replayable once the
+    task is registered) and its caller reads a stored ``NotRegistered`` failure."""
+
+    def step(arrival: Arrival) -> Decision | None:
+        name = arrival.headers.get("task")
+        arrival.task = tasks.get(name)
+        if arrival.task is not None:
+            return None
+        task_id = arrival.headers.get("id")
+        logger.error("Received unregistered task of type %r (id %s); dead-lettered. "
+                     "Is the module that defines it imported by this worker?", name, task_id)
+        if signals.task_unknown.receivers:
+            signals.task_unknown.send(sender=None, name=name, id=task_id,
+                                      message=arrival.delivery.message, exc=NotRegistered(name))
+        return Decision(Verdict.DEAD_LETTER, f"unknown task name {name!r}",
+                        failure=NotRegistered(name))
+
+    return step
+
+
+def delivery_limit(max_deliveries: int) -> Step:
+    """A message delivered ``max_deliveries`` times without finishing is a poison message."""
+
+    def step(arrival: Arrival) -> Decision | None:
+        count = arrival.delivery.delivery_count
+        if count <= max_deliveries:
+            return None
+        logger.error("Task %s was delivered %d times without finishing; dead-lettered",
+                     arrival.label, count)
+        return Decision(Verdict.DEAD_LETTER, f"delivered {count} times (poison message)")
+
+    return step
+
+
+def not_revoked(revokes: RevokedSet) -> Step:
+    """A task revoked before it arrived is dropped (stored as REVOKED)."""
+
+    def step(arrival: Arrival) -> Decision | None:
+        return Decision(Verdict.REVOKED) if arrival.headers.get("id") in revokes else None
+
+    return step
+
+
+def not_expired(arrival: Arrival) -> Decision | None:
+    """A task past its ``expires`` is dropped (stored as REVOKED, as Celery does); a time
+    header that cannot be read is a message that can never run."""
+    try:
+        expires = parse_time(arrival.headers.get("expires"))
+    except (TypeError, ValueError) as exc:
+        return Decision(Verdict.DEAD_LETTER, f"invalid eta/expires header: {exc}")
+    if expires is not None and expires <= arrival.now:
+        return Decision(Verdict.EXPIRED)
+    return None
+
+
+def due(arrival: Arrival) -> Decision | None:
+    """A task with a future ``eta`` waits outside the worker until it is due."""
+    try:
+        eta = parse_time(arrival.headers.get("eta"))
+    except (TypeError, ValueError) as exc:
+        return Decision(Verdict.DEAD_LETTER, f"invalid eta/expires header: {exc}")
+    if eta is not None and eta > arrival.now:
+        logger.info("Task %s received, ETA %s", arrival.label, eta.isoformat())
+        return Decision(Verdict.DEFER, not_before=eta.timestamp())
+    return None
+
+
+def is_expired(headers: dict[str, Any]) -> bool:
+    """Checked again just before a task starts (it may have expired while it waited)."""
+    try:
+        expires = parse_time(headers.get("expires"))
+    except (TypeError, ValueError):
+        return False
+    return expires is not None and expires <= datetime.now(timezone.utc)
+
+
+class Admission:
+    """The ordered steps; ``admit`` runs them until one decides."""
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.steps = tuple(steps)
+
+    def admit(self, delivery: Delivery) -> tuple[Decision, Arrival]:
+        arrival = Arrival(delivery)
+        for step in self.steps:
+            decision = step(arrival)
+            if decision is not None:
+                return decision, arrival
+        return RUN, arrival
+
+
+def standard_steps(*, accept: frozenset[str], tasks: Any, max_deliveries: int,
+                   revokes: RevokedSet | None, extra: Sequence[Step] = ()) -> list[Step]:
+    """The worker's pipeline: the message itself, then revokes, extensions' steps (expiry is
+    one, see ``extensions.Expiry``), and last whether it is due."""
+    steps: list[Step] = [well_formed, accepted_content(accept), registered(tasks),
+                         delivery_limit(max_deliveries)]
+    if revokes is not None:
+        steps.append(not_revoked(revokes))
+    steps.extend(extra)
+    steps.append(due)
+    return steps

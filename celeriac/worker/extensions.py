@@ -1,0 +1,122 @@
+"""Named extension points of the worker, and the built-in features that use them.
+
+Layer: worker. A feature plugs in by subclassing ``WorkerExtension`` and overriding the points it
+needs; the consumer calls only the points an extension overrides, so an unused point costs
+nothing on the hot path. The points, in the order a message meets them:
+
+- ``on_worker_start(consumer)`` / ``on_worker_stop(consumer)``: start and stop a service
+  (a thread, a subscription), e.g. heartbeats, remote control, beat.
+- ``before_admission(arrival)``: one more admission step (see worker/admission.py); return a
+  ``Decision`` to end admission (defer, dead-letter, drop), None to let it through.
+- ``before_run(job)``: just before a held job goes to the pool; return a ``Decision`` (only
+  REVOKED or EXPIRED are meaningful here) to drop it instead.
+- ``after_outcome(job, outcome)``: the job ended (before its message is settled).
+
+Extensions run in the consumer's threads: they must not block for long.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .. import signals
+from .admission import Arrival, Decision, Verdict, is_expired, not_expired
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+    from .job import Job
+    from .outcome import Outcome
+
+logger = logging.getLogger("celeriac.worker")
+
+POINTS = ("on_worker_start", "on_worker_stop", "before_admission", "before_run",
+          "after_outcome")
+
+
+class WorkerExtension:
+    """Base class: every point does nothing."""
+
+    def on_worker_start(self, consumer: Consumer) -> None:
+        """The consumer is about to fetch its first message."""
+
+    def on_worker_stop(self, consumer: Consumer) -> None:
+        """The consumer stopped fetching (running tasks may still finish)."""
+
+    def before_admission(self, arrival: Arrival) -> Decision | None:
+        """An admission step; None lets the delivery through."""
+        return None
+
+    def before_run(self, job: Job) -> Decision | None:
+        """Last look before the job runs; None lets it run."""
+        return None
+
+    def after_outcome(self, job: Job, outcome: Outcome) -> None:
+        """The job ended; its message is settled right after."""
+
+
+class Hooks:
+    """The extensions that override each point, in registration order."""
+
+    def __init__(self, extensions: Sequence[WorkerExtension]) -> None:
+        self.extensions = tuple(extensions)
+        for point in POINTS:
+            base = getattr(WorkerExtension, point)
+            setattr(self, point, tuple(getattr(ext, point) for ext in self.extensions
+                                       if getattr(type(ext), point) is not base))
+
+    on_worker_start: tuple[Any, ...]
+    on_worker_stop: tuple[Any, ...]
+    before_admission: tuple[Any, ...]
+    before_run: tuple[Any, ...]
+    after_outcome: tuple[Any, ...]
+
+
+# ---- built-in extensions ------------------------------------------------------------------------
+class Expiry(WorkerExtension):
+    """``expires``: a task past it is not run but stored as REVOKED (Celery's behaviour), both
+    when it arrives and when it has expired while waiting in the prefetch buffer."""
+
+    def before_admission(self, arrival: Arrival) -> Decision | None:
+        return not_expired(arrival)
+
+    def before_run(self, job: Job) -> Decision | None:
+        return Decision(Verdict.EXPIRED) if is_expired(job.headers) else None
+
+
+class Heartbeat(WorkerExtension):
+    """Every ``worker_heartbeat_interval`` seconds, record this node as alive in the result
+    store (``celeriac-worker-<node>``, expiring after three missed beats), and send Celery's
+    ``heartbeat_sent`` signal."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def on_worker_start(self, consumer: Consumer) -> None:
+        self._thread = threading.Thread(target=self._beat, args=(consumer,),
+                                        name="celeriac-heartbeat", daemon=True)
+        self._thread.start()
+
+    def on_worker_stop(self, consumer: Consumer) -> None:
+        self._stop.set()
+
+    def _beat(self, consumer: Consumer) -> None:
+        key = f"celeriac-worker-{consumer.hostname}"
+        while not self._stop.is_set():
+            try:
+                consumer.app.backend.set_value(key, {
+                    "hostname": consumer.hostname, "pid": os.getpid(), "freq": self.interval,
+                    "active": consumer.active, "processed": consumer.processed,
+                    "timestamp": time.time(), "queues": list(consumer.queues)},
+                    ttl=self.interval * 3)
+            except Exception:
+                logger.exception("could not record a heartbeat")
+            else:
+                if signals.heartbeat_sent.receivers:
+                    signals.heartbeat_sent.send(sender=consumer)
+            self._stop.wait(self.interval)

@@ -1,0 +1,236 @@
+"""How the worker settles messages with the broker: one policy, chosen once per worker.
+
+Layer: worker. ``choose`` picks the policy from the broker's declared capabilities and the pool:
+
+- ``Settlement`` (any broker): an early ack is sent, and confirmed, before the task starts; the
+  acks of finished ``acks_late`` tasks go out in batches from one thread.
+- ``InlineSettlement`` (thread pool, on a broker that shares each thread's connection with the
+  result store): the pool thread that ran the task stages its result write on that connection
+  and acks right after it, so result and ack travel in one round trip, in that order.
+- ``InlineSoloSettlement`` (solo pool, same brokers): the round trip before task *n* starts
+  carries task *n-1*'s result (and its ack, with ``acks_late``), task *n*'s early ack, a revoke
+  check and, when half the window is free, the fetch that refills the buffer.
+
+A crash before a batched or staged ack is sent means the message is delivered again:
+at-least-once holds. An early ack is confirmed before its task starts, so an early-acked task
+never runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..backends.base import StagedWrites
+from ..transport.base import SharedConnectionSettling
+
+if TYPE_CHECKING:
+    from ..transport.base import Delivery
+    from .consumer import Consumer
+    from .job import Job
+    from .pending import PendingWrites
+
+logger = logging.getLogger("celeriac.worker")
+
+#: seconds between attempts to send staged results while the broker cannot be reached
+IDLE_FLUSH_RETRY = 1.0
+
+
+class Settlement:
+    """Batched acks from one thread; early acks confirmed before the task starts."""
+
+    #: whether the pool's runner hands a success's writes back in ``Outcome.pending``
+    collects_writes = False
+    #: whether each sync task's revoke check rides with its start (then ``_receive`` skips it)
+    checks_revokes_at_start = False
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.transport = consumer.transport
+        self._cond = threading.Condition()
+        self._pending: list[Delivery] = []
+        self._done = False
+        self._acker: threading.Thread | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._acker = threading.Thread(target=self._ack_loop, name="celeriac-acks", daemon=True)
+        self._acker.start()
+
+    def close(self) -> None:
+        """Every settled message is acked before the worker exits."""
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        if self._acker is not None:
+            self._acker.join(timeout=10)
+
+    # ---- acks -----------------------------------------------------------------------------------
+    def ack(self, delivery: Delivery) -> None:
+        """Ack soon, together with others: one broker round trip for many tasks."""
+        with self._cond:
+            self._pending.append(delivery)
+            self._cond.notify()
+
+    def _ack_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._done:
+                    self._cond.wait(0.5)
+                batch, self._pending = self._pending, []
+                finished = self._done and not batch
+            if finished:
+                return
+            try:
+                self.transport.ack(batch)
+            except Exception:
+                logger.exception("could not ack %d message(s); they will be delivered again",
+                                 len(batch))
+
+    # ---- the points the consumer calls ----------------------------------------------------------
+    def before_run(self, job: Job) -> bool:
+        """Early ack, confirmed before the task starts: a crash from here on loses this task but
+        never runs it twice (Celery's at-most-once for early acks). False: it must not run here."""
+        if job.late or job.acked:  # acked already: it was put back after its pool slot vanished
+            return True
+        job.acked = True
+        try:
+            confirmed: list[bool] | None = self.transport.ack([job.delivery])
+        except Exception:
+            logger.exception("could not ack task %s before it starts", job.task_id)
+            confirmed = None
+        if confirmed and confirmed[0]:
+            return True
+        return self.consumer.unconfirmed_ack(job, confirmed)
+
+    def put(self, pending: PendingWrites) -> None:
+        """Writes a finished task left for the consumer: sent now."""
+        pending.send(self.consumer.app)
+
+    def finished(self, job: Job) -> None:
+        """The task's outcome is recorded: ack it if it still holds its lease."""
+        if not job.acked:
+            self.ack(job.delivery)
+        else:
+            self.after_acked(job)
+
+    def after_acked(self, job: Job) -> None:
+        """A job that was acked early ended: nothing left to send."""
+
+    def wants_flush(self) -> bool:
+        """Whether the idle dispatch thread has staged writes to send."""
+        return False
+
+    def flush(self) -> None:
+        """Send what this thread staged (inline policies)."""
+
+
+class InlineSettlement(Settlement):
+    """Thread pool on a shared connection: result and ack in one round trip from the pool
+    thread."""
+
+    collects_writes = True
+
+    def __init__(self, consumer: Consumer) -> None:
+        super().__init__(consumer)
+        backend = consumer.app.backend
+        assert isinstance(backend, StagedWrites)
+        self.backend: StagedWrites = backend
+        self.wire: SharedConnectionSettling = consumer.transport  # type: ignore[assignment]
+        self._unflushed = False
+        self._retry_at = 0.0  # after a failed flush, not before this (monotonic)
+
+    def put(self, pending: PendingWrites) -> None:
+        pending.stage(self.consumer.app, self.backend)
+
+    def finished(self, job: Job) -> None:
+        if job.runs_async:  # on the event loop's thread, whose connection nobody flushes
+            super().finished(job)
+        elif not job.acked:
+            try:  # one round trip: the staged result write goes out just before the ack
+                self.transport.ack([job.delivery])
+            except Exception:
+                logger.exception("could not ack message %s; it will be delivered again",
+                                 job.task_id)
+        else:
+            self.after_acked(job)
+
+    def after_acked(self, job: Job) -> None:
+        self.flush()  # a pool thread: nothing else will carry the result
+
+    def wants_flush(self) -> bool:
+        return self._unflushed and time.monotonic() >= self._retry_at
+
+    def flush(self) -> None:
+        """Send this thread's staged writes; if the broker cannot be reached they stay staged
+        and the idle dispatch loop tries again later."""
+        try:
+            self.wire.flush()
+            self._unflushed = False
+        except Exception:
+            logger.exception("could not store staged task results; trying again in %.0f s",
+                             IDLE_FLUSH_RETRY)
+            self._unflushed = True
+            self._retry_at = time.monotonic() + IDLE_FLUSH_RETRY
+
+
+class InlineSoloSettlement(InlineSettlement):
+    """Solo pool on a shared connection: everything rides with the next task's round trip."""
+
+    checks_revokes_at_start = True
+
+    def before_run(self, job: Job) -> bool:
+        if job.runs_async:
+            return super().before_run(job)
+        consumer = self.consumer
+        refill = consumer.claim_refill()
+        acked: list[list[bool] | None] = []
+        first_ack = not job.late and not job.acked
+        if first_ack:
+            job.acked = True
+        try:
+            if refill:
+                self.wire.fetch_later(consumer.queues, refill, consumer.receive)
+            if first_ack:
+                self.wire.ack_later([job.delivery], on_reply=acked.append)
+            revoked = consumer.revoked_now(job.task_id)
+            self.wire.flush()  # a no-op when the check above carried everything
+            self._unflushed = False
+        except Exception:
+            logger.exception("could not ack or check task %s before it starts", job.task_id)
+            revoked = False
+        finally:
+            if refill:
+                consumer.refill_done()
+        if first_ack and not (acked and acked[0] and acked[0][0]):
+            return consumer.unconfirmed_ack(job, acked[0] if acked else None)
+        if revoked:
+            consumer.drop_revoked(job)
+            return False
+        return True
+
+    def finished(self, job: Job) -> None:
+        if job.runs_async:
+            Settlement.finished(self, job)
+            return
+        if not job.acked:
+            self.wire.ack_later([job.delivery])  # with the next task's round trip, or idle
+        self._unflushed = True
+
+    def after_acked(self, job: Job) -> None:
+        self._unflushed = True  # the result waits for the next round trip, or the idle flush
+
+
+def choose(transport: Any, backend: Any, *, in_process: bool,
+           in_dispatcher: bool) -> type[Settlement]:
+    """The policy for a worker: inline only where tasks run in this process's own threads
+    (``in_process``; ``in_dispatcher``: in the dispatching thread itself, the solo pool) and the
+    broker declares a connection shared with a result store that can stage writes on it."""
+    shared = (isinstance(transport, SharedConnectionSettling)
+              and isinstance(backend, StagedWrites)
+              and transport.shares_connection_with(backend))
+    if not (shared and in_process):
+        return Settlement
+    return InlineSoloSettlement if in_dispatcher else InlineSettlement
