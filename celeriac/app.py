@@ -16,6 +16,8 @@ from . import _context
 from .config import Settings, settings_from_object, validate
 from .exceptions import ImproperlyConfigured
 from .task import Task, _register_shared_with, build_task_class
+from .task import Task as BaseTask  # for annotations in Celery, where ``Task`` is its attribute
+from .utils.forks import PidGuard
 from .utils.sqlite import DEFAULT_SQLITE_URL
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ class Celery:
     def __init__(self, main: str | None = None, broker: str | None = None,
                  backend: str | None = None, *, include: Iterable[str] | None = None,
                  config_source: Any = None, set_as_current: bool = True,
-                 task_cls: type[Task] | str | None = None, autofinalize: bool = True,
+                 task_cls: type[BaseTask] | str | None = None, autofinalize: bool = True,
                  **settings: Any) -> None:
         self.main = main
         self.conf = Settings()
@@ -76,7 +78,10 @@ class Celery:
         self._producer: Producer | None = None
         self._control: Control | None = None
         self._finalized = False
-        self._pid = os.getpid()
+        #: features on the worker's extension points (``celeriac.worker.extensions``), added
+        #: after the built-in ones by every worker this app starts
+        self.worker_extensions: list[Any] = []
+        self._forks = PidGuard()
         self._register_builtins()
         _all_apps.add(self)
         _register_shared_with(self)
@@ -118,7 +123,8 @@ class Celery:
 
             if signals.import_modules.receivers:
                 signals.import_modules.send(sender=self)
-            for module in list(self.conf.get("imports") or ()) + list(self.conf.get("include") or ()):
+            modules = [*(self.conf.get("imports") or ()), *(self.conf.get("include") or ())]
+            for module in modules:
                 importlib.import_module(module)
             self._finalized = True
 
@@ -193,7 +199,7 @@ class Celery:
 
     def _check_fork(self) -> None:
         # Connections must never be shared across fork: a child starts its own.
-        if self._pid != os.getpid():
+        if self._forks.forked():
             self._after_fork()
 
     def _after_fork(self) -> None:
@@ -202,7 +208,7 @@ class Celery:
         _fork_leftovers.extend(x for x in (self._transport, self._backend, self._producer) if x)
         self._transport = self._backend = self._producer = None
         self._lock = threading.RLock()
-        self._pid = os.getpid()
+        self._forks.adopt()
 
     def _reset_connections(self) -> None:
         with self._lock:
@@ -242,8 +248,8 @@ class Celery:
         return decorate
 
     def _task_from_fun(self, fun: Callable[..., Any], *, name: str | None = None,
-                       base: type[Task] | None = None, bind: bool = False,
-                       shared: bool = True, **options: Any) -> Task:
+                       base: type[BaseTask] | None = None, bind: bool = False,
+                       shared: bool = True, **options: Any) -> BaseTask:
         task = build_task_class(fun, self, base=base, bind=bind, name=name, **options)
         existing = self.tasks.get(task.name)
         if existing is not None and getattr(existing, "__wrapped__", None) is fun:
@@ -251,7 +257,7 @@ class Celery:
         self.tasks[task.name] = task
         return task
 
-    def register_task(self, task: Task | type[Task]) -> Task:
+    def register_task(self, task: BaseTask | type[BaseTask]) -> BaseTask:
         """Register a class-based task (``class MyTask(app.Task)``)."""
         if isinstance(task, type):
             task = task()
@@ -299,12 +305,12 @@ class Celery:
     def GroupResult(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
         from .result import GroupResult
 
-        return GroupResult(*args, app=self, **kwargs)
+        return GroupResult(*args, app=self, **kwargs)  # type: ignore[misc]  # args never hold app
 
     def signature(self, *args: Any, **kwargs: Any) -> Any:
         from .canvas import Signature
 
-        return Signature(*args, app=self, **kwargs)
+        return Signature(*args, app=self, **kwargs)  # type: ignore[misc]  # args never hold app
 
     @property
     def oid(self) -> str:

@@ -23,11 +23,13 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .forks import ForkLocal
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ FLUSH_RETRY_DELAYS = (0.1, 0.5, 2.0)
 #: a loopback round trip took 55-75 us blocking and 26-36 us polling (docs/benchmarks.md).
 DEFAULT_BUSY_POLL = 0.0002
 
-Command = tuple  # ("SET", key, value, ...): str, bytes, int or float arguments
+Command = tuple[Any, ...]  # ("SET", key, value, ...): str, bytes, int or float arguments
 
 #: sha1 -> Lua source of every script a wire may have to load again (after SCRIPT FLUSH or a
 #: server restart the server forgets them)
@@ -60,7 +62,7 @@ def script_sha(source: str) -> str:
     return sha
 
 
-def wire_key(pool: Any) -> tuple:
+def wire_key(pool: Any) -> tuple[Any, ...]:
     """What identifies the database a redis-py pool connects to, and how."""
     kwargs = pool.connection_kwargs
     return (pool.connection_class, *(kwargs.get(name) for name in _IDENTITY))
@@ -78,6 +80,13 @@ def connector(pool: Any, **overrides: Any) -> Callable[[], Any]:
         return conn
 
     return connect
+
+
+@runtime_checkable
+class OnRedis(Protocol):
+    """Anything that reaches Redis through a redis-py pool (a broker or a result store)."""
+
+    def redis_pool(self) -> Any: ...
 
 
 def same_wire(first: Any, second: Any) -> bool:
@@ -294,6 +303,8 @@ class Wire:
                 pass
 
 
+_hiredis: Any
+_hiredis_pack: Callable[[Command], bytes] | None
 try:
     import hiredis as _hiredis
     from hiredis import pack_command as _hiredis_pack
@@ -301,7 +312,8 @@ except ImportError:  # pragma: no cover - hiredis comes with the redis extra
     _hiredis = _hiredis_pack = None
     from redis.connection import Encoder, PythonRespSerializer
 
-    _python_pack = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack
+    _encode = Encoder("utf-8", "strict", False).encode  # type: ignore[no-untyped-call]
+    _python_pack: Callable[..., list[bytes]] = PythonRespSerializer(6000, _encode).pack
 #: what our hiredis readers return while a reply is incomplete
 _NOT_ENOUGH_DATA = object()
 #: RESP3 push messages (hiredis 3 and later), which no command of ours asked for
@@ -327,22 +339,19 @@ def _is_noscript(reply: Any) -> bool:
 
 class _ThreadWires(threading.local):
     def __init__(self) -> None:
-        self.wires: dict[tuple, Wire] = {}
+        self.wires: dict[tuple[Any, ...], Wire] = {}
         #: id(pool) -> (pool, its wire): the identity lookup, once per pool and thread
         self.by_pool: dict[int, tuple[Any, Wire]] = {}
 
 
-_local = _ThreadWires()
-_pid = os.getpid()
+#: each process's wires (a forked child starts with none: the parent's sockets are not its own)
+_wires = ForkLocal(_ThreadWires)
 
 
 def wire_for(pool: Any) -> Wire:
     """This thread's wire to the database of ``pool`` (a redis-py ConnectionPool); one per
     database and thread, whoever asks."""
-    global _local, _pid
-    if _pid != os.getpid():  # a forked child: the parent's sockets are not ours
-        _local, _pid = _ThreadWires(), os.getpid()
-    local = _local
+    local = _wires.get()
     known = local.by_pool.get(id(pool))
     if known is not None and known[0] is pool:
         return known[1]
@@ -355,7 +364,7 @@ def wire_for(pool: Any) -> Wire:
 
 
 #: wire key -> the smallest ``busy_poll`` any user of that database asked for
-_busy_polls: dict[tuple, float] = {}
+_busy_polls: dict[tuple[Any, ...], float] = {}
 
 
 def busy_poll_seconds(value: Any) -> float:
@@ -377,15 +386,17 @@ def set_busy_poll(pool: Any, seconds: float) -> None:
     seconds = busy_poll_seconds(seconds)
     key = wire_key(pool)
     _busy_polls[key] = min(seconds, _busy_polls.get(key, seconds))
-    wire = _local.wires.get(key)  # wires of other threads are normally made later
+    local = _wires.existing()
+    wire = local.wires.get(key) if local is not None else None  # other threads' come later
     if wire is not None:
         wire.busy_poll = _busy_polls[key]
 
 
 def flush_thread() -> None:
     """Send every deferred command of this thread, on every wire."""
-    if _pid != os.getpid():
+    local = _wires.existing()
+    if local is None:  # nothing sent from this process yet (or only the parent's wires)
         return
-    for wire in list(_local.wires.values()):
+    for wire in list(local.wires.values()):
         if wire.pending:
             wire.flush()
