@@ -185,7 +185,7 @@ class Producer:
                 transport.publish(items)
                 return
             except (OSError, ConnectionError, TimeoutError,
-                    *getattr(transport, "transient_errors", ())) as exc:
+                    *transport.transient_errors) as exc:
                 if not (self.publish_retry if retry is None else retry):
                     raise
                 if delays is None:

@@ -52,7 +52,7 @@ def _send_or_fail(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", rest: 
     as failed with the reason, so nobody waits for them forever."""
     try:
         _send(app, sig, prefix, ctx, **options)
-    except (*_TRANSIENT, *getattr(app.transport, "transient_errors", ())):
+    except (*_TRANSIENT, *app.transport.transient_errors):
         raise
     except Exception as exc:
         logger.error("Task %s[%s]: could not send %s: %r", ctx.task, ctx.id,

@@ -89,6 +89,10 @@ class DeadLetter:
 class Transport(Protocol):
     """What every broker does. Sync; callers may use threads."""
 
+    #: errors worth retrying a publish for (a connection lost, a database locked); OSError,
+    #: ConnectionError and TimeoutError always are
+    transient_errors: tuple[type[BaseException], ...]
+
     def declare(self, queue: Queue | str) -> None:
         """Make sure ``queue`` exists with its exchange, binding and arguments (a bare name is
         ``Queue(name)``). Where queues need no declaration this records the binding or does

@@ -149,6 +149,9 @@ class MemoryTransport:
     see its docstring.
     """
 
+    #: nothing in process memory fails transiently
+    transient_errors: tuple[type[BaseException], ...] = ()
+
     def __init__(self, name: str | None = None, *, visibility_timeout: float = 3600.0,
                  **options: Any) -> None:
         self.name = name
