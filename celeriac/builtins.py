@@ -1,7 +1,8 @@
 """Built-in tasks every app registers, under Celery's names so Celery clients can call them.
 
 Layer: core. ``celery.map`` / ``celery.starmap`` run one task over many items in a single message
-(what ``task.map``/``task.starmap``/``task.chunks`` send).
+(what ``task.map``/``task.starmap``/``task.chunks`` send). ``celery.ping`` answers "pong": the
+in-process test worker (``celeriac.testing.start_worker``) sends it to know it is consuming.
 """
 
 from __future__ import annotations
@@ -25,5 +26,9 @@ def register_builtins(app: "Celery") -> None:
         fun = _resolve(task)
         return [fun(*item) for item in it]
 
+    def ping() -> str:
+        return "pong"
+
     app._task_from_fun(xmap, name="celery.map", shared=False, typing=False)
     app._task_from_fun(xstarmap, name="celery.starmap", shared=False, typing=False)
+    app._task_from_fun(ping, name="celery.ping", shared=False, typing=False)
