@@ -13,6 +13,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.waiting import wait_for
+
 # The conformance suites live in the package (reusable for every transport/store): rewrite their
 # asserts so failures show values. Must run before anything imports celeriac.testing.
 pytest.register_assert_rewrite("celeriac.testing")
@@ -44,22 +46,19 @@ class WorkerProcess:
         return self.logfile.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if " ready." in self.log():
-                return
+                return True
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log()}")
+            return False
+
+        wait_for(ready, timeout, interval=0.05,
+                 message=lambda: f"worker not ready after {timeout}s:\n{self.log()}")
 
     def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in worker log after {timeout}s:\n{self.log()}")
+        wait_for(lambda: text in self.log(), timeout, interval=0.05,
+                 message=lambda: f"{text!r} not in worker log after {timeout}s:\n{self.log()}")
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
@@ -138,7 +137,8 @@ def redis_prefix() -> str:
 
 
 @contextlib.contextmanager
-def private_redis_db(redis_server: str, dbs: tuple[int, ...], timeout: float = 120.0) -> Iterator[str]:
+def private_redis_db(redis_server: str, dbs: tuple[int, ...],
+                     timeout: float = 120.0) -> Iterator[str]:
     """``redis://.../<db>`` for one of ``dbs`` that no other test holds, flushed before and after.
 
     A lock file per database keeps concurrent pytest runs on one machine apart (a FLUSHDB or a

@@ -20,6 +20,7 @@ from celeriac.backends.memory import MemoryBackend
 from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.testing.backend_suite import BackendContract, MakeBackend, SharedBackendContract
+from tests.waiting import wait_for
 
 
 class TestMemoryBackend(BackendContract):
@@ -176,9 +177,8 @@ def test_sqlite_closes_every_threads_connection(db: Path) -> None:
     for thread in threads:
         thread.start()
     backend.get_value("k")
-    deadline = time.monotonic() + 10
-    while len(backend._handles) < 4 and time.monotonic() < deadline:  # noqa: SLF001
-        time.sleep(0.005)
+    wait_for(lambda: len(backend._handles) >= 4, 10, interval=0.005,  # noqa: SLF001
+             message=lambda: f"{len(backend._handles)} connection(s) open")  # noqa: SLF001
     conns = [handle.conn for handle in backend._handles]  # noqa: SLF001
     backend.close()
     release.set()

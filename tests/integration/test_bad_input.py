@@ -1,4 +1,5 @@
-"""Bad input reaches a real worker: a clear log line, nothing dropped, the dead-letter store and CLI."""
+"""Bad input reaches a real worker: a clear log line, nothing dropped, the dead-letter store and
+CLI."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_bad_messages_are_dead_lettered_and_good_ones_still_run(start_worker, ap
     tripwire = tmp_path / "unpickled"
     pickle_body = pickle.dumps(_Tripwire(str(tripwire)))
     bad = {
-        "malformed": Message(body=b'[[1, 2], {"x": ', headers=_headers(add.name, str(uuid.uuid4()))),
+        "malformed": Message(body=b'[[1, 2], {"x": ',
+                             headers=_headers(add.name, str(uuid.uuid4()))),
         "pickle": Message(body=pickle_body, content_type="application/x-python-serialize",
                           content_encoding="binary", headers=_headers(add.name, str(uuid.uuid4()))),
         "no_task_header": Message(body=b"[[], {}, {}]", headers={"id": str(uuid.uuid4())}),

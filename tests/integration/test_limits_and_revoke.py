@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from celeriac import states
 from celeriac.exceptions import TaskRevokedError, TimeLimitExceeded
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -24,12 +23,8 @@ def tasks(sqlite_url, monkeypatch):
 
 
 def _wait_for_file(path, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{path} was never written")
+    wait_for(lambda: path.exists() and path.read_text().strip(), timeout, interval=0.02,
+             message=f"{path} was never written")
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_worker_faults import Ledger
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +39,14 @@ class PrivateRedis:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
              str(self.directory), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def up() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.05)
-        raise AssertionError("private redis-server did not start")
+                return False
+
+        wait_for(up, 10, interval=0.05, message="private redis-server did not start")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +20,7 @@ import redis
 from celeriac import Celery
 from tests.conftest import WorkerProcess, private_redis_db, require_redis
 from tests.integration.test_redis_restart import _free_port
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,10 +54,9 @@ def test_results_in_another_database_are_stored_by_every_pool(split_urls, tmp_pa
         late = [fault_tasks.late_work.delay(str(ledger), n) for n in range(20, 40)]
         assert [r.get(timeout=20) for r in early + late] == list(range(40)), worker.log()
         with redis.Redis.from_url(broker) as queue:
-            deadline = time.monotonic() + 5
-            while queue.hlen("unacked"):  # every message acked, after its result
-                assert time.monotonic() < deadline, queue.hgetall("unacked")
-                time.sleep(0.05)
+            # every message acked, after its result
+            wait_for(lambda: not queue.hlen("unacked"), 5, interval=0.05,
+                     message=lambda: repr(queue.hgetall("unacked")))
     finally:
         worker.stop()
         app.close()
@@ -77,14 +76,14 @@ def full_redis(tmp_path: Path) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def up() -> bool:
             try:
-                redis.Redis.from_url(url).ping()
-                break
+                with redis.Redis.from_url(url) as client:
+                    return bool(client.ping())
             except redis.ConnectionError:
-                assert time.monotonic() < deadline, "the private redis-server did not start"
-                time.sleep(0.05)
+                return False
+
+        wait_for(up, 10, interval=0.05, message="the private redis-server did not start")
         yield url
     finally:
         proc.kill()

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +18,7 @@ import pytest
 
 from celeriac import Celery
 from tests.conftest import WorkerProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,11 +71,14 @@ class TlsRedis:
              "--unixsocket", str(self.socket), "--unixsocketperm", "700",
              "--dir", str(directory), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not self.socket.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError("the private TLS redis-server did not start")
-            time.sleep(0.05)
+        def up() -> bool:
+            if self.socket.exists():
+                return True
+            if self.proc.poll() is not None:
+                raise AssertionError("the private TLS redis-server did not start (it exited)")
+            return False
+
+        wait_for(up, 10, interval=0.05, message="the private TLS redis-server did not start")
 
     def tls_url(self, ca: Path | None = None) -> str:
         return (f"rediss://127.0.0.1:{self.tls_port}/0?ssl_cert_reqs=required"
@@ -97,8 +100,8 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
 
 def _round_trip(url: str, tmp_path: Path, *worker_args: str) -> None:
     """A worker and a client on ``url`` (broker and results): a value and a chord come back."""
-    from tests.integration import canvas_tasks
     from celeriac import chord
+    from tests.integration import canvas_tasks
 
     app = canvas_tasks.app
     app.conf.update(broker_url=url, result_backend=url)

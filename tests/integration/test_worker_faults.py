@@ -20,7 +20,8 @@ import pytest
 
 from celeriac import states
 from celeriac.exceptions import WorkerLostError
-from tests.integration.test_worker_redis import private_db
+from tests.integration.test_worker_roundtrip import private_db
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,13 +91,11 @@ class Ledger:
 
     def wait(self, predicate: Callable[[Ledger], bool], timeout: float, what: str) -> float:
         """Poll until ``predicate(self)``; returns the monotonic time it became true."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return time.monotonic()
-            time.sleep(0.02)
-        raise AssertionError(f"ledger: {what} not seen within {timeout}s:\n{self.path.read_text()}"
-                             if self.path.exists() else f"ledger: {what}; ledger is empty")
+        wait_for(lambda: predicate(self), timeout, interval=0.02,
+                 message=lambda: (f"ledger: {what} not seen within {timeout}s:\n"
+                                  f"{self.path.read_text()}" if self.path.exists()
+                                  else f"ledger: {what}; ledger is empty"))
+        return time.monotonic()
 
 
 @pytest.fixture
@@ -321,11 +320,17 @@ def test_long_healthy_task_is_never_redelivered(tasks, spawn, ledger):
     two = spawn("-c", "1", vt=1, name="two")
     result = tasks.work.delay(str(ledger), 5, 3.5)
     assert result.get(timeout=20) == 5 and result.state == states.SUCCESS
-    time.sleep(0.5)  # a redelivery racing the ack would show up as a second start by now
+    assert one.proc.poll() is None and two.proc.poll() is None
+    # No fixed wait for a redelivery racing the ack: a warm shutdown runs every task a worker has
+    # started to its end and gives back every one it holds unstarted, so once both have exited
+    # the ledger shows every run there will be, and the broker any copy that did not run.
+    for w in (one, two):
+        code = w.stop()
+        assert code == 0, (code, ledger.entries(), w.log())
+    assert tasks.app.transport.qsize("celery") == 0, "a copy of the task is still on the broker"
     runs = ledger.of("start", 5)
     assert len(runs) == 1, runs
     assert len(ledger.of("end", 5)) == 1
-    assert one.proc.poll() is None and two.proc.poll() is None
     assert sum(f"[{result.id}] received" in w.log() for w in (one, two)) == 1
 
 
@@ -342,13 +347,18 @@ def test_early_ack_crash_loses_only_the_running_task(tasks, spawn, ledger):
     first.kill()
     killed = time.monotonic()
 
-    spawn("-c", "2", vt=vt, name="second")  # a free slot for the long task, if it came back
+    # a free slot for the long task, if it came back
+    second = spawn("-c", "2", vt=vt, name="second")
     done = ledger.wait(lambda lg: lg.ended() >= set(range(1, 6)), vt + 10, "prefetched tasks run")
     assert done - killed <= vt + 10
     assert [r.get(timeout=5) for r in waiting] == list(range(1, 6))
     for n in range(1, 6):
         assert [e.worker for e in ledger.of("start", n)] == ["second"]
-    time.sleep(0.5)
+    # No fixed wait for the lost task to come back: once the second worker has shut down warm
+    # (what it started runs to its end, what it holds unstarted goes back), the ledger holds
+    # every run it made, and the broker every message it did not run.
+    code = second.stop()
+    assert code == 0, (code, ledger.entries(), second.log())
     # The running task was acked when it started, so the crash lost exactly that one.
     assert [e.worker for e in ledger.of("start", 0)] == ["first"]
     assert not ledger.of("end", 0)

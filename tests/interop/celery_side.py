@@ -1,9 +1,10 @@
 """The real-Celery half of the interop tests: an app module for ``celery worker`` and a tiny client.
 
 Layer: test support. Imports ``celery`` (never celeriac). The broker/backend URL comes from
-``INTEROP_REDIS_URL`` so each test can use its own Redis DB. Run as a module, it is a one-shot Celery
-client that prints one JSON line (``python -m tests.interop.celery_side <scenario> <queue>``), so
-Celery's own ``AsyncResult.get()`` is what reads the results.
+``INTEROP_REDIS_URL`` so each test can use its own Redis DB. Run as a module, it is a one-shot
+Celery client that prints one JSON line
+(``python -m tests.interop.celery_side <scenario> <queue>``), so Celery's own
+``AsyncResult.get()`` is what reads the results.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def scenario_basic(queue: str) -> dict[str, Any]:
     out["chain_last"] = last.get(timeout=TIMEOUT)
     out["chain_middle"] = last.parent.get(timeout=TIMEOUT)
     try:
-        app.send_task("interop.fail", ("boom from celery client",), queue=queue).get(timeout=TIMEOUT)
+        app.send_task("interop.fail", ("boom from celery client",),
+                      queue=queue).get(timeout=TIMEOUT)
         out["fail"] = None
     except Exception as exc:  # what Celery rebuilt from the stored meta
         out["fail"] = _describe_exception(exc)
@@ -101,8 +103,9 @@ def scenario_canvas(queue: str) -> dict[str, Any]:
     return out
 
 
-SCENARIOS = {"canvas": scenario_canvas, "basic": scenario_basic, "whoami_chain": scenario_whoami_chain,
-             "whoami": scenario_whoami, "countdown": scenario_countdown}
+SCENARIOS = {"canvas": scenario_canvas, "basic": scenario_basic,
+             "whoami_chain": scenario_whoami_chain, "whoami": scenario_whoami,
+             "countdown": scenario_countdown}
 
 
 def main(argv: list[str]) -> None:

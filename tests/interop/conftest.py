@@ -1,4 +1,5 @@
-"""Fixtures for live Celery <-> celeriac runs: a private Redis DB, queue names, both workers, clients."""
+"""Fixtures for live Celery <-> celeriac runs: a private Redis DB, queue names, both workers,
+clients."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class CeleryWorkerProcess(WorkerProcess):
 
 @pytest.fixture
 def interop_url(redis_server: str) -> Iterator[str]:
-    """``redis://.../<db>`` for a DB in 12-15 that this test alone uses, flushed before and after."""
+    """``redis://.../<db>`` for a DB in 12-15 that this test alone uses, flushed before and
+    after."""
     with private_redis_db(redis_server, INTEROP_DBS) as url:
         yield url
 

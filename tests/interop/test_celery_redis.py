@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import redis
 
+from tests.waiting import wait_for
+
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
 
 TIMEOUT = 20.0
@@ -37,7 +39,7 @@ def _assert_chain_lineage(steps: list[dict[str, Any]], ids: list[str], impl: str
     assert [s["parent_id"] for s in steps] == [None, *ids[:-1]]
 
 
-# ---- (a) Celery client -> celeriac worker ----------------------------------------------------------
+# ---- (a) Celery client -> celeriac worker --------------------------------------------------------
 def test_celery_client_gets_values_and_exception_from_celeriac_worker(workers, celery_client,
                                                                       queue_name):
     worker = workers("celeriac", queue_name)
@@ -49,7 +51,7 @@ def test_celery_client_gets_values_and_exception_from_celeriac_worker(workers, c
                            "args": ["boom from celery client"]}, worker.log()
 
 
-# ---- (b) celeriac client -> Celery worker ----------------------------------------------------------
+# ---- (b) celeriac client -> Celery worker --------------------------------------------------------
 def test_celeriac_client_gets_values_and_exception_from_celery_worker(workers, celeriac_client,
                                                                       queue_name):
     worker = workers("celery", queue_name)
@@ -68,7 +70,7 @@ def test_celeriac_client_gets_values_and_exception_from_celery_worker(workers, c
     assert "boom from celeriac client" in (failing.traceback or ""), worker.log()
 
 
-# ---- (c) request fields: id / root_id / parent_id along a chain -----------------------------------
+# ---- (c) request fields: id / root_id / parent_id along a chain ---------------------------------
 def test_celeriac_worker_sees_celery_chain_lineage(workers, celery_client, queue_name):
     worker = workers("celeriac", queue_name)
     out = celery_client("whoami_chain", queue_name)
@@ -85,7 +87,7 @@ def test_celery_worker_sees_celeriac_chain_lineage(workers, celeriac_client, que
     assert steps[0]["hostname"].startswith("celery-interop@"), worker.log()
 
 
-# ---- (d) both workers on one Redis DB, each on its own queue --------------------------------------
+# ---- (d) both workers on one Redis DB, each on its own queue ------------------------------------
 def test_celery_and_celeriac_workers_share_a_db_without_crosstalk(workers, celeriac_client,
                                                                   interop_url):
     queues = {"celery": f"interop-{uuid.uuid4().hex[:8]}",
@@ -105,10 +107,8 @@ def _assert_all_acked(url: str, queues: list[str]) -> None:
     """Both sides acked in kombu's shared ``unacked`` bookkeeping and left nothing queued."""
     client = redis.Redis.from_url(url)
     try:
-        deadline = time.monotonic() + 5
-        while client.hlen("unacked") or client.zcard("unacked_index"):
-            assert time.monotonic() < deadline, client.hgetall("unacked")
-            time.sleep(0.05)
+        wait_for(lambda: not (client.hlen("unacked") or client.zcard("unacked_index")), 5,
+                 interval=0.05, message=lambda: repr(client.hgetall("unacked")))
         assert [client.llen(q) for q in queues] == [0, 0]
     finally:
         client.close()
@@ -134,7 +134,7 @@ def test_celeriac_countdown_runs_on_celery_worker_after_one_second(workers, cele
     assert ran["at"] - sent_at >= 0.999
 
 
-# ---- (g) canvases: built by one side, run by the other --------------------------------------------
+# ---- (g) canvases: built by one side, run by the other ------------------------------------------
 CANVAS_RESULTS = {
     "group": [1, 2, 3],
     "chord": [0, 2, 4, 6],

@@ -1,4 +1,5 @@
-"""The app and task API on the in-memory broker, with an in-process worker where a worker is needed."""
+"""The app and task API on the in-memory broker, with an in-process worker where a worker is
+needed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import celeriac
 from celeriac import Celery, shared_task, states
 from celeriac.exceptions import ImproperlyConfigured, NotRegistered
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -210,9 +212,8 @@ def test_ignore_result_precedence(app):
         assert stored_by_call.get(timeout=10) == 1  # the call's choice beats both
         by_name = app.send_task(follows_setting.name)  # no header: follows the setting
         ignored = follows_setting.delay()
-        deadline = time.monotonic() + 10
-        while ran.count("setting") < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: ran.count("setting") >= 3, 10,
+                 message=lambda: f"ran: {ran}")
     assert ran.count("setting") == 3
     assert by_name.state == states.PENDING and ignored.state == states.PENDING
 
