@@ -64,7 +64,8 @@ def _name(func: tuple[str, int, str]) -> str:
     if filename == "~":  # a built-in: cProfile names it "<built-in method ...>"
         return name
     parts = Path(filename).parts
-    short = "/".join(parts[parts.index("celeriac"):]) if "celeriac" in parts else Path(filename).name
+    short = ("/".join(parts[parts.index("celeriac"):]) if "celeriac" in parts
+             else Path(filename).name)
     return f"{short}:{line}({name})"
 
 
@@ -89,7 +90,8 @@ def top_table(stats: pstats.Stats, key: str, tasks: int, limit: int) -> str:
               f"{'cum s':>8} {'cum us/task':>11}  function")]
     for _, func, ncalls, tottime, cumtime in rows[:limit]:
         lines.append(f"{ncalls:>9} {ncalls / tasks:>10.2f} {tottime:>8.3f} "
-                     f"{tottime / tasks * 1e6:>11.1f} {cumtime:>8.3f} {cumtime / tasks * 1e6:>11.1f}"
+                     f"{tottime / tasks * 1e6:>11.1f} {cumtime:>8.3f} "
+                     f"{cumtime / tasks * 1e6:>11.1f}"
                      f"  {_name(func)}")
     return "\n".join(lines)
 

@@ -165,7 +165,8 @@ class WorkerProcess:
         return float(self.ready_file.read_text())
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        """Warm shutdown (SIGTERM to the main process), then SIGKILL whatever is left in the group."""
+        """Warm shutdown (SIGTERM to the main process), then SIGKILL whatever is left in the
+        group."""
         proc = self.proc
         if proc is None:
             return None

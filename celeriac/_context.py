@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 current_app_var: ContextVar["Celery | None"] = ContextVar("celeriac_current_app", default=None)
 
 #: The request of the task executing in this context, or None outside a task.
-current_request_var: ContextVar["Context | None"] = ContextVar("celeriac_current_request", default=None)
+current_request_var: ContextVar["Context | None"] = ContextVar("celeriac_current_request",
+                                                               default=None)
 
 #: The Task object executing in this context.
 current_task_var: ContextVar[Any] = ContextVar("celeriac_current_task", default=None)

@@ -285,7 +285,8 @@ class Settings(MutableMapping):
         else:
             self._set(name, value, stacklevel=2)
 
-    def update(self, mapping: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+    def update(self,  # type: ignore[override]  # one signature for dict's three overloads
+               mapping: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
                /, **kwargs: Any) -> None:
         items = mapping.items() if isinstance(mapping, Mapping) else (mapping or ())
         for key, value in items:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 def _resolve_app(app: "Celery | None") -> "Celery":
     app = app or _context.get_current_app()
     if app is None:
-        raise ImproperlyConfigured("AsyncResult needs an app: pass app= or create a Celery app first")
+        raise ImproperlyConfigured(
+            "AsyncResult needs an app: pass app= or create a Celery app first")
     return app
 
 
@@ -221,27 +222,27 @@ class EagerResult(AsyncResult):
         self._cache = None
 
     @property
-    def state(self) -> str:  # type: ignore[override]
+    def state(self) -> str:
         return self._state
 
     status = state
 
     @property
-    def info(self) -> Any:  # type: ignore[override]
+    def info(self) -> Any:
         return self._result
 
     result = info
 
     @property
-    def traceback(self) -> str | None:  # type: ignore[override]
+    def traceback(self) -> str | None:
         return self._traceback
 
     @property
-    def children(self) -> list[AsyncResult]:  # type: ignore[override]
+    def children(self) -> list[AsyncResult]:
         return []
 
     @property
-    def date_done(self) -> None:  # type: ignore[override]
+    def date_done(self) -> None:
         return None
 
     def get(self, timeout: float | None = None, propagate: bool = True,  # type: ignore[override]
@@ -252,7 +253,7 @@ class EagerResult(AsyncResult):
             raise self._result
         return self._result
 
-    wait = get
+    wait = get  # type: ignore[assignment]  # the same narrower signature as get
 
     def forget(self) -> None:
         pass
@@ -439,8 +440,9 @@ class ResultSet:
         """Yield values as results finish (completion order, not call order)."""
         pending: dict[str, AsyncResult] = {}
         for leaf in self._leaves():
-            if leaf._known_meta() is not None:
-                yield leaf._value_from(leaf._known_meta(), propagate)
+            meta = leaf._known_meta()
+            if meta is not None:
+                yield leaf._value_from(meta, propagate)
             else:
                 pending[leaf.id] = leaf
         if not pending:
@@ -494,11 +496,16 @@ class GroupResult(ResultSet):
         return [[self.id, parent], [r.as_tuple() for r in self.results]]
 
     def save(self, backend: "ResultBackend | None" = None) -> "GroupResult":
-        (backend or self.app.backend).save_group(self.id, self.as_tuple())
+        (backend or self.app.backend).save_group(self._stored_id(), self.as_tuple())
         return self
 
     def delete(self, backend: "ResultBackend | None" = None) -> None:
-        (backend or self.app.backend).delete_group(self.id)
+        (backend or self.app.backend).delete_group(self._stored_id())
+
+    def _stored_id(self) -> str:
+        if self.id is None:
+            raise ValueError("a GroupResult without an id cannot be saved or deleted")
+        return self.id
 
     @classmethod
     def restore(cls, id: str, backend: "ResultBackend | None" = None,  # noqa: A002
@@ -521,7 +528,7 @@ class GroupResult(ResultSet):
             return other == self.id
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __reduce__(self) -> Any:
         return (_rebuild_group_result, (type(self), self.id, self.results, self.parent))

@@ -109,7 +109,7 @@ class Signal:
 
         try:
             if getattr(receiver, "__self__", None) is not None and hasattr(receiver, "__func__"):
-                return weakref.WeakMethod(receiver, on_collected)  # type: ignore[arg-type]
+                return weakref.WeakMethod(receiver, on_collected)
             return weakref.ref(receiver, on_collected)
         except TypeError:  # not weak-referenceable (a builtin): keep it strongly
             return lambda: receiver

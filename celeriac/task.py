@@ -165,7 +165,8 @@ class Task(Generic[P, R]):
         """Send the task (or run it eagerly when ``task_always_eager`` is set)."""
         app = self._get_app()
         if app.conf.task_always_eager:
-            return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
+            return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error,
+                              **options)
         if self.typing:
             self._check_arguments(args or (), kwargs or {})
         return app.send_task(self.name, args, kwargs, task_id=task_id, link=link,
@@ -174,7 +175,8 @@ class Task(Generic[P, R]):
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               task_id: str | None = None, link: Any = None, link_error: Any = None,
               throw: bool | None = None, retries: int = 0, **options: Any) -> "EagerResult":
-        """Run the task here and now, the way a worker would (retries, callbacks), returning its result."""
+        """Run the task here and now, the way a worker would (retries, callbacks), returning its
+        result."""
         from .worker.executor import apply_eagerly
 
         return apply_eagerly(self, tuple(args or ()), dict(kwargs or {}), task_id=task_id,
@@ -216,7 +218,8 @@ class Task(Generic[P, R]):
             if exc is not None:
                 raise exc
             raise MaxRetriesExceededError(
-                f"Can't retry {self.name}[{request.id}] args:{request.args} kwargs:{request.kwargs}",
+                f"Can't retry {self.name}[{request.id}] "
+                f"args:{request.args} kwargs:{request.kwargs}",
                 task_args=request.args, task_kwargs=request.kwargs)
         if eta is None and countdown is None:
             countdown = self.default_retry_delay
@@ -237,7 +240,8 @@ class Task(Generic[P, R]):
         }
 
     def retry_countdown(self, retries: int) -> float:
-        """Delay before autoretry number ``retries + 1`` (exponential backoff with optional jitter)."""
+        """Delay before autoretry number ``retries + 1`` (exponential backoff with optional
+        jitter)."""
         if not self.retry_backoff:
             return float(self.retry_kwargs.get("countdown", self.default_retry_delay))
         factor = 1 if self.retry_backoff is True else float(self.retry_backoff)
@@ -257,7 +261,8 @@ class Task(Generic[P, R]):
         task_id = task_id or self.request.id
         if task_id is None:
             raise ValueError("update_state needs a task_id outside a running task")
-        self._get_app().backend.store_result(task_id, meta, state or "PENDING", request=self.request)
+        self._get_app().backend.store_result(task_id, meta, state or "PENDING",
+                                             request=self.request)
 
     def signature(self, args: Iterable[Any] | None = None, kwargs: dict | None = None,
                   options: dict | None = None, **extra: Any) -> "Signature":

@@ -54,7 +54,8 @@ _stand_ins_lock = threading.Lock()
 
 
 def build_meta(task_id: str, state: str, result: Any, *, traceback: str | None = None,
-               request: Any = None, children: list | None = None, extended: bool = False) -> dict:
+               request: Any = None, children: list[Any] | None = None,
+               extended: bool = False) -> dict[str, Any]:
     """The ``celery-task-meta-<id>`` document, keys in Celery's order (readers must not rely on
     order, but byte-identical documents make captures diffable)."""
     meta: dict[str, Any] = {
@@ -87,13 +88,13 @@ def build_meta(task_id: str, state: str, result: Any, *, traceback: str | None =
     return meta
 
 
-def pending_meta(task_id: str) -> dict:
+def pending_meta(task_id: str) -> dict[str, Any]:
     """What a missing key means: Celery never stores PENDING."""
     return {"status": states.PENDING, "result": None, "traceback": None, "children": [],
             "date_done": None, "task_id": task_id}
 
 
-def exception_to_dict(exc: BaseException | Mapping[str, Any]) -> dict:
+def exception_to_dict(exc: BaseException | Mapping[str, Any]) -> dict[str, Any]:
     """Celery's exception map. Arguments the JSON serializer could not carry become their repr,
     so storing a failure can never fail because of what the exception holds."""
     if isinstance(exc, Mapping):
@@ -135,7 +136,9 @@ def exception_from_dict(data: Any) -> BaseException:
         return _exc_module.SecurityError(
             f"refusing to rebuild {exc_module}.{exc_type}: it is not an exception class")
     try:
-        return cls(*message) if isinstance(message, (list, tuple)) else cls(message)
+        rebuilt: BaseException = (cls(*message) if isinstance(message, (list, tuple))
+                                   else cls(message))
+        return rebuilt
     except Exception:  # noqa: BLE001 - a constructor that does not take its own args
         fallback = _stand_in(exc_type, exc_module)
         return fallback(*message) if isinstance(message, (list, tuple)) else fallback(message)

@@ -55,7 +55,7 @@ _CLEANUP_SHA = redis_wire.script_sha(_CLEANUP)
 
 def part_return_command(keys: dict[str, str], task_id: str, group_index: int | None,
                         entry: bytes, *, expires: float, claim_token: str,
-                        claim_ttl: float) -> tuple:
+                        claim_ttl: float) -> tuple[Any, ...]:
     member, _ = join_member(task_id, group_index)
     score = "+inf" if group_index is None else str(int(group_index))
     return ("EVALSHA", _PART_RETURN_SHA, 5, keys[".j"], keys[".t"], keys[".s"], keys[".d"],

@@ -12,6 +12,6 @@ from .primitives import chain, chord, group
 from .signature import Signature, maybe_signature, result_from_tuple, signature, subtask
 
 __all__ = [
-    "Signature", "TaskSet", "chain", "chord", "chunks", "group", "maybe_signature", "result_from_tuple",
-    "signature", "subtask", "xmap", "xstarmap",
+    "Signature", "TaskSet", "chain", "chord", "chunks", "group", "maybe_signature",
+    "result_from_tuple", "signature", "subtask", "xmap", "xstarmap",
 ]

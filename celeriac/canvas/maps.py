@@ -99,4 +99,5 @@ class chunks(Signature):
         return group([xstarmap(task, part, app=self._app) for part in parts], app=self._app)
 
     def __repr__(self) -> str:
-        return f"{self.kwargs['task'].task}.chunks({len(self.kwargs['it'])} items, n={self.kwargs['n']})"
+        kwargs = self.kwargs
+        return f"{kwargs['task'].task}.chunks({len(kwargs['it'])} items, n={kwargs['n']})"

@@ -13,7 +13,7 @@ is sent, so the results handed back are valid at once.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, cast
 
 from .. import _context
 from ..task import Task
@@ -432,7 +432,8 @@ class chord(Signature):
                  app: "Celery | None" = None, **options: Any) -> None:
         fields = dict(kwargs) if kwargs else {"kwargs": {}}
         header_sig = header if isinstance(header, group) else (
-            maybe_signature(header, app=app) if isinstance(header, dict) else group(header, app=app))
+            maybe_signature(header, app=app) if isinstance(header, dict)
+            else group(header, app=app))
         if not isinstance(header_sig, group):  # a single task, or a chain, as the whole header
             header_sig = group([header_sig], app=app)
         fields.update(header=header_sig, body=maybe_signature(body, app=app))
@@ -454,7 +455,8 @@ class chord(Signature):
     header = tasks
 
     @property
-    def body(self) -> Signature | None:
+    def body(self) -> Any:
+        """The body Signature (None until one is given, as in ``chord(header)(body)``)."""
         return self.kwargs.get("body")
 
     @body.setter
@@ -468,7 +470,7 @@ class chord(Signature):
         if isinstance(other, group) and len(other.tasks) == 1:
             other = other.unroll_single()
         if isinstance(other, Signature) and not isinstance(other, (group, chain)):
-            new = self.clone()
+            new = cast(chord, self.clone())  # a chord's clone is a chord
             new.body = new.body | other
             return new
         return Signature.__or__(self, other)

@@ -306,7 +306,8 @@ class Signature(dict):
                                **message_options(merged_options, _EAGER_DROP))
 
     def __repr__(self) -> str:
-        args = ", ".join([repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()])
+        args = ", ".join([repr(a) for a in self.args]
+                         + [f"{k}={v!r}" for k, v in self.kwargs.items()])
         return f"{self.task}({args}){'!' if self.immutable else ''}"
 
     def __reduce__(self) -> Any:
@@ -328,7 +329,7 @@ def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
         if isinstance(varies, Signature):
             return varies.clone() if app is None else Signature.from_dict(dict(varies), app=app)
         return Signature.from_dict(varies, app=app)
-    return Signature(varies, *args, app=app, **kwargs)
+    return Signature(varies, *args, app=app, **kwargs)  # type: ignore[misc]  # args never hold app
 
 
 subtask = signature
@@ -357,5 +358,6 @@ def result_from_tuple(value: Any, app: "Celery | None" = None) -> Any:
     (ident, parent_tuple), nodes = value
     parent = result_from_tuple(parent_tuple, app) if parent_tuple else None
     if nodes is not None:
-        return GroupResult(ident, [result_from_tuple(n, app) for n in nodes], parent=parent, app=app)
+        return GroupResult(ident, [result_from_tuple(n, app) for n in nodes], parent=parent,
+                           app=app)
     return AsyncResult(ident, app=app, parent=parent)

@@ -1,4 +1,5 @@
-"""``celeriac demo``: a worker plus a visible workload on the embedded SQLite broker, in one command.
+"""``celeriac demo``: a worker plus a visible workload on the embedded SQLite broker, in one
+command.
 
 Layer: cli. Starts a real worker subprocess (prefork pool), sends thousands of tasks in batches,
 draws a progress bar from the result store, and prints throughput and failures. Exit code 0 only
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import click
 
@@ -56,7 +58,8 @@ def run_demo(count: int = 5000, concurrency: int | None = None, url: str | None 
 
 def _workload(app, add, checked_div, flaky, count: int, worker: subprocess.Popen) -> int:
     failing_every, retrying_every = 100, 250
-    calls, expected = [], {}
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = []
+    expected: dict[int, int | None] = {}
     for i in range(count):
         if i % failing_every == 0:
             calls.append((checked_div.name, (i, 0), {}, {}))

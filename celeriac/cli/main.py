@@ -64,7 +64,8 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
 @click.option("-l", "--loglevel", default="WARNING", show_default=True, help="Logging level.")
 @click.option("-c", "--concurrency", type=int, default=None,
               help="Pool size (default: number of CPUs; 100 for asyncio).")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "processes", "threads", "solo", "asyncio"]),
+@click.option("-P", "--pool",
+              type=click.Choice(["prefork", "processes", "threads", "solo", "asyncio"]),
               default=None, help="Execution pool (default prefork).")
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues to consume.")
 @click.option("-n", "--hostname", default=None, help="Node name, e.g. name@%h.")
@@ -118,10 +119,10 @@ def dlq_list(obj: AppHolder, limit: int) -> None:
         click.echo("The dead-letter store is empty.")
         return
     for letter in letters:
-        when = dt.datetime.fromtimestamp(letter.created_at, dt.timezone.utc).isoformat(timespec="seconds")
-        click.echo(f"{letter.id}  {when}  queue={letter.queue}  "
-                   f"task={letter.message.headers.get('task')}  id={letter.message.headers.get('id')}"
-                   f"  reason: {letter.reason}")
+        when = dt.datetime.fromtimestamp(letter.created_at, dt.timezone.utc)
+        headers = letter.message.headers
+        click.echo(f"{letter.id}  {when.isoformat(timespec='seconds')}  queue={letter.queue}  "
+                   f"task={headers.get('task')}  id={headers.get('id')}  reason: {letter.reason}")
 
 
 @dlq.command("show")
@@ -175,7 +176,8 @@ def dlq_purge(obj: AppHolder, force: bool) -> None:
 
 
 @cli.command()
-@click.option("-Q", "--queues", default=None, help="Comma-separated queues (default: the default queue).")
+@click.option("-Q", "--queues", default=None,
+              help="Comma-separated queues (default: the default queue).")
 @click.option("-f", "--force", is_flag=True, help="Don't ask for confirmation.")
 @click.pass_obj
 def purge(obj: AppHolder, queues: str | None, force: bool) -> None:

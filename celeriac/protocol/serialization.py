@@ -87,7 +87,7 @@ _UNTAG: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _untag(obj: dict) -> Any:
+def _untag(obj: dict[str, Any]) -> Any:
     """``object_hook``: turn a tagged map back into its value; anything else passes through."""
     if len(obj) == 2 and "__type__" in obj and "__value__" in obj:
         revive = _UNTAG.get(obj["__type__"])
@@ -138,7 +138,8 @@ def _msgpack_dumps(obj: Any) -> bytes:
     msgpack = _require("msgpack", "msgpack")
     # kombu packs with use_bin_type=True; values msgpack lacks (datetime, Decimal, UUID...) are
     # sent as the same tagged maps as in JSON, since kombu's msgpack has no convention of its own.
-    return msgpack.packb(obj, use_bin_type=True, default=_tag)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True, default=_tag)
+    return packed
 
 
 def _msgpack_loads(data: bytes | str, encoding: str) -> Any:
@@ -151,7 +152,8 @@ def _msgpack_loads(data: bytes | str, encoding: str) -> Any:
 
 
 def _yaml_dumps(obj: Any) -> bytes:
-    return _require("yaml", "yaml").safe_dump(obj).encode("utf-8")
+    text: str = _require("yaml", "yaml").safe_dump(obj)
+    return text.encode("utf-8")
 
 
 def _yaml_loads(data: bytes | str, encoding: str) -> Any:

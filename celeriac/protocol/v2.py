@@ -31,12 +31,12 @@ class TaskBody:
 
     id: str
     name: str
-    args: list | tuple
-    kwargs: dict
-    callbacks: list | None
-    errbacks: list | None
-    chain: list | None
-    chord: dict | None
+    args: list[Any] | tuple[Any, ...]
+    kwargs: dict[str, Any]
+    callbacks: list[Any] | None
+    errbacks: list[Any] | None
+    chain: list[Any] | None
+    chord: dict[str, Any] | None
     root_id: str | None
     parent_id: str | None
     group_id: str | None
@@ -50,7 +50,7 @@ class TaskBody:
     origin: str | None
     shadow: str | None
     reply_to: str | None
-    headers: dict
+    headers: dict[str, Any]
     argsrepr: str | None
     kwargsrepr: str | None
 
@@ -67,19 +67,21 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
-def encode_task(*, name: str, task_id: str, args: list | tuple = (), kwargs: Mapping | None = None,
+def encode_task(*, name: str, task_id: str, args: list[Any] | tuple[Any, ...] = (),
+                kwargs: Mapping[str, Any] | None = None,
                 serializer: str = "json", compression: str | None = None,
                 root_id: str | None = None, parent_id: str | None = None,
                 group_id: str | None = None, group_index: int | None = None,
                 shadow: str | None = None, eta: datetime | None = None,
                 expires: datetime | None = None, retries: int = 0,
                 time_limit: float | None = None, soft_time_limit: float | None = None,
-                callbacks: list | None = None, errbacks: list | None = None,
-                chain: list | None = None, chord: dict | None = None, origin: str | None = None,
+                callbacks: list[Any] | None = None, errbacks: list[Any] | None = None,
+                chain: list[Any] | None = None, chord: dict[str, Any] | None = None,
+                origin: str | None = None,
                 ignore_result: bool | None = False, reply_to: str = "",
                 priority: int | None = None, argsrepr: str | None = None,
-                kwargsrepr: str | None = None, headers: dict | None = None,
-                stamped_headers: list | None = None, stamps: dict | None = None,
+                kwargsrepr: str | None = None, headers: dict[str, Any] | None = None,
+                stamped_headers: list[str] | None = None, stamps: dict[str, Any] | None = None,
                 replaced_task_nesting: int = 0, now: datetime | None = None) -> Message:
     """Build one protocol-2 task message, ready for any transport.
 
@@ -142,7 +144,7 @@ def encode_task(*, name: str, task_id: str, args: list | tuple = (), kwargs: Map
 # ---- decoding -----------------------------------------------------------------------------------
 
 
-def _when(headers: dict, key: str) -> datetime | None:
+def _when(headers: dict[str, Any], key: str) -> datetime | None:
     value = headers.get(key)
     if value is None or value == "":
         return None
@@ -322,11 +324,11 @@ def _plain(value: Any) -> bool:
 
 def safe_repr(obj: Any, maxlen: int | None = REPR_MAXSIZE, maxlevels: int = 3) -> str:
     """A bounded repr for logs and monitors, rendered as Celery's ``saferepr`` renders it."""
-    kind = type(obj)
+    obj_type = type(obj)
     # Fast path for the usual flat args/kwargs: the builtin repr is identical when it is short.
-    if kind is tuple or kind is list:
+    if obj_type is tuple or obj_type is list:
         flat = all(map(_plain, obj))
-    elif kind is dict:
+    elif obj_type is dict:
         flat = all(_plain(key) and _plain(value) for key, value in obj.items())
     else:
         flat = False

@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 def replay(transport: "Transport", ids: Sequence[str] | None, queue: str | None = None,
            batch: int = 500) -> int:
     """Replay the dead letters ``ids`` (every one when None); returns how many were replayed."""
-    from ..transport.base import Outgoing
+    from ..transport.base import DeadLetterStore, Outgoing
 
+    if not isinstance(transport, DeadLetterStore):
+        raise TypeError(f"{transport!r} keeps no dead letters")
     done = 0
     if ids is None:
         while True:

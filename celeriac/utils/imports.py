@@ -25,13 +25,15 @@ def find_app(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if attr or "." not in module_name or exc.name != module_name:
-            raise ImproperlyConfigured(f"-A {spec}: cannot import module {module_name!r}: {exc}") from exc
+            raise ImproperlyConfigured(
+                f"-A {spec}: cannot import module {module_name!r}: {exc}") from exc
         module_name, _, attr = module_name.rpartition(".")
         module = importlib.import_module(module_name)
     if attr:
         app = getattr(module, attr, None)
         if app is None:
-            raise ImproperlyConfigured(f"-A {spec}: module {module_name!r} has no attribute {attr!r}")
+            raise ImproperlyConfigured(
+                f"-A {spec}: module {module_name!r} has no attribute {attr!r}")
         return app() if callable(app) and not isinstance(app, Celery) else app
     for name in ("app", "celery"):
         candidate = getattr(module, name, None)

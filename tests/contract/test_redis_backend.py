@@ -167,7 +167,7 @@ def test_global_keyprefix_applies_to_keys_and_channels(redis_url: str, raw: redi
         raw.delete(f"{redis_prefix}celery-task-meta-{task_id}")
 
 
-# ---- waiting ---------------------------------------------------------------------------------------
+# ---- waiting -------------------------------------------------------------------------------------
 def test_wait_for_wakes_on_a_store_from_another_thread(redis_url: str,
                                                        task_ids: list[str]) -> None:
     reader, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)
@@ -264,7 +264,7 @@ def test_store_retries_then_raises_when_redis_is_unreachable(
     assert sum("retrying" in r.getMessage() for r in caplog.records) == 2
 
 
-# ---- interop with the real Celery package (in a subprocess) ---------------------------------------
+# ---- interop with the real Celery package (in a subprocess) -------------------------------------
 _CELERY_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path[:0] = [sys.argv[1], sys.argv[5]]
@@ -278,8 +278,9 @@ _CELERY_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.interop
-def test_interop_celery_reads_celeriac_and_celeriac_reads_celery(redis_url: str, task_ids: list[str],
-                                                         tmp_path: Path) -> None:
+def test_interop_celery_reads_celeriac_and_celeriac_reads_celery(redis_url: str,
+                                                                 task_ids: list[str],
+                                                                 tmp_path: Path) -> None:
     import importlib.util
 
     if importlib.util.find_spec("celery") is None:

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from celeriac.utils import redis_wire
+from celeriac.utils.forks import ForkLocal
 
 DB = 9  # shared with the backend contract tests; every key here carries its own prefix
 
@@ -125,7 +126,7 @@ def test_a_reply_slower_than_the_poll_is_still_read_whole(client, prefix):
 
 def test_the_smallest_busy_poll_asked_for_wins(client, monkeypatch):
     monkeypatch.setattr(redis_wire, "_busy_polls", {})
-    monkeypatch.setattr(redis_wire, "_local", redis_wire._ThreadWires())
+    monkeypatch.setattr(redis_wire, "_wires", ForkLocal(redis_wire._ThreadWires))
     pool = client.connection_pool
     wire = redis_wire.wire_for(pool)
     assert wire.busy_poll == redis_wire.DEFAULT_BUSY_POLL

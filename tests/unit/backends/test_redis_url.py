@@ -102,6 +102,6 @@ def test_a_bad_busy_poll_is_refused_by_name(value) -> None:
                  set_as_current=False, result_backend_transport_options={"busy_poll": value})
     try:
         with pytest.raises(ImproperlyConfigured, match="busy_poll"):
-            app.backend
+            app.backend  # noqa: B018 - the property builds the store, which checks the option
     finally:
         app.close()

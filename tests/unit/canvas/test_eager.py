@@ -3,7 +3,6 @@ would, without a broker."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from celeriac import EagerResult, GroupResult, TaskSet, chain, chord, group

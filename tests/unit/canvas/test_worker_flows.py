@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-
 from celeriac import Celery, chord, group
 from celeriac.exceptions import ChordError
 

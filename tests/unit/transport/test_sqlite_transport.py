@@ -53,7 +53,8 @@ def test_layout_prefixed_tables_json_text_and_blob_body(db: str) -> None:
         names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"celeriac_queue", "celeriac_dead_letter"} <= names
         assert not any(n.startswith("celeriac_result") for n in names)
-        assert all(n.startswith(("celeriac_queue", "celeriac_dead_letter", "sqlite_")) for n in names)
+        assert all(n.startswith(("celeriac_queue", "celeriac_dead_letter", "sqlite_"))
+                   for n in names)
         row = raw.execute("SELECT headers, properties, typeof(body), body, priority"
                           " FROM celeriac_queue").fetchone()
         assert row == ('{"id":"a","n":[1,2]}', '{"priority":4}', "blob", b"\x00\x01", 4)
@@ -128,14 +129,16 @@ def test_simultaneous_first_opens_of_a_new_file(tmp_path: Path) -> None:
         barrier = threading.Barrier(len(transports))
         errors: list[BaseException] = []
 
-        def open_it(transport: SQLiteTransport) -> None:
+        def open_it(transport: SQLiteTransport, barrier: threading.Barrier,
+                    errors: list[BaseException]) -> None:
             barrier.wait()
             try:
                 transport.fetch(["q"], 1, 0)
             except BaseException as exc:  # collected: a thread's failure must fail the test
                 errors.append(exc)
 
-        threads = [threading.Thread(target=open_it, args=(t,)) for t in transports]
+        threads = [threading.Thread(target=open_it, args=(t, barrier, errors))
+                   for t in transports]
         for thread in threads:
             thread.start()
         for thread in threads:
