@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import states
 from . import chords
@@ -27,7 +27,7 @@ logger = logging.getLogger("celeriac.worker")
 
 #: errors worth raising to the worker (the task's message is then handled as an internal error
 #: and, with acks_late, runs again): the broker or the store was unreachable
-_TRANSIENT = (OSError, ConnectionError, TimeoutError)
+_TRANSIENT: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
 
 
 def on_success(app: "Celery", ctx: "Context", retval: Any) -> None:
@@ -50,9 +50,10 @@ def _send_or_fail(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", rest: 
     """Send one follow-up. One that can never be sent (its arguments do not fit, it cannot be
     encoded...) does not cost the finished task its result: it and what follows it are stored
     as failed with the reason, so nobody waits for them forever."""
+    transient: tuple[type[BaseException], ...] = (*_TRANSIENT, *app.transport.transient_errors)
     try:
         _send(app, sig, prefix, ctx, **options)
-    except (*_TRANSIENT, *app.transport.transient_errors):
+    except transient:
         raise
     except Exception as exc:
         logger.error("Task %s[%s]: could not send %s: %r", ctx.task, ctx.id,
@@ -68,10 +69,11 @@ def on_failure(app: "Celery", ctx: "Context", exc: BaseException, traceback: str
     errbacks."""
     if store:
         if state == states.REVOKED:
-            app.backend.mark_as_revoked(ctx.id, str(exc.args[0]) if exc.args else "revoked",
-                                        request=ctx)
+            reason = str(exc.args[0]) if exc.args else "revoked"
+            app.backend.mark_as_revoked(cast(str, ctx.id), reason, request=ctx)
         else:
-            app.backend.mark_as_failure(ctx.id, exc, traceback, request=ctx, state=state)
+            app.backend.mark_as_failure(cast(str, ctx.id), exc, traceback, request=ctx,
+                                        state=state)
     if ctx.chord:
         chords.on_part_return(app, ctx, state, exc)
     fail_chain(app, ctx.chain, exc, traceback, state=state)

@@ -66,7 +66,8 @@ class Consumer:
         # The window counts messages held for the sync pool (waiting + running). ``async def``
         # tasks leave the window once they start: they run on the event loop, not in a slot.
         # A multiplier of 0 means "no limit", as in Celery (bounded here to stay sane).
-        self.prefetch_limit = pool.limit * (prefetch_multiplier if prefetch_multiplier > 0 else 1000)
+        multiplier = prefetch_multiplier if prefetch_multiplier > 0 else 1000
+        self.prefetch_limit = pool.limit * multiplier
         # Fetch once half the window is free, not whenever one slot frees: fewer, fuller fetches.
         self.fetch_at = max(1, self.prefetch_limit // 2)
         transport = self.transport
@@ -206,9 +207,9 @@ class Consumer:
         # One round trip per batch: revokes made a moment ago count too. When each sync task's
         # start carries its own check (inline solo), only async ones are checked here.
         if self.revokes is not None:
-            checked = [d.message.headers.get("id") for d in deliveries
-                       if not self.settlement.checks_revokes_at_start or self._is_async(d)]
-            checked = [task_id for task_id in checked if task_id]
+            checked: list[str] = [
+                d.message.headers["id"] for d in deliveries if d.message.headers.get("id")
+                and (not self.settlement.checks_revokes_at_start or self._is_async(d))]
             if checked:
                 try:
                     self.revokes.check_stored(checked)

@@ -29,5 +29,6 @@ class Control:
             raise ImproperlyConfigured("revoke needs a result backend (result_backend is disabled)")
         record_revoke(self.app.backend, ids, terminate=terminate, signal=signal)
 
-    def terminate(self, task_id: str | Iterable[str], signal: Any = "SIGTERM", **kwargs: Any) -> None:
+    def terminate(self, task_id: str | Iterable[str], signal: Any = "SIGTERM",
+                  **kwargs: Any) -> None:
         self.revoke(task_id, terminate=True, signal=signal, **kwargs)

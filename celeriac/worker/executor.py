@@ -13,7 +13,7 @@ import os
 import time
 import traceback as tb_module
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import _context, signals, states
 from ..canvas import chords, followups
@@ -75,13 +75,15 @@ def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: 
 class _Run:
     """One execution: shared by the sync and async paths so their bookkeeping is identical."""
 
-    __slots__ = ("app", "task", "ctx", "eager", "store", "started", "pending")
+    __slots__ = ("app", "task", "ctx", "task_id", "eager", "store", "started", "pending")
 
     def __init__(self, task: Task, ctx: Context, *, eager: bool,
                  pending: PendingWrites | None = None) -> None:
         self.task = task
         self.app = task._get_app()
         self.ctx = ctx
+        #: always set for a run (a message's id, or the one apply() made)
+        self.task_id: str = cast(str, ctx.id)
         self.eager = eager
         late = task.acks_late if task.acks_late is not None else self.app.conf.task_acks_late
         #: where a success's result write and chord count go for the consumer to send (inline
@@ -99,14 +101,14 @@ class _Run:
         task, ctx = self.task, self.ctx
         self.started = time.monotonic()
         if signals.task_prerun.receivers:
-            signals.task_prerun.send(sender=task, task_id=ctx.id, task=task,
+            signals.task_prerun.send(sender=task, task_id=self.task_id, task=task,
                                      args=ctx.args, kwargs=ctx.kwargs)
         track = task.track_started if task.track_started is not None else \
             self.app.conf.task_track_started
         if track and self.store:
-            self.app.backend.mark_as_started(ctx.id, request=ctx, pid=os.getpid(),
+            self.app.backend.mark_as_started(self.task_id, request=ctx, pid=os.getpid(),
                                              hostname=ctx.hostname)
-        task.before_start(ctx.id, ctx.args, ctx.kwargs)
+        task.before_start(self.task_id, ctx.args, ctx.kwargs)
 
     # ---- endings ---------------------------------------------------------------------------
     def succeeded(self, retval: Any) -> Outcome:
@@ -118,11 +120,12 @@ class _Run:
         pending = self.pending
         if self.store:
             if pending is None:
-                self.app.backend.mark_as_done(ctx.id, retval, request=ctx,
+                self.app.backend.mark_as_done(self.task_id, retval, request=ctx,
                                               children=ctx.children_tuples())
             else:
                 pending.results.append(self.app.backend.result_write(
-                    ctx.id, retval, states.SUCCESS, request=ctx, children=ctx.children_tuples()))
+                    self.task_id, retval, states.SUCCESS, request=ctx,
+                    children=ctx.children_tuples()))
         if ctx.chord:
             if pending is None:
                 chords.on_part_return(self.app, ctx, states.SUCCESS, retval)
@@ -130,14 +133,14 @@ class _Run:
                 part = chords.part_of(self.app, ctx, states.SUCCESS, retval)
                 if part is not None:
                     pending.chord_counts.append(part)
-        task.on_success(retval, ctx.id, ctx.args, ctx.kwargs)
+        task.on_success(retval, self.task_id, ctx.args, ctx.kwargs)
         if signals.task_success.receivers:
             signals.task_success.send(sender=task, result=retval)
-        outcome = Outcome(ctx.id, states.SUCCESS, Ending.SUCCEEDED, runtime, retval=retval,
+        outcome = Outcome(self.task_id, states.SUCCESS, Ending.SUCCEEDED, runtime, retval=retval,
                           pending=pending)
         if not self.eager:
             outcome.retval_repr = _safe_repr(retval)
-            logger.info("Task %s[%s] succeeded in %.6fs: %s", task.name, ctx.id, runtime,
+            logger.info("Task %s[%s] succeeded in %.6fs: %s", task.name, self.task_id, runtime,
                         outcome.retval_repr)
         self._after(states.SUCCESS, retval, None)
         return outcome
@@ -148,13 +151,13 @@ class _Run:
             return self.retried(exc)
         if isinstance(exc, Ignore):
             self._after(states.IGNORED, None, None)
-            return Outcome(ctx.id, states.IGNORED, Ending.IGNORED,
+            return Outcome(self.task_id, states.IGNORED, Ending.IGNORED,
                            time.monotonic() - self.started)
         if isinstance(exc, Reject):
-            logger.warning("Task %s[%s] rejected: %r (requeue=%s)", task.name, ctx.id,
+            logger.warning("Task %s[%s] rejected: %r (requeue=%s)", task.name, self.task_id,
                            exc.reason, exc.requeue)
             self._after(states.REJECTED, exc, None)
-            return Outcome(ctx.id, states.REJECTED,
+            return Outcome(self.task_id, states.REJECTED,
                            Ending.REJECTED_REQUEUE if exc.requeue else Ending.REJECTED_DROP,
                            time.monotonic() - self.started, exc_repr=_safe_repr(exc))
         retry = self._autoretry(exc)
@@ -165,17 +168,19 @@ class _Run:
         expected = bool(task.throws) and isinstance(exc, task.throws)
         followups.on_failure(self.app, ctx, exc, einfo.traceback, store=self.store or (
             task.store_errors_even_if_ignored and not self.eager))
-        task.on_failure(exc, ctx.id, ctx.args, ctx.kwargs, einfo)
+        task.on_failure(exc, self.task_id, ctx.args, ctx.kwargs, einfo)
         if signals.task_failure.receivers:
-            signals.task_failure.send(sender=task, task_id=ctx.id, exception=exc, args=ctx.args,
-                                      kwargs=ctx.kwargs, traceback=exc.__traceback__, einfo=einfo)
-        outcome = Outcome(ctx.id, states.FAILURE, Ending.FAILED, runtime,
+            signals.task_failure.send(sender=task, task_id=self.task_id, exception=exc,
+                                      args=ctx.args, kwargs=ctx.kwargs,
+                                      traceback=exc.__traceback__, einfo=einfo)
+        outcome = Outcome(self.task_id, states.FAILURE, Ending.FAILED, runtime,
                           exc_repr=_safe_repr(exc), traceback=einfo.traceback, retval=exc)
         if not self.eager:
             if expected:
-                logger.info("Task %s[%s] raised expected: %s", task.name, ctx.id, outcome.exc_repr)
+                logger.info("Task %s[%s] raised expected: %s", task.name, self.task_id,
+                            outcome.exc_repr)
             else:
-                logger.error("Task %s[%s] raised unexpected: %s\n%s", task.name, ctx.id,
+                logger.error("Task %s[%s] raised unexpected: %s\n%s", task.name, self.task_id,
                              outcome.exc_repr, einfo.traceback)
         self._after(states.FAILURE, exc, einfo)
         return outcome
@@ -185,8 +190,9 @@ class _Run:
         exc = retry.exc if retry.exc is not None else retry
         einfo = ExceptionInfo(exc)
         resend = getattr(retry, "resend", None)
-        outcome = Outcome(ctx.id, states.RETRY, Ending.RETRIED, time.monotonic() - self.started,
-                          exc_repr=_safe_repr(exc), traceback=einfo.traceback, retval=retry)
+        outcome = Outcome(self.task_id, states.RETRY, Ending.RETRIED,
+                          time.monotonic() - self.started, exc_repr=_safe_repr(exc),
+                          traceback=einfo.traceback, retval=retry)
         if resend is None:
             # A bare ``raise Retry()`` without task.retry(): nothing to re-send; treat as failure.
             return self.failed(RuntimeError(f"Retry raised without task.retry(): {retry!r}"))
@@ -194,11 +200,11 @@ class _Run:
             outcome.retval = resend
         else:
             if self.store:
-                self.app.backend.mark_as_retry(ctx.id, exc, einfo.traceback, request=ctx)
+                self.app.backend.mark_as_retry(self.task_id, exc, einfo.traceback, request=ctx)
             self._resend(resend)
-            logger.info("Task %s[%s] retry: Retry %s: %s", task.name, ctx.id, retry.humanize(),
-                        outcome.exc_repr)
-        task.on_retry(exc, ctx.id, ctx.args, ctx.kwargs, einfo)
+            logger.info("Task %s[%s] retry: Retry %s: %s", task.name, self.task_id,
+                        retry.humanize(), outcome.exc_repr)
+        task.on_retry(exc, self.task_id, ctx.args, ctx.kwargs, einfo)
         if signals.task_retry.receivers:
             signals.task_retry.send(sender=task, request=ctx, reason=exc, einfo=einfo)
         self._after(states.RETRY, exc, einfo)
@@ -206,9 +212,9 @@ class _Run:
 
     def _after(self, state: str, retval: Any, einfo: Any) -> None:
         task, ctx = self.task, self.ctx
-        task.after_return(state, retval, ctx.id, ctx.args, ctx.kwargs, einfo)
+        task.after_return(state, retval, self.task_id, ctx.args, ctx.kwargs, einfo)
         if signals.task_postrun.receivers:
-            signals.task_postrun.send(sender=task, task_id=ctx.id, task=task, args=ctx.args,
+            signals.task_postrun.send(sender=task, task_id=self.task_id, task=task, args=ctx.args,
                                       kwargs=ctx.kwargs, retval=retval, state=state)
 
     # ---- retries ---------------------------------------------------------------------------
@@ -232,9 +238,9 @@ class _Run:
         ctx = self.ctx
         options = dict(resend.get("options") or {})
         self.app.producer.send(
-            ctx.task, resend["args"], resend["kwargs"], task_id=ctx.id,
+            cast(str, ctx.task), resend["args"], resend["kwargs"], task_id=self.task_id,
             retries=(ctx.retries or 0) + 1, countdown=resend.get("countdown"),
-            eta=resend.get("eta"), root_id=ctx.root_id, parent_id=ctx.id,
+            eta=resend.get("eta"), root_id=ctx.root_id, parent_id=self.task_id,
             group_id=ctx.group, group_index=ctx.group_index,
             link=ctx.callbacks, link_error=ctx.errbacks, chain=ctx.chain, chord=ctx.chord,
             origin=ctx.origin, queue=options.pop("queue", None) or

@@ -119,7 +119,7 @@ async def run_with_limits(coro: Coroutine[Any, Any, Any], soft: float | None,
     if not soft and not hard:
         return await coro
     wrapper = _SoftLimitCoroutine(coro)
-    future = asyncio.ensure_future(wrapper)
+    future: asyncio.Future[Any] = asyncio.ensure_future(wrapper)
     wrapper.future = future
     loop = asyncio.get_running_loop()
     hard_fired = []

@@ -1,4 +1,4 @@
-"""From a leased delivery to an executed task: checks done on headers alone, and the job a pool runs.
+"""From a leased delivery to an executed task: what a pool runs, and what receivers see.
 
 Layer: worker. The consumer checks what it can from the headers (name known? content type
 accepted? expired? due?) without deserializing the body; the body is decoded only where the task

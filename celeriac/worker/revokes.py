@@ -27,7 +27,8 @@ LOG_KEY = "celeriac-revoked-log-"
 
 
 def signal_number(value: Any) -> int:
-    """``"SIGTERM"``, ``"TERM"``, ``15`` or a ``signal.Signals`` -> the number (SIGTERM for None)."""
+    """``"SIGTERM"``, ``"TERM"``, ``15`` or a ``signal.Signals`` -> the number (SIGTERM for
+    None)."""
     if value is None:
         return int(signal_module.SIGTERM)
     if isinstance(value, int):

@@ -11,7 +11,8 @@ from . import OnDone
 
 
 class AsyncioPool:
-    """Up to ``limit`` coroutines at once on a private loop; sync tasks run in the loop's executor."""
+    """Up to ``limit`` coroutines at once on a private loop; sync tasks run in the loop's
+    executor."""
 
     def __init__(self, runner: Any, concurrency: int, on_done: OnDone) -> None:
         self.runner = runner  # runner.run_async(message, delivery_info) -> coroutine

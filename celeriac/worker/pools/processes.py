@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Callable
 
 from ... import signals, states
 from ..outcome import Ending, Outcome
@@ -157,6 +157,7 @@ class ProcessPool:
         ctx = _spawn_ctx if respawn else _ctx
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         terminate_flag = _TerminateFlag()
+        target: Callable[..., None]
         if respawn:
             target, args = _spawned_child_main, (child_conn, respawn, index, terminate_flag)
         else:

@@ -8,8 +8,8 @@ from typing import Any
 
 from ... import states
 from ...exceptions import SoftTimeLimitExceeded
-from ..outcome import Ending, Outcome
 from ..limits import Terminated, ThreadGuard
+from ..outcome import Ending, Outcome
 from . import OnDone
 
 
