@@ -1,4 +1,5 @@
-"""Runs the transport conformance suite on the memory and SQLite brokers, plus memory:// naming."""
+"""Runs the transport conformance suites on the memory and SQLite brokers, one suite per
+capability each declares (see ``contracts_for``), plus memory:// naming."""
 
 from __future__ import annotations
 
@@ -8,33 +9,114 @@ from typing import Any, Iterator
 
 import pytest
 
+from celeriac.backends import memory as memory_backend
+from celeriac.backends.memory import MemoryBackend
 from celeriac.protocol.message import Message
-from celeriac.testing.transport_suite import MakeTransport, TransportContract
+from celeriac.testing import transport_suite
+from celeriac.testing.transport_suite import MakeTransport, contracts_for
 from celeriac.transport import memory, transport_from_url
-from celeriac.transport.base import Outgoing
+from celeriac.transport.base import Outgoing, capabilities_of
 from celeriac.transport.memory import MemoryTransport
 from celeriac.transport.sqlite import SQLiteTransport
 
+#: what each broker declares; Broadcast is left out of the comparison until the transports list
+#: its mixin among their bases (then it belongs in the memory and SQLite sets)
+EXPECTED_CAPABILITIES = {
+    "memory": {"Leases", "Deferral", "DeadLetterStore", "SharedConnectionSettling"},
+    "sqlite": {"Leases", "Deferral", "DeadLetterStore"},
+}
 
-class TestMemoryTransport(TransportContract):
+
+def _sqlite_probe() -> SQLiteTransport:
+    """A transport only looked at for its capabilities: it opens its file lazily, so nothing is
+    ever created."""
+    return SQLiteTransport("never-opened.db")
+
+
+class TestMemoryTransport(*contracts_for(MemoryTransport())):  # type: ignore[misc]
     @pytest.fixture
-    def transport_factory(self) -> Iterator[MakeTransport]:
+    def broker_name(self) -> Iterator[str]:
         name = f"contract-{uuid.uuid4().hex}"
-
-        def make(**options: Any) -> MemoryTransport:
-            return MemoryTransport.from_url(f"memory://{name}", **options)
-
-        yield make
+        yield name
         memory.reset(name)
+        memory_backend.reset(name)
+        memory_backend.reset(f"{name}-other")
+
+    @pytest.fixture
+    def transport_factory(self, broker_name: str) -> MakeTransport:
+        def make(**options: Any) -> MemoryTransport:
+            return MemoryTransport.from_url(f"memory://{broker_name}", **options)
+
+        return make
+
+    @pytest.fixture
+    def matching_backend(self, broker_name: str) -> MemoryBackend:
+        return MemoryBackend(url=f"memory://{broker_name}")
+
+    @pytest.fixture
+    def other_backend(self, broker_name: str) -> MemoryBackend:
+        return MemoryBackend(url=f"memory://{broker_name}-other")
 
 
-class TestSQLiteTransport(TransportContract):
+class TestSQLiteTransport(*contracts_for(_sqlite_probe())):  # type: ignore[misc]
     @pytest.fixture
     def transport_factory(self, tmp_path: Path) -> MakeTransport:
         def make(**options: Any) -> SQLiteTransport:
             return SQLiteTransport.from_url(f"sqlite:///{tmp_path}/broker.db", **options)
 
         return make
+
+
+@pytest.mark.parametrize("broker", sorted(EXPECTED_CAPABILITIES))
+def test_each_broker_declares_the_expected_capabilities(broker: str, tmp_path: Path) -> None:
+    transport: Any = (MemoryTransport() if broker == "memory"
+                      else SQLiteTransport.from_url(f"sqlite:///{tmp_path}/caps.db"))
+    try:
+        assert set(capabilities_of(transport)) - {"Broadcast"} == EXPECTED_CAPABILITIES[broker]
+    finally:
+        transport.close()
+
+
+def test_contracts_follow_the_declared_capabilities(tmp_path: Path) -> None:
+    sqlite = SQLiteTransport.from_url(f"sqlite:///{tmp_path}/caps.db")
+    memory_transport = MemoryTransport()
+    try:
+        # the probes the classes above were built from declare what opened transports do
+        assert TestSQLiteTransport.__bases__ == contracts_for(sqlite)
+        assert TestMemoryTransport.__bases__ == contracts_for(memory_transport)
+        assert contracts_for(sqlite)[:4] == (
+            transport_suite.CoreContract, transport_suite.LeasesContract,
+            transport_suite.DeferralContract, transport_suite.DeadLetterContract)
+        assert transport_suite.SharedConnectionContract not in contracts_for(sqlite)
+        assert transport_suite.SharedConnectionContract in contracts_for(memory_transport)
+    finally:
+        sqlite.close()
+        memory_transport.close()
+    assert contracts_for(object()) == (transport_suite.CoreContract,)  # nothing declared
+
+
+def test_contracts_hide_none_of_each_others_tests() -> None:
+    """Combined as bases of one class, a test in two suites would run only once."""
+    suites: list[type] = [transport_suite.CoreContract, transport_suite.LeasesContract,
+                          transport_suite.DeferralContract, transport_suite.DeadLetterContract,
+                          transport_suite.SharedConnectionContract]
+    broadcast = transport_suite._broadcast_contract()
+    if broadcast is not None:
+        suites.append(broadcast)
+    seen: dict[str, str] = {}
+    for suite in suites:
+        for name in vars(suite):
+            if name.startswith("test_"):
+                assert name not in seen, f"{suite.__name__}.{name} hides {seen[name]}'s"
+                seen[name] = suite.__name__
+
+
+def test_the_all_in_one_suite_keeps_every_check_it_had() -> None:
+    combined = transport_suite.TransportContract
+    for suite in (transport_suite.CoreContract, transport_suite.LeasesContract,
+                  transport_suite.DeferralContract, transport_suite.DeadLetterContract):
+        assert issubclass(combined, suite)
+    assert not issubclass(combined, transport_suite.SharedConnectionContract)
 
 
 def _put(transport: MemoryTransport, queue: str, body: bytes) -> None:
@@ -82,7 +164,7 @@ def test_reset_forgets_a_shared_broker() -> None:
 
 def test_memory_compacts_stale_heap_items() -> None:
     transport = MemoryTransport(visibility_timeout=3600)
-    for round_ in range(20):
+    for _ in range(20):
         transport.publish([Outgoing("q", Message(b"%d" % i)) for i in range(50)])
         got = transport.fetch(["q"], 50, 0)
         transport.extend_lease(got)
