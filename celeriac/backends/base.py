@@ -87,7 +87,8 @@ class ResultBackend(ABC):
         self.accept = serialization.normalize_accept(accept_names)
         self.expires = expires if expires is not None else (
             _seconds(conf.result_expires) if conf else 86400.0)
-        self.extended = extended if extended is not None else (bool(conf.result_extended) if conf else False)
+        self.extended = extended if extended is not None else (
+            bool(conf.result_extended) if conf else False)
 
     # ---- primitives a store implements -------------------------------------------------------
     @abstractmethod
@@ -106,7 +107,8 @@ class ResultBackend(ABC):
 
     @abstractmethod
     def _incr(self, key: str, amount: int, ttl: float | None) -> int:
-        """Atomically add ``amount`` to the integer at ``key`` (missing = 0); return the new value."""
+        """Atomically add ``amount`` to the integer at ``key`` (missing = 0); return the new
+        value."""
 
     @abstractmethod
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
@@ -148,7 +150,7 @@ class ResultBackend(ABC):
         return TASK_KEY_PREFIX + task_id
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
-                     request: Any = None, children: list | None = None) -> dict:
+                     request: Any = None, children: list[Any] | None = None) -> dict[str, Any]:
         """Write a task's state in Celery's meta layout; returns the meta written."""
         write = self.result_write(task_id, result, state, traceback=traceback, request=request,
                                   children=children)
@@ -156,7 +158,7 @@ class ResultBackend(ABC):
         return write.meta
 
     def result_write(self, task_id: str, result: Any, state: str, traceback: str | None = None,
-                     request: Any = None, children: list | None = None) -> ResultWrite:
+                     request: Any = None, children: list[Any] | None = None) -> ResultWrite:
         """The write ``store_result`` would make, made ready but not sent: a worker gathers
         these in a batch and sends them with other writes (see worker/pending.py)."""
         meta = metamod.build_meta(task_id, state, result, traceback=traceback, request=request,
@@ -168,44 +170,47 @@ class ResultBackend(ABC):
         for write in writes:
             self._set(write.key, write.value, write.ttl)
 
-    def mark_as_started(self, task_id: str, request: Any = None, **info: Any) -> dict:
+    def mark_as_started(self, task_id: str, request: Any = None, **info: Any) -> dict[str, Any]:
         return self.store_result(task_id, info, states.STARTED, request=request)
 
     def mark_as_done(self, task_id: str, result: Any, request: Any = None,
-                     children: list | None = None) -> dict:
+                     children: list[Any] | None = None) -> dict[str, Any]:
         return self.store_result(task_id, result, states.SUCCESS, request=request,
                                  children=children)
 
     def mark_as_failure(self, task_id: str, exc: BaseException, traceback: str | None = None,
-                        request: Any = None, state: str = states.FAILURE) -> dict:
+                        request: Any = None, state: str = states.FAILURE) -> dict[str, Any]:
         return self.store_result(task_id, metamod.exception_to_dict(exc), state,
                                  traceback=traceback, request=request)
 
     def mark_as_retry(self, task_id: str, exc: BaseException, traceback: str | None = None,
-                      request: Any = None) -> dict:
+                      request: Any = None) -> dict[str, Any]:
         return self.mark_as_failure(task_id, exc, traceback, request, state=states.RETRY)
 
-    def mark_as_revoked(self, task_id: str, reason: str = "revoked", request: Any = None) -> dict:
+    def mark_as_revoked(self, task_id: str, reason: str = "revoked",
+                        request: Any = None) -> dict[str, Any]:
         from ..exceptions import TaskRevokedError
 
         return self.mark_as_failure(task_id, TaskRevokedError(reason), None, request,
                                     state=states.REVOKED)
 
-    def get_task_meta(self, task_id: str) -> dict:
+    def get_task_meta(self, task_id: str) -> dict[str, Any]:
         """The stored meta, or a PENDING meta when nothing is stored (Celery's convention)."""
         raw = self._get(self.task_key(task_id))
         if raw is None:
             return metamod.pending_meta(task_id)
-        return self.decode(raw)
+        meta: dict[str, Any] = self.decode(raw)
+        return meta
 
-    def get_many_meta(self, task_ids: Sequence[str]) -> dict[str, dict]:
+    def get_many_meta(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         raws = self._mget([self.task_key(t) for t in task_ids])
         return {t: (self.decode(r) if r is not None else metamod.pending_meta(t))
                 for t, r in zip(task_ids, raws)}
 
     def wait_for(self, task_id: str, timeout: float | None = None,
-                 states_wanted: frozenset[str] = states.READY_STATES) -> dict:
-        """Block until the task's state is in ``states_wanted``; raise TimeoutError after ``timeout``."""
+                 states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
+        """Block until the task's state is in ``states_wanted``; raise TimeoutError after
+        ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         key = self.task_key(task_id)
         while True:
@@ -218,11 +223,11 @@ class ResultBackend(ABC):
             self._wait_change([key], min(remaining, 1.0))
 
     def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None, *,
-                      until_failure: bool = False) -> dict[str, dict]:
+                      until_failure: bool = False) -> dict[str, dict[str, Any]]:
         """Block until every task is ready (or, ``until_failure``, until one has failed);
         returns the metas of those that are ready."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        done: dict[str, dict] = {}
+        done: dict[str, dict[str, Any]] = {}
         pending = list(task_ids)
         while True:
             for tid, meta in self.get_many_meta(pending).items():
@@ -278,7 +283,7 @@ class ResultBackend(ABC):
         self.incr(self.chord_key(group_id, ".t"), 1)
 
     # ---- exceptions --------------------------------------------------------------------------
-    def exception_from_meta(self, meta: dict) -> BaseException:
+    def exception_from_meta(self, meta: dict[str, Any]) -> BaseException:
         return metamod.exception_from_dict(meta.get("result"))
 
 
@@ -294,17 +299,17 @@ class DisabledBackend(ResultBackend):
             "No result backend is configured: set result_backend (e.g. 'sqlite:///celeriac.db')")
 
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
-                     request: Any = None, children: list | None = None) -> dict:
+                     request: Any = None, children: list[Any] | None = None) -> dict[str, Any]:
         return {}
 
     def write_results(self, writes: Sequence[ResultWrite]) -> None:
         pass
 
-    _set = _get = _mget = _delete = _incr = _wait_change = _fail  # type: ignore[assignment]
-    chord_part_return = chord_results = chord_cleanup = _fail  # type: ignore[assignment]
+    _set = _get = _mget = _delete = _incr = _wait_change = _fail
+    chord_part_return = chord_results = chord_cleanup = _fail
 
 
-def _any_failed(metas: dict[str, dict]) -> bool:
+def _any_failed(metas: dict[str, dict[str, Any]]) -> bool:
     return any(m["status"] in states.PROPAGATE_STATES for m in metas.values())
 
 

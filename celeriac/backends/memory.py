@@ -56,7 +56,8 @@ class _Store:
             for stale in [k for k, (_, exp) in self.data.items() if exp is not None and exp <= now]:
                 del self.data[stale]
                 self.stamps.pop(stale, None)
-            for stale in [k for k, (_, exp) in self.joins.items() if exp is not None and exp <= now]:
+            for stale in [k for k, (_, exp) in self.joins.items()
+                          if exp is not None and exp <= now]:
                 del self.joins[stale]
         self.cond.notify_all()
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 from urllib.parse import parse_qsl, urlencode
 
 import redis
@@ -32,6 +31,7 @@ from .. import states
 from ..exceptions import BackendError, ImproperlyConfigured
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 from ..utils import redis_wire
+from ..utils.forks import PidGuard
 from . import redis_chord
 from .base import ChordPart, ResultBackend, ResultWrite, _any_failed
 from .redis_pubsub import Subscriber
@@ -45,6 +45,8 @@ _TRANSIENT = redis_wire.TRANSIENT
 _DELETE_CHUNK = 1000
 _SSL_NAMES = {"none": "none", "cert_none": "none", "optional": "optional",
               "cert_optional": "optional", "required": "required", "cert_required": "required"}
+#: redis-py leaves parse_url unannotated; this is its type
+_parse_url: Callable[[str], dict[str, Any]] = parse_url
 #: objects a forked child inherited (sockets, pipe fds): never used there, only kept referenced
 _INHERITED: list[Any] = []
 
@@ -56,31 +58,32 @@ class RedisBackend(ResultBackend):
         conf = app.conf if app is not None else None
         transport_options = dict((conf.result_backend_transport_options if conf else None) or {})
         self.keyprefix: str = options.pop("global_keyprefix", None) or ""
-        super().__init__(app=app, url=url or "redis://", **options)
-        redis_url, url_prefix, kwargs = client_options(self.url, conf, transport_options)
+        backend_url = url or "redis://"
+        super().__init__(app=app, url=backend_url, **options)
+        redis_url, url_prefix, kwargs = client_options(backend_url, conf, transport_options)
         self.keyprefix = self.keyprefix or url_prefix
         self._redis_url = redis_url
         self._client_kwargs = kwargs
         self._busy_poll = _busy_poll(transport_options.get("busy_poll"))
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._pid = os.getpid()
+        self._forks = PidGuard()
         self._client: redis.Redis | None = None
         self._subscriber: Subscriber | None = None
 
     def __repr__(self) -> str:
-        return f"<RedisBackend {_safe_url(self.url)}>"
+        return f"<RedisBackend {_safe_url(cast(str, self.url))}>"  # set in __init__
 
     # ---- connections -----------------------------------------------------------------------------
     def _check_fork(self) -> None:
         # A child must not share the parent's sockets or listener; take fresh ones, never closing
         # the inherited ones (that could shut the parent's connections down).
-        if self._pid != os.getpid():
+        if self._forks.forked():
             _INHERITED.extend(x for x in (self._client, self._subscriber) if x is not None)
             self._lock = threading.Lock()
             self._local = threading.local()
             self._client = self._subscriber = None
-            self._pid = os.getpid()
+            self._forks.adopt()
 
     def client(self) -> redis.Redis:
         """The shared client of this process (its own thread-safe connection pool)."""
@@ -148,7 +151,7 @@ class RedisBackend(ResultBackend):
     def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values = self._wire().call_one("MGET", *[self._key(k) for k in keys])
+        values: list[bytes | None] = self._wire().call_one("MGET", *[self._key(k) for k in keys])
         self._local.seen = dict(zip(keys, values))
         return values
 
@@ -156,7 +159,8 @@ class RedisBackend(ResultBackend):
         names = [self._key(k) for k in keys]
         for start in range(0, len(names), _DELETE_CHUNK):
             chunk = names[start:start + _DELETE_CHUNK]
-            self._retrying(lambda: self.client().delete(*chunk), chunk[0])
+            # _retrying calls the lambda before the loop moves on: it sees this chunk
+            self._retrying(lambda: self.client().delete(*chunk), chunk[0])  # noqa: B023
 
     def _incr(self, key: str, amount: int, ttl: float | None) -> int:
         # Not retried here: a connection lost after EXEC ran would count twice.
@@ -205,7 +209,7 @@ class RedisBackend(ResultBackend):
         self._retrying(lambda: self._wire().call_checked(*commands), keys[".s"])
 
     def _part_return_command(self, group_id: str, task_id: str, group_index: int | None,
-                             entry: bytes, claim_token: str, claim_ttl: float) -> tuple:
+                             entry: bytes, claim_token: str, claim_ttl: float) -> tuple[Any, ...]:
         return redis_chord.part_return_command(
             self._chord_keys(group_id), task_id, group_index, entry, expires=self.expires,
             claim_token=claim_token, claim_ttl=claim_ttl)
@@ -230,7 +234,9 @@ class RedisBackend(ResultBackend):
                                 retain=True)
 
     def chord_results(self, group_id: str) -> list[bytes]:
-        return self._wire().call_one("ZRANGE", self._key(self.chord_key(group_id, ".j")), 0, -1)
+        entries: list[bytes] = self._wire().call_one(
+            "ZRANGE", self._key(self.chord_key(group_id, ".j")), 0, -1)
+        return entries
 
     def chord_cleanup(self, group_id: str, claim_token: str, done_ttl: float) -> bool:
         return redis_chord.cleanup(self._wire(), self._chord_keys(group_id), claim_token,
@@ -253,7 +259,7 @@ class RedisBackend(ResultBackend):
 
     # ---- waiting, without polling ----------------------------------------------------------------
     def wait_for(self, task_id: str, timeout: float | None = None,
-                 states_wanted: frozenset[str] = states.READY_STATES) -> dict:
+                 states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
         """Celery's reading order: if not ready already, SUBSCRIBE, GET, then wait for PUBLISH."""
         deadline = None if timeout is None else time.monotonic() + timeout
         meta = self.get_task_meta(task_id)
@@ -277,7 +283,7 @@ class RedisBackend(ResultBackend):
             subscriber.unwatch(watch)
 
     def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None, *,
-                      until_failure: bool = False) -> dict[str, dict]:
+                      until_failure: bool = False) -> dict[str, dict[str, Any]]:
         """Subscribe to every pending task, MGET once, then take the PUBLISHes as they come."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done = {t: m for t, m in self.get_many_meta(task_ids).items()
@@ -313,8 +319,8 @@ class RedisBackend(ResultBackend):
             subscriber.unwatch(watch)
 
 
-# ---- helpers ---------------------------------------------------------------------------------------
-def client_options(url: str, conf: Any = None, transport_options: dict | None = None
+# ---- helpers ------------------------------------------------------------------------------------
+def client_options(url: str, conf: Any = None, transport_options: dict[str, Any] | None = None
                    ) -> tuple[str, str, dict[str, Any]]:
     """Split a backend URL into (URL redis-py understands, key prefix, client keyword options)."""
     scheme, sep, rest = url.partition("://")
@@ -341,7 +347,7 @@ def client_options(url: str, conf: Any = None, transport_options: dict | None = 
     max_connections = _conf(conf, "redis_max_connections", None)
     if max_connections:
         kwargs["max_connections"] = int(max_connections)
-    ssl_options = {k: params.pop(k) for k in list(params) if k.startswith("ssl_")}
+    ssl_options: dict[str, Any] = {k: params.pop(k) for k in list(params) if k.startswith("ssl_")}
     if scheme == "rediss":
         ssl_options = {**(_conf(conf, "redis_backend_use_ssl", None) or {}), **ssl_options}
         ssl_options["ssl_cert_reqs"] = _cert_reqs(ssl_options.get("ssl_cert_reqs", "required"))
@@ -355,7 +361,7 @@ def client_options(url: str, conf: Any = None, transport_options: dict | None = 
         kwargs.pop("socket_keepalive", None)
     redis_url = f"{scheme}://{base}" + (f"?{urlencode(params)}" if params else "")
     try:
-        parsed = parse_url(redis_url)
+        parsed = _parse_url(redis_url)
     except ValueError as exc:
         raise ImproperlyConfigured(f"result_backend: {exc} ({_safe_url(url)!r})") from None
     for name in ("username", "password"):  # the settings fill in what the URL leaves out
@@ -391,11 +397,11 @@ def _conf(conf: Any, name: str, default: Any) -> Any:
 
 
 def _set_commands(name: str, value: bytes, ttl: float | None, *,
-                  publish: bool = True) -> list[tuple]:
+                  publish: bool = True) -> list[tuple[Any, ...]]:
     """SETEX with whole seconds (the command Celery sends; milliseconds only when needed), then
     PUBLISH of the same bytes on the key's channel, so a waiting Celery reader wakes."""
     if not ttl:
-        write: tuple = ("SET", name, value)
+        write: tuple[Any, ...] = ("SET", name, value)
     elif ttl >= 1 and float(ttl).is_integer():
         write = ("SETEX", name, int(ttl), value)
     else:

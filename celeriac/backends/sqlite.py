@@ -17,7 +17,6 @@ survive a power cut on their own.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qs
 
 from ..exceptions import BackendError, ImproperlyConfigured
+from ..utils.forks import PidGuard
 from ..utils.sqlite import (
     DEFAULT_SQLITE_URL,
     ChangeWaiter,
@@ -98,13 +98,14 @@ class SQLiteBackend(ResultBackend):
         self.synchronous = _synchronous_from_url(self.url)
         self.cleanup_interval = cleanup_interval
         self._lock = threading.Lock()
+        self._forks = PidGuard()
         self._start_fresh()
 
     def __repr__(self) -> str:
         return f"<SQLiteBackend {self.path!r}>"
 
     def _start_fresh(self) -> None:
-        self._pid = os.getpid()
+        self._forks.adopt()
         self._local = threading.local()
         self._handles: list[_Handle] = []
         self._waiter: ChangeWaiter | None = None
@@ -114,7 +115,7 @@ class SQLiteBackend(ResultBackend):
     def _check_fork(self) -> None:
         # In a forked child only the forking thread survives, and a lock some other parent thread
         # held stays held forever: replace the lock instead of taking it.
-        if self._pid != os.getpid():
+        if self._forks.forked():
             _INHERITED.extend(self._handles)
             if self._waiter is not None:
                 _INHERITED.append(self._waiter)

@@ -81,7 +81,7 @@ CELERY_META_SAMPLES: dict[str, str] = {
 }
 
 #: A saved group as Celery wrote it (``celery-taskset-meta-<gid>`` holds ``{"result": this}``).
-CELERY_GROUP_TUPLE = [["990b70a7-d900-48d8-a4ea-3400b684e41f", None], [
+CELERY_GROUP_TUPLE: list[Any] = [["990b70a7-d900-48d8-a4ea-3400b684e41f", None], [
     [["f45ad88d-f8d0-4a59-b9f7-d06219c90294", None], None],
     [["149945e9-b556-4b05-bf3b-0075748df20a", None], None],
     [["7497ed09-d410-494b-852c-ebc17fe7a667", None], None],

@@ -71,7 +71,8 @@ class _Entry:
 class _Queue:
     entries: dict[int, _Entry] = field(default_factory=dict)
     ready: list[tuple[int, int, int]] = field(default_factory=list)  # (-priority, seq, version)
-    waiting: list[tuple[float, int, int]] = field(default_factory=list)  # (visible_at, seq, version)
+    #: (visible_at, seq, version)
+    waiting: list[tuple[float, int, int]] = field(default_factory=list)
 
     def place(self, entry: _Entry) -> None:
         entry.version += 1
@@ -183,9 +184,11 @@ class MemoryTransport:
         with broker.cond:
             for item, stored in prepared:
                 not_before = item.not_before
-                delayed = not_before is not None and not_before > now
-                entry = _Entry(next(broker.seq), stored, item.message.priority,
-                               DELAYED if delayed else READY, not_before if delayed else 0.0,
+                if not_before is not None and not_before > now:
+                    state, visible_at = DELAYED, not_before
+                else:
+                    state, visible_at = READY, 0.0
+                entry = _Entry(next(broker.seq), stored, item.message.priority, state, visible_at,
                                exchange=item.exchange, routing_key=item.routing_key)
                 q = broker.queue(item.queue)
                 q.entries[entry.seq] = entry
@@ -275,7 +278,9 @@ class MemoryTransport:
         """The entry behind ``delivery`` if its lease token still matches (the fence)."""
         q = self._broker.queues.get(delivery.queue)
         seq, token = delivery.receipt
-        entry = q.entries.get(seq) if q is not None else None
+        if q is None:
+            return None
+        entry = q.entries.get(seq)
         if entry is None or entry.token != token:
             return None
         return q, entry

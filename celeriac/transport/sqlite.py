@@ -1,4 +1,5 @@
-"""The embedded broker (``sqlite:///file.db``): durable queues in one SQLite file, shared by processes.
+"""The embedded broker (``sqlite:///file.db``): durable queues in one SQLite file, shared by
+processes.
 
 Layer: transport. Every state change is one ``BEGIN IMMEDIATE`` transaction, so any number of
 producer and worker processes on one machine can share the file safely. Consumers wait on
@@ -10,7 +11,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from ..protocol.entities import Queue
 from ..protocol.message import Message
+from ..utils.forks import PidGuard
 from ..utils.sqlite import ChangeWaiter, connect, sqlite_path_from_url
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
 
@@ -72,7 +73,8 @@ _INSERT = (
 #: columns a file made by an older celeriac lacks (added in place, NULL for its rows)
 _ADDED_COLUMNS = (("celeriac_queue", "exchange", "TEXT"), ("celeriac_queue", "routing_key", "TEXT"))
 _FENCE = "WHERE id = ? AND lease_token = ?"
-_DEAD_FIELDS = "queue, reason, created_at, content_type, content_encoding, headers, properties, body"
+_DEAD_FIELDS = ("queue, reason, created_at, content_type, content_encoding, headers, properties,"
+                " body")
 
 #: connections a forked child inherited. SQLite forbids using a connection across fork(), so the
 #: child neither uses nor closes them; keeping them referenced stops them being finalized too.
@@ -142,7 +144,7 @@ class SQLiteTransport:
         self.polling_interval = float(polling_interval)
         self.options = options
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._forks = PidGuard()
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         self._waiter: ChangeWaiter | None = None
@@ -151,7 +153,8 @@ class SQLiteTransport:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "SQLiteTransport":
-        """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (see ``sqlite_path_from_url``)."""
+        """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (see
+        ``sqlite_path_from_url``)."""
         return cls(sqlite_path_from_url(url), **options)
 
     def __repr__(self) -> str:
@@ -159,15 +162,16 @@ class SQLiteTransport:
 
     # ---- connections ------------------------------------------------------------------------
     def _check_fork(self) -> None:
-        if self._pid != os.getpid():
+        if self._forks.forked():
             _INHERITED.extend([*self._all, *([self._waiter] if self._waiter else [])])
             self._lock = threading.Lock()
-            self._pid = os.getpid()
+            self._forks.adopt()
             self._idle, self._all, self._waiter = [], [], None
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection of this thread's own for the block (a small pool, one per concurrent user)."""
+        """A connection of this thread's own for the block (a small pool, one per concurrent
+        user)."""
         self._check_fork()
         with self._lock:
             conn = self._idle.pop() if self._idle else None
@@ -219,7 +223,7 @@ class SQLiteTransport:
 
     def _change_waiter(self) -> ChangeWaiter:
         waiter = self._waiter
-        if waiter is None or self._pid != os.getpid():
+        if waiter is None or self._forks.forked():
             with self._connection():  # the file exists, in WAL mode, with its tables
                 pass
             with self._lock:
@@ -396,13 +400,15 @@ class SQLiteTransport:
         """Delete every message of ``queue`` not held by a live lease (deferred ones included)."""
         with self._write() as conn:
             return conn.execute("DELETE FROM celeriac_queue WHERE queue = ?"
-                                " AND (state != 1 OR visible_at <= ?)", (queue, time.time())).rowcount
+                                " AND (state != 1 OR visible_at <= ?)",
+                                (queue, time.time())).rowcount
 
     def qsize(self, queue: str) -> int:
         """Every message of ``queue``: ready, deferred or leased."""
         with self._connection() as conn:
-            return conn.execute("SELECT count(*) FROM celeriac_queue WHERE queue = ?",
-                                (queue,)).fetchone()[0]
+            count: int = conn.execute("SELECT count(*) FROM celeriac_queue WHERE queue = ?",
+                                      (queue,)).fetchone()[0]
+            return count
 
     def close(self) -> None:
         """Close every connection this process opened; the transport reopens lazily if used again.

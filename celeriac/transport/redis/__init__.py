@@ -18,12 +18,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import re
 import threading
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 from urllib.parse import parse_qsl, urlencode
 
 import redis as redis_py
@@ -31,10 +30,11 @@ import redis as redis_py
 from ...protocol.entities import Queue, as_queue
 from ...protocol.message import Message
 from ...utils import redis_wire
+from ...utils.forks import PidGuard
+from ...utils.salt import process_salt
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
 from . import scripts
 from .envelope import decode, decode_delivery, encode, list_name, priority_step
-from ...utils.salt import process_salt
 
 #: how many delayed messages and expired leases one fetch moves at most
 RESTORE_LIMIT = 100
@@ -111,7 +111,7 @@ class RedisTransport:
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._declared: set[str] = set()
-        self._pid = os.getpid()
+        self._forks = PidGuard()
         self._client = self._connect()
         redis_wire.set_busy_poll(self._client.connection_pool, busy_poll)
         self._keys = (self.unacked_key, self.unacked_index_key, self.prefix + "celeriac.deliveries")
@@ -149,8 +149,8 @@ class RedisTransport:
 
     def _check_fork(self) -> None:
         """A forked child must not share the parent's sockets or listener thread."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._forks.forked():
+            self._forks.adopt()
             self._lock = threading.Lock()
             self._client = self._connect()
             self._waker = None
@@ -161,7 +161,7 @@ class RedisTransport:
         self._check_fork()
         return redis_wire.wire_for(self._client.connection_pool)
 
-    def _script(self, name: str, args: Sequence[Any]) -> tuple:
+    def _script(self, name: str, args: Sequence[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", _SHAS[name], 3, *self._keys, *self._head, *args)
 
     def _run(self, name: str, args: Sequence[Any]) -> Any:
@@ -199,12 +199,15 @@ class RedisTransport:
             self._publish_one(wire, items[0])  # a plain delay(): nothing to group or declare
             return
         now = time.time()
-        writes: list[tuple] = []
-        fresh = list(dict.fromkeys(item.queue for item in items if item.queue not in self._declared))
+        writes: list[tuple[Any, ...]] = []
+        fresh = list(dict.fromkeys(item.queue for item in items
+                                   if item.queue not in self._declared))
         for queue in fresh:
             writes.append(("SADD", f"{self.prefix}_kombu.binding.{queue}", self._binding(queue)))
         woken: dict[str, None] = {}
-        run_key, run = "", []  # consecutive pushes to one list go in one LPUSH
+        # consecutive pushes to one list go in one LPUSH
+        run_key = ""
+        run: list[str] = []
         for item in items:
             envelope = self._envelope(item)
             if (self.delayed_publish == "delayed_set" and item.not_before is not None
@@ -247,7 +250,7 @@ class RedisTransport:
     def _list_of(self, item: Outgoing) -> str:
         return self._list(item.queue, item.message.properties.get("priority"))
 
-    def _wake_command(self, queue: str) -> tuple:
+    def _wake_command(self, queue: str) -> tuple[Any, ...]:
         """The PUBLISH that wakes celeriac workers waiting on ``queue`` at once."""
         return ("PUBLISH", self._wake_channel(queue), "")
 
@@ -286,7 +289,7 @@ class RedisTransport:
         start = next(self._turn) % len(queues) if self.round_robin else 0
         return list(dict.fromkeys([*queues[start:], *queues[:start]]))
 
-    def _fetch_command(self, order: list[str], max_n: int) -> tuple[tuple, str]:
+    def _fetch_command(self, order: list[str], max_n: int) -> tuple[tuple[Any, ...], str]:
         token = f"{process_salt()}{next(_FETCH_SERIAL):x}"  # unique per fetch, fleet-wide
         high = "high" if self.priority_order == "high_first" else "low"
         now, clock = time.time(), time.monotonic()
@@ -302,7 +305,7 @@ class RedisTransport:
         return self._deliveries(order, token, self._wire().call_one(*command))
 
     def _deliveries(self, order: list[str], token: str,
-                    reply: list) -> tuple[list[Delivery], float | None]:
+                    reply: list[Any]) -> tuple[list[Delivery], float | None]:
         hint = float(reply[0]) if reply[0] else None
         if hint is not None:
             self._due_at = hint if self._due_at is None else min(self._due_at, hint)
@@ -383,7 +386,8 @@ class RedisTransport:
     # ---- dead letters -------------------------------------------------------------------------
     def dead_letter(self, queue: str, message: Message, reason: str,
                     delivery: Delivery | None = None) -> str:
-        """Keep the envelope with ``reason``; with ``delivery``, settle its lease in the same step."""
+        """Keep the envelope with ``reason``; with ``delivery``, settle its lease in the same
+        step."""
         record = json.dumps({"queue": queue, "reason": reason, "created_at": time.time(),
                              "envelope": encode(message, queue, "", lenient=True)})
         args: list[Any] = [record]
@@ -396,28 +400,35 @@ class RedisTransport:
         if limit <= 0:
             return []
         self._check_fork()
-        ids = self._client.zrange(self.prefix + "celeriac.dead_letter.order", 0, limit - 1)
+        # the stubs allow str replies (decode_responses=True); this client's are bytes
+        ids = cast(list[bytes],
+                   self._client.zrange(self.prefix + "celeriac.dead_letter.order", 0, limit - 1))
         if not ids:
             return []
-        records = self._client.hmget(self.prefix + "celeriac.dead_letter", ids)
+        records = cast(list[bytes | None],
+                       self._client.hmget(self.prefix + "celeriac.dead_letter", ids))
         return [_dead_letter(i.decode(), r) for i, r in zip(ids, records) if r is not None]
 
     def dead_letter_get(self, dead_letter_id: str) -> DeadLetter | None:
         self._check_fork()
-        record = self._client.hget(self.prefix + "celeriac.dead_letter", str(dead_letter_id))
+        record = cast(bytes | None,  # bytes: the client does not decode replies
+                      self._client.hget(self.prefix + "celeriac.dead_letter", str(dead_letter_id)))
         return _dead_letter(str(dead_letter_id), record) if record is not None else None
 
     def dead_letter_delete(self, dead_letter_ids: Sequence[str] | None = None) -> int:
         self._check_fork()
-        store, order = self.prefix + "celeriac.dead_letter", self.prefix + "celeriac.dead_letter.order"
+        store = self.prefix + "celeriac.dead_letter"
+        order = self.prefix + "celeriac.dead_letter.order"
         pipe = self._client.pipeline(transaction=True)
         if dead_letter_ids is None:
-            pipe.hlen(store).delete(store, order)
+            pipe.hlen(store)
+            pipe.delete(store, order)
             return int(pipe.execute()[0])
         ids = list(dict.fromkeys(str(i) for i in dead_letter_ids))
         if not ids:
             return 0
-        pipe.hdel(store, *ids).zrem(order, *ids)
+        pipe.hdel(store, *ids)
+        pipe.zrem(order, *ids)
         return int(pipe.execute()[0])
 
     # ---- admin --------------------------------------------------------------------------------
@@ -433,14 +444,15 @@ class RedisTransport:
         """Stop the listener and disconnect; the transport reconnects lazily if used again."""
         with self._lock:
             waker, self._waker = self._waker, None
-        if waker is not None and self._pid == os.getpid():
+        if waker is not None and not self._forks.forked():
             waker.stop(self._client)
-        if self._pid == os.getpid():
+        if not self._forks.forked():
             self._client.connection_pool.disconnect()
 
 
 class _Waker:
-    """Counts wake-up messages per queue from a listener thread, so waiting fetches need no polling."""
+    """Counts wake-up messages per queue from a listener thread, so waiting fetches need no
+    polling."""
 
     def __init__(self, client: redis_py.Redis, base: str) -> None:
         self._client = client
@@ -453,7 +465,8 @@ class _Waker:
         self.alive = True
         self._ready = threading.Event()
         self._pubsub = client.pubsub()
-        self._thread = threading.Thread(target=self._listen, name="celeriac-redis-wake", daemon=True)
+        self._thread = threading.Thread(target=self._listen, name="celeriac-redis-wake",
+                                        daemon=True)
         self._thread.start()
         self._ready.wait(5.0)
 

@@ -1,4 +1,5 @@
-"""kombu's Redis message envelope: Message <-> the JSON text stored in Redis lists; layer: transport.
+"""kombu's Redis message envelope: Message <-> the JSON text stored in Redis lists; layer:
+transport.
 
 The layout (key order, separators, base64 body, ``delivery_info``/``delivery_tag``) is byte for byte
 what kombu writes (see the wire spec §2.1), so Celery peers read our messages and we read theirs.
@@ -57,7 +58,8 @@ def encode(message: Message, queue: str, delivery_tag: str, *, lenient: bool = F
 
 
 def decode(raw: bytes | str) -> tuple[Message, bool]:
-    """``(message, redelivered)`` from envelope text; anything unreadable comes back as raw bytes."""
+    """``(message, redelivered)`` from envelope text; anything unreadable comes back as raw
+    bytes."""
     message, redelivered, _, _ = decode_delivery(raw)
     return message, redelivered
 
@@ -90,8 +92,8 @@ def decode_delivery(raw: bytes | str) -> tuple[Message, bool, str, str | None]:
     exchange, routing_key = "", None
     if isinstance(info, dict):
         exchange = str(info.get("exchange") or "")
-        key = info.get("routing_key")
-        routing_key = key if isinstance(key, str) else None
+        given = info.get("routing_key")
+        routing_key = given if isinstance(given, str) else None
     message = Message(data, content_type, content_encoding, headers, properties)
     return message, redelivered, exchange, routing_key
 
