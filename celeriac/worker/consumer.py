@@ -116,8 +116,12 @@ class Consumer:
         for hook in self.hooks.on_worker_stop:
             hook(self)
         with self._cond:
-            waiting = list(self._buffer)
+            # A job acked early that went back to the buffer (its pool slot vanished) cannot be
+            # given back any more: it stays, and the dispatch loop runs it before it ends.
+            waiting = [job for job in self._buffer if not job.acked]
+            kept = [job for job in self._buffer if job.acked]
             self._buffer.clear()
+            self._buffer.extend(kept)
             for job in waiting:
                 self._jobs.pop(job.id, None)
             self._cond.notify_all()
