@@ -22,6 +22,7 @@ from ..protocol.message import Message
 from ..utils import memory_wire
 from ..utils.registry import NamedRegistry
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
+from .memory_broadcast import MemoryBroadcastMixin
 
 READY, LEASED, DELAYED = 0, 1, 2
 
@@ -135,7 +136,7 @@ def reset(name: str | None = None) -> None:
     _REGISTRY.reset(name)
 
 
-class MemoryTransport:
+class MemoryTransport(MemoryBroadcastMixin):
     """A broker living in this process; thread-safe, waits without spinning.
 
     ``MemoryTransport.from_url("memory://name")`` shares its queues with every other transport

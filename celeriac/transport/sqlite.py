@@ -23,6 +23,7 @@ from ..protocol.message import Message
 from ..utils.forks import PidGuard
 from ..utils.sqlite import ChangeWaiter, connect, sqlite_path_from_url
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
+from .sqlite_broadcast import SQLiteBroadcastMixin
 
 # Row states. READY rows are fetchable now; LEASED and DELAYED rows become fetchable again once
 # ``visible_at`` passes (lease expiry, due time), which the next fetch notices on its own.
@@ -111,7 +112,7 @@ def _message(content_type: str, content_encoding: str, headers: str, properties:
                    json.loads(properties))
 
 
-class SQLiteTransport:
+class SQLiteTransport(SQLiteBroadcastMixin):
     """Durable queues in one SQLite file; safe for many threads and processes at once.
 
     Options (``broker_transport_options``): ``visibility_timeout`` — seconds a lease lasts

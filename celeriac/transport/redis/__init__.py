@@ -35,6 +35,7 @@ from ...utils.salt import process_salt
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
 from . import scripts
 from .envelope import decode, decode_delivery, encode, list_name, priority_step
+from .fanout import RedisBroadcastMixin
 
 #: how many delayed messages and expired leases one fetch moves at most
 RESTORE_LIMIT = 100
@@ -53,7 +54,7 @@ _CLIENT_OPTIONS = ("socket_timeout", "socket_connect_timeout", "socket_keepalive
                    "password", "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
-class RedisTransport:
+class RedisTransport(RedisBroadcastMixin):
     """Queues on a Redis server, wire-compatible with Celery 5 / kombu.
 
     Options (``broker_transport_options``): ``visibility_timeout`` (lease, default 3600 s),
