@@ -1,7 +1,8 @@
 """The broadcast conformance suite: kombu's fanout semantics every ``Broadcast`` broker must keep.
 
-Layer: testing (imports pytest). Subclass ``BroadcastContract`` in a test module, name it
-``Test...`` and give it a ``transport_factory`` fixture; pytest runs every check below on it.
+Layer: testing (imports pytest). ``transport_suite.contracts_for`` adds ``BroadcastContract`` for
+a transport declaring ``Broadcast``; or subclass it as ``Test...`` with a ``transport_factory``
+fixture. Its tests are named ``test_broadcast_*`` so they never shadow the core suite's.
 """
 
 from __future__ import annotations

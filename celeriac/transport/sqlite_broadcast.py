@@ -114,7 +114,9 @@ class SQLiteSubscription:
 
 class SQLiteBroadcastMixin:
     """``Broadcast`` for ``SQLiteTransport`` (needs its ``_connection``, ``_write``,
-    ``_change_waiter`` and ``_notify``)."""
+    ``_change_waiter`` and ``_notify``). A subscriber that does not read for
+    ``BROADCAST_RETENTION`` seconds (or falls ``BROADCAST_MAX_ROWS`` behind) misses what was
+    pruned meanwhile, as a slow kombu subscriber loses what Redis drops."""
 
     def broadcast(self: _Host, exchange: str, message: Message, routing_key: str = "") -> None:
         """Store one row every current subscriber will read; prune rows too old to matter."""
@@ -122,7 +124,7 @@ class SQLiteBroadcastMixin:
         row = (exchange, routing_key, now, message.content_type, message.content_encoding,
                _dumps(message.headers), _dumps(message.properties), bytes(message.body))
         _ensure_table(self)
-        with self._write() as conn:
+        with self._write(durable=False) as conn:  # fanout keeps nothing: no fsync
             new_id = conn.execute(_INSERT, row).lastrowid or 0
             conn.execute(_PRUNE, (new_id, now - BROADCAST_RETENTION, new_id - BROADCAST_MAX_ROWS))
         self._notify()

@@ -18,8 +18,6 @@ import redis
 
 from celeriac.protocol.message import Message
 from celeriac.testing.broadcast_suite import (
-    BroadcastContract,
-    MakeBroadcast,
     bodies,
     collect,
     note,
@@ -34,19 +32,11 @@ from tests.conftest import REPO
 DB = 10  # shared with the transport contract tests; nothing here writes a key outside its names
 
 
+# BroadcastContract itself runs on every broker through contracts_for (test_transports.py,
+# test_redis_transport.py); this module holds the broker-specific broadcast checks.
+
+
 # ---- memory --------------------------------------------------------------------------------------
-class TestMemoryBroadcast(BroadcastContract):
-    @pytest.fixture
-    def transport_factory(self) -> Iterator[MakeBroadcast]:
-        name = f"bcast-{uuid.uuid4().hex}"
-
-        def make(**options: Any) -> _Memory:
-            return _Memory.from_url(f"memory://{name}", **options)
-
-        yield make
-        memory.reset(name)
-
-
 def test_memory_brokers_of_other_names_hear_nothing() -> None:
     name = f"bcast-{uuid.uuid4().hex}"
     try:
@@ -62,15 +52,6 @@ def test_memory_brokers_of_other_names_hear_nothing() -> None:
 
 
 # ---- SQLite --------------------------------------------------------------------------------------
-class TestSQLiteBroadcast(BroadcastContract):
-    @pytest.fixture
-    def transport_factory(self, tmp_path: Path) -> MakeBroadcast:
-        def make(**options: Any) -> _SQLite:
-            return _SQLite(str(tmp_path / "broker.db"), **options)
-
-        return make
-
-
 _CHILD = """
 import sys
 from celeriac.protocol.message import Message
@@ -140,17 +121,6 @@ def redis_url(redis_server: str) -> str:
     return f"{redis_server}/{DB}"
 
 
-@pytest.mark.redis
-class TestRedisBroadcast(BroadcastContract):
-    @pytest.fixture
-    def transport_factory(self, redis_url: str, redis_prefix: str) -> MakeBroadcast:
-        def make(**options: Any) -> _Redis:
-            options.setdefault("global_keyprefix", redis_prefix)
-            return _Redis.from_url(redis_url, **options)
-
-        return make
-
-
 def test_redis_patterns_cover_each_binding() -> None:
     base = "p:/3.ex"
     assert patterns_for(base, "#") == ["p:/3.ex", "p:/3.ex/*"]
@@ -175,14 +145,14 @@ def test_redis_publishes_kombus_channel_and_envelope(redis_url: str, raw: redis.
     exchange = f"bcast-{uuid.uuid4().hex[:12]}"
     listener = raw.pubsub()
     listener.psubscribe(f"{prefix}/{DB}.{exchange}*")
-    assert listener.get_message(timeout=5.0)["type"] == "psubscribe"  # type: ignore[index]
+    assert listener.get_message(timeout=5.0)["type"] == "psubscribe"
     transport = _Redis.from_url(redis_url, global_keyprefix=prefix)
     try:
         sent = Message(b"\x00body", "application/x-test", "binary", {"h": [1, "two"]},
                        {"correlation_id": "c-1", "priority": 0})
         transport.broadcast(exchange, sent, "worker.heartbeat")
         transport.broadcast(exchange, sent)
-        seen = []
+        seen: list[tuple[str, Any]] = []
         while len(seen) < 2:
             event = listener.get_message(timeout=5.0)
             assert event is not None, seen
