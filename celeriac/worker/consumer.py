@@ -146,6 +146,11 @@ class Consumer:
         self.settlement.close()
 
     @property
+    def stopping(self) -> bool:
+        """Whether shutdown has begun (nothing more is fetched)."""
+        return self._stop.is_set()
+
+    @property
     def active(self) -> int:
         return self._running
 

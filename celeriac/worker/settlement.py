@@ -36,6 +36,8 @@ logger = logging.getLogger("celeriac.worker")
 
 #: seconds between attempts to send staged results while the broker cannot be reached
 IDLE_FLUSH_RETRY = 1.0
+#: tries a pool thread still makes to send a staged result once the worker is stopping
+STOPPING_FLUSH_ATTEMPTS = 3
 
 
 class Settlement:
@@ -158,7 +160,23 @@ class InlineSettlement(Settlement):
             self.after_acked(job)
 
     def after_acked(self, job: Job) -> None:
-        self.flush()  # a pool thread: nothing else will carry the result
+        # A pool thread: what it staged rides only on its own connection, which nothing else
+        # flushes, so it keeps trying itself (the idle dispatch loop cannot do it for it).
+        attempts_left = STOPPING_FLUSH_ATTEMPTS
+        while True:
+            try:
+                self.wire.flush()
+                return
+            except Exception:
+                if self.consumer.stopping:
+                    attempts_left -= 1
+                    if attempts_left <= 0:
+                        logger.error("could not store the result of task %s before the worker "
+                                     "stopped; it is lost", job.task_id)
+                        return
+                logger.exception("could not store the result of task %s; trying again in "
+                                 "%.0f s", job.task_id, IDLE_FLUSH_RETRY)
+                time.sleep(IDLE_FLUSH_RETRY)
 
     def wants_flush(self) -> bool:
         return self._unflushed and time.monotonic() >= self._retry_at

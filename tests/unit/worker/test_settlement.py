@@ -335,3 +335,33 @@ def test_a_result_recorded_before_an_internal_error_still_goes_out(pool):
                      message="the early-acked message came back")
     finally:
         dispose_test_app(app)
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_a_staged_result_whose_flush_failed_is_sent_again(pool, monkeypatch):
+    """The store is unreachable once when the result goes out: it is sent again (solo: by the
+    idle dispatch loop; threads: by the pool thread that staged it, on its own connection)."""
+    from celeriac.backends.memory import MemoryBackend
+
+    real = MemoryBackend.write_results
+    failures = []
+
+    def unreachable_once(self, writes):
+        if not failures:
+            failures.append(list(writes))
+            raise ConnectionError("result store unreachable")
+        return real(self, writes)
+
+    monkeypatch.setattr(MemoryBackend, "write_results", unreachable_once)
+    retry_app = make_test_app("inline-retry")
+
+    @retry_app.task(name="inline.double")
+    def double(x):
+        return x * 2
+
+    try:
+        with start_worker(retry_app, pool=pool, concurrency=1, perform_ping_check=False):
+            assert double.delay(21).get(timeout=10) == 42
+            assert failures
+    finally:
+        dispose_test_app(retry_app)
