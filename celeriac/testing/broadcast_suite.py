@@ -16,6 +16,7 @@ import pytest
 
 from ..protocol.message import Message
 from ..transport.base import Broadcast, Subscription
+from .transport_suite import awkward_message
 
 MakeBroadcast = Callable[..., Any]  # (**options) -> a transport that is also a Broadcast
 Subscribe = Callable[..., Subscription]
@@ -149,17 +150,7 @@ class BroadcastContract:
     # ---- the message ------------------------------------------------------------------------
     def test_broadcast_message_comes_back_byte_for_byte(self, make_transport: MakeBroadcast,
                                               subscribe: Subscribe, exchange: str) -> None:
-        sent = Message(
-            b"\x00\xff\xfe binary \x80 body",
-            content_type="application/x-msgpack",
-            content_encoding="binary",
-            headers={"id": "t-1", "task": "tasks.add", "argsrepr": "(1, 'é')", "eta": None,
-                     "retries": 3, "timelimit": [None, 2.5], "nested": {"a": [1, {"b": True}]},
-                     "unicode": "☃ snow \u2028"},
-            properties={"correlation_id": "t-1", "reply_to": "r-1", "delivery_mode": 2,
-                        "priority": 0, "body_encoding": "base64",
-                        "delivery_info": {"exchange": "", "routing_key": "q"}},
-        )
+        sent = awkward_message()
         first, second = subscribe(exchange), subscribe(exchange, "control.*")
         make_transport().broadcast(exchange, sent, "control.ping")
         for subscription in (first, second):
