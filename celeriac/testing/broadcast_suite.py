@@ -16,7 +16,7 @@ import pytest
 
 from ..protocol.message import Message
 from ..transport.base import Broadcast, Subscription
-from .transport_suite import awkward_message
+from .transport_suite import ContractBase, awkward_message
 
 MakeBroadcast = Callable[..., Any]  # (**options) -> a transport that is also a Broadcast
 Subscribe = Callable[..., Subscription]
@@ -43,7 +43,7 @@ def bodies(messages: list[Message]) -> list[str]:
     return [m.body.decode() for m in messages]
 
 
-class BroadcastContract:
+class BroadcastContract(ContractBase):
     """Checks shared by every ``Broadcast`` implementation.
 
     A subclass provides the fixture ``transport_factory``: a callable ``(**options) -> transport``
@@ -53,19 +53,6 @@ class BroadcastContract:
 
     #: seconds a negative check ("nothing more arrives") waits
     quiet = 0.15
-
-    @pytest.fixture
-    def make_transport(self, transport_factory: MakeBroadcast) -> Iterator[MakeBroadcast]:
-        opened: list[Any] = []
-
-        def make(**options: Any) -> Any:
-            transport = transport_factory(**options)
-            opened.append(transport)
-            return transport
-
-        yield make
-        for transport in opened:
-            transport.close()
 
     @pytest.fixture
     def subscribe(self, make_transport: MakeBroadcast) -> Iterator[Subscribe]:

@@ -21,7 +21,6 @@ short (``lease`` seconds) so expiry tests stay fast.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 import time
 from typing import Any, Callable, Iterator, Protocol, TypeVar
@@ -776,43 +775,26 @@ class TransportContract(CoreContract, LeasesContract, DeferralContract, DeadLett
 
 
 #: the suite of each capability ``transport.base.capabilities_of`` names, in the order their
-#: classes are combined; ``None`` is imported on demand (see ``_broadcast_contract``)
-_CONTRACTS: dict[str, type | None] = {
+#: classes are combined (Broadcast's lives in broadcast_suite, which builds on this module)
+_CONTRACTS: dict[str, type] = {
     "Leases": LeasesContract,
     "Deferral": DeferralContract,
     "DeadLetterStore": DeadLetterContract,
     "SharedConnectionSettling": SharedConnectionContract,
-    "Broadcast": None,
 }
-
-
-def _broadcast_contract() -> type | None:
-    """``broadcast_suite.BroadcastContract`` if that suite is installed (it imports lazily so a
-    transport without ``Broadcast`` never needs it)."""
-    try:
-        module = importlib.import_module(".broadcast_suite", __package__)
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.broadcast_suite":
-            raise
-        return None
-    contract = getattr(module, "BroadcastContract", None)
-    return contract if isinstance(contract, type) else None
 
 
 def contracts_for(transport: Any) -> tuple[type, ...]:
     """The suites ``transport`` must pass: ``CoreContract`` and one per capability it declares.
 
-    Combine them as the bases of one test class: ``class TestX(*contracts_for(t)): ...``. The
-    ``Broadcast`` suite comes last so the shared fixtures here (``make_transport`` with its short
-    leases) take precedence over its own.
+    Combine them as the bases of one test class: ``class TestX(*contracts_for(t)): ...``; they
+    all share ``ContractBase``'s fixtures.
     """
+    from .broadcast_suite import BroadcastContract
+
     declared = capabilities_of(transport)
     contracts: list[type] = [CoreContract]
-    for name, contract in _CONTRACTS.items():
-        if name not in declared:
-            continue
-        if contract is None:
-            contract = _broadcast_contract()
-        if contract is not None:
-            contracts.append(contract)
+    contracts += [contract for name, contract in _CONTRACTS.items() if name in declared]
+    if "Broadcast" in declared:
+        contracts.append(BroadcastContract)
     return tuple(contracts)

@@ -13,6 +13,7 @@ from celeriac.backends import memory as memory_backend
 from celeriac.backends.memory import MemoryBackend
 from celeriac.protocol.message import Message
 from celeriac.testing import transport_suite
+from celeriac.testing.broadcast_suite import BroadcastContract
 from celeriac.testing.transport_suite import MakeTransport, contracts_for
 from celeriac.transport import memory, transport_from_url
 from celeriac.transport.base import Outgoing, capabilities_of
@@ -99,10 +100,7 @@ def test_contracts_hide_none_of_each_others_tests() -> None:
     """Combined as bases of one class, a test in two suites would run only once."""
     suites: list[type] = [transport_suite.CoreContract, transport_suite.LeasesContract,
                           transport_suite.DeferralContract, transport_suite.DeadLetterContract,
-                          transport_suite.SharedConnectionContract]
-    broadcast = transport_suite._broadcast_contract()
-    if broadcast is not None:
-        suites.append(broadcast)
+                          transport_suite.SharedConnectionContract, BroadcastContract]
     seen: dict[str, str] = {}
     for suite in suites:
         for name in vars(suite):
