@@ -141,15 +141,13 @@ class InlineSettlement(Settlement):
         assert isinstance(backend, StagedWrites)
         self.backend: StagedWrites = backend
         self.wire: SharedConnectionSettling = consumer.transport  # type: ignore[assignment]
-        self._unflushed = False
-        self._retry_at = 0.0  # after a failed flush, not before this (monotonic)
 
     def put(self, pending: PendingWrites) -> None:
         pending.stage(self.consumer.app, self.backend)
 
     def finished(self, job: Job) -> None:
-        if job.runs_async:  # on the event loop's thread, whose connection nobody flushes
-            super().finished(job)
+        if job.runs_async:
+            self._finished_async(job)
         elif not job.acked:
             try:  # one round trip: the staged result write goes out just before the ack
                 self.transport.ack([job.delivery])
@@ -158,6 +156,12 @@ class InlineSettlement(Settlement):
                                  job.task_id)
         else:
             self.after_acked(job)
+
+    def _finished_async(self, job: Job) -> None:
+        """An ``async def`` task ended on the event loop's thread, which stages nothing and whose
+        connection nobody flushes: its ack goes out batched, as with any broker."""
+        if not job.acked:
+            self.ack(job.delivery)
 
     def after_acked(self, job: Job) -> None:
         # A pool thread: what it staged rides only on its own connection, which nothing else
@@ -178,26 +182,15 @@ class InlineSettlement(Settlement):
                                  "%.0f s", job.task_id, IDLE_FLUSH_RETRY)
                 time.sleep(IDLE_FLUSH_RETRY)
 
-    def wants_flush(self) -> bool:
-        return self._unflushed and time.monotonic() >= self._retry_at
-
-    def flush(self) -> None:
-        """Send this thread's staged writes; if the broker cannot be reached they stay staged
-        and the idle dispatch loop tries again later."""
-        try:
-            self.wire.flush()
-            self._unflushed = False
-        except Exception:
-            logger.exception("could not store staged task results; trying again in %.0f s",
-                             IDLE_FLUSH_RETRY)
-            self._unflushed = True
-            self._retry_at = time.monotonic() + IDLE_FLUSH_RETRY
-
-
 class InlineSoloSettlement(InlineSettlement):
     """Solo pool on a shared connection: everything rides with the next task's round trip."""
 
     checks_revokes_at_start = True
+
+    def __init__(self, consumer: Consumer) -> None:
+        super().__init__(consumer)
+        self._unflushed = False  # the dispatch thread holds staged writes
+        self._retry_at = 0.0  # after a failed flush, not before this (monotonic)
 
     def before_run(self, job: Job) -> bool:
         if job.runs_async:
@@ -231,7 +224,7 @@ class InlineSoloSettlement(InlineSettlement):
 
     def finished(self, job: Job) -> None:
         if job.runs_async:
-            Settlement.finished(self, job)
+            self._finished_async(job)
             return
         if not job.acked:
             self.wire.ack_later([job.delivery])  # with the next task's round trip, or idle
@@ -239,6 +232,21 @@ class InlineSoloSettlement(InlineSettlement):
 
     def after_acked(self, job: Job) -> None:
         self._unflushed = True  # the result waits for the next round trip, or the idle flush
+
+    def wants_flush(self) -> bool:
+        return self._unflushed and time.monotonic() >= self._retry_at
+
+    def flush(self) -> None:
+        """Send the dispatch thread's staged writes; if the broker cannot be reached they stay
+        staged and the idle dispatch loop tries again later."""
+        try:
+            self.wire.flush()
+            self._unflushed = False
+        except Exception:
+            logger.exception("could not store staged task results; trying again in %.0f s",
+                             IDLE_FLUSH_RETRY)
+            self._unflushed = True
+            self._retry_at = time.monotonic() + IDLE_FLUSH_RETRY
 
 
 def choose(transport: Any, backend: Any, *, in_process: bool,

@@ -43,9 +43,6 @@ def terminate_guarded(guards: dict, lock: threading.Lock, job_id: int) -> bool:
 class ThreadPool:
     """N worker threads taking jobs from one queue: an idle thread always takes the next job."""
 
-    #: tasks run in pool threads, not in the consumer's dispatch thread
-    runs_in_dispatcher = False
-
     def __init__(self, runner: Any, concurrency: int, on_done: OnDone) -> None:
         self.runner = runner
         self.limit = max(1, concurrency)
@@ -100,8 +97,6 @@ class ThreadPool:
 
 class SoloPool:
     """Runs each task inline in the dispatching thread: one at a time, no concurrency."""
-
-    runs_in_dispatcher = True
 
     def __init__(self, runner: Any, concurrency: int, on_done: OnDone) -> None:
         self.runner = runner

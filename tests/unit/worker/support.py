@@ -68,8 +68,6 @@ class HoldingPool:
     """A pool that takes jobs and holds them: the test reports their outcome itself through
     ``Consumer.on_done``, as a real pool would."""
 
-    runs_in_dispatcher = False
-
     def __init__(self, limit: int = 4) -> None:
         self.limit = limit
         self._lock = threading.Lock()
