@@ -120,3 +120,13 @@ class BackendError(CeleriacError):
 
 class IncompleteStream(CeleriacError):
     """A result stream ended early."""
+
+
+class OperationalError(CeleriacError):
+    """The broker could not be reached (kombu's ``OperationalError``): raised by a publish once
+    ``task_publish_retry_policy`` is spent, naming the broker URL with its password masked."""
+
+
+class MissingDependency(ImproperlyConfigured):
+    """A feature needs an optional package that is not installed; the message names the
+    ``pip install 'celeriac[...]'`` to run."""
