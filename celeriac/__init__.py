@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import states
-from ._context import get_current_app
+from ._context import current_app, get_current_app
 from .app import Celery
 from .canvas import (
     Signature,
@@ -58,14 +58,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # current_app / current_task are looked up at access time (contextvars), never cached.
-    if name == "current_app":
-        from .exceptions import ImproperlyConfigured
-
-        app = get_current_app()
-        if app is None:
-            raise ImproperlyConfigured("no current app: create a celeriac.Celery(...) first")
-        return app
+    # current_task is looked up at access time (a contextvar), never cached; current_app is a
+    # proxy that does the same on every use (so ``from celeriac import current_app`` works too).
     if name == "current_task":
         from ._context import current_task_var
 

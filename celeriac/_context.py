@@ -6,8 +6,9 @@ tasks and is separate per thread in the thread pool.
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from .app import Celery
@@ -38,6 +39,80 @@ def get_current_app() -> "Celery | None":
 
 def set_default_app(app: "Celery") -> None:
     _default_app[:] = [app]
+
+
+_fallback_lock = threading.Lock()
+
+
+def get_or_create_current_app() -> "Celery":
+    """The current app; with none created yet, a fallback app named ``default`` (with the default
+    settings: the embedded SQLite broker) made the default app, as Celery's ``current_app`` does.
+    The next ``Celery(...)`` created replaces it."""
+    app = get_current_app()
+    if app is not None:
+        return app
+    with _fallback_lock:
+        app = get_current_app()
+        if app is None:
+            from .app import Celery
+
+            app = Celery("default", set_as_current=False)
+            set_default_app(app)
+    return app
+
+
+class _CurrentAppProxy:
+    """What ``from celeriac import current_app`` binds: every use is forwarded to the app that is
+    current *at that moment* (Celery's ``current_app`` proxy), so importing it before any app
+    exists, or before the app a test makes current, is fine."""
+
+    __slots__ = ()
+
+    def _get_current_object(self) -> "Celery":
+        return get_or_create_current_app()
+
+    @property  # type: ignore[misc]  # isinstance(current_app, Celery) holds, as in Celery
+    def __class__(self) -> type:
+        return type(self._get_current_object())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get_current_object(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._get_current_object(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._get_current_object(), name)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._get_current_object())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _CurrentAppProxy):
+            other = other._get_current_object()
+        return self._get_current_object() is other
+
+    def __hash__(self) -> int:
+        return hash(self._get_current_object())
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __enter__(self) -> "Celery":
+        return self._get_current_object().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._get_current_object().__exit__(*exc)
+
+    def __repr__(self) -> str:
+        return repr(self._get_current_object())
+
+    def __reduce__(self) -> Any:
+        return self._get_current_object().__reduce__()
+
+
+#: ``celeriac.current_app``: typed as the app it stands for
+current_app: "Celery" = cast("Celery", _CurrentAppProxy())
 
 
 def current_worker_request() -> "Context | None":

@@ -46,6 +46,11 @@ class TaskRegistry(dict):
     def regular(self) -> dict[str, Task]:
         return {k: v for k, v in self.items() if not k.startswith("celery.")}
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # ``@app.tasks`` (a slip found in older notes) would otherwise fail with a bare
+        # "'TaskRegistry' object is not callable"
+        raise TypeError("app.tasks is the task registry, not a decorator: did you mean @app.task?")
+
 
 class Celery:
     """A celeriac application: ``Celery(main, broker=..., backend=...)``, as in Celery."""
@@ -306,6 +311,12 @@ class Celery:
         from .result import GroupResult
 
         return GroupResult(*args, app=self, **kwargs)  # type: ignore[misc]  # args never hold app
+
+    def TaskSetResult(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        """Celery 2's ``app.TaskSetResult(taskset_id, results)``: a GroupResult with that id."""
+        from .result import TaskSetResult
+
+        return TaskSetResult(*args, app=self, **kwargs)  # type: ignore[misc]  # args never hold app
 
     def signature(self, *args: Any, **kwargs: Any) -> Any:
         from .canvas import Signature

@@ -28,12 +28,19 @@ def _resolve_app(app: "Celery | None") -> "Celery":
     return app
 
 
-def _assert_not_in_task() -> None:
+def _in_worker_task() -> bool:
+    """True while a worker runs a task in this context (not for eager runs or plain calls)."""
     request = _context.current_request_var.get()
-    if request is not None and not request.is_eager and not request.called_directly:
-        raise RuntimeError(
-            "Never call result.get() within a task! Waiting on another task from inside a task can "
-            "deadlock the worker; use a chain or a chord instead.")
+    return request is not None and not request.is_eager and not request.called_directly
+
+
+def _refuse_to_wait() -> RuntimeError:
+    """Celery's error for a ``get()`` in a task, raised only when the result is not ready yet:
+    a ready one is returned at once (nothing to wait for, so nothing can deadlock)."""
+    return RuntimeError(
+        "Never call result.get() within a task! The result is not ready, and waiting on another "
+        "task from inside a task can deadlock the worker: use a chain, a chord or a link "
+        "callback instead (or pass disable_sync_subtasks=False to wait anyway).")
 
 
 class AsyncResult:
@@ -127,9 +134,12 @@ class AsyncResult:
         chord's header) is raised at once instead of waiting, as on Celery. Once it has
         finished its own outcome is the answer, so a finished chord body never walks its header.
         """
-        if disable_sync_subtasks:
-            _assert_not_in_task()
         meta = self._cache
+        if disable_sync_subtasks and meta is None and _in_worker_task():
+            # inside a task: answer from the store if the result is ready, never wait
+            meta = self.backend.get_task_meta(self.id)
+            if meta["status"] not in states.READY_STATES:
+                raise _refuse_to_wait()
         if meta is None and follow_parents and propagate and self.parent is not None:
             meta = self.backend.get_task_meta(self.id)
             if meta["status"] not in states.READY_STATES:
@@ -405,8 +415,8 @@ class ResultSet:
         With ``callback``, each ``callback(task_id, value)`` is called in call order instead and
         the returned list is empty, as on Celery.
         """
-        if disable_sync_subtasks:
-            _assert_not_in_task()
+        if disable_sync_subtasks and _in_worker_task():
+            self._refuse_unless_ready()
         self._wait_all(timeout, stop_on_failure=propagate)
         if propagate:
             self.maybe_throw()  # a failure is raised as soon as it is known, as on Celery
@@ -423,6 +433,15 @@ class ResultSet:
         return values
 
     join_native = join
+
+    def _refuse_unless_ready(self) -> None:
+        """Inside a task: one read of every member; all ready -> cached for the join that
+        follows, else Celery's "Never call result.get() within a task!"."""
+        metas = self._metas()
+        for leaf in self._leaves():
+            leaf._set_cache(metas[leaf.id])
+        if any(m["status"] not in states.READY_STATES for m in metas.values()):
+            raise _refuse_to_wait()
 
     def _wait_all(self, timeout: float | None, stop_on_failure: bool = False) -> None:
         pending = [leaf for leaf in self._leaves() if leaf._known_meta() is None]

@@ -41,6 +41,10 @@ CELERY_STYLE_IMPORTS = {
                         "READY_STATES"],
     "celeriac.canvas": ["Signature", "signature", "subtask", "maybe_signature", "chain", "group",
                         "chord", "chunks", "xmap", "xstarmap", "TaskSet"],
+    # Celery 2/3 import paths still found in older projects
+    "celeriac.task": ["Task", "task", "shared_task"],
+    "celeriac.task.sets": ["TaskSet", "subtask"],
+    "celeriac.utils": ["gen_unique_id"],
 }
 
 
@@ -61,6 +65,8 @@ def test_celery_style_imports(module):
 def test_current_app_is_looked_up_at_access_time():
     app = celeriac.Celery("pinned", broker="memory://pinned", backend="memory://pinned")
     try:
-        assert celeriac.current_app is app
+        # a proxy (as Celery's is), resolved on every use
+        assert celeriac.current_app == app
+        assert celeriac.current_app._get_current_object() is app
     finally:
         app.close()

@@ -1,8 +1,9 @@
-"""Tasks: the ``Task`` base class, the request context, and ``shared_task``.
+"""Tasks: the ``Task`` base class, the request context, ``shared_task`` and Celery 2/3's ``task``.
 
 Layer: core. A task object is a class instance created per app by the ``@app.task`` decorator; it
 knows how to call itself in-process, how to send itself (through the app's producer) and how to
-ask for a retry. Execution inside a worker lives in ``worker/executor.py``.
+ask for a retry. Execution inside a worker lives in ``worker/executor.py``. ``sets.py`` keeps
+Celery 2's ``celery.task.sets`` import path working.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar
 
-from . import _context
-from .exceptions import (
+from .. import _context
+from ..exceptions import (
     ImproperlyConfigured,
     MaxRetriesExceededError,
     Retry,
 )
 
 if TYPE_CHECKING:
-    from .app import Celery
-    from .canvas import Signature
-    from .result import AsyncResult, EagerResult
+    from ..app import Celery
+    from ..canvas import Signature
+    from ..result import AsyncResult, EagerResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -177,7 +178,7 @@ class Task(Generic[P, R]):
               throw: bool | None = None, retries: int = 0, **options: Any) -> "EagerResult":
         """Run the task here and now, the way a worker would (retries, callbacks), returning its
         result."""
-        from .worker.executor import apply_eagerly
+        from ..worker.executor import apply_eagerly
 
         return apply_eagerly(self, tuple(args or ()), dict(kwargs or {}), task_id=task_id,
                              link=link, link_error=link_error, throw=throw, retries=retries,
@@ -252,7 +253,7 @@ class Task(Generic[P, R]):
 
     # ---- results and canvas ------------------------------------------------------------------
     def AsyncResult(self, task_id: str, **kwargs: Any) -> "AsyncResult":  # noqa: N802 - Celery's name
-        from .result import AsyncResult
+        from ..result import AsyncResult
 
         return AsyncResult(task_id, app=self._get_app(), task_name=self.name, **kwargs)
 
@@ -268,7 +269,7 @@ class Task(Generic[P, R]):
                   options: dict | None = None, **extra: Any) -> "Signature":
         """``add.signature((2, 2), {}, countdown=10)``; ``immutable=True`` makes it ignore the
         result of the task before it (what ``si`` does)."""
-        from .canvas import Signature
+        from ..canvas import Signature
 
         return Signature(self.name, args, kwargs, options, app=self._get_app(), **extra)
 
@@ -282,19 +283,19 @@ class Task(Generic[P, R]):
 
     def map(self, it: Iterable[Any]) -> Any:
         """One message that calls this task once per item (``celery.map``)."""
-        from .canvas import xmap
+        from ..canvas import xmap
 
         return xmap(self.s(), it, app=self._get_app())
 
     def starmap(self, it: Iterable[Any]) -> Any:
         """One message that calls this task once per argument tuple (``celery.starmap``)."""
-        from .canvas import xstarmap
+        from ..canvas import xstarmap
 
         return xstarmap(self.s(), it, app=self._get_app())
 
     def chunks(self, it: Iterable[Any], n: int) -> Any:
         """The argument tuples split into messages of ``n`` calls each (a group of starmaps)."""
-        from .canvas import chunks
+        from ..canvas import chunks
 
         return chunks(self.s(), it, n, app=self._get_app())
 
@@ -433,7 +434,7 @@ def shared_task(*args: Any, **options: Any) -> Any:
     def decorate(fun: Callable[..., Any]) -> SharedTaskProxy:
         with _shared_lock:
             _shared_tasks.append((fun, options))
-        from .app import _all_apps
+        from ..app import _all_apps
 
         for app in list(_all_apps):
             app._task_from_fun(fun, **options)
@@ -444,6 +445,19 @@ def shared_task(*args: Any, **options: Any) -> Any:
     if args:
         raise TypeError("shared_task takes keyword options only, e.g. @shared_task(bind=True)")
     return decorate
+
+
+def task(*args: Any, **options: Any) -> Any:
+    """Celery 2/3's ``from celery.task import task``: ``@task`` and ``@task(name=..., ...)``.
+
+    The task is registered on every app, the current one included (Celery 3's ``@task`` was
+    shared the same way), and used through whichever app is current: it is ``shared_task``.
+    """
+    if len(args) == 1 and callable(args[0]) and not options:
+        return shared_task(args[0])
+    if args:
+        raise TypeError("task takes keyword options only, e.g. @task(bind=True)")
+    return shared_task(**options)
 
 
 def utcnow() -> datetime:
