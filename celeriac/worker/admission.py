@@ -3,7 +3,9 @@
 Layer: worker. Each step looks at headers only (the body is decoded where the task runs) and
 either lets the delivery through (returns None) or ends admission with a ``Decision``: run it,
 defer it until it is due, set it aside in the dead-letter store, or drop it as revoked or
-expired. The consumer carries decisions out; steps never touch the broker. Extensions add steps
+expired. A dead-letter decision carries the failure its caller reads (``Decision.dead_letter``):
+the exception names the reason and the fix, so nobody waits forever for a message that can no
+longer run. The consumer carries decisions out; steps never touch the broker. Extensions add steps
 through ``WorkerExtension.before_admission`` (see worker/extensions.py), between the built-in
 checks of the message itself and the final "is it due" step.
 """
@@ -17,7 +19,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .. import signals
-from ..exceptions import NotRegistered
+from ..exceptions import ContentDisallowed, InvalidTaskError, NotRegistered, WorkerLostError
+from ..protocol import serialization
 from .request import parse_time
 
 if TYPE_CHECKING:
@@ -43,8 +46,15 @@ class Decision:
     reason: str = ""
     #: DEFER: when it becomes due (Unix time)
     not_before: float | None = None
-    #: DEAD_LETTER: a failure to store as the task's result, so no caller waits forever
+    #: DEAD_LETTER: the failure stored as the task's result (its reason and its fix), so no
+    #: caller waits forever; the consumer stores it wherever the message has an id
     failure: BaseException | None = None
+
+    @classmethod
+    def dead_letter(cls, reason: str, failure: BaseException) -> Decision:
+        """Set the message aside with ``reason`` (kept with the dead letter) and store
+        ``failure`` for its caller."""
+        return cls(Verdict.DEAD_LETTER, reason, failure=failure)
 
 
 RUN = Decision(Verdict.RUN)
@@ -81,7 +91,12 @@ def well_formed(arrival: Arrival) -> Decision | None:
                  "dead-lettered", missing)
     if signals.task_rejected.receivers:
         signals.task_rejected.send(sender=None, message=arrival.delivery.message, exc=None)
-    return Decision(Verdict.DEAD_LETTER, f"invalid message: missing {missing!r} header")
+    # (without an id nothing can be stored: the consumer only dead-letters it)
+    which = (f"message {headers.get('id')!r}" if missing == "task"
+             else f"a message for task {headers.get('task')!r}")
+    return Decision.dead_letter(f"invalid message: missing {missing!r} header", InvalidTaskError(
+        f"{which} has no {missing!r} header: it is not a protocol 2 task message; send it "
+        f"with a Celery 4+ or celeriac client (task_protocol 2)."))
 
 
 def accepted_content(accept: frozenset[str]) -> Step:
@@ -94,7 +109,8 @@ def accepted_content(accept: frozenset[str]) -> Step:
         logger.error("Refusing task %s: content type %r is not in accept_content %s; "
                      "dead-lettered without deserializing", arrival.label, content_type,
                      sorted(accept))
-        return Decision(Verdict.DEAD_LETTER, f"content type {content_type!r} not accepted")
+        return Decision.dead_letter(f"content type {content_type!r} not accepted",
+                                    ContentDisallowed(_disallowed(arrival, accept)))
 
     return step
 
@@ -129,7 +145,11 @@ def delivery_limit(max_deliveries: int) -> Step:
             return None
         logger.error("Task %s was delivered %d times without finishing; dead-lettered",
                      arrival.label, count)
-        return Decision(Verdict.DEAD_LETTER, f"delivered {count} times (poison message)")
+        return Decision.dead_letter(f"delivered {count} times (poison message)", WorkerLostError(
+            f"task {arrival.label} was delivered {count} times without finishing (the worker "
+            f"running it died each time, e.g. killed by the OOM killer); dead-lettered. Find "
+            f"out what stops the worker (memory, a hard limit of the platform) or raise "
+            f"worker_max_deliveries (now {max_deliveries})."))
 
     return step
 
@@ -149,7 +169,7 @@ def not_expired(arrival: Arrival) -> Decision | None:
     try:
         expires = parse_time(arrival.headers.get("expires"))
     except (TypeError, ValueError) as exc:
-        return Decision(Verdict.DEAD_LETTER, f"invalid eta/expires header: {exc}")
+        return _bad_time(arrival, "expires", exc)
     if expires is not None and expires <= arrival.now:
         return Decision(Verdict.EXPIRED)
     return None
@@ -160,11 +180,39 @@ def due(arrival: Arrival) -> Decision | None:
     try:
         eta = parse_time(arrival.headers.get("eta"))
     except (TypeError, ValueError) as exc:
-        return Decision(Verdict.DEAD_LETTER, f"invalid eta/expires header: {exc}")
+        return _bad_time(arrival, "eta", exc)
     if eta is not None and eta > arrival.now:
         logger.info("Task %s received, ETA %s", arrival.label, eta.isoformat())
         return Decision(Verdict.DEFER, not_before=eta.timestamp())
     return None
+
+
+def _bad_time(arrival: Arrival, header: str, exc: Exception) -> Decision:
+    value = arrival.headers.get(header)
+    logger.error("Task %s has an unreadable %r header %r: %s; dead-lettered", arrival.label,
+                 header, value, exc)
+    return Decision.dead_letter(f"invalid eta/expires header: {exc}", InvalidTaskError(
+        f"task {arrival.label}: its {header!r} header {value!r} is not an ISO 8601 time "
+        f"({exc}); send it again with a datetime or a number of seconds (eta=, countdown=, "
+        f"expires=)."))
+
+
+#: content type -> the serializer name a user writes (``"application/json"`` -> ``"json"``)
+_SERIALIZER_NAMES = {content_type: name
+                     for name, (content_type, _) in serialization.SERIALIZERS.items()}
+
+
+def _disallowed(arrival: Arrival, accept: frozenset[str]) -> str:
+    """What a caller reads when the worker refuses the message's content type, and the fix."""
+    content_type = arrival.delivery.message.content_type
+    name = _SERIALIZER_NAMES.get(content_type)
+    accepted = [_SERIALIZER_NAMES.get(ct, ct) for ct in sorted(accept)]
+    alternative = accepted[0] if accepted else "json"
+    fix = (f"add {name!r} to accept_content on the worker, or send with "
+           f"serializer={alternative!r}" if name is not None
+           else f"send with serializer={alternative!r}")
+    return (f"task {arrival.label}: content type {content_type!r} is not in this worker's "
+            f"accept_content {sorted(accept)}; {fix}.")
 
 
 def is_expired(headers: dict[str, Any]) -> bool:

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import signals, states
 from ..canvas import followups
-from ..exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from ..exceptions import (
+    DecodeError,
+    InvalidTaskError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from ..protocol import serialization
 from ..transport.base import DeadLetterStore, Deferral, Leases
 from .admission import Admission, Decision, Verdict, standard_steps
@@ -227,10 +233,13 @@ class Consumer:
         for delivery in deliveries:
             try:
                 self._admit(delivery)
-            except Exception:
+            except Exception as exc:
                 logger.exception("could not handle message %r; dead-lettering it",
                                  delivery.message.headers.get("id"))
-                self._dead_letter(delivery, "internal error while receiving the message")
+                self._dead_letter_failed(
+                    delivery, "internal error while receiving the message", InvalidTaskError(
+                        f"task {_label(delivery.message)}: the worker could not take the message "
+                        f"in ({exc!r}); see the worker's log."))
 
     def _is_async(self, delivery: Delivery) -> bool:
         task = self.app.tasks.get(delivery.message.headers.get("task"))
@@ -268,10 +277,9 @@ class Consumer:
                              type(self.transport).__name__)
                 self._requeue(delivery)
         elif verdict is Verdict.DEAD_LETTER:
-            self._dead_letter(delivery, decision.reason)  # kept first, then the failure shown
-            if decision.failure is not None:
-                # Not its chord or errbacks: the dead letter can still be replayed.
-                self._store_failure(decision.failure, delivery.message, followups_too=False)
+            failure = decision.failure or InvalidTaskError(  # an extension's step may give none
+                f"task {_label(delivery.message)} was dead-lettered: {decision.reason}.")
+            self._dead_letter_failed(delivery, decision.reason, failure, task=task)
         else:
             self._drop(delivery, task, expired=verdict is Verdict.EXPIRED)
             self.settlement.ack(delivery)
@@ -446,10 +454,12 @@ class Consumer:
             settlement.finished(job)
         elif ending is Ending.UNDECODABLE:
             reason = outcome.reason or "undecodable message"
-            if job.acked:  # already acked: keep a copy all the same, so nothing is lost
-                self._dead_letter(delivery, reason, held=False)
-            else:
-                self._dead_letter(delivery, reason)
+            failure = outcome.failure or DecodeError(
+                f"task {_label(delivery.message)}: the message cannot be decoded ({reason}); "
+                f"check the client's serializer and compression settings.")
+            # already acked: keep a copy all the same, so nothing is lost
+            self._dead_letter_failed(delivery, reason, failure, held=not job.acked,
+                                     task=job.task)
         elif ending is Ending.WORKER_LOST:
             if job.holds_lease and self.reject_on_worker_lost:
                 self._requeue(delivery)
@@ -480,9 +490,11 @@ class Consumer:
         except Exception:
             logger.exception("could not requeue message %s", delivery.message.headers.get("id"))
 
-    def _dead_letter(self, delivery: Delivery, reason: str, *, held: bool = True) -> None:
+    def _dead_letter(self, delivery: Delivery, reason: str, *, held: bool = True) -> str | None:
         """Set the message aside with ``reason`` (``held``: removing the held delivery in the
-        same step; else a copy of a message already acked)."""
+        same step; else a copy of a message already acked). Returns the dead letter's id, ""
+        when the lease had gone to another holder (who settles it), None when the broker keeps
+        no dead letters (the message is rejected)."""
         transport = self.transport
         if not isinstance(transport, DeadLetterStore):
             logger.error("Message %s can never run (%s), and broker %r keeps no dead letters: "
@@ -490,9 +502,28 @@ class Consumer:
                          type(transport).__name__)
             if held:
                 transport.reject(delivery, requeue=False)
+            return None
+        return transport.dead_letter(delivery.queue, delivery.message, reason,
+                                     delivery=delivery if held else None)
+
+    def _dead_letter_failed(self, delivery: Delivery, reason: str, failure: BaseException, *,
+                            held: bool = True, task: Any = None) -> None:
+        """Every dead-lettering of a message that can no longer run: the dead letter is kept
+        first, then ``failure`` is stored as the task's result (when the message has an id, a
+        result store is configured and the result is not ignored), saying where the message is,
+        so its caller learns at once instead of waiting forever. Not its chord, chain or
+        errbacks: the dead letter can still be replayed."""
+        letter_id = self._dead_letter(delivery, reason, held=held)
+        message = delivery.message
+        if letter_id == "" or not message.headers.get("id") or not self.app.backend.persistent:
             return
-        transport.dead_letter(delivery.queue, delivery.message, reason,
-                              delivery=delivery if held else None)
+        if not _wants_result(message.headers, task or self.app.tasks.get(
+                message.headers.get("task"))):
+            return
+        where = (f"The message is in the dead-letter store: `celeriac dlq replay {letter_id}` "
+                 f"after fixing." if letter_id else "The broker keeps no dead letters: the "
+                 "message was discarded; send it again after fixing.")
+        self._store_failure(_with_note(failure, where), message, followups_too=False)
 
     def _store_failure(self, exc: BaseException, message: Message, *,
                        followups_too: bool = True) -> None:
@@ -551,3 +582,30 @@ class Consumer:
                 time.sleep(min(wait, 0.1))
             else:
                 self._stop.wait(wait)
+
+
+def _label(message: Message) -> str:
+    headers = message.headers
+    return f"{headers.get('task')}[{headers.get('id')}]"
+
+
+def _wants_result(headers: dict[str, Any], task: Any) -> bool:
+    """Whether the caller asked for a result: the message's ``ignore_result`` header wins; a
+    message without one follows the task (as the executor decides)."""
+    header = headers.get("ignore_result")
+    if header is not None:
+        return not header
+    return task is None or not task.resolved_ignore_result()
+
+
+def _with_note(exc: BaseException, note: str) -> BaseException:
+    """``exc`` with ``note`` added to its message (an exception of the same class); ``exc``
+    itself when its message is not one text (``NotRegistered(name)`` stays as Celery has it)."""
+    if isinstance(exc, KeyError) or len(exc.args) != 1 or not isinstance(exc.args[0], str):
+        return exc
+    try:
+        noted = type(exc)(f"{exc.args[0]} {note}")
+    except Exception:  # noqa: BLE001 - a class that takes other arguments: keep it as it is
+        return exc
+    noted.__cause__ = exc.__cause__
+    return noted

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import _context, signals, states
 from ..canvas import chords, followups
-from ..exceptions import Ignore, Reject, Retry
+from ..exceptions import EncodeError, Ignore, Reject, Retry
 from ..task import Context, Task
 from .limits import Terminated
 from .outcome import Ending, Outcome
@@ -114,25 +114,39 @@ class _Run:
     def succeeded(self, retval: Any) -> Outcome:
         task, ctx = self.task, self.ctx
         runtime = time.monotonic() - self.started
+        backend = self.app.backend
+        keep = self.store and backend.persistent
         if ctx.callbacks or ctx.chain:
+            if keep or ctx.chord:
+                # A result that cannot be stored fails the task before anything follows it.
+                try:
+                    backend.encode(retval)
+                except EncodeError as exc:
+                    return self.failed(unencodable(task, backend.serializer, retval, exc),
+                                       autoretry=False)
             # Sent before the result is stored, so the stored result lists them as children.
             followups.on_success(self.app, ctx, retval)
         pending = self.pending
-        if self.store:
+        # Everything is encoded here, where the task ran, before anything is sent: a value the
+        # result serializer cannot encode fails the task (stored as an EncodeError, counted as
+        # failed by its chord) instead of failing a write later on, where it could only be lost.
+        try:
+            write = backend.result_write(self.task_id, retval, states.SUCCESS, request=ctx,
+                                         children=ctx.children_tuples()) if keep else None
+            part = chords.part_of(self.app, ctx, states.SUCCESS, retval) if ctx.chord else None
+        except EncodeError as exc:
+            return self.failed(unencodable(task, backend.serializer, retval, exc),
+                               autoretry=False)
+        if write is not None:
             if pending is None:
-                self.app.backend.mark_as_done(self.task_id, retval, request=ctx,
-                                              children=ctx.children_tuples())
+                backend.write_results([write])
             else:
-                pending.results.append(self.app.backend.result_write(
-                    self.task_id, retval, states.SUCCESS, request=ctx,
-                    children=ctx.children_tuples()))
-        if ctx.chord:
+                pending.results.append(write)
+        if part is not None:
             if pending is None:
-                chords.on_part_return(self.app, ctx, states.SUCCESS, retval)
+                chords.count(self.app, part)
             else:
-                part = chords.part_of(self.app, ctx, states.SUCCESS, retval)
-                if part is not None:
-                    pending.chord_counts.append(part)
+                pending.chord_counts.append(part)
         task.on_success(retval, self.task_id, ctx.args, ctx.kwargs)
         if signals.task_success.receivers:
             signals.task_success.send(sender=task, result=retval)
@@ -145,7 +159,8 @@ class _Run:
         self._after(states.SUCCESS, retval, None)
         return outcome
 
-    def failed(self, exc: BaseException) -> Outcome:
+    def failed(self, exc: BaseException, *, autoretry: bool = True) -> Outcome:
+        """``autoretry``: whether ``autoretry_for`` applies (only to what the task raised)."""
         task, ctx = self.task, self.ctx
         if isinstance(exc, Retry):
             return self.retried(exc)
@@ -160,7 +175,7 @@ class _Run:
             return Outcome(self.task_id, states.REJECTED,
                            Ending.REJECTED_REQUEUE if exc.requeue else Ending.REJECTED_DROP,
                            time.monotonic() - self.started, exc_repr=_safe_repr(exc))
-        retry = self._autoretry(exc)
+        retry = self._autoretry(exc) if autoretry else None
         if retry is not None:
             return self.retried(retry)
         einfo = ExceptionInfo(exc)
@@ -245,6 +260,64 @@ class _Run:
             link=ctx.callbacks, link_error=ctx.errbacks, chain=ctx.chain, chord=ctx.chord,
             origin=ctx.origin, queue=options.pop("queue", None) or
             (ctx.delivery_info or {}).get("routing_key"), _task=self.task, **options)
+
+#: how a serializer is named in "<type> is not <...> serializable"
+_SERIALIZER_LABELS = {"json": "JSON", "msgpack": "msgpack", "yaml": "YAML"}
+#: containers walked to find the value a serializer cannot encode (on the failure path only)
+_WALK_LIMIT = 10_000
+
+
+def _offending_type(value: Any, serializer: str) -> type | None:
+    """The type of the first value in ``value`` (walking dicts, lists and tuples) that
+    ``serializer`` cannot encode on its own; None when every part can (then it is the whole:
+    a dict key, nesting too deep...)."""
+    from ..protocol import serialization
+
+    stack, seen = [value], 0
+    while stack and seen < _WALK_LIMIT:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        else:
+            try:
+                serialization.dumps(item, serializer)
+            except Exception:  # noqa: BLE001 - any failure names the culprit
+                return type(item)
+    return None
+
+
+def _type_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"
+
+
+def unencodable(task: Task, serializer: str, value: Any, exc: BaseException) -> EncodeError:
+    """The failure stored for a task whose return value the result serializer cannot encode:
+    which task, which type, and how to fix it (the original error is its ``__cause__``)."""
+    cause = exc.__cause__ or exc
+    culprit = _offending_type(value, serializer)
+    if culprit is None:
+        what = f"{type(cause).__name__}: {cause}"
+    elif serializer == "pickle":
+        what = f"{_type_name(culprit)} cannot be pickled"
+    else:
+        label = _SERIALIZER_LABELS.get(serializer, serializer)
+        what = f"{_type_name(culprit)} is not {label} serializable"
+    if serializer == "pickle":
+        advice = ("return a value pickle can encode (not a lambda, a local function or class, "
+                  "an open file, a lock or a connection)")
+    else:
+        label = _SERIALIZER_LABELS.get(serializer, serializer)
+        advice = (f"return a {label}-friendly value, or choose a serializer that can, e.g. "
+                  f"result_serializer='pickle' with 'pickle' in accept_content")
+    error = EncodeError(f"task {task.name} returned a value the {serializer!r} result "
+                        f"serializer cannot encode: {what}; {advice}")
+    error.__cause__ = cause
+    return error
+
 
 def internal_error(task: Task, ctx: Context, exc: BaseException) -> Outcome:
     """The task may have run, but its outcome could not be recorded: never ack such a message

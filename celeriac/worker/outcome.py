@@ -30,7 +30,8 @@ class Ending(enum.Enum):
     REJECTED_REQUEUE = "rejected_requeue"
     #: the task raised ``Reject(requeue=False)``: the message goes to the dead-letter store
     REJECTED_DROP = "rejected_drop"
-    #: the message could not be decoded or names no registered task: dead-lettered
+    #: the message could not be decoded or names no registered task: dead-lettered, and
+    #: ``failure`` stored for its caller
     UNDECODABLE = "undecodable"
     #: the process running it died (``reason`` says how)
     WORKER_LOST = "worker_lost"
@@ -68,10 +69,15 @@ class Outcome:
     limit: float | None = None
     #: writes the run recorded for the consumer to send (inline settling only)
     pending: PendingWrites | None = None
+    #: UNDECODABLE: the failure stored for the caller once the message is dead-lettered (the
+    #: consumer makes a ``DecodeError`` from ``reason`` when there is none)
+    failure: BaseException | None = None
 
     @classmethod
-    def undecodable(cls, task_id: str, reason: str) -> Outcome:
-        return cls(task_id, "REJECTED", Ending.UNDECODABLE, reason=reason, exc_repr=reason)
+    def undecodable(cls, task_id: str, reason: str,
+                    failure: BaseException | None = None) -> Outcome:
+        return cls(task_id, "REJECTED", Ending.UNDECODABLE, reason=reason, exc_repr=reason,
+                   failure=failure)
 
     @classmethod
     def terminated(cls, task_id: str, signum: int | None = None) -> Outcome:

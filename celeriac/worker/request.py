@@ -92,14 +92,32 @@ def run_message(app: "Celery", message: "Message", delivery_info: dict, hostname
         body = v2.decode_task(message, accept)
     except (ContentDisallowed, DecodeError, InvalidTaskError) as exc:
         logger.error("Cannot decode task message %s: %s", task_id, exc)
-        return Outcome.undecodable(task_id, f"{type(exc).__name__}: {exc}")
+        return Outcome.undecodable(task_id, f"{type(exc).__name__}: {exc}",
+                                   undecodable_failure(message, exc))
     try:
         task = app.tasks[body.name]
     except NotRegistered:
-        return Outcome.undecodable(task_id, f"NotRegistered: {body.name!r}")
+        logger.error("Received unregistered task of type %r (id %s) in a pool process; "
+                     "dead-lettered", body.name, task_id)
+        # Celery's failure for an unknown task: the caller reads NotRegistered(name)
+        return Outcome.undecodable(task_id, f"NotRegistered: {body.name!r}",
+                                   NotRegistered(body.name))
     ctx = context_from_body(body, hostname=hostname, delivery_info=delivery_info,
                             properties=message.properties)
     return execute(task, ctx, pending=PendingWrites() if collect_writes else None)
+
+
+def undecodable_failure(message: "Message", exc: Exception) -> Exception:
+    """What the caller of a message whose body cannot be decoded reads: the same kind of error
+    (``DecodeError`` for a malformed body, ``InvalidTaskError`` for a wrong shape), naming the
+    task, the reason and the fix."""
+    headers = message.headers
+    kind = type(exc) if isinstance(exc, (ContentDisallowed, DecodeError,
+                                         InvalidTaskError)) else DecodeError
+    return kind(f"task {headers.get('task')}[{headers.get('id')}]: the message body cannot be "
+                f"decoded ({exc}); its sender must send a protocol 2 task body ([args, kwargs, "
+                f"embed]) in the content type it names: check the client's serializer, "
+                f"compression and task_protocol settings.")
 
 
 def request_from_message(message: "Message", accept: frozenset[str],

@@ -11,7 +11,13 @@ from datetime import timedelta
 import pytest
 
 from celeriac import signals, states
-from celeriac.exceptions import NotRegistered, TaskRevokedError
+from celeriac.exceptions import (
+    ContentDisallowed,
+    InvalidTaskError,
+    NotRegistered,
+    TaskRevokedError,
+    WorkerLostError,
+)
 from celeriac.testing import dispose_test_app, make_test_app
 from celeriac.worker.admission import (
     RUN,
@@ -27,7 +33,7 @@ from celeriac.worker.admission import (
     standard_steps,
     well_formed,
 )
-from celeriac.worker.extensions import Expiry
+from celeriac.worker.extensions import Expiry, WorkerExtension
 from celeriac.worker.job import Job
 from celeriac.worker.revokes import RevokedSet, record_revoke
 from tests.waiting import wait_for
@@ -82,9 +88,12 @@ class TestWellFormed:
     ])
     def test_a_message_without_task_or_id_is_dead_lettered(self, headers, missing):
         decision = well_formed(arrival_of(bare_message(headers)))
-        assert decision == Decision(Verdict.DEAD_LETTER,
-                                    f"invalid message: missing {missing!r} header")
-        assert decision.failure is None  # no task id to store a failure under
+        assert decision.verdict is Verdict.DEAD_LETTER
+        assert decision.reason == f"invalid message: missing {missing!r} header"
+        # (stored only where the message has an id: the consumer's business)
+        assert isinstance(decision.failure, InvalidTaskError)
+        assert f"has no {missing!r} header" in str(decision.failure)
+        assert "protocol 2" in str(decision.failure)
 
     def test_it_sends_task_rejected(self):
         seen = []
@@ -103,12 +112,26 @@ class TestAcceptedContent:
         step = accepted_content(frozenset({JSON}))
         assert step(arrival_of(task_message("adm.add"))) is None
 
-    def test_another_type_is_dead_lettered(self):
+    def test_another_type_is_dead_lettered_with_the_fix_for_its_caller(self):
         step = accepted_content(frozenset({JSON}))
         message = task_message("adm.add", serializer="pickle")
         assert message.content_type == PICKLE
-        assert step(arrival_of(message)) == Decision(
-            Verdict.DEAD_LETTER, f"content type {PICKLE!r} not accepted")
+        decision = step(arrival_of(message))
+        assert decision.verdict is Verdict.DEAD_LETTER
+        assert decision.reason == f"content type {PICKLE!r} not accepted"
+        assert isinstance(decision.failure, ContentDisallowed)
+        assert str(decision.failure) == (
+            f"task adm.add[{message.headers['id']}]: content type {PICKLE!r} is not in this "
+            f"worker's accept_content [{JSON!r}]; add 'pickle' to accept_content on the worker, "
+            f"or send with serializer='json'.")
+
+    def test_an_unknown_content_type_is_told_which_serializer_to_send_with(self):
+        step = accepted_content(frozenset({"application/x-msgpack"}))
+        message = bare_message({"task": "adm.add", "id": "t-1"}, content_type="text/plain")
+        failure = step(arrival_of(message)).failure
+        assert isinstance(failure, ContentDisallowed)
+        assert "'text/plain' is not in this worker's accept_content" in str(failure)
+        assert str(failure).endswith("send with serializer='msgpack'.")
 
     def test_nothing_is_accepted_by_an_empty_accept(self):
         step = accepted_content(frozenset())
@@ -135,9 +158,16 @@ class TestDeliveryLimit:
     def test_up_to_the_limit_passes(self, count):
         assert delivery_limit(3)(arrival_of(task_message("adm.add"), count=count)) is None
 
-    def test_over_the_limit_is_a_poison_message(self):
-        decision = delivery_limit(3)(arrival_of(task_message("adm.add"), count=4))
-        assert decision == Decision(Verdict.DEAD_LETTER, "delivered 4 times (poison message)")
+    def test_over_the_limit_is_a_poison_message_whose_caller_reads_worker_lost(self):
+        message = task_message("adm.add")
+        decision = delivery_limit(3)(arrival_of(message, count=4))
+        assert decision.verdict is Verdict.DEAD_LETTER
+        assert decision.reason == "delivered 4 times (poison message)"
+        assert isinstance(decision.failure, WorkerLostError)
+        text = str(decision.failure)
+        assert f"task adm.add[{message.headers['id']}] was delivered 4 times without " \
+            "finishing (the worker running it died each time" in text
+        assert "dead-lettered" in text and "worker_max_deliveries (now 3)" in text
 
 
 class TestNotRevoked:
@@ -171,6 +201,9 @@ class TestDue:
                                                 "eta": "next tuesday"})))
         assert decision.verdict is Verdict.DEAD_LETTER
         assert decision.reason.startswith("invalid eta/expires header")
+        assert isinstance(decision.failure, InvalidTaskError)
+        assert str(decision.failure).startswith(
+            "task adm.add[x]: its 'eta' header 'next tuesday' is not an ISO 8601 time")
 
 
 class TestExpiry:
@@ -193,6 +226,8 @@ class TestExpiry:
             {"task": "adm.add", "id": "x", "expires": "soonish"})))
         assert decision.verdict is Verdict.DEAD_LETTER
         assert decision.reason.startswith("invalid eta/expires header")
+        assert isinstance(decision.failure, InvalidTaskError)
+        assert "its 'expires' header 'soonish' is not an ISO 8601 time" in str(decision.failure)
 
     @staticmethod
     def _job(app, message):
@@ -256,7 +291,7 @@ class TestAdmissionOrder:
     def test_the_content_type_comes_before_the_task_name(self, app):
         decision = self._admit(app, task_message("adm.unknown", serializer="pickle"))
         assert decision.reason == f"content type {PICKLE!r} not accepted"
-        assert decision.failure is None  # nothing decoded, nothing stored
+        assert isinstance(decision.failure, ContentDisallowed)  # from the headers, undecoded
 
     def test_the_task_name_comes_before_the_delivery_limit(self, app):
         decision = self._admit(app, task_message("adm.unknown"), count=99)
@@ -360,10 +395,78 @@ def test_a_refused_content_type_is_dead_lettered_without_deserializing(app, cons
     assert dead.reason == f"content type {PICKLE!r} not accepted"
     assert dead.message.body == message.body  # kept byte for byte, still undecoded
     assert not target.exists()
-    assert app.AsyncResult(task_id).state == states.PENDING  # nothing decoded to store
+    # its caller reads why and what to do, from the headers alone (nothing was decoded)
+    exc = _failure(app, task_id, ContentDisallowed)
+    assert str(exc) == (
+        f"task adm.add[{task_id}]: content type {PICKLE!r} is not in this worker's "
+        f"accept_content [{JSON!r}]; add 'pickle' to accept_content on the worker, or send "
+        f"with serializer='json'. The message is in the dead-letter store: "
+        f"`celeriac dlq replay {dead.id}` after fixing.")
     assert consumer.jobs() == []
     _nothing_left(app)
     assert not target.exists()
+
+
+def _failure(app, task_id, exc_type):
+    """The stored FAILURE of ``task_id``: stored by ``receive`` itself, before it returned."""
+    result = app.AsyncResult(task_id)
+    assert result.state == states.FAILURE
+    with pytest.raises(exc_type) as info:
+        result.get(timeout=5)
+    return info.value
+
+
+def test_a_message_without_a_task_header_but_with_an_id_stores_invalid_task(app, consumer):
+    task_id = publish(app, bare_message({"id": "t-no-name"}))
+    _receive_one(app, consumer)
+    [dead] = dead_letters(app)
+    exc = _failure(app, task_id, InvalidTaskError)
+    assert str(exc).startswith("message 't-no-name' has no 'task' header")
+    assert f"`celeriac dlq replay {dead.id}`" in str(exc)
+    _nothing_left(app)
+
+
+def test_an_unreadable_eta_stores_invalid_task(app, consumer):
+    task_id = publish(app, bare_message({"task": "adm.add", "id": "t-eta", "eta": "tuesday"}))
+    _receive_one(app, consumer)
+    [dead] = dead_letters(app)
+    assert dead.reason.startswith("invalid eta/expires header")
+    exc = _failure(app, task_id, InvalidTaskError)
+    assert "its 'eta' header 'tuesday' is not an ISO 8601 time" in str(exc)
+    _nothing_left(app)
+
+
+@pytest.mark.parametrize("headers", [{"ignore_result": True}, {}])
+def test_a_dead_letter_whose_result_is_ignored_stores_nothing(app, consumer, headers):
+    @app.task(name="adm.quiet", ignore_result=True)
+    def quiet():
+        return None
+
+    # the header wins; without one, the task's own ignore_result decides
+    name = "adm.add" if headers else "adm.quiet"
+    message = task_message(name, serializer="pickle")
+    message.headers.update(headers)
+    if not headers:
+        message.headers["ignore_result"] = None  # as Celery's send_task sends it
+    task_id = publish(app, message)
+    _receive_one(app, consumer)
+    assert [d.message.headers["id"] for d in dead_letters(app)] == [task_id]
+    assert app.AsyncResult(task_id).state == states.PENDING
+    _nothing_left(app)
+
+
+def test_an_extension_step_dead_lettering_without_a_failure_still_fails_its_caller(app):
+    class Vetoes(WorkerExtension):
+        def before_admission(self, arrival):
+            return Decision(Verdict.DEAD_LETTER, "vetoed by policy")  # no failure given
+
+    consumer = make_consumer(app, extensions=[Vetoes()])
+    task_id = publish(app, task_message("adm.add", args=[1, 2]))
+    _receive_one(app, consumer)
+    [dead] = dead_letters(app)
+    assert dead.reason == "vetoed by policy"
+    exc = _failure(app, task_id, InvalidTaskError)
+    assert str(exc).startswith(f"task adm.add[{task_id}] was dead-lettered: vetoed by policy.")
 
 
 def test_an_expired_task_is_acked_and_stored_revoked(app, consumer):
@@ -418,6 +521,9 @@ def test_a_message_over_the_delivery_limit_is_dead_lettered():
         [dead] = dead_letters(app)
         assert dead.reason == "delivered 3 times (poison message)"
         assert dead.message.headers["id"] == task_id
+        exc = _failure(app, task_id, WorkerLostError)
+        assert "was delivered 3 times without finishing" in str(exc)
+        assert f"`celeriac dlq replay {dead.id}`" in str(exc)
         assert consumer.jobs() == []
         _nothing_left(app)
     finally:

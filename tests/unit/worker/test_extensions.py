@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from celeriac import states
-from celeriac.exceptions import Reject, TaskRevokedError
+from celeriac.exceptions import InvalidTaskError, Reject, TaskRevokedError
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
 from celeriac.worker.admission import Decision, Verdict
 from celeriac.worker.extensions import Expiry, Heartbeat, Hooks, WorkerExtension
@@ -206,7 +206,12 @@ def test_before_admission_returning_dead_letter_dead_letters_the_message(running
     assert task is app.tasks["ext.poison"]  # extension steps come after `registered`
     assert recorder.seen("run", result.id) == []
     assert "ext.poison" not in app.ran
-    assert result.state == states.PENDING  # dead letters can be replayed: nothing is stored
+    # its caller is not left waiting: a FAILURE naming the reason and the dead letter (which
+    # can still be replayed once the reason is gone)
+    with pytest.raises(InvalidTaskError, match="was dead-lettered: poisoned by the extension"):
+        result.get(timeout=5)
+    assert result.state == states.FAILURE
+    assert f"`celeriac dlq replay {dead[0].id}`" in str(result.result)
 
 
 def test_before_run_returning_revoked_drops_the_job_as_revoked(running):

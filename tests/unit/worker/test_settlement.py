@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from celeriac import Task, states
-from celeriac.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from celeriac.exceptions import (
+    DecodeError,
+    InvalidTaskError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
 from celeriac.transport.memory import MemoryTransport
 from celeriac.worker.outcome import Ending, Outcome
@@ -269,6 +275,35 @@ def test_undecodable_is_dead_lettered_even_after_an_early_ack(rig, name):
     [dead] = dead_letters(app)
     assert dead.reason == "DecodeError: bad body" and dead.message.headers["id"] == task_id
     assert app.transport.qsize(QUEUE) == 0
+    # an outcome without a failure of its own: its caller reads a DecodeError with the reason
+    exc = _raises(app, task_id, DecodeError)
+    assert str(exc).startswith(f"task {name}[{task_id}]: the message cannot be decoded "
+                               f"(DecodeError: bad body)")
+    assert f"`celeriac dlq replay {dead.id}` after fixing" in str(exc)
+
+
+def test_undecodable_stores_the_failure_the_pool_made(rig):
+    app, consumer, pool = rig
+    task_id, job = _held_job(app, consumer, pool, "settle.late")
+    _finish(consumer, pool, task_id, job, Ending.UNDECODABLE, states.REJECTED,
+            reason="InvalidTaskError: wrong shape",
+            failure=InvalidTaskError("task settle.late: wrong shape; fix the client."))
+    [dead] = dead_letters(app)
+    exc = _raises(app, task_id, InvalidTaskError)
+    assert str(exc) == ("task settle.late: wrong shape; fix the client. The message is in the "
+                        f"dead-letter store: `celeriac dlq replay {dead.id}` after fixing.")
+
+
+def test_undecodable_with_ignore_result_stores_nothing(rig):
+    app, consumer, pool = rig
+    task_id = publish(app, task_message("settle.late", ignore_result=True))
+    consumer.receive([fetch_one(app)])
+    job_id = pool.wait_for_job(task_id)
+    [job] = [job for job in consumer.jobs() if job.id == job_id]
+    _finish(consumer, pool, task_id, job, Ending.UNDECODABLE, states.REJECTED,
+            reason="DecodeError: bad body")
+    assert [d.message.headers["id"] for d in dead_letters(app)] == [task_id]
+    assert app.AsyncResult(task_id).state == states.PENDING
 
 
 def test_an_outcome_for_an_unknown_job_is_ignored(rig):
