@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..utils.extras import require, unknown_scheme
+
 if TYPE_CHECKING:
     from .base import ResultBackend
+
+#: every result backend URL scheme celeriac knows, most used first (as error messages list them)
+KNOWN_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+socket", "unix", "cache+memory",
+                 "db+sqlite")
 
 
 def backend_from_url(url: str | None, app: Any = None, **options: Any) -> "ResultBackend":
@@ -24,9 +30,8 @@ def backend_from_url(url: str | None, app: Any = None, **options: Any) -> "Resul
 
         return SQLiteBackend(app=app, url=url, **options)
     if scheme in ("redis", "rediss", "unix", "redis+socket"):
+        require("redis", "redis", f"the {scheme}:// result backend")
         from .redis import RedisBackend
 
         return RedisBackend(app=app, url=url, **options)
-    from ..exceptions import ImproperlyConfigured
-
-    raise ImproperlyConfigured(f"result_backend: unknown backend scheme {scheme!r} in {url!r}")
+    raise unknown_scheme("result_backend", "backend", url, KNOWN_SCHEMES)

@@ -9,6 +9,7 @@ the only thing standing between an untrusted broker and ``pickle``.
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import json
 import pickle
@@ -23,6 +24,7 @@ from ..exceptions import (
     DecodeError,
     EncodeError,
     ImproperlyConfigured,
+    MissingDependency,
 )
 
 JSON = "application/json"
@@ -65,8 +67,15 @@ def _tag(obj: Any) -> Any:
             return {"__type__": "bytes", "__value__": obj.decode("utf-8")}
         except UnicodeDecodeError:
             return {"__type__": "base64", "__value__": base64.b64encode(obj).decode("ascii")}
-    raise TypeError(f"Object of type {type(obj).__name__} is not serializable "
-                    f"(use the pickle serializer, or convert it first)")
+    raise _Unserializable(obj)
+
+
+class _Unserializable(TypeError):
+    """A value of a type the serializer cannot represent; :func:`dumps` names the type."""
+
+    def __init__(self, obj: object) -> None:
+        self.type_name = type(obj).__qualname__
+        super().__init__(f"Object of type {self.type_name} is not serializable")
 
 
 def _uuid(value: Any) -> UUID:
@@ -126,11 +135,14 @@ def _text(data: bytes | str, encoding: str) -> str:
 
 
 def _require(module: str, serializer: str) -> Any:
+    # utils.extras.require, which protocol/ may not import: the same check, the same words
     try:
-        return __import__(module)
-    except ImportError:
-        raise ImproperlyConfigured(
-            f"the {serializer} serializer needs the {module} package: "
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name not in (None, module):
+            raise
+        raise MissingDependency(
+            f"the {serializer} serializer needs the {module!r} package: "
             f"pip install 'celeriac[{serializer}]'") from None
 
 
@@ -152,7 +164,11 @@ def _msgpack_loads(data: bytes | str, encoding: str) -> Any:
 
 
 def _yaml_dumps(obj: Any) -> bytes:
-    text: str = _require("yaml", "yaml").safe_dump(obj)
+    yaml = _require("yaml", "yaml")
+    try:
+        text: str = yaml.safe_dump(obj)
+    except yaml.representer.RepresenterError as exc:  # args: (message, the value)
+        raise (_Unserializable(exc.args[1]) if len(exc.args) == 2 else TypeError(exc)) from exc
     return text.encode("utf-8")
 
 
@@ -220,8 +236,31 @@ def dumps(obj: Any, serializer: str = "json") -> tuple[str, str, bytes]:
     content_type, content_encoding = _lookup(serializer)
     try:
         return content_type, content_encoding, _DUMPERS[content_type](obj)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise EncodeError(f"cannot serialize with {serializer}: {exc}") from exc
+    except (TypeError, ValueError, OverflowError, pickle.PicklingError) as exc:
+        raise EncodeError(_encode_error(content_type, exc)) from exc
+    except AttributeError as exc:  # pickle's "Can't pickle local object"
+        if content_type != PICKLE:
+            raise
+        raise EncodeError(_encode_error(content_type, exc)) from exc
+
+
+_FRIENDLY = {JSON: "JSON-friendly", MSGPACK: "msgpack-friendly", YAML: "YAML-friendly"}
+
+
+def _encode_error(content_type: str, exc: Exception) -> str:
+    """One line: what could not be serialized, and what to do about it."""
+    name = next(name for name, (ct, _) in SERIALIZERS.items() if ct == content_type)
+    if isinstance(exc, _Unserializable):
+        problem = f"cannot serialize a value of type {exc.type_name} with {name}"
+    else:  # one line, whatever the library's message looks like
+        problem = f"cannot serialize with {name}: {' '.join(str(exc).split())}"
+    if content_type == PICKLE:
+        advice = ("pass picklable values (module-level functions and classes; no locks, "
+                  "open files or connections)")
+    else:
+        advice = (f"pass {_FRIENDLY[content_type]} values, or choose another serializer "
+                  f"(serializer='pickle') and add it to accept_content on the workers")
+    return f"{problem}; {advice}"
 
 
 def check_accepted(content_type: str, accept: frozenset[str] | None) -> None:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..exceptions import ImproperlyConfigured
+from ..utils.extras import require, unknown_scheme
+from ..utils.urls import redact_url
+
 if TYPE_CHECKING:
     from .base import Transport
+
+#: every broker URL scheme celeriac knows, most used first (as error messages list them)
+KNOWN_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+socket", "unix", "sqla+sqlite",
+                 "amqp", "amqps", "pyamqp")
 
 
 def transport_from_url(url: str, **options: Any) -> "Transport":
@@ -20,13 +28,12 @@ def transport_from_url(url: str, **options: Any) -> "Transport":
 
         return SQLiteTransport.from_url(url, **options)
     if scheme in ("redis", "rediss", "redis+socket", "unix"):
+        require("redis", "redis", f"the {scheme}:// broker")
         from .redis import RedisTransport
 
         return RedisTransport.from_url(url, **options)
     if scheme in ("amqp", "amqps", "pyamqp"):
-        raise NotImplementedError(
-            f"the RabbitMQ broker is not implemented yet (broker URL {url!r}); use sqlite:// or memory://"
-        )
-    from ..exceptions import ImproperlyConfigured
-
-    raise ImproperlyConfigured(f"broker_url: unknown transport scheme {scheme!r} in {url!r}")
+        raise ImproperlyConfigured(
+            f"broker_url {redact_url(url)}: the RabbitMQ broker is not available in celeriac yet; "
+            f"use redis:// (pip install 'celeriac[redis]') or the embedded sqlite:// default")
+    raise unknown_scheme("broker_url", "transport", url, KNOWN_SCHEMES)

@@ -6,6 +6,7 @@ import base64
 import json
 import pickle
 import sys
+import threading
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +14,13 @@ from uuid import UUID
 
 import pytest
 
-from celeriac.exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured
+from celeriac.exceptions import (
+    ContentDisallowed,
+    DecodeError,
+    EncodeError,
+    ImproperlyConfigured,
+    MissingDependency,
+)
 from celeriac.protocol import serialization as ser
 from tests.vectors import CELERY_VECTORS
 
@@ -179,10 +186,72 @@ def test_missing_optional_library_names_the_extra(monkeypatch: pytest.MonkeyPatc
                                                   serializer: str) -> None:
     content_type, encoding, body = ser.dumps([1], serializer)
     monkeypatch.setitem(sys.modules, serializer, None)  # makes `import <name>` fail
-    with pytest.raises(ImproperlyConfigured, match=rf"pip install 'celeriac\[{serializer}\]'"):
+    with pytest.raises(MissingDependency) as info:
         ser.dumps([1], serializer)
+    assert str(info.value) == (f"the {serializer} serializer needs the {serializer!r} package: "
+                               f"pip install 'celeriac[{serializer}]'")
     with pytest.raises(DecodeError, match=rf"celeriac\[{serializer}\]"):
         ser.loads(body, content_type, encoding, None)
+
+
+# ---- values a serializer cannot encode: one line, with what to do -----------------------------
+
+
+class _Opaque:
+    pass
+
+
+def _local_function() -> object:
+    def inner() -> None:
+        pass
+    return inner
+
+
+@pytest.mark.parametrize(("serializer", "value", "type_name", "friendly"), [
+    ("json", _Opaque(), "_Opaque", "JSON-friendly"),
+    ("json", {1, 2}, "set", "JSON-friendly"),
+    ("application/json", 1j, "complex", "JSON-friendly"),
+    ("msgpack", _Opaque(), "_Opaque", "msgpack-friendly"),
+    ("yaml", _Opaque(), "_Opaque", "YAML-friendly"),
+])
+def test_encode_error_names_the_type_and_points_at_accept_content(
+        serializer: str, value: object, type_name: str, friendly: str) -> None:
+    with pytest.raises(EncodeError) as info:
+        ser.dumps(((1, {"nested": [value]}), {}, {}), serializer)
+    name = serializer.rpartition("/")[2]
+    assert str(info.value) == (
+        f"cannot serialize a value of type {type_name} with {name}; pass {friendly} values, "
+        "or choose another serializer (serializer='pickle') and add it to accept_content on "
+        "the workers")
+    assert isinstance(info.value, TypeError)  # kombu's EncodeError is one too
+
+
+def test_encode_error_keeps_the_libraries_reason_on_one_line() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    with pytest.raises(EncodeError, match=r"^cannot serialize with json: Circular reference "
+                                          r"detected; pass JSON-friendly values, .*accept_content"):
+        ser.dumps(looped, "json")
+
+
+@pytest.mark.parametrize("value", [lambda: 1, _local_function(), threading.Lock()])
+def test_pickle_encode_errors_are_encode_errors_with_pickle_advice(value: object) -> None:
+    with pytest.raises(EncodeError) as info:
+        ser.dumps([value], "pickle")
+    message = str(info.value)
+    assert message.startswith("cannot serialize with pickle: ")
+    assert message.endswith("; pass picklable values (module-level functions and classes; no "
+                            "locks, open files or connections)")
+    assert "\n" not in message
+
+
+def test_other_attribute_errors_are_not_encode_errors() -> None:
+    class Broken:
+        def __json__(self) -> object:
+            raise AttributeError("a bug in the hook")
+
+    with pytest.raises(AttributeError, match="a bug in the hook"):
+        ser.dumps(Broken(), "json")
 
 
 # ---- refusing content ---------------------------------------------------------------------------
