@@ -2,13 +2,16 @@
 command.
 
 Layer: cli. Starts a real worker subprocess (prefork pool), sends thousands of tasks in batches,
-draws a progress bar from the result store, and prints throughput and failures. Exit code 0 only
-if every task reached the state it should have, with the right value.
+draws a progress bar from the result store, and prints throughput, failures and retries (from
+the retry count each extended result records). Exit code 0 only if every task reached the state
+it should have, with the right value, after the retries it should have taken. The temporary folder
+(database and worker log) is removed at the end unless ``--keep`` is given or the demo failed.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +29,8 @@ def _bar(done: int, total: int, width: int = 40) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + f"] {done}/{total}"
 
 
-def run_demo(count: int = 5000, concurrency: int | None = None, url: str | None = None) -> int:
+def run_demo(count: int = 5000, concurrency: int | None = None, url: str | None = None,
+             keep: bool = False) -> int:
     tmpdir = None
     if url is None:
         tmpdir = tempfile.mkdtemp(prefix="celeriac-demo-")
@@ -44,8 +48,10 @@ def run_demo(count: int = 5000, concurrency: int | None = None, url: str | None 
             [sys.executable, "-m", "celeriac.cli.main", "-A", "celeriac.cli.demo_tasks", "worker",
              "-l", "INFO", "-c", str(concurrency), "-n", "demo@%h"],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True)
+    code = 1
     try:
-        return _workload(app, add, checked_div, flaky, count, worker)
+        code = _workload(app, add, checked_div, flaky, count, worker)
+        return code
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
@@ -53,11 +59,19 @@ def run_demo(count: int = 5000, concurrency: int | None = None, url: str | None 
                 worker.wait(15)
             except subprocess.TimeoutExpired:
                 worker.kill()
+                worker.wait()
         app.close()
+        if tmpdir is not None:
+            if keep or code != 0:
+                why = "as asked (--keep)" if keep else "to look into the failure"
+                click.echo(f"kept {tmpdir} {why}: demo.db (broker and results), demo-worker.log")
+            else:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+                click.echo(f"removed {tmpdir} (pass --keep to keep it)")
 
 
 def _workload(app, add, checked_div, flaky, count: int, worker: subprocess.Popen) -> int:
-    failing_every, retrying_every = 100, 250
+    failing_every, retrying_every = 100, 250  # every 250th task (from the 2nd) is `flaky`
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = []
     expected: dict[int, int | None] = {}
     for i in range(count):
@@ -72,8 +86,9 @@ def _workload(app, add, checked_div, flaky, count: int, worker: subprocess.Popen
             expected_value = 2 * i
         expected[i] = expected_value
     deliberate = sum(1 for v in expected.values() if v is None)
+    expected_retries = sum(1 for name, *_ in calls if name == flaky.name)  # one retry each
     click.echo(f"sending {count} tasks ({deliberate} fail on purpose, "
-               f"{len(range(1, count, retrying_every))} retry once)...")
+               f"{expected_retries} retry once)...")
     start = time.perf_counter()
     ids: list[str] = []
     for chunk in range(0, count, 500):
@@ -102,10 +117,15 @@ def _workload(app, add, checked_div, flaky, count: int, worker: subprocess.Popen
     wrong = [tid for tid, idx in zip(ids, range(count)) if tid in metas and
              metas[tid]["status"] == states.SUCCESS and metas[tid]["result"] != expected[idx]]
     expected_failures = sum(1 for v in expected.values() if v is None)
+    # the worker records each task's retry count in its (extended) result
+    retries = sum(int(m.get("retries") or 0) for m in metas.values())
+    retried = sum(1 for m in metas.values() if m.get("retries"))
     click.echo(f"done: {len(metas)}/{count} tasks in {elapsed:.2f}s "
                f"({len(metas) / elapsed:,.0f} tasks/s end to end)")
     click.echo(f"  succeeded {succeeded}, failed {failed} (expected {expected_failures} deliberate "
                f"failures), wrong results {len(wrong)}, unfinished {len(pending)}")
-    ok = not pending and not wrong and failed == expected_failures
+    click.echo(f"  retries: {retries} (in {retried} task(s); expected {expected_retries})")
+    ok = (not pending and not wrong and failed == expected_failures
+          and retries == expected_retries)
     click.echo("demo OK" if ok else "demo FAILED")
     return 0 if ok else 1

@@ -5,6 +5,9 @@ from __future__ import annotations
 from celeriac import Celery
 
 app = Celery("celeriac.cli.demo_tasks")
+# extended results record each task's retry count (Celery's meta["retries"]): the demo reads them
+# to report how many retries the worker really did
+app.conf.result_extended = True
 
 
 @app.task

@@ -1,7 +1,13 @@
 """The ``celeriac`` command, shaped like Celery's: ``celeriac -A proj worker --loglevel=INFO``.
 
 Layer: cli (may import anything; nothing imports it). Each sub-command is a thin shell over the
-library: worker, demo, dlq, purge, call, result.
+library: worker, demo, dlq, purge, call, result, shell. Celery commands celeriac has not built
+yet (beat, inspect, control, status, events, multi) exist and say so in one line.
+
+User mistakes end in one line on stderr and a non-zero exit, never a traceback:
+``CeleriacGroup.invoke`` turns the known user-error exceptions (``USER_ERRORS``) and a misplaced
+``-A`` into a ``UserError``; commands raise ``UserError`` for their own checks. Any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,16 +18,79 @@ from typing import Any
 
 import click
 
-from ..exceptions import ImproperlyConfigured
-from ..utils.imports import find_app as load_app
+from .. import exceptions
+from ..utils.imports import find_app
+
+#: Exceptions that mean the user got something wrong (a setting, a URL, the ``-A`` module, a broker
+#: that is not there): shown as one line and a non-zero exit. Anything else is a bug in celeriac
+#: and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    exceptions.ImproperlyConfigured,  # includes MissingDependency
+    exceptions.OperationalError,
+    exceptions.QueueNotFound,
+)
 
 
-def find_app(spec: str) -> Any:
-    """``-A`` loading (see ``celeriac.utils.imports.find_app``), errors shown as usage errors."""
-    try:
-        return load_app(spec)
-    except ImproperlyConfigured as exc:
-        raise click.UsageError(str(exc)) from exc
+def one_line(text: str) -> str:
+    """Join a (possibly multi-line) message into one line."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _here() -> str:
+    """The running command as typed, e.g. ``celeriac dlq list`` (to start one-line errors)."""
+    return click.get_current_context().command_path
+
+
+class UserError(click.ClickException):
+    """A mistake shown as exactly one line on stderr (``celeriac <command>: <what to do>``),
+    without click's usage block."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(one_line(message))
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=file is None, file=file)
+
+
+def _app_option_value(argv: list[str]) -> str:
+    """The value given to a misplaced ``-A``/``--app`` (for the corrected command line)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-A", "--app"):
+            return argv[i + 1] if i + 1 < len(argv) else "proj"
+        if arg.startswith("--app="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-A") and not arg.startswith("--"):
+            return arg[2:]
+    return "proj"
+
+
+class CeleriacGroup(click.Group):
+    """The one place user mistakes become one line: known user-error exceptions raised by any
+    sub-command, and ``-A``/``--app`` given after the command (Celery 5 also wants it before)."""
+
+    group_class = type  # sub-groups (dlq) are CeleriacGroups too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta.setdefault("celeriac.argv", list(args))
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.NoSuchOption as exc:
+            if exc.option_name not in ("-A", "--app"):
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            command = where.split(" ", 1)[1] if " " in where else "COMMAND"
+            spec = _app_option_value(ctx.meta.get("celeriac.argv", []))
+            raise UserError(f"{where}: -A/--app goes before the command: "
+                            f"celeriac -A {spec} {command}", exit_code=2) from exc
+        except USER_ERRORS as exc:
+            name = ctx.invoked_subcommand
+            prefix = f"{ctx.command_path} {name}" if name else ctx.command_path
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise UserError(f"{prefix}: {message}") from exc
 
 
 class AppHolder:
@@ -36,7 +105,8 @@ class AppHolder:
     def app(self) -> Any:
         if self._app is None:
             if not self.spec:
-                raise click.UsageError("no app given: use -A module (or set CELERIAC_APP)")
+                raise UserError(f"{_here()}: no app given: use celeriac -A module COMMAND "
+                                "(or set CELERIAC_APP)", exit_code=2)
             self._app = find_app(self.spec)
             if self.broker:
                 self._app.conf["broker_url"] = self.broker
@@ -45,9 +115,10 @@ class AppHolder:
         return self._app
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"],
-                               "auto_envvar_prefix": "CELERIAC"})
-@click.option("-A", "--app", "app_spec", envvar="CELERIAC_APP", help="Module holding the app.")
+@click.group(cls=CeleriacGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                  "auto_envvar_prefix": "CELERIAC"})
+@click.option("-A", "--app", "app_spec", envvar="CELERIAC_APP",
+              help="Module holding the app (before the command: celeriac -A proj worker).")
 @click.option("-b", "--broker", help="Broker URL (overrides broker_url).")
 @click.option("--result-backend", help="Result backend URL (overrides result_backend).")
 @click.version_option(package_name="celeriac", prog_name="celeriac")
@@ -71,7 +142,9 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
 @click.option("-n", "--hostname", default=None, help="Node name, e.g. name@%h.")
 @click.option("--prefetch-multiplier", type=int, default=None)
 @click.option("-f", "--logfile", default=None)
-@click.option("-E", "--task-events", is_flag=True, default=False, help="Send task events.")
+@click.option("-E", "--task-events", is_flag=True, default=False,
+              help="Accepted for Celery compatibility; task events are not sent yet "
+                   "(warned at start-up).")
 @click.pass_obj
 def worker(obj: AppHolder, loglevel: str, concurrency: int | None, pool: str | None,
            queues: str | None, hostname: str | None, prefetch_multiplier: int | None,
@@ -80,13 +153,10 @@ def worker(obj: AppHolder, loglevel: str, concurrency: int | None, pool: str | N
     from ..utils.log import setup_logging
 
     app = obj.app
-    try:
-        setup_logging(loglevel, logfile, hostname=hostname)
-        w = app.Worker(hostname=hostname, concurrency=concurrency, pool=pool, queues=queues,
-                       prefetch_multiplier=prefetch_multiplier, task_events=task_events,
-                       app_spec=obj.spec)
-    except ImproperlyConfigured as exc:
-        raise click.ClickException(str(exc)) from exc
+    setup_logging(loglevel, logfile, hostname=hostname)
+    w = app.Worker(hostname=hostname, concurrency=concurrency, pool=pool, queues=queues,
+                   prefetch_multiplier=prefetch_multiplier, task_events=task_events,
+                   app_spec=obj.spec)
     sys.exit(w.start())
 
 
@@ -95,11 +165,13 @@ def worker(obj: AppHolder, loglevel: str, concurrency: int | None, pool: str | N
               help="How many tasks to run.")
 @click.option("-c", "--concurrency", type=int, default=None, help="Worker pool size.")
 @click.option("--url", default=None, help="sqlite:/// URL to use (default: a temporary file).")
-def demo(count: int, concurrency: int | None, url: str | None) -> None:
+@click.option("--keep", is_flag=True, default=False,
+              help="Keep the temporary folder (database and worker log) instead of removing it.")
+def demo(count: int, concurrency: int | None, url: str | None, keep: bool) -> None:
     """Start a worker and run a visible workload on the embedded SQLite broker."""
     from .demo import run_demo
 
-    sys.exit(run_demo(count=count, concurrency=concurrency, url=url))
+    sys.exit(run_demo(count=count, concurrency=concurrency, url=url, keep=keep))
 
 
 @cli.group()
@@ -183,27 +255,32 @@ def dlq_purge(obj: AppHolder, force: bool) -> None:
 def purge(obj: AppHolder, queues: str | None, force: bool) -> None:
     """Delete every waiting message from the queues."""
     app = obj.app
-    names = [q for q in (queues or app.conf.task_default_queue).split(",") if q]
+    names = list(dict.fromkeys(q.strip() for q in (queues or app.conf.task_default_queue).split(",")
+                               if q.strip()))
+    if not names:
+        raise UserError(f"{_here()}: no queue named in -Q {queues!r}", exit_code=2)
     if not force:
         click.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
-    total = sum(app.transport.purge(q) for q in names)
-    click.echo(f"Purged {total} message(s) from {len(names)} queue(s).")
+    counts = {q: app.transport.purge(q) for q in names}
+    each = ", ".join(f"{q} ({n})" for q, n in counts.items())
+    click.echo(f"Purged {sum(counts.values())} message(s) from {len(names)} queue(s): {each}")
 
 
 @cli.command()
 @click.argument("name")
-@click.option("-a", "--args", "args_json", default="[]", help="Positional arguments as JSON.")
-@click.option("-k", "--kwargs", "kwargs_json", default="{}", help="Keyword arguments as JSON.")
+@click.option("-a", "--args", "args_json", default="[]",
+              help="Positional arguments as a JSON list, e.g. -a '[5, 3]'.")
+@click.option("-k", "--kwargs", "kwargs_json", default="{}",
+              help="Keyword arguments as a JSON object, e.g. -k '{\"y\": 3}'.")
 @click.option("--countdown", type=float, default=None)
 @click.option("--queue", default=None)
 @click.pass_obj
 def call(obj: AppHolder, name: str, args_json: str, kwargs_json: str, countdown: float | None,
          queue: str | None) -> None:
     """Send a task by name and print its id."""
-    try:
-        args, kwargs = json.loads(args_json), json.loads(kwargs_json)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"arguments must be JSON: {exc}") from exc
+    args = _json_option(args_json, list, "--args must be a JSON list, e.g. -a '[5, 3]'")
+    kwargs = _json_option(kwargs_json, dict,
+                          "--kwargs must be a JSON object, e.g. -k '{\"y\": 3}'")
     result = obj.app.send_task(name, args, kwargs, countdown=countdown, queue=queue)
     click.echo(result.id)
 
@@ -216,8 +293,74 @@ def result(obj: AppHolder, task_id: str, timeout: float | None) -> None:
     """Print a task's state and result."""
     res = obj.app.AsyncResult(task_id)
     if timeout is not None:
-        res.get(timeout=timeout, propagate=False)
+        try:
+            res.get(timeout=timeout, propagate=False)
+        except exceptions.TimeoutError as exc:
+            raise UserError(f"{_here()} {task_id}: still {res.state} after {timeout:g}s "
+                            f"(timed out: {exc})") from exc
     click.echo(f"{res.state}: {res.result!r}")
+
+
+def _json_option(text: str, kind: type, wanted: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{_here()}: {wanted} (got {text!r}: {exc})", exit_code=2) from exc
+    if not isinstance(value, kind):
+        raise UserError(f"{_here()}: {wanted} (got {text!r})", exit_code=2)
+    return value
+
+
+# ---- Celery commands celeriac does not have yet -------------------------------------------------
+#: command -> what to use instead; each is a real command, so ``celeriac beat`` gets this line
+#: instead of click's "No such command".
+NOT_YET: dict[str, str] = {
+    "beat": "no periodic-task scheduler yet: run Celery's own `celery beat` against the same "
+            "broker, or cron with `celeriac call`",
+    "inspect": "no remote inspection yet: the worker log shows what it runs; "
+               "`celeriac result <id>` shows a task's state",
+    "control": "remote control is revoke only, from Python: app.control.revoke(task_id)",
+    "status": "no worker ping yet: the worker log says 'ready.' once it consumes",
+    "events": "the worker sends no task events yet",
+    "multi": "start one `celeriac -A proj worker` per node under your process manager "
+             "(systemd, supervisord)",
+}
+
+
+def _not_available(name: str, instead: str) -> click.Command:
+    def command(args: tuple[str, ...]) -> None:
+        raise UserError(f"{_here()}: not available in celeriac yet ({instead})",
+                        exit_code=2)
+
+    return click.Command(
+        name, callback=command, help=f"Not available in celeriac yet ({instead}).",
+        short_help="Not available yet.", add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)])
+
+
+for _name, _instead in NOT_YET.items():
+    cli.add_command(_not_available(_name, _instead))
+
+
+@cli.command()
+@click.pass_obj
+def shell(obj: AppHolder) -> None:
+    """An interactive Python with `app` and the app's tasks (by their short names) loaded."""
+    import code
+
+    from .. import chain, chord, group, signature, states
+
+    app = obj.app
+    namespace: dict[str, Any] = {"app": app, "celery": app, "chain": chain, "chord": chord,
+                                 "group": group, "signature": signature, "states": states}
+    tasks = {name: task for name, task in sorted(app.tasks.items())
+             if not name.startswith("celery.")}
+    for name, task in tasks.items():
+        namespace.setdefault(name.rsplit(".", 1)[-1], task)
+    code.interact(banner=f"celeriac shell: app = {app!r}; tasks: "
+                         f"{', '.join(tasks) or '(none registered)'}",
+                  local=namespace, exitmsg="")
 
 
 def main(argv: list[str] | None = None, app: Any = None) -> None:
