@@ -30,7 +30,7 @@ _CELERY_HOMES: dict[str, str] = {
     ), "celery.exceptions"),
     **dict.fromkeys(("TimeLimitExceeded", "SoftTimeLimitExceeded", "WorkerLostError"),
                     "billiard.exceptions"),
-    **dict.fromkeys(("ContentDisallowed", "DecodeError"), "kombu.exceptions"),
+    **dict.fromkeys(("ContentDisallowed", "DecodeError", "EncodeError"), "kombu.exceptions"),
 }
 
 #: (exc_module, exc_type) as Celery writes them -> our class, for reading them back.

@@ -194,6 +194,7 @@ def test_unserializable_args_become_their_repr() -> None:
     (cexc.SoftTimeLimitExceeded(), "billiard.exceptions"),
     (cexc.WorkerLostError("died"), "billiard.exceptions"),
     (cexc.ContentDisallowed("pickle"), "kombu.exceptions"),
+    (cexc.EncodeError("set is not JSON serializable"), "kombu.exceptions"),
     (cexc.AlreadyRunning("lock"), "celeriac.exceptions"),
 ])
 def test_own_exceptions_are_written_where_celery_keeps_them(exc: BaseException, module: str
