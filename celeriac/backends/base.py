@@ -8,12 +8,14 @@ and batches build on ``incr`` and the key-value calls; they never live inside a 
 
 from __future__ import annotations
 
+import pickle
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 from .. import states
+from ..exceptions import EncodeError
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 from ..protocol import serialization
 from . import meta as metamod
@@ -139,7 +141,12 @@ class ResultBackend(ABC):
 
     # ---- encoding --------------------------------------------------------------------------------
     def encode(self, obj: Any) -> bytes:
-        return serialization.dumps(obj, self.serializer)[2]
+        """``obj`` in the result serializer; ``EncodeError`` for any value it cannot encode
+        (pickle's own errors too), never a write of something half made."""
+        try:
+            return serialization.dumps(obj, self.serializer)[2]
+        except (pickle.PicklingError, AttributeError, RecursionError) as exc:
+            raise EncodeError(f"cannot serialize with {self.serializer}: {exc}") from exc
 
     def decode(self, data: bytes) -> Any:
         content_type = serialization.content_type_of(self.serializer)
@@ -207,6 +214,16 @@ class ResultBackend(ABC):
         return {t: (self.decode(r) if r is not None else metamod.pending_meta(t))
                 for t, r in zip(task_ids, raws)}
 
+    def waited_on(self) -> str:
+        """Where a timed-out wait looked, for its message ("" if the URL says enough); a store
+        kept in a local file names the file, since a worker on another file never answers."""
+        return ""
+
+    def _timed_out(self, timeout: float | None, what: str) -> CeleriacTimeoutError:
+        where = self.waited_on()
+        return CeleriacTimeoutError(f"the operation timed out after {float(timeout or 0)}s waiting "
+                                    f"for {what}" + (f" {where}" if where else ""))
+
     def wait_for(self, task_id: str, timeout: float | None = None,
                  states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
         """Block until the task's state is in ``states_wanted``; raise TimeoutError after
@@ -219,7 +236,7 @@ class ResultBackend(ABC):
                 return meta
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
-                raise CeleriacTimeoutError(f"the operation timed out waiting for task {task_id}")
+                raise self._timed_out(timeout, f"task {task_id} (still {meta['status']})")
             self._wait_change([key], min(remaining, 1.0))
 
     def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None, *,
@@ -238,8 +255,9 @@ class ResultBackend(ABC):
                 return done
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
-                raise CeleriacTimeoutError(
-                    f"the operation timed out waiting for {len(pending)} task(s)")
+                raise self._timed_out(timeout, f"{len(pending)} task(s) (still not ready: "
+                                               f"{', '.join(pending[:3])}"
+                                               f"{', ...' if len(pending) > 3 else ''})")
             self._wait_change([self.task_key(t) for t in pending], min(remaining, 1.0))
 
     def forget(self, task_id: str) -> None:
