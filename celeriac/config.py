@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 from .exceptions import ImproperlyConfigured
 
-__all__ = ["DEFAULTS", "CELERIAC_EXTRAS", "OLD_SETTING_NAMES", "Settings", "UnknownSettingWarning",
-           "settings_from_object", "validate"]
+__all__ = ["DEFAULTS", "CELERIAC_EXTRAS", "NOT_BUILT", "OLD_SETTING_NAMES", "Settings",
+           "UnknownSettingWarning", "ineffective_settings", "settings_from_object", "validate"]
 
 PROCESS_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 TASK_LOG_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] "
@@ -481,3 +481,175 @@ def settings_from_object(obj: Any, namespace: str | None = None) -> dict[str, An
             continue
         found[key] = value
     return found
+
+
+# ---- accepted but not built yet -----------------------------------------------------------------
+_PERIODIC = ("periodic tasks are not built in celeriac yet: nothing will be scheduled "
+             "(issue: periodic tasks)")
+_EVENTS = ("task events are not built in celeriac yet: no events are sent, so Flower and "
+           "`celery events` see nothing from this worker (issue: task events)")
+_RATE = "celeriac does not enforce rate limits yet: tasks run at full speed (issue: rate limits)"
+_CHILD = ("celeriac does not replace pool processes after a limit yet: children live until the "
+          "worker stops (issue: max tasks/memory per child)")
+_SOFT_SHUTDOWN = ("soft shutdown is not built in celeriac yet: a warm shutdown waits for "
+                  "running tasks to finish")
+_LOGGING = ("celeriac's worker logging does not read it yet: the worker uses its built-in format "
+            "and handlers (connect to the setup_logging signal to log your own way)")
+_NO_EFFECT = "celeriac does not use it: it has no effect"
+
+#: Every Celery setting celeriac accepts but does not act on yet -> why, as the worker says it.
+#: The worker logs one line per entry whose value differs from Celery's default (see
+#: ``ineffective_settings``); docs/configuration.md lists the same table. Remove an entry when
+#: its feature is built. AMQP-only settings and the settings of result stores celeriac doesn't
+#: have are not here: they have no effect in Celery either with celeriac's brokers and stores.
+NOT_BUILT: dict[str, str] = {
+    # periodic tasks (celery beat)
+    "beat_schedule": _PERIODIC, "beat_scheduler": _PERIODIC, "beat_max_loop_interval": _PERIODIC,
+    "beat_schedule_filename": _PERIODIC, "beat_sync_every": _PERIODIC,
+    "beat_cron_starting_deadline": _PERIODIC,
+    # task events (-E)
+    "worker_send_task_events": _EVENTS, "task_send_sent_event": _EVENTS,
+    "event_queue_expires": _EVENTS, "event_queue_ttl": _EVENTS, "event_queue_prefix": _EVENTS,
+    "event_serializer": _EVENTS, "event_exchange": _EVENTS,
+    # rate limits (a task's own rate_limit is checked in ineffective_settings)
+    "task_default_rate_limit": _RATE,
+    "task_annotations": ("celeriac does not apply task annotations yet: the attributes they set "
+                         "(rate_limit and the rest) keep each task's own values"),
+    # pool children
+    "worker_max_tasks_per_child": _CHILD, "worker_max_memory_per_child": _CHILD,
+    # shutdown and connection loss
+    "worker_soft_shutdown_timeout": _SOFT_SHUTDOWN,
+    "worker_enable_soft_shutdown_on_idle": _SOFT_SHUTDOWN,
+    "worker_cancel_long_running_tasks_on_connection_loss": (
+        "celeriac does not cancel running tasks when the broker connection is lost: they run "
+        "on, and with acks_late their messages come back once their lease lapses"),
+    # task options read from the task only
+    "task_acks_on_failure_or_timeout": (
+        "celeriac does not read it yet: a task that fails or times out is always acknowledged"),
+    "task_store_errors_even_if_ignored": (
+        "celeriac reads only the task attribute store_errors_even_if_ignored: set it on the task"),
+    "task_inherit_parent_priority": "celeriac does not pass a parent's priority on yet",
+    "task_remote_tracebacks": "celeriac does not attach remote tracebacks to exceptions yet",
+    "task_allow_error_cb_on_chord_header": "celeriac does not link error callbacks to a chord's "
+                                           "header tasks yet",
+    "task_protocol": "celeriac sends task protocol 2 only",
+    # time zones: celeriac reads naive datetimes as UTC
+    "enable_utc": "celeriac always works in UTC: naive datetimes are read as UTC",
+    "timezone": "celeriac always works in UTC: naive datetimes are read as UTC, not in this zone",
+    # worker features not built
+    "worker_deduplicate_successful_tasks": "celeriac does not deduplicate tasks yet",
+    "worker_direct": "celeriac does not create per-worker queues yet",
+    "worker_enable_remote_control": (
+        "celeriac has no broadcast remote control to switch off: revokes are kept in the result "
+        "store and every worker honours them"),
+    "worker_state_db": "celeriac keeps revokes in the result store, not in a state file",
+    "worker_autoscaler": "autoscaling is not built in celeriac yet",
+    "worker_pool_restarts": "pool restarts by remote control are not built in celeriac yet",
+    "worker_consumer": "celeriac does not load a custom consumer class",
+    "worker_agent": _NO_EFFECT, "worker_timer": _NO_EFFECT, "worker_timer_precision": _NO_EFFECT,
+    "worker_lost_wait": _NO_EFFECT, "worker_proc_alive_timeout": _NO_EFFECT,
+    "worker_pool_putlocks": _NO_EFFECT, "worker_enable_prefetch_count_reduction": _NO_EFFECT,
+    # worker logging
+    "worker_hijack_root_logger": _LOGGING, "worker_log_color": _LOGGING,
+    "worker_log_format": _LOGGING, "worker_task_log_format": _LOGGING,
+    "worker_redirect_stdouts_level": "celeriac does not redirect a task's print() into the log "
+                                     "yet",
+    # broker connection
+    "broker_read_url": "celeriac uses broker_url for reading and writing",
+    "broker_write_url": "celeriac uses broker_url for reading and writing",
+    "broker_failover_strategy": "broker failover is not built in celeriac yet",
+    "broker_connection_timeout": _NO_EFFECT, "broker_pool_limit": _NO_EFFECT,
+    "broker_host": "celeriac reads the broker only from broker_url",
+    "broker_port": "celeriac reads the broker only from broker_url",
+    "broker_user": "celeriac reads the broker only from broker_url",
+    "broker_password": "celeriac reads the broker only from broker_url",
+    "broker_vhost": "celeriac reads the broker only from broker_url",
+    # results
+    "result_compression": "celeriac does not compress results yet: they are stored as they are",
+    "result_cache_max": _NO_EFFECT,
+    "result_chord_retry_interval": "celeriac joins chords by counting in the result store, "
+                                   "without polling",
+    "result_chord_join_timeout": "celeriac joins chords by counting in the result store, "
+                                 "without polling",
+    "result_backend_always_retry": "celeriac does not retry result-store writes yet",
+    "result_backend_max_retries": "celeriac does not retry result-store writes yet",
+    "result_backend_base_sleep_between_retries_ms": "celeriac does not retry result-store "
+                                                    "writes yet",
+    "result_backend_max_sleep_between_retries_ms": "celeriac does not retry result-store "
+                                                   "writes yet",
+    "redis_host": "celeriac reads the Redis result store only from result_backend",
+    "redis_port": "celeriac reads the Redis result store only from result_backend",
+    "redis_db": "celeriac reads the Redis result store only from result_backend",
+    "redis_username": "celeriac reads the Redis result store only from result_backend",
+    "redis_password": "celeriac reads the Redis result store only from result_backend",
+    "database_url": "celeriac reads the SQLite result store only from result_backend",
+    "database_engine_options": "celeriac's SQLite result store does not use SQLAlchemy",
+    "database_short_lived_sessions": "celeriac's SQLite result store does not use SQLAlchemy",
+    "database_table_schemas": "celeriac's SQLite result store has its own table names",
+    "database_table_names": "celeriac's SQLite result store has its own table names",
+    "database_create_tables_at_setup": "celeriac's SQLite result store creates its tables "
+                                       "when first used",
+    # remote control's broadcast settings and message signing
+    "control_queue_ttl": _NO_EFFECT, "control_queue_expires": _NO_EFFECT,
+    "control_exchange": _NO_EFFECT,
+    "security_key": "message signing is not built in celeriac yet: messages are not signed",
+    "security_certificate": "message signing is not built in celeriac yet: messages are not "
+                            "signed",
+    "security_cert_store": "message signing is not built in celeriac yet: messages are not "
+                           "signed",
+    "security_key_password": "message signing is not built in celeriac yet: messages are not "
+                             "signed",
+    "security_digest": "message signing is not built in celeriac yet: messages are not signed",
+}
+
+#: task attribute -> (its value that matters, why it has no effect); checked on every task
+_TASK_ATTRIBUTES: dict[str, str] = {
+    "rate_limit": "which celeriac does not enforce yet: the task runs at full speed "
+                  "(issue: rate limits)",
+}
+
+
+#: time zone names that mean what celeriac does anyway
+_UTC_NAMES = frozenset({"UTC", "ETC/UTC", "GMT", "ETC/GMT", "Z"})
+
+
+def _differs(value: Any, default: Any) -> bool:
+    """Whether a value asks for something the default doesn't (an empty or zero value counts as
+    not set when the default is empty, zero or None)."""
+    if not default:
+        return bool(value)
+    return bool(value != default)
+
+
+def _shown(key: str, value: Any) -> str:
+    """``key='value'`` for a short scalar, the bare name for a schedule, mapping or list."""
+    if isinstance(value, (Mapping, list, tuple, set, frozenset)):
+        return key
+    text = repr(value)
+    return f"{key}={text}" if len(text) <= 60 else key
+
+
+def ineffective_settings(conf: Mapping[str, Any], tasks: Mapping[str, Any] | None = None,
+                         options: Mapping[str, Any] | None = None) -> list[str]:
+    """One warning line per setting, worker option or task attribute that is set but has no
+    effect in celeriac yet (``NOT_BUILT``), in a stable order.
+
+    ``tasks``: name -> task (the app's own tasks); ``options``: the worker's options as the CLI
+    passes them (``task_events=True`` for ``-E``).
+    """
+    lines: list[str] = []
+    for key, reason in NOT_BUILT.items():
+        if key in conf and _differs(conf[key], DEFAULTS[key]) and not (
+                key == "timezone" and str(conf[key]).upper() in _UTC_NAMES):
+            lines.append(f"{_shown(key, conf[key])} is set but {reason}")
+    if options and options.get("task_events"):
+        lines.append(f"-E (--task-events) was given but {_EVENTS}")
+    rate_limits_off = bool(conf.get("worker_disable_rate_limits"))
+    for name in sorted(tasks or {}):
+        task = (tasks or {})[name]
+        for attr, reason in _TASK_ATTRIBUTES.items():
+            value = getattr(task, attr, None)
+            if value is None or (attr == "rate_limit" and rate_limits_off):
+                continue
+            lines.append(f"{name} has {attr}={value!r}, {reason}")
+    return lines

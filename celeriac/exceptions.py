@@ -122,9 +122,11 @@ class IncompleteStream(CeleriacError):
     """A result stream ended early."""
 
 
-class OperationalError(CeleriacError):
+class OperationalError(CeleriacError, ConnectionError):
     """The broker could not be reached (kombu's ``OperationalError``): raised by a publish once
-    ``task_publish_retry_policy`` is spent, naming the broker URL with its password masked."""
+    ``task_publish_retry_policy`` is spent, naming the broker URL with its password masked.
+    Also a ``ConnectionError``, so code that retries on connection errors (a worker sending a
+    chain's next step) treats it as the passing fault it is."""
 
 
 class MissingDependency(ImproperlyConfigured):

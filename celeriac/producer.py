@@ -13,10 +13,12 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from . import _context, signals
+from .exceptions import OperationalError
 from .protocol import v2
 from .routing import Queue, Router
 from .transport.base import Outgoing
 from .utils.forks import ForkLocal
+from .utils.urls import redact_url
 
 if TYPE_CHECKING:
     from .app import Celery
@@ -163,10 +165,6 @@ class Producer:
     def publish(self, items: Sequence[Outgoing], *, retry: bool | None = None,
                 retry_policy: dict[str, Any] | None = None) -> None:
         transport = self.app.transport
-        for item in items:
-            if item.queue not in self._declared:
-                transport.declare(self.router.resolve(item.queue))
-                self._declared.add(item.queue)
         listening_before = signals.before_task_publish.receivers
         if listening_before:
             for item in items:
@@ -178,24 +176,44 @@ class Producer:
 
     def _publish_with_retry(self, transport: Any, items: Sequence[Outgoing], retry: bool | None,
                             retry_policy: dict[str, Any] | None) -> None:
+        """Declare the items' queues (once per producer) and publish them, retrying while the
+        broker is unreachable; then raise ``OperationalError``."""
         attempt = 0
         delays: Iterator[float] | None = None  # worked out once a publish has failed
         while True:
             try:
+                self._declare(transport, items)
                 transport.publish(items)
                 return
             except (OSError, ConnectionError, TimeoutError,
                     *transport.transient_errors) as exc:
+                if isinstance(exc, OperationalError):
+                    raise  # already ours (a nested send gave up): don't wrap it twice
                 if not (self.publish_retry if retry is None else retry):
-                    raise
+                    raise self._unreachable(exc, "task_publish_retry is off") from exc
                 if delays is None:
                     delays = self._retry_delays(retry_policy)
                 delay = next(delays, None)
                 if delay is None:
-                    raise
+                    raise self._unreachable(
+                        exc, f"gave up after {attempt} "
+                             f"retr{'y' if attempt == 1 else 'ies'}: task_publish_retry_policy"
+                    ) from exc
                 attempt += 1
                 time.sleep(delay)
                 _log_publish_retry(exc, attempt)
+
+    def _declare(self, transport: Any, items: Sequence[Outgoing]) -> None:
+        for item in items:
+            if item.queue not in self._declared:
+                transport.declare(self.router.resolve(item.queue))
+                self._declared.add(item.queue)
+
+    def _unreachable(self, exc: BaseException, why: str) -> OperationalError:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return OperationalError(
+            f"Cannot publish to the broker at {redact_url(self.app.broker_url)}: {reason} "
+            f"({why})")
 
     def _retry_delays(self, retry_policy: dict[str, Any] | None) -> Iterator[float]:
         """The pauses before each retry ``task_publish_retry_policy`` allows (Celery's keys)."""

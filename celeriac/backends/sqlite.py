@@ -17,6 +17,7 @@ survive a power cut on their own.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -95,6 +96,8 @@ class SQLiteBackend(ResultBackend):
         super().__init__(app=app, url=url, **options)
         self.url = url or DEFAULT_SQLITE_URL
         self.path = sqlite_path_from_url(self.url)
+        #: the file as a path from anywhere (a relative URL is relative to where the app started)
+        self.abspath = os.path.abspath(self.path)
         self.synchronous = _synchronous_from_url(self.url)
         self.cleanup_interval = cleanup_interval
         self._lock = threading.Lock()
@@ -103,6 +106,10 @@ class SQLiteBackend(ResultBackend):
 
     def __repr__(self) -> str:
         return f"<SQLiteBackend {self.path!r}>"
+
+    def waited_on(self) -> str:
+        return (f"in the SQLite result store {self.abspath}: is a worker running on that same "
+                "file?")
 
     def _start_fresh(self) -> None:
         self._forks.adopt()

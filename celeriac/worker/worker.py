@@ -3,6 +3,11 @@
 Layer: worker. Ties the consumer (fetch/ack/leases) to a pool and handles the process lifecycle
 the way Celery users expect: SIGTERM or Ctrl-C is a warm shutdown (stop fetching, give unstarted
 messages back, let running tasks finish); a second one, or SIGQUIT, is a cold shutdown.
+
+At start it prints its banner to stdout (whatever the log level, as Celery does), warns once about
+each setting that has no effect yet (``config.ineffective_settings``), and connects to the broker,
+retrying with backoff while it is unreachable (``broker_connection_retry_on_startup``,
+``broker_connection_max_retries``).
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import signal
 import socket
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from .. import signals
+from ..config import ineffective_settings
 from ..protocol import serialization
-from ..routing import Router
+from ..routing import Queue, Router
+from ..utils.urls import display_url, redact_url
 from .consumer import Consumer
 from .executor import execute_async
 from .extensions import Expiry, Heartbeat, WorkerExtension
@@ -34,6 +41,52 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 DEFAULT_ASYNC_CONCURRENCY = 100
+
+#: Pauses between attempts to reach the broker at startup: kombu's ``ensure_connection``
+#: defaults, which Celery's worker uses (2 s, then 2 s more each time, at most 30 s).
+CONNECT_INTERVAL_START = 2.0
+CONNECT_INTERVAL_STEP = 2.0
+CONNECT_INTERVAL_MAX = 30.0
+
+
+def startup_connection_policy(conf: Mapping[str, Any]) -> tuple[bool, float | None]:
+    """(retry at all?, how many retries at most: None for forever) at worker startup.
+
+    As Celery: ``broker_connection_retry_on_startup`` decides, and when it is None (the default)
+    ``broker_connection_retry`` does (True by default). ``broker_connection_max_retries`` None
+    retries forever; 0 does not retry (Celery's docs once said 0 meant forever, but kombu has
+    always raised at the first error then; celery/celery#8626 fixed the docs).
+    """
+    on_startup = conf.get("broker_connection_retry_on_startup")
+    retry = bool(conf.get("broker_connection_retry", True) if on_startup is None else on_startup)
+    max_retries = conf.get("broker_connection_max_retries", 100)
+    if max_retries is not None:
+        max_retries = max(float(max_retries), 0.0)
+    return retry, max_retries
+
+
+def connection_retry_pauses(start: float = CONNECT_INTERVAL_START,
+                            step: float = CONNECT_INTERVAL_STEP,
+                            cap: float = CONNECT_INTERVAL_MAX) -> Iterator[float]:
+    """The pause before each retry: ``start``, growing by ``step``, then ``cap`` for ever."""
+    pause = start
+    while True:
+        yield min(pause, cap)
+        pause += step
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("celeriac")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(source)"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()).rstrip(".")  # the caller ends the sentence
+    return text or type(exc).__name__
 
 
 def expand_hostname(name: str | None, default_name: str = "celeriac") -> str:
@@ -83,12 +136,14 @@ class Runner:
         from ..protocol import v2
         from .executor import context_from_body
         from .outcome import Outcome
+        from .request import undecodable_failure
 
         try:
             body = v2.decode_task(message, self.accept)
         except (ContentDisallowed, DecodeError, InvalidTaskError) as exc:
             return Outcome.undecodable(message.headers.get("id") or "?",
-                                       f"{type(exc).__name__}: {exc}")
+                                       f"{type(exc).__name__}: {exc}",
+                                       undecodable_failure(message, exc))
         ctx = context_from_body(body, hostname=self.hostname, delivery_info=delivery_info,
                                 properties=message.properties)
         hard, soft = self.limits(message)
@@ -124,6 +179,7 @@ class Worker:
         self.async_pool: Any = None
         self._shutdown = threading.Event()
         self._shutdown_how: str | None = None
+        self._pool_started = False
         self.exitcode = 0
 
     # ---- startup -----------------------------------------------------------------------------
@@ -152,11 +208,18 @@ class Worker:
             self.async_pool = create_pool("asyncio", runner, limit, self._on_done)
         if signals.worker_init.receivers:
             signals.worker_init.send(sender=self)
+        # The banner is for a worker process (the CLI, or start() in a script's main thread), not
+        # for one embedded in a thread of a test run (celeriac.testing.start_worker).
+        if not self.options.get("quiet") and threading.current_thread() is threading.main_thread():
+            self._print_banner()
+        for line in ineffective_settings(app.conf, app.tasks.regular(), self.options):
+            logger.warning("%s", line)
         router = Router(app.conf)
-        for queue in self.queues:
-            app.transport.declare(router.resolve(queue))
+        if not self._connect([router.resolve(queue) for queue in self.queues]):
+            return self.exitcode
         # Fork the pool before any of our threads exist, so children start clean.
         self.pool.start()
+        self._pool_started = True
         if self.async_pool is not None:
             self.async_pool.start()
         self.consumer = Consumer(app, queues=self.queues, pool=self.pool,
@@ -194,12 +257,100 @@ class Worker:
         self.consumer.on_done(job_id, outcome)
 
     def _log_banner(self) -> None:
-        transport = self.app.broker_url
         logger.info(
             "celeriac worker %s: broker %s, results %s, pool %s (concurrency %d), queues %s, "
-            "registered tasks: %s", self.hostname, _redact(transport),
-            _redact(self.app.result_backend_url), self.pool_kind, self.concurrency,
+            "registered tasks: %s", self.hostname, display_url(self.app.broker_url),
+            display_url(self.app.result_backend_url), self.pool_kind, self.concurrency,
             ",".join(self.queues), ", ".join(sorted(self.app.tasks.regular())) or "(none)")
+
+    def banner(self) -> str:
+        """What the worker prints at start: where it reads and writes, and what it runs."""
+        app = self.app
+        tasks = sorted(app.tasks.regular())
+        lines = [
+            f"celeriac {_version()} worker {self.hostname}",
+            f"  app:      {app.main or '__main__'}",
+            f"  broker:   {display_url(app.broker_url)}",
+            f"  results:  {display_url(app.result_backend_url)}",
+            f"  pool:     {self.pool_kind} (concurrency {self.concurrency})",
+            f"  queues:   {', '.join(self.queues)}",
+            "  tasks:" + ("" if tasks else "    (none registered)"),
+            *(f"    . {name}" for name in tasks),
+        ]
+        return "\n".join(lines)
+
+    def _print_banner(self) -> None:
+        # stdout, not the log: the banner shows at every log level, as Celery's does.
+        try:
+            print(self.banner() + "\n", file=sys.stdout, flush=True)
+        except (OSError, ValueError):  # stdout closed or gone: the banner is not worth failing
+            pass
+
+    # ---- connecting to the broker ----------------------------------------------------------------
+    def _connect(self, queues: list[Queue]) -> bool:
+        """Declare the queues, the worker's first broker round trip, retrying with backoff while
+        the broker is unreachable. False: gave up (``exitcode`` 1) or shut down while waiting.
+
+        Which errors mean "unreachable" is the transport's to say (``transient_errors``), plus
+        OSError and its ConnectionError and TimeoutError; anything else is a bug and propagates.
+        """
+        transport = self.app.transport
+        unreachable: tuple[type[BaseException], ...] = (OSError, *transport.transient_errors)
+        retry, max_retries = startup_connection_policy(self.app.conf)
+        url = redact_url(self.app.broker_url)
+        pauses = connection_retry_pauses()
+        retries = 0
+        restore = self._catch_shutdown_signals()
+        try:
+            while True:
+                try:
+                    for queue in queues:
+                        transport.declare(queue)
+                except unreachable as exc:
+                    reason = _one_line(exc)
+                    if not retry:
+                        return self._give_up(
+                            f"Cannot connect to {url}: {reason}. Not retrying "
+                            "(broker_connection_retry_on_startup is False).")
+                    if max_retries is not None and retries >= max_retries:
+                        return self._give_up(
+                            f"Cannot connect to {url}: {reason}. Gave up after {retries} "
+                            f"retr{'y' if retries == 1 else 'ies'} "
+                            f"(broker_connection_max_retries={max_retries:g}).")
+                    retries += 1
+                    pause = next(pauses)
+                    limit = "unlimited" if max_retries is None else f"{max_retries:g}"
+                    logger.error("Cannot connect to %s: %s. Trying again in %.2f seconds... "
+                                 "(%d/%s)", url, reason, pause, retries, limit)
+                    if self._shutdown.wait(pause):
+                        logger.warning("%s shutdown while waiting for the broker at %s",
+                                       self._shutdown_how or "Warm", url)
+                        return False
+                    continue
+                if retries:
+                    logger.warning("Connected to %s after %d retr%s.", url, retries,
+                                   "y" if retries == 1 else "ies")
+                return True
+        finally:
+            restore()
+
+    def _give_up(self, line: str) -> bool:
+        logger.critical("%s", line)
+        self.exitcode = 1
+        return False
+
+    def _catch_shutdown_signals(self) -> Any:
+        """While connecting: SIGTERM and Ctrl-C end the wait at once. Returns what puts the
+        previous handlers back (the pool must fork with them, not with ours)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.signal(sig, self._on_term)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return restore
 
     # ---- shutdown ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
@@ -235,7 +386,7 @@ class Worker:
             # Cold: don't wait for running tasks. Their leases (acks_late) lapse and they come back.
             self.exitcode = 1  # EX_FAILURE, as Celery ends a cold shutdown
             logger.warning("Cold shutdown: terminating running tasks")
-            if self.pool is not None:
+            if self.pool is not None and self._pool_started:
                 threading.Thread(target=self.pool.stop, kwargs={"wait": False}, daemon=True).start()
         self._shutdown.set()
 
@@ -257,13 +408,3 @@ class Worker:
         if signals.worker_shutdown.receivers:
             signals.worker_shutdown.send(sender=self)
         self.app.close()
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL for logs: ``redis://:secret@h`` -> ``redis://:**@h``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:**@{host}"

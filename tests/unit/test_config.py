@@ -278,3 +278,92 @@ def test_missing_module_raises_import_error(config_module):
         settings_from_object("cfgpkg_h4.does_not_exist")
     with pytest.raises(ImportError):
         settings_from_object("no_such_top_level_module_h4")
+
+
+# ---- accepted but not built yet -----------------------------------------------------------------
+class _Task:
+    def __init__(self, rate_limit=None) -> None:
+        self.rate_limit = rate_limit
+
+
+def test_a_fresh_app_has_no_ineffective_settings():
+    from celeriac.config import ineffective_settings
+
+    assert ineffective_settings(Settings(), {"tasks.add": _Task()}, {"task_events": False}) == []
+
+
+def test_each_ineffective_setting_gets_one_line_naming_it():
+    from celeriac.config import ineffective_settings
+
+    conf = Settings(beat_schedule={"every-minute": {"task": "tasks.add", "schedule": 60.0}},
+                    worker_max_tasks_per_child=100, task_default_rate_limit="10/s",
+                    worker_send_task_events=True, task_send_sent_event=True)
+    lines = ineffective_settings(conf, {})
+    assert len(lines) == 5
+    beat = [line for line in lines if line.startswith("beat_schedule is set")]
+    assert beat == ["beat_schedule is set but periodic tasks are not built in celeriac yet: "
+                    "nothing will be scheduled (issue: periodic tasks)"]
+    for name in ("worker_max_tasks_per_child=100", "task_default_rate_limit='10/s'",
+                 "worker_send_task_events=True", "task_send_sent_event=True"):
+        assert sum(line.startswith(f"{name} is set but ") for line in lines) == 1, (name, lines)
+
+
+def test_a_tasks_rate_limit_is_named_with_the_task():
+    from celeriac.config import ineffective_settings
+
+    tasks = {"tasks.mul": _Task(), "tasks.add": _Task("1/m")}
+    assert ineffective_settings(Settings(), tasks) == [
+        "tasks.add has rate_limit='1/m', which celeriac does not enforce yet: the task runs at "
+        "full speed (issue: rate limits)"]
+    # rate limits switched off: nothing is lost, nothing to say
+    assert ineffective_settings(Settings(worker_disable_rate_limits=True), tasks) == []
+
+
+def test_the_dash_e_option_is_reported():
+    from celeriac.config import ineffective_settings
+
+    [line] = ineffective_settings(Settings(), {}, {"task_events": True})
+    assert line.startswith("-E (--task-events) was given but task events are not built")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("beat_schedule", {}), ("worker_max_tasks_per_child", None),
+    ("worker_max_tasks_per_child", 0), ("task_default_rate_limit", None),
+    ("worker_send_task_events", False), ("task_acks_on_failure_or_timeout", True),
+    ("enable_utc", True), ("timezone", "UTC"), ("worker_disable_rate_limits", True),
+    ("broker_connection_retry_on_startup", False), ("broker_connection_max_retries", 3),
+])
+def test_values_that_ask_for_nothing_new_are_not_reported(key, value):
+    """The default (or its "off" spelling), and settings celeriac does act on, stay quiet."""
+    from celeriac.config import ineffective_settings
+
+    assert ineffective_settings(Settings({key: value}), {}) == []
+
+
+@pytest.mark.parametrize("key, value", [
+    ("task_acks_on_failure_or_timeout", False), ("enable_utc", False),
+    ("timezone", "Europe/Paris"), ("worker_max_memory_per_child", 200_000),
+    ("task_annotations", {"tasks.add": {"rate_limit": "1/s"}}), ("result_compression", "zlib"),
+    ("worker_hijack_root_logger", False), ("broker_read_url", "redis://replica:6379/0"),
+])
+def test_settings_without_effect_are_reported(key, value):
+    from celeriac.config import ineffective_settings
+
+    [line] = ineffective_settings(Settings({key: value}), {})
+    assert line.startswith(key) and " is set but " in line
+
+
+def test_the_not_built_table_names_only_real_settings_and_none_celeriac_reads():
+    """Every entry is a Celery setting, and none is read anywhere in the package (a setting that
+    gets built must leave the table, or its warning would lie)."""
+    import pathlib
+    import re
+
+    from celeriac.config import NOT_BUILT
+
+    assert set(NOT_BUILT) <= set(DEFAULTS)
+    package = pathlib.Path(__file__).resolve().parents[2] / "celeriac"
+    sources = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "config.py")
+    read = [key for key in NOT_BUILT  # read as conf.key, conf.get("key") or conf["key"]
+            if re.search(rf"conf\.{key}\b|[\"']{key}[\"']", sources)]
+    assert read == [], f"read somewhere in celeriac/, so maybe built: {read}"

@@ -32,6 +32,7 @@ from ...protocol.message import Message
 from ...utils import redis_wire
 from ...utils.forks import PidGuard
 from ...utils.salt import process_salt
+from ...utils.urls import redact_url
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
 from . import scripts
 from .envelope import decode, decode_delivery, encode, list_name, priority_step
@@ -139,7 +140,7 @@ class RedisTransport(RedisBroadcastMixin):
         return cls(url, **options)
 
     def __repr__(self) -> str:
-        return f"<RedisTransport {_redact(self.url)!r}>"
+        return f"<RedisTransport {redact_url(self.url)!r}>"
 
     # ---- connections --------------------------------------------------------------------------
     def _connect(self) -> redis_py.Redis:
@@ -522,6 +523,3 @@ def _dead_letter(dead_id: str, record: bytes) -> DeadLetter:
     message, _ = decode(doc["envelope"])
     return DeadLetter(dead_id, doc["queue"], doc["reason"], message, float(doc["created_at"]))
 
-
-def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

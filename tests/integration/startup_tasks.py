@@ -1,0 +1,28 @@
+"""The app of tests/integration/test_worker_startup.py; its settings come from the environment.
+
+STARTUP_RETRY_ON_STARTUP=0: broker_connection_retry_on_startup = False; STARTUP_MAX_RETRIES=n:
+broker_connection_max_retries = n; STARTUP_NOT_BUILT=1: a beat_schedule and a task rate_limit,
+neither of which celeriac acts on yet. The broker URL comes from CELERIAC_BROKER_URL (or the
+embedded default).
+"""
+
+from __future__ import annotations
+
+import os
+
+from celeriac import Celery
+
+app = Celery("tests.integration.startup_tasks")
+if os.environ.get("STARTUP_RETRY_ON_STARTUP") == "0":
+    app.conf.broker_connection_retry_on_startup = False
+if os.environ.get("STARTUP_MAX_RETRIES"):
+    app.conf.broker_connection_max_retries = int(os.environ["STARTUP_MAX_RETRIES"])
+NOT_BUILT = os.environ.get("STARTUP_NOT_BUILT") == "1"
+if NOT_BUILT:
+    app.conf.beat_schedule = {"add-every-minute": {
+        "task": "tests.integration.startup_tasks.add", "schedule": 60.0, "args": (1, 2)}}
+
+
+@app.task(rate_limit="1/m" if NOT_BUILT else None)
+def add(x, y):
+    return x + y
