@@ -6,6 +6,7 @@ tasks and is separate per thread in the thread pool.
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
@@ -58,6 +59,12 @@ def get_or_create_current_app() -> "Celery":
 
             app = Celery("default", set_as_current=False)
             set_default_app(app)
+            # Celery makes this app silently; a task sent to its embedded broker by mistake
+            # would wait for a worker that never comes, so it is said once
+            logging.getLogger("celeriac").warning(
+                "current_app: no app has been created yet, so a fallback app named 'default' "
+                "(default settings: %s) is used; create your Celery(...) app before using "
+                "current_app, or pass app= explicitly", app.broker_url)
     return app
 
 

@@ -558,7 +558,8 @@ NOT_BUILT: dict[str, str] = {
     "broker_read_url": "celeriac uses broker_url for reading and writing",
     "broker_write_url": "celeriac uses broker_url for reading and writing",
     "broker_failover_strategy": "broker failover is not built in celeriac yet",
-    "broker_connection_timeout": _NO_EFFECT, "broker_pool_limit": _NO_EFFECT,
+    "broker_connection_timeout": "only the RabbitMQ broker uses it",
+    "broker_pool_limit": _NO_EFFECT,
     "broker_host": "celeriac reads the broker only from broker_url",
     "broker_port": "celeriac reads the broker only from broker_url",
     "broker_user": "celeriac reads the broker only from broker_url",
@@ -580,8 +581,6 @@ NOT_BUILT: dict[str, str] = {
     "redis_host": "celeriac reads the Redis result store only from result_backend",
     "redis_port": "celeriac reads the Redis result store only from result_backend",
     "redis_db": "celeriac reads the Redis result store only from result_backend",
-    "redis_username": "celeriac reads the Redis result store only from result_backend",
-    "redis_password": "celeriac reads the Redis result store only from result_backend",
     "database_url": "celeriac reads the SQLite result store only from result_backend",
     "database_engine_options": "celeriac's SQLite result store does not use SQLAlchemy",
     "database_short_lived_sessions": "celeriac's SQLite result store does not use SQLAlchemy",
@@ -602,6 +601,23 @@ NOT_BUILT: dict[str, str] = {
     "security_digest": "message signing is not built in celeriac yet: messages are not signed",
 }
 
+#: worker options (Celery's command-line flags, as Worker keyword arguments) -> the setting each
+#: one sets, as Celery's worker maps them; one that is not built yet is then warned about
+WORKER_OPTION_SETTINGS: dict[str, str] = {
+    "time_limit": "task_time_limit", "soft_time_limit": "task_soft_time_limit",
+    "max_tasks_per_child": "worker_max_tasks_per_child",
+    "max_memory_per_child": "worker_max_memory_per_child",
+    "statedb": "worker_state_db", "heartbeat_interval": "worker_heartbeat_interval",
+}
+
+#: worker options (the CLI's flags) that have no effect yet: (option, flag as typed, why)
+_NOT_BUILT_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("beat", "-B (--beat)", _PERIODIC),
+    ("autoscale", "--autoscale", "autoscaling is not built in celeriac yet: the pool keeps its "
+                                 "--concurrency size"),
+    ("optimization", "-O", "celeriac has no optimization profiles: it has no effect"),
+)
+
 #: task attribute -> (its value that matters, why it has no effect); checked on every task
 _TASK_ATTRIBUTES: dict[str, str] = {
     "rate_limit": "which celeriac does not enforce yet: the task runs at full speed "
@@ -621,12 +637,26 @@ def _differs(value: Any, default: Any) -> bool:
     return bool(value != default)
 
 
+#: name parts that mark a setting whose value may hold a secret (a URL can carry a password)
+_SECRET_HINTS = ("password", "passwd", "secret", "key", "url", "token", "credential", "auth",
+                 "cert", "uri", "dsn")
+
+
 def _shown(key: str, value: Any) -> str:
-    """``key='value'`` for a short scalar, the bare name for a schedule, mapping or list."""
+    """``key='value'`` for a short scalar, the bare name for a schedule, mapping or list, and for
+    any setting whose name suggests a secret or a URL (its value is never printed)."""
+    if any(hint in key.lower() for hint in _SECRET_HINTS):
+        return key
     if isinstance(value, (Mapping, list, tuple, set, frozenset)):
         return key
     text = repr(value)
     return f"{key}={text}" if len(text) <= 60 else key
+
+
+#: settings in ``NOT_BUILT`` that some brokers do use: broker URL schemes where they take effect
+_BUILT_FOR: dict[str, tuple[str, ...]] = {
+    "broker_connection_timeout": ("amqp", "amqps", "pyamqp"),
+}
 
 
 def ineffective_settings(conf: Mapping[str, Any], tasks: Mapping[str, Any] | None = None,
@@ -638,12 +668,18 @@ def ineffective_settings(conf: Mapping[str, Any], tasks: Mapping[str, Any] | Non
     passes them (``task_events=True`` for ``-E``).
     """
     lines: list[str] = []
+    scheme = str(conf.get("broker_url") or "").split("://", 1)[0].lower()
     for key, reason in NOT_BUILT.items():
+        if scheme in _BUILT_FOR.get(key, ()):
+            continue
         if key in conf and _differs(conf[key], DEFAULTS[key]) and not (
                 key == "timezone" and str(conf[key]).upper() in _UTC_NAMES):
             lines.append(f"{_shown(key, conf[key])} is set but {reason}")
     if options and options.get("task_events"):
         lines.append(f"-E (--task-events) was given but {_EVENTS}")
+    for option, flag, reason in _NOT_BUILT_OPTIONS:
+        if options and options.get(option):
+            lines.append(f"{flag} was given but {reason}")
     rate_limits_off = bool(conf.get("worker_disable_rate_limits"))
     for name in sorted(tasks or {}):
         task = (tasks or {})[name]

@@ -8,7 +8,6 @@ and batches build on ``incr`` and the key-value calls; they never live inside a 
 
 from __future__ import annotations
 
-import pickle
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -76,6 +75,10 @@ class ResultBackend(ABC):
 
     #: whether results are persisted at all (DisabledBackend says no)
     persistent = True
+    #: whether a worker sends results here at all (DisabledBackend says no). Not the same as
+    #: ``persistent``: rpc:// takes every result but keeps none (each goes to the caller's reply
+    #: queue), so revokes, chords and other readers cannot use it.
+    receives_results = True
 
     def __init__(self, app: Any = None, url: str | None = None, *, serializer: str | None = None,
                  accept: Iterable[str] | None = None, expires: float | None = None,
@@ -139,14 +142,22 @@ class ResultBackend(ABC):
     def close(self) -> None:
         """Release connections."""
 
+    # ---- replies to the sender (rpc://) --------------------------------------------------------
+    @property
+    def reply_to(self) -> str | None:
+        """What the task messages this client sends carry in ``reply_to`` when results come back
+        to the sender (rpc://: its reply queue); None when they do not."""
+        return None
+
+    def prepare_replies(self) -> None:
+        """Called before a task naming ``reply_to`` is sent from outside a task: make sure its
+        replies have somewhere to go (rpc:// declares its reply queue). Cheap once done."""
+
     # ---- encoding --------------------------------------------------------------------------------
     def encode(self, obj: Any) -> bytes:
         """``obj`` in the result serializer; ``EncodeError`` for any value it cannot encode
         (pickle's own errors too), never a write of something half made."""
-        try:
-            return serialization.dumps(obj, self.serializer)[2]
-        except (pickle.PicklingError, AttributeError, RecursionError) as exc:
-            raise EncodeError(f"cannot serialize with {self.serializer}: {exc}") from exc
+        return serialization.dumps(obj, self.serializer)[2]
 
     def decode(self, data: bytes) -> Any:
         content_type = serialization.content_type_of(self.serializer)
@@ -170,7 +181,18 @@ class ResultBackend(ABC):
         these in a batch and sends them with other writes (see worker/pending.py)."""
         meta = metamod.build_meta(task_id, state, result, traceback=traceback, request=request,
                                   children=children, extended=self.extended)
-        return ResultWrite(self.task_key(task_id), self.encode(meta), self.expires or None, meta)
+        try:
+            value = self.encode(meta)
+        except EncodeError:
+            if not ("args" in meta or "kwargs" in meta):
+                raise
+            # result_extended: the request's arguments may be what the result serializer cannot
+            # encode (a task sent with pickle, results in json). The outcome must not be lost for
+            # them: they are stored as their reprs. Raises again if the result is the culprit.
+            meta = {**meta, "args": metamod.safe_repr(meta.get("args")),
+                    "kwargs": metamod.safe_repr(meta.get("kwargs"))}
+            value = self.encode(meta)
+        return ResultWrite(self.task_key(task_id), value, self.expires or None, meta)
 
     def write_results(self, writes: Sequence[ResultWrite]) -> None:
         """Send writes made by ``result_write`` now, in order."""
@@ -224,6 +246,11 @@ class ResultBackend(ABC):
         return CeleriacTimeoutError(f"the operation timed out after {float(timeout or 0)}s waiting "
                                     f"for {what}" + (f" {where}" if where else ""))
 
+    def _not_ready(self, timeout: float | None, pending: Sequence[str]) -> CeleriacTimeoutError:
+        return self._timed_out(timeout, f"{len(pending)} task(s) (still not ready: "
+                                        f"{', '.join(pending[:3])}"
+                                        f"{', ...' if len(pending) > 3 else ''})")
+
     def wait_for(self, task_id: str, timeout: float | None = None,
                  states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
         """Block until the task's state is in ``states_wanted``; raise TimeoutError after
@@ -255,9 +282,7 @@ class ResultBackend(ABC):
                 return done
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
-                raise self._timed_out(timeout, f"{len(pending)} task(s) (still not ready: "
-                                               f"{', '.join(pending[:3])}"
-                                               f"{', ...' if len(pending) > 3 else ''})")
+                raise self._not_ready(timeout, pending)
             self._wait_change([self.task_key(t) for t in pending], min(remaining, 1.0))
 
     def forget(self, task_id: str) -> None:
@@ -309,6 +334,7 @@ class DisabledBackend(ResultBackend):
     """No result backend configured: storing is a no-op and reading is an error naming the fix."""
 
     persistent = False
+    receives_results = False
 
     def _fail(self, *_: Any, **__: Any) -> Any:
         from ..exceptions import ImproperlyConfigured

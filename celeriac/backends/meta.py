@@ -178,12 +178,17 @@ def _stand_in(exc_type: str, exc_module: str | None) -> type[Exception]:
         return cls
 
 
+def safe_repr(value: Any) -> str:
+    """``repr(value)``; a broken ``__repr__`` gives a placeholder instead of an error."""
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the failure
+        return f"<unrepresentable {type(value).__name__}>"
+
+
 def _serializable(value: Any) -> Any:
     try:
         json.dumps(value)
     except (TypeError, ValueError, RecursionError):
-        try:
-            return repr(value)
-        except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the failure
-            return f"<unrepresentable {type(value).__name__}>"
+        return safe_repr(value)
     return value

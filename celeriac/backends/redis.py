@@ -29,9 +29,9 @@ from redis.retry import Retry
 
 from .. import states
 from ..exceptions import BackendError, ImproperlyConfigured
-from ..exceptions import TimeoutError as CeleriacTimeoutError
 from ..utils import redis_wire
 from ..utils.forks import PidGuard
+from ..utils.urls import redact_url
 from . import redis_chord
 from .base import ChordPart, ResultBackend, ResultWrite, _any_failed
 from .redis_pubsub import Subscriber
@@ -72,7 +72,7 @@ class RedisBackend(ResultBackend):
         self._subscriber: Subscriber | None = None
 
     def __repr__(self) -> str:
-        return f"<RedisBackend {_safe_url(cast(str, self.url))}>"  # set in __init__
+        return f"<RedisBackend {redact_url(cast(str, self.url))}>"  # set in __init__
 
     # ---- connections -----------------------------------------------------------------------------
     def _check_fork(self) -> None:
@@ -270,12 +270,12 @@ class RedisBackend(ResultBackend):
         watch = subscriber.watch([name])
         try:
             if not watch.armed(deadline):
-                raise _timeout(f"task {task_id}")
+                raise self._timed_out(timeout, f"task {task_id} (still {meta['status']})")
             meta = self.get_task_meta(task_id)
             while meta["status"] not in states_wanted:
                 news = watch.take(deadline)
                 if news is None:
-                    raise _timeout(f"task {task_id}")
+                    raise self._timed_out(timeout, f"task {task_id} (still {meta['status']})")
                 raw = news.get(name)
                 meta = self.decode(raw) if raw is not None else self.get_task_meta(task_id)
             return meta
@@ -295,7 +295,7 @@ class RedisBackend(ResultBackend):
         watch = subscriber.watch(list(pending))
         try:
             if not watch.armed(deadline):
-                raise _timeout(f"{len(pending)} task(s)")
+                raise self._not_ready(timeout, list(pending.values()))
             news: dict[str, bytes | None] = dict.fromkeys(pending)
             while True:
                 reread = [name for name, raw in news.items() if raw is None and name in pending]
@@ -313,7 +313,7 @@ class RedisBackend(ResultBackend):
                     return {t: done[t] for t in task_ids if t in done}
                 taken = watch.take(deadline)
                 if taken is None:
-                    raise _timeout(f"{len(pending)} task(s)")
+                    raise self._not_ready(timeout, list(pending.values()))
                 news = taken
         finally:
             subscriber.unwatch(watch)
@@ -326,7 +326,8 @@ def client_options(url: str, conf: Any = None, transport_options: dict[str, Any]
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("redis", "rediss", "unix", "redis+socket"):
-        raise ImproperlyConfigured(f"result_backend: not a Redis URL: {_safe_url(url)!r}")
+        raise ImproperlyConfigured(f"result_backend: not a Redis URL: {redact_url(url)!r}")
+    redis_wire.check_redis_url(url, "result_backend")
     if scheme == "redis+socket":
         scheme = "unix"
     base, _, query = rest.partition("?")
@@ -363,7 +364,7 @@ def client_options(url: str, conf: Any = None, transport_options: dict[str, Any]
     try:
         parsed = _parse_url(redis_url)
     except ValueError as exc:
-        raise ImproperlyConfigured(f"result_backend: {exc} ({_safe_url(url)!r})") from None
+        raise ImproperlyConfigured(f"result_backend: {exc} ({redact_url(url)!r})") from None
     for name in ("username", "password"):  # the settings fill in what the URL leaves out
         value = _conf(conf, f"redis_{name}", None)
         if value and name not in parsed:
@@ -413,14 +414,3 @@ def _ttl_ms(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
-def _timeout(what: str) -> CeleriacTimeoutError:
-    return CeleriacTimeoutError(f"the operation timed out waiting for {what}")
-
-
-def _safe_url(url: str) -> str:
-    """The URL with any password masked, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    auth, at, host = rest.rpartition("@")
-    if not at or ":" not in auth:
-        return url
-    return f"{scheme}{sep}{auth.split(':', 1)[0]}:**@{host}"

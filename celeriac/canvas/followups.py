@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import states
 from . import chords
 from .primitives import chain, chord, group
-from .signature import maybe_signature
+from .signature import Signature, maybe_signature
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -38,6 +39,27 @@ def on_success(app: "Celery", ctx: "Context", retval: Any) -> None:
     if ctx.chain:
         rest = list(ctx.chain)
         _send_or_fail(app, rest.pop(), (retval,), ctx, rest, chain=rest)
+
+
+def planned_children(app: "Celery", ctx: "Context") -> list | None:
+    """The ``children`` entries ``on_success`` will add, known before it sends anything: each
+    follow-up that is a single task gets its task id now (the id it is then sent with), so the
+    task's result can be made ready first. None when a follow-up is a group, chain or chord,
+    whose result only takes shape as it is sent."""
+    from ..result import AsyncResult
+
+    callbacks = [maybe_signature(sig, app=app) for sig in ctx.callbacks or ()]
+    steps = list(ctx.chain or ())
+    following = [*callbacks, maybe_signature(steps[-1], app=app)] if steps else callbacks
+    if any(type(sig) is not Signature for sig in following):
+        return None
+    for sig in following:
+        sig.options.setdefault("task_id", str(uuid.uuid4()))
+    # on_success sends these very signatures (with their ids), in this order
+    ctx.callbacks = callbacks
+    if steps:
+        ctx.chain = [*steps[:-1], following[-1]]
+    return [AsyncResult(sig.options["task_id"], app=app).as_tuple() for sig in following]
 
 
 def _send(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", **options: Any) -> Any:

@@ -12,6 +12,7 @@ exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import code
 import json
 import sys
 from typing import Any
@@ -20,6 +21,8 @@ import click
 
 from .. import exceptions
 from ..utils.imports import find_app
+from ..utils.text import one_line
+from ..utils.urls import redact_url
 
 #: Exceptions that mean the user got something wrong (a setting, a URL, the ``-A`` module, a broker
 #: that is not there): shown as one line and a non-zero exit. Anything else is a bug in celeriac
@@ -31,9 +34,26 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def one_line(text: str) -> str:
-    """Join a (possibly multi-line) message into one line."""
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+def _unreachable(ctx: click.Context, exc: Exception) -> str | None:
+    """For an error that means the broker (or, for ``result``, the result store) could not be
+    reached: what to say, its URL masked. None for any other error."""
+    holder = ctx.find_object(AppHolder)
+    app = holder._app if holder is not None else None
+    transient: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    if app is not None:
+        try:
+            transient += tuple(app.transport.transient_errors)
+        except Exception:  # noqa: BLE001 - no transport to ask: the built-in errors only
+            pass
+    if not isinstance(exc, transient):
+        return None
+    if app is None:
+        return f"cannot connect: {one_line(exc)}"
+    if ctx.invoked_subcommand == "result":
+        where = f"the result store at {redact_url(str(app.conf.get('result_backend') or ''))}"
+    else:
+        where = f"the broker at {redact_url(str(app.broker_url))}"
+    return f"cannot reach {where}: {one_line(exc)}"
 
 
 def _here() -> str:
@@ -91,6 +111,15 @@ class CeleriacGroup(click.Group):
             prefix = f"{ctx.command_path} {name}" if name else ctx.command_path
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             raise UserError(f"{prefix}: {message}") from exc
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            unreachable = _unreachable(ctx, exc)
+            if unreachable is None:
+                raise
+            name = ctx.invoked_subcommand
+            prefix = f"{ctx.command_path} {name}" if name else ctx.command_path
+            raise UserError(f"{prefix}: {unreachable}") from exc
 
 
 class AppHolder:
@@ -139,24 +168,71 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
               type=click.Choice(["prefork", "processes", "threads", "solo", "asyncio"]),
               default=None, help="Execution pool (default prefork).")
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues to consume.")
+@click.option("-X", "--exclude-queues", default=None,
+              help="Comma-separated queues not to consume (of task_queues, or of -Q).")
 @click.option("-n", "--hostname", default=None, help="Node name, e.g. name@%h.")
-@click.option("--prefetch-multiplier", type=int, default=None)
-@click.option("-f", "--logfile", default=None)
+@click.option("--prefetch-multiplier", type=int, default=None,
+              help="Messages reserved per pool slot (worker_prefetch_multiplier, default 4).")
+@click.option("-f", "--logfile", default=None, help="Log to this file instead of stderr.")
+@click.option("--pidfile", default=None,
+              help="Write the worker's pid to this file (removed at exit); refuses to start "
+                   "while it holds the pid of a running process.")
+@click.option("--purge", "--discard", "purge", is_flag=True, default=False,
+              help="Delete every waiting message from the worker's queues before starting.")
+@click.option("--time-limit", type=float, default=None,
+              help="Hard time limit per task, in seconds (task_time_limit).")
+@click.option("--soft-time-limit", type=float, default=None,
+              help="Soft time limit per task, in seconds (task_soft_time_limit).")
+@click.option("--heartbeat-interval", type=float, default=None,
+              help="Seconds between the worker's heartbeats in the result store "
+                   "(worker_heartbeat_interval).")
 @click.option("-E", "--task-events", is_flag=True, default=False,
               help="Accepted for Celery compatibility; task events are not sent yet "
                    "(warned at start-up).")
+@click.option("-B", "--beat", is_flag=True, default=False,
+              help="Accepted for Celery compatibility; periodic tasks are not built yet "
+                   "(warned at start-up).")
+@click.option("-s", "--schedule", "schedule_filename", default=None,
+              help="Beat's schedule file (with -B); accepted, not used yet.")
+@click.option("--autoscale", default=None, metavar="MAX,MIN",
+              help="Accepted for Celery compatibility; autoscaling is not built yet "
+                   "(warned at start-up).")
+@click.option("--max-tasks-per-child", type=int, default=None,
+              help="worker_max_tasks_per_child: not built yet (warned at start-up).")
+@click.option("--max-memory-per-child", type=int, default=None,
+              help="worker_max_memory_per_child (KiB): not built yet (warned at start-up).")
+@click.option("--statedb", default=None,
+              help="worker_state_db: not used (revokes are kept in the result store; warned "
+                   "at start-up).")
+@click.option("-O", "optimization", type=click.Choice(["default", "fair"]), default=None,
+              help="Celery's optimization profile: no effect in celeriac (warned at start-up).")
+@click.option("--without-gossip", is_flag=True, default=False,
+              help="Accepted: celeriac workers do not gossip anyway.")
+@click.option("--without-mingle", is_flag=True, default=False,
+              help="Accepted: celeriac workers do not mingle at start-up anyway.")
+@click.option("--without-heartbeat", is_flag=True, default=False,
+              help="Accepted: celeriac sends no event heartbeats anyway (its result-store "
+                   "heartbeat is what tells the worker's tasks apart from a dead worker's).")
+@click.option("-D", "--detach", is_flag=True, default=False,
+              help="Not available: run the worker under your service manager instead.")
 @click.pass_obj
 def worker(obj: AppHolder, loglevel: str, concurrency: int | None, pool: str | None,
-           queues: str | None, hostname: str | None, prefetch_multiplier: int | None,
-           logfile: str | None, task_events: bool) -> None:
+           queues: str | None, exclude_queues: str | None, hostname: str | None,
+           prefetch_multiplier: int | None, logfile: str | None, task_events: bool,
+           detach: bool, without_gossip: bool, without_mingle: bool, without_heartbeat: bool,
+           **options: Any) -> None:
     """Start a worker."""
     from ..utils.log import setup_logging
 
+    if detach:
+        raise UserError(f"{_here()}: --detach is not available in celeriac: run it under your "
+                        "service manager (systemd, supervisord) instead", exit_code=2)
     app = obj.app
     setup_logging(loglevel, logfile, hostname=hostname)
     w = app.Worker(hostname=hostname, concurrency=concurrency, pool=pool, queues=queues,
+                   exclude_queues=exclude_queues,
                    prefetch_multiplier=prefetch_multiplier, task_events=task_events,
-                   app_spec=obj.spec)
+                   app_spec=obj.spec, **options)
     sys.exit(w.start())
 
 
@@ -233,7 +309,15 @@ def dlq_replay(obj: AppHolder, dead_letter_ids: tuple[str, ...], replay_all: boo
 
     if not dead_letter_ids and not replay_all:
         raise click.UsageError("name dead-letter ids to replay, or pass --all")
-    done = replay(obj.app.transport, None if replay_all else list(dead_letter_ids), queue=queue)
+    transport = obj.app.transport
+    if not replay_all:  # all or none: a mistyped id replays nothing
+        missing = [i for i in dead_letter_ids if transport.dead_letter_get(i) is None]
+        if missing:
+            listing = f"celeriac{f' -A {obj.spec}' if obj.spec else ''} dlq list"
+            raise UserError(f"{_here()}: no dead letter with id "
+                            f"{', '.join(repr(i) for i in missing)}; nothing was replayed "
+                            f"(`{listing}` shows the ids)")
+    done = replay(transport, None if replay_all else list(dead_letter_ids), queue=queue)
     click.echo(f"Replayed {done} message(s).")
 
 
@@ -296,8 +380,7 @@ def result(obj: AppHolder, task_id: str, timeout: float | None) -> None:
         try:
             res.get(timeout=timeout, propagate=False)
         except exceptions.TimeoutError as exc:
-            raise UserError(f"{_here()} {task_id}: still {res.state} after {timeout:g}s "
-                            f"(timed out: {exc})") from exc
+            raise UserError(f"{_here()} {task_id}: {exc}") from exc
     click.echo(f"{res.state}: {res.result!r}")
 
 
@@ -346,11 +429,13 @@ for _name, _instead in NOT_YET.items():
 @cli.command()
 @click.pass_obj
 def shell(obj: AppHolder) -> None:
-    """An interactive Python with `app` and the app's tasks (by their short names) loaded."""
-    import code
+    """An interactive Python with `app` and the app's tasks (by their short names) loaded.
 
+    Code piped in runs as typed; the exit status is 1 when any of it raised."""
     from .. import chain, chord, group, signature, states
 
+    if sys.stdin is None or sys.stdin.closed:  # `celeriac shell <&-`
+        raise UserError(f"{_here()}: no input (stdin is closed)")
     app = obj.app
     namespace: dict[str, Any] = {"app": app, "celery": app, "chain": chain, "chord": chord,
                                  "group": group, "signature": signature, "states": states}
@@ -358,9 +443,39 @@ def shell(obj: AppHolder) -> None:
              if not name.startswith("celery.")}
     for name, task in tasks.items():
         namespace.setdefault(name.rsplit(".", 1)[-1], task)
-    code.interact(banner=f"celeriac shell: app = {app!r}; tasks: "
-                         f"{', '.join(tasks) or '(none registered)'}",
-                  local=namespace, exitmsg="")
+    console = _Console(namespace)
+    try:
+        console.interact(banner=f"celeriac shell: app = {app!r}; tasks: "
+                                f"{', '.join(tasks) or '(none registered)'}", exitmsg="")
+    except RuntimeError as exc:  # input() lost its stdin while reading
+        if "lost sys.stdin" not in str(exc):
+            raise
+        raise UserError(f"{_here()}: no input (stdin is closed)") from exc
+    if console.failed and not _is_tty(sys.stdin):
+        sys.exit(1)  # a piped script that raised: the traceback is shown, the status says so
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Console(code.InteractiveConsole):
+    """The stdlib console, remembering whether any code it ran raised."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        super().__init__(namespace)
+        self.failed = False
+
+    def showtraceback(self) -> None:
+        self.failed = True
+        super().showtraceback()
+
+    def showsyntaxerror(self, filename: str | None = None, **kwargs: Any) -> None:
+        self.failed = True
+        super().showsyntaxerror(filename, **kwargs)
 
 
 def main(argv: list[str] | None = None, app: Any = None) -> None:

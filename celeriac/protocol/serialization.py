@@ -74,7 +74,8 @@ class _Unserializable(TypeError):
     """A value of a type the serializer cannot represent; :func:`dumps` names the type."""
 
     def __init__(self, obj: object) -> None:
-        self.type_name = type(obj).__qualname__
+        self.type = type(obj)
+        self.type_name = self.type.__qualname__
         super().__init__(f"Object of type {self.type_name} is not serializable")
 
 
@@ -144,6 +145,25 @@ def _require(module: str, serializer: str) -> Any:
         raise MissingDependency(
             f"the {serializer} serializer needs the {module!r} package: "
             f"pip install 'celeriac[{serializer}]'") from None
+
+
+#: content type -> (module, serializer name) of the serializers that need an optional package
+_NEEDS: dict[str, tuple[str, str]] = {MSGPACK: ("msgpack", "msgpack"), YAML: ("yaml", "yaml")}
+
+
+def check_available(names: Iterable[str] | str) -> None:
+    """Raise MissingDependency (one line naming the ``pip install``) for the first serializer
+    of ``names`` (names or content types; a comma-separated string too) whose package is not
+    installed; ImproperlyConfigured for an unknown name. For start-up checks: a worker that
+    lacks a serializer it is configured to use fails at once, not at its first message."""
+    if isinstance(names, str):
+        names = names.split(",")
+    for name in names:
+        if not name.strip():
+            continue
+        needed = _NEEDS.get(content_type_of(name.strip()))
+        if needed is not None:
+            _require(*needed)
 
 
 def _msgpack_dumps(obj: Any) -> bytes:
@@ -236,7 +256,13 @@ def dumps(obj: Any, serializer: str = "json") -> tuple[str, str, bytes]:
     content_type, content_encoding = _lookup(serializer)
     try:
         return content_type, content_encoding, _DUMPERS[content_type](obj)
-    except (TypeError, ValueError, OverflowError, pickle.PicklingError) as exc:
+    except _Unserializable as exc:
+        # The message says it all; the internal class and the json/msgpack frames it was raised
+        # through would only clutter the worker's log and the stored traceback.
+        error = EncodeError(_encode_error(content_type, exc))
+        error.unserializable = exc.type  # type: ignore[attr-defined]  # unserializable_type
+        raise error from None
+    except (TypeError, ValueError, OverflowError, RecursionError, pickle.PicklingError) as exc:
         raise EncodeError(_encode_error(content_type, exc)) from exc
     except AttributeError as exc:  # pickle's "Can't pickle local object"
         if content_type != PICKLE:
@@ -244,23 +270,63 @@ def dumps(obj: Any, serializer: str = "json") -> tuple[str, str, bytes]:
         raise EncodeError(_encode_error(content_type, exc)) from exc
 
 
-_FRIENDLY = {JSON: "JSON-friendly", MSGPACK: "msgpack-friendly", YAML: "YAML-friendly"}
+#: content type -> how the serializer is named in prose ("not JSON serializable")
+_LABELS = {JSON: "JSON", MSGPACK: "msgpack", YAML: "YAML", PICKLE: "pickle"}
+#: content type -> the serializer name a user writes ("application/json" -> "json")
+_NAMES = {content_type: name for name, (content_type, _) in SERIALIZERS.items()}
+
+
+def serializer_name(content_type: str) -> str:
+    """The name a user writes for a serializer (``"application/json"`` -> ``"json"``); a name
+    passes through, an unknown content type is returned as it is."""
+    return _NAMES.get(content_type, content_type)
+
+
+def serializer_label(serializer: str) -> str:
+    """How a serializer (name or content type) is named in prose: ``JSON``, ``msgpack``..."""
+    found = SERIALIZERS.get(serializer) or _BY_CONTENT_TYPE.get(serializer)
+    return _LABELS[found[0]] if found else serializer
+
+
+def unserializable_type(exc: BaseException) -> type | None:
+    """The type of the value a json, msgpack or yaml ``dumps`` could not represent, when
+    ``exc`` (an EncodeError from :func:`dumps`, or its cause) names one; None otherwise (pickle's
+    errors name no type; a dict key or nesting too deep is the whole value's fault)."""
+    if isinstance(exc, _Unserializable):
+        return exc.type
+    named = getattr(exc, "unserializable", None)
+    if isinstance(named, type):
+        return named
+    cause = exc.__cause__
+    return cause.type if isinstance(cause, _Unserializable) else None
+
+
+def encode_advice(serializer: str, *, returned: bool = False) -> str:
+    """What to do about a value ``serializer`` cannot encode: one passed to a task, or (with
+    ``returned``) one a task returned for the result serializer."""
+    content_type = _lookup(serializer)[0]
+    if content_type == PICKLE:
+        if returned:
+            return ("return a value pickle can encode (not a lambda, a local function or class, "
+                    "an open file, a lock or a connection)")
+        return ("pass picklable values (module-level functions and classes; no locks, open "
+                "files or connections)")
+    label = _LABELS[content_type]
+    if returned:
+        return (f"return a {label}-friendly value, or choose a serializer that can, e.g. "
+                f"result_serializer='pickle' with 'pickle' in accept_content")
+    return (f"pass {label}-friendly values, or choose another serializer (serializer='pickle') "
+            f"and add it to accept_content on the workers")
 
 
 def _encode_error(content_type: str, exc: Exception) -> str:
     """One line: what could not be serialized, and what to do about it."""
-    name = next(name for name, (ct, _) in SERIALIZERS.items() if ct == content_type)
+    name = serializer_name(content_type)
     if isinstance(exc, _Unserializable):
         problem = f"cannot serialize a value of type {exc.type_name} with {name}"
     else:  # one line, whatever the library's message looks like
         problem = f"cannot serialize with {name}: {' '.join(str(exc).split())}"
-    if content_type == PICKLE:
-        advice = ("pass picklable values (module-level functions and classes; no locks, "
-                  "open files or connections)")
-    else:
-        advice = (f"pass {_FRIENDLY[content_type]} values, or choose another serializer "
-                  f"(serializer='pickle') and add it to accept_content on the workers")
-    return f"{problem}; {advice}"
+    return f"{problem}; {encode_advice(content_type)}"
 
 
 def check_accepted(content_type: str, accept: frozenset[str] | None) -> None:

@@ -440,10 +440,17 @@ def shared_task(*args: Any, **options: Any) -> Any:
             app._task_from_fun(fun, **options)
         return SharedTaskProxy(fun, options)
 
+    return _decorator("shared_task", decorate, args, options)
+
+
+def _decorator(what: str, decorate: Callable[[Callable[..., Any]], Any], args: tuple,
+               options: dict[str, Any]) -> Any:
+    """``@what`` (the function decorated) and ``@what(**options)`` (the decorator); positional
+    arguments other than the function are a mistake."""
     if len(args) == 1 and callable(args[0]) and not options:
         return decorate(args[0])
     if args:
-        raise TypeError("shared_task takes keyword options only, e.g. @shared_task(bind=True)")
+        raise TypeError(f"{what} takes keyword options only, e.g. @{what}(bind=True)")
     return decorate
 
 
@@ -453,11 +460,7 @@ def task(*args: Any, **options: Any) -> Any:
     The task is registered on every app, the current one included (Celery 3's ``@task`` was
     shared the same way), and used through whichever app is current: it is ``shared_task``.
     """
-    if len(args) == 1 and callable(args[0]) and not options:
-        return shared_task(args[0])
-    if args:
-        raise TypeError("task takes keyword options only, e.g. @task(bind=True)")
-    return shared_task(**options)
+    return _decorator("task", shared_task(**options), args, options)
 
 
 def utcnow() -> datetime:

@@ -24,12 +24,15 @@ import socket
 import threading
 import time
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from urllib.parse import parse_qsl
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..exceptions import ImproperlyConfigured
 from .forks import ForkLocal
+from .urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,42 @@ Command = tuple[Any, ...]  # ("SET", key, value, ...): str, bytes, int or float 
 #: sha1 -> Lua source of every script a wire may have to load again (after SCRIPT FLUSH or a
 #: server restart the server forgets them)
 _SCRIPTS: dict[str, bytes] = {}
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
+
+
+def check_redis_url(url: str, setting: str) -> None:
+    """Refuse a Redis URL whose port or database number is not a number, in one line naming the
+    setting and the URL (password masked); used for ``broker_url`` and ``result_backend`` alike.
+
+    redis-py would raise a bare ValueError for a bad port, and silently use database 0 for
+    ``redis://host:6379/abc``; both are user mistakes that deserve a clear answer.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _REDIS_SCHEMES:
+        return
+    base, _, query = rest.partition("?")
+    netloc, slash, path = base.partition("/")
+
+    def refuse(problem: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(f"{setting}: invalid Redis URL {redact_url(url)!r}: {problem}")
+
+    if scheme.lower() in ("redis", "rediss"):
+        hostport = netloc.rpartition("@")[2]
+        if hostport.startswith("["):  # [::1]:6379
+            port = hostport.partition("]")[2].partition(":")[2]
+        else:
+            port = hostport.partition(":")[2] if ":" in hostport else ""
+        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+            raise refuse(f"the port must be an integer from 1 to 65535 (got {port!r})")
+        database = path.strip("/") if slash else ""
+        if database and not database.isdigit():
+            raise refuse(f"the database number must be an integer (got {database!r}), "
+                         f"e.g. redis://host:6379/0")
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "db" and not value.isdigit():
+            raise refuse(f"the database number must be an integer (got db={value!r})")
 
 
 def script_sha(source: str) -> str:

@@ -13,6 +13,9 @@ import threading
 import time
 from urllib.parse import unquote
 
+from ..exceptions import ImproperlyConfigured
+from .urls import redact_url
+
 DEFAULT_SQLITE_URL = "sqlite:///celeriac.db"
 
 
@@ -28,7 +31,10 @@ def sqlite_path_from_url(url: str) -> str:
     path = rest[1:] if rest.startswith("/") else rest
     path = unquote(path.split("?", 1)[0])
     if not path:
-        raise ValueError(f"sqlite URL {url!r} names no file; use sqlite:///path/to/file.db")
+        # ImproperlyConfigured: the CLI shows it as one line
+        raise ImproperlyConfigured(
+            f"sqlite URL {redact_url(url)!r} names no file (an in-memory database cannot be "
+            "shared between processes); use sqlite:///path/to/file.db")
     return path
 
 

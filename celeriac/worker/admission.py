@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from .. import signals
 from ..exceptions import ContentDisallowed, InvalidTaskError, NotRegistered, WorkerLostError
 from ..protocol import serialization
+from .job import task_label
 from .request import parse_time
 
 if TYPE_CHECKING:
@@ -49,12 +50,18 @@ class Decision:
     #: DEAD_LETTER: the failure stored as the task's result (its reason and its fix), so no
     #: caller waits forever; the consumer stores it wherever the message has an id
     failure: BaseException | None = None
+    #: DEAD_LETTER: False quarantines the message without storing anything (its caller keeps
+    #: waiting, and reads the outcome of a replay); by default a failure is stored, ``failure``
+    #: or an InvalidTaskError naming ``reason``
+    store_failure: bool = True
 
     @classmethod
-    def dead_letter(cls, reason: str, failure: BaseException) -> Decision:
+    def dead_letter(cls, reason: str, failure: BaseException | None = None, *,
+                    store_failure: bool = True) -> Decision:
         """Set the message aside with ``reason`` (kept with the dead letter) and store
-        ``failure`` for its caller."""
-        return cls(Verdict.DEAD_LETTER, reason, failure=failure)
+        ``failure`` for its caller (an InvalidTaskError naming ``reason`` when None), unless
+        ``store_failure`` is False."""
+        return cls(Verdict.DEAD_LETTER, reason, failure=failure, store_failure=store_failure)
 
 
 RUN = Decision(Verdict.RUN)
@@ -75,7 +82,7 @@ class Arrival:
 
     @property
     def label(self) -> str:
-        return f"{self.headers.get('task')}[{self.headers.get('id')}]"
+        return task_label(self.headers)
 
 
 Step = Callable[[Arrival], "Decision | None"]
@@ -197,19 +204,14 @@ def _bad_time(arrival: Arrival, header: str, exc: Exception) -> Decision:
         f"expires=)."))
 
 
-#: content type -> the serializer name a user writes (``"application/json"`` -> ``"json"``)
-_SERIALIZER_NAMES = {content_type: name
-                     for name, (content_type, _) in serialization.SERIALIZERS.items()}
-
-
 def _disallowed(arrival: Arrival, accept: frozenset[str]) -> str:
     """What a caller reads when the worker refuses the message's content type, and the fix."""
     content_type = arrival.delivery.message.content_type
-    name = _SERIALIZER_NAMES.get(content_type)
-    accepted = [_SERIALIZER_NAMES.get(ct, ct) for ct in sorted(accept)]
+    name = serialization.serializer_name(content_type)
+    accepted = [serialization.serializer_name(ct) for ct in sorted(accept)]
     alternative = accepted[0] if accepted else "json"
     fix = (f"add {name!r} to accept_content on the worker, or send with "
-           f"serializer={alternative!r}" if name is not None
+           f"serializer={alternative!r}" if name != content_type
            else f"send with serializer={alternative!r}")
     return (f"task {arrival.label}: content type {content_type!r} is not in this worker's "
             f"accept_content {sorted(accept)}; {fix}.")

@@ -35,7 +35,7 @@ from ..protocol import serialization
 from ..transport.base import DeadLetterStore, Deferral, Leases
 from .admission import Admission, Decision, Verdict, standard_steps
 from .extensions import Hooks, WorkerExtension
-from .job import Job
+from .job import Job, task_label, wants_result
 from .outcome import SETTLED_BY_ACK, Ending, Outcome
 from .request import ReceivedRequest, request_from_message
 from .revokes import RevokedSet
@@ -58,8 +58,11 @@ class Consumer:
     def __init__(self, app: Celery, *, queues: list[str], pool: Any, hostname: str,
                  prefetch_multiplier: int, async_pool: Any = None,
                  settlement: type[Settlement] = Settlement,
-                 extensions: Sequence[WorkerExtension] = ()) -> None:
+                 extensions: Sequence[WorkerExtension] = (), app_spec: str | None = None) -> None:
         self.app = app
+        #: how the CLI names this worker's app (``-A``), for the commands its messages suggest;
+        #: the app's main module name when not started from the CLI
+        self.app_spec = app_spec or app.main
         self.transport = app.transport
         self.queues = queues
         self.pool = pool
@@ -236,10 +239,12 @@ class Consumer:
             except Exception as exc:
                 logger.exception("could not handle message %r; dead-lettering it",
                                  delivery.message.headers.get("id"))
+                failure = InvalidTaskError(
+                    f"task {task_label(delivery.message.headers)}: the worker could not take "
+                    f"the message in ({exc!r}); see the worker's log.")
+                failure.replayable = True  # type: ignore[attr-defined]  # the worker's fault
                 self._dead_letter_failed(
-                    delivery, "internal error while receiving the message", InvalidTaskError(
-                        f"task {_label(delivery.message)}: the worker could not take the message "
-                        f"in ({exc!r}); see the worker's log."))
+                    delivery, "internal error while receiving the message", failure)
 
     def _is_async(self, delivery: Delivery) -> bool:
         task = self.app.tasks.get(delivery.message.headers.get("task"))
@@ -277,8 +282,14 @@ class Consumer:
                              type(self.transport).__name__)
                 self._requeue(delivery)
         elif verdict is Verdict.DEAD_LETTER:
-            failure = decision.failure or InvalidTaskError(  # an extension's step may give none
-                f"task {_label(delivery.message)} was dead-lettered: {decision.reason}.")
+            if not decision.store_failure:  # an extension's quarantine: nothing is stored
+                self._dead_letter(delivery, decision.reason)
+                return
+            failure = decision.failure
+            if failure is None:  # an extension's step may give none: its reason may go away
+                failure = InvalidTaskError(f"task {task_label(delivery.message.headers)} was "
+                                           f"dead-lettered: {decision.reason}.")
+                failure.replayable = True  # type: ignore[attr-defined]
             self._dead_letter_failed(delivery, decision.reason, failure, task=task)
         else:
             self._drop(delivery, task, expired=verdict is Verdict.EXPIRED)
@@ -455,8 +466,8 @@ class Consumer:
         elif ending is Ending.UNDECODABLE:
             reason = outcome.reason or "undecodable message"
             failure = outcome.failure or DecodeError(
-                f"task {_label(delivery.message)}: the message cannot be decoded ({reason}); "
-                f"check the client's serializer and compression settings.")
+                f"task {task_label(delivery.message.headers)}: the message cannot be decoded "
+                f"({reason}); check the client's serializer and compression settings.")
             # already acked: keep a copy all the same, so nothing is lost
             self._dead_letter_failed(delivery, reason, failure, held=not job.acked,
                                      task=job.task)
@@ -517,12 +528,20 @@ class Consumer:
         message = delivery.message
         if letter_id == "" or not message.headers.get("id") or not self.app.backend.persistent:
             return
-        if not _wants_result(message.headers, task or self.app.tasks.get(
+        if not wants_result(message.headers.get("ignore_result"), task or self.app.tasks.get(
                 message.headers.get("task"))):
             return
-        where = (f"The message is in the dead-letter store: `celeriac dlq replay {letter_id}` "
-                 f"after fixing." if letter_id else "The broker keeps no dead letters: the "
-                 "message was discarded; send it again after fixing.")
+        app_option = f"-A {self.app_spec} " if self.app_spec else ""
+        if not letter_id:
+            where = ("The broker keeps no dead letters: the message was discarded; send it "
+                     "again after fixing.")
+        elif replay_can_fix(failure):
+            where = (f"The message is in the dead-letter store: `celeriac {app_option}dlq replay "
+                     f"{letter_id}` after fixing.")
+        else:  # the same bytes would fail the same way: only a new message can run
+            where = (f"The sender must send it again; the original is kept in the dead-letter "
+                     f"store ({letter_id}) for inspection: `celeriac {app_option}dlq show "
+                     f"{letter_id}`.")
         self._store_failure(_with_note(failure, where), message, followups_too=False)
 
     def _store_failure(self, exc: BaseException, message: Message, *,
@@ -530,11 +549,12 @@ class Consumer:
         """Record a task that failed outside the task's own code (time limit, lost worker, unknown
         task): its state and, unless told otherwise, its chord, chain and errbacks."""
         request = self._request_of(message)
+        headers = message.headers
+        store = wants_result(headers.get("ignore_result"), self.app.tasks.get(headers.get("task")))
         try:
             if followups_too:
-                followups.on_failure(self.app, request, exc, None,
-                                     store=not message.headers.get("ignore_result"))
-            elif not message.headers.get("ignore_result"):
+                followups.on_failure(self.app, request, exc, None, store=store)
+            elif store:
                 self.app.backend.mark_as_failure(request.id, exc, None, request=request)
         except Exception:
             logger.exception("could not store the failure of task %s", request.id)
@@ -584,18 +604,17 @@ class Consumer:
                 self._stop.wait(wait)
 
 
-def _label(message: Message) -> str:
-    headers = message.headers
-    return f"{headers.get('task')}[{headers.get('id')}]"
 
 
-def _wants_result(headers: dict[str, Any], task: Any) -> bool:
-    """Whether the caller asked for a result: the message's ``ignore_result`` header wins; a
-    message without one follows the task (as the executor decides)."""
-    header = headers.get("ignore_result")
-    if header is not None:
-        return not header
-    return task is None or not task.resolved_ignore_result()
+def replay_can_fix(failure: BaseException) -> bool:
+    """Whether replaying a dead letter byte for byte can succeed once something is fixed on the
+    worker side (content type accepted, task registered, delivery limit, a package installed).
+    A malformed body (DecodeError) or a wrong shape (InvalidTaskError) stays so: the sender must
+    send it again. A failure may say otherwise with a ``replayable`` attribute."""
+    replayable = getattr(failure, "replayable", None)
+    if replayable is not None:
+        return bool(replayable)
+    return not isinstance(failure, (DecodeError, InvalidTaskError))
 
 
 def _with_note(exc: BaseException, note: str) -> BaseException:

@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import _context, signals, states
 from ..canvas import chords, followups
 from ..exceptions import EncodeError, Ignore, Reject, Retry
+from ..protocol import serialization
 from ..task import Context, Task
+from .job import wants_result
 from .limits import Terminated
 from .outcome import Ending, Outcome
 from .pending import PendingWrites
 
 if TYPE_CHECKING:
+    from ..backends.base import ResultBackend
     from ..protocol.v2 import TaskBody
     from ..result import EagerResult
 
@@ -90,11 +93,8 @@ class _Run:
         #: settling); not with acks_late, whose ack must only follow a result known stored
         self.pending = None if late else pending
         conf = self.app.conf
-        # the call's choice (the message header) wins; a message without one (send_task from a
-        # Celery client sends null) follows the task, then the task_ignore_result setting
-        header = ctx.ignore_result
-        ignore = bool(header) if header is not None else task.resolved_ignore_result()
-        self.store = (not ignore) and (not eager or bool(conf.task_store_eager_result))
+        self.store = wants_result(ctx.ignore_result, task) and (
+            not eager or bool(conf.task_store_eager_result))
         self.started = 0.0
 
     def before(self) -> None:
@@ -115,28 +115,36 @@ class _Run:
         task, ctx = self.task, self.ctx
         runtime = time.monotonic() - self.started
         backend = self.app.backend
-        keep = self.store and backend.persistent
-        if ctx.callbacks or ctx.chain:
-            if keep or ctx.chord:
-                # A result that cannot be stored fails the task before anything follows it.
-                try:
-                    backend.encode(retval)
-                except EncodeError as exc:
-                    return self.failed(unencodable(task, backend.serializer, retval, exc),
-                                       autoretry=False)
-            # Sent before the result is stored, so the stored result lists them as children.
-            followups.on_success(self.app, ctx, retval)
+        keep = self.store and backend.receives_results
+        follow = bool(ctx.callbacks or ctx.chain)
         pending = self.pending
         # Everything is encoded here, where the task ran, before anything is sent: a value the
         # result serializer cannot encode fails the task (stored as an EncodeError, counted as
-        # failed by its chord) instead of failing a write later on, where it could only be lost.
+        # failed by its chord, no callback sent) instead of failing a write later on, where it
+        # could only be lost. The value is encoded once for each use: the chord count, else the
+        # result write (made before the follow-ups when their ids can be known first), is the
+        # check that comes before any follow-up is sent.
+        write = None
         try:
-            write = backend.result_write(self.task_id, retval, states.SUCCESS, request=ctx,
-                                         children=ctx.children_tuples()) if keep else None
             part = chords.part_of(self.app, ctx, states.SUCCESS, retval) if ctx.chord else None
+            if keep:
+                planned = followups.planned_children(self.app, ctx) \
+                    if follow and not self.eager else []
+                if planned is not None:
+                    write = backend.result_write(self.task_id, retval, states.SUCCESS,
+                                                 request=ctx,
+                                                 children=[*ctx.children_tuples(), *planned])
+                elif part is None:  # a group, chain or chord follows: only a check
+                    backend.encode(retval)
         except EncodeError as exc:
-            return self.failed(unencodable(task, backend.serializer, retval, exc),
-                               autoretry=False)
+            return self.failed(unencodable(task, backend, retval, exc), autoretry=False)
+        if follow:
+            # Sent before the result is stored, so the stored result lists them as children.
+            followups.on_success(self.app, ctx, retval)
+            if keep and (write is None or write.meta["children"] != ctx.children_tuples()):
+                # (made now, or again when a follow-up could not be sent: not a child)
+                write = backend.result_write(self.task_id, retval, states.SUCCESS, request=ctx,
+                                             children=ctx.children_tuples())
         if write is not None:
             if pending is None:
                 backend.write_results([write])
@@ -258,21 +266,27 @@ class _Run:
             eta=resend.get("eta"), root_id=ctx.root_id, parent_id=self.task_id,
             group_id=ctx.group, group_index=ctx.group_index,
             link=ctx.callbacks, link_error=ctx.errbacks, chain=ctx.chain, chord=ctx.chord,
-            origin=ctx.origin, queue=options.pop("queue", None) or
-            (ctx.delivery_info or {}).get("routing_key"), _task=self.task, **options)
+            origin=ctx.origin, _task=self.task, **_redelivery_target(ctx.delivery_info, options))
 
-#: how a serializer is named in "<type> is not <...> serializable"
-_SERIALIZER_LABELS = {"json": "JSON", "msgpack": "msgpack", "yaml": "YAML"}
-#: containers walked to find the value a serializer cannot encode (on the failure path only)
+def _redelivery_target(delivery_info: dict | None, options: dict) -> dict:
+    """A retry goes where the message came from, as Celery sends it: the queue its delivery
+    names (default exchange), else the same exchange and routing key; ``options`` win."""
+    info = delivery_info or {}
+    exchange, routing_key = info.get("exchange"), info.get("routing_key")
+    if options.get("queue") is not None or options.get("exchange") is not None:
+        return options
+    if exchange:
+        return {"exchange": exchange, "routing_key": routing_key, **options}
+    return {**options, "queue": routing_key}
+
+
+#: containers walked to find the value pickle cannot encode (on the failure path only)
 _WALK_LIMIT = 10_000
 
 
-def _offending_type(value: Any, serializer: str) -> type | None:
-    """The type of the first value in ``value`` (walking dicts, lists and tuples) that
-    ``serializer`` cannot encode on its own; None when every part can (then it is the whole:
-    a dict key, nesting too deep...)."""
-    from ..protocol import serialization
-
+def _unpicklable_type(value: Any) -> type | None:
+    """The type of the first value in ``value`` (walking dicts, lists and tuples) that pickle
+    cannot encode on its own (pickle's errors do not name it); None when every part can."""
     stack, seen = [value], 0
     while stack and seen < _WALK_LIMIT:
         item = stack.pop()
@@ -283,8 +297,8 @@ def _offending_type(value: Any, serializer: str) -> type | None:
             stack.extend(reversed(item))
         else:
             try:
-                serialization.dumps(item, serializer)
-            except Exception:  # noqa: BLE001 - any failure names the culprit
+                serialization.dumps(item, "pickle")
+            except EncodeError:
                 return type(item)
     return None
 
@@ -294,27 +308,34 @@ def _type_name(cls: type) -> str:
     return cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"
 
 
-def unencodable(task: Task, serializer: str, value: Any, exc: BaseException) -> EncodeError:
-    """The failure stored for a task whose return value the result serializer cannot encode:
-    which task, which type, and how to fix it (the original error is its ``__cause__``)."""
+def unencodable(task: Task, backend: "ResultBackend", value: Any,
+                exc: BaseException) -> EncodeError:
+    """The failure stored for a task whose result the result serializer cannot encode: which
+    task, which type, and how to fix it (the serializer's own error is its ``__cause__``).
+    ``value`` is encoded again on its own, so the message blames it only when it is at fault."""
+    serializer = backend.serializer
+    try:
+        backend.encode(value)
+    except EncodeError as own:
+        exc = own
+    else:  # the value is fine: what was stored with it is not
+        error = EncodeError(f"task {task.name}: its result could not be stored with the "
+                            f"{serializer!r} result serializer: {exc}")
+        error.__cause__ = exc.__cause__ or exc
+        return error
     cause = exc.__cause__ or exc
-    culprit = _offending_type(value, serializer)
+    pickled = serialization.content_type_of(serializer) == serialization.PICKLE
+    culprit = _unpicklable_type(value) if pickled else serialization.unserializable_type(exc)
     if culprit is None:
         what = f"{type(cause).__name__}: {cause}"
-    elif serializer == "pickle":
+    elif pickled:
         what = f"{_type_name(culprit)} cannot be pickled"
     else:
-        label = _SERIALIZER_LABELS.get(serializer, serializer)
-        what = f"{_type_name(culprit)} is not {label} serializable"
-    if serializer == "pickle":
-        advice = ("return a value pickle can encode (not a lambda, a local function or class, "
-                  "an open file, a lock or a connection)")
-    else:
-        label = _SERIALIZER_LABELS.get(serializer, serializer)
-        advice = (f"return a {label}-friendly value, or choose a serializer that can, e.g. "
-                  f"result_serializer='pickle' with 'pickle' in accept_content")
+        what = f"{_type_name(culprit)} is not {serialization.serializer_label(serializer)} " \
+               f"serializable"
     error = EncodeError(f"task {task.name} returned a value the {serializer!r} result "
-                        f"serializer cannot encode: {what}; {advice}")
+                        f"serializer cannot encode: {what}; "
+                        f"{serialization.encode_advice(serializer, returned=True)}")
     error.__cause__ = cause
     return error
 

@@ -8,10 +8,24 @@ read-only (``before_run``, ``after_outcome``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     from ..transport.base import Delivery
+
+
+def task_label(headers: Mapping[str, Any]) -> str:
+    """``name[id]``, how the worker names a task message in logs and stored failures."""
+    return f"{headers.get('task')}[{headers.get('id')}]"
+
+
+def wants_result(header: Any, task: Any) -> bool:
+    """Whether a task's caller asked for its result: the message's ``ignore_result`` header wins
+    (the call's choice); a message without one (a Celery client's send_task sends null) follows
+    the task (its attribute, then the task_ignore_result setting); an unknown task: yes."""
+    if header is not None:
+        return not header
+    return task is None or not task.resolved_ignore_result()
 
 
 @dataclass(slots=True, eq=False)

@@ -11,9 +11,16 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError, NotRegistered
+from ..exceptions import (
+    ContentDisallowed,
+    DecodeError,
+    InvalidTaskError,
+    MissingDependency,
+    NotRegistered,
+)
 from ..protocol import v2
 from .executor import context_from_body, execute
+from .job import task_label
 from .outcome import Outcome
 from .pending import PendingWrites
 
@@ -112,9 +119,19 @@ def undecodable_failure(message: "Message", exc: Exception) -> Exception:
     (``DecodeError`` for a malformed body, ``InvalidTaskError`` for a wrong shape), naming the
     task, the reason and the fix."""
     headers = message.headers
+    missing = exc if isinstance(exc, MissingDependency) else exc.__cause__
+    if isinstance(missing, MissingDependency):
+        # the body is fine: this worker lacks the package to read it (the worker's start-up
+        # check refuses to start without the serializers it is configured for, so this is a
+        # worker whose packages changed under it, or a content type accepted some other way)
+        failure = DecodeError(f"task {task_label(headers)}: this worker cannot decode the "
+                              f"message body: {missing}. Install the package on the worker "
+                              f"(the message itself may be fine).")
+        failure.replayable = True  # type: ignore[attr-defined]  # read by the consumer's advice
+        return failure
     kind = type(exc) if isinstance(exc, (ContentDisallowed, DecodeError,
                                          InvalidTaskError)) else DecodeError
-    return kind(f"task {headers.get('task')}[{headers.get('id')}]: the message body cannot be "
+    return kind(f"task {task_label(headers)}: the message body cannot be "
                 f"decoded ({exc}); its sender must send a protocol 2 task body ([args, kwargs, "
                 f"embed]) in the content type it names: check the client's serializer, "
                 f"compression and task_protocol settings.")

@@ -23,9 +23,13 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from .. import signals
+from .._version import __version__
+from ..config import WORKER_OPTION_SETTINGS as OPTION_SETTINGS
 from ..config import ineffective_settings
+from ..exceptions import ImproperlyConfigured, MissingDependency
 from ..protocol import serialization
 from ..routing import Queue, Router
+from ..utils.text import one_line
 from ..utils.urls import display_url, redact_url
 from .consumer import Consumer
 from .executor import execute_async
@@ -75,18 +79,85 @@ def connection_retry_pauses(start: float = CONNECT_INTERVAL_START,
         pause += step
 
 
-def _version() -> str:
-    from importlib import metadata
+#: what a broker's driver says of a broker that waiting will not make reachable (a SQLite file
+#: that cannot be opened), though its error class is one of the transport's transient errors
+_NOT_TRANSIENT = ("unable to open database file",)
 
+
+def _retriable(exc: BaseException, transient: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc``, raised while first reaching the broker, may go away by waiting."""
+    return isinstance(exc, transient) and not any(text in str(exc) for text in _NOT_TRANSIENT)
+
+
+#: the settings naming serializers a worker decodes or encodes with (event_serializer is left out:
+#: celeriac sends no events yet, and says so at start-up)
+SERIALIZER_SETTINGS = ("task_serializer", "result_serializer", "accept_content",
+                       "result_accept_content")
+
+
+def check_serializers(conf: Mapping[str, Any]) -> None:
+    """Refuse to start, in one line naming the setting and the ``pip install`` to run, when a
+    serializer the worker is configured to use needs a package this interpreter lacks: otherwise
+    every task using it would fail and its caller would wait for a result never stored."""
+    for setting in SERIALIZER_SETTINGS:
+        value = conf.get(setting)
+        if not value:
+            continue
+        try:
+            serialization.check_available(value)
+        except MissingDependency as exc:
+            raise MissingDependency(f"{setting}={_listed(value)}: {exc} "
+                                    "(the worker cannot start without it)") from None
+
+
+def _listed(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else repr(list(value))
+
+
+class Pidfile:
+    """``--pidfile``: this process's pid in a file while it runs, removed at exit. As Celery,
+    a file holding the pid of a live process refuses the start (another worker has it); a
+    stale one (its process gone) is replaced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+
+    def acquire(self) -> None:
+        other = self._read()
+        if other is not None and other != os.getpid() and _alive(other):
+            raise ImproperlyConfigured(
+                f"pidfile {self.path} holds pid {other}, a running process: is a worker already "
+                f"running? Stop it, or remove the file if that process is not a worker")
+        try:
+            with open(self.path, "w") as file:
+                file.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise ImproperlyConfigured(f"cannot write the pidfile {self.path}: "
+                                       f"{exc.strerror or exc}") from None
+
+    def release(self) -> None:
+        if self._read() == os.getpid():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def _read(self) -> int | None:
+        try:
+            with open(self.path) as file:
+                return int(file.read().strip() or "0") or None
+        except (OSError, ValueError):  # no file, or not a pid: nothing to respect
+            return None
+
+
+def _alive(pid: int) -> bool:
     try:
-        return metadata.version("celeriac")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "(source)"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()).rstrip(".")  # the caller ends the sentence
-    return text or type(exc).__name__
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def expand_hostname(name: str | None, default_name: str = "celeriac") -> str:
@@ -156,10 +227,14 @@ class Worker:
     def __init__(self, app: "Celery", *, hostname: str | None = None,
                  concurrency: int | None = None, pool: str | None = None,
                  queues: list[str] | str | None = None, prefetch_multiplier: int | None = None,
-                 **options: Any) -> None:
+                 exclude_queues: list[str] | str | None = None, **options: Any) -> None:
         self.app = app
         app.finalize()
         conf = app.conf
+        check_serializers(conf)  # before anything connects: a missing package ends it here
+        for option, setting in OPTION_SETTINGS.items():
+            if options.get(option) is not None:  # the command line wins over the app's config
+                conf[setting] = options[option]
         self.hostname = expand_hostname(hostname or conf.get("worker_hostname"))
         self.pool_kind = pool or conf.get("worker_pool") or "prefork"
         if self.pool_kind == "prefork" and sys.platform == "win32":  # pragma: no cover
@@ -169,8 +244,15 @@ class Worker:
         self.concurrency = int(concurrency or conf.get("worker_concurrency") or default_concurrency)
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
-        # Without -Q: every queue in task_queues (as Celery does), else the default queue.
-        self.queues = list(queues or Router.queue_names(conf) or [conf.task_default_queue])
+        if isinstance(exclude_queues, str):
+            exclude_queues = [q.strip() for q in exclude_queues.split(",") if q.strip()]
+        # Without -Q: every queue in task_queues (as Celery does), else the default queue; -Q
+        # names queues (or a Broadcast queue's alias); -X leaves some out.
+        self.queues = [q.name for q in Router(conf).consume_from(queues, exclude_queues)]
+        if not self.queues:
+            raise ImproperlyConfigured(
+                f"No queue left to consume: -X {','.join(exclude_queues or [])} excludes every "
+                f"queue of {','.join(queues or Router.queue_names(conf))}")
         self.prefetch_multiplier = int(prefetch_multiplier if prefetch_multiplier is not None
                                        else conf.worker_prefetch_multiplier)
         self.options = options
@@ -185,12 +267,25 @@ class Worker:
     # ---- startup -----------------------------------------------------------------------------
     def start(self) -> int:
         """Run until shut down; returns the process exit code."""
+        pidfile = Pidfile(self.options["pidfile"]) if self.options.get("pidfile") else None
+        if pidfile is not None:
+            pidfile.acquire()
+        try:
+            return self._start()
+        finally:
+            if pidfile is not None:
+                pidfile.release()
+
+    def _start(self) -> int:
         app = self.app
         if signals.celeryd_init.receivers:
             signals.celeryd_init.send(sender=self.hostname, instance=self, conf=app.conf,
                                       options=self.options)
         overrides = {k: app.conf.get(k) for k in ("broker_url", "result_backend")
                      if app.conf.get(k)}
+        # what the command line set reaches a respawned pool process too
+        overrides.update({setting: app.conf.get(setting) for option, setting
+                          in OPTION_SETTINGS.items() if self.options.get(option) is not None})
         runner = Runner(app, self.hostname, app_spec=self.options.get("app_spec"),
                         overrides=overrides)
         # How messages are settled, decided once from what the broker declares (see
@@ -210,13 +305,15 @@ class Worker:
             signals.worker_init.send(sender=self)
         # The banner is for a worker process (the CLI, or start() in a script's main thread), not
         # for one embedded in a thread of a test run (celeriac.testing.start_worker).
-        if not self.options.get("quiet") and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             self._print_banner()
         for line in ineffective_settings(app.conf, app.tasks.regular(), self.options):
             logger.warning("%s", line)
         router = Router(app.conf)
         if not self._connect([router.resolve(queue) for queue in self.queues]):
             return self.exitcode
+        if self.options.get("purge"):
+            self._purge()
         # Fork the pool before any of our threads exist, so children start clean.
         self.pool.start()
         self._pool_started = True
@@ -226,7 +323,8 @@ class Worker:
                                  hostname=self.hostname,
                                  prefetch_multiplier=self.prefetch_multiplier,
                                  async_pool=self.async_pool, settlement=settlement,
-                                 extensions=self.extensions())
+                                 extensions=self.extensions(),
+                                 app_spec=self.options.get("app_spec"))
         if signals.celeryd_after_setup.receivers:
             signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
         self._install_signal_handlers()
@@ -268,7 +366,7 @@ class Worker:
         app = self.app
         tasks = sorted(app.tasks.regular())
         lines = [
-            f"celeriac {_version()} worker {self.hostname}",
+            f"celeriac {__version__} worker {self.hostname}",
             f"  app:      {app.main or '__main__'}",
             f"  broker:   {display_url(app.broker_url)}",
             f"  results:  {display_url(app.result_backend_url)}",
@@ -286,16 +384,33 @@ class Worker:
         except (OSError, ValueError):  # stdout closed or gone: the banner is not worth failing
             pass
 
+    def _purge(self) -> None:
+        """``--purge``: empty the queues this worker consumes before it starts (Celery's)."""
+        counts = {queue: self.app.transport.purge(queue) for queue in self.queues}
+        each = ", ".join(f"{queue} ({count})" for queue, count in counts.items())
+        line = (f"Purged {sum(counts.values())} message(s) from {len(counts)} queue(s): "
+                f"{each}")
+        logger.info("%s", line)
+        if threading.current_thread() is threading.main_thread():  # as the banner: stdout
+            try:
+                print(line, file=sys.stdout, flush=True)
+            except (OSError, ValueError):
+                pass
+
     # ---- connecting to the broker ----------------------------------------------------------------
     def _connect(self, queues: list[Queue]) -> bool:
         """Declare the queues, the worker's first broker round trip, retrying with backoff while
         the broker is unreachable. False: gave up (``exitcode`` 1) or shut down while waiting.
 
         Which errors mean "unreachable" is the transport's to say (``transient_errors``), plus
-        OSError and its ConnectionError and TimeoutError; anything else is a bug and propagates.
+        ConnectionError and TimeoutError. Any other OSError (a SQLite path that cannot be a
+        file, a permission denied) ends the worker in one line: waiting would not fix it.
+        Anything else is a bug and propagates.
         """
         transport = self.app.transport
-        unreachable: tuple[type[BaseException], ...] = (OSError, *transport.transient_errors)
+        transient: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError,
+                                                      *transport.transient_errors)
+        unreachable: tuple[type[BaseException], ...] = (OSError, *transient)
         retry, max_retries = startup_connection_policy(self.app.conf)
         url = redact_url(self.app.broker_url)
         pauses = connection_retry_pauses()
@@ -307,7 +422,11 @@ class Worker:
                     for queue in queues:
                         transport.declare(queue)
                 except unreachable as exc:
-                    reason = _one_line(exc)
+                    reason = one_line(exc).rstrip(".")  # the sentence ends below
+                    if not _retriable(exc, transient):
+                        return self._give_up(
+                            f"Cannot use the broker at {url}: {reason}. Not retrying: waiting "
+                            "will not fix this (check the URL, the path and its permissions).")
                     if not retry:
                         return self._give_up(
                             f"Cannot connect to {url}: {reason}. Not retrying "

@@ -204,6 +204,24 @@ def test_wait_for_times_out_naming_the_task(redis_url: str, task_ids: list[str])
     assert 0.3 <= time.monotonic() - started < 1.0
 
 
+def test_a_timeout_says_how_long_it_waited_and_in_what_state(redis_url: str,
+                                                             task_ids: list[str]) -> None:
+    backend = RedisBackend(url=redis_url)
+    first, second = _new(task_ids), _new(task_ids)
+    backend.mark_as_started(second)
+    try:
+        with pytest.raises(CeleriacTimeoutError) as one:
+            backend.wait_for(second, timeout=0.2)
+        with pytest.raises(CeleriacTimeoutError) as many:
+            backend.wait_for_many([first, second], timeout=0.2)
+    finally:
+        backend.close()
+    assert str(one.value) == (f"the operation timed out after 0.2s waiting for task {second} "
+                              f"(still STARTED)")
+    assert str(many.value) == (f"the operation timed out after 0.2s waiting for 2 task(s) "
+                               f"(still not ready: {first}, {second})")
+
+
 def test_many_concurrent_waiters_share_one_listener(redis_url: str,
                                                     task_ids: list[str]) -> None:
     reader, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)

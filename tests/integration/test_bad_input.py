@@ -29,14 +29,8 @@ class _Tripwire:
 
 
 @pytest.fixture
-def app(sqlite_url, monkeypatch):
-    monkeypatch.setenv("CELERIAC_BROKER_URL", sqlite_url)
-    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", sqlite_url)
-    from tests.integration import app_tasks
-
-    app_tasks.app.close()
-    yield app_tasks.app
-    app_tasks.app.close()
+def app(sqlite_url, task_module):
+    return task_module("app_tasks", sqlite_url).app
 
 
 def _headers(name: str, task_id: str) -> dict:

@@ -21,14 +21,8 @@ APP = "tests.integration.errback_tasks"
 
 
 @pytest.fixture
-def tasks(sqlite_url, monkeypatch):
-    monkeypatch.setenv("CELERIAC_BROKER_URL", sqlite_url)
-    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", sqlite_url)
-    from tests.integration import errback_tasks
-
-    errback_tasks.app.close()  # forget connections to an earlier test's file
-    yield errback_tasks
-    errback_tasks.app.close()
+def tasks(sqlite_url, task_module):
+    return task_module("errback_tasks", sqlite_url)
 
 
 def test_seed_errback_example_reads_the_failure(tasks, start_worker):

@@ -34,14 +34,8 @@ PATIENCE = 30
 
 
 @pytest.fixture
-def app(broker: Broker, monkeypatch):
-    monkeypatch.setenv("CELERIAC_BROKER_URL", broker.url)
-    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", broker.url)
-    from tests.integration import stored_failure_tasks
-
-    stored_failure_tasks.app.close()  # forget connections to an earlier test's broker
-    yield stored_failure_tasks.app
-    stored_failure_tasks.app.close()
+def app(broker: Broker, task_module):
+    return task_module("stored_failure_tasks", broker.url).app
 
 
 @pytest.fixture
@@ -53,8 +47,8 @@ def tasks(app):
 
 @pytest.fixture
 def worker(broker: Broker, start_worker):
-    def start(*args: str):
-        return start_worker(*args, app=APP, url=broker.url)
+    def start(*args: str, env: dict[str, str] | None = None):
+        return start_worker(*args, app=APP, url=broker.url, env=env)
 
     return start
 
@@ -110,6 +104,35 @@ def test_a_chord_with_an_unencodable_part_fails_its_callback(worker, tasks, brok
     settled(broker, tasks.app)
 
 
+# ---- result_extended: arguments the result serializer cannot encode ------------------------------
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_extended_results_store_arguments_json_cannot_encode_as_reprs(worker, tasks, broker,
+                                                                        pool):
+    w = worker("-P", pool, "-c", "2", env={"STORED_FAILURE_EXTENDED": "1"})
+    arg = tasks.Opaque()
+    done = tasks.type_of.apply_async((arg,), serializer="pickle")
+    assert done.get(timeout=PATIENCE) == "Opaque"
+    meta = tasks.app.backend.get_task_meta(done.id)
+    assert meta["args"] == "(<Opaque>,)" and meta["kwargs"] == "{}"
+    assert meta["name"] == tasks.type_of.name
+    # a failure is stored the same way: the caller reads the task's own error
+    failed = tasks.refuse.apply_async((arg,), serializer="pickle")
+    with pytest.raises(ValueError, match="refused <Opaque>"):
+        failed.get(timeout=PATIENCE)
+    assert tasks.app.backend.get_task_meta(failed.id)["args"] == "(<Opaque>,)"
+    # an unencodable return value is blamed, not the arguments
+    bad = tasks.unencodable_from.apply_async((arg,), serializer="pickle")
+    exc = _failure(bad, EncodeError)
+    assert "unencodable_from returned a value the 'json' result serializer cannot encode: set " \
+           "is not JSON serializable" in str(exc)
+    # each ran once and was acked: nothing requeued, dead-lettered or lost
+    settled(broker, tasks.app)
+    assert tasks.app.transport.dead_letters() == []
+    log = w.log()
+    assert "Internal error" not in log and "CRITICAL" not in log
+    assert log.count(f"{tasks.type_of.name}[{done.id}] received") == 1
+
+
 # ---- messages the worker dead-letters -----------------------------------------------------------
 def test_a_pickle_message_to_a_json_worker_fails_at_once_with_the_fix(worker, tasks, broker):
     w = worker("-c", "1")
@@ -123,7 +146,7 @@ def test_a_pickle_message_to_a_json_worker_fails_at_once_with_the_fix(worker, ta
         f"'application/x-python-serialize' is not in this worker's accept_content "
         f"['application/json']; add 'pickle' to accept_content on the worker, or send with "
         f"serializer='json'. The message is in the dead-letter store: "
-        f"`celeriac dlq replay {letter.id}` after fixing.")
+        f"`celeriac -A {APP} dlq replay {letter.id}` after fixing.")
     assert tasks.add.delay(2, 3).get(timeout=PATIENCE) == 5  # and the worker goes on
     settled(broker, tasks.app)
     assert "is not in accept_content" in w.log()
@@ -164,7 +187,12 @@ def test_bad_messages_fail_their_callers_at_once(worker, tasks, broker, pool):
     assert set(letters) == {*ids.values(), None}  # every one kept, the one without an id too
     for kind in ("malformed", "shape", "eta", "no_name"):
         exc = app.AsyncResult(ids[kind]).result
-        assert f"`celeriac dlq replay {letters[ids[kind]].id}` after fixing" in str(exc), kind
+        letter_id = letters[ids[kind]].id
+        # replaying the same bytes would fail the same way: the advice is to send it again
+        assert str(exc).endswith(
+            f"The sender must send it again; the original is kept in the dead-letter store "
+            f"({letter_id}) for inspection: `celeriac -A {APP} dlq show {letter_id}`."), kind
+        assert "dlq replay" not in str(exc), kind
     assert tasks.add.delay(2, 3).get(timeout=PATIENCE) == 5
     settled(broker, app)
 
@@ -179,6 +207,6 @@ def test_a_poison_message_fails_its_caller_with_worker_lost(worker, tasks, broke
     exc = _failure(result, WorkerLostError)
     assert "was delivered 3 times without finishing (the worker running it died each time" \
         in str(exc)
-    assert f"`celeriac dlq replay {_letters(app)[result.id].id}`" in str(exc)
+    assert f"`celeriac -A {APP} dlq replay {_letters(app)[result.id].id}`" in str(exc)
     assert tasks.add.delay(2, 3).get(timeout=PATIENCE) == 5
     settled(broker, app)

@@ -184,6 +184,26 @@ def test_with_retry_on_startup_off_a_dead_broker_is_one_line_and_exit_1(cli_work
     assert "Trying again" not in log
 
 
+@pytest.mark.parametrize("where", ["under-a-file", "a-directory"])
+def test_a_sqlite_path_that_cannot_be_opened_is_one_line_and_exit_1_at_once(cli_worker,
+                                                                           tmp_path, where):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    (tmp_path / "adir").mkdir()
+    # under a file: an OSError that is not a connection error; a directory: SQLite's "unable to
+    # open database file". Neither goes away by waiting: no retry (the default is to retry for
+    # ever), one line, exit 1.
+    path = afile / "x.db" if where == "under-a-file" else tmp_path / "adir"
+    url = f"sqlite:///{path}"
+    worker = cli_worker("-P", "threads",
+                        env={"CELERIAC_BROKER_URL": url, "CELERIAC_RESULT_BACKEND": url})
+    assert worker.wait_exit() == 1
+    log = worker.log()
+    assert "Traceback" not in log and "Trying again" not in log
+    [failure] = [line for line in log.splitlines() if "Cannot use the broker" in line]
+    assert str(path) in failure and "Not retrying: waiting will not fix this" in failure
+
+
 def test_once_max_retries_are_spent_the_worker_exits_1_without_a_traceback(cli_worker):
     port = _free_port()
     _, env = _redis_env(port)
@@ -285,3 +305,65 @@ def test_a_sqlite_get_that_times_out_names_the_file_it_waited_on(tmp_path, monke
         f"the operation timed out after 0.3s waiting for task {result.id} (still PENDING) in "
         f"the SQLite result store {tmp_path / 'relative.db'}: is a worker running on that same "
         "file?")
+
+
+# ---- Celery's worker flags, for real ------------------------------------------------------------
+def test_pidfile_holds_the_pid_refuses_a_second_worker_and_is_removed(cli_worker, tmp_path):
+    pidfile = tmp_path / "w.pid"
+    first = cli_worker("-P", "threads", "--pidfile", str(pidfile), cwd=tmp_path)
+    first.wait_for_log(" . " + ADD)  # the banner: past start-up
+    assert pidfile.read_text().strip() == str(first.proc.pid)
+
+    second = cli_worker("-P", "threads", "--pidfile", str(pidfile), cwd=tmp_path)
+    assert second.wait_exit() == 1
+    lines = second.log().strip().splitlines()
+    assert lines == [f"celeriac worker: pidfile {pidfile} holds pid {first.proc.pid}, a running "
+                     f"process: is a worker already running? Stop it, or remove the file if "
+                     f"that process is not a worker"], second.log()
+    assert pidfile.read_text().strip() == str(first.proc.pid)  # the second left it alone
+
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait_exit() == 0
+    assert not pidfile.exists()
+
+
+def test_a_stale_pidfile_is_replaced(cli_worker, tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    pidfile = tmp_path / "w.pid"
+    pidfile.write_text(f"{gone.pid}\n")
+    worker = cli_worker("-P", "threads", "--pidfile", str(pidfile), cwd=tmp_path)
+    worker.wait_for_log(" . " + ADD)
+    assert pidfile.read_text().strip() == str(worker.proc.pid)
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait_exit() == 0
+
+
+def test_purge_empties_the_queues_before_consuming(cli_worker, tmp_path):
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    client = Celery("startup-client", broker=url, set_as_current=False)
+    try:
+        purged = [client.send_task(ADD, (1, 1)) for _ in range(3)]
+        worker = cli_worker("-P", "threads", "--purge", cwd=tmp_path)
+        worker.wait_for_log("Purged 3 message(s) from 1 queue(s): celery (3)")
+        assert client.send_task(ADD, (2, 3)).get(timeout=30) == 5
+        # consumed in order: had the three been left, they would have run before this one
+        assert [r.state for r in purged] == ["PENDING"] * 3
+    finally:
+        client.close()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait_exit() == 0
+
+
+def test_time_limit_and_not_built_flags_reach_the_worker(cli_worker, tmp_path):
+    worker = cli_worker("-P", "threads", "--time-limit", "30", "--max-tasks-per-child", "10",
+                        "-B", "--without-gossip", "--without-mingle", cwd=tmp_path)
+    # task_time_limit set by --time-limit: the threads pool says it cannot enforce it
+    worker.wait_for_log("task_time_limit is not enforced in the threads pool")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait_exit() == 0
+    log = worker.log()
+    assert log.count("worker_max_tasks_per_child=10 is set but celeriac does not replace pool "
+                     "processes") == 1
+    assert log.count("-B (--beat) was given but periodic tasks are not built") == 1
+    assert "gossip" not in log and "mingle" not in log

@@ -288,7 +288,6 @@ class _Task:
 
 def test_a_fresh_app_has_no_ineffective_settings():
     from celeriac.config import ineffective_settings
-
     assert ineffective_settings(Settings(), {"tasks.add": _Task()}, {"task_events": False}) == []
 
 
@@ -326,6 +325,29 @@ def test_the_dash_e_option_is_reported():
     assert line.startswith("-E (--task-events) was given but task events are not built")
 
 
+def test_ineffective_settings_never_print_secrets_or_urls():
+    from celeriac.config import ineffective_settings
+
+    conf = Settings(broker_password="hunter2", broker_read_url="redis://:s3cret@h:6379/0",
+                    database_url="postgresql://u:pw@db/x", redis_password="s3cret",
+                    security_key_password="pw", security_key="-----BEGIN KEY-----")
+    lines = ineffective_settings(conf, {})
+    text = "\n".join(lines)
+    for secret in ("hunter2", "s3cret", "pw@", "'pw'", "BEGIN KEY", "postgresql://"):
+        assert secret not in text, (secret, lines)
+    # each still gets its line, by name only
+    for name in ("broker_password", "broker_read_url", "database_url", "security_key_password",
+                 "security_key"):
+        assert sum(line.startswith(f"{name} is set but ") for line in lines) == 1, (name, lines)
+
+
+def test_redis_username_and_password_are_read_so_not_reported():
+    from celeriac.config import NOT_BUILT, ineffective_settings
+
+    assert "redis_username" not in NOT_BUILT and "redis_password" not in NOT_BUILT
+    assert ineffective_settings(Settings(redis_username="u", redis_password="p"), {}) == []
+
+
 @pytest.mark.parametrize("key, value", [
     ("beat_schedule", {}), ("worker_max_tasks_per_child", None),
     ("worker_max_tasks_per_child", 0), ("task_default_rate_limit", None),
@@ -336,7 +358,6 @@ def test_the_dash_e_option_is_reported():
 def test_values_that_ask_for_nothing_new_are_not_reported(key, value):
     """The default (or its "off" spelling), and settings celeriac does act on, stay quiet."""
     from celeriac.config import ineffective_settings
-
     assert ineffective_settings(Settings({key: value}), {}) == []
 
 
@@ -359,11 +380,43 @@ def test_the_not_built_table_names_only_real_settings_and_none_celeriac_reads():
     import pathlib
     import re
 
-    from celeriac.config import NOT_BUILT
+    from celeriac.config import _BUILT_FOR, NOT_BUILT
 
     assert set(NOT_BUILT) <= set(DEFAULTS)
     package = pathlib.Path(__file__).resolve().parents[2] / "celeriac"
     sources = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "config.py")
-    read = [key for key in NOT_BUILT  # read as conf.key, conf.get("key") or conf["key"]
-            if re.search(rf"conf\.{key}\b|[\"']{key}[\"']", sources)]
+
+    def is_read(key: str) -> bool:  # read as conf.key, conf.get("key") or conf["key"]
+        return re.search(rf"conf\.{key}\b|[\"']{key}[\"']", sources) is not None
+
+    read = [key for key in NOT_BUILT if key not in _BUILT_FOR and is_read(key)]
     assert read == [], f"read somewhere in celeriac/, so maybe built: {read}"
+    # and those some brokers use are read (by those brokers)
+    assert [key for key in _BUILT_FOR if not is_read(key)] == []
+
+
+def test_a_setting_only_some_brokers_use_is_warned_about_on_the_others() -> None:
+    from celeriac.config import Settings, ineffective_settings
+
+    on_redis = Settings(broker_url="redis://127.0.0.1/0", broker_connection_timeout=7)
+    on_rabbitmq = Settings(broker_url="amqp://guest@127.0.0.1//", broker_connection_timeout=7)
+    assert ineffective_settings(on_redis) == [
+        "broker_connection_timeout=7 is set but only the RabbitMQ broker uses it"]
+    assert ineffective_settings(on_rabbitmq) == []
+
+
+@pytest.mark.parametrize("options, line", [
+    ({"beat": True}, "-B (--beat) was given but periodic tasks are not built in celeriac yet"),
+    ({"autoscale": "10,3"}, "--autoscale was given but autoscaling is not built in celeriac yet"),
+    ({"optimization": "fair"}, "-O was given but celeriac has no optimization profiles"),
+])
+def test_worker_flags_without_effect_are_named(options, line):
+    from celeriac.config import ineffective_settings
+    lines = ineffective_settings({}, {}, options)
+    assert len(lines) == 1 and lines[0].startswith(line), lines
+
+
+def test_worker_flags_left_off_are_not_named():
+    from celeriac.config import ineffective_settings
+    assert ineffective_settings({}, {}, {"beat": False, "autoscale": None,
+                                         "optimization": None}) == []

@@ -84,6 +84,24 @@ def test_current_app_used_before_any_app_is_a_default_app_replaced_by_the_next_o
     assert out.strip() == "ok"
 
 
+def test_the_fallback_app_is_announced_once_in_the_log():
+    out = run_python("""
+        import logging
+        from celeriac import current_app
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("celeriac").addHandler(handler)
+        assert current_app.main == "default" and current_app.tasks  # used twice, made once
+        [record] = [r for r in records if "fallback app" in r.getMessage()]
+        assert record.levelno == logging.WARNING
+        print(record.getMessage())
+    """)
+    assert "no app has been created yet, so a fallback app named 'default'" in out
+    assert "create your Celery(...) app before using current_app" in out
+
+
 def test_current_app_follows_the_app_made_current(app):
     from celeriac import current_app
 

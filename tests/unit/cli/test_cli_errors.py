@@ -42,11 +42,18 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def celeriac(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "celeriac.cli.main", *args], cwd=cwd, env=env,
-                          input=stdin, capture_output=True, text=True, timeout=60)
+def celeriac(cwd: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+             path: tuple[str, ...] = (), **run: object) -> subprocess.CompletedProcess:
+    """Run the CLI; ``path``: folders put ahead of the repository on PYTHONPATH, ``run``:
+    more subprocess.run arguments (``stdin=subprocess.DEVNULL``...)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [*path, str(REPO), full.get("PYTHONPATH")]))
+    full.update(env or {})
+    options: dict[str, object] = {"input": stdin} if stdin is not None else {}
+    options.update(run)
+    return subprocess.run([sys.executable, "-m", "celeriac.cli.main", *args], cwd=cwd,
+                          env=full, capture_output=True, text=True, timeout=60,
+                          **options)  # type: ignore[call-overload]
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
@@ -118,8 +125,40 @@ def test_call_arguments_must_be_a_json_list_and_object(project, argv, words):
 def test_result_timeout_says_still_pending(project):
     task_id = str(uuid.uuid4())
     proc = celeriac(project, "-A", "tasks", "result", task_id, "-t", "0.2")
-    one_line_error(proc, f"result {task_id}: still PENDING after 0.2s", "timed out")
+    line = one_line_error(proc, f"result {task_id}: the operation timed out after 0.2s waiting "
+                                f"for task {task_id} (still PENDING)")
+    assert line.count("PENDING") == 1 and line.count("0.2s") == 1, line
     assert proc.returncode == 1
+
+
+# ---- the broker down, a dead letter that is not there ------------------------------------------
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_purge_with_the_broker_down_is_one_line_with_the_url_masked(project):
+    url = f"redis://:s3cret@127.0.0.1:{_dead_port()}/0"
+    proc = celeriac(project, "-b", url, "-A", "tasks", "purge", "-f")
+    one_line_error(proc, "celeriac purge: cannot reach the broker at redis://:**@127.0.0.1:")
+    assert "s3cret" not in proc.stdout + proc.stderr
+    assert proc.returncode == 1
+
+
+def test_dlq_list_with_the_broker_down_is_one_line_too(project):
+    url = f"redis://127.0.0.1:{_dead_port()}/0"
+    one_line_error(celeriac(project, "-b", url, "-A", "tasks", "dlq", "list"),
+                   f"celeriac dlq list: cannot reach the broker at {url}: ")
+
+
+def test_replaying_a_dead_letter_that_is_not_there_is_one_line(project):
+    proc = celeriac(project, "-A", "tasks", "dlq", "replay", "99999")
+    one_line_error(proc, "celeriac dlq replay: no dead letter with id '99999'",
+                   "nothing was replayed", "`celeriac -A tasks dlq list`")
+    assert proc.stdout == ""
 
 
 def test_result_of_a_sent_task_without_timeout_is_pending(project):
@@ -249,3 +288,131 @@ def test_task_events_help_does_not_claim_events_are_sent(project):
     help_text = " ".join(proc.stdout.split())
     assert "Send task events" not in help_text
     assert "task events are not sent yet" in help_text
+
+
+# ---- malformed broker and result-store URLs ---------------------------------------------------
+BAD_URLS = [
+    ("redis://:s3cret@127.0.0.1:abc/0", "redis://:**@127.0.0.1:abc/0",
+     "the port must be an integer from 1 to 65535 (got 'abc')"),
+    ("redis://127.0.0.1:99999", "redis://127.0.0.1:99999",
+     "the port must be an integer from 1 to 65535 (got '99999')"),
+    ("redis://127.0.0.1:6379/abc", "redis://127.0.0.1:6379/abc",
+     "the database number must be an integer (got 'abc')"),
+    ("sqlite://", "sqlite://", "names no file"),
+]
+
+
+@pytest.mark.parametrize("url, shown, problem", BAD_URLS)
+@pytest.mark.parametrize("command", [["call", "tasks.add", "-a", "[1, 2]"], ["purge", "-f"],
+                                     ["worker", "-P", "solo"]])
+def test_a_malformed_broker_url_is_one_line_naming_it(project, url, shown, problem, command):
+    proc = celeriac(project, "-b", url, "-A", "tasks", *command)
+    line = one_line_error(proc, f"celeriac {command[0]}: ", repr(shown), problem)
+    if url.startswith("redis"):
+        assert "broker_url" in line
+    assert "s3cret" not in proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert "Purged" not in proc.stdout and "worker" not in proc.stdout  # nothing happened
+
+
+@pytest.mark.parametrize("url, shown, problem", BAD_URLS)
+def test_a_malformed_result_backend_url_is_one_line_naming_it(project, url, shown, problem):
+    proc = celeriac(project, "--result-backend", url, "-A", "tasks", "result",
+                    str(uuid.uuid4()))
+    line = one_line_error(proc, "celeriac result: ", repr(shown), problem)
+    if url.startswith("redis"):
+        assert "result_backend" in line
+    assert "s3cret" not in proc.stdout + proc.stderr
+
+
+def test_call_against_a_dead_broker_prints_exactly_one_line(project):
+    """The publish retries are logged at INFO on celeriac.producer: a bare client shows none of
+    them, only the final error, which counts them."""
+    url = f"redis://127.0.0.1:{_dead_port()}/0"
+    proc = celeriac(project, "-b", url, "-A", "tasks", "call", "tasks.add", "-a", "[1, 2]")
+    line = one_line_error(proc, f"celeriac call: Cannot publish to the broker at {url}",
+                          "gave up after 3 retries")
+    assert "retry" not in proc.stderr.replace(line, "")
+    assert proc.stdout == ""
+
+
+# ---- shell: no stdin, and a piped script that raises --------------------------------------------
+def test_shell_with_stdin_closed_is_one_line(project):
+    proc = celeriac(project, "-A", "tasks", "shell", stdin=None,
+                    preexec_fn=lambda: os.close(0))
+    one_line_error(proc, "celeriac shell: no input (stdin is closed)")
+    assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("script", ["1/0\n", "print('before')\nraise KeyError('x')\n",
+                                    "def f(:\n"])
+def test_shell_exits_1_when_piped_code_raised(project, script):
+    proc = celeriac(project, "-A", "tasks", "shell", stdin=script)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" in proc.stderr or "SyntaxError" in proc.stderr  # the user's own error
+
+
+# ---- a serializer the worker cannot use -------------------------------------------------------
+#: ``sitecustomize`` that makes ``import <BLOCK_MODULES>`` fail as if those were not installed
+_BLOCKER = """
+import os, sys
+
+BLOCKED = set(os.environ.get("BLOCK_MODULES", "").split(",")) - {""}
+
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+"""
+
+
+@pytest.fixture
+def blocker(tmp_path: Path) -> str:
+    folder = tmp_path / "blocker"
+    _write(folder, "sitecustomize.py", _BLOCKER)
+    return str(folder)
+
+
+@pytest.mark.parametrize("setting, value, module", [
+    ("result_serializer", "'msgpack'", "msgpack"),
+    ("task_serializer", "'yaml'", "yaml"),
+    ("accept_content", "['json', 'yaml']", "yaml"),
+    ("result_accept_content", "['msgpack']", "msgpack"),
+])
+def test_a_worker_without_a_serializer_package_refuses_to_start(project, blocker, setting, value,
+                                                                module):
+    _write(project, "sertasks.py", f"""
+        from celeriac import Celery
+
+        app = Celery("sertasks", broker="sqlite:///{project / 'app.db'}",
+                     backend="sqlite:///{project / 'app.db'}")
+        app.conf.{setting} = {value}
+        """)
+    proc = celeriac(project, "-A", "sertasks", "worker", "-P", "solo", path=(blocker,),
+                    env={"BLOCK_MODULES": module})
+    one_line_error(proc, f"celeriac worker: {setting}=", f"pip install 'celeriac[{module}]'")
+    assert proc.returncode == 1
+    assert "worker" not in proc.stdout  # no banner: it stopped before anything else
+
+
+def test_the_blocker_lets_a_worker_without_such_settings_start_far_enough(project, blocker):
+    """The control: with msgpack blocked, a json-only worker gets past the serializer check (it
+    stops at the next check: a pidfile it cannot write)."""
+    proc = celeriac(project, "-A", "tasks", "worker", "-P", "solo", "--pidfile",
+                    str(project / "missing-dir" / "w.pid"), path=(blocker,),
+                    env={"BLOCK_MODULES": "msgpack"})
+    one_line_error(proc, "celeriac worker: cannot write the pidfile")
+
+
+# ---- Celery worker flags ----------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--detach", "-D"])
+def test_detach_is_refused_pointing_at_a_service_manager(project, flag):
+    proc = celeriac(project, "-A", "tasks", "worker", flag)
+    one_line_error(proc, "celeriac worker: --detach is not available in celeriac",
+                   "run it under your service manager (systemd, supervisord) instead")
+    assert proc.returncode == 2

@@ -341,3 +341,34 @@ def test_bad_compression_inputs() -> None:
         ser.decompress(b"x", "application/zstd")
     with pytest.raises(DecodeError):
         ser.decompress(b"not zlib at all", "application/x-gzip")
+
+
+# ---- start-up checks and unencodable values ----------------------------------------------------
+def test_check_available_passes_for_installed_serializers():
+    ser.check_available(["json", "pickle", "msgpack", "yaml", "application/json"])
+    ser.check_available("json, msgpack")  # as an environment variable spells it
+    ser.check_available([])
+
+
+@pytest.mark.parametrize("names, module", [(["json", "msgpack"], "msgpack"),
+                                           ("json,yaml", "yaml"),
+                                           (["application/x-yaml"], "yaml")])
+def test_check_available_names_the_extra_of_a_missing_package(monkeypatch, names, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    with pytest.raises(MissingDependency) as info:
+        ser.check_available(names)
+    assert f"pip install 'celeriac[{module}]'" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_check_available_refuses_an_unknown_serializer():
+    with pytest.raises(ImproperlyConfigured, match="unknown serializer 'jsno'"):
+        ser.check_available(["jsno"])
+
+
+def test_an_unencodable_type_is_named_without_the_internal_exception():
+    with pytest.raises(EncodeError) as info:
+        ser.dumps({"x": {1, 2}}, "json")
+    assert "cannot serialize a value of type set with json" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert ser.unserializable_type(info.value) is set

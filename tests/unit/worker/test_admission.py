@@ -401,7 +401,7 @@ def test_a_refused_content_type_is_dead_lettered_without_deserializing(app, cons
         f"task adm.add[{task_id}]: content type {PICKLE!r} is not in this worker's "
         f"accept_content [{JSON!r}]; add 'pickle' to accept_content on the worker, or send "
         f"with serializer='json'. The message is in the dead-letter store: "
-        f"`celeriac dlq replay {dead.id}` after fixing.")
+        f"`celeriac -A {app.main} dlq replay {dead.id}` after fixing.")
     assert consumer.jobs() == []
     _nothing_left(app)
     assert not target.exists()
@@ -422,7 +422,11 @@ def test_a_message_without_a_task_header_but_with_an_id_stores_invalid_task(app,
     [dead] = dead_letters(app)
     exc = _failure(app, task_id, InvalidTaskError)
     assert str(exc).startswith("message 't-no-name' has no 'task' header")
-    assert f"`celeriac dlq replay {dead.id}`" in str(exc)
+    # not a replay: the same bytes would be refused again
+    assert str(exc).endswith(f"The sender must send it again; the original is kept in the "
+                             f"dead-letter store ({dead.id}) for inspection: "
+                             f"`celeriac -A {app.main} dlq show {dead.id}`.")
+    assert "dlq replay" not in str(exc)
     _nothing_left(app)
 
 
@@ -523,7 +527,7 @@ def test_a_message_over_the_delivery_limit_is_dead_lettered():
         assert dead.message.headers["id"] == task_id
         exc = _failure(app, task_id, WorkerLostError)
         assert "was delivered 3 times without finishing" in str(exc)
-        assert f"`celeriac dlq replay {dead.id}`" in str(exc)
+        assert f"`celeriac -A {app.main} dlq replay {dead.id}`" in str(exc)
         assert consumer.jobs() == []
         _nothing_left(app)
     finally:

@@ -111,6 +111,8 @@ class Recorder(WorkerExtension):
         self._note("admission", arrival.headers["id"], arrival.task)
         if arrival.headers["task"] == "ext.poison":
             return Decision(Verdict.DEAD_LETTER, "poisoned by the extension")
+        if arrival.headers["task"] == "ext.quarantined":
+            return Decision.dead_letter("quarantined by the extension", store_failure=False)
         return None
 
     def before_run(self, job):
@@ -162,6 +164,10 @@ def _make_app():
     def poison():
         app.ran.append("ext.poison")
 
+    @app.task(name="ext.quarantined")
+    def quarantined():
+        app.ran.append("ext.quarantined")
+
     @app.task(name="ext.vetoed")
     def vetoed():
         app.ran.append("ext.vetoed")
@@ -211,7 +217,21 @@ def test_before_admission_returning_dead_letter_dead_letters_the_message(running
     with pytest.raises(InvalidTaskError, match="was dead-lettered: poisoned by the extension"):
         result.get(timeout=5)
     assert result.state == states.FAILURE
-    assert f"`celeriac dlq replay {dead[0].id}`" in str(result.result)
+    assert f"`celeriac -A {app.main} dlq replay {dead[0].id}`" in str(result.result)
+
+
+def test_a_dead_letter_decision_can_quarantine_without_failing_the_caller(running):
+    app, worker, recorder = running
+    kept = app.tasks["ext.quarantined"].delay()
+    # admitted after it by the same consumer: once its failure is stored, the quarantine is done
+    poisoned = app.tasks["ext.poison"].delay()
+    with pytest.raises(InvalidTaskError):
+        poisoned.get(timeout=5)
+    [dead] = [d for d in dead_letters(app) if d.message.headers["id"] == kept.id]
+    assert dead.reason == "quarantined by the extension"
+    assert "ext.quarantined" not in app.ran
+    # nothing stored: a replay's outcome is what its caller will read
+    assert app.backend.get_task_meta(kept.id)["status"] == states.PENDING
 
 
 def test_before_run_returning_revoked_drops_the_job_as_revoked(running):

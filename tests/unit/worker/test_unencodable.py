@@ -119,10 +119,9 @@ def test_pickle_names_what_cannot_be_pickled():
 
 def test_a_value_no_part_of_which_fails_is_described_by_the_serializer_error(app):
     # a tuple key: every part encodes alone, the dict as a whole does not
-    try:
+    with pytest.raises(EncodeError) as raised:
         app.backend.encode({(1, 2): "x"})
-    except EncodeError as exc:
-        error = unencodable(app.tasks["unenc.bad"], "json", {(1, 2): "x"}, exc)
+    error = unencodable(app.tasks["unenc.bad"], app.backend, {(1, 2): "x"}, raised.value)
     assert "cannot encode: TypeError: keys must be str" in str(error)
     assert isinstance(error.__cause__, TypeError)
 
