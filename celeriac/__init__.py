@@ -9,6 +9,8 @@ from typing import Any
 
 from . import states
 from ._context import current_app, get_current_app
+from ._version import VERSION as VERSION  # public, as before, though not in __all__
+from ._version import __version__
 from .app import Celery
 from .canvas import (
     Signature,
@@ -23,17 +25,18 @@ from .canvas import (
     xmap,
     xstarmap,
 )
+from .protocol.entities import Broadcast, Exchange, Queue
 from .result import AsyncResult, EagerResult, GroupResult, ResultSet, TaskSetResult
 from .task import Task, shared_task
 
-__version__ = "0.1.0"
-VERSION = (0, 1, 0)
-
 __all__ = [
     "AsyncResult",
+    "Broadcast",
     "Celery",
     "EagerResult",
+    "Exchange",
     "GroupResult",
+    "Queue",
     "ResultSet",
     "Signature",
     "Task",

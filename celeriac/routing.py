@@ -7,6 +7,7 @@ Router is built.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import importlib
 import re
@@ -14,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
 from .exceptions import ImproperlyConfigured, QueueNotFound
-from .protocol.entities import Exchange, Queue
+from .protocol.entities import Broadcast, Exchange, Queue, as_exchange, as_queue
 
-__all__ = ["Exchange", "Queue", "Router"]
+__all__ = ["Broadcast", "Exchange", "Queue", "Router"]
 
 RouteFn = Callable[..., Any]
 
@@ -79,9 +80,21 @@ def _prepare_routes(routes: Any) -> list[RouteFn]:
 
 
 def _as_route(result: Any) -> dict[str, Any]:
-    if isinstance(result, (str, Queue)):
+    if isinstance(result, (str, Queue)) or _is_queue_like(result):
         return {"queue": result}
     return dict(result)
+
+
+def _is_queue_like(value: Any) -> bool:
+    """A kombu ``Queue`` (or anything shaped like one), recognised without importing kombu."""
+    return (not isinstance(value, (str, Mapping)) and isinstance(getattr(value, "name", None), str)
+            and hasattr(value, "exchange") and hasattr(value, "routing_key"))
+
+
+def _exchange_name(exchange: Any) -> str | None:
+    if exchange is None or isinstance(exchange, str):
+        return exchange
+    return as_exchange(exchange).name
 
 
 # ---- queues -------------------------------------------------------------------------------------
@@ -92,115 +105,179 @@ def _getter(conf: Any) -> Callable[[str, Any], Any]:
 
 
 def _queue_from_options(name: str, options: Mapping[str, Any]) -> Queue:
-    # Celery's old dict form of task_queues: {"name": {"exchange": ..., "routing_key": ...}}.
+    # Celery's dict form of task_queues: {"name": {"exchange": ..., "routing_key": ...}}; the
+    # routing key defaults to the old "binding_key", then to the name (Celery's add_compat).
     opts = dict(options)
     exchange = opts.pop("exchange", None)
-    exchange_type = opts.pop("exchange_type", "direct")
+    exchange_type = opts.pop("exchange_type", None)
+    binding_key = opts.pop("binding_key", None)
+    routing_key = opts.pop("routing_key", None) or binding_key or name
     if isinstance(exchange, str):
-        exchange = Exchange(exchange, exchange_type)
-    return Queue(name, exchange, opts.pop("routing_key", None), **opts)
+        exchange = Exchange(exchange, exchange_type or "direct")
+    return Queue(name, exchange, routing_key, **opts)
 
 
-def _configured_queues(conf: Any) -> dict[str, Queue]:
-    get = _getter(conf)
-    declared = get("task_queues", None)
-    queues: dict[str, Queue] = {}
+def _declared_queues(conf: Any) -> list[Queue]:
+    declared = _getter(conf)("task_queues", None)
     if isinstance(declared, Mapping):
-        for name, value in declared.items():
-            queues[name] = value if isinstance(value, Queue) else _queue_from_options(name, value)
-    elif declared:
-        for value in declared:
-            queue = value if isinstance(value, Queue) else Queue(value)
-            queues[queue.name] = queue
-    else:
-        default = get("task_default_queue", None) or "celery"
-        exchange = Exchange(get("task_default_exchange", None) or default,
-                            get("task_default_exchange_type", None) or "direct")
-        queues[default] = Queue(default, exchange, get("task_default_routing_key", None))
-    return queues
+        return [as_queue(value) if isinstance(value, Queue) or _is_queue_like(value)
+                else _queue_from_options(name, value) for name, value in declared.items()]
+    if not declared:
+        return []
+    return [Queue(value, routing_key=value) if isinstance(value, str) else as_queue(value)
+            for value in declared]
 
 
 class Router:
-    """Picks the destination queue for a task message from call options, ``task_routes``, the
-    task's own ``queue`` and ``task_default_queue``, in that order."""
+    """Picks where a task message goes, as Celery does: the destination ``queue`` (call options,
+    the task's own ``queue``, ``task_routes``, ``task_default_queue``) and the exchange and
+    routing key it is published with (``publish_target``).
+
+    Queues in ``task_queues`` without an exchange get ``task_default_exchange`` (of
+    ``task_default_exchange_type``), and those without a routing key get
+    ``task_default_routing_key``; both default to ``task_default_queue``. A queue created on
+    first use gets a direct exchange and routing key of its own name.
+    """
 
     def __init__(self, conf: Any) -> None:
         get = _getter(conf)
         self.default_queue: str = get("task_default_queue", None) or "celery"
-        self.default_exchange_type: str = get("task_default_exchange_type", None) or "direct"
+        self.default_exchange = Exchange(get("task_default_exchange", None) or self.default_queue,
+                                         get("task_default_exchange_type", None) or "direct")
+        self.default_exchange_type: str = self.default_exchange.type
+        self.default_routing_key: str = (get("task_default_routing_key", None)
+                                         or self.default_queue)
         self.create_missing = bool(get("task_create_missing_queues", True))
+        self.missing_exchange_type: str = (
+            get("task_create_missing_queue_exchange_type", None) or "direct")
         #: name -> Queue: the configured queues, plus those created on first use
-        self.queues = _configured_queues(conf)
+        self.queues: dict[str, Queue] = {}
+        #: alias -> Queue (``Broadcast`` queues are named by their alias)
+        self.aliases: dict[str, Queue] = {}
+        for queue in _declared_queues(conf):
+            self._add(queue)
+        if not self.queues:
+            self._add(Queue(self.default_queue, self.default_exchange, self.default_routing_key))
+        #: what a worker consumes without ``-Q``
+        self.configured: list[str] = list(self.queues)
         self.routes = _prepare_routes(get("task_routes", None))
-        self._bindings = {(q.exchange.name, q.routing_key): q for q in self.queues.values()}
+
+    def _add(self, queue: Queue) -> Queue:
+        """Adopt a configured queue, filling in the default exchange and routing key."""
+        if not queue.exchange_given or not queue.routing_key_given:
+            queue = copy.copy(queue)
+            if not queue.exchange_given:
+                queue.exchange = self.default_exchange
+            if not queue.routing_key_given:
+                queue.routing_key = self.default_routing_key
+        self.queues[queue.name] = queue
+        if queue.alias:
+            self.aliases[queue.alias] = queue
+        return queue
 
     @staticmethod
     def queue_names(conf: Any) -> list[str]:
         """The queues ``conf`` defines (``task_queues``, else the default queue): what a worker
         consumes when not told otherwise."""
-        return list(_configured_queues(conf))
+        return Router(conf).configured
+
+    def consume_from(self, include: Iterable[str] | None = None,
+                     exclude: Iterable[str] | None = None) -> list[Queue]:
+        """The queues a worker consumes: ``include`` (``-Q``, by name or alias; missing ones
+        are created as for sending), else every configured queue, less ``exclude`` (``-X``)."""
+        names = list(include or ())
+        queues = [self.resolve(name) for name in names] if names else [
+            self.queues[name] for name in self.configured]
+        excluded = set(exclude or ())
+        chosen = [q for q in queues if q.name not in excluded and q.alias not in excluded]
+        return list({q.name: q for q in chosen}.values())
 
     def route(self, options: dict[str, Any], name: str, args: Any = (),
-              kwargs: dict[str, Any] | None = None, task_queue: str | None = None, *,
+              kwargs: dict[str, Any] | None = None, task_queue: str | Queue | None = None, *,
               task: Any = None) -> dict[str, Any]:
-        """Return ``options`` completed with ``queue`` (a name), ``exchange`` and ``routing_key``.
+        """Return ``options`` completed with ``queue`` (a name, or None when the message goes
+        to an exchange without a queue), ``exchange`` (a name or None) and ``routing_key``.
 
-        Routers are consulted even when the call names a queue (a route may add other options,
-        e.g. priority), but the call's own destination wins.
+        As in Celery, the call's options come first, then the task's own ``queue``, then the
+        first ``task_routes`` entry that answers (its other options, e.g. ``priority``, apply
+        unless the call gives its own), then ``task_default_queue``.
         """
         explicit = {k: v for k, v in options.items() if v is not None}
+        if task_queue is not None:
+            explicit.setdefault("queue", task_queue)
         found: dict[str, Any] = {}
         for router in self.routes:
             result = router(name, args, kwargs or {}, options, task=task)
             if result:
                 found = _as_route(result)
                 break
-        queue = explicit.get("queue")
-        if queue is not None:  # the call's destination replaces the route's as a whole
-            for key in ("queue", "exchange", "routing_key"):
+        if "queue" in explicit:  # the call's (or task's) queue replaces the route's destination
+            for key in ("queue", "exchange", "routing_key", "exchange_type"):
                 found.pop(key, None)
         merged = {**found, **explicit}
         queue = merged.get("queue")
-        if queue is None and "routing_key" in merged:
-            queue = self._bound_queue(merged.get("exchange"), merged["routing_key"])
-        resolved = self.resolve(queue if queue is not None else task_queue or self.default_queue)
-        merged["queue"] = resolved.name
+        if queue is None and (not found or merged.get("exchange") is None):
+            queue = self.default_queue
+        if queue is not None and not isinstance(queue, str):  # a Queue object: kept as given
+            resolved = self.resolve(queue)
+            queue = self.queues.setdefault(resolved.name, resolved).name
+        merged["queue"] = None if queue is None else self.resolve(queue).name
         exchange = merged.get("exchange")
-        merged["exchange"] = (resolved.exchange.name if exchange is None else
-                              exchange.name if isinstance(exchange, Exchange) else exchange)
-        merged.setdefault("routing_key", resolved.routing_key)
+        if exchange is not None and not isinstance(exchange, str):
+            merged.setdefault("exchange_type", as_exchange(exchange).type)
+        merged["exchange"] = _exchange_name(exchange)
+        merged.setdefault("routing_key", None)
         return merged
 
     def publish_target(self, route: dict[str, Any]) -> tuple[str, str]:
-        """The exchange and routing key a routed message is published with: Celery sends a
-        route to a direct queue through the default exchange ``""`` with the queue's name as
-        the key, and anything else as routed."""
-        queue = self.resolve(route["queue"])
-        exchange, routing_key = route["exchange"], route["routing_key"]
-        if (queue.exchange.type == "direct" and exchange == queue.exchange.name
-                and routing_key == queue.routing_key):
-            return "", queue.name
-        return exchange, routing_key
+        """The exchange and routing key a routed message is published with, as Celery's
+        ``send_task_message`` works them out: a direct queue through the default exchange
+        ``""`` with the queue's name as the key; otherwise the given exchange (else the queue's)
+        with the given routing key (else the queue's binding key)."""
+        name, exchange, routing_key = route.get("queue"), route.get("exchange"), \
+            route.get("routing_key")
+        queue = self.resolve(name) if name else (
+            self.resolve(self.default_queue) if exchange is None else None)
+        kind = route.get("exchange_type") or (queue.exchange.type if queue else "direct")
+        if (not exchange or not routing_key) and kind == "direct":
+            if queue is not None:
+                return "", queue.name
+            return exchange or "", routing_key or ""
+        if exchange is None and queue is not None:
+            exchange = queue.exchange.name or self.default_exchange.name
+            routing_key = routing_key or queue.routing_key or self.default_routing_key
+        return exchange or "", routing_key or ""
 
-    def _bound_queue(self, exchange: Exchange | str | None, routing_key: str) -> Queue | None:
-        """The configured queue an AMQP-style ``{exchange, routing_key}`` route points at."""
-        if isinstance(exchange, Exchange):
-            exchange = exchange.name
-        if exchange is not None:
-            return self._bindings.get((exchange, routing_key))
-        return next((q for q in self.queues.values() if q.routing_key == routing_key), None)
+    def exchange_type(self, route: dict[str, Any], exchange: str) -> str | None:
+        """The type of ``exchange`` as this app knows it (the route's ``exchange_type``, the
+        configured queues' exchanges, the default exchange); None if unknown."""
+        if route.get("exchange_type"):
+            return str(route["exchange_type"])
+        for queue in self.queues.values():
+            if queue.exchange.name == exchange:
+                return queue.exchange.type
+        if exchange == self.default_exchange.name:
+            return self.default_exchange.type
+        return None
 
-    def resolve(self, queue: Queue | str) -> Queue:
-        """The ``Queue`` a name stands for (configured, or created as Celery would)."""
+    def queues_bound_to(self, exchange: str) -> list[Queue]:
+        """The known queues bound to ``exchange`` (what a producer declares before publishing
+        to it, so the broker knows their bindings)."""
+        return [q for q in self.queues.values() if q.exchange.name == exchange]
+
+    def resolve(self, queue: Any) -> Queue:
+        """The ``Queue`` a name (or alias) stands for: configured, or created as Celery would.
+        A ``Queue`` (ours or kombu's) is taken as it is."""
         if isinstance(queue, Queue):
             return queue
-        try:
-            return self.queues[queue]
-        except KeyError:
-            if not self.create_missing:
-                raise QueueNotFound(f"Queue {queue!r} missing from task_queues "
-                                    "(and task_create_missing_queues is off)") from None
-            created = Queue(queue, Exchange(queue, self.default_exchange_type))
-            self.queues[queue] = created
-            self._bindings.setdefault((created.exchange.name, created.routing_key), created)
-            return created
+        if not isinstance(queue, str):
+            return as_queue(queue)
+        found = self.queues.get(queue) or self.aliases.get(queue)
+        if found is not None:
+            return found
+        if not self.create_missing:
+            raise QueueNotFound(f"Queue {queue!r} missing from task_queues "
+                                "(and task_create_missing_queues is off)") from None
+        created = Queue(queue, Exchange(queue, self.missing_exchange_type), queue)
+        self.queues[queue] = created
+        return created

@@ -30,11 +30,15 @@ from ..protocol.message import Message
 
 @dataclass(slots=True)
 class Outgoing:
-    """A message for ``queue``, published as ``exchange``/``routing_key`` say, optionally held
-    back until ``not_before`` (Unix time).
+    """A message published as ``exchange``/``routing_key`` say, optionally held back until
+    ``not_before`` (Unix time).
 
-    Celery publishes a plain task to the default exchange ``""`` with the queue's name as the
-    routing key; ``routing_key`` None means exactly that.
+    With a ``queue``, the message goes to that queue (already routed: Celery publishes a plain
+    task to the default exchange ``""`` with the queue's name as the routing key; ``routing_key``
+    None means exactly that), and ``exchange``/``routing_key`` are only recorded. With ``queue``
+    empty, the transport routes it: to every queue bound to ``exchange`` whose binding takes
+    ``routing_key`` (``transport.bindings.route``; a fanout exchange broadcasts).
+    ``exchange_type`` says the exchange's type where the bindings do not record it (Redis).
     """
 
     queue: str
@@ -42,10 +46,16 @@ class Outgoing:
     not_before: float | None = None
     exchange: str = ""
     routing_key: str | None = None
+    exchange_type: str | None = None
 
     @property
     def key(self) -> str:
         return self.queue if self.routing_key is None else self.routing_key
+
+    @property
+    def routed(self) -> bool:
+        """Whether the transport must find the queues through its bindings."""
+        return not self.queue and bool(self.exchange)
 
 
 @dataclass(slots=True)
@@ -67,10 +77,13 @@ class Delivery:
 
     @property
     def delivery_info(self) -> dict[str, Any]:
-        """What a task sees as ``self.request.delivery_info`` (Celery's keys)."""
+        """What a task sees as ``self.request.delivery_info``: Celery's four keys, the exchange
+        and routing key the message was published with, its priority and whether it was
+        delivered before."""
         return {"exchange": self.exchange,
                 "routing_key": self.queue if self.routing_key is None else self.routing_key,
-                "redelivered": self.redelivered, "delivery_count": self.delivery_count}
+                "priority": self.message.properties.get("priority"),
+                "redelivered": self.redelivered}
 
 
 @dataclass(slots=True)
@@ -95,11 +108,13 @@ class Transport(Protocol):
 
     def declare(self, queue: Queue | str) -> None:
         """Make sure ``queue`` exists with its exchange, binding and arguments (a bare name is
-        ``Queue(name)``). Where queues need no declaration this records the binding or does
-        nothing."""
+        ``Queue(name)``), and record its binding (``transport.bindings.binding_of``) where every
+        producer's publish finds it, in any process. A consumer that declares a queue bound to a
+        fanout exchange receives that exchange's broadcasts into the queue from then on."""
 
     def publish(self, items: Sequence[Outgoing]) -> None:
-        """Durably enqueue every item; returns only once they are stored (one round trip)."""
+        """Durably enqueue every item (to its ``queue``, or where the bindings of its exchange
+        route it); returns only once they are stored (one round trip where it can)."""
 
     def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
         """Take up to ``max_n`` due messages from ``queues``, waiting up to ``timeout`` seconds.

@@ -22,6 +22,7 @@ from ..protocol.message import Message
 from ..utils import memory_wire
 from ..utils.registry import NamedRegistry
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
+from .bindings import Binding, FanoutFeed, binding_of, exchange_type_of, route, warn_unroutable
 from .memory_broadcast import MemoryBroadcastMixin
 
 READY, LEASED, DELAYED = 0, 1, 2
@@ -117,6 +118,8 @@ class _Broker:
         self.cond = threading.Condition()
         self.queues: dict[str, _Queue] = {}
         self.dead: dict[str, tuple[str, str, _Stored, float]] = {}
+        #: what ``declare`` bound, in declaration order
+        self.bindings: dict[Binding, None] = {}
         self.seq = itertools.count(1)
         self.dead_seq = itertools.count(1)
 
@@ -161,6 +164,7 @@ class MemoryTransport(MemoryBroadcastMixin):
         self.options = options
         self._broker = _Broker() if name is None else _shared_broker(name)
         self._turn = 0
+        self._feed = FanoutFeed()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "MemoryTransport":
@@ -174,13 +178,46 @@ class MemoryTransport(MemoryBroadcastMixin):
 
     # ---- producing ------------------------------------------------------------------------
     def declare(self, queue: Queue | str) -> None:
+        """Create the queue and record its binding, for every transport on this broker."""
+        queue = as_queue(queue)
+        binding = binding_of(queue)
         with self._broker.cond:
-            self._broker.queue(as_queue(queue).name)
+            self._broker.queue(queue.name)
+            if binding is not None:
+                self._broker.bindings[binding] = None
+        self._feed.declare(self, queue)
+
+    def _route(self, items: Sequence[Outgoing]) -> list[Outgoing]:
+        """``items`` with each routed one replaced by a copy per bound queue; fanout ones are
+        broadcast instead."""
+        if not any(item.routed for item in items):
+            return list(items)
+        with self._broker.cond:
+            bindings = list(self._broker.bindings)
+        out: list[Outgoing] = []
+        for item in items:
+            if not item.routed:
+                out.append(item)
+                continue
+            key = item.routing_key or ""
+            kind = item.exchange_type or exchange_type_of(bindings, item.exchange)
+            if kind == "fanout":
+                self.broadcast(item.exchange, item.message, key)
+                continue
+            queues = route(bindings, item.exchange, key, exchange_type=kind)
+            if not queues:
+                warn_unroutable(item.exchange, key)
+            out.extend(Outgoing(q, item.message, item.not_before, item.exchange, key)
+                       for q in queues)
+        return out
 
     def publish(self, items: Sequence[Outgoing]) -> None:
-        """Store every item at once (all or none); ``not_before`` holds an item until that time."""
+        """Store every item at once (all or none); ``not_before`` holds an item until that time.
+        Routed items go to every queue their exchange's bindings take them to."""
         now = time.time()
-        prepared = [(item, _Stored.of(item.message)) for item in items]
+        stored_of = {id(item): _Stored.of(item.message) for item in items}  # all encode, or none
+        prepared = [(item, stored_of.get(id(item)) or _Stored.of(item.message))
+                    for item in self._route(items)]
         broker = self._broker
         with broker.cond:
             for item, stored in prepared:
@@ -215,14 +252,18 @@ class MemoryTransport(MemoryBroadcastMixin):
             start = self._turn % len(queues)
             self._turn += 1
             order = list(dict.fromkeys([*queues[start:], *queues[:start]]))
+            fed = self._feed.active(order)
             while True:
+                if fed:
+                    self._feed.drain(self, order)
                 now = time.time()
                 leased = self._lease(order, max_n, now)
                 remaining = deadline - time.monotonic()
                 if leased or remaining <= 0:
                     return leased
                 dues = [d for d in (broker.queue(q).next_due() for q in order) if d is not None]
-                wait = min([remaining, *(d - now for d in dues)])
+                # a broadcast does not wake this wait: look at the subscriptions now and then
+                wait = min([remaining, *(d - now for d in dues), *([0.02] if fed else [])])
                 broker.cond.wait(max(wait, 0.0005))
 
     def _lease(self, order: list[str], max_n: int, now: float) -> list[Delivery]:
@@ -399,7 +440,9 @@ class MemoryTransport(MemoryBroadcastMixin):
             return len(q.entries) if q is not None else 0
 
     def close(self) -> None:
-        """Nothing to release; the shared state outlives the transport (see ``reset``)."""
+        """Close the fanout subscriptions; the shared state outlives the transport (see
+        ``reset``)."""
+        self._feed.close()
 
 
 def _dead(dead_id: str, queue: str, reason: str, stored: _Stored, created_at: float) -> DeadLetter:

@@ -18,11 +18,12 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from ..protocol.entities import Queue
+from ..protocol.entities import Queue, as_queue
 from ..protocol.message import Message
 from ..utils.forks import PidGuard
 from ..utils.sqlite import ChangeWaiter, connect, sqlite_path_from_url
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
+from .bindings import Binding, FanoutFeed, binding_of, exchange_type_of, route, warn_unroutable
 from .sqlite_broadcast import SQLiteBroadcastMixin
 
 # Row states. READY rows are fetchable now; LEASED and DELAYED rows become fetchable again once
@@ -64,7 +65,17 @@ _SCHEMA = (
         headers TEXT NOT NULL,
         properties TEXT NOT NULL,
         body BLOB NOT NULL)""",
+    # what declare() bound: publishes to a named exchange are routed through these
+    """CREATE TABLE IF NOT EXISTS celeriac_queue_binding (
+        exchange TEXT NOT NULL,
+        exchange_type TEXT NOT NULL,
+        binding_key TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        PRIMARY KEY (exchange, binding_key, queue))""",
 )
+_BIND = ("INSERT INTO celeriac_queue_binding (exchange, exchange_type, binding_key, queue)"
+         " VALUES (?, ?, ?, ?) ON CONFLICT (exchange, binding_key, queue)"
+         " DO UPDATE SET exchange_type = excluded.exchange_type")
 
 _INSERT = (
     "INSERT INTO celeriac_queue (queue, priority, state, visible_at, created_at, content_type,"
@@ -151,6 +162,7 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         self._waiter: ChangeWaiter | None = None
         self._schema_ready = False
         self._turn = itertools.count()
+        self._feed = FanoutFeed()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "SQLiteTransport":
@@ -240,27 +252,81 @@ class SQLiteTransport(SQLiteBroadcastMixin):
 
     # ---- producing --------------------------------------------------------------------------
     def declare(self, queue: Queue | str) -> None:
-        """Queues need no declaration (a message names its queue); this only makes sure the
-        tables exist."""
-        with self._connection():
-            pass
+        """Record the queue's binding (in the file, for every process); queues themselves need
+        no declaration."""
+        queue = as_queue(queue)
+        binding = binding_of(queue)
+        if binding is None:
+            with self._connection():  # the file and its tables exist
+                pass
+        else:
+            with self._write() as conn:
+                conn.execute(_BIND, (binding.exchange, binding.exchange_type, binding.key,
+                                     binding.queue))
+        self._feed.declare(self, queue)
+
+    @staticmethod
+    def _bindings(conn: sqlite3.Connection, exchanges: Sequence[str]) -> list[Binding]:
+        marks = ", ".join("?" * len(exchanges))
+        return [Binding(queue, exchange, kind, key) for exchange, kind, key, queue in conn.execute(
+            "SELECT exchange, exchange_type, binding_key, queue FROM celeriac_queue_binding"
+            f" WHERE exchange IN ({marks}) ORDER BY rowid", tuple(exchanges))]
+
+    def _route(self, conn: sqlite3.Connection, items: Sequence[Outgoing]
+               ) -> tuple[list[Outgoing], list[Outgoing]]:
+        """(the items to store, with routed ones copied to each bound queue; the fanout ones)."""
+        exchanges = list(dict.fromkeys(item.exchange for item in items if item.routed))
+        bindings = self._bindings(conn, exchanges)
+        out: list[Outgoing] = []
+        fanout: list[Outgoing] = []
+        for item in items:
+            if not item.routed:
+                out.append(item)
+                continue
+            key = item.routing_key or ""
+            kind = item.exchange_type or exchange_type_of(bindings, item.exchange)
+            if kind == "fanout":
+                fanout.append(item)
+                continue
+            queues = route(bindings, item.exchange, key, exchange_type=kind)
+            if not queues:
+                warn_unroutable(item.exchange, key)
+            out.extend(Outgoing(q, item.message, item.not_before, item.exchange, key)
+                       for q in queues)
+        return out, fanout
 
     def publish(self, items: Sequence[Outgoing]) -> None:
-        """Store every item in one durable transaction; ``not_before`` holds an item until then."""
+        """Store every item in one durable transaction; ``not_before`` holds an item until then.
+        Routed items go to every queue their exchange's bindings take them to (read in the same
+        transaction); fanout ones are broadcast."""
         if not items:
             return
         now = time.time()
+        rows = self._rows(items, now)  # every item encodes, or nothing is stored
+        fanout: list[Outgoing] = []
+        with self._write() as conn:
+            if any(item.routed for item in items):
+                stored, fanout = self._route(conn, items)
+                rows = self._rows(stored, now)
+            if rows:
+                conn.executemany(_INSERT, rows)
+        for item in fanout:
+            self.broadcast(item.exchange, item.message, item.routing_key or "")
+        self._notify()
+
+    @staticmethod
+    def _rows(items: Sequence[Outgoing], now: float) -> list[tuple[Any, ...]]:
         rows = []
         for item in items:
+            if item.routed:
+                continue
             msg = item.message
             delayed = item.not_before is not None and item.not_before > now
             rows.append((item.queue, msg.priority, DELAYED if delayed else READY,
                          item.not_before if delayed else 0.0, now, msg.content_type,
                          msg.content_encoding, _dumps(msg.headers), _dumps(msg.properties),
                          bytes(msg.body), item.exchange or None, item.routing_key))
-        with self._write() as conn:
-            conn.executemany(_INSERT, rows)
-        self._notify()
+        return rows
 
     # ---- consuming --------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
@@ -275,8 +341,11 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         deadline = time.monotonic() + max(timeout, 0.0)
         start = next(self._turn) % len(queues)
         order = list(dict.fromkeys([*queues[start:], *queues[:start]]))
+        fed = self._feed.active(order)
         while True:
             token = self._change_waiter().token()
+            if fed:
+                self._feed.drain(self, order)
             leased, next_due = self._lease(order, max_n)
             remaining = deadline - time.monotonic()
             if leased or remaining <= 0:
@@ -417,6 +486,7 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         A connection another thread is using is closed by that thread when it is done with it.
         """
         self._check_fork()
+        self._feed.close()
         with self._lock:
             idle, self._all, self._idle = self._idle, [], []
             waiter, self._waiter = self._waiter, None

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from celeriac.backends.redis import RedisBackend
+from celeriac.protocol.entities import Exchange, Queue
 from celeriac.protocol.message import Message
 from celeriac.testing.transport_suite import (
     MakeTransport,
@@ -234,6 +235,32 @@ def test_a_consumer_dying_before_ack_loses_nothing(make: MakeTransport) -> None:
     [again] = alive.fetch(["q"], 1, 3.0)
     assert (tags([again]), again.redelivered, again.delivery_count) == (["m"], True, 2)
     assert again.message == first.message
+    assert alive.ack([again]) == [True]
+
+
+@pytest.mark.parametrize(("binding_key", "routing_key"), [
+    ("feed.#", "feed.rss"), ("feed.*", "feed.atom"), ("#", "any.thing"), ("feed.rss", "feed.rss"),
+])
+def test_a_celery_workers_expired_topic_routed_lease_goes_back_to_the_bound_queue(
+        make: MakeTransport, client: redis.Redis, redis_prefix: str, binding_key: str,
+        routing_key: str) -> None:
+    """A Celery worker's unacked record names the exchange and routing key it was published
+    with; kombu's restore finds the queue through the exchange's bindings, so a routing key that
+    only matches a topic pattern must not land in a list named after the routing key."""
+    topic = Exchange("rt-tasks", type="topic")
+    dead, alive = make(visibility_timeout=0.2), make(visibility_timeout=0.2)
+    dead.declare(Queue("feedq", exchange=topic, routing_key=binding_key))
+    dead.publish([Outgoing("", message("m"), exchange="rt-tasks", routing_key=routing_key,
+                           exchange_type="topic")])
+    [first] = dead.fetch(["feedq"], 1, 1.0)
+    tag = first.extra["delivery_tag"]
+    record = json.loads(client.hget(f"{redis_prefix}unacked", tag))
+    record[1:] = ["rt-tasks", routing_key]  # as a Celery worker records it
+    client.hset(f"{redis_prefix}unacked", tag, json.dumps(record))
+    dead.close()  # died holding it
+    [again] = alive.fetch(["feedq"], 1, 3.0)
+    assert (tags([again]), again.redelivered) == (["m"], True)
+    assert alive.qsize(routing_key) == 0  # no stray list named after the routing key
     assert alive.ack([again]) == [True]
 
 

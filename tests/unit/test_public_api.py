@@ -13,7 +13,8 @@ import pytest
 import celeriac
 
 PINNED_TOP_LEVEL = [
-    "AsyncResult", "Celery", "EagerResult", "GroupResult", "ResultSet", "Signature", "Task",
+    "AsyncResult", "Broadcast", "Celery", "EagerResult", "Exchange", "GroupResult", "Queue",
+    "ResultSet", "Signature", "Task",
     "TaskSet", "TaskSetResult", "__version__", "chain", "chord", "chunks", "current_app",
     "current_task", "get_current_app", "group", "maybe_signature", "shared_task", "signature",
     "states", "subtask", "xmap", "xstarmap",
@@ -45,6 +46,8 @@ CELERY_STYLE_IMPORTS = {
     "celeriac.task": ["Task", "task", "shared_task"],
     "celeriac.task.sets": ["TaskSet", "subtask"],
     "celeriac.utils": ["gen_unique_id"],
+    # kombu's names, for `from kombu import Queue` -> `from celeriac import Queue`
+    "celeriac.routing": ["Queue", "Exchange", "Broadcast"],
 }
 
 
@@ -70,3 +73,11 @@ def test_current_app_is_looked_up_at_access_time():
         assert celeriac.current_app._get_current_object() is app
     finally:
         app.close()
+
+
+def test_routing_entities_are_one_class_everywhere():
+    from celeriac import routing
+    from celeriac.protocol import entities
+
+    for name in ("Queue", "Exchange", "Broadcast"):
+        assert getattr(celeriac, name) is getattr(routing, name) is getattr(entities, name)

@@ -34,6 +34,16 @@ from ...utils.forks import PidGuard
 from ...utils.salt import process_salt
 from ...utils.urls import redact_url
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
+from ..bindings import (
+    Binding,
+    FanoutFeed,
+    binding_of,
+    kombu_member,
+    kombu_topic_matches,
+    parse_kombu_member,
+    route,
+    warn_unroutable,
+)
 from . import scripts
 from .envelope import decode, decode_delivery, encode, list_name, priority_step
 from .fanout import RedisBroadcastMixin
@@ -113,6 +123,9 @@ class RedisTransport(RedisBroadcastMixin):
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._declared: set[str] = set()
+        #: exchange -> type, from this process's declarations (Redis does not store types)
+        self._exchange_types: dict[str, str] = {}
+        self._feed = FanoutFeed()
         self._forks = PidGuard()
         self._client = self._connect()
         redis_wire.set_busy_poll(self._client.connection_pool, busy_poll)
@@ -130,6 +143,7 @@ class RedisTransport(RedisBroadcastMixin):
         query or in ``broker_use_ssl``), ``unix:///path?db=N`` or kombu's
         ``redis+socket:///path``. ``?global_keyprefix=p:`` in the query works like the
         transport option (which wins)."""
+        redis_wire.check_redis_url(url, "broker_url")
         base, _, query = url.partition("?")
         params = parse_qsl(query, keep_blank_values=True)
         prefix = [value for key, value in params if key == "global_keyprefix"]
@@ -178,13 +192,46 @@ class RedisTransport(RedisBroadcastMixin):
     # ---- producing ----------------------------------------------------------------------------
     def declare(self, queue: Queue | str) -> None:
         """Write kombu's binding member for ``queue`` in its exchange's binding set (what a
-        Celery producer declares); Redis keeps no other queue properties."""
+        Celery producer or worker declares; a topic binding carries kombu's pattern); Redis
+        keeps no other queue properties. A fanout-bound queue is then fed from the exchange's
+        ``PUBLISH`` channel at each fetch, as kombu consumes it."""
         self._check_fork()
         queue = as_queue(queue)
-        exchange = queue.exchange.name or queue.name
-        self._client.sadd(f"{self.prefix}_kombu.binding.{exchange}",
-                          self._binding(queue.name, queue.routing_key))
+        binding = binding_of(queue) or Binding(queue.name, queue.name, "direct", queue.routing_key)
+        self._client.sadd(f"{self.prefix}_kombu.binding.{binding.exchange}",
+                          kombu_member(binding, self.sep))
+        self._exchange_types[binding.exchange] = binding.exchange_type
         self._declared.add(queue.name)
+        self._feed.declare(self, queue)
+
+    def _route(self, items: Sequence[Outgoing]) -> list[Outgoing]:
+        """``items`` with each routed one replaced by a copy per queue kombu's binding set of
+        its exchange takes it to (read now, as a kombu producer does); fanout ones are
+        PUBLISHed."""
+        if not any(item.routed for item in items):
+            return list(items)
+        exchanges = list(dict.fromkeys(item.exchange for item in items if item.routed))
+        client = self._client
+        members = {exchange: cast(set[bytes], client.smembers(
+            f"{self.prefix}_kombu.binding.{exchange}")) for exchange in exchanges}
+        out: list[Outgoing] = []
+        for item in items:
+            if not item.routed:
+                out.append(item)
+                continue
+            key = item.routing_key or ""
+            kind = item.exchange_type or self._exchange_types.get(item.exchange)
+            if kind == "fanout":
+                self.broadcast(item.exchange, item.message, key)
+                continue
+            bindings = [b for b in (parse_kombu_member(m, item.exchange, kind, self.sep)
+                                    for m in members[item.exchange]) if b is not None]
+            queues = sorted(route(bindings, item.exchange, key, topic=kombu_topic_matches))
+            if not queues:
+                warn_unroutable(item.exchange, key)
+            out.extend(Outgoing(q, item.message, item.not_before, item.exchange, key)
+                       for q in queues)
+        return out
 
     def _binding(self, queue: str, routing_key: str | None = None) -> str:
         key = queue if routing_key is None else routing_key
@@ -196,6 +243,11 @@ class RedisTransport(RedisBroadcastMixin):
         a queue already declared, takes a shorter path with the same commands."""
         if not items:
             return
+        self._check_fork()
+        if any(item.routed for item in items):
+            items = self._route(items)
+            if not items:
+                return
         wire = self._wire()
         if len(items) == 1 and items[0].not_before is None and items[0].queue in self._declared:
             self._publish_one(wire, items[0])  # a plain delay(): nothing to group or declare
@@ -203,7 +255,7 @@ class RedisTransport(RedisBroadcastMixin):
         now = time.time()
         writes: list[tuple[Any, ...]] = []
         fresh = list(dict.fromkeys(item.queue for item in items
-                                   if item.queue not in self._declared))
+                                   if item.queue not in self._declared and not item.exchange))
         for queue in fresh:
             writes.append(("SADD", f"{self.prefix}_kombu.binding.{queue}", self._binding(queue)))
         woken: dict[str, None] = {}
@@ -262,7 +314,10 @@ class RedisTransport(RedisBroadcastMixin):
         order = self._order(queues, max_n)
         deadline = time.monotonic() + max(timeout, 0.0)
         waker = self._waiter() if timeout > 0 else None
+        fed = self._feed.active(order)
         while True:
+            if fed:
+                self._feed.drain(self, order)
             seen = waker.mark(order) if waker else None
             leased, due = self._lease(order, max_n)
             remaining = deadline - time.monotonic()
@@ -444,6 +499,8 @@ class RedisTransport(RedisBroadcastMixin):
 
     def close(self) -> None:
         """Stop the listener and disconnect; the transport reconnects lazily if used again."""
+        if not self._forks.forked():
+            self._feed.close()
         with self._lock:
             waker, self._waker = self._waker, None
         if waker is not None and not self._forks.forked():

@@ -164,6 +164,17 @@ for _, q in ipairs(limit > 0 and queues or {}) do
   end
 end
 
+-- kombu's topic match on Redis: '*' one or more non-dot characters, '#' anything, words literal
+local function topic_match(key, routing_key)
+  local parts = {}
+  for word in string.gmatch(key .. '.', '([^.]*)%.') do
+    if word == '*' then parts[#parts + 1] = '[^%.]+'
+    elseif word == '#' then parts[#parts + 1] = '.-'
+    else parts[#parts + 1] = (string.gsub(word, '%W', '%%%0')) end
+  end
+  return string.find(routing_key, '^' .. table.concat(parts, '%.') .. '$') ~= nil
+end
+
 -- 2. expired leases (anyone's, as kombu's restore does) go back to the consuming end
 local expired = limit > 0 and redis.call('ZRANGEBYSCORE', index, '-inf', now - vt,
                                          'LIMIT', 0, limit) or {}
@@ -180,7 +191,9 @@ for _, tag in ipairs(expired) do
         for _, m in ipairs(redis.call('SMEMBERS', prefix .. '_kombu.binding.' .. exchange)) do
           local a = string.find(m, sep, 1, true)
           local b = a and string.find(m, sep, a + #sep, true)
-          if b and string.sub(m, 1, a - 1) == routing_key then
+          local key, topic = b and string.sub(m, 1, a - 1), b and b > a + #sep
+          if b and (key == routing_key or (topic and type(routing_key) == 'string'
+                                            and topic_match(key, routing_key))) then
             targets[#targets + 1] = string.sub(m, b + #sep)
           end
         end
