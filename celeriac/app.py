@@ -168,6 +168,8 @@ class Celery:
                     use_ssl = self.conf.get("broker_use_ssl")
                     if isinstance(use_ssl, dict) and url.startswith("rediss"):
                         options = {**use_ssl, **options}  # Celery's TLS setting for the broker
+                    if url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp"):
+                        options = {**_amqp_options(self.conf), **options}
                     self._transport = transport_from_url(url, **options)
         return self._transport
 
@@ -363,3 +365,16 @@ _fork_leftovers: list[Any] = []
 def _symbol(path: str) -> Any:
     module_name, _, attr = path.replace(":", ".").rpartition(".")
     return getattr(importlib.import_module(module_name), attr)
+
+
+#: Celery's broker settings the AMQP transport takes as options, where the user set them (unset,
+#: the URL's query or the transport's defaults apply)
+_AMQP_SETTINGS = {"broker_use_ssl": "ssl", "broker_heartbeat": "heartbeat",
+                  "broker_connection_timeout": "connect_timeout",
+                  "broker_login_method": "login_method", "task_queue_max_priority": "max_priority"}
+
+
+def _amqp_options(conf: Any) -> dict[str, Any]:
+    changed = conf.changes
+    return {option: changed[setting] for setting, option in _AMQP_SETTINGS.items()
+            if changed.get(setting) is not None}

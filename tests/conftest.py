@@ -169,3 +169,76 @@ def private_redis_db(redis_server: str, dbs: tuple[int, ...],
         if time.monotonic() > deadline:
             raise AssertionError(f"Redis databases {dbs} stayed busy for {timeout} s")
         time.sleep(0.2)
+
+
+# ---- RabbitMQ -----------------------------------------------------------------------------------
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+
+
+def _rabbitmq_up() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((RABBITMQ_HOST, RABBITMQ_PORT), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require_rabbitmq() -> None:
+    """RabbitMQ on loopback (guest/guest). Missing server: skip locally, FAIL when CI=true."""
+    if not _rabbitmq_up():
+        message = f"RabbitMQ is not reachable on {RABBITMQ_HOST}:{RABBITMQ_PORT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: a missing broker is a failure, not a skip)")
+        pytest.skip(message)
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl``; its output, or an AssertionError with what it said."""
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                          timeout=60)
+    if done.returncode:
+        raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A virtual host of this test session's own (``celeriac-test-<uuid8>``), deleted at the
+    end: parallel runs on one RabbitMQ never see each other's queues."""
+    import uuid
+
+    require_rabbitmq()
+    name = f"celeriac-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield name
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_vhost: str) -> str:
+    """``amqp://`` URL of the session's virtual host (use unique queue names in it)."""
+    from urllib.parse import quote
+
+    return (f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/"
+            f"{quote(rabbitmq_vhost, safe='')}")
+
+
+@contextlib.contextmanager
+def private_vhost() -> Iterator[str]:
+    """``amqp://`` URL of a RabbitMQ virtual host of one test's own, deleted afterwards (for
+    worker tests on Celery's fixed queue names, such as ``celery``)."""
+    import uuid
+
+    require_rabbitmq()
+    name = f"celeriac-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", name)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{name}"
+    finally:
+        rabbitmqctl("delete_vhost", name)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import ImproperlyConfigured
 from ..utils.extras import require, unknown_scheme
-from ..utils.urls import redact_url
 
 if TYPE_CHECKING:
     from .base import Transport
@@ -33,7 +31,8 @@ def transport_from_url(url: str, **options: Any) -> "Transport":
 
         return RedisTransport.from_url(url, **options)
     if scheme in ("amqp", "amqps", "pyamqp"):
-        raise ImproperlyConfigured(
-            f"broker_url {redact_url(url)}: the RabbitMQ broker is not available in celeriac yet; "
-            f"use redis:// (pip install 'celeriac[redis]') or the embedded sqlite:// default")
+        require("amqp", "amqp", f"the {scheme}:// broker")
+        from .amqp import AMQPTransport
+
+        return AMQPTransport.from_url(url, **options)
     raise unknown_scheme("broker_url", "transport", url, KNOWN_SCHEMES)

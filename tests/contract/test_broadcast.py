@@ -320,3 +320,180 @@ def test_redis_subscription_survives_a_killed_connection(redis_url: str, raw: re
     finally:
         subscription.close()
         transport.close()
+
+
+# ---- RabbitMQ ------------------------------------------------------------------------------------
+@pytest.fixture
+def amqp_vhost() -> Iterator[tuple[str, str]]:
+    """(url, vhost): a RabbitMQ virtual host of this test's own (for Celery's exchange names)."""
+    from urllib.parse import urlsplit
+
+    from tests.conftest import private_vhost
+
+    with private_vhost() as url:
+        yield url, urlsplit(url).path[1:]
+
+
+def _exchange_flags(vhost: str, name: str) -> tuple[str, str, str]:
+    from tests.conftest import rabbitmqctl
+
+    for line in rabbitmqctl("list_exchanges", "-p", vhost, "name", "type", "durable",
+                            "auto_delete").splitlines():
+        fields = line.split("\t")
+        if fields[0] == name:
+            return fields[1], fields[2], fields[3]
+    raise AssertionError(f"no exchange {name!r} in {vhost!r}")
+
+
+def test_amqp_declares_celerys_exchanges_with_celerys_flags(amqp_vhost: tuple[str, str]) -> None:
+    from celeriac.transport.amqp import AMQPTransport
+
+    url, vhost = amqp_vhost
+    transport = AMQPTransport(url)
+    try:
+        transport.broadcast("celeryev", note("e"), "worker.heartbeat")
+        transport.subscribe("celery.pidbox").close()
+        transport.broadcast("reply.celery.pidbox", note("r"), "some-oid")
+        transport.broadcast("my.exchange", note("m"))
+        assert _exchange_flags(vhost, "celeryev") == ("topic", "true", "false")
+        assert _exchange_flags(vhost, "celery.pidbox") == ("fanout", "false", "false")
+        assert _exchange_flags(vhost, "reply.celery.pidbox") == ("direct", "false", "false")
+        assert _exchange_flags(vhost, "my.exchange") == ("fanout", "false", "false")
+    finally:
+        transport.close()
+
+
+def test_amqp_an_exchange_declared_otherwise_is_used_as_it_is(amqp_vhost: tuple[str, str]
+                                                              ) -> None:
+    from celeriac.transport.amqp import AMQPTransport
+
+    url, vhost = amqp_vhost
+    setup = AMQPTransport(url)
+    setup._admin(lambda channel: channel.exchange_declare("mine", "topic", durable=True,
+                                                          auto_delete=False))
+    transport = AMQPTransport(url)
+    subscription = transport.subscribe("mine", "a.*")
+    try:
+        transport.broadcast("mine", note("a.b"), "a.b")
+        transport.broadcast("mine", note("c"), "c")
+        assert bodies(collect(subscription, 1)) == ["a.b"]
+        assert subscription.get(0.1) == []
+        assert _exchange_flags(vhost, "mine") == ("topic", "true", "false")
+    finally:
+        subscription.close()
+        transport.close()
+        setup.close()
+
+
+def test_amqp_fanout_subscriptions_filter_by_their_binding(amqp_vhost: tuple[str, str]) -> None:
+    """celery.pidbox is fanout: RabbitMQ sends every subscriber everything, the subscription
+    keeps what its binding takes."""
+    from celeriac.transport.amqp import AMQPTransport
+
+    url, _ = amqp_vhost
+    transport = AMQPTransport(url)
+    workers, every = transport.subscribe("celery.pidbox", "worker.*"), transport.subscribe(
+        "celery.pidbox")
+    try:
+        for key in ("worker.a", "task.b", "worker.c.d", "worker.e"):
+            transport.broadcast("celery.pidbox", note(key), key)
+        assert bodies(collect(every, 4)) == ["worker.a", "task.b", "worker.c.d", "worker.e"]
+        assert bodies(collect(workers, 2)) == ["worker.a", "worker.e"]
+        assert workers.get(0.1) == []
+    finally:
+        workers.close()
+        every.close()
+        transport.close()
+
+
+def test_amqp_a_subscriptions_queue_is_private_and_goes_with_it(amqp_vhost: tuple[str, str]
+                                                                ) -> None:
+    from celeriac.transport.amqp import AMQPTransport
+    from tests.conftest import rabbitmqctl
+
+    url, vhost = amqp_vhost
+    transport = AMQPTransport(url)
+    try:
+        subscription: Any = transport.subscribe("celeryev", "worker.#")
+
+        def queues() -> dict[str, list[str]]:
+            lines = rabbitmqctl("list_queues", "-p", vhost, "name", "durable", "auto_delete",
+                                "exclusive").splitlines()
+            return {f[0]: f[1:] for f in (line.split("\t") for line in lines)
+                    if f[0].startswith("celeriac.subscriber.")}
+
+        assert queues() == {subscription.queue: ["false", "true", "true"]}
+        subscription.close()
+        assert queues() == {}
+    finally:
+        transport.close()
+
+
+def test_amqp_subscription_survives_a_closed_connection(amqp_vhost: tuple[str, str]) -> None:
+    from celeriac.transport.amqp import AMQPTransport
+    from tests.conftest import rabbitmqctl
+
+    url, vhost = amqp_vhost
+    transport = AMQPTransport(url)
+    subscription: Any = transport.subscribe("celeryev")
+    try:
+        port = subscription._conn.sock.getsockname()[1]
+        pids = [line.split("\t")[0] for line in rabbitmqctl(
+            "list_connections", "-p", vhost, "pid", "peer_port").splitlines()
+            if line.split("\t")[-1] == str(port)]
+        assert len(pids) == 1, pids
+        rabbitmqctl("close_connection", pids[0], "celeriac test")
+        assert subscription.get(0.3) == []  # notices, reconnects and binds again
+        transport.broadcast("celeryev", note("after"), "worker.online")
+        assert bodies(collect(subscription, 1)) == ["after"]
+    finally:
+        subscription.close()
+        transport.close()
+
+
+def test_amqp_celeriac_and_kombu_broadcast_to_each_other(amqp_vhost: tuple[str, str]) -> None:
+    """Celery's own declarations of celeryev and celery.pidbox (kombu) agree with celeriac's,
+    and messages cross both ways byte for byte."""
+    import kombu
+
+    from celeriac.transport.amqp import AMQPTransport
+
+    url, _ = amqp_vhost
+    transport = AMQPTransport(url)
+    events = transport.subscribe("celeryev", "worker.#")
+    pidbox = transport.subscribe("celery.pidbox")
+    received: list[Any] = []
+    try:
+        with kombu.Connection(url) as conn:
+            ev = kombu.Exchange("celeryev", type="topic", durable=True)
+            box = kombu.Exchange("celery.pidbox", type="fanout", durable=False)
+            queue = kombu.Queue(f"celeryev.{uuid.uuid4()}", exchange=ev, routing_key="worker.#",
+                                auto_delete=True, durable=False)
+            with conn.Consumer(queue, on_message=received.append, no_ack=True):
+                producer = conn.Producer()
+                producer.publish({"hostname": "w1"}, exchange=ev, declare=[ev],
+                                 routing_key="worker.heartbeat", serializer="json",
+                                 headers={"hostname": "w1"})
+                producer.publish({"method": "ping"}, exchange=box, declare=[box],
+                                 routing_key="", serializer="json")
+                sent = Message(b"\x00\xff binary", "application/x-test", "binary",
+                               {"id": "real", "nested": {"a": [1, None]}},
+                               {"correlation_id": "c-9"})
+                transport.broadcast("celeryev", sent, "worker.online")
+                while len(received) < 2:
+                    conn.drain_events(timeout=10)
+        [heartbeat, online] = collect(events, 2)
+        assert json.loads(heartbeat.body) == {"hostname": "w1"}
+        assert heartbeat.headers == {"hostname": "w1"}
+        assert online == sent
+        [ping] = collect(pidbox, 1)
+        assert json.loads(ping.body) == {"method": "ping"}
+        got = received[1]
+        assert (got.body, got.content_type, got.content_encoding) == (
+            b"\x00\xff binary", "application/x-test", "binary")
+        assert got.headers == sent.headers and got.properties["correlation_id"] == "c-9"
+        assert got.delivery_info["routing_key"] == "worker.online"
+    finally:
+        events.close()
+        pidbox.close()
+        transport.close()

@@ -136,20 +136,30 @@ def test_require_reports_a_broken_install_as_it_is(tmp_path: Path,
         require("celeriac_test_nope", "nope", "the thing")
 
 
-# ---- RabbitMQ: not there yet, said in one line ---------------------------------------------------
+# ---- RabbitMQ and rpc:// without py-amqp --------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["amqp://guest:s3cret@localhost//", "pyamqp://guest:s3cret@rabbit",
-                                 "amqps://guest:s3cret@localhost:5671//"])
-def test_amqp_broker_is_a_configuration_error_pointing_at_what_exists(url: str) -> None:
-    with pytest.raises(ImproperlyConfigured) as info:
-        transport_from_url(url)
-    message = _one_line(str(info.value))
-    assert message == (
-        f"broker_url {url.replace('s3cret', '**')}: the RabbitMQ broker is not available in "
-        "celeriac yet; use redis:// (pip install 'celeriac[redis]') or the embedded sqlite:// "
-        "default")
-    assert "s3cret" not in message
+@pytest.mark.parametrize("scheme", ["amqp", "pyamqp", "amqps"])
+def test_amqp_broker_without_amqp_names_the_extra(scheme: str) -> None:
+    got = _raised(f"""
+        from celeriac import Celery
+        app = Celery("proj", broker="{scheme}://guest:s3cret@localhost//", backend="memory://x")
+        app.transport
+    """, block=("amqp",))
+    assert got["type"] == "MissingDependency"
+    assert _one_line(got["message"]) == (
+        f"the {scheme}:// broker needs the 'amqp' package: pip install 'celeriac[amqp]'")
+
+
+def test_rpc_result_backend_without_amqp_names_the_extra() -> None:
+    got = _raised("""
+        from celeriac import Celery
+        app = Celery("proj", broker="memory://extras", backend="rpc://")
+        app.backend
+    """, block=("amqp",))
+    assert got["type"] == "MissingDependency"
+    assert _one_line(got["message"]) == (
+        "the rpc:// result backend needs the 'amqp' package: pip install 'celeriac[amqp]'")
 
 
 # ---- misspelled schemes: the closest known one, and all of them ---------------------------------
@@ -186,10 +196,10 @@ def test_misspelled_backend_scheme_suggests_the_closest(url: str, closest: str) 
 
 def test_unknown_scheme_with_nothing_close_lists_them_all() -> None:
     with pytest.raises(ImproperlyConfigured) as info:
-        backend_from_url("rpc://")
+        backend_from_url("couchbase://")
     assert str(info.value) == (
-        "result_backend: unknown backend scheme 'rpc' in 'rpc://' (known: memory, sqlite, redis, "
-        "rediss, redis+socket, unix, cache+memory, db+sqlite)")
+        "result_backend: unknown backend scheme 'couchbase' in 'couchbase://' (known: memory, "
+        "sqlite, redis, rediss, redis+socket, unix, cache+memory, db+sqlite, rpc)")
 
 
 @pytest.mark.parametrize(("url", "shown"), [

@@ -1,0 +1,777 @@
+"""The RabbitMQ broker (``amqp://``, ``pyamqp://``, ``amqps://``) on py-amqp, laid out as Celery.
+
+Layer: transport. Entities are declared with exactly Celery's flags (``declare``): a durable
+direct exchange named like the queue, a durable classic queue without arguments unless the
+``Queue`` has some (``queue_arguments``, ``max_priority``, ``message_ttl``...), bound with the
+queue's routing key. A message for a queue is published to the default exchange ``""`` with the
+queue's name as routing key (Celery's direct route); a routed one to its exchange with its key.
+
+Publishing: one connection per thread (and per process: a forked child opens its own), its
+channel in confirm mode; a batch is published at once and then waited for, so ``publish``
+returns only once the broker has confirmed every message (a nack raises). Producer connections
+negotiate no heartbeat (the broker never closes them for silence; TCP keepalive finds dead
+peers); one found dead is dropped, the error raised is in ``transient_errors``, and the next use
+opens a fresh connection (the producer's publish retry does exactly that).
+
+Consuming: one consumer connection per transport, opened by the first ``fetch``: ``basic_qos``
+(``global`` as Celery uses on RabbitMQ) raised to what the caller holds plus what it asks for,
+one ``basic_consume(no_ack=False)`` per queue, and ``drain_events(timeout)`` reading what the
+broker pushes. Only the fetching thread reads that connection; acks and rejects come from other
+worker threads (batched acks, early acks, pool callbacks), so every frame written on it goes
+through one lock (``_locked_writer``) and an ack never waits for a fetch to end (TLS sockets
+cannot read and write from two threads: there the fetch reads in short slices under the same
+lock). Heartbeats: the fetching thread calls ``heartbeat_tick`` on each pass and a small
+keepalive thread sends one whenever the interval asks, so a worker busy with long tasks (not
+fetching) keeps its connection. Messages with an ``eta`` that arrive early are held here,
+unacked, until due (raising the prefetch by one each, as Celery does): a worker runs them at
+their ETA without handing them back and forth.
+
+Delivery semantics: the channel is the lease (no ``Leases`` capability): messages not acked when
+the connection closes or dies are redelivered by RabbitMQ (at-least-once with ``acks_late``).
+After a connection is lost, acks for its deliveries return False (logged) and the broker
+redelivers them. ``delivery_count`` is 1, or on a redelivery the ``x-delivery-count`` header
+plus one (quorum queues), else one more than this transport's own requeues of that task id, else
+2 (classic queues do not count deliveries).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import heapq
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import amqp  # type: ignore[import-untyped]
+from amqp import exceptions as amqp_errors
+
+from ...exceptions import ImproperlyConfigured
+from ...protocol.entities import Queue, as_queue
+from ...utils.amqp_url import BrokerAddress, parse_url
+from ...utils.forks import PidGuard
+from ...utils.urls import redact_url
+from ..base import Delivery, Outgoing, check_queue_names
+from .broadcast import AMQPBroadcastMixin
+from .dead_letters import AMQPDeadLetterMixin
+from .wire import from_amqp, to_amqp
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AMQPTransport", "ConnectionLost"]
+
+#: kombu queue options that become queue arguments (seconds are sent as milliseconds)
+_QUEUE_OPTIONS: dict[str, tuple[str, int]] = {
+    "expires": ("x-expires", 1000), "message_ttl": ("x-message-ttl", 1000),
+    "max_length": ("x-max-length", 1), "max_length_bytes": ("x-max-length-bytes", 1),
+}
+#: longest single wait inside ``fetch`` (heartbeats and cancelled consumers are looked at
+#: between two waits)
+_SLICE = 1.0
+#: a TLS consumer connection reads in slices this short, holding the write lock
+_TLS_SLICE = 0.02
+#: after a new consumer or a raised prefetch the broker sends a burst: keep reading until it
+#: has been quiet this long (or the fetch has what it asked for)
+_BURST_GAP = 0.01
+#: requeue counts remembered per (queue, task id), for delivery_count on classic queues
+_REQUEUE_MEMORY = 10_000
+
+
+class ConnectionLost(ConnectionError):
+    """The broker connection went away (raised by this transport; retried like any other)."""
+
+
+class _ConsumerConnection:
+    """The fetching connection: its channel, consumers and what it holds, for one generation."""
+
+    def __init__(self, conn: Any, generation: int, tls: bool) -> None:
+        self.conn = conn
+        self.generation = generation
+        self.channel = conn.channel()
+        self.channel.auto_decode = False  # bodies stay bytes, whatever their content_encoding
+        self.write_lock = threading.RLock()
+        _locked_writer(conn, self.write_lock)
+        self.tls = tls
+        self.prefetch = 0
+        self.consumers: dict[str, str] = {}  # queue -> consumer tag
+        self.queues_of: dict[str, str] = {}  # consumer tag -> queue
+        self.arrived: collections.deque[Any] = collections.deque()  # raw amqp messages
+        self.ready: dict[str, collections.deque[Delivery]] = {}
+        self.waiting: list[tuple[float, int, Delivery]] = []  # ETA messages held until due
+        self.held: dict[int, str] = {}  # delivery tag -> queue, handed out and unsettled
+        self.alive = True
+        self.declared: set[str] = set()
+
+    def io_lock(self) -> Any:
+        """Held around a request and its reply on a TLS connection (an SSL socket must not be
+        read and written at once); a plain socket needs only the frame writer's lock."""
+        return self.write_lock if self.tls else contextlib.nullcontext()
+
+    def on_message(self, msg: Any) -> None:
+        self.arrived.append(msg)
+
+    def unsettled(self, queue: str | None = None) -> int:
+        """Deliveries on this channel not yet acked or rejected (all queues, or one)."""
+        if queue is None:
+            return (len(self.held) + len(self.waiting)
+                    + sum(len(d) for d in self.ready.values()))
+        return (sum(1 for q in self.held.values() if q == queue)
+                + sum(1 for _, _, d in self.waiting if d.queue == queue)
+                + len(self.ready.get(queue, ())))
+
+
+class _Producer:
+    """One thread's connection for publishing (confirm mode) and for declaring and counting."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.channel: Any = None
+        self.sent = 0  # publish sequence numbers handed out on the current channel
+        self.unconfirmed: set[int] = set()
+        self.nacked: set[int] = set()
+
+    def open_channel(self) -> Any:
+        if self.channel is None or not self.channel.is_open:
+            channel = self.conn.channel()
+            channel.confirm_select()
+            self.sent = 0
+            self.unconfirmed, self.nacked = set(), set()
+            # pipelined confirms: py-amqp calls these while drain_events() reads the replies
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            self.channel = channel
+        return self.channel
+
+    def _settle(self, delivery_tag: int, multiple: bool) -> set[int]:
+        if multiple:
+            done = {tag for tag in self.unconfirmed if tag <= delivery_tag}
+        else:
+            done = {delivery_tag} & self.unconfirmed
+        self.unconfirmed -= done
+        return done
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self.nacked |= self._settle(delivery_tag, multiple)
+
+
+class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
+    """Queues on a RabbitMQ server, wire-compatible with Celery 5 (kombu's py-amqp transport).
+
+    Options (``broker_transport_options``, or keyword arguments): ``heartbeat`` (seconds, the
+    consumer connection's; default 120 as ``broker_heartbeat``; 0 turns heartbeats off),
+    ``connect_timeout`` (default 4 s as ``broker_connection_timeout``), ``login_method``
+    (``broker_login_method``: AMQPLAIN, PLAIN, EXTERNAL...), ``ssl`` (``broker_use_ssl``: True,
+    or a dict of ``ca_certs``, ``cert_reqs``, ``certfile``, ``keyfile``, ``server_hostname``...
+    as kombu takes them), ``confirm_timeout`` (seconds a publish waits for the broker's
+    confirms, default 30), ``qos_global`` (default True, as Celery on RabbitMQ),
+    ``max_priority`` (``x-max-priority`` for queues declared by name only, as Celery's
+    ``task_queue_max_priority``). Options the URL's query gives are overridden by these. Others
+    are ignored.
+    """
+
+    #: errors after which a publish may be retried and a fetch is tried again after a pause
+    transient_errors: tuple[type[BaseException], ...] = (
+        amqp_errors.RecoverableConnectionError, ConnectionLost, OSError, socket.timeout)
+
+    def __init__(self, url: str = "amqp://guest:guest@localhost:5672//", *,
+                 heartbeat: float | None = None, connect_timeout: float | None = None,
+                 login_method: str | None = None, ssl: bool | dict[str, Any] | None = None,
+                 confirm_timeout: float = 30.0, qos_global: bool = True,
+                 max_priority: int | None = None, **_ignored: Any) -> None:
+        self.url = url
+        self.address: BrokerAddress = parse_url(url)
+        query = self.address.options
+        self.heartbeat = float(heartbeat if heartbeat is not None
+                               else query.get("heartbeat", 120.0))
+        self.connect_timeout = float(connect_timeout if connect_timeout is not None
+                                     else query.get("connect_timeout", 4.0))
+        self.login_method = login_method or query.get("login_method")
+        tls: bool | dict[str, Any] = self.address.tls
+        if ssl is not None and ssl is not False:
+            tls = dict(ssl) if isinstance(ssl, dict) else True
+        elif ssl is False and self.address.tls:
+            tls = True  # amqps:// always speaks TLS
+        self.ssl = tls
+        self.confirm_timeout = float(confirm_timeout)
+        self.qos_global = bool(qos_global)
+        self.max_priority = max_priority
+        self._forks = PidGuard()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._local = threading.local()
+        self._producers: list[_Producer] = []
+        self._producers_lock = threading.Lock()
+        self._read_lock = threading.Lock()  # one fetching thread at a time
+        self._consumer: _ConsumerConnection | None = None
+        self._generation = itertools.count(1)
+        self._turn = itertools.count()
+        self._seq = itertools.count()
+        self._declared: set[str] = set()
+        self._entities: dict[str, Queue] = {}
+        self._exchanges: set[str] = {""}
+        self._requeues: collections.OrderedDict[tuple[str, str], int] = \
+            collections.OrderedDict()
+        self._keepalive: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> AMQPTransport:
+        return cls(url, **options)
+
+    def __repr__(self) -> str:
+        return f"<AMQPTransport {redact_url(self.url)!r}>"
+
+    # ---- connections --------------------------------------------------------------------------
+    def _check_fork(self) -> None:
+        """A forked child must not use its parent's sockets: it forgets them (unclosed)."""
+        if self._forks.forked():
+            self._forks.adopt()
+            self._init_state()
+
+    def _connect(self, heartbeat: float) -> Any:
+        address = self.address
+        options: dict[str, Any] = {}
+        if self.login_method:
+            options["login_method"] = self.login_method
+        conn = amqp.Connection(
+            host=address.hostport, userid=address.userid, password=address.password,
+            virtual_host=address.virtual_host, ssl=self.ssl,
+            connect_timeout=self.connect_timeout, heartbeat=int(heartbeat), **options)
+        conn.connect()
+        return conn
+
+    def _producer(self) -> _Producer:
+        """This thread's producer connection, opened now if it has none (or lost it)."""
+        self._check_fork()
+        producer: _Producer | None = getattr(self._local, "producer", None)
+        if producer is not None and producer.conn.connected:
+            return producer
+        producer = _Producer(self._connect(0))
+        self._local.producer = producer
+        with self._producers_lock:
+            self._producers.append(producer)
+        return producer
+
+    def _drop_producer(self, producer: _Producer) -> None:
+        self._local.producer = None
+        with self._producers_lock:
+            if producer in self._producers:
+                self._producers.remove(producer)
+        _close_quietly(producer.conn)
+
+    def _admin(self, action: Callable[[Any], Any]) -> Any:
+        """``action(channel)`` on this thread's producer channel; a lost connection is dropped
+        (and the error raised), a channel closed by the broker is reopened next time."""
+        producer = self._producer()
+        try:
+            return action(producer.open_channel())
+        except amqp_errors.ChannelError:
+            producer.channel = None
+            raise
+        except (amqp_errors.ConnectionError, OSError) as exc:
+            self._drop_producer(producer)
+            raise _lost(exc) from exc
+
+    # ---- declaring ----------------------------------------------------------------------------
+    def declare(self, queue: Queue | str) -> None:
+        """Declare ``queue`` with its exchange and binding exactly as Celery does (module
+        docstring). A flag that differs from what the broker has fails as one
+        ImproperlyConfigured naming the queue and the difference."""
+        self._check_fork()
+        self._declare(as_queue(queue))
+
+    def _declare(self, queue: Queue) -> None:
+        arguments = dict(queue.queue_arguments)
+        for option, (argument, scale) in _QUEUE_OPTIONS.items():
+            value = queue.options.get(option)
+            if value is not None:
+                arguments.setdefault(argument, int(float(value) * scale))
+        if (self.max_priority is not None and not arguments
+                and queue.max_priority is None):
+            arguments["x-max-priority"] = int(self.max_priority)
+        exchange = queue.exchange
+
+        def run(channel: Any) -> None:
+            if exchange.name:
+                channel.exchange_declare(exchange.name, exchange.type, durable=exchange.durable,
+                                         auto_delete=exchange.auto_delete,
+                                         arguments=exchange.arguments or None)
+            channel.queue_declare(queue.name, durable=queue.durable, exclusive=queue.exclusive,
+                                  auto_delete=queue.auto_delete, arguments=arguments or None)
+            if exchange.name:
+                channel.queue_bind(queue.name, exchange.name, queue.routing_key)
+
+        try:
+            self._admin(run)
+        except amqp_errors.PreconditionFailed as exc:
+            raise ImproperlyConfigured(
+                f"RabbitMQ refused to declare queue {queue.name!r} (exchange "
+                f"{exchange.name!r}, {exchange.type}): it exists with other flags or arguments "
+                f"({_reply_text(exc)}). Declare it with the same settings everywhere, or "
+                f"delete it first.") from None
+        except amqp_errors.ChannelError as exc:
+            raise ImproperlyConfigured(
+                f"RabbitMQ refused to declare queue {queue.name!r}: {_reply_text(exc)}") from None
+        self._declared.add(queue.name)
+        self._entities[queue.name] = queue
+        if exchange.name:
+            self._exchanges.add(exchange.name)
+
+    def _ensure_exchange(self, name: str, kind: str | None) -> None:
+        """A routed publish needs its exchange to exist: use it if it does, else declare it
+        durable with ``kind`` (direct when unknown), as Celery's producer declares it."""
+        if name in self._exchanges:
+            return
+        try:
+            self._admin(lambda channel: channel.exchange_declare(name, kind or "direct",
+                                                                 passive=True))
+        except amqp_errors.NotFound:
+            self._admin(lambda channel: channel.exchange_declare(name, kind or "direct",
+                                                                 durable=True,
+                                                                 auto_delete=False))
+        self._exchanges.add(name)
+
+    # ---- publishing ---------------------------------------------------------------------------
+    def publish(self, items: Sequence[Outgoing]) -> None:
+        """Publish every item, then wait for the broker's confirms: returns once all are on the
+        broker; a nack raises ConnectionLost (nothing is known about the others)."""
+        if not items:
+            return
+        self._check_fork()
+        prepared: list[tuple[Any, str, str]] = []
+        for item in items:  # everything is encoded before anything is sent
+            if item.routed:
+                route = None
+                target = (item.exchange, item.routing_key or "")
+            else:
+                recorded = item.exchange or (item.routing_key not in (None, item.queue))
+                route = (item.exchange, item.key) if recorded else None
+                target = ("", item.queue)
+            prepared.append((to_amqp(item.message, not_before=item.not_before, route=route),
+                             *target))
+        for item in items:
+            if item.routed:
+                self._ensure_exchange(item.exchange, item.exchange_type)
+            elif item.queue not in self._declared:
+                self._declare(Queue(item.queue))
+        producer = self._producer()
+        try:
+            channel = producer.open_channel()
+            mine: set[int] = set()
+            for msg, exchange, routing_key in prepared:
+                producer.sent += 1
+                producer.unconfirmed.add(producer.sent)
+                mine.add(producer.sent)
+                channel.basic_publish(msg, exchange=exchange, routing_key=routing_key)
+            deadline = time.monotonic() + self.confirm_timeout
+            while producer.unconfirmed & mine:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConnectionLost(f"RabbitMQ did not confirm {len(mine)} published "
+                                         f"message(s) within {self.confirm_timeout:g} s")
+                try:
+                    producer.conn.drain_events(timeout=min(remaining, _SLICE))
+                except socket.timeout:
+                    continue
+        except amqp_errors.ChannelError as exc:
+            producer.channel = None
+            raise ConnectionLost(f"RabbitMQ closed the publishing channel: "
+                                 f"{_reply_text(exc)}") from exc
+        except (amqp_errors.ConnectionError, OSError) as exc:
+            self._drop_producer(producer)
+            raise _lost(exc) from exc
+        if producer.nacked & mine:
+            producer.nacked -= mine
+            raise ConnectionLost("RabbitMQ refused (nacked) a published message")
+
+    # ---- consuming ----------------------------------------------------------------------------
+    def _consumer_connection(self) -> _ConsumerConnection:
+        """Hold ``_read_lock``. The live consumer connection, opened now if there is none."""
+        self._check_fork()
+        current = self._consumer
+        if current is not None and current.alive:
+            return current
+        conn = self._connect(self.heartbeat)
+        current = _ConsumerConnection(conn, next(self._generation), bool(self.ssl))
+        self._consumer = current
+        if self.heartbeat > 0 and (self._keepalive is None or not self._keepalive.is_alive()):
+            self._keepalive = threading.Thread(target=self._keep_alive,
+                                               name="celeriac-amqp-heartbeat", daemon=True)
+            self._keepalive.start()
+        return current
+
+    def _keep_alive(self) -> None:
+        """Send a heartbeat frame on the consumer connection every third of the interval, so a
+        worker busy with long tasks (not fetching) is not taken for dead."""
+        every = max(self.heartbeat / 3.0, 0.5)
+        while not self._closing.wait(every):
+            current = self._consumer
+            if current is None or not current.alive or self._forks.forked():
+                continue
+            try:
+                current.conn.send_heartbeat()
+            except Exception as exc:  # noqa: BLE001 - the fetching thread finds out and reconnects
+                logger.debug("heartbeat not sent: %r", exc)
+
+    def _lose(self, current: _ConsumerConnection, exc: BaseException) -> None:
+        """The consumer connection is gone: what it held the broker redelivers."""
+        if current.alive:
+            current.alive = False
+            logger.warning("RabbitMQ consumer connection lost (%s); %d unsettled message(s) "
+                           "will be delivered again", _one_line(exc), current.unsettled())
+        if self._consumer is current:
+            self._consumer = None
+        _close_quietly(current.conn)
+
+    def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_n`` messages the broker pushed to this transport's consumers, waiting up
+        to ``timeout`` seconds for the first; queues are served in turn."""
+        check_queue_names(queues)
+        if max_n < 1:
+            raise ValueError(f"max_n must be at least 1, got {max_n!r}")
+        unique = list(dict.fromkeys(queues))
+        start = next(self._turn) % len(unique)
+        order = unique[start:] + unique[:start]
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._read_lock:
+            current = self._consumer_connection()
+            try:
+                return self._fetch(current, order, max_n, deadline)
+            except (amqp_errors.ConnectionError, OSError) as exc:
+                self._lose(current, exc)
+                raise _lost(exc) from exc
+            except amqp_errors.ChannelError as exc:
+                self._lose(current, exc)
+                raise ConnectionLost(f"RabbitMQ closed the consuming channel: "
+                                     f"{_reply_text(exc)}") from exc
+
+    def _fetch(self, current: _ConsumerConnection, order: list[str], max_n: int,
+               deadline: float) -> list[Delivery]:
+        # after a new consumer or a raised prefetch the broker sends a burst: read on until it
+        # has been quiet a moment, so a first fetch does not return a lone message
+        burst = self._subscribe(current, order, max_n)
+        while True:
+            self._sort_arrivals(current)
+            if self._ready_in(current, order) >= max_n:
+                break
+            if burst:
+                burst = self._read(current, _BURST_GAP)
+                continue
+            if self._ready_in(current, order):
+                break
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                break
+            if current.waiting:
+                wait = min(wait, max(current.waiting[0][0] - time.time(), 0.0))
+            self._read(current, min(wait, _SLICE))
+        return self._hand_out(current, self._take(current, order, max_n))
+
+    @staticmethod
+    def _ready_in(current: _ConsumerConnection, order: list[str]) -> int:
+        return sum(len(current.ready.get(queue, ())) for queue in order)
+
+    def _subscribe(self, current: _ConsumerConnection, order: list[str], max_n: int) -> bool:
+        """Prefetch and consumers for this fetch; True if anything changed (a burst comes).
+        On a new connection every queue is declared again (as first declared) before it is
+        consumed."""
+        changed = False
+        want = len(current.held) + len(current.waiting) + max_n
+        with current.io_lock():
+            if want > current.prefetch:
+                current.channel.basic_qos(0, want, self.qos_global)
+                current.prefetch = want
+                changed = True
+            for queue in order:
+                if queue in current.consumers:
+                    continue
+                if queue not in current.declared:
+                    self._declare(self._entities.get(queue) or Queue(queue))
+                    current.declared.add(queue)
+                tag = current.channel.basic_consume(queue, no_ack=False,
+                                                    callback=current.on_message)
+                current.consumers[queue] = tag
+                current.queues_of[tag] = queue
+                changed = True
+            if self.heartbeat > 0:
+                current.conn.heartbeat_tick()
+        return changed
+
+    def _read(self, current: _ConsumerConnection, wait: float) -> bool:
+        """Read frames for up to ``wait`` seconds; True if something arrived."""
+        before = len(current.arrived)
+        if current.tls:
+            wait = min(wait, _TLS_SLICE)
+        with current.io_lock():
+            try:
+                current.conn.drain_events(timeout=max(wait, 0.0001))
+                # take whatever else is already in the socket without waiting for more
+                while True:
+                    current.conn.drain_events(timeout=0.0001)
+            except socket.timeout:
+                pass
+            if self.heartbeat > 0:
+                current.conn.heartbeat_tick()
+        return len(current.arrived) > before
+
+    def _sort_arrivals(self, current: _ConsumerConnection) -> None:
+        """Turn raw arrivals into deliveries: ready per queue, or waiting for their ETA."""
+        now = time.time()
+        while current.arrived:
+            msg = current.arrived.popleft()
+            info = msg.delivery_info
+            queue = current.queues_of.get(info["consumer_tag"], "")
+            message, not_before, route = from_amqp(msg)
+            exchange, routing_key = route if route is not None else (
+                info["exchange"], info["routing_key"])
+            tag = int(info["delivery_tag"])
+            redelivered = bool(info["redelivered"])
+            delivery = Delivery(message, queue, (current.generation, tag),
+                                self._delivery_count(queue, message, redelivered), redelivered,
+                                {"delivery_tag": tag}, exchange, routing_key)
+            if not_before is not None and not_before > now:
+                heapq.heappush(current.waiting, (not_before, next(self._seq), delivery))
+                # an ETA message held here must not stop the broker sending others (Celery
+                # raises its prefetch by one per held ETA task, too)
+                current.prefetch += 1
+                with current.io_lock():
+                    current.channel.basic_qos(0, current.prefetch, self.qos_global)
+            else:
+                current.ready.setdefault(queue, collections.deque()).append(delivery)
+        while current.waiting and current.waiting[0][0] <= now:
+            _, _, delivery = heapq.heappop(current.waiting)
+            current.ready.setdefault(delivery.queue, collections.deque()).appendleft(delivery)
+
+    def _delivery_count(self, queue: str, message: Any, redelivered: bool) -> int:
+        counted = message.headers.get("x-delivery-count")
+        if isinstance(counted, int) and not isinstance(counted, bool):
+            return counted + 1
+        if not redelivered:
+            return 1
+        task_id = message.headers.get("id")
+        if isinstance(task_id, str):
+            requeued = self._requeues.get((queue, task_id))
+            if requeued is not None:
+                return requeued + 1
+        return 2
+
+    @staticmethod
+    def _take(current: _ConsumerConnection, order: list[str], max_n: int) -> list[Delivery]:
+        got: list[Delivery] = []
+        while len(got) < max_n:
+            progressed = False
+            for queue in order:
+                ready = current.ready.get(queue)
+                if ready:
+                    got.append(ready.popleft())
+                    progressed = True
+                    if len(got) >= max_n:
+                        break
+            if not progressed:
+                break
+        return got
+
+    @staticmethod
+    def _put_back(current: _ConsumerConnection, got: list[Delivery]) -> None:
+        for delivery in reversed(got):
+            current.ready.setdefault(delivery.queue, collections.deque()).appendleft(delivery)
+
+    @staticmethod
+    def _hand_out(current: _ConsumerConnection, got: list[Delivery]) -> list[Delivery]:
+        for delivery in got:
+            current.held[delivery.receipt[1]] = delivery.queue
+        return got
+
+    # ---- settling -----------------------------------------------------------------------------
+    def _holder(self, delivery: Delivery) -> _ConsumerConnection | None:
+        """The live connection still holding ``delivery`` unsettled, else None."""
+        current = self._consumer
+        generation, tag = delivery.receipt
+        if (current is None or not current.alive or current.generation != generation
+                or tag not in current.held):
+            return None
+        return current
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """``basic_ack`` each delivery this transport still holds on its live channel; False
+        for the others (settled already, or received on a connection since lost: the broker
+        delivers those again)."""
+        if not deliveries:
+            return []
+        self._check_fork()
+        done: list[bool] = []
+        for delivery in deliveries:
+            current = self._holder(delivery)
+            if current is None:
+                if delivery.receipt[0] != getattr(self._consumer, "generation", None):
+                    logger.info("Message %s was received on a broker connection since lost: "
+                                "not acked, RabbitMQ delivers it again",
+                                delivery.message.headers.get("id"))
+                done.append(False)
+                continue
+            tag = delivery.receipt[1]
+            try:
+                with current.write_lock:
+                    if current.held.pop(tag, None) is None:
+                        done.append(False)
+                        continue
+                    current.channel.basic_ack(tag)
+            except (amqp_errors.AMQPError, OSError) as exc:
+                self._lose_from_writer(current, exc)
+                done.append(False)
+                continue
+            done.append(True)
+        return done
+
+    def reject(self, delivery: Delivery, requeue: bool) -> bool:
+        """``basic_reject``: back to the queue (``requeue``; this transport stops consuming
+        that queue until its next fetch, so the message can go to another consumer) or
+        dropped."""
+        self._check_fork()
+        current = self._holder(delivery)
+        if current is None:
+            return False
+        tag = delivery.receipt[1]
+        queue = delivery.queue
+        try:
+            with current.write_lock:
+                if current.held.pop(tag, None) is None:
+                    return False
+                if requeue:
+                    consumer_tag = current.consumers.pop(queue, None)
+                    if consumer_tag is not None:
+                        current.channel.basic_cancel(consumer_tag, nowait=True)
+                current.channel.basic_reject(tag, requeue=requeue)
+        except (amqp_errors.AMQPError, OSError) as exc:
+            self._lose_from_writer(current, exc)
+            return False
+        task_id = delivery.message.headers.get("id")
+        if requeue and isinstance(task_id, str):
+            key = (queue, task_id)
+            self._requeues[key] = delivery.delivery_count
+            self._requeues.move_to_end(key)
+            while len(self._requeues) > _REQUEUE_MEMORY:
+                self._requeues.popitem(last=False)
+        return True
+
+    def _lose_from_writer(self, current: _ConsumerConnection, exc: BaseException) -> None:
+        """A write on the consumer connection failed: mark it lost; the fetching thread
+        reconnects on its next fetch."""
+        if current.alive:
+            current.alive = False
+            logger.warning("RabbitMQ consumer connection lost (%s); unsettled messages will "
+                           "be delivered again", _one_line(exc))
+
+    # ---- admin --------------------------------------------------------------------------------
+    def _count(self, queue: str, purge: bool) -> int:
+        def run(channel: Any) -> int:
+            _, ready, _ = channel.queue_declare(queue, passive=True)
+            if purge:
+                return int(channel.queue_purge(queue) or 0)
+            return int(ready)
+
+        try:
+            return int(self._admin(run))
+        except amqp_errors.NotFound:
+            return 0
+
+    def purge(self, queue: str) -> int:
+        """Drop the ready messages of ``queue`` (held ones stay); returns how many. Messages
+        the broker had pushed to this transport but not yet handed out count as ready."""
+        self._check_fork()
+        dropped = self._count(queue, purge=True)
+        current = self._consumer
+        if current is not None and current.alive:
+            with self._read_lock:
+                self._sort_arrivals(current)
+                ready = list(current.ready.pop(queue, ()))
+                keep = [w for w in current.waiting if w[2].queue != queue]
+                ready += [w[2] for w in current.waiting if w[2].queue == queue]
+                current.waiting = keep
+                heapq.heapify(current.waiting)
+                try:
+                    with current.write_lock:
+                        for delivery in ready:
+                            current.channel.basic_ack(delivery.receipt[1])
+                except (amqp_errors.AMQPError, OSError) as exc:
+                    self._lose_from_writer(current, exc)
+                    ready = []
+            dropped += len(ready)
+        return dropped
+
+    def qsize(self, queue: str) -> int:
+        """The ready messages RabbitMQ reports for ``queue`` (``queue.declare`` passive) plus
+        the ones this transport holds unsettled; messages other consumers hold are not
+        counted (RabbitMQ does not report them over AMQP)."""
+        self._check_fork()
+        ready = self._count(queue, purge=False)
+        current = self._consumer
+        if current is not None and current.alive:
+            return ready + current.unsettled(queue)
+        return ready
+
+    def close(self) -> None:
+        """Close every connection this transport opened in this process (the broker requeues
+        what the consumer connection held); a later use opens new ones."""
+        if self._forks.forked():
+            self._check_fork()
+            return
+        self._closing.set()
+        current, self._consumer = self._consumer, None
+        if current is not None:
+            current.alive = False
+            _close_quietly(current.conn)
+        with self._producers_lock:
+            producers, self._producers = self._producers, []
+        for producer in producers:
+            _close_quietly(producer.conn)
+        self._local = threading.local()
+        if self._keepalive is not None:
+            self._keepalive.join(2.0)
+            self._keepalive = None
+        self._closing = threading.Event()
+
+
+def _locked_writer(conn: Any, lock: Any) -> None:
+    """Make every frame ``conn`` writes go through ``lock`` (py-amqp writes all frames through
+    ``connection.frame_writer``: methods, content, heartbeats)."""
+    inner = conn.frame_writer
+
+    def write(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return inner(*args, **kwargs)
+
+    conn.frame_writer = write
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - already broken: nothing more to do with it
+        try:
+            conn.collect()
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("closing a broken AMQP connection: %r", exc)
+
+
+def _reply_text(exc: BaseException) -> str:
+    text = getattr(exc, "reply_text", None)
+    return str(text) if text else _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0]
+
+
+def _lost(exc: BaseException) -> BaseException:
+    """A transient error to raise for ``exc`` (itself when the callers already retry it)."""
+    if isinstance(exc, AMQPTransport.transient_errors):
+        return exc
+    return ConnectionLost(f"RabbitMQ connection lost: {_one_line(exc)}")
