@@ -7,18 +7,22 @@ to the broker in one round trip (``send_many``).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from . import _context, signals
-from .exceptions import OperationalError
+from .exceptions import ImproperlyConfigured, OperationalError
 from .protocol import v2
 from .routing import Queue, Router
 from .transport.base import Outgoing
 from .utils.forks import ForkLocal
+from .utils.text import one_line
 from .utils.urls import redact_url
+
+logger = logging.getLogger("celeriac.producer")
 
 if TYPE_CHECKING:
     from .app import Celery
@@ -111,7 +115,6 @@ class Producer:
         def from_task(attr: str) -> Any:
             return getattr(_task, attr, None) if _task is not None else None
 
-        priority = _first(priority, from_task("priority"), self.default_priority)
         serializer = _first(serializer, from_task("serializer"))
         if ignore_result is None and _task is not None:
             ignore_result = _task.resolved_ignore_result()
@@ -124,9 +127,9 @@ class Producer:
                                   route_name or name, args, kwargs,
                                   task_queue=route_task.queue if route_task is not None else None,
                                   task=route_task)
-        queue_name = route["queue"]
-        if isinstance(queue_name, Queue):
-            queue_name = queue_name.name
+        # the call's priority, the task's, the route's, then task_default_priority
+        priority = _first(priority, from_task("priority"), route.get("priority"),
+                          self.default_priority)
         exchange, routing_key = self.router.publish_target(route)
 
         message = v2.encode_task(
@@ -140,10 +143,30 @@ class Producer:
             chain=chain, chord=dict(chord) if chord is not None else None,
             origin=origin or origin_name(),
             ignore_result=bool(ignore_result) if ignore_result is not None else None,
-            reply_to=reply_to or "", priority=priority, headers=headers, now=now,
+            reply_to=self._reply_to(reply_to), priority=priority, headers=headers, now=now,
         )
         not_before = eta.timestamp() if eta is not None and eta > now else None
-        return Outgoing(queue_name, message, not_before, exchange, routing_key)
+        if not exchange:  # the default exchange: straight to the queue the key names
+            return Outgoing(routing_key, message, not_before, "", routing_key)
+        # a named exchange: the broker routes it through the bindings of the exchange
+        return Outgoing("", message, not_before, exchange, routing_key,
+                        self.router.exchange_type(route, exchange))
+
+    def _reply_to(self, given: str | None) -> str:
+        """The message's ``reply_to``: the call's, else the result store's reply address
+        (rpc://: this client's reply queue, declared before a task naming it is first sent;
+        not from inside a running task, where Celery does not declare it either). A result
+        store that cannot be built does not stop the send: its error comes when results are
+        read (and a broker's own error, for the same missing package, comes first)."""
+        try:
+            backend = self.app.backend
+        except ImproperlyConfigured:
+            return given or ""
+        own = backend.reply_to
+        address = given or own or ""
+        if own and address == own and _context.current_worker_request() is None:
+            backend.prepare_replies()
+        return address
 
     # ---- publishing ----------------------------------------------------------------------------
     def send(self, name: str, args: Iterable[Any] | None = None,
@@ -204,13 +227,23 @@ class Producer:
                 _log_publish_retry(exc, attempt)
 
     def _declare(self, transport: Any, items: Sequence[Outgoing]) -> None:
+        """Declare (once per producer) each item's queue, or, for an item published to a named
+        exchange, the known queues bound to it, so the broker has their bindings even before a
+        worker declared them. Queues bound to a fanout exchange are left to their consumers
+        (Celery does not declare ``Broadcast`` queues either)."""
         for item in items:
-            if item.queue not in self._declared:
-                transport.declare(self.router.resolve(item.queue))
-                self._declared.add(item.queue)
+            key = f"exchange:{item.exchange}" if item.routed else item.queue
+            if key in self._declared:
+                continue
+            queues = (self.router.queues_bound_to(item.exchange) if item.routed
+                      else [self.router.resolve(item.queue)])
+            for queue in queues:
+                if queue.exchange.type != "fanout":
+                    transport.declare(queue)
+            self._declared.add(key)
 
     def _unreachable(self, exc: BaseException, why: str) -> OperationalError:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = one_line(exc)
         return OperationalError(
             f"Cannot publish to the broker at {redact_url(self.app.broker_url)}: {reason} "
             f"({why})")
@@ -241,7 +274,7 @@ class Producer:
 
 
 def _log_publish_retry(exc: BaseException, attempt: int) -> None:
-    import logging
-
-    logging.getLogger("celeriac.producer").warning(
-        "publish failed (%r); retry %d", exc, attempt)
+    # INFO on the module's logger: shown in a worker log at -l INFO, never on a bare client's
+    # stderr (Python's last-resort handler prints WARNING and up); the OperationalError raised
+    # when the retries are spent carries their count.
+    logger.info("publish failed (%s); retry %d", one_line(exc), attempt)

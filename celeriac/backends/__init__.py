@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 #: every result backend URL scheme celeriac knows, most used first (as error messages list them)
 KNOWN_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+socket", "unix", "cache+memory",
-                 "db+sqlite")
+                 "db+sqlite", "rpc")
 
 
 def backend_from_url(url: str | None, app: Any = None, **options: Any) -> "ResultBackend":
@@ -34,4 +34,9 @@ def backend_from_url(url: str | None, app: Any = None, **options: Any) -> "Resul
         from .redis import RedisBackend
 
         return RedisBackend(app=app, url=url, **options)
+    if scheme == "rpc":
+        require("amqp", "amqp", "the rpc:// result backend")
+        from .rpc import RPCBackend
+
+        return RPCBackend(app=app, url=url, **options)
     raise unknown_scheme("result_backend", "backend", url, KNOWN_SCHEMES)
