@@ -1,4 +1,6 @@
-"""Time limits and revokes in real worker subprocesses, in every pool."""
+"""Time limits and revokes in real worker subprocesses, in every pool, on every broker (the
+``broker`` fixture, tests/integration/conftest.py: SQLite, Redis, RabbitMQ with results in
+SQLite). Revokes travel through the result store, so they reach workers on any broker."""
 
 from __future__ import annotations
 
@@ -6,20 +8,25 @@ import pytest
 
 from celeriac import states
 from celeriac.exceptions import TaskRevokedError, TimeLimitExceeded
+from tests.integration.conftest import Broker
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def tasks(sqlite_url, monkeypatch):
-    monkeypatch.setenv("CELERIAC_BROKER_URL", sqlite_url)
-    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", sqlite_url)
-    from tests.integration import app_tasks
+def tasks(broker: Broker, task_module):
+    return task_module("app_tasks", broker.url, results=broker.results)
 
-    app_tasks.app.close()
-    yield app_tasks
-    app_tasks.app.close()
+
+@pytest.fixture
+def start_worker(broker: Broker, start_worker):
+    """``start_worker("-c", "1")``: a ready worker on the test's broker."""
+
+    def start(*args: str):
+        return start_worker(*args, url=broker.url, env=broker.worker_env())
+
+    return start
 
 
 def _wait_for_file(path, timeout=20.0):

@@ -1,5 +1,5 @@
 """Every task and worker signal fires, with Celery's arguments, in the process Celery fires it
-in."""
+in, on every broker (the ``broker`` fixture, tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from celeriac.exceptions import TaskRevokedError
 from celeriac.protocol.message import Message
 from celeriac.transport.base import Outgoing
+from tests.integration.conftest import Broker
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -45,33 +46,36 @@ EXPECTED = {
 }
 
 
-def test_every_signal_fires_with_celerys_arguments(start_worker, sqlite_url, monkeypatch, tmp_path):
+def test_every_signal_fires_with_celerys_arguments(start_worker, broker: Broker, task_module,
+                                                   monkeypatch, tmp_path):
     log = tmp_path / "signals.jsonl"
     monkeypatch.setenv("SIGNAL_LOG", str(log))
-    monkeypatch.setenv("CELERIAC_BROKER_URL", sqlite_url)
-    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", sqlite_url)
-    from tests.integration import signal_tasks
-
+    signal_tasks = task_module("signal_tasks", broker.url, results=broker.results)
     app = signal_tasks.app
-    app.close()
-    try:
-        worker = start_worker("-P", "prefork", "-c", "1", app="tests.integration.signal_tasks",
-                              env={"SIGNAL_LOG": str(log)})
-        assert signal_tasks.ok.delay(1).get(timeout=20) == 1
-        with pytest.raises(ValueError):
-            signal_tasks.broken.delay().get(timeout=20)
-        assert signal_tasks.retry_once.delay().get(timeout=20) == "retried"
-        expired = signal_tasks.ok.apply_async((2,), expires=-1)
-        app.send_task("tests.integration.signal_tasks.missing")
-        app.transport.publish([Outgoing("celery", Message(body=b"[[], {}, {}]",
-                                                          headers={"id": str(uuid.uuid4())}))])
-        with pytest.raises(TaskRevokedError):  # expired: stored as REVOKED, as Celery does
-            expired.get(timeout=20)
-        wait_for(lambda: all(name in log.read_text() for name in ("task_unknown", "task_rejected")),
-                 20, interval=0.05, message="task_unknown and task_rejected never fired")
-        assert worker.stop() == 0
-    finally:
-        app.close()
+    worker = start_worker("-P", "prefork", "-c", "1", app="tests.integration.signal_tasks",
+                          url=broker.url, env=broker.worker_env({"SIGNAL_LOG": str(log)}))
+    assert signal_tasks.ok.delay(1).get(timeout=20) == 1
+    with pytest.raises(ValueError):
+        signal_tasks.broken.delay().get(timeout=20)
+    assert signal_tasks.retry_once.delay().get(timeout=20) == "retried"
+    # revoked before it was sent: the worker drops it (task_revoked, not expired)
+    revoked_id = str(uuid.uuid4())
+    app.control.revoke(revoked_id)
+    revoked = signal_tasks.ok.apply_async((3,), task_id=revoked_id)
+    # expired: the worker drops it (task_revoked, expired). On RabbitMQ the message carries a
+    # TTL of 0 ms (``expiration``): RabbitMQ hands it over only because the idle worker's
+    # consumer has prefetch room at this instant (else it would drop it itself, as with Celery)
+    expired = signal_tasks.ok.apply_async((2,), expires=-1)
+    app.send_task("tests.integration.signal_tasks.missing")
+    app.transport.publish([Outgoing("celery", Message(body=b"[[], {}, {}]",
+                                                      headers={"id": str(uuid.uuid4())}))])
+    with pytest.raises(TaskRevokedError):
+        revoked.get(timeout=20)
+    with pytest.raises(TaskRevokedError):  # expired: stored as REVOKED, as Celery does
+        expired.get(timeout=20)
+    wait_for(lambda: all(name in log.read_text() for name in ("task_unknown", "task_rejected")),
+             20, interval=0.05, message="task_unknown and task_rejected never fired")
+    assert worker.stop() == 0
 
     import os
 

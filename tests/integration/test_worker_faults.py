@@ -2,8 +2,10 @@
 
 Executions are counted with an independent ledger (``fault_tasks`` appends ``start``/``end``
 lines with pid, worker name and attempt to a file this test owns), never through the system
-under test alone. Parametrised over brokers: the embedded SQLite file and a real Redis (skipped
-when none runs locally, a failure under CI=true).
+under test alone. Parametrised over brokers by the ``broker`` fixture (tests/integration/
+conftest.py): the embedded SQLite file, a real Redis and a real RabbitMQ (skipped when none runs
+locally, a failure under CI=true). ``vt`` is the lease of SQLite and Redis; on RabbitMQ the
+channel is the lease, so a dead worker's unacked messages come back when its connection drops.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from celeriac import states
 from celeriac.exceptions import WorkerLostError
-from tests.integration.test_worker_roundtrip import private_db
+from tests.integration.conftest import Broker
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -28,29 +30,14 @@ pytestmark = pytest.mark.integration
 APP = "tests.integration.fault_tasks"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def broker_url(request, tmp_path: Path) -> Iterator[str]:
-    """Broker and result store in one place; workers must be started after this is set up."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'faults.db'}"
-        return
-    with private_db(request.getfixturevalue("redis_server")) as url:
-        yield url
+@pytest.fixture
+def tasks(broker: Broker, task_module):
+    """The fault tasks' app on the test's broker; workers must be started after this is set up."""
+    return task_module("fault_tasks", broker.url, results=broker.results)
 
 
 @pytest.fixture
-def tasks(broker_url, monkeypatch):
-    monkeypatch.setenv("CELERIAC_BROKER_URL", broker_url)
-    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", broker_url)
-    from tests.integration import fault_tasks
-
-    fault_tasks.app.close()  # forget connections to an earlier test's broker
-    yield fault_tasks
-    fault_tasks.app.close()
-
-
-@pytest.fixture
-def spawn(broker_url, start_worker) -> Callable:
+def spawn(broker: Broker, start_worker) -> Callable:
     """``spawn("-c", "2", vt=3, name="second")``: a ready worker on the fault tasks module.
 
     ``name`` is what its tasks write in the ledger's worker column.
@@ -61,7 +48,7 @@ def spawn(broker_url, start_worker) -> Callable:
         env = {"FAULT_VT": str(vt), "FAULT_ACKS_LATE": "1" if acks_late else "0",
                "FAULT_REJECT_ON_LOST": "1" if reject_on_lost else "0",
                "FAULT_SIGNAL_LOG": str(signal_log or ""), "FAULT_NAME": name}
-        return start_worker(*args, app=APP, url=broker_url, env=env)
+        return start_worker(*args, app=APP, url=broker.url, env=broker.worker_env(env))
 
     return start
 
@@ -112,7 +99,22 @@ def exit_within(worker, timeout: float) -> int:
 
 # ---- 1, 2: warm shutdown ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("slow_task", ["work", "late_work"], ids=["early-ack", "acks-late"])
+#: RabbitMQ pushes to the transport's own buffer; with early acks the running task's ack frees a
+#: slot of the window, so it pushes a 5th message, which is never handed to the worker
+_AMQP_HOLDS_PUSHED_MESSAGES = (
+    "celeriac bug: a warm shutdown gives back only the worker's own buffer "
+    "(Consumer.stop_consuming, celeriac/worker/consumer.py:122); deliveries RabbitMQ pushed that "
+    "the AMQP transport holds in current.ready but fetch() never handed out "
+    "(celeriac/transport/amqp/__init__.py, _fetch/_sort_arrivals) are neither rejected nor "
+    "recovered (reject() cancels the consumer, which returns nothing already delivered), so the "
+    "5th message stays unacked until close() after the running task ends")
+
+
+@pytest.mark.parametrize("slow_task", [
+    pytest.param("work", id="early-ack",
+                 marks=pytest.mark.broker_xfail("amqp", reason=_AMQP_HOLDS_PUSHED_MESSAGES,
+                                                raises=AssertionError)),
+    pytest.param("late_work", id="acks-late")])
 def test_warm_shutdown_gives_prefetched_messages_back_at_once(tasks, spawn, ledger, tmp_path,
                                                              slow_task):
     signal_log = tmp_path / "signals.txt"
