@@ -1,8 +1,9 @@
 """The real-Celery half of the interop tests: an app module for ``celery worker`` and a tiny client.
 
-Layer: test support. Imports ``celery`` (never celeriac). The broker/backend URL comes from
-``INTEROP_REDIS_URL`` so each test can use its own Redis DB. Run as a module, it is a one-shot
-Celery client that prints one JSON line
+Layer: test support. Imports ``celery`` (never celeriac). The result backend URL comes from
+``INTEROP_REDIS_URL`` so each test can use its own Redis DB, the broker URL from
+``INTEROP_BROKER_URL`` (a RabbitMQ vhost, or that same Redis DB when unset). Run as a module,
+it is a one-shot Celery client that prints one JSON line
 (``python -m tests.interop.celery_side <scenario> <queue>``), so Celery's own
 ``AsyncResult.get()`` is what reads the results.
 """
@@ -20,14 +21,16 @@ from celery import Celery, chain, chord, group
 from .shared_tasks import register
 
 URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/12")
+BROKER = os.environ.get("INTEROP_BROKER_URL", URL)
 TIMEOUT = 20.0
 
-app = Celery("interop_celery", broker=URL, backend=URL)
+app = Celery("interop_celery", broker=BROKER, backend=URL)
 app.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json",
                 broker_connection_retry_on_startup=True, worker_hijack_root_logger=True)
 
 TASKS = register(app, "celery")
 add = TASKS["add"]
+echo = TASKS["echo"]
 
 
 # ---- one-shot client scenarios (each prints a JSON document) -----------------------------------
@@ -38,6 +41,10 @@ def _describe_exception(exc: BaseException) -> dict[str, Any]:
 def scenario_basic(queue: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["add"] = app.send_task("interop.add", (2, 3), queue=queue).get(timeout=TIMEOUT)
+    out["add_kwargs"] = app.send_task("interop.add", kwargs={"x": 4, "y": 5},
+                                      queue=queue).get(timeout=TIMEOUT)
+    out["echo"] = echo.apply_async((1, "two", [3]), {"k": {"v": None}},
+                                   queue=queue).get(timeout=TIMEOUT)
     steps = chain(app.signature("interop.add", (1, 1), queue=queue),
                   app.signature("interop.add", (10,), queue=queue),
                   app.signature("interop.add", (100,), queue=queue))
@@ -63,6 +70,23 @@ def scenario_whoami_chain(queue: str) -> dict[str, Any]:
 def scenario_whoami(queue: str) -> dict[str, Any]:
     result = app.send_task("interop.whoami", queue=queue)
     return {"id": result.id, "ran": result.get(timeout=TIMEOUT)}
+
+
+def scenario_request_fields(queue: str) -> dict[str, Any]:
+    """A task's request as the worker gives it, first run and after two retries."""
+    plain = app.send_task("interop.whoami", queue=queue)
+    retried = app.send_task("interop.retry_whoami", (2,), queue=queue)
+    return {"id": plain.id, "ran": plain.get(timeout=TIMEOUT),
+            "retried_id": retried.id, "retried": retried.get(timeout=TIMEOUT)}
+
+
+def scenario_declare_default(queue: str) -> dict[str, Any]:
+    """Declare the default queue (``celery``) as Celery does, then ``delay()`` onto it."""
+    assert queue == app.conf.task_default_queue, queue
+    with app.connection_for_write() as conn:
+        app.amqp.queues[queue].bind(conn.default_channel).declare()
+    return {"add": add.delay(2, 3).get(timeout=TIMEOUT),
+            "echo": echo.delay(1, k="v").get(timeout=TIMEOUT)}
 
 
 def scenario_countdown(queue: str) -> dict[str, Any]:
@@ -105,7 +129,8 @@ def scenario_canvas(queue: str) -> dict[str, Any]:
 
 SCENARIOS = {"canvas": scenario_canvas, "basic": scenario_basic,
              "whoami_chain": scenario_whoami_chain, "whoami": scenario_whoami,
-             "countdown": scenario_countdown}
+             "countdown": scenario_countdown, "request_fields": scenario_request_fields,
+             "declare_default": scenario_declare_default}
 
 
 def main(argv: list[str]) -> None:

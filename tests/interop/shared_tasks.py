@@ -30,11 +30,31 @@ def register(app: Any, impl: str) -> dict[str, Any]:
     def collect(values: list[Any]) -> list[Any]:
         return values
 
+    @app.task(name="interop.echo")
+    def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"args": list(args), "kwargs": kwargs}
+
+    def fields(request: Any) -> dict[str, Any]:
+        """Which implementation ran this, and the request fields as the task sees them."""
+        info = request.delivery_info or {}
+        return {"impl": impl, "id": request.id, "root_id": request.root_id,
+                "parent_id": request.parent_id, "hostname": request.hostname,
+                "retries": request.retries,
+                "delivery_info": {"exchange": info.get("exchange"),
+                                  "routing_key": info.get("routing_key")},
+                "at": time.time()}
+
     @app.task(name="interop.whoami", bind=True)
     def whoami(self: Any, *previous: Any) -> dict[str, Any]:
         """Which implementation ran this, and the request fields a chain step must carry."""
-        request = self.request
-        return {"impl": impl, "id": request.id, "root_id": request.root_id,
-                "parent_id": request.parent_id, "hostname": request.hostname, "at": time.time()}
+        return fields(self.request)
 
-    return {"add": add, "fail": fail, "xsum": xsum, "collect": collect, "whoami": whoami}
+    @app.task(name="interop.retry_whoami", bind=True, max_retries=5)
+    def retry_whoami(self: Any, times: int) -> dict[str, Any]:
+        """Retry (at once) until this is run number ``times + 1``, then report the request."""
+        if self.request.retries < times:
+            raise self.retry(countdown=0)
+        return fields(self.request)
+
+    return {"add": add, "fail": fail, "xsum": xsum, "collect": collect, "whoami": whoami,
+            "echo": echo, "retry_whoami": retry_whoami}

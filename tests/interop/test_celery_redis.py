@@ -1,4 +1,8 @@
-"""Real Celery 5 and celeriac, clients and workers, talking to each other through one Redis."""
+"""Real Celery 5 and celeriac, clients and workers, talking to each other through one broker.
+
+Every test runs twice (the ``broker`` fixture of ``conftest.py``): through one Redis DB, and
+through RabbitMQ (a virtual host of the test's own) with the results in that Redis DB.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.conftest import rabbitmqctl
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
@@ -45,6 +50,8 @@ def test_celery_client_gets_values_and_exception_from_celeriac_worker(workers, c
     worker = workers("celeriac", queue_name)
     out = celery_client("basic", queue_name)
     assert out["add"] == 5, worker.log()
+    assert out["add_kwargs"] == 9
+    assert out["echo"] == {"args": [1, "two", [3]], "kwargs": {"k": {"v": None}}}
     assert out["chain_middle"] == 12
     assert out["chain_last"] == 112
     assert out["fail"] == {"type": "ValueError", "module": "builtins",
@@ -58,6 +65,10 @@ def test_celeriac_client_gets_values_and_exception_from_celery_worker(workers, c
     app = celeriac_client
     assert app.send_task("interop.add", (2, 3), queue=queue_name).get(timeout=TIMEOUT) == 5, \
         worker.log()
+    assert app.send_task("interop.add", kwargs={"x": 4, "y": 5},
+                         queue=queue_name).get(timeout=TIMEOUT) == 9
+    echoed = app.send_task("interop.echo", (1, "two", [3]), {"k": {"v": None}}, queue=queue_name)
+    assert echoed.get(timeout=TIMEOUT) == {"args": [1, "two", [3]], "kwargs": {"k": {"v": None}}}
     ids = _send_chain(app, queue_name, [("interop.add", [1, 1]), ("interop.add", [10]),
                                         ("interop.add", [100])])
     assert [app.AsyncResult(i).get(timeout=TIMEOUT) for i in ids] == [2, 12, 112], worker.log()
@@ -87,8 +98,50 @@ def test_celery_worker_sees_celeriac_chain_lineage(workers, celeriac_client, que
     assert steps[0]["hostname"].startswith("celery-interop@"), worker.log()
 
 
-# ---- (d) both workers on one Redis DB, each on its own queue ------------------------------------
+# ---- (c') request fields of a single task and of a retried one ---------------------------------
+def _assert_request_fields(out: dict[str, Any], queue: str, impl: str) -> None:
+    """What Celery 5.7's own worker gives a task sent by ``send_task(queue=...)``: the id is its
+    own root, no parent, the default exchange with the queue as routing key (a direct publish),
+    and a retry keeps all of it but counts ``retries`` and names the task itself as its parent
+    (Celery re-sends it from within the task)."""
+    ran, retried = out["ran"], out["retried"]
+    host = f"{impl}-interop@"
+    assert ran["impl"] == impl
+    assert (ran["id"], ran["root_id"], ran["parent_id"]) == (out["id"], out["id"], None)
+    assert ran["hostname"].startswith(host), ran
+    assert ran["retries"] == 0
+    assert ran["delivery_info"] == {"exchange": "", "routing_key": queue}
+    assert retried["impl"] == impl
+    assert (retried["id"], retried["root_id"], retried["parent_id"]) == (
+        out["retried_id"], out["retried_id"], out["retried_id"])
+    assert retried["hostname"].startswith(host), retried
+    assert retried["retries"] == 2
+    assert retried["delivery_info"] == {"exchange": "", "routing_key": queue}
+
+
+def test_celeriac_worker_gives_request_fields_of_celery_messages(workers, celery_client,
+                                                                 queue_name):
+    worker = workers("celeriac", queue_name)
+    out = celery_client("request_fields", queue_name)
+    _assert_request_fields(out, queue_name, "celeriac")
+    assert worker.proc.poll() is None
+
+
+def test_celery_worker_gives_request_fields_of_celeriac_messages(workers, celeriac_client,
+                                                                 queue_name):
+    worker = workers("celery", queue_name)
+    app = celeriac_client
+    plain = app.send_task("interop.whoami", queue=queue_name)
+    retried = app.send_task("interop.retry_whoami", (2,), queue=queue_name)
+    out = {"id": plain.id, "ran": plain.get(timeout=TIMEOUT),
+           "retried_id": retried.id, "retried": retried.get(timeout=TIMEOUT)}
+    _assert_request_fields(out, queue_name, "celery")
+    assert worker.proc.poll() is None
+
+
+# ---- (d) both workers on one Redis DB / vhost, each on its own queue ----------------------------
 def test_celery_and_celeriac_workers_share_a_db_without_crosstalk(workers, celeriac_client,
+                                                                  broker, broker_url,
                                                                   interop_url):
     queues = {"celery": f"interop-{uuid.uuid4().hex[:8]}",
               "celeriac": f"interop-{uuid.uuid4().hex[:8]}"}
@@ -100,7 +153,32 @@ def test_celery_and_celeriac_workers_share_a_db_without_crosstalk(workers, celer
     for kind, result in sent:
         ran = result.get(timeout=TIMEOUT)
         assert (ran["impl"], ran["id"]) == (kind, result.id)
-    _assert_all_acked(interop_url, list(queues.values()))
+    if broker == "redis":
+        _assert_all_acked(interop_url, list(queues.values()))
+    else:
+        _assert_all_acked_amqp(broker_url, list(queues.values()))
+
+
+def _assert_all_acked_amqp(url: str, queues: list[str]) -> None:
+    """RabbitMQ holds no message of either queue, ready or unacked."""
+    from urllib.parse import unquote, urlsplit
+
+    vhost = unquote(urlsplit(url).path[1:])
+
+    def counts() -> dict[str, tuple[str, str]]:
+        lines = rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name",
+                            "messages_ready", "messages_unacknowledged").splitlines()
+        rows = (line.split() for line in lines if line.strip())
+        return {row[0]: (row[1], row[2]) for row in rows if row[0] in queues}
+
+    seen: dict[str, tuple[str, str]] = {}
+
+    def settled() -> bool:
+        seen.clear()
+        seen.update(counts())
+        return sorted(seen) == sorted(queues) and all(v == ("0", "0") for v in seen.values())
+
+    wait_for(settled, 10, interval=0.2, message=lambda: repr(seen))
 
 
 def _assert_all_acked(url: str, queues: list[str]) -> None:
