@@ -1,11 +1,15 @@
-"""Side-by-side benchmarks on Redis: celeriac against Celery 5, same workloads, one table.
+"""Side-by-side benchmarks: celeriac against Celery 5, same workloads, one table.
 
 Layer: bench (outside the package; pytest never runs it). Run from anywhere as
-``python bench/redis_vs_celery.py [--tasks N] [--samples N] [--db N]``. Celery runs from its own
-virtualenv, bench/.venv-celery, which this script creates on first use (``python -m venv`` and
-``pip install 'celery[redis]==5.*'``) and reuses afterwards. Both sides use one Redis database
-as broker and result store, flushed before every measure; workers are real subprocesses, each in
-its own process group, killed at the end even on error. The clients (enqueue loop, round trips)
+``python bench/redis_vs_celery.py [--broker redis|amqp] [--rounds N] [--tasks N] [--samples N]
+[--db N]``. Celery runs from bench/.venv-celery when that virtualenv exists, else from this
+interpreter if it has Celery 5, else from the virtualenv this script then creates
+(``python -m venv`` and ``pip install 'celery[redis]==5.*'``). With ``--broker redis`` (the
+default) both sides use one Redis database as broker and result store; with ``--broker amqp``
+RabbitMQ is the broker, in a private virtual host made for the run (``rabbitmqctl add_vhost``,
+deleted at the end), and that Redis database the result store. Both are emptied before every
+measure; workers are real subprocesses, each in its own process group, killed at the end even on
+error. The clients (enqueue loop, round trips)
 are subprocesses too, this interpreter for celeriac and the virtualenv's for Celery, started as
 ``python bench/redis_vs_celery.py client APP_MODULE MEASURE ...``. The helpers shared with
 bench/run.py import celeriac, which the virtualenv lacks, so the runner imports them where used.
@@ -19,16 +23,19 @@ import importlib
 import json
 import os
 import pstats
+import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 
@@ -40,6 +47,8 @@ VENV = ROOT / "bench" / ".venv-celery"
 CELERY_REQUIREMENT = "celery[redis]==5.*"
 META_PREFIX = "celery-task-meta-"  # the result key layout both sides share
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+SEND_MANY_BATCH = 500  # tasks per ``app.producer.send_many`` call in the batch enqueue measure
+QUEUE = "celery"  # the default queue both apps use
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,9 @@ class Side:
 
 # ---- the client half: runs in either interpreter, so it imports neither library up front -----
 def client_main(argv: list[str]) -> None:
-    """``client APP_MODULE enqueue N OUT``, ``client APP_MODULE latency SAMPLES WARMUP OUT`` or
-    ``client APP_MODULE chord N TIMEOUT OUT``."""
+    """``client APP_MODULE enqueue N OUT``, ``client APP_MODULE enqueue_many N BATCH OUT``,
+    ``client APP_MODULE latency SAMPLES WARMUP OUT`` or ``client APP_MODULE chord N TIMEOUT
+    OUT``."""
     module = importlib.import_module(argv[0])
     noop = module.noop
     measure, out = argv[1], argv[-1]
@@ -76,11 +86,19 @@ def client_main(argv: list[str]) -> None:
         return
     if measure == "enqueue":
         n = int(argv[2])
-        ids = [noop.delay().id]  # connects to Redis outside the timed loop
+        ids = [noop.delay().id]  # connects to the broker outside the timed loop
         start = time.perf_counter()
         for _ in range(n):
             ids.append(noop.delay().id)
         report: dict[str, Any] = {"elapsed": time.perf_counter() - start, "ids": ids}
+    elif measure == "enqueue_many":  # celeriac's batch path: app.producer.send_many
+        n, batch = int(argv[2]), int(argv[3])
+        send_many, call = module.app.producer.send_many, (noop.name, (), {}, {})
+        ids = [noop.delay().id]
+        start = time.perf_counter()
+        for first in range(0, n, batch):
+            ids.extend(send_many([call] * min(batch, n - first)))
+        report = {"elapsed": time.perf_counter() - start, "ids": ids}
     else:
         samples, warmup = int(argv[2]), int(argv[3])
         for _ in range(warmup):
@@ -103,12 +121,14 @@ def log(text: str) -> None:
 
 
 def celery_python() -> str:
-    """The virtualenv's interpreter, creating the virtualenv and installing Celery when needed."""
+    """The virtualenv's interpreter; else this one if it has Celery 5 (kombu brings py-amqp);
+    else the virtualenv, created and given Celery now."""
     python = VENV / "bin" / "python"
-    check = "import celery, redis, sys; sys.exit(celery.VERSION[0] != 5)"
-    if python.exists() and subprocess.run([python, "-c", check], capture_output=True,
-                                          check=False).returncode == 0:
-        return str(python)
+    check = "import celery, redis, amqp, sys; sys.exit(celery.VERSION[0] != 5)"
+    for candidate in ([python] if python.exists() else []) + [Path(sys.executable)]:
+        if subprocess.run([candidate, "-c", check], capture_output=True,
+                          check=False).returncode == 0:
+            return str(candidate)
     log(f"creating {VENV} with {CELERY_REQUIREMENT} (once; later runs reuse it) ...")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     subprocess.run([python, "-m", "pip", "install", "--quiet", CELERY_REQUIREMENT], check=True)
@@ -117,22 +137,87 @@ def celery_python() -> str:
 
 
 def versions(python: str) -> str:
-    code = ("import celery, kombu, redis; "
-            "print(celery.__version__, kombu.__version__, redis.__version__)")
+    code = ("import amqp, celery, kombu, redis; "
+            "print(celery.__version__, kombu.__version__, redis.__version__, amqp.__version__)")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
-    celery, kombu, redis_py = out.stdout.split()
-    return f"celery {celery}, kombu {kombu}, redis-py {redis_py}"
+    celery, kombu, redis_py, py_amqp = out.stdout.split()
+    return f"celery {celery}, kombu {kombu}, redis-py {redis_py}, py-amqp {py_amqp}"
+
+
+class AmqpVhost:
+    """A RabbitMQ virtual host made for one run (``rabbitmqctl``, so the runner must be on the
+    broker's machine) and deleted by ``close``; its default queue is purged between measures."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        self.user = unquote(parts.username or "guest")
+        self.password = unquote(parts.password or "guest")
+        self.hostport = f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}"
+        self.name = f"celeriac-bench-{os.getpid()}-{secrets.token_hex(3)}"
+        self._ctl("add_vhost", self.name)
+        try:
+            self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+            self.server_version = self._connect().server_properties.get("version", "?")
+        except BaseException:
+            self.close()
+            raise
+        self.url = f"amqp://{parts.netloc or 'guest:guest@127.0.0.1:5672'}/{self.name}"
+
+    @staticmethod
+    def _ctl(*args: str) -> None:
+        proc = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                              timeout=120, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {proc.stderr.strip()}")
+
+    def _connect(self) -> Any:
+        import amqp
+
+        conn = amqp.Connection(host=self.hostport, userid=self.user, password=self.password,
+                               virtual_host=self.name)
+        conn.connect()
+        return conn
+
+    def empty(self, queue: str = QUEUE, timeout: float = 30.0) -> None:
+        """Purge ``queue`` once no worker consumes it any more (what a stopped worker held
+        unacked goes back to the queue when its connection closes: purge after that)."""
+        from amqp.exceptions import NotFound
+
+        conn = self._connect()
+        try:
+            channel = conn.channel()
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    _, _, consumers = channel.queue_declare(queue, passive=True)
+                except NotFound:
+                    return  # not declared yet: nothing to purge
+                if not consumers:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"queue {queue!r} still has {consumers} consumer(s)")
+                time.sleep(0.05)
+            channel.queue_purge(queue)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError, OSError, subprocess.TimeoutExpired):
+            self._ctl("delete_vhost", self.name)
 
 
 class Bench:
-    """The Redis database both sides share, and the runs of clients and workers against it."""
+    """The Redis database both sides share (the broker too, unless ``vhost`` is given: then
+    RabbitMQ is), and the runs of clients and workers against them."""
 
-    def __init__(self, url: str, workdir: Path) -> None:
+    def __init__(self, url: str, workdir: Path, vhost: AmqpVhost | None = None) -> None:
         self.url = url
         self.workdir = workdir
+        self.vhost = vhost
+        self.broker = "RabbitMQ" if vhost is not None else "Redis"
         self.redis = redis.Redis.from_url(url)
         self.redis.ping()  # fail early, with redis-py's message, if no server listens
-        os.environ["CELERIAC_BROKER_URL"] = url
+        os.environ["CELERIAC_BROKER_URL"] = vhost.url if vhost is not None else url
         os.environ["CELERIAC_RESULT_BACKEND"] = url
 
     def close(self) -> None:
@@ -141,13 +226,16 @@ class Bench:
 
     def flush(self) -> None:
         self.redis.flushdb()
+        if self.vhost is not None:
+            self.vhost.empty()
 
-    def client(self, side: Side, *args: object) -> dict[str, Any]:
+    def client(self, side: Side, *args: object, wrapper: Sequence[str] = ()) -> dict[str, Any]:
+        """Run a client measure; ``wrapper`` goes between the interpreter and this script."""
         out = self.workdir / f"client-{side.name}.json"
         out.unlink(missing_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        cmd = [side.python, str(Path(__file__).resolve()), "client", side.app_module,
+        cmd = [side.python, *wrapper, str(Path(__file__).resolve()), "client", side.app_module,
                *map(str, args), str(out)]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=600, check=False)
@@ -157,16 +245,17 @@ class Bench:
         return json.loads(out.read_text())
 
     @contextlib.contextmanager
-    def worker(self, side: Side, pool: str, *, wrapper: Sequence[str] = (),
+    def worker(self, side: Side, pool: str | None, *, wrapper: Sequence[str] = (),
                concurrency: int = 1) -> Iterator[Any]:
-        """A running worker; ``wrapper`` goes between the interpreter and the worker's module."""
+        """A running worker; ``wrapper`` goes between the interpreter and the worker's module.
+        ``pool`` None: the default worker (no ``-P``/``-c``: prefork, one child per CPU)."""
         from bench.run import WorkerProcess
 
-        worker = WorkerProcess(self.workdir, f"{side.name}-{pool}")
+        worker = WorkerProcess(self.workdir, f"{side.name}-{pool or 'default'}")
+        pool_args = ["-P", pool, "-c", str(concurrency)] if pool else []
         # The shared runner names the celeriac app; both sides get the same flags otherwise.
         worker.argv = [side.python, "-m", *wrapper, side.worker_module, "-A", side.app_module,
-                       "worker", "-P", pool, "-c", str(concurrency), "-l", "WARNING",
-                       "-n", f"bench-{side.name}@%h"]
+                       "worker", *pool_args, "-l", "WARNING", "-n", f"bench-{side.name}@%h"]
         worker.ready_file.unlink(missing_ok=True)
         with worker:
             yield worker
@@ -207,6 +296,7 @@ class Row:
     unit: str
     values: dict[str, float]
     note: str = ""
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # min-max over rounds
 
 
 def measure_enqueue_and_solo_drain(bench: Bench, side: Side, n: int) -> tuple[float, float, str]:
@@ -247,9 +337,16 @@ def drain(bench: Bench, side: Side, pool: str, ids: list[str]) -> tuple[float, s
                   f"CPU {cpu / len(ids) * 1e6:.0f} µs/task")
 
 
-def measure_latency(bench: Bench, side: Side, samples: int, warmup: int) -> tuple[list[float], str]:
+def measure_send_many(bench: Bench, side: Side, n: int) -> float:
+    """The batch enqueue path (``app.producer.send_many``, 500 a call), into a flushed queue."""
     bench.flush()
-    with bench.worker(side, "solo") as worker:
+    return n / bench.client(side, "enqueue_many", n, SEND_MANY_BATCH)["elapsed"]
+
+
+def measure_latency(bench: Bench, side: Side, samples: int, warmup: int,
+                    pool: str | None = "solo") -> tuple[list[float], str]:
+    bench.flush()
+    with bench.worker(side, pool) as worker:
         worker.wait_ready(60)
         trips = bench.client(side, "latency", samples, warmup)["trips"]
     metas = bench.metas([t[0] for t in trips])
@@ -311,11 +408,23 @@ def calibration() -> float:
 
 
 def profile(bench: Bench, side: Side, tasks: int, out: Path) -> None:
-    """A celeriac solo drain with the worker under bench/threadprof.py (cProfile, every thread)."""
+    """celeriac's ``noop.delay()`` loop under cProfile (saved next to ``out`` as
+    ``NAME-enqueue.prof``), then a solo drain of what it sent with the worker under
+    bench/threadprof.py (cProfile, every thread), saved as ``out``."""
     from bench.profile_run import top_table
 
     bench.flush()
-    ids = bench.client(side, "enqueue", tasks)["ids"]
+    enqueue_out = out.with_name(f"{out.stem}-enqueue{out.suffix}")
+    enqueue_out.unlink(missing_ok=True)
+    report = bench.client(side, "enqueue", tasks,
+                          wrapper=("-m", "cProfile", "-o", str(enqueue_out)))
+    ids = report["ids"]
+    log(f"enqueued {tasks} tasks in {report['elapsed']:.2f} s under the profiler")
+    stats = pstats.Stats(str(enqueue_out))
+    for key in ("cumulative", "tottime"):
+        print(f"\nnoop.delay() loop on {bench.broker}, {tasks} tasks (and start-up): top 25 by "
+              f"{key} time")
+        print(top_table(stats, key, tasks, 25))
     out.unlink(missing_ok=True)
     with bench.worker(side, "solo", wrapper=("bench.threadprof", str(out))) as worker:
         ready = worker.wait_ready(60)
@@ -326,9 +435,9 @@ def profile(bench: Bench, side: Side, tasks: int, out: Path) -> None:
         raise RuntimeError(f"the profiled worker exited with {code}:\n{worker.log_tail()}")
     stats = pstats.Stats(str(out))
     for key in ("cumulative", "tottime"):
-        print(f"\nsolo worker on Redis, {len(ids)} noop tasks: top 20 by {key} time")
-        print(top_table(stats, key, len(ids), 20))
-    print(f"\nfull profile: {out} (python -m pstats {out})")
+        print(f"\nsolo worker on {bench.broker}, {len(ids)} noop tasks: top 25 by {key} time")
+        print(top_table(stats, key, len(ids), 25))
+    print(f"\nfull profiles: {enqueue_out}, {out} (python -m pstats FILE)")
 
 
 def run(bench: Bench, sides: dict[str, Side], tasks: int, samples: int, warmup: int,
@@ -341,16 +450,23 @@ def run(bench: Bench, sides: dict[str, Side], tasks: int, samples: int, warmup: 
         return chord_rows(bench, sides, chord_size, chord_pool, chord_timeout, chord_concurrency)
 
     enqueue = Row("enqueue: noop.delay() in a loop", tasks, "tasks/s", {})
+    batch = Row(f"enqueue: app.producer.send_many, {SEND_MANY_BATCH} a call", tasks, "tasks/s",
+                {}, "celeriac only (Celery has no batch publish)")
     solo = Row("drain: one worker, -P solo -c 1", tasks + 1, "tasks/s", {})
     prefork = Row("drain: one worker, -P prefork -c 1", tasks + 1, "tasks/s", {})
-    notes: dict[str, list[str]] = {"solo": [], "prefork": [], "latency": []}
+    notes: dict[str, list[str]] = {"solo": [], "prefork": [], "latency": [], "default": []}
     latencies: dict[str, list[float]] = {}
+    default_latencies: dict[str, list[float]] = {}
     for name, side in sides.items():
         log(f"{name}: enqueue, then solo drain ...")
         enqueue.values[name], solo.values[name], note = measure_enqueue_and_solo_drain(
             bench, side, tasks)
         notes["solo"].append(note)
         log(f"  {enqueue.values[name]:,.0f} enqueued/s, {solo.values[name]:,.0f} drained/s")
+    if "celeriac" in sides:
+        log("celeriac: enqueue with send_many ...")
+        batch.values["celeriac"] = measure_send_many(bench, sides["celeriac"], tasks)
+        log(f"  {batch.values['celeriac']:,.0f} enqueued/s")
     for name, side in sides.items():
         log(f"{name}: prefork drain ...")
         prefork.values[name], note = measure_prefork_drain(bench, side, tasks)
@@ -361,12 +477,21 @@ def run(bench: Bench, sides: dict[str, Side], tasks: int, samples: int, warmup: 
         latencies[name], note = measure_latency(bench, side, samples, warmup)
         notes["latency"].append(note)
         log(f"  p50 {percentile(latencies[name], 50):.2f} ms")
+    for name, side in sides.items():
+        log(f"{name}: {samples} round trips on a default worker (prefork, -c CPUs) ...")
+        default_latencies[name], note = measure_latency(bench, side, samples, warmup, None)
+        notes["default"].append(note)
+        log(f"  p50 {percentile(default_latencies[name], 50):.2f} ms")
     solo.note, prefork.note = "; ".join(notes["solo"]), "; ".join(notes["prefork"])
-    rows = [enqueue, solo, prefork]
+    rows = [enqueue, batch, solo, prefork]
     for p in (50, 90, 99):
         rows.append(Row(f"latency: noop.delay().get(), -P solo, p{p}", samples, "ms",
                         {k: percentile(v, p) for k, v in latencies.items()}))
-    rows[3].note = "medians " + "; ".join(notes["latency"])
+    rows[-3].note = "medians " + "; ".join(notes["latency"])
+    for p in (50, 99):
+        rows.append(Row(f"latency: noop.delay().get(), default worker, p{p}", samples, "ms",
+                        {k: percentile(v, p) for k, v in default_latencies.items()}))
+    rows[-2].note = "medians " + "; ".join(notes["default"])
     if chord_size:
         rows += chord_rows(bench, sides, chord_size, chord_pool, chord_timeout, chord_concurrency)
     return rows
@@ -392,14 +517,37 @@ def chord_rows(bench: Bench, sides: dict[str, Side], n: int, pool: str, timeout:
     return [to_body, to_get]
 
 
+def merge_rounds(rounds: list[list[Row]]) -> list[Row]:
+    """One row per measure: each side's median over the rounds, and its min-max range."""
+    merged = []
+    for same in zip(*rounds, strict=True):
+        row = Row(same[0].measure, same[0].n, same[0].unit, {},
+                  same[0].note if len(rounds) == 1 else f"median of {len(rounds)} rounds")
+        for side in dict.fromkeys(k for r in same for k in r.values):
+            got = [r.values[side] for r in same if side in r.values]
+            row.values[side] = statistics.median(got)
+            row.ranges[side] = (min(got), max(got))
+        if len(rounds) == 1:
+            row.ranges = {}
+        merged.append(row)
+    return merged
+
+
 def format_table(rows: list[Row]) -> str:
     header = ("measure", "N", "celeriac", "Celery", "unit", "celeriac/Celery", "notes")
+
+    def number(value: float, unit: str) -> str:
+        return f"{value:,.0f}" if unit == "tasks/s" else f"{value:.2f}"
 
     def fmt(row: Row, side: str) -> str:
         value = row.values.get(side)
         if value is None:
             return "-"
-        return f"{value:,.0f}" if row.unit == "tasks/s" else f"{value:.2f}"
+        if side in row.ranges:
+            low, high = row.ranges[side]
+            return (f"{number(value, row.unit)} ({number(low, row.unit)}-"
+                    f"{number(high, row.unit)})")
+        return number(value, row.unit)
 
     cells = [(r.measure, f"{r.n:,}", fmt(r, "celeriac"), fmt(r, "celery"), r.unit,
               f"{r.values['celeriac'] / r.values['celery']:.2f}" if len(r.values) == 2 else "-",
@@ -415,12 +563,27 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def targets(rows: list[Row]) -> list[str]:
-    """The issues' targets, each marked met or not met from this run's figures."""
+def targets(rows: list[Row], broker: str = "redis") -> list[str]:
+    """The issues' targets, each marked met or not met from this run's figures (the medians
+    when there were several rounds)."""
     checks = []
+    by_name = {r.measure: r for r in rows}
     drains = [r for r in rows if r.measure.startswith("drain") and "solo" in r.measure]
-    if drains:
-        enqueue, solo, p50 = rows[0], drains[0], rows[3]
+    if drains and broker == "amqp":  # issue 12
+        one = by_name["enqueue: noop.delay() in a loop"].values["celeriac"]
+        many = by_name[f"enqueue: app.producer.send_many, {SEND_MANY_BATCH} a call"]
+        mine = drains[0].values["celeriac"]
+        p50 = by_name["latency: noop.delay().get(), -P solo, p50"].values["celeriac"]
+        checks += [
+            ("enqueue >= 20,000 tasks/s, delay() loop", f"{one:,.0f}", one >= 20000),
+            ("enqueue >= 20,000 tasks/s, send_many", f"{many.values['celeriac']:,.0f}",
+             many.values["celeriac"] >= 20000),
+            ("solo drain >= 6,000 tasks/s", f"{mine:,.0f}", mine >= 6000),
+            ("round trip p50 <= 0.6 ms (Redis results)", f"{p50:.2f} ms", p50 <= 0.6),
+        ]
+    elif drains:
+        enqueue, solo = by_name["enqueue: noop.delay() in a loop"], drains[0]
+        p50 = by_name["latency: noop.delay().get(), -P solo, p50"]
         mine, theirs = solo.values["celeriac"], solo.values.get("celery")
         checks += [
             ("solo drain >= 5,000 tasks/s", f"{mine:,.0f}", mine >= 5000),
@@ -460,6 +623,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=int, default=7,
                         help="database number, flushed before every measure: one no test uses "
                              "(default 7)")
+    parser.add_argument("--broker", choices=["redis", "amqp"], default="redis",
+                        help="redis (default): that database is the broker too; amqp: RabbitMQ "
+                             "in a private vhost made for the run, results still in Redis")
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672",
+                        help="RabbitMQ server, without a vhost (default "
+                             "amqp://guest:guest@127.0.0.1:5672); needs rabbitmqctl")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of every measure (each side in turn within a round); "
+                             "the table gives medians and min-max (default 1)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write every round's figures to FILE")
     parser.add_argument("--celeriac-only", action="store_true",
                         help="skip Celery (and its virtualenv)")
     parser.add_argument("--chord", type=int, default=10000, metavar="N",
@@ -475,8 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, metavar="OUT.prof",
                         help="instead: profile a celeriac solo worker draining --tasks tasks")
     args = parser.parse_args(argv)
-    if args.tasks < 1 or args.samples < 1 or args.warmup < 0:
-        parser.error("--tasks and --samples must be at least 1, --warmup at least 0")
+    if args.tasks < 1 or args.samples < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--tasks, --samples and --rounds must be at least 1, --warmup at least 0")
 
     from bench.run import _exit_on_signal, machine_summary, revision
 
@@ -490,24 +664,46 @@ def main(argv: list[str] | None = None) -> int:
     url = f"{args.redis.rstrip('/')}/{args.db}"
     against = versions(sides["celery"].python) if "celery" in sides else "no Celery"
     log(f"celeriac {measured} against {against} on {url}")
-    with tempfile.TemporaryDirectory(prefix="celeriac-redis-bench-") as tmp:
-        bench = Bench(url, Path(tmp))
+    vhost = AmqpVhost(args.amqp) if args.broker == "amqp" else None
+    rounds: list[list[Row]] = []
+    with tempfile.TemporaryDirectory(prefix=f"celeriac-{args.broker}-bench-") as tmp:
         try:
-            server = bench.redis.info("server")["redis_version"]
-            if args.profile:
-                profile(bench, sides["celeriac"], args.tasks, args.profile.resolve())
-                return 0
-            speed = calibration()
-            rows = run(bench, sides, args.tasks, args.samples, args.warmup,
-                       chord_size=args.chord, chord_pool=args.chord_pool,
-                       chord_timeout=args.chord_timeout, only=args.only,
-                       chord_concurrency=args.chord_concurrency)
-            speed_after = calibration()
+            bench = Bench(url, Path(tmp), vhost)
+            try:
+                server = bench.redis.info("server")["redis_version"]
+                if args.profile:
+                    profile(bench, sides["celeriac"], args.tasks, args.profile.resolve())
+                    return 0
+                speed = calibration()
+                for number in range(1, args.rounds + 1):
+                    log(f"---- round {number} of {args.rounds}")
+                    rounds.append(run(bench, sides, args.tasks, args.samples, args.warmup,
+                                      chord_size=args.chord, chord_pool=args.chord_pool,
+                                      chord_timeout=args.chord_timeout, only=args.only,
+                                      chord_concurrency=args.chord_concurrency))
+                    if args.rounds > 1:
+                        print(f"\nround {number}\n{format_table(rounds[-1])}", flush=True)
+                speed_after = calibration()
+            finally:
+                bench.close()
         finally:
-            bench.close()
+            if vhost is not None:
+                vhost.close()
+    rows = merge_rounds(rounds)
+    if args.json:
+        args.json.write_text(json.dumps([[{"measure": r.measure, "n": r.n, "unit": r.unit,
+                                           "values": r.values, "note": r.note} for r in one]
+                                         for one in rounds], indent=1))
     print()
-    print(f"celeriac {measured} against {against}; redis-server {server} at {url} as broker "
-          f"and result store")
+    if vhost is not None:
+        print(f"celeriac {measured} against {against}; RabbitMQ {vhost.server_version} as "
+              f"broker (vhost {vhost.name}, made for this run and deleted), redis-server "
+              f"{server} at {url} as result store, for both sides")
+        print("celeriac's delay() returns once RabbitMQ has confirmed the (persistent) message; "
+              "Celery's publishes without publisher confirms (kombu's default)")
+    else:
+        print(f"celeriac {measured} against {against}; redis-server {server} at {url} as "
+              f"broker and result store")
     print(f"machine: {machine_summary()}; a fixed Python loop took {speed * 1000:.0f} ms "
           f"before and {speed_after * 1000:.0f} ms after (lower is faster)")
     print(f"run at {datetime.now().astimezone().isoformat(timespec='seconds')}, "
@@ -516,8 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows))
     print()
-    print("targets (celeriac):")
-    print("\n".join(targets(rows)))
+    print("targets (celeriac" + (f", medians of {args.rounds} rounds" if args.rounds > 1 else "")
+          + "):")
+    print("\n".join(targets(rows, args.broker)))
     return 0
 
 
