@@ -303,6 +303,9 @@ class Worker:
             self.async_pool = create_pool("asyncio", runner, limit, self._on_done)
         if signals.worker_init.receivers:
             signals.worker_init.send(sender=self)
+        # From here on SIGTERM and Ctrl-C mean a warm shutdown, whatever start-up step they
+        # arrive in (pool children fork with these handlers and put their own in at once).
+        self._catch_shutdown_signals()
         # The banner is for a worker process (the CLI, or start() in a script's main thread), not
         # for one embedded in a thread of a test run (celeriac.testing.start_worker).
         if threading.current_thread() is threading.main_thread():
@@ -311,6 +314,8 @@ class Worker:
             logger.warning("%s", line)
         router = Router(app.conf)
         if not self._connect([router.resolve(queue) for queue in self.queues]):
+            return self.exitcode
+        if self._shutdown.is_set():  # asked to stop while connecting: nothing to finish yet
             return self.exitcode
         if self.options.get("purge"):
             self._purge()
@@ -415,61 +420,53 @@ class Worker:
         url = redact_url(self.app.broker_url)
         pauses = connection_retry_pauses()
         retries = 0
-        restore = self._catch_shutdown_signals()
-        try:
-            while True:
-                try:
-                    for queue in queues:
-                        transport.declare(queue)
-                except unreachable as exc:
-                    reason = one_line(exc).rstrip(".")  # the sentence ends below
-                    if not _retriable(exc, transient):
-                        return self._give_up(
-                            f"Cannot use the broker at {url}: {reason}. Not retrying: waiting "
-                            "will not fix this (check the URL, the path and its permissions).")
-                    if not retry:
-                        return self._give_up(
-                            f"Cannot connect to {url}: {reason}. Not retrying "
-                            "(broker_connection_retry_on_startup is False).")
-                    if max_retries is not None and retries >= max_retries:
-                        return self._give_up(
-                            f"Cannot connect to {url}: {reason}. Gave up after {retries} "
-                            f"retr{'y' if retries == 1 else 'ies'} "
-                            f"(broker_connection_max_retries={max_retries:g}).")
-                    retries += 1
-                    pause = next(pauses)
-                    limit = "unlimited" if max_retries is None else f"{max_retries:g}"
-                    logger.error("Cannot connect to %s: %s. Trying again in %.2f seconds... "
-                                 "(%d/%s)", url, reason, pause, retries, limit)
-                    if self._shutdown.wait(pause):
-                        logger.warning("%s shutdown while waiting for the broker at %s",
-                                       self._shutdown_how or "Warm", url)
-                        return False
-                    continue
-                if retries:
-                    logger.warning("Connected to %s after %d retr%s.", url, retries,
-                                   "y" if retries == 1 else "ies")
-                return True
-        finally:
-            restore()
+        while True:
+            try:
+                for queue in queues:
+                    transport.declare(queue)
+            except unreachable as exc:
+                reason = one_line(exc).rstrip(".")  # the sentence ends below
+                if not _retriable(exc, transient):
+                    return self._give_up(
+                        f"Cannot use the broker at {url}: {reason}. Not retrying: waiting "
+                        "will not fix this (check the URL, the path and its permissions).")
+                if not retry:
+                    return self._give_up(
+                        f"Cannot connect to {url}: {reason}. Not retrying "
+                        "(broker_connection_retry_on_startup is False).")
+                if max_retries is not None and retries >= max_retries:
+                    return self._give_up(
+                        f"Cannot connect to {url}: {reason}. Gave up after {retries} "
+                        f"retr{'y' if retries == 1 else 'ies'} "
+                        f"(broker_connection_max_retries={max_retries:g}).")
+                retries += 1
+                pause = next(pauses)
+                limit = "unlimited" if max_retries is None else f"{max_retries:g}"
+                logger.error("Cannot connect to %s: %s. Trying again in %.2f seconds... "
+                             "(%d/%s)", url, reason, pause, retries, limit)
+                if self._shutdown.wait(pause):
+                    logger.warning("%s shutdown while waiting for the broker at %s",
+                                   self._shutdown_how or "Warm", url)
+                    return False
+                continue
+            if retries:
+                logger.warning("Connected to %s after %d retr%s.", url, retries,
+                               "y" if retries == 1 else "ies")
+            return True
 
     def _give_up(self, line: str) -> bool:
         logger.critical("%s", line)
         self.exitcode = 1
         return False
 
-    def _catch_shutdown_signals(self) -> Any:
-        """While connecting: SIGTERM and Ctrl-C end the wait at once. Returns what puts the
-        previous handlers back (the pool must fork with them, not with ours)."""
+    def _catch_shutdown_signals(self) -> None:
+        """SIGTERM and Ctrl-C from the first start-up step: a wait for the broker ends at once,
+        and one arriving while the pool forks is a warm shutdown, not a kill. (SIGQUIT and the
+        stack dump come with the rest, once the pool's children exist.)"""
         if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.signal(sig, self._on_term)
-                    for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return restore
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_term)
 
     # ---- shutdown ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
