@@ -1,5 +1,6 @@
 """``celeriac demo``: a worker plus a visible workload on the embedded SQLite broker, in one
-command.
+command; ``--broker URL`` runs the same workload through another broker (RabbitMQ, Redis), the
+results staying in the demo's SQLite file.
 
 Layer: cli. Starts a real worker subprocess (prefork pool), sends thousands of tasks in batches,
 draws a progress bar from the result store, and prints throughput, failures and retries (from
@@ -22,6 +23,7 @@ from typing import Any
 import click
 
 from .. import states
+from ..utils.urls import redact_url
 
 
 def _bar(done: int, total: int, width: int = 40) -> str:
@@ -30,18 +32,23 @@ def _bar(done: int, total: int, width: int = 40) -> str:
 
 
 def run_demo(count: int = 5000, concurrency: int | None = None, url: str | None = None,
-             keep: bool = False) -> int:
+             keep: bool = False, broker: str | None = None) -> int:
+    """``url``: the SQLite file of broker and results (default: a temporary one); ``broker``:
+    another broker for the tasks (``amqp://...``, ``redis://...``), results staying in ``url``."""
     tmpdir = None
     if url is None:
         tmpdir = tempfile.mkdtemp(prefix="celeriac-demo-")
         url = f"sqlite:///{os.path.join(tmpdir, 'demo.db')}"
-    os.environ["CELERIAC_BROKER_URL"] = url
+    os.environ["CELERIAC_BROKER_URL"] = broker or url
     os.environ["CELERIAC_RESULT_BACKEND"] = url
     from .demo_tasks import add, app, checked_div, flaky
 
     concurrency = concurrency or max(2, os.cpu_count() or 1)
     logfile = os.path.join(tmpdir or tempfile.gettempdir(), "demo-worker.log")
-    click.echo(f"celeriac demo: broker and results in {url}")
+    if broker:
+        click.echo(f"celeriac demo: broker {redact_url(broker)}, results in {url}")
+    else:
+        click.echo(f"celeriac demo: broker and results in {url}")
     click.echo(f"starting a worker (prefork pool, concurrency {concurrency}); log: {logfile}")
     with open(logfile, "w") as log:
         worker = subprocess.Popen(
@@ -64,7 +71,8 @@ def run_demo(count: int = 5000, concurrency: int | None = None, url: str | None 
         if tmpdir is not None:
             if keep or code != 0:
                 why = "as asked (--keep)" if keep else "to look into the failure"
-                click.echo(f"kept {tmpdir} {why}: demo.db (broker and results), demo-worker.log")
+                what = "results" if broker else "broker and results"
+                click.echo(f"kept {tmpdir} {why}: demo.db ({what}), demo-worker.log")
             else:
                 shutil.rmtree(tmpdir, ignore_errors=True)
                 click.echo(f"removed {tmpdir} (pass --keep to keep it)")

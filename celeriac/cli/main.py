@@ -241,13 +241,17 @@ def worker(obj: AppHolder, loglevel: str, concurrency: int | None, pool: str | N
               help="How many tasks to run.")
 @click.option("-c", "--concurrency", type=int, default=None, help="Worker pool size.")
 @click.option("--url", default=None, help="sqlite:/// URL to use (default: a temporary file).")
+@click.option("--broker", "broker", default=None, metavar="URL",
+              help="Send the tasks through this broker instead (amqp://guest:guest@localhost//, "
+                   "redis://...); results stay in the demo's SQLite file.")
 @click.option("--keep", is_flag=True, default=False,
               help="Keep the temporary folder (database and worker log) instead of removing it.")
-def demo(count: int, concurrency: int | None, url: str | None, keep: bool) -> None:
-    """Start a worker and run a visible workload on the embedded SQLite broker."""
+def demo(count: int, concurrency: int | None, url: str | None, broker: str | None,
+         keep: bool) -> None:
+    """Start a worker and run a visible workload on the embedded SQLite broker (or --broker)."""
     from .demo import run_demo
 
-    sys.exit(run_demo(count=count, concurrency=concurrency, url=url, keep=keep))
+    sys.exit(run_demo(count=count, concurrency=concurrency, url=url, keep=keep, broker=broker))
 
 
 @cli.group()

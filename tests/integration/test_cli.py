@@ -1,15 +1,19 @@
 """``celeriac demo`` end to end: a real worker subprocess, the retries it did, and its temporary
-folder removed at the end (or kept with ``--keep``)."""
+folder removed at the end (or kept with ``--keep``); ``--broker`` runs it on RabbitMQ."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import private_vhost
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +55,27 @@ def test_demo_keep_keeps_the_folder_and_says_where(tmp_path):
     assert len(folders) == 1, output
     assert f"kept {folders[0]} as asked (--keep)" in proc.stdout
     assert (folders[0] / "demo.db").exists() and (folders[0] / "demo-worker.log").exists()
+
+
+def test_demo_runs_on_rabbitmq_with_one_flag(tmp_path):
+    with private_vhost() as url:
+        proc = _demo(tmp_path, "-n", "300", "--broker", url, "--keep")
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output
+        assert "demo OK" in proc.stdout
+        vhost = url.rsplit("/", 1)[1]
+        folders = _demo_folders(tmp_path)
+        assert len(folders) == 1, output
+        results = f"sqlite:///{folders[0] / 'demo.db'}"
+        assert f"broker amqp://guest:**@127.0.0.1:5672/{vhost}, results in {results}" \
+            in proc.stdout, output
+        assert re.search(r"^  retries: 2 \(in 2 task\(s\); expected 2\)$", proc.stdout,
+                         re.M), output
+        # the tasks went through RabbitMQ: the worker consumed the vhost's queue and the
+        # SQLite file holds results only
+        assert "amqp://guest:**@127.0.0.1:5672/" in (folders[0] / "demo-worker.log").read_text()
+        with contextlib.closing(sqlite3.connect(folders[0] / "demo.db")) as db:
+            tables = {name for (name,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "celeriac_result" in tables and "celeriac_queue" not in tables, tables
+        assert f"kept {folders[0]} as asked (--keep): demo.db (results)" in proc.stdout

@@ -1,9 +1,10 @@
 """Routing end to end on every broker: exchanges, bindings, ``-Q``/``-X`` and ``delivery_info``.
 
-Each test runs on the embedded SQLite broker, on Redis (a private, flushed database) and on
-``memory://``, with real workers started in this process (``celeriac.testing.start_worker``).
-The configuration is issue 12's example; the ``delivery_info`` expected is what a Celery 5.7
-worker on Redis printed for it.
+Each test runs on the embedded SQLite broker, on Redis (a private, flushed database), on
+``memory://`` and on RabbitMQ (a private virtual host; results in a SQLite file of the test's
+own), with real workers started in this process (``celeriac.testing.start_worker``). The
+configuration is issue 12's example; the ``delivery_info`` expected is what a Celery 5.7 worker
+on Redis printed for it (and on RabbitMQ: the same four keys and values).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from celeriac import Broadcast, Celery, Queue
 from celeriac.testing import start_worker
-from tests.conftest import private_redis_db
+from tests.conftest import private_redis_db, private_vhost
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -26,9 +27,21 @@ ROUTING_DBS = (1, 2, 3, 4)
 TIMEOUT = 15.0
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis), "memory"])
+#: broker URL -> result store URL, where results do not live on the broker (RabbitMQ)
+_RESULTS: dict[str, str] = {}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis), "memory",
+                        "amqp"])
 def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "sqlite":
+    if request.param == "amqp":
+        with private_vhost() as url:
+            _RESULTS[url] = request.getfixturevalue("sqlite_url")
+            try:
+                yield url
+            finally:
+                del _RESULTS[url]
+    elif request.param == "sqlite":
         yield request.getfixturevalue("sqlite_url")
     elif request.param == "memory":
         from celeriac.transport import memory
@@ -43,7 +56,7 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def _issue_app(url: str, **conf: Any) -> Celery:
     """Issue 12's configuration, with tasks that report what they saw."""
-    app = Celery(f"routing-{uuid.uuid4().hex[:6]}", broker=url, backend=url,
+    app = Celery(f"routing-{uuid.uuid4().hex[:6]}", broker=url, backend=_RESULTS.get(url, url),
                  set_as_current=False)
     app.conf.task_default_queue = "default"
     app.conf.task_queues = (Queue("default", routing_key="task.#"),
