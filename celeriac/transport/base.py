@@ -13,6 +13,9 @@ drop), purge, count. Everything else is a *capability*, a ``typing.Protocol`` ch
 - ``SharedConnectionSettling``: the broker shares each thread's connection with the result
   store, so a result write, an ack and the next fetch travel in one round trip.
 
+``PushedDeliveries`` is a hook, not a capability: a transport the broker pushes deliveries to
+ahead of ``fetch`` gives back what it holds unfetched when the worker stops consuming.
+
 Delivery model for leasing brokers: ``fetch`` atomically *leases* messages (never
 delete-on-fetch). A lease that is not renewed expires, and the message becomes fetchable again:
 that is how a killed worker's messages come back. ``ack`` with a stale lease returns False and
@@ -220,6 +223,19 @@ class SharedConnectionSettling(Protocol):
 
     def flush(self) -> None:
         """Send what this thread queued now (one round trip)."""
+
+
+@runtime_checkable
+class PushedDeliveries(Protocol):
+    """Not a capability (``capabilities_of`` leaves it out: it changes nothing a contract suite
+    sees), a hook: the broker pushes deliveries to this transport ahead of ``fetch`` (RabbitMQ's
+    consumer prefetch), so it may hold some that no fetch has handed out yet. A broker whose
+    ``fetch`` takes only what it returns (Redis, SQLite) lacks it: it holds nothing."""
+
+    def stop_consuming(self) -> int:
+        """Warm shutdown: cancel this transport's consumers and give back (requeue) every
+        delivery it holds that ``fetch`` has not handed out; returns how many. Later fetches
+        return nothing until ``close``; handed-out deliveries are settled as before."""
 
 
 def capabilities_of(transport: Any) -> frozenset[str]:

@@ -32,7 +32,7 @@ from ..exceptions import (
     WorkerLostError,
 )
 from ..protocol import serialization
-from ..transport.base import DeadLetterStore, Deferral, Leases
+from ..transport.base import DeadLetterStore, Deferral, Leases, PushedDeliveries
 from .admission import Admission, Decision, Verdict, standard_steps
 from .extensions import Hooks, WorkerExtension
 from .job import Job, task_label, wants_result
@@ -120,10 +120,20 @@ class Consumer:
             self._threads.append(t)
 
     def stop_consuming(self) -> None:
-        """Warm shutdown, step 1: fetch nothing more and give unstarted messages back at once."""
+        """Warm shutdown, step 1: fetch nothing more and give unstarted messages back at once:
+        the buffer's, and those the broker pushed to the transport that no fetch took."""
         self._stop.set()
         for hook in self.hooks.on_worker_stop:
             hook(self)
+        if isinstance(self.transport, PushedDeliveries):
+            try:
+                pushed = self.transport.stop_consuming()
+            except Exception:
+                logger.exception("could not give back the messages the broker pushed ahead; "
+                                 "they go back when the connection closes")
+            else:
+                if pushed:
+                    logger.info("Returned %d message(s) the broker had pushed ahead", pushed)
         with self._cond:
             # A job acked early that went back to the buffer (its pool slot vanished) cannot be
             # given back any more: it stays, and the dispatch loop runs it before it ends.

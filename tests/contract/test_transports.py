@@ -27,7 +27,7 @@ EXPECTED_CAPABILITIES = {
     "memory": {"Leases", "Deferral", "DeadLetterStore", "SharedConnectionSettling"},
     "sqlite": {"Leases", "Deferral", "DeadLetterStore"},
     # the channel is the lease (RabbitMQ redelivers what a lost one held): no Leases
-    "amqp": {"DeadLetterStore"},
+    "amqp": {"DeadLetterStore", "Deferral"},
 }
 
 

@@ -99,21 +99,12 @@ def exit_within(worker, timeout: float) -> int:
 
 # ---- 1, 2: warm shutdown ----------------------------------------------------------------------
 
-#: RabbitMQ pushes to the transport's own buffer; with early acks the running task's ack frees a
-#: slot of the window, so it pushes a 5th message, which is never handed to the worker
-_AMQP_HOLDS_PUSHED_MESSAGES = (
-    "celeriac bug: a warm shutdown gives back only the worker's own buffer "
-    "(Consumer.stop_consuming, celeriac/worker/consumer.py:122); deliveries RabbitMQ pushed that "
-    "the AMQP transport holds in current.ready but fetch() never handed out "
-    "(celeriac/transport/amqp/__init__.py, _fetch/_sort_arrivals) are neither rejected nor "
-    "recovered (reject() cancels the consumer, which returns nothing already delivered), so the "
-    "5th message stays unacked until close() after the running task ends")
-
-
+# On RabbitMQ with early acks the running task's ack frees a slot of the prefetch window, so the
+# broker pushes a 5th message into the transport's own buffer, which no fetch hands to the
+# worker: the warm shutdown gives that one back too (AMQPTransport.stop_consuming), or it would
+# stay unacked until the running task ends and the connection closes.
 @pytest.mark.parametrize("slow_task", [
-    pytest.param("work", id="early-ack",
-                 marks=pytest.mark.broker_xfail("amqp", reason=_AMQP_HOLDS_PUSHED_MESSAGES,
-                                                raises=AssertionError)),
+    pytest.param("work", id="early-ack"),
     pytest.param("late_work", id="acks-late")])
 def test_warm_shutdown_gives_prefetched_messages_back_at_once(tasks, spawn, ledger, tmp_path,
                                                              slow_task):

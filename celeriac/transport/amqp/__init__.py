@@ -15,12 +15,15 @@ opens a fresh connection (the producer's publish retry does exactly that).
 
 Consuming: one consumer connection per transport, opened by the first ``fetch``: ``basic_qos``
 (``global`` as Celery uses on RabbitMQ) raised to what the caller holds plus what it asks for,
-one ``basic_consume(no_ack=False)`` per queue, and ``drain_events(timeout)`` reading what the
-broker pushes. Only the fetching thread reads that connection; acks and rejects come from other
-worker threads (batched acks, early acks, pool callbacks), so every frame written on it goes
-through one lock (``_locked_writer``) and an ack never waits for a fetch to end (TLS sockets
-cannot read and write from two threads: there the fetch reads in short slices under the same
-lock). Heartbeats: the fetching thread calls ``heartbeat_tick`` on each pass and a small
+one ``basic_consume(no_ack=False)`` per queue, and reads of what the broker pushes: the fetch
+waits for the socket to become readable (``poll``, holding no lock), then reads the frames
+already there and returns at once. Only the fetching thread reads that connection; acks and
+rejects come from other worker threads (batched acks, early acks, pool callbacks), so every
+frame written on it goes through one lock (``_locked_writer``) and an ack never waits for a
+fetch to end (TLS sockets cannot read and write from two threads: there each frame is read
+under the same lock, the wait itself still holding none). A warm shutdown's
+``stop_consuming`` cancels the consumers and gives back what was pushed but never fetched.
+Heartbeats: the fetching thread calls ``heartbeat_tick`` on each pass and a small
 keepalive thread sends one whenever the interval asks, so a worker busy with long tasks (not
 fetching) keeps its connection. Messages with an ``eta`` that arrive early are held here,
 unacked, until due (raising the prefetch by one each, as Celery does): a worker runs them at
@@ -41,6 +44,8 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
+import select
 import socket
 import threading
 import time
@@ -57,6 +62,7 @@ from ...utils.urls import redact_url
 from ..base import Delivery, Outgoing, check_queue_names
 from .broadcast import AMQPBroadcastMixin
 from .dead_letters import AMQPDeadLetterMixin
+from .delayed import AMQPDelayedDeliveryMixin
 from .wire import from_amqp, to_amqp
 
 logger = logging.getLogger(__name__)
@@ -73,6 +79,9 @@ _QUEUE_OPTIONS: dict[str, tuple[str, int]] = {
 _SLICE = 1.0
 #: a TLS consumer connection reads in slices this short, holding the write lock
 _TLS_SLICE = 0.02
+#: once the socket is readable, how long a frame's rest may take to arrive (the broker writes
+#: whole frames: this bounds only a connection dying mid-frame)
+_FRAME_WAIT = 1.0
 #: after a new consumer or a raised prefetch the broker sends a burst: keep reading until it
 #: has been quiet this long (or the fetch has what it asked for)
 _BURST_GAP = 0.01
@@ -104,6 +113,12 @@ class _ConsumerConnection:
         self.held: dict[int, str] = {}  # delivery tag -> queue, handed out and unsettled
         self.alive = True
         self.declared: set[str] = set()
+        self.global_qos: bool | None = None  # chosen at the first basic_qos (``_qos_global``)
+        # the fetching thread waits for the socket to become readable with this, holding no
+        # lock (an ack from another thread goes straight out meanwhile)
+        self.sock = conn.sock
+        self.poller = select.poll()
+        self.poller.register(self.sock.fileno(), select.POLLIN)
 
     def io_lock(self) -> Any:
         """Held around a request and its reply on a TLS connection (an SSL socket must not be
@@ -112,6 +127,16 @@ class _ConsumerConnection:
 
     def on_message(self, msg: Any) -> None:
         self.arrived.append(msg)
+
+    def readable(self, wait: float) -> bool:
+        """Whether the socket has bytes to read, waiting up to ``wait`` seconds for some (no
+        lock held: polling the descriptor neither reads nor writes the stream)."""
+        return bool(self.poller.poll(max(0, math.ceil(wait * 1000))))
+
+    def buffered(self) -> bool:
+        """TLS, under ``write_lock``: the SSL layer holds decrypted bytes not read yet (the
+        descriptor may not be readable even so)."""
+        return bool(self.tls and self.sock.pending())
 
     def unsettled(self, queue: str | None = None) -> int:
         """Deliveries on this channel not yet acked or rejected (all queues, or one)."""
@@ -160,7 +185,7 @@ class _Producer:
         self.nacked |= self._settle(delivery_tag, multiple)
 
 
-class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
+class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDeliveryMixin):
     """Queues on a RabbitMQ server, wire-compatible with Celery 5 (kombu's py-amqp transport).
 
     Options (``broker_transport_options``, or keyword arguments): ``heartbeat`` (seconds, the
@@ -170,7 +195,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
     or a dict of ``ca_certs``, ``cert_reqs``, ``certfile``, ``keyfile``, ``server_hostname``...
     as kombu takes them), ``confirm_timeout`` (seconds a publish waits for the broker's
     confirms, default 30), ``qos_global`` (default True, as Celery on RabbitMQ),
-    ``max_priority`` (``x-max-priority`` for queues declared by name only, as Celery's
+    ``max_priority`` (``x-max-priority`` for every classic queue without one, as Celery's
     ``task_queue_max_priority``). Options the URL's query gives are overridden by these. Others
     are ignored.
     """
@@ -209,6 +234,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
         self._producers: list[_Producer] = []
         self._producers_lock = threading.Lock()
         self._read_lock = threading.Lock()  # one fetching thread at a time
+        self._stopped = False  # stop_consuming() was called: fetch takes nothing more
         self._consumer: _ConsumerConnection | None = None
         self._generation = itertools.count(1)
         self._turn = itertools.count()
@@ -293,8 +319,10 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
             value = queue.options.get(option)
             if value is not None:
                 arguments.setdefault(argument, int(float(value) * scale))
-        if (self.max_priority is not None and not arguments
-                and queue.max_priority is None):
+        # Celery's task_queue_max_priority: every queue without an x-max-priority of its own
+        # (quorum and stream queues refuse the argument on RabbitMQ 3: they are left alone)
+        if (self.max_priority is not None and "x-max-priority" not in arguments
+                and arguments.get("x-queue-type", "classic") == "classic"):
             arguments["x-max-priority"] = int(self.max_priority)
         exchange = queue.exchange
 
@@ -323,6 +351,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
         self._entities[queue.name] = queue
         if exchange.name:
             self._exchanges.add(exchange.name)
+        self._declare_delayed(queue)  # a quorum queue: broker-side delays (delayed.py)
 
     def _ensure_exchange(self, name: str, kind: str | None) -> None:
         """A routed publish needs its exchange to exist: use it if it does, else declare it
@@ -338,6 +367,18 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
                                                                  auto_delete=False))
         self._exchanges.add(name)
 
+    def _ensure_queue(self, name: str) -> None:
+        """A queue published to by name only (a replay, a queue created on first use): used as
+        it is if it exists, whatever its arguments (a quorum or priority queue its consumers
+        declared: a plain declare would fail PRECONDITION_FAILED), else declared as Celery
+        declares a missing queue."""
+        try:
+            self._admin(lambda channel: channel.queue_declare(name, passive=True))
+        except amqp_errors.NotFound:
+            self._declare(Queue(name))
+            return
+        self._declared.add(name)
+
     # ---- publishing ---------------------------------------------------------------------------
     def publish(self, items: Sequence[Outgoing]) -> None:
         """Publish every item, then wait for the broker's confirms: returns once all are on the
@@ -346,6 +387,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
             return
         self._check_fork()
         prepared: list[tuple[Any, str, str]] = []
+        now = time.time()
         for item in items:  # everything is encoded before anything is sent
             if item.routed:
                 route = None
@@ -354,13 +396,16 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
                 recorded = item.exchange or (item.routing_key not in (None, item.queue))
                 route = (item.exchange, item.key) if recorded else None
                 target = ("", item.queue)
+            delayed = self._delayed_target(item, now)  # held back by the broker (delayed.py)
+            if delayed is not None:
+                target, route = delayed[:2], delayed[2]
             prepared.append((to_amqp(item.message, not_before=item.not_before, route=route),
                              *target))
         for item in items:
             if item.routed:
                 self._ensure_exchange(item.exchange, item.exchange_type)
             elif item.queue not in self._declared:
-                self._declare(Queue(item.queue))
+                self._ensure_queue(item.queue)
         producer = self._producer()
         try:
             channel = producer.open_channel()
@@ -441,16 +486,52 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
         order = unique[start:] + unique[:start]
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._read_lock:
-            current = self._consumer_connection()
+            if not self._stopped:
+                current = self._consumer_connection()
+                try:
+                    return self._fetch(current, order, max_n, deadline)
+                except (amqp_errors.ConnectionError, OSError) as exc:
+                    self._lose(current, exc)
+                    raise _lost(exc) from exc
+                except amqp_errors.ChannelError as exc:
+                    self._lose(current, exc)
+                    raise ConnectionLost(f"RabbitMQ closed the consuming channel: "
+                                         f"{_reply_text(exc)}") from exc
+        # consuming was stopped: wait as on an empty queue (close() ends the wait)
+        self._closing.wait(max(deadline - time.monotonic(), 0.0))
+        return []
+
+    def stop_consuming(self) -> int:
+        """``PushedDeliveries`` (transport/base.py), for a warm shutdown: cancel every consumer
+        (RabbitMQ sends a consumer's ``basic.cancel-ok`` after its last delivery, so nothing
+        more arrives) and reject with requeue what the broker pushed that no fetch handed out,
+        ready or held until its ETA: another worker gets those at once instead of when this
+        connection closes. Handed-out deliveries stay held (acked or rejected as before);
+        later fetches return nothing until ``close``. Waits for a running fetch to end (at
+        most its timeout). Returns how many deliveries went back."""
+        self._check_fork()
+        with self._read_lock:
+            self._stopped = True
+            current = self._consumer
+            if current is None or not current.alive:
+                return 0
             try:
-                return self._fetch(current, order, max_n, deadline)
-            except (amqp_errors.ConnectionError, OSError) as exc:
-                self._lose(current, exc)
-                raise _lost(exc) from exc
-            except amqp_errors.ChannelError as exc:
-                self._lose(current, exc)
-                raise ConnectionLost(f"RabbitMQ closed the consuming channel: "
-                                     f"{_reply_text(exc)}") from exc
+                with current.io_lock():
+                    for tag in list(current.consumers.values()):
+                        current.channel.basic_cancel(tag)  # reads what arrives before its -ok
+                current.consumers.clear()
+                self._sort_arrivals(current)
+                unfetched = [d for ready in current.ready.values() for d in ready]
+                unfetched += [d for _, _, d in current.waiting]
+                current.ready.clear()
+                current.waiting = []
+                with current.write_lock:
+                    for delivery in unfetched:
+                        current.channel.basic_reject(delivery.receipt[1], requeue=True)
+            except (amqp_errors.AMQPError, OSError) as exc:
+                self._lose(current, exc)  # closed: the broker requeues all it held, these too
+                return 0
+        return len(unfetched)
 
     def _fetch(self, current: _ConsumerConnection, order: list[str], max_n: int,
                deadline: float) -> list[Delivery]:
@@ -486,7 +567,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
         want = len(current.held) + len(current.waiting) + max_n
         with current.io_lock():
             if want > current.prefetch:
-                current.channel.basic_qos(0, want, self.qos_global)
+                current.channel.basic_qos(0, want, self._qos_global(current, order))
                 current.prefetch = want
                 changed = True
             for queue in order:
@@ -504,20 +585,43 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
                 current.conn.heartbeat_tick()
         return changed
 
+    def _qos_global(self, current: _ConsumerConnection, order: list[str]) -> bool:
+        """``qos_global``, unless a queue this transport declared or consumes is a quorum queue
+        (``x-queue-type: quorum``): RabbitMQ refuses to consume those under a global prefetch
+        (NOT_IMPLEMENTED), so the prefetch is per consumer, as Celery 5.5+ decides it
+        (``worker_detect_quorum_queues``). Chosen once per connection."""
+        if current.global_qos is None:
+            queues = [*self._entities.values(), *(self._entities.get(q) for q in order)]
+            current.global_qos = self.qos_global and not any(
+                q is not None and q.queue_arguments.get("x-queue-type") == "quorum"
+                for q in queues)
+        return current.global_qos
+
     def _read(self, current: _ConsumerConnection, wait: float) -> bool:
-        """Read frames for up to ``wait`` seconds; True if something arrived."""
+        """Wait up to ``wait`` seconds for the broker to send something, holding no lock (the
+        socket is polled, not read), then read every frame already there and return at once;
+        True if a message arrived. py-amqp reads a plain socket no further than the frame it
+        parses, so an unread frame is always in the socket, where the poll sees it; on TLS the
+        SSL layer may hold decrypted bytes (``buffered``), and every read holds the write lock,
+        frame by frame. A frame whose rest is late is waited for at most ``_FRAME_WAIT`` (TLS:
+        ``_TLS_SLICE``); its start stays in py-amqp's buffer for the next read."""
         before = len(current.arrived)
+        buffered = False
         if current.tls:
-            wait = min(wait, _TLS_SLICE)
-        with current.io_lock():
+            with current.write_lock:
+                buffered = current.buffered()
+        if buffered or current.readable(wait):
+            frame_wait = _TLS_SLICE if current.tls else _FRAME_WAIT
+            more = True
             try:
-                current.conn.drain_events(timeout=max(wait, 0.0001))
-                # take whatever else is already in the socket without waiting for more
-                while True:
-                    current.conn.drain_events(timeout=0.0001)
+                while more:
+                    with current.io_lock():
+                        current.conn.blocking_read(timeout=frame_wait)
+                        more = current.buffered() or current.readable(0)
             except socket.timeout:
                 pass
-            if self.heartbeat > 0:
+        if self.heartbeat > 0:
+            with current.io_lock():
                 current.conn.heartbeat_tick()
         return len(current.arrived) > before
 
@@ -536,13 +640,15 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
             delivery = Delivery(message, queue, (current.generation, tag),
                                 self._delivery_count(queue, message, redelivered), redelivered,
                                 {"delivery_tag": tag}, exchange, routing_key)
-            if not_before is not None and not_before > now:
+            if (not_before is not None and not_before > now
+                    and not self._defers_natively(queue, message, not_before, now)):
                 heapq.heappush(current.waiting, (not_before, next(self._seq), delivery))
                 # an ETA message held here must not stop the broker sending others (Celery
                 # raises its prefetch by one per held ETA task, too)
                 current.prefetch += 1
                 with current.io_lock():
-                    current.channel.basic_qos(0, current.prefetch, self.qos_global)
+                    current.channel.basic_qos(0, current.prefetch,
+                                              self._qos_global(current, [queue]))
             else:
                 current.ready.setdefault(queue, collections.deque()).append(delivery)
         while current.waiting and current.waiting[0][0] <= now:
@@ -550,11 +656,13 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
             current.ready.setdefault(delivery.queue, collections.deque()).appendleft(delivery)
 
     def _delivery_count(self, queue: str, message: Any, redelivered: bool) -> int:
+        if not redelivered:
+            # a first delivery, whatever ``x-delivery-count`` an earlier life of the message
+            # left in its headers (a dead letter replayed carries the count it died with)
+            return 1
         counted = message.headers.get("x-delivery-count")
         if isinstance(counted, int) and not isinstance(counted, bool):
             return counted + 1
-        if not redelivered:
-            return 1
         task_id = message.headers.get("id")
         if isinstance(task_id, str):
             requeued = self._requeues.get((queue, task_id))
@@ -737,6 +845,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin):
             self._keepalive.join(2.0)
             self._keepalive = None
         self._closing = threading.Event()
+        self._stopped = False
 
 
 def _locked_writer(conn: Any, lock: Any) -> None:

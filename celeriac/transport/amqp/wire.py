@@ -16,11 +16,13 @@ again on receipt.
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import datetime
+import decimal
 from typing import Any
 
 import amqp  # type: ignore[import-untyped]
-from amqp import serialization
 
 from ...protocol.message import Message
 
@@ -32,6 +34,10 @@ NOT_BEFORE = "x-celeriac-not-before"
 ROUTE = "x-celeriac-route"
 EXTRA_PROPERTIES = "x-celeriac-properties"
 _PRIVATE = (NOT_BEFORE, ROUTE, EXTRA_PROPERTIES)
+#: the integer ranges py-amqp writes into a field table (``I``/``L``; ``D``'s value; ``T``)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_UINT64_MAX = 2**64 - 1
 
 
 def to_amqp(message: Message, *, not_before: float | None = None,
@@ -59,11 +65,85 @@ def to_amqp(message: Message, *, not_before: float | None = None,
 
 
 def check_table(headers: dict[str, Any]) -> None:
-    """Raise TypeError if py-amqp cannot write ``headers`` as a field table."""
+    """Raise TypeError if py-amqp cannot write ``headers`` as a field table. The values are
+    walked, not encoded (``basic_publish`` encodes the table, once), accepting what py-amqp's
+    encoder writes: str and bytes, bool, float, int in 64 bits, Decimal with a scale of 0-255
+    and a 32-bit unscaled value, datetime from 1970, None, lists and tuples, dicts whose keys
+    are str or bytes of at most 255 bytes (tests/unit/transport/test_amqp_wire.py compares the
+    two on edge cases)."""
     try:
-        serialization.dumps("F", [headers])
-    except (amqp.exceptions.FrameSyntaxError, TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"a message header cannot be sent over AMQP: {exc}") from None
+        _check_table(headers)
+    except _Refused as exc:
+        where = "headers" + "".join(f"[{step!r}]" for step in reversed(exc.path))
+        raise TypeError(f"a message header cannot be sent over AMQP: {where} {exc.args[0]}"
+                        ) from None
+    except RecursionError:
+        raise TypeError("a message header cannot be sent over AMQP: nested too deeply (or "
+                        "contains itself)") from None
+
+
+class _Refused(Exception):
+    """A value py-amqp cannot encode; ``path`` grows (innermost first) on the way out."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.path: list[Any] = []
+
+
+_SCALARS = frozenset({str, bytes, bool, float, type(None)})
+
+
+def _check_table(table: dict[Any, Any]) -> None:
+    for key, value in table.items():
+        if isinstance(key, str):
+            # up to 63 characters are at most 252 bytes in UTF-8: no need to encode them
+            size = len(key) if len(key) <= 63 else len(key.encode("utf-8", "surrogatepass"))
+        elif isinstance(key, bytes):
+            size = len(key)
+        else:
+            raise _Refused(f"has the key {key!r}, which is not a string")
+        if size > 255:
+            raise _Refused(f"has a key longer than 255 bytes ({key[:40]!r}...)")
+        if type(value) in _SCALARS:
+            continue
+        try:
+            _check_item(value)
+        except _Refused as exc:
+            exc.path.append(key)
+            raise
+
+
+def _check_item(value: Any) -> None:
+    if isinstance(value, (str, bytes, bool, float)) or value is None:
+        return
+    if isinstance(value, int):
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return
+    elif isinstance(value, dict):
+        _check_table(value)
+        return
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if type(item) in _SCALARS:
+                continue
+            try:
+                _check_item(item)
+            except _Refused as exc:
+                exc.path.append(index)
+                raise
+        return
+    elif isinstance(value, decimal.Decimal):
+        sign, digits, exponent = value.as_tuple()
+        unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+        if (isinstance(exponent, int) and -255 <= exponent <= 0
+                and _INT32_MIN <= unscaled <= _INT32_MAX):
+            return
+    elif isinstance(value, datetime.datetime):
+        with contextlib.suppress(OverflowError, ValueError):
+            if 0 <= calendar.timegm(value.utctimetuple()) <= _UINT64_MAX:
+                return
+    raise _Refused(f"is {type(value).__name__} {value!r:.80}, which an AMQP field table "
+                   f"cannot carry (or out of its range)")
 
 
 def from_amqp(msg: Any) -> tuple[Message, float | None, tuple[str, str] | None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import decimal
 import json
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,40 @@ def test_private_headers_are_only_added_when_needed_and_removed_on_receipt() -> 
     sent = wire.to_amqp(odd, not_before=123.5, route=("ex", "rk"))
     back, not_before, route = wire.from_amqp(sent)
     assert (back, not_before, route) == (odd, 123.5, ("ex", "rk"))
+
+
+_EDGES: list[Any] = [
+    "é" * 10_000, b"\x00\xff", True, 1.5, float("inf"), None, 0, 2**31 - 1, -(2**31), 2**31,
+    2**63 - 1, 2**63, -(2**63), -(2**63) - 1, decimal.Decimal("1.25"),
+    decimal.Decimal("-2147483648"), decimal.Decimal("2147483648"), decimal.Decimal("NaN"),
+    decimal.Decimal("1E+2"), decimal.Decimal("0." + "0" * 254 + "1"),
+    decimal.Decimal("0." + "0" * 255 + "1"), datetime.datetime(2026, 1, 1),
+    datetime.datetime(1969, 12, 31), [1, "a", [None, {"x": 2}]], (1, 2), {"k": object()},
+    [object()], object(), {1, 2}, {"k": 2**64}, {"a" * 255: 1}, {"a" * 256: 1}, {"é" * 127: 1},
+    {"é" * 128: 1}, {b"k": 1}, {1: 1}, {("t",): 1},
+]
+
+
+@pytest.mark.parametrize("value", _EDGES, ids=range(len(_EDGES)))
+def test_check_table_accepts_exactly_what_py_amqp_can_encode(value: Any) -> None:
+    """check_table walks the types instead of encoding the table: it must agree with
+    py-amqp's encoder, which is what basic_publish runs."""
+    headers = {"v": value}
+    try:
+        amqp.serialization.dumps("F", [headers])
+    except Exception:  # noqa: BLE001 - any failure of the encoder means "cannot be carried"
+        encodable = False
+    else:
+        encodable = True
+    if encodable:
+        wire.check_table(headers)
+    else:
+        with pytest.raises(TypeError):
+            wire.check_table(headers)
+
+
+def test_a_header_table_containing_itself_is_refused_as_a_type_error() -> None:
+    looped: dict[str, Any] = {}
+    looped["self"] = looped
+    with pytest.raises(TypeError):
+        wire.check_table({"v": looped})
