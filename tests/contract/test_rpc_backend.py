@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,12 +28,13 @@ from celeriac.protocol.message import Message
 from celeriac.result import ResultSet
 from celeriac.task import Context
 from celeriac.worker.request import run_message
-from tests.conftest import WorkerProcess
+from tests.conftest import RABBITMQ_HOST as HOST
+from tests.conftest import RABBITMQ_PORT as PORT
+from tests.conftest import WorkerProcess, private_vhost, rabbitmqctl
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
 
-HOST, PORT = "127.0.0.1", 5672
 TIMEOUT = 30.0
 
 CELERY_SIDE = '''
@@ -99,39 +98,15 @@ if __name__ == "__main__":
 
 
 # ---- RabbitMQ: one virtual host for this module -------------------------------------------------
-def _rabbitmq_up() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _ctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr}"
-    return done.stdout
+@pytest.fixture(scope="module")
+def broker_url() -> Iterator[str]:
+    with private_vhost() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def vhost() -> Iterator[str]:
-    if not _rabbitmq_up() or shutil.which("rabbitmqctl") is None:
-        message = f"RabbitMQ (and rabbitmqctl) is not available on {HOST}:{PORT}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: a missing broker is a failure, not a skip)")
-        pytest.skip(message)
-    name = f"celeriac-rpc-{uuid.uuid4().hex[:10]}"
-    _ctl("add_vhost", name)
-    try:
-        _ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield name
-    finally:
-        _ctl("delete_vhost", name)
-
-
-@pytest.fixture(scope="module")
-def broker_url(vhost: str) -> str:
-    return f"amqp://guest:guest@{HOST}:{PORT}/{vhost}"
+def vhost(broker_url: str) -> str:
+    return broker_url.rsplit("/", 1)[1]
 
 
 @pytest.fixture
@@ -148,8 +123,8 @@ def channel(vhost: str) -> Iterator[Any]:
 
 def _queues(vhost: str) -> dict[str, list[str]]:
     """name -> [durable, auto_delete, exclusive, arguments] as rabbitmqctl lists them."""
-    out = _ctl("list_queues", "-q", "--no-table-headers", "-p", vhost, "name", "durable",
-               "auto_delete", "exclusive", "arguments")
+    out = rabbitmqctl("list_queues", "--no-table-headers", "-p", vhost, "name", "durable",
+                      "auto_delete", "exclusive", "arguments")
     rows = [line.split("\t") for line in out.splitlines() if line.strip()]
     return {row[0]: row[1:] for row in rows}
 
