@@ -31,20 +31,23 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .. import states
 from ..exceptions import ContentDisallowed, DecodeError, ImproperlyConfigured, OperationalError
 from ..protocol import serialization
 from ..utils.amqp_url import SCHEMES, parse_url
+from ..utils.amqp_url import close_quietly as _close_quietly
+from ..utils.amqp_url import connection_params as amqp_connection_params
 from ..utils.extras import require
 from ..utils.forks import PidGuard
 from ..utils.urls import redact_url
@@ -96,25 +99,11 @@ def connection_params(broker_url: str, use_ssl: Any = None, connect_timeout: flo
             "the rpc:// result backend sends results through the broker, which must be "
             f"RabbitMQ (amqp://...): broker_url is {redact_url(url) if url else 'not set'!r}")
     try:
-        address = parse_url(url)
-        timeout = float(connect_timeout if connect_timeout is not None
-                        else address.options.get("connect_timeout", 4.0))
+        return amqp_connection_params(parse_url(url), ssl=use_ssl,
+                                      connect_timeout=connect_timeout,
+                                      login_method=login_method)
     except ValueError as exc:
         raise ImproperlyConfigured(f"broker_url {redact_url(url)!r}: {exc}") from None
-    ssl: Any = False
-    if isinstance(use_ssl, Mapping):
-        ssl = dict(use_ssl)
-    elif use_ssl or address.tls:
-        ssl = True
-    params: dict[str, Any] = {
-        "host": address.hostport, "userid": address.userid, "password": address.password,
-        "virtual_host": address.virtual_host, "ssl": ssl, "connect_timeout": timeout,
-        "heartbeat": 0,
-    }
-    method = login_method or address.options.get("login_method")
-    if method:
-        params["login_method"] = method
-    return params
 
 
 def queue_arguments(expires: float | None) -> dict[str, Any]:
@@ -179,12 +168,38 @@ def meta_from_reply(body: bytes, properties: Mapping[str, Any],
 
 class StateCache:
     """The latest state of each task, newest last, bounded (the oldest go first). A ready state is
-    never replaced by a state that is not (a late STARTED or RETRY after the end is stale)."""
+    never replaced by a state that is not (a late STARTED or RETRY after the end is stale). The
+    state of a task someone waits for (``wanted``) is never evicted: a ``wait_for`` without a
+    timeout would otherwise wait for ever for a state that came and went (the cache may then
+    hold more than ``limit`` while those waits last)."""
 
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
         self.limit = limit
         self.seq = 0
         self._entries: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+        self._wanted: Counter[str] = Counter()
+
+    def want(self, task_ids: Iterable[str]) -> None:
+        """Someone waits for these tasks: keep their states until ``unwant``."""
+        self._wanted.update(task_ids)
+
+    def unwant(self, task_ids: Iterable[str]) -> None:
+        self._wanted.subtract(task_ids)
+        self._wanted += Counter()  # drops the counts down to zero
+        self._evict()
+
+    def _evict(self) -> None:
+        excess = len(self._entries) - self.limit
+        if excess <= 0:
+            return
+        victims = []
+        for task_id in self._entries:  # oldest first
+            if task_id not in self._wanted:
+                victims.append(task_id)
+                if len(victims) == excess:
+                    break
+        for task_id in victims:
+            del self._entries[task_id]
 
     def put(self, task_id: str, meta: dict[str, Any]) -> bool:
         old = self._entries.get(task_id)
@@ -194,8 +209,7 @@ class StateCache:
         self.seq += 1
         self._entries[task_id] = (self.seq, meta)
         self._entries.move_to_end(task_id)
-        while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+        self._evict()
         return True
 
     def get(self, task_id: str) -> dict[str, Any] | None:
@@ -273,16 +287,6 @@ class _Link:
             self._drop()
 
 
-def _close_quietly(conn: Any) -> None:
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001 - a dead connection: drop it without the handshake
-        try:
-            conn.collect()
-        except Exception:  # noqa: BLE001
-            pass
-
-
 class _Listener:
     """The thread that consumes a client's reply queue and hands each reply to its backend. The
     first connection is made by the caller (so an unreachable broker is its error); later ones by
@@ -318,10 +322,15 @@ class _Listener:
         return conn
 
     def _on_message(self, message: Any) -> None:
-        body = message.body
-        if isinstance(body, str):  # py-amqp decodes bodies with a content_encoding
-            body = body.encode(message.properties.get("content_encoding") or "utf-8")
-        self.backend.on_reply(bytes(body), message.properties)
+        try:
+            body = message.body
+            if isinstance(body, str):  # py-amqp decodes bodies with a content_encoding
+                body = body.encode(message.properties.get("content_encoding") or "utf-8")
+            self.backend.on_reply(bytes(body), message.properties)
+        except Exception:  # a bug handling one reply is no lost connection: log it, go on
+            logger.exception("rpc:// reply queue %s: could not handle a reply (correlation_id "
+                             "%r)", self.backend.oid,
+                             getattr(message, "properties", {}).get("correlation_id"))
 
     def _run(self) -> None:
         pause = 0.5
@@ -330,7 +339,10 @@ class _Listener:
                 if self._conn is None:
                     self._conn = self._connect()
                     pause = 0.5
-                    logger.info("rpc:// reply queue %s: consuming again", self.backend.oid)
+                    logger.warning("rpc:// reply queue %s: consuming again; states sent while "
+                                   "it was not consumed may be lost (the queue is auto-delete, "
+                                   "as on Celery): wait for results with a timeout",
+                                   self.backend.oid)
                 self._conn.drain_events(timeout=_DRAIN_TICK)
             except TimeoutError:
                 continue
@@ -551,7 +563,7 @@ class RPCBackend(ResultBackend):
                  states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         listening = False
-        with self._cond:
+        with self._cond, self._wanting([task_id]):
             while True:
                 meta = self._cache.get(task_id)
                 if meta is not None and meta["status"] in states_wanted:
@@ -574,7 +586,7 @@ class RPCBackend(ResultBackend):
                       until_failure: bool = False) -> dict[str, dict[str, Any]]:
         deadline = None if timeout is None else time.monotonic() + timeout
         listening = False
-        with self._cond:
+        with self._cond, self._wanting(task_ids):
             while True:
                 done: dict[str, dict[str, Any]] = {}
                 failed = False
@@ -598,6 +610,16 @@ class RPCBackend(ResultBackend):
                 if remaining <= 0:
                     raise self._not_ready(timeout, pending)
                 self._cond.wait(min(remaining, _DRAIN_TICK))
+
+    @contextlib.contextmanager
+    def _wanting(self, task_ids: Sequence[str]) -> Iterator[None]:
+        """Hold ``_cond``. Keep the states of ``task_ids`` in the cache while this lasts."""
+        ids = list(task_ids)
+        self._cache.want(ids)
+        try:
+            yield
+        finally:
+            self._cache.unwant(ids)
 
     def forget(self, task_id: str) -> None:
         with self._cond:

@@ -31,7 +31,7 @@ from .base import Outgoing, Subscription, topic_matches
 
 __all__ = ["Binding", "FanoutFeed", "binding_of", "exchange_type_of", "kombu_member",
            "kombu_topic_matches", "kombu_topic_pattern", "matches", "parse_kombu_member",
-           "route", "warn_unroutable"]
+           "route", "route_outgoing", "warn_unroutable"]
 
 logger = logging.getLogger("celeriac.transport")
 
@@ -93,6 +93,32 @@ def exchange_type_of(bindings: Iterable[Binding], exchange: str,
         if binding.exchange == exchange:
             return binding.exchange_type
     return default
+
+
+def route_outgoing(items: Sequence[Outgoing], *, exchange_type: Callable[[str], str | None],
+                   queues: Callable[[str, str, str | None], list[str]],
+                   fanout: Callable[[Outgoing], None]) -> list[Outgoing]:
+    """``items`` with each routed one replaced by a copy per queue it reaches (unroutable ones
+    dropped with a warning), in order; the plain ones as they are. A routed item's exchange
+    type is its own ``exchange_type``, else ``exchange_type(exchange)`` (None: the bindings'
+    own); a fanout one goes to ``fanout(item)`` instead (the transport broadcasts it), the
+    others to ``queues(exchange, routing_key, kind)``."""
+    out: list[Outgoing] = []
+    for item in items:
+        if not item.routed:
+            out.append(item)
+            continue
+        key = item.routing_key or ""
+        kind = item.exchange_type or exchange_type(item.exchange)
+        if kind == "fanout":
+            fanout(item)
+            continue
+        reached = queues(item.exchange, key, kind)
+        if not reached:
+            warn_unroutable(item.exchange, key)
+        out.extend(Outgoing(q, item.message, item.not_before, item.exchange, key)
+                   for q in reached)
+    return out
 
 
 def warn_unroutable(exchange: str, routing_key: str) -> None:

@@ -22,7 +22,14 @@ from ..protocol.message import Message
 from ..utils import memory_wire
 from ..utils.registry import NamedRegistry
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
-from .bindings import Binding, FanoutFeed, binding_of, exchange_type_of, route, warn_unroutable
+from .bindings import (
+    Binding,
+    FanoutFeed,
+    binding_of,
+    exchange_type_of,
+    route,
+    route_outgoing,
+)
 from .memory_broadcast import MemoryBroadcastMixin
 
 READY, LEASED, DELAYED = 0, 1, 2
@@ -194,22 +201,12 @@ class MemoryTransport(MemoryBroadcastMixin):
             return list(items)
         with self._broker.cond:
             bindings = list(self._broker.bindings)
-        out: list[Outgoing] = []
-        for item in items:
-            if not item.routed:
-                out.append(item)
-                continue
-            key = item.routing_key or ""
-            kind = item.exchange_type or exchange_type_of(bindings, item.exchange)
-            if kind == "fanout":
-                self.broadcast(item.exchange, item.message, key)
-                continue
-            queues = route(bindings, item.exchange, key, exchange_type=kind)
-            if not queues:
-                warn_unroutable(item.exchange, key)
-            out.extend(Outgoing(q, item.message, item.not_before, item.exchange, key)
-                       for q in queues)
-        return out
+        return route_outgoing(
+            items, exchange_type=lambda exchange: exchange_type_of(bindings, exchange),
+            queues=lambda exchange, key, kind: route(bindings, exchange, key,
+                                                     exchange_type=kind),
+            fanout=lambda item: self.broadcast(item.exchange, item.message,
+                                               item.routing_key or ""))
 
     def publish(self, items: Sequence[Outgoing]) -> None:
         """Store every item at once (all or none); ``not_before`` holds an item until that time.

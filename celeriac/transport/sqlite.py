@@ -23,7 +23,14 @@ from ..protocol.message import Message
 from ..utils.forks import PidGuard
 from ..utils.sqlite import ChangeWaiter, connect, sqlite_path_from_url
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
-from .bindings import Binding, FanoutFeed, binding_of, exchange_type_of, route, warn_unroutable
+from .bindings import (
+    Binding,
+    FanoutFeed,
+    binding_of,
+    exchange_type_of,
+    route,
+    route_outgoing,
+)
 from .sqlite_broadcast import SQLiteBroadcastMixin
 
 # Row states. READY rows are fetchable now; LEASED and DELAYED rows become fetchable again once
@@ -277,22 +284,12 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         """(the items to store, with routed ones copied to each bound queue; the fanout ones)."""
         exchanges = list(dict.fromkeys(item.exchange for item in items if item.routed))
         bindings = self._bindings(conn, exchanges)
-        out: list[Outgoing] = []
         fanout: list[Outgoing] = []
-        for item in items:
-            if not item.routed:
-                out.append(item)
-                continue
-            key = item.routing_key or ""
-            kind = item.exchange_type or exchange_type_of(bindings, item.exchange)
-            if kind == "fanout":
-                fanout.append(item)
-                continue
-            queues = route(bindings, item.exchange, key, exchange_type=kind)
-            if not queues:
-                warn_unroutable(item.exchange, key)
-            out.extend(Outgoing(q, item.message, item.not_before, item.exchange, key)
-                       for q in queues)
+        out = route_outgoing(
+            items, exchange_type=lambda exchange: exchange_type_of(bindings, exchange),
+            queues=lambda exchange, key, kind: route(bindings, exchange, key,
+                                                     exchange_type=kind),
+            fanout=fanout.append)
         return out, fanout
 
     def publish(self, items: Sequence[Outgoing]) -> None:

@@ -1,7 +1,7 @@
 """Broker URLs for RabbitMQ: ``amqp://``, ``pyamqp://`` and ``amqps://`` read as kombu reads them.
 
-Layer: utils (pure: no I/O, no py-amqp), shared by the amqp:// transport and the rpc:// result
-backend. ``amqp://user:password@host:port/vhost?options``:
+Layer: utils (no I/O, no py-amqp import: ``close_quietly`` takes the connection), shared by
+the amqp:// transport and the rpc:// result backend. ``amqp://user:password@host:port/vhost?options``:
 the port defaults to 5672 (5671 for ``amqps``, which also turns TLS on), user and password to
 ``guest``, and the virtual host is the path after the first ``/``, percent-decoded, ``/`` when
 empty (``amqp://guest@localhost//`` and ``amqp://h/`` both name ``/``; ``amqp://h/foo`` names
@@ -11,6 +11,8 @@ empty (``amqp://guest@localhost//`` and ``amqp://h/`` both name ``/``; ``amqp://
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -20,6 +22,7 @@ SCHEMES = ("amqp", "pyamqp", "amqps")
 DEFAULT_PORT = 5672
 DEFAULT_TLS_PORT = 5671
 _TRUE = ("1", "true", "yes", "on")
+_logger = logging.getLogger("celeriac.transport.amqp")
 
 
 @dataclass(slots=True)
@@ -77,3 +80,36 @@ def _vhost(path: str) -> str:
     """The virtual host from the URL's path: what follows the first ``/``, ``/`` if nothing."""
     rest = path[1:] if path.startswith("/") else path
     return unquote(rest) or "/"
+
+
+def connection_params(address: BrokerAddress, *, ssl: Any = None,
+                      connect_timeout: float | None = None, login_method: str | None = None,
+                      heartbeat: float = 0) -> dict[str, Any]:
+    """py-amqp ``Connection`` keyword arguments for ``address``, as the amqp:// transport and the
+    rpc:// backend both read them: ``ssl`` is Celery's ``broker_use_ssl`` (a dict of ssl options,
+    or true; ``amqps://`` or ``?ssl=1`` mean TLS too); ``connect_timeout`` and ``login_method``
+    default to the URL's query options (4 s, py-amqp's own method)."""
+    tls: Any = dict(ssl) if isinstance(ssl, Mapping) else bool(ssl or address.tls)
+    params: dict[str, Any] = {
+        "host": address.hostport, "userid": address.userid, "password": address.password,
+        "virtual_host": address.virtual_host, "ssl": tls,
+        "connect_timeout": float(connect_timeout if connect_timeout is not None
+                                 else address.options.get("connect_timeout", 4.0)),
+        "heartbeat": int(heartbeat),
+    }
+    method = login_method or address.options.get("login_method")
+    if method:
+        params["login_method"] = method
+    return params
+
+
+def close_quietly(conn: Any) -> None:
+    """Close a py-amqp connection that may be broken already: without the close handshake if it
+    fails (``collect`` frees what it holds), never raising."""
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - already broken: nothing more to do with it
+        try:
+            conn.collect()
+        except Exception as exc:  # noqa: BLE001
+            _logger.debug("closing a broken AMQP connection: %r", exc)

@@ -14,7 +14,7 @@ peers); one found dead is dropped, the error raised is in ``transient_errors``, 
 opens a fresh connection (the producer's publish retry does exactly that).
 
 Consuming: one consumer connection per transport, opened by the first ``fetch``: ``basic_qos``
-(``global`` as Celery uses on RabbitMQ) raised to what the caller holds plus what it asks for,
+(``global`` as Celery uses on RabbitMQ) set to what the caller holds plus what it asks for,
 one ``basic_consume(no_ack=False)`` per queue, and reads of what the broker pushes: the fetch
 waits for the socket to become readable (``poll``, holding no lock), then reads the frames
 already there and returns at once. Only the fetching thread reads that connection; acks and
@@ -26,8 +26,9 @@ under the same lock, the wait itself still holding none). A warm shutdown's
 Heartbeats: the fetching thread calls ``heartbeat_tick`` on each pass and a small
 keepalive thread sends one whenever the interval asks, so a worker busy with long tasks (not
 fetching) keeps its connection. Messages with an ``eta`` that arrive early are held here,
-unacked, until due (raising the prefetch by one each, as Celery does): a worker runs them at
-their ETA without handing them back and forth.
+unacked, until due: a worker runs them at their ETA without handing them back and forth. The
+prefetch is kept at held + waiting for an ETA + asked for (``_fit_prefetch``), lowered as well
+as raised: Celery too raises it per held ETA task and lowers it when the task is released.
 
 Delivery semantics: the channel is the lease (no ``Leases`` capability): messages not acked when
 the connection closes or dies are redelivered by RabbitMQ (at-least-once with ``acks_late``).
@@ -56,7 +57,8 @@ from amqp import exceptions as amqp_errors
 
 from ...exceptions import ImproperlyConfigured
 from ...protocol.entities import Queue, as_queue
-from ...utils.amqp_url import BrokerAddress, parse_url
+from ...utils.amqp_url import BrokerAddress, connection_params, parse_url
+from ...utils.amqp_url import close_quietly as _close_quietly
 from ...utils.forks import PidGuard
 from ...utils.urls import redact_url
 from ..base import Delivery, Outgoing, check_queue_names
@@ -139,13 +141,17 @@ class _ConsumerConnection:
         return bool(self.tls and self.sock.pending())
 
     def unsettled(self, queue: str | None = None) -> int:
-        """Deliveries on this channel not yet acked or rejected (all queues, or one)."""
+        """Deliveries on this channel not yet acked or rejected (all queues, or one). Other
+        threads settle (``held``) and fetch (``waiting``, ``ready``) meanwhile: what is counted
+        is copied under ``write_lock``, which every ack and reject holds."""
+        with self.write_lock:
+            held = list(self.held.values())
+            waiting = [d.queue for _, _, d in list(self.waiting)]
+            ready = {q: len(d) for q, d in list(self.ready.items())}
         if queue is None:
-            return (len(self.held) + len(self.waiting)
-                    + sum(len(d) for d in self.ready.values()))
-        return (sum(1 for q in self.held.values() if q == queue)
-                + sum(1 for _, _, d in self.waiting if d.queue == queue)
-                + len(self.ready.get(queue, ())))
+            return len(held) + len(waiting) + sum(ready.values())
+        return (sum(1 for q in held if q == queue) + sum(1 for q in waiting if q == queue)
+                + ready.get(queue, 0))
 
 
 class _Producer:
@@ -214,15 +220,13 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         query = self.address.options
         self.heartbeat = float(heartbeat if heartbeat is not None
                                else query.get("heartbeat", 120.0))
-        self.connect_timeout = float(connect_timeout if connect_timeout is not None
-                                     else query.get("connect_timeout", 4.0))
-        self.login_method = login_method or query.get("login_method")
-        tls: bool | dict[str, Any] = self.address.tls
-        if ssl is not None and ssl is not False:
-            tls = dict(ssl) if isinstance(ssl, dict) else True
-        elif ssl is False and self.address.tls:
-            tls = True  # amqps:// always speaks TLS
-        self.ssl = tls
+        # amqps:// always speaks TLS, whatever ``ssl`` says
+        self._params = connection_params(self.address, ssl=ssl,
+                                         connect_timeout=connect_timeout,
+                                         login_method=login_method)
+        self.connect_timeout: float = self._params["connect_timeout"]
+        self.login_method: str | None = self._params.get("login_method")
+        self.ssl: bool | dict[str, Any] = self._params["ssl"]
         self.confirm_timeout = float(confirm_timeout)
         self.qos_global = bool(qos_global)
         self.max_priority = max_priority
@@ -262,14 +266,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
             self._init_state()
 
     def _connect(self, heartbeat: float) -> Any:
-        address = self.address
-        options: dict[str, Any] = {}
-        if self.login_method:
-            options["login_method"] = self.login_method
-        conn = amqp.Connection(
-            host=address.hostport, userid=address.userid, password=address.password,
-            virtual_host=address.virtual_host, ssl=self.ssl,
-            connect_timeout=self.connect_timeout, heartbeat=int(heartbeat), **options)
+        conn = amqp.Connection(**{**self._params, "heartbeat": int(heartbeat)})
         conn.connect()
         return conn
 
@@ -443,6 +440,11 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         current = self._consumer
         if current is not None and current.alive:
             return current
+        if current is not None:
+            # lost on a write (``_lose_from_writer``): its socket may still be up, holding its
+            # deliveries unacked (with heartbeat=0, for ever) and its descriptor open
+            self._consumer = None
+            _close_quietly(current.conn)
         conn = self._connect(self.heartbeat)
         current = _ConsumerConnection(conn, next(self._generation), bool(self.ssl))
         self._consumer = current
@@ -481,6 +483,9 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         check_queue_names(queues)
         if max_n < 1:
             raise ValueError(f"max_n must be at least 1, got {max_n!r}")
+        # first: a child forked while the parent's fetching thread held ``_read_lock`` has it
+        # locked for ever; ``_check_fork`` gives the child a fresh one
+        self._check_fork()
         unique = list(dict.fromkeys(queues))
         start = next(self._turn) % len(unique)
         order = unique[start:] + unique[:start]
@@ -537,9 +542,13 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
                deadline: float) -> list[Delivery]:
         # after a new consumer or a raised prefetch the broker sends a burst: read on until it
         # has been quiet a moment, so a first fetch does not return a lone message
+        self._sort_arrivals(current)  # ETA messages now due no longer count as waiting
         burst = self._subscribe(current, order, max_n)
         while True:
             self._sort_arrivals(current)
+            # messages held for their ETA take prefetch room: one basic_qos per read pass
+            # that changed what is held, not one per message
+            burst = self._fit_prefetch(current, order, max_n) or burst
             if self._ready_in(current, order) >= max_n:
                 break
             if burst:
@@ -563,13 +572,8 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         """Prefetch and consumers for this fetch; True if anything changed (a burst comes).
         On a new connection every queue is declared again (as first declared) before it is
         consumed."""
-        changed = False
-        want = len(current.held) + len(current.waiting) + max_n
+        changed = self._fit_prefetch(current, order, max_n)
         with current.io_lock():
-            if want > current.prefetch:
-                current.channel.basic_qos(0, want, self._qos_global(current, order))
-                current.prefetch = want
-                changed = True
             for queue in order:
                 if queue in current.consumers:
                     continue
@@ -584,6 +588,19 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
             if self.heartbeat > 0:
                 current.conn.heartbeat_tick()
         return changed
+
+    def _fit_prefetch(self, current: _ConsumerConnection, order: list[str], max_n: int) -> bool:
+        """Set the prefetch to what this transport holds (handed out, or kept for its ETA) plus
+        what the caller asks for, raising or lowering it: ``basic_qos`` (a round trip) only
+        when that changed. True if it went up (the broker sends more)."""
+        want = len(current.held) + len(current.waiting) + max_n
+        if want == current.prefetch:
+            return False
+        with current.io_lock():
+            current.channel.basic_qos(0, want, self._qos_global(current, order))
+        raised = want > current.prefetch
+        current.prefetch = want
+        return raised
 
     def _qos_global(self, current: _ConsumerConnection, order: list[str]) -> bool:
         """``qos_global``, unless a queue this transport declared or consumes is a quorum queue
@@ -642,13 +659,9 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
                                 {"delivery_tag": tag}, exchange, routing_key)
             if (not_before is not None and not_before > now
                     and not self._defers_natively(queue, message, not_before, now)):
+                # held until due: the fetch counts it in the prefetch (``_fit_prefetch``), so
+                # it does not stop the broker sending others
                 heapq.heappush(current.waiting, (not_before, next(self._seq), delivery))
-                # an ETA message held here must not stop the broker sending others (Celery
-                # raises its prefetch by one per held ETA task, too)
-                current.prefetch += 1
-                with current.io_lock():
-                    current.channel.basic_qos(0, current.prefetch,
-                                              self._qos_global(current, [queue]))
             else:
                 current.ready.setdefault(queue, collections.deque()).append(delivery)
         while current.waiting and current.waiting[0][0] <= now:
@@ -858,16 +871,6 @@ def _locked_writer(conn: Any, lock: Any) -> None:
             return inner(*args, **kwargs)
 
     conn.frame_writer = write
-
-
-def _close_quietly(conn: Any) -> None:
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001 - already broken: nothing more to do with it
-        try:
-            conn.collect()
-        except Exception as exc:  # noqa: BLE001
-            logger.debug("closing a broken AMQP connection: %r", exc)
 
 
 def _reply_text(exc: BaseException) -> str:

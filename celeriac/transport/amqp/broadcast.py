@@ -158,7 +158,7 @@ class AMQPSubscription:
 
 def _close(conn: Any) -> None:
     if conn is not None:
-        from . import _close_quietly
+        from ...utils.amqp_url import close_quietly as _close_quietly
 
         _close_quietly(conn)
 

@@ -185,7 +185,7 @@ class _Browse:
     def close(self) -> None:
         """Close the channel first (its close-ok comes after every ack sent before it), then
         the connection (which also releases the lock)."""
-        from . import _close_quietly
+        from ...utils.amqp_url import close_quietly as _close_quietly
 
         channel = getattr(self, "channel", None)
         if channel is not None:

@@ -337,8 +337,7 @@ class AMQPDelayedDeliveryMixin:
         with self._read_lock, current.write_lock:
             if current.held.pop(tag, None) is None:
                 return False
+            # from held to waiting: what the prefetch counts is unchanged (the next fetch fits
+            # it to held + waiting + what it asks, ``_fit_prefetch``)
             heapq.heappush(current.waiting, (float(not_before), next(self._seq), delivery))
-            current.prefetch += 1
-            current.channel.basic_qos(0, current.prefetch,
-                                      self._qos_global(current, [delivery.queue]))
         return True

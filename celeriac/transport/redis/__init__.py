@@ -42,7 +42,7 @@ from ..bindings import (
     kombu_topic_matches,
     parse_kombu_member,
     route,
-    warn_unroutable,
+    route_outgoing,
 )
 from . import scripts
 from .envelope import decode, decode_delivery, encode, list_name, priority_step
@@ -214,24 +214,16 @@ class RedisTransport(RedisBroadcastMixin):
         client = self._client
         members = {exchange: cast(set[bytes], client.smembers(
             f"{self.prefix}_kombu.binding.{exchange}")) for exchange in exchanges}
-        out: list[Outgoing] = []
-        for item in items:
-            if not item.routed:
-                out.append(item)
-                continue
-            key = item.routing_key or ""
-            kind = item.exchange_type or self._exchange_types.get(item.exchange)
-            if kind == "fanout":
-                self.broadcast(item.exchange, item.message, key)
-                continue
-            bindings = [b for b in (parse_kombu_member(m, item.exchange, kind, self.sep)
-                                    for m in members[item.exchange]) if b is not None]
-            queues = sorted(route(bindings, item.exchange, key, topic=kombu_topic_matches))
-            if not queues:
-                warn_unroutable(item.exchange, key)
-            out.extend(Outgoing(q, item.message, item.not_before, item.exchange, key)
-                       for q in queues)
-        return out
+
+        def queues(exchange: str, key: str, kind: str | None) -> list[str]:
+            bindings = [b for b in (parse_kombu_member(m, exchange, kind, self.sep)
+                                    for m in members[exchange]) if b is not None]
+            return sorted(route(bindings, exchange, key, topic=kombu_topic_matches))
+
+        return route_outgoing(
+            items, exchange_type=self._exchange_types.get, queues=queues,
+            fanout=lambda item: self.broadcast(item.exchange, item.message,
+                                               item.routing_key or ""))
 
     def _binding(self, queue: str, routing_key: str | None = None) -> str:
         key = queue if routing_key is None else routing_key

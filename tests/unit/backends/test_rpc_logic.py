@@ -252,3 +252,59 @@ def test_groups_cannot_be_saved(app):
         backend.restore_group("g")
     with pytest.raises(NotImplementedError, match="keeps no stored values"):
         backend.set_value("k", 1)
+
+
+def test_cache_keeps_the_states_of_tasks_waited_for():
+    cache = StateCache(limit=2)
+    cache.want(["waited"])
+    cache.put("waited", {"status": states.SUCCESS})
+    for n in range(5):
+        cache.put(f"other{n}", {"status": states.SUCCESS})
+    assert cache.get("waited") == {"status": states.SUCCESS}  # kept, however old
+    assert [cache.get(f"other{n}") is not None for n in range(5)] == [False] * 4 + [True]
+    cache.want(["waited"])
+    cache.unwant(["waited"])  # a second waiter still waits
+    cache.put("other5", {"status": states.SUCCESS})
+    assert cache.get("waited") is not None and len(cache) == 2
+    cache.unwant(["waited"])  # nobody waits any more: it goes first, as the oldest
+    cache.put("other6", {"status": states.SUCCESS})
+    assert cache.get("waited") is None and len(cache) == 2
+
+
+def test_wait_for_without_timeout_finds_a_state_many_later_ones_would_evict(app, monkeypatch):
+    backend = app.backend
+    backend._cache.limit = 3
+
+    def listener_delivers_a_burst():
+        # the waited-for end arrives, then more ends than the cache holds, before the waiter
+        # looks (wait_for starts the listener with its lock released)
+        for task_id in ["t-waited", *(f"t{n}" for n in range(10))]:
+            backend.on_reply(*_reply(task_id))
+        if backend._cache.get("t-waited") is None:  # else wait_for(timeout=None) never returns
+            raise AssertionError("the state of the task waited for was evicted")
+
+    monkeypatch.setattr(backend, "_ensure_listener", listener_delivers_a_burst)
+    got = backend.wait_for("t-waited")
+    assert got["status"] == states.SUCCESS and got["task_id"] == "t-waited"
+
+
+def _reply(task_id):
+    body = json.dumps({"status": states.SUCCESS, "result": 1, "traceback": None,
+                       "children": [], "task_id": task_id, "date_done": None}).encode()
+    return body, {"correlation_id": task_id, "content_type": "application/json",
+                  "content_encoding": "utf-8"}
+
+
+def test_a_reply_the_backend_fails_on_is_logged_not_taken_for_a_lost_connection(
+        app, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from celeriac.backends.rpc import _Listener
+
+    def broken(body, properties):
+        raise KeyError("a bug in on_reply")
+
+    monkeypatch.setattr(app.backend, "on_reply", broken)
+    message = SimpleNamespace(body=b"{}", properties={"correlation_id": "t1"})
+    _Listener(app.backend)._on_message(message)  # raises nothing: _run would reconnect
+    assert "could not handle a reply" in caplog.text and "a bug in on_reply" in caplog.text

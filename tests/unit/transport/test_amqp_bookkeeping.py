@@ -1,0 +1,143 @@
+"""The amqp:// transport's own bookkeeping, on a fake connection that records what is written:
+the prefetch it asks for as ETA messages come and go, and counting what it holds while other
+threads settle. What the broker does with those frames is tested on RabbitMQ
+(tests/integration/test_amqp_*.py, tests/contract)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from celeriac.protocol.message import Message
+from celeriac.transport.amqp import AMQPTransport, _ConsumerConnection
+from celeriac.transport.amqp.wire import to_amqp
+from celeriac.transport.base import Delivery
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.auto_decode = True
+        self.qos: list[int] = []
+        self.acked: list[int] = []
+
+    def basic_qos(self, size: int, count: int, global_: bool) -> None:
+        self.qos.append(count)
+
+    def basic_ack(self, tag: int) -> None:
+        self.acked.append(tag)
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self._channel = FakeChannel()
+        self.sock, self._peer = socket.socketpair()
+        self.frame_writer = lambda *args, **kwargs: None
+
+    def channel(self) -> FakeChannel:
+        return self._channel
+
+    def close(self) -> None:
+        self.sock.close()
+        self._peer.close()
+
+
+@pytest.fixture
+def consumer() -> Any:
+    transport = AMQPTransport("amqp://guest:guest@127.0.0.1:5672//", heartbeat=0)
+    conn = FakeConnection()
+    current = _ConsumerConnection(conn, 1, tls=False)
+    current.declared.add("q")
+    current.consumers["q"] = "ctag"
+    current.queues_of["ctag"] = "q"
+    transport._consumer = current
+    yield transport, current, conn._channel
+    conn.close()
+
+
+def _arrival(tag: int, not_before: float | None) -> Any:
+    msg = to_amqp(Message(b"x", headers={"id": f"t{tag}"}), not_before=not_before)
+    msg.delivery_info = {"consumer_tag": "ctag", "delivery_tag": tag, "redelivered": False,
+                         "exchange": "", "routing_key": "q"}
+    return msg
+
+
+def _fetch(transport: AMQPTransport, current: Any, max_n: int,
+           arrivals: list[Any]) -> list[Delivery]:
+    """One fetch, the broker pushing ``arrivals`` at its first read."""
+    pushed = list(arrivals)
+
+    def read(current: Any, wait: float) -> bool:
+        current.arrived.extend(pushed)
+        got = bool(pushed)
+        pushed.clear()
+        return got
+
+    transport._read = read  # type: ignore[method-assign]
+    return transport._fetch(current, ["q"], max_n, time.monotonic())
+
+
+def test_prefetch_follows_held_eta_messages_down_as_well_as_up(consumer: Any) -> None:
+    transport, current, channel = consumer
+    later = time.time() + 3600
+    # asks for 2; the broker pushes three early ETA messages and one due now
+    got = _fetch(transport, current, 2, [_arrival(1, later), _arrival(2, later),
+                                         _arrival(3, later), _arrival(4, None)])
+    assert [d.receipt[1] for d in got] == [4]
+    assert len(current.waiting) == 3
+    # the first basic_qos, then one for the read that held three: not one per message
+    assert channel.qos == [2, 5]
+    # the task runs and is acked; the three ETA messages are still held
+    assert transport.ack(got) == [True]
+    _fetch(transport, current, 2, [])
+    assert channel.qos == [2, 5]  # unchanged: 3 held for their ETA + 2 asked for
+    # their ETA passes: they are handed out, run and acked: the window shrinks back
+    current.waiting = [(0.0, seq, d) for seq, (_, _, d) in enumerate(current.waiting)]
+    released = _fetch(transport, current, 3, [])
+    assert sorted(d.receipt[1] for d in released) == [1, 2, 3]
+    assert transport.ack(released) == [True, True, True]
+    _fetch(transport, current, 2, [])
+    assert channel.qos == [2, 5, 3, 2]
+    # a fetch that changes nothing sends no basic_qos (it is a round trip)
+    sent = len(channel.qos)
+    _fetch(transport, current, 2, [])
+    assert len(channel.qos) == sent
+
+
+def test_qsize_counts_a_copy_while_other_threads_settle(consumer: Any,
+                                                        monkeypatch: Any) -> None:
+    transport, current, channel = consumer
+    monkeypatch.setattr(transport, "_count", lambda queue, purge: 0)
+    message = Message(b"x", headers={"id": "t"})
+    deliveries = [Delivery(message, "q", (1, tag), 1, False, {"delivery_tag": tag}, "", "q")
+                  for tag in range(1, 20001)]
+    for delivery in deliveries:
+        current.held[delivery.receipt[1]] = "q"
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def settle() -> None:
+        try:
+            for delivery in deliveries:
+                transport.ack([delivery])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=settle)
+    thread.start()
+    counts = []
+    try:
+        while not done.is_set():
+            counts.append(transport.qsize("q"))
+    except RuntimeError as exc:  # "dictionary changed size during iteration"
+        errors.append(exc)
+    thread.join()
+    assert not errors
+    assert counts == sorted(counts, reverse=True)  # only ever settled meanwhile
+    assert transport.qsize("q") == 0
+
