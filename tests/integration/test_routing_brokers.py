@@ -18,6 +18,7 @@ import pytest
 from celeriac import Broadcast, Celery, Queue
 from celeriac.testing import start_worker
 from tests.conftest import private_redis_db, private_vhost
+from tests.routing_example import use_issue_routing
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -58,12 +59,7 @@ def _issue_app(url: str, **conf: Any) -> Celery:
     """Issue 12's configuration, with tasks that report what they saw."""
     app = Celery(f"routing-{uuid.uuid4().hex[:6]}", broker=url, backend=_RESULTS.get(url, url),
                  set_as_current=False)
-    app.conf.task_default_queue = "default"
-    app.conf.task_queues = (Queue("default", routing_key="task.#"),
-                            Queue("feed_tasks", routing_key="feed.#"))
-    app.conf.task_default_exchange = "tasks"
-    app.conf.task_default_exchange_type = "topic"
-    app.conf.task_default_routing_key = "task.default"
+    use_issue_routing(app.conf, Queue)
     app.conf.update(conf)
 
     @app.task(name="routing.ping_task", queue="feed_tasks", bind=True)

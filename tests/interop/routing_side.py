@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any
 
+from tests.routing_example import use_issue_routing
+
 URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/12")
 BROKER = os.environ.get("INTEROP_BROKER_URL", URL)
 IMPL = os.environ.get("INTEROP_IMPL", "celery")
@@ -28,12 +30,7 @@ else:
 app = Celery(f"interop_routing_{IMPL}", broker=BROKER, backend=URL)
 app.conf.update(accept_content=["json"], broker_connection_retry_on_startup=True,
                 worker_hijack_root_logger=True)
-app.conf.task_default_queue = "default"
-app.conf.task_queues = (Queue("default", routing_key="task.#"),
-                        Queue("feed_tasks", routing_key="feed.#"))
-app.conf.task_default_exchange = "tasks"
-app.conf.task_default_exchange_type = "topic"
-app.conf.task_default_routing_key = "task.default"
+use_issue_routing(app.conf, Queue)
 
 
 @app.task(name="routing.ping", queue="feed_tasks", bind=True)

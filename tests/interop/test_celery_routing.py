@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import REPO, WorkerProcess, rabbitmqctl
+from tests.routing_example import use_issue_routing
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
 
@@ -123,12 +124,7 @@ def test_celeriac_client_reaches_a_celery_worker_through_the_topic_exchange(star
 
     app = Celery("routing-client", broker=broker_url, backend=interop_url,
                  set_as_current=False, accept_content=["json"])
-    app.conf.task_default_queue = "default"
-    app.conf.task_queues = (Queue("default", routing_key="task.#"),
-                            Queue("feed_tasks", routing_key="feed.#"))
-    app.conf.task_default_exchange = "tasks"
-    app.conf.task_default_exchange_type = "topic"
-    app.conf.task_default_routing_key = "task.default"
+    use_issue_routing(app.conf, Queue)
     try:
         result = app.send_task("routing.ping", queue="feed_tasks")
         assert result.get(timeout=TIMEOUT) == {"impl": "celery",
