@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -85,7 +86,10 @@ _NOT_TRANSIENT = ("unable to open database file",)
 
 
 def _retriable(exc: BaseException, transient: tuple[type[BaseException], ...]) -> bool:
-    """Whether ``exc``, raised while first reaching the broker, may go away by waiting."""
+    """Whether ``exc``, raised while first reaching the broker, may go away by waiting (not a
+    TLS certificate the client refuses: an OSError, but only a change of settings fixes it)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return False
     return isinstance(exc, transient) and not any(text in str(exc) for text in _NOT_TRANSIENT)
 
 
@@ -427,9 +431,12 @@ class Worker:
             except unreachable as exc:
                 reason = one_line(exc).rstrip(".")  # the sentence ends below
                 if not _retriable(exc, transient):
+                    check = ("the host name in the URL and broker_use_ssl's ca_certs"
+                             if isinstance(exc, ssl.SSLCertVerificationError)
+                             else "the URL, the path and its permissions")
                     return self._give_up(
                         f"Cannot use the broker at {url}: {reason}. Not retrying: waiting "
-                        "will not fix this (check the URL, the path and its permissions).")
+                        f"will not fix this (check {check}).")
                 if not retry:
                     return self._give_up(
                         f"Cannot connect to {url}: {reason}. Not retrying "
