@@ -57,7 +57,8 @@ DEFAULTS: dict[str, Any] = {
     # -- tasks
     "task_acks_late": False, "task_acks_on_failure_or_timeout": True,
     "task_always_eager": False, "task_annotations": None, "task_compression": None,
-    "task_create_missing_queues": True, "task_inherit_parent_priority": False,
+    "task_create_missing_queues": True, "task_create_missing_queue_type": "classic",
+    "task_create_missing_queue_exchange_type": None, "task_inherit_parent_priority": False,
     "task_default_delivery_mode": 2, "task_default_queue": "celery",
     "task_default_queue_type": "classic", "task_default_exchange": None,
     "task_default_exchange_type": "direct", "task_default_routing_key": None,

@@ -123,13 +123,20 @@ class Producer:
                                  self.soft_time_limit)
 
         route_task = _task if route_name is None else self.app.tasks.get(route_name)
-        route = self.router.route({"queue": queue, **extra} if queue is not None else dict(extra),
-                                  route_name or name, args, kwargs,
-                                  task_queue=route_task.queue if route_task is not None else None,
-                                  task=route_task)
+        route, matched = self.router.route_and_match(
+            {"queue": queue, **extra} if queue is not None else dict(extra),
+            route_name or name, args, kwargs,
+            task_queue=route_task.queue if route_task is not None else None, task=route_task)
         # the call's priority, the task's, the route's, then task_default_priority
         priority = _first(priority, from_task("priority"), route.get("priority"),
                           self.default_priority)
+        if priority is None and not (_task is not None and (queue or from_task("queue"))
+                                     and not matched and self._amqp_broker()):
+            # Celery's producer sends 0 (kombu's default), except from Task.apply_async to a
+            # queue the call or the task names when no task_routes entry answers: Celery's
+            # router hands that call's priority=None on as it is, and py-amqp leaves the AMQP
+            # property out, where kombu's Redis transport writes 0 (docs/rabbitmq.md)
+            priority = 0
         exchange, routing_key = self.router.publish_target(route)
 
         message = v2.encode_task(
@@ -152,18 +159,24 @@ class Producer:
         return Outgoing("", message, not_before, exchange, routing_key,
                         self.router.exchange_type(route, exchange))
 
+    def _amqp_broker(self) -> bool:
+        """Whether the priority property may be left out as py-amqp leaves it (the Redis,
+        SQLite and memory brokers keep kombu's 0)."""
+        return self.app.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
     def _reply_to(self, given: str | None) -> str:
         """The message's ``reply_to``: the call's, else the result store's reply address
         (rpc://: this client's reply queue, declared before a task naming it is first sent;
-        not from inside a running task, where Celery does not declare it either). A result
+        not from inside a running task, where Celery does not declare it either), else the
+        app's oid, which Celery sends whatever the result store (only rpc:// reads it). A result
         store that cannot be built does not stop the send: its error comes when results are
         read (and a broker's own error, for the same missing package, comes first)."""
         try:
             backend = self.app.backend
         except ImproperlyConfigured:
-            return given or ""
+            return given or self.app.oid
         own = backend.reply_to
-        address = given or own or ""
+        address = given or own or self.app.oid
         if own and address == own and _context.current_worker_request() is None:
             backend.prepare_replies()
         return address

@@ -136,7 +136,9 @@ class Router:
     Queues in ``task_queues`` without an exchange get ``task_default_exchange`` (of
     ``task_default_exchange_type``), and those without a routing key get
     ``task_default_routing_key``; both default to ``task_default_queue``. A queue created on
-    first use gets a direct exchange and routing key of its own name.
+    first use gets an exchange (``task_create_missing_queue_exchange_type``, else direct) and
+    routing key of its own name, and is a quorum queue if ``task_create_missing_queue_type``
+    says so.
     """
 
     def __init__(self, conf: Any) -> None:
@@ -148,8 +150,15 @@ class Router:
         self.default_routing_key: str = (get("task_default_routing_key", None)
                                          or self.default_queue)
         self.create_missing = bool(get("task_create_missing_queues", True))
+        #: Celery 5.5+'s task_create_missing_queue_type ("classic" or "quorum") and
+        #: task_create_missing_queue_exchange_type (else a direct exchange): what a queue
+        #: created on first use is declared as, so a Celery app with the same settings declares
+        #: it identically
+        self.missing_queue_type: str | None = get("task_create_missing_queue_type", "classic")
         self.missing_exchange_type: str = (
             get("task_create_missing_queue_exchange_type", None) or "direct")
+        #: task_default_queue_type: the default queue's, when task_queues defines none
+        self.default_queue_type: str | None = get("task_default_queue_type", "classic")
         #: name -> Queue: the configured queues, plus those created on first use
         self.queues: dict[str, Queue] = {}
         #: alias -> Queue (``Broadcast`` queues are named by their alias)
@@ -157,7 +166,9 @@ class Router:
         for queue in _declared_queues(conf):
             self._add(queue)
         if not self.queues:
-            self._add(Queue(self.default_queue, self.default_exchange, self.default_routing_key))
+            self._add(Queue(self.default_queue, self.default_exchange, self.default_routing_key,
+                            queue_arguments=({"x-queue-type": "quorum"}
+                                             if self.default_queue_type == "quorum" else None)))
         #: what a worker consumes without ``-Q``
         self.configured: list[str] = list(self.queues)
         self.routes = _prepare_routes(get("task_routes", None))
@@ -195,8 +206,16 @@ class Router:
     def route(self, options: dict[str, Any], name: str, args: Any = (),
               kwargs: dict[str, Any] | None = None, task_queue: str | Queue | None = None, *,
               task: Any = None) -> dict[str, Any]:
+        """``route_and_match`` without whether a ``task_routes`` entry answered."""
+        return self.route_and_match(options, name, args, kwargs, task_queue, task=task)[0]
+
+    def route_and_match(self, options: dict[str, Any], name: str, args: Any = (),
+                        kwargs: dict[str, Any] | None = None,
+                        task_queue: str | Queue | None = None, *,
+                        task: Any = None) -> tuple[dict[str, Any], bool]:
         """Return ``options`` completed with ``queue`` (a name, or None when the message goes
-        to an exchange without a queue), ``exchange`` (a name or None) and ``routing_key``.
+        to an exchange without a queue), ``exchange`` (a name or None) and ``routing_key``, and
+        whether a ``task_routes`` entry answered.
 
         As in Celery, the call's options come first, then the task's own ``queue``, then the
         first ``task_routes`` entry that answers (its other options, e.g. ``priority``, apply
@@ -211,6 +230,7 @@ class Router:
             if result:
                 found = _as_route(result)
                 break
+        matched = bool(found)
         if "queue" in explicit:  # the call's (or task's) queue replaces the route's destination
             for key in ("queue", "exchange", "routing_key", "exchange_type"):
                 found.pop(key, None)
@@ -227,7 +247,7 @@ class Router:
             merged.setdefault("exchange_type", as_exchange(exchange).type)
         merged["exchange"] = _exchange_name(exchange)
         merged.setdefault("routing_key", None)
-        return merged
+        return merged, matched
 
     def publish_target(self, route: dict[str, Any]) -> tuple[str, str]:
         """The exchange and routing key a routed message is published with, as Celery's
@@ -278,6 +298,11 @@ class Router:
         if not self.create_missing:
             raise QueueNotFound(f"Queue {queue!r} missing from task_queues "
                                 "(and task_create_missing_queues is off)") from None
-        created = Queue(queue, Exchange(queue, self.missing_exchange_type), queue)
+        kind = self.missing_queue_type
+        if kind and kind != "classic" and kind != "quorum":
+            raise ValueError(f"Invalid queue type {kind!r} (task_create_missing_queue_type): "
+                             "valid types are 'classic' and 'quorum'.")
+        created = Queue(queue, Exchange(queue, self.missing_exchange_type), queue,
+                        queue_arguments={"x-queue-type": kind} if kind == "quorum" else None)
         self.queues[queue] = created
         return created

@@ -79,7 +79,7 @@ def encode_task(*, name: str, task_id: str, args: list[Any] | tuple[Any, ...] = 
                 chain: list[Any] | None = None, chord: dict[str, Any] | None = None,
                 origin: str | None = None,
                 ignore_result: bool | None = False, reply_to: str = "",
-                priority: int | None = None, argsrepr: str | None = None,
+                priority: int | None = 0, argsrepr: str | None = None,
                 kwargsrepr: str | None = None, headers: dict[str, Any] | None = None,
                 stamped_headers: list[str] | None = None, stamps: dict[str, Any] | None = None,
                 replaced_task_nesting: int = 0, now: datetime | None = None) -> Message:
@@ -88,6 +88,11 @@ def encode_task(*, name: str, task_id: str, args: list[Any] | tuple[Any, ...] = 
     ``eta``/``expires`` without a timezone are taken as UTC. ``now`` is only used for the AMQP
     ``expiration`` property (milliseconds left until ``expires``); pass the time the caller
     derived ``expires`` from so the two agree.
+
+    ``priority`` is sent as given, not clamped: each transport clamps as kombu's does (RabbitMQ
+    carries 0..255 and the queue's ``x-max-priority`` caps it; Redis keeps the number and picks
+    the sub-list of its value clamped to 0..9). None leaves the property out, as Celery's
+    ``apply_async(queue=...)`` without a priority does (the Redis envelope then says 0).
     """
     if not isinstance(args, (list, tuple)):
         raise TypeError(f"task args must be a list or tuple, not {type(args).__name__}")
@@ -106,7 +111,8 @@ def encode_task(*, name: str, task_id: str, args: list[Any] | tuple[Any, ...] = 
         left = (expires - _aware(now or datetime.now(timezone.utc))).total_seconds()
         # Celery sends 0 (not a negative TTL) for an expiry already in the past.
         properties["expiration"] = str(int(max(left, 0) * 1000))
-    properties["priority"] = 0 if priority is None else min(max(int(priority), 0), 9)
+    if priority is not None:
+        properties["priority"] = int(priority)
 
     table = {
         "lang": "py",

@@ -247,3 +247,63 @@ def test_rabbitmqs_delivery_limit_on_a_quorum_queue_dead_letters_into_the_store(
     assert letter.reason == "RabbitMQ dead-lettered it (delivery_limit)"
     assert app.transport.qsize("celery") == 0
     assert result.state == states.PENDING  # RabbitMQ drops it without a result, as for Celery
+
+
+def test_priorities_above_9_reach_rabbitmq_and_the_queues_x_max_priority_caps_them(
+        vhost, tmp_path):
+    """Celery on RabbitMQ sends ``priority=20`` as 20 (kombu clamps to 0..9 only on Redis):
+    on a queue of ``x-max-priority`` 30, 20 runs before 10."""
+    app, seen = _priority_app(vhost, f"sqlite:///{tmp_path / 'results.db'}", task_queues=(
+        Queue("celery", queue_arguments={"x-max-priority": 30}),))
+    try:
+        record = app.tasks["prio.record"]
+        sent = [record.apply_async((f"{p}-{i}",), priority=p)
+                for i in range(3) for p in (10, 20)]
+        with start_worker(app, pool="solo", prefetch_multiplier=1, perform_ping_check=False):
+            for result in sent:
+                result.get(timeout=PATIENCE)
+        assert seen == [f"20-{i}" for i in range(3)] + [f"10-{i}" for i in range(3)]
+    finally:
+        app.close()
+
+
+_CELERY_SENDS = """
+import sys
+from celery import Celery
+app = Celery("oracle", broker=sys.argv[1])
+app.conf.task_create_missing_queue_type = sys.argv[2]
+app.conf.task_create_missing_queue_exchange_type = sys.argv[3]
+app.send_task("prio.record", ("celery",), queue="made_on_first_use")
+"""
+
+
+@pytest.mark.parametrize("first", ["celery", "celeriac"])
+@pytest.mark.parametrize(("queue_type", "exchange_type"), [("quorum", "topic"),
+                                                           ("classic", "topic")])
+def test_a_queue_created_on_first_use_is_declared_as_celery_declares_it(
+        vhost, tmp_path, first, queue_type, exchange_type):
+    """``task_create_missing_queue_type``/``_exchange_type``: a Celery 5.7 client and celeriac
+    with the same settings declare the queue alike, in either order (else RabbitMQ refuses the
+    second with PRECONDITION_FAILED)."""
+    app, seen = _priority_app(vhost, f"sqlite:///{tmp_path / 'results.db'}",
+                              task_create_missing_queue_type=queue_type,
+                              task_create_missing_queue_exchange_type=exchange_type)
+
+    def celery_sends() -> None:
+        done = subprocess.run([sys.executable, "-c", _CELERY_SENDS, vhost, queue_type,
+                               exchange_type], capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+
+    try:
+        record = app.tasks["prio.record"]
+        if first == "celery":
+            celery_sends()
+        sent = record.apply_async(("celeriac",), queue="made_on_first_use")
+        if first == "celeriac":
+            celery_sends()
+        assert _queue_info(vhost, "made_on_first_use")["type"] == queue_type
+        with start_worker(app, pool="solo", queues=["made_on_first_use"],
+                          perform_ping_check=False):
+            assert sent.get(timeout=PATIENCE) == "celeriac"
+    finally:
+        app.close()

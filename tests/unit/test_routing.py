@@ -389,3 +389,33 @@ def test_binding_of_a_queue():
         "feed_tasks", "tasks", "topic", "feed.#")
     assert binding_of("plain") == Binding("plain", "plain", "direct", "plain")
     assert binding_of(Queue("anon", Exchange(""), "k")) is None  # the default exchange
+
+
+# ---- Celery 5.5+'s task_create_missing_queue_type / _exchange_type ---------------------------
+def test_a_missing_queue_is_classic_by_default_with_a_direct_exchange():
+    created = _router().resolve("new")
+    assert created.queue_arguments == {}
+    assert (created.exchange.name, created.exchange.type, created.routing_key) == (
+        "new", "direct", "new")
+
+
+def test_a_missing_queue_takes_the_configured_queue_and_exchange_types():
+    created = _router(task_create_missing_queue_type="quorum",
+                      task_create_missing_queue_exchange_type="topic").resolve("new")
+    assert created.queue_arguments == {"x-queue-type": "quorum"}
+    assert (created.exchange.name, created.exchange.type) == ("new", "topic")
+    # configured queues are left as they are
+    router = _router(task_create_missing_queue_type="quorum", task_queues=[Queue("mine")])
+    assert router.resolve("mine").queue_arguments == {}
+
+
+def test_an_unknown_missing_queue_type_is_refused_when_a_queue_is_created():
+    router = _router(task_create_missing_queue_type="stream")  # as Celery: only on creation
+    with pytest.raises(ValueError, match="classic.*quorum"):
+        router.resolve("new")
+
+
+def test_the_default_queue_is_quorum_with_task_default_queue_type():
+    assert _router(task_default_queue_type="quorum").resolve("celery").queue_arguments == {
+        "x-queue-type": "quorum"}
+    assert _router().resolve("celery").queue_arguments == {}

@@ -43,7 +43,8 @@ _UINT64_MAX = 2**64 - 1
 def to_amqp(message: Message, *, not_before: float | None = None,
             route: tuple[str, str] | None = None) -> Any:
     """The ``amqp.Message`` to publish. Raises TypeError (before anything is sent) for a header
-    value AMQP cannot carry."""
+    value AMQP cannot carry, ValueError for a priority outside 0..255. A message without a
+    ``priority`` property is sent without one."""
     headers = dict(message.headers)
     properties: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -54,6 +55,11 @@ def to_amqp(message: Message, *, not_before: float | None = None,
             extra[key] = value
     if extra:
         headers[EXTRA_PROPERTIES] = extra
+    priority = properties.get("priority")
+    if priority is not None and not 0 <= priority <= 255:
+        # an AMQP octet; RabbitMQ caps it at the queue's x-max-priority (Celery fails here too,
+        # in py-amqp's encoder, after the connection is in use)
+        raise ValueError(f"an AMQP message priority is 0..255, not {priority!r}")
     if not_before is not None and headers.get("eta") is None:
         headers[NOT_BEFORE] = float(not_before)
     if route is not None:

@@ -27,6 +27,8 @@ def encode(message: Message, queue: str, delivery_tag: str, *, lenient: bool = F
            exchange: str = "", routing_key: str | None = None) -> str:
     """The envelope text for ``message`` published to ``queue`` (raises TypeError on odd values),
     recording ``exchange`` and ``routing_key`` (default: the queue's name) as kombu does.
+    The priority is kept as given, not clamped (kombu clamps it to 0..9 only to pick the
+    sub-list, ``priority_step``).
 
     ``lenient`` (dead letters, which must always store) turns unserializable values into their repr.
     """

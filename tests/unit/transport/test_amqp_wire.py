@@ -171,3 +171,73 @@ def test_a_header_table_containing_itself_is_refused_as_a_type_error() -> None:
     looped["self"] = looped
     with pytest.raises(TypeError):
         wire.check_table({"v": looped})
+
+
+# ---- priorities (Celery 5.7 observed on RabbitMQ 3.10: apply_async(priority=20) sends 20,
+# apply_async(queue=...) without one sends no priority property, delay() sends 0) -----------
+def _app_message(broker: str, call: Any) -> Message:
+    from celeriac import Celery
+
+    app = Celery(f"wire-{broker[:4]}", broker=broker, backend="sqlite:///:memory:",
+                 set_as_current=False)
+    app.conf.task_routes = {"routed": {"queue": "by_route"}}
+
+    @app.task(name="plain")
+    def plain() -> None: ...
+
+    @app.task(name="routed")
+    def routed() -> None: ...
+
+    try:
+        return call(app).message
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize(("call", "priority"), [
+    (lambda app: app.producer.build("plain", _task=app.tasks["plain"], priority=20), 20),
+    (lambda app: app.producer.build("plain", _task=app.tasks["plain"], priority=255), 255),
+    (lambda app: app.producer.build("plain", _task=app.tasks["plain"]), 0),
+    (lambda app: app.producer.build("plain", _task=app.tasks["plain"], queue="q"), None),
+    (lambda app: app.producer.build("plain", queue="q"), 0),  # app.send_task
+    (lambda app: app.producer.build("routed", _task=app.tasks["routed"], queue="q"), 0),
+])
+def test_the_priority_property_is_sent_or_left_out_as_celery_does(call: Any,
+                                                                  priority: int | None) -> None:
+    built = _app_message("amqp://guest:guest@127.0.0.1:5672//", call)
+    sent = wire.to_amqp(built)
+    assert sent.properties.get("priority") == priority
+    flags = int.from_bytes(sent._serialize_properties()[:2], "big")
+    assert bool(flags & 0x0800) == (priority is not None)  # the priority property flag
+    back, _, _ = wire.from_amqp(sent)
+    assert back.properties.get("priority") == priority
+
+
+def test_redis_keeps_kombus_priority_0_where_amqp_leaves_it_out() -> None:
+    import json
+
+    from celeriac.transport.redis.envelope import encode
+
+    built = _app_message("redis://127.0.0.1:6379/0",
+                         lambda app: app.producer.build("plain", _task=app.tasks["plain"],
+                                                        queue="q"))
+    assert json.loads(encode(built, "q", "tag"))["properties"]["priority"] == 0  # kombu's 0
+
+
+@pytest.mark.parametrize("priority", [-1, 256, 1000])
+def test_a_priority_amqp_cannot_carry_is_refused_before_sending(priority: int) -> None:
+    with pytest.raises(ValueError, match="0..255"):
+        wire.to_amqp(v2.encode_task(name="t", task_id="i", priority=priority))
+
+
+def test_reply_to_is_the_apps_oid_without_an_rpc_result_store() -> None:
+    from celeriac import Celery
+
+    app = Celery("oid", broker="amqp://guest:guest@127.0.0.1:5672//",
+                 backend="sqlite:///:memory:", set_as_current=False)
+    try:
+        built = app.producer.build("t")
+        assert built.message.properties["reply_to"] == app.oid != ""
+        assert app.producer.build("t", reply_to="mine").message.properties["reply_to"] == "mine"
+    finally:
+        app.close()
