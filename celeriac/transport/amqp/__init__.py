@@ -27,8 +27,9 @@ Heartbeats: the fetching thread calls ``heartbeat_tick`` on each pass and a smal
 keepalive thread sends one whenever the interval asks, so a worker busy with long tasks (not
 fetching) keeps its connection. Messages with an ``eta`` that arrive early are held here,
 unacked, until due: a worker runs them at their ETA without handing them back and forth. The
-prefetch is kept at held + waiting for an ETA + asked for (``_fit_prefetch``), lowered as well
-as raised: Celery too raises it per held ETA task and lowers it when the task is released.
+prefetch is kept at the caller's window (most ever held + asked for) + waiting for an ETA
+(``_fit_prefetch``), lowered as well as raised with the ETA messages: Celery too raises it per
+held ETA task and lowers it when the task is released.
 
 Delivery semantics: the channel is the lease (no ``Leases`` capability): messages not acked when
 the connection closes or dies are redelivered by RabbitMQ (at-least-once with ``acks_late``).
@@ -107,6 +108,8 @@ class _ConsumerConnection:
         _locked_writer(conn, self.write_lock)
         self.tls = tls
         self.prefetch = 0
+        #: the most ever handed out + asked for at once: the window the caller keeps
+        self.window = 0
         self.consumers: dict[str, str] = {}  # queue -> consumer tag
         self.queues_of: dict[str, str] = {}  # consumer tag -> queue
         self.arrived: collections.deque[Any] = collections.deque()  # raw amqp messages
@@ -590,10 +593,14 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         return changed
 
     def _fit_prefetch(self, current: _ConsumerConnection, order: list[str], max_n: int) -> bool:
-        """Set the prefetch to what this transport holds (handed out, or kept for its ETA) plus
-        what the caller asks for, raising or lowering it: ``basic_qos`` (a round trip) only
-        when that changed. True if it went up (the broker sends more)."""
-        want = len(current.held) + len(current.waiting) + max_n
+        """Set the prefetch to the caller's window (the most it ever held handed out plus asked
+        for at once) plus what is kept for its ETA: raised and lowered with the ETA messages,
+        ``basic_qos`` (a round trip) only when that changed. True if it went up (the broker
+        sends more). The window only grows: a worker's early ack shrinks ``held`` while its
+        task runs and the room it asks for comes back when the task ends, so following both
+        would send two ``basic_qos`` per task and wait out a burst after each raise."""
+        current.window = max(current.window, len(current.held) + max_n)
+        want = current.window + len(current.waiting)
         if want == current.prefetch:
             return False
         with current.io_lock():

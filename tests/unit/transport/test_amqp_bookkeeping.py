@@ -100,7 +100,9 @@ def test_prefetch_follows_held_eta_messages_down_as_well_as_up(consumer: Any) ->
     assert sorted(d.receipt[1] for d in released) == [1, 2, 3]
     assert transport.ack(released) == [True, True, True]
     _fetch(transport, current, 2, [])
-    assert channel.qos == [2, 5, 3, 2]
+    # the window is the most ever asked for at once (3 here): asking for less again, as a
+    # worker does while its early-acked task runs, is no reason for a round trip
+    assert channel.qos == [2, 5, 3]
     # a fetch that changes nothing sends no basic_qos (it is a round trip)
     sent = len(channel.qos)
     _fetch(transport, current, 2, [])
