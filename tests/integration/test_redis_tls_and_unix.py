@@ -18,6 +18,7 @@ import pytest
 
 from celeriac import Celery
 from tests.conftest import WorkerProcess
+from tests.tls import certificates
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,30 +38,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _certificates(directory: Path) -> dict[str, Path]:
-    """A CA, and a server certificate for 127.0.0.1/localhost signed by it (openssl)."""
-    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key")}
-    csr, ext = directory / "server.csr", directory / "san.cnf"
-    ext.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
-    steps = [
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-         "-keyout", files["ca-key"], "-out", files["ca"]],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-         "-keyout", files["server-key"], "-out", csr],
-        ["x509", "-req", "-in", csr, "-CA", files["ca"], "-CAkey", files["ca-key"],
-         "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", files["server"]],
-    ]
-    for step in steps:
-        subprocess.run(["openssl", *map(str, step)], check=True, capture_output=True)
-    return files
-
-
 class TlsRedis:
     """redis-server with TLS only on a free port, and a unix socket, in ``directory``."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.certs = _certificates(directory)
+        self.certs = certificates(directory)
         self.tls_port = _free_port()
         self.socket = directory / "redis.sock"
         self.proc = subprocess.Popen(
@@ -144,7 +127,7 @@ def test_tls_settings_from_celerys_broker_use_ssl(tls_redis, tmp_path):
 def test_a_certificate_from_another_ca_is_refused(tls_redis, tmp_path):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    stranger = _certificates(tmp_path)["ca"]
+    stranger = certificates(tmp_path)["ca"]
     app = Celery("tls-refused", broker=tls_redis.tls_url(stranger),
                  backend=tls_redis.tls_url(stranger), set_as_current=False)
     try:
