@@ -561,29 +561,25 @@ class RPCBackend(ResultBackend):
 
     def wait_for(self, task_id: str, timeout: float | None = None,
                  states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        listening = False
-        with self._cond, self._wanting([task_id]):
-            while True:
-                meta = self._cache.get(task_id)
-                if meta is not None and meta["status"] in states_wanted:
-                    return dict(meta)
-                if not listening:  # (outside the lock: starting it may take a while)
-                    self._cond.release()
-                    try:
-                        self._ensure_listener()
-                    finally:
-                        self._cond.acquire()
-                    listening = True
-                    continue
-                remaining = _DRAIN_TICK if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    status = meta["status"] if meta is not None else states.PENDING
-                    raise self._timed_out(timeout, f"task {task_id} (still {status})")
-                self._cond.wait(min(remaining, _DRAIN_TICK))
+        done = self._wait([task_id], timeout, states_wanted, until_failure=False,
+                          timed_out=lambda pending: self._timed_out(
+                              timeout, f"task {task_id} (still {self._status_of(task_id)})"))
+        return done[task_id]
 
     def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None, *,
                       until_failure: bool = False) -> dict[str, dict[str, Any]]:
+        return self._wait(task_ids, timeout, states.READY_STATES, until_failure=until_failure,
+                          timed_out=lambda pending: self._not_ready(timeout, pending))
+
+    def _status_of(self, task_id: str) -> str:
+        meta = self._cache.get(task_id)
+        return str(meta["status"]) if meta is not None else states.PENDING
+
+    def _wait(self, task_ids: Sequence[str], timeout: float | None,
+              states_wanted: frozenset[str], *, until_failure: bool,
+              timed_out: Callable[[list[str]], Exception]) -> dict[str, dict[str, Any]]:
+        """The replies of ``task_ids`` once each is in ``states_wanted`` (or, ``until_failure``,
+        once one has failed), read from the cache the listener thread fills."""
         deadline = None if timeout is None else time.monotonic() + timeout
         listening = False
         with self._cond, self._wanting(task_ids):
@@ -592,7 +588,7 @@ class RPCBackend(ResultBackend):
                 failed = False
                 for task_id in task_ids:
                     meta = self._cache.get(task_id)
-                    if meta is not None and meta["status"] in states.READY_STATES:
+                    if meta is not None and meta["status"] in states_wanted:
                         done[task_id] = dict(meta)
                         failed = failed or meta["status"] in states.PROPAGATE_STATES
                 pending = [t for t in task_ids if t not in done]
@@ -608,7 +604,7 @@ class RPCBackend(ResultBackend):
                     continue
                 remaining = _DRAIN_TICK if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
-                    raise self._not_ready(timeout, pending)
+                    raise timed_out(pending)
                 self._cond.wait(min(remaining, _DRAIN_TICK))
 
     @contextlib.contextmanager
