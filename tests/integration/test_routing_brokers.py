@@ -85,6 +85,13 @@ CELERY_DELIVERY_INFO = {"exchange": "tasks", "routing_key": "feed.#", "priority"
                         "redelivered": False}
 
 
+def _unset_priority(app: Celery) -> int | None:
+    """``delivery_info['priority']`` of a task sent to a named queue without a priority: on
+    RabbitMQ Celery 5.7 leaves the property out (its worker gives None, as tests/interop shows);
+    kombu's Redis envelope, and celeriac's other brokers, say 0."""
+    return None if app.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp") else 0
+
+
 @pytest.mark.parametrize("selection", [{"queues": "feed_tasks"}, {"exclude_queues": "default"}],
                          ids=["-Q feed_tasks", "-X default"])
 def test_issue_example_runs_on_feed_tasks_only_with_celerys_delivery_info(
@@ -93,7 +100,8 @@ def test_issue_example_runs_on_feed_tasks_only_with_celerys_delivery_info(
     with start_worker(app, pool="solo", **selection) as worker:
         assert worker.queues == ["feed_tasks"]
         ping = app.tasks["routing.ping_task"]
-        assert ping.delay().get(timeout=TIMEOUT) == CELERY_DELIVERY_INFO
+        assert ping.delay().get(timeout=TIMEOUT) == {**CELERY_DELIVERY_INFO,
+                                                     "priority": _unset_priority(app)}
         # a plain task goes to 'default', which this worker does not consume
         waiting = app.tasks["routing.where"].delay()
         # a topic routing key of the feed's reaches the feed queue through the binding
@@ -118,7 +126,8 @@ def test_apply_async_exchange_and_routing_key(issue_app: Celery) -> None:
     assert app.transport.qsize("created_on_use") == 1
     with start_worker(app, pool="solo", queues="created_on_use", perform_ping_check=False):
         assert elsewhere.get(timeout=TIMEOUT) == {"exchange": "", "routing_key": "created_on_use",
-                                                  "priority": 0, "redelivered": False}
+                                                  "priority": _unset_priority(app),
+                                                  "redelivered": False}
 
 
 def test_direct_exchange_reaches_every_queue_bound_with_the_key(broker_url: str) -> None:
