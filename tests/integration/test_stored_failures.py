@@ -21,6 +21,7 @@ from celeriac.exceptions import (
 from celeriac.protocol.message import Message
 from celeriac.transport.base import Outgoing
 from tests.integration.conftest import Broker, settled
+from tests.waiting import wait_for
 
 #: the brokers every test runs on: the ``broker`` fixture of tests/integration/conftest.py
 
@@ -186,8 +187,14 @@ def test_bad_messages_fail_their_callers_at_once(worker, tasks, broker, pool):
     no_name = _failure(app.AsyncResult(ids["no_name"]), InvalidTaskError)
     assert "has no 'task' header" in str(no_name)
 
-    letters = _letters(app)
-    assert set(letters) == {*ids.values(), None}  # every one kept, the one without an id too
+    # every one kept, the one without an id too (no caller to fail: it may come last)
+    expected = {*ids.values(), None}
+
+    def all_kept() -> dict | None:
+        found = _letters(app)
+        return found if set(found) == expected else None
+
+    letters = wait_for(all_kept, PATIENCE, message=lambda: f"dead letters: {set(_letters(app))}")
     for kind in ("malformed", "shape", "eta", "no_name"):
         exc = app.AsyncResult(ids[kind]).result
         letter_id = letters[ids[kind]].id
