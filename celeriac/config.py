@@ -125,6 +125,12 @@ DEFAULTS: dict[str, Any] = {
     # -- celeriac's own (see CELERIAC_EXTRAS)
     "worker_max_deliveries": 10, "worker_async_concurrency": 100, "worker_hostname": None,
     "worker_heartbeat_interval": 2.0,
+    # dispatch (celery-dispatcher's names and defaults; see docs/dispatch.md)
+    "dispatcher_result_backend": None, "dispatcher_batch_size": 100, "dispatcher_poll_size": 100,
+    "dispatcher_poll_timeout": 10, "dispatcher_subtask_timeout": 3600,
+    "dispatcher_failure_on_subtask_timeout": False,
+    "dispatcher_failure_on_subtask_exception": False,
+    "dispatcher_progress_update_frequency": 1, "dispatcher_concurrency": 16,
 }
 
 #: Settings Celery does not have.
@@ -134,6 +140,12 @@ CELERIAC_EXTRAS: tuple[str, ...] = (
     "worker_async_concurrency",  # how many ``async def`` tasks one worker runs at once
     "worker_hostname",           # node name used when the worker is started without ``-n``
     "worker_heartbeat_interval",  # seconds between worker heartbeats (Celery's event freq, 2.0)
+    # celery-dispatcher's settings (dispatch is built in here)
+    "dispatcher_result_backend", "dispatcher_batch_size", "dispatcher_poll_size",
+    "dispatcher_poll_timeout", "dispatcher_subtask_timeout",
+    "dispatcher_failure_on_subtask_timeout", "dispatcher_failure_on_subtask_exception",
+    "dispatcher_progress_update_frequency",
+    "dispatcher_concurrency",  # how many dispatch main tasks one worker runs at once
 )
 
 #: Celery 3 uppercase names -> today's names. An uppercase spelling of a current name

@@ -70,6 +70,29 @@ class StagedWrites(Protocol):
                                 then: Callable[[ChordPart], None]) -> None: ...
 
 
+@runtime_checkable
+class AppendLog(Protocol):
+    """A store that keeps append-only logs: entries pushed by many writers, read in order from a
+    cursor by one reader that may wait for more, and trimmed once handled. Dispatch keeps each
+    dispatch's finished subtasks here (its inbox), so a reader that crashes and comes back reads
+    again from its last saved cursor and loses nothing. Cursors are opaque strings; ``""`` is the
+    start."""
+
+    def log_append(self, key: str, entries: Sequence[bytes], ttl: float | None) -> None:
+        """Append ``entries`` in order (one atomic step) and push the log's expiry back."""
+
+    def log_read(self, key: str, cursor: str, limit: int,
+                 timeout: float) -> tuple[list[bytes], str]:
+        """Up to ``limit`` entries after ``cursor`` and the cursor after the last of them;
+        waits up to ``timeout`` seconds for one when there are none (then ``([], cursor)``)."""
+
+    def log_trim(self, key: str, cursor: str) -> None:
+        """Drop the entries up to and including ``cursor`` (they were handled)."""
+
+    def log_delete(self, key: str) -> None:
+        """Drop the whole log."""
+
+
 class ResultBackend(ABC):
     """Stores and reads task results in Celery's meta format."""
 

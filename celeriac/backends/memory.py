@@ -35,6 +35,8 @@ class _Store:
         self.next_sweep = 0.0
         #: chord joins: join key -> ({"<task_id>:<index>": (index, entry)}, expires_at or None)
         self.joins: dict[str, tuple[dict[str, tuple[float, bytes]], float | None]] = {}
+        #: append-only logs: key -> ([(seq, entry), ...], expires_at or None)
+        self.logs: dict[str, tuple[list[tuple[int, bytes]], float | None]] = {}
 
     def live(self, key: str, now: float) -> bytes | None:
         """The value at ``key`` unless expired (expired entries are dropped). Hold ``cond``."""
@@ -59,6 +61,9 @@ class _Store:
             for stale in [k for k, (_, exp) in self.joins.items()
                           if exp is not None and exp <= now]:
                 del self.joins[stale]
+            for stale in [k for k, (_, exp) in self.logs.items()
+                          if exp is not None and exp <= now]:
+                del self.logs[stale]
         self.cond.notify_all()
 
 
@@ -181,6 +186,44 @@ class MemoryBackend(ResultBackend):
                 store.data.pop(self.chord_key(group_id, suffix), None)
             store.put(ckey, CHORD_DONE, now + done_ttl if done_ttl else None, now)
         return True
+
+    # ---- append-only logs (AppendLog) -----------------------------------------------------------
+    def log_append(self, key: str, entries: Sequence[bytes], ttl: float | None) -> None:
+        store = self._store
+        now = time.monotonic()
+        with store.cond:
+            held = store.logs.get(key, ([], None))[0]
+            held.extend((next(store.seq), bytes(entry)) for entry in entries)
+            store.logs[key] = (held, now + ttl if ttl else None)
+            store.cond.notify_all()
+
+    def log_read(self, key: str, cursor: str, limit: int,
+                 timeout: float) -> tuple[list[bytes], str]:
+        store = self._store
+        after = int(cursor or 0)
+        deadline = time.monotonic() + timeout
+        with store.cond:
+            while True:
+                held = store.logs.get(key, ([], None))[0]
+                found = [item for item in held if item[0] > after][:limit]
+                if found:
+                    return [entry for _, entry in found], str(found[-1][0])
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return [], cursor
+                store.cond.wait(remaining)
+
+    def log_trim(self, key: str, cursor: str) -> None:
+        store = self._store
+        upto = int(cursor or 0)
+        with store.cond:
+            held, expires_at = store.logs.get(key, ([], None))
+            if held:
+                store.logs[key] = ([item for item in held if item[0] > upto], expires_at)
+
+    def log_delete(self, key: str) -> None:
+        with self._store.cond:
+            self._store.logs.pop(key, None)
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         store = self._store

@@ -196,6 +196,41 @@ class RedisBackend(ResultBackend):
         finally:
             subscriber.unwatch(watch)
 
+    # ---- append-only logs (AppendLog): one Redis stream per log ---------------------------------
+    def log_append(self, key: str, entries: Sequence[bytes], ttl: float | None) -> None:
+        name = self._key(key)
+        pipe = self.client().pipeline(transaction=True)
+        for entry in entries:
+            pipe.xadd(name, {b"v": entry})
+        if ttl:
+            pipe.pexpire(name, _ttl_ms(ttl))
+        # not retried: a connection lost after EXEC ran would append twice (the reader counts
+        # each subtask once all the same)
+        pipe.execute()
+
+    def log_read(self, key: str, cursor: str, limit: int,
+                 timeout: float) -> tuple[list[bytes], str]:
+        # blocks in the server, never longer than the client's socket timeout allows
+        block_ms = max(1, int(min(timeout, 60.0) * 1000)) if timeout > 0 else None
+        reply: Any = self.client().xread({self._key(key): cursor or "0-0"}, count=int(limit),
+                                         block=block_ms)
+        if not reply:
+            return [], cursor
+        items: list[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
+        last = items[-1][0]
+        return [fields[b"v"] for _, fields in items], (
+            last.decode() if isinstance(last, bytes) else str(last))
+
+    def log_trim(self, key: str, cursor: str) -> None:
+        if cursor:
+            # entries up to the cursor: every id below the next one possible after it
+            ms, _, seq = cursor.partition("-")
+            self.client().xtrim(self._key(key), minid=f"{ms}-{int(seq or 0) + 1}",
+                                approximate=False)
+
+    def log_delete(self, key: str) -> None:
+        self.client().delete(self._key(key))
+
     # ---- chords (Celery 5.7's keys and semantics; see backends/redis_chord.py) -------------------
     def _chord_keys(self, group_id: str) -> dict[str, str]:
         return {suffix: self._key(self.chord_key(group_id, suffix))

@@ -40,6 +40,8 @@ TABLE = "celeriac_result"
 #: chord joins: one row per counted header result (Redis keeps these in a sorted set)
 JOIN_TABLE = "celeriac_result_chord"
 _SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: append-only logs (``AppendLog``): a log lives as long as its marker row in ``TABLE``
+LOG_TABLE = "celeriac_result_log"
 #: keys per ``IN (...)`` list, well under SQLite's bound-parameter limit
 _CHUNK = 500
 
@@ -51,6 +53,9 @@ _SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {JOIN_TABLE} ("
     " join_key TEXT NOT NULL, member TEXT NOT NULL, idx REAL NOT NULL, value BLOB NOT NULL,"
     " PRIMARY KEY (join_key, member))",
+    f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, log_key TEXT NOT NULL, value BLOB NOT NULL)",
+    f"CREATE INDEX IF NOT EXISTS {LOG_TABLE}_key ON {LOG_TABLE} (log_key, seq)",
 )
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -165,6 +170,8 @@ class SQLiteBackend(ResultBackend):
                     conn.execute(f"DELETE FROM {TABLE} WHERE expires_at <= ?", (time.time(),))
                     # a join lives as long as its ".j" marker row, refreshed by every arrival
                     conn.execute(f"DELETE FROM {JOIN_TABLE} WHERE join_key NOT IN"
+                                 f" (SELECT key FROM {TABLE})")
+                    conn.execute(f"DELETE FROM {LOG_TABLE} WHERE log_key NOT IN"
                                  f" (SELECT key FROM {TABLE})")
                 yield conn
                 return
@@ -314,6 +321,42 @@ class SQLiteBackend(ResultBackend):
             conn.execute(_UPSERT, (key(group_id, ".c"), CHORD_DONE,
                                    now + done_ttl if done_ttl else None))
         return True
+
+    # ---- append-only logs (AppendLog) -----------------------------------------------------------
+    def log_append(self, key: str, entries: Sequence[bytes], ttl: float | None) -> None:
+        expires_at = time.time() + ttl if ttl else None
+        with self._transaction() as conn:
+            conn.executemany(f"INSERT INTO {LOG_TABLE} (log_key, value) VALUES (?, ?)",
+                             [(key, bytes(entry)) for entry in entries])
+            conn.execute(_UPSERT, (key, b"log", expires_at))
+
+    def log_read(self, key: str, cursor: str, limit: int,
+                 timeout: float) -> tuple[list[bytes], str]:
+        deadline = time.monotonic() + timeout
+        after = int(cursor or 0)
+        while True:
+            self._remember_token()
+            with self._connection() as conn:
+                rows = conn.execute(f"SELECT seq, value FROM {LOG_TABLE} WHERE log_key = ?"
+                                    " AND seq > ? ORDER BY seq LIMIT ?",
+                                    (key, after, int(limit))).fetchall()
+            if rows:
+                return [_as_bytes(value) for _, value in rows], str(rows[-1][0])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return [], cursor
+            self._wait_change([key], min(remaining, 1.0))
+
+    def log_trim(self, key: str, cursor: str) -> None:
+        if cursor:
+            with self._connection() as conn:
+                conn.execute(f"DELETE FROM {LOG_TABLE} WHERE log_key = ? AND seq <= ?",
+                             (key, int(cursor)))
+
+    def log_delete(self, key: str) -> None:
+        with self._connection() as conn:
+            conn.execute(f"DELETE FROM {LOG_TABLE} WHERE log_key = ?", (key,))
+            conn.execute(f"DELETE FROM {TABLE} WHERE key = ?", (key,))
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         token = getattr(self._local, "token", None)

@@ -123,6 +123,10 @@ class Task(Generic[P, R]):
     throws: tuple[type[BaseException], ...] = ()
     #: True for ``async def`` tasks; they run on the worker's event loop
     is_coroutine: bool = False
+    #: a task that spends its run waiting on tasks it sent (a dispatch main task): the worker
+    #: runs it on a thread of its own (``async def``: on its event loop), outside the pool and
+    #: the prefetch window, so its waiting never takes a slot the tasks it waits on need
+    runs_outside_pool: bool = False
     #: the wrapped function, for tasks made by the decorator
     __wrapped__: Callable[..., Any] | None = None
     _bound: bool = False
@@ -356,6 +360,9 @@ def build_task_class(fun: Callable[..., Any], app: "Celery", *, base: type[Task]
     """Make a Task subclass whose ``run`` is ``fun`` and return its one instance for ``app``."""
     base = base or app.Task
     task_name = name or task_name_for(fun, app)
+    # a function may bring defaults of its own (a dispatch main task: acks_late, outside the
+    # pool); what the decorator was given wins
+    options = {**getattr(fun, "__celeriac_task_options__", {}), **options}
     run = fun if bind else staticmethod(fun)
     attrs: dict[str, Any] = {
         "app": app,
@@ -426,6 +433,22 @@ class SharedTaskProxy:
 
     def __repr__(self) -> str:
         return f"<@shared_task: {self.name}>"
+
+
+def replace_shared_function(proxy: SharedTaskProxy, fun: Callable[..., Any]) -> None:
+    """``@dispatch`` above ``@shared_task``: the task becomes ``fun`` on every app, those
+    made already and those to come (the name stays the original function's)."""
+    old = proxy.__wrapped__
+    options = dict(proxy._options)
+    with _shared_lock:
+        for position, (shared_fun, opts) in enumerate(_shared_tasks):
+            if shared_fun is old:
+                _shared_tasks[position] = (fun, opts)
+    proxy.__wrapped__ = fun
+    from ..app import _all_apps
+
+    for app in list(_all_apps):
+        app._task_from_fun(fun, **options)
 
 
 def shared_task(*args: Any, **options: Any) -> Any:

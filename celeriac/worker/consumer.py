@@ -56,7 +56,7 @@ class Consumer:
     """Moves messages from the transport to the pool and settles them afterwards."""
 
     def __init__(self, app: Celery, *, queues: list[str], pool: Any, hostname: str,
-                 prefetch_multiplier: int, async_pool: Any = None,
+                 prefetch_multiplier: int, async_pool: Any = None, waiting_pool: Any = None,
                  settlement: type[Settlement] = Settlement,
                  extensions: Sequence[WorkerExtension] = (), app_spec: str | None = None) -> None:
         self.app = app
@@ -67,13 +67,16 @@ class Consumer:
         self.queues = queues
         self.pool = pool
         self.async_pool = async_pool
+        #: threads for ``runs_outside_pool`` tasks (dispatch main tasks), when any is registered
+        self.waiting_pool = waiting_pool
         self.hostname = hostname
         conf = app.conf
         self.accept = serialization.normalize_accept(conf.accept_content)
         self.acks_late_default = bool(conf.task_acks_late)
         self.reject_on_worker_lost = bool(conf.task_reject_on_worker_lost)
-        # The window counts messages held for the sync pool (waiting + running). ``async def``
-        # tasks leave the window once they start: they run on the event loop, not in a slot.
+        # The window counts messages held for the pool (waiting + running). ``async def`` tasks
+        # and ``runs_outside_pool`` tasks leave the window once they start: they run on the
+        # event loop or a waiting thread, not in a slot.
         # A multiplier of 0 means "no limit", as in Celery (bounded here to stay sane).
         multiplier = prefetch_multiplier if prefetch_multiplier > 0 else 1000
         self.prefetch_limit = pool.limit * multiplier
@@ -95,7 +98,7 @@ class Consumer:
         self._buffer: collections.deque[Job] = collections.deque()
         self._jobs: dict[int, Job] = {}  # every held job, waiting or running
         self._running = 0
-        self._running_async = 0
+        self._running_outside = 0
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -180,7 +183,7 @@ class Consumer:
 
     # ---- fetching -------------------------------------------------------------------------------
     def _room(self) -> int:
-        return self.prefetch_limit - len(self._buffer) - (self._running - self._running_async)
+        return self.prefetch_limit - len(self._buffer) - (self._running - self._running_outside)
 
     def _may_fetch(self) -> bool:
         """Hold ``_cond``. Room for a fetch, nobody fetching; when each task's start refills the
@@ -237,7 +240,7 @@ class Consumer:
         if self.revokes is not None:
             checked: list[str] = [
                 d.message.headers["id"] for d in deliveries if d.message.headers.get("id")
-                and (not self.settlement.checks_revokes_at_start or self._is_async(d))]
+                and (not self.settlement.checks_revokes_at_start or self._outside_window(d))]
             if checked:
                 try:
                     self.revokes.check_stored(checked)
@@ -256,9 +259,17 @@ class Consumer:
                 self._dead_letter_failed(
                     delivery, "internal error while receiving the message", failure)
 
-    def _is_async(self, delivery: Delivery) -> bool:
+    def _lane(self, task: Any) -> tuple[Any, bool]:
+        """The pool that runs ``task``, and whether it runs outside the prefetch window."""
+        if task.is_coroutine and self.async_pool is not None:
+            return self.async_pool, True
+        if task.runs_outside_pool and self.waiting_pool is not None and not task.is_coroutine:
+            return self.waiting_pool, True
+        return self.pool, False
+
+    def _outside_window(self, delivery: Delivery) -> bool:
         task = self.app.tasks.get(delivery.message.headers.get("task"))
-        return bool(task is not None and task.is_coroutine and self.async_pool is not None)
+        return task is not None and self._lane(task)[1]
 
     # ---- admission ------------------------------------------------------------------------------
     def _admit(self, delivery: Delivery) -> None:
@@ -272,8 +283,8 @@ class Consumer:
             signals.task_received.send(sender=self, request=ReceivedRequest(
                 delivery, self.hostname, self.accept))
         late = task.acks_late if task.acks_late is not None else self.acks_late_default
-        job = Job(next(self._ids), delivery, task, bool(late),
-                  bool(task.is_coroutine and self.async_pool is not None))
+        lane, outside_window = self._lane(task)
+        job = Job(next(self._ids), delivery, task, bool(late), outside_window, lane)
         with self._cond:
             self._jobs[job.id] = job
             self._buffer.append(job)
@@ -365,12 +376,12 @@ class Consumer:
                 continue
             with self._cond:
                 self._running += 1
-                if job.runs_async:
-                    self._running_async += 1
+                if job.outside_window:
+                    self._running_outside += 1
                     self._cond.notify_all()  # it left the window: the fetcher may fetch more
             if not self.settlement.before_run(job):
                 continue
-            pool = self.async_pool if job.runs_async else self.pool
+            pool = job.lane
             with self._cond:
                 job.pool = pool
             delivery = job.delivery
@@ -392,8 +403,7 @@ class Consumer:
 
     def _next_runnable(self) -> Job | None:
         for index, job in enumerate(self._buffer):
-            pool = self.async_pool if job.runs_async else self.pool
-            if pool.free_slots() > 0:
+            if job.lane.free_slots() > 0:
                 del self._buffer[index]
                 return job
         return None
@@ -442,8 +452,8 @@ class Consumer:
     def _leave_running(self, job: Job) -> None:
         """Hold ``_cond``. The job stops counting as running (it ended, or it goes back)."""
         self._running -= 1
-        if job.runs_async:
-            self._running_async -= 1
+        if job.outside_window:
+            self._running_outside -= 1
 
     # ---- outcomes -------------------------------------------------------------------------------
     def on_done(self, job_id: int, outcome: Outcome) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import _context, signals, states
 from ..canvas import chords, followups
+from ..dispatch import inbox as dispatch_inbox
 from ..exceptions import EncodeError, Ignore, Reject, Retry
 from ..protocol import serialization
 from ..task import Context, Task
@@ -78,7 +79,8 @@ def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: 
 class _Run:
     """One execution: shared by the sync and async paths so their bookkeeping is identical."""
 
-    __slots__ = ("app", "task", "ctx", "task_id", "eager", "store", "started", "pending")
+    __slots__ = ("app", "task", "ctx", "task_id", "eager", "store", "started", "pending",
+                 "dispatch")
 
     def __init__(self, task: Task, ctx: Context, *, eager: bool,
                  pending: PendingWrites | None = None) -> None:
@@ -93,8 +95,12 @@ class _Run:
         #: settling); not with acks_late, whose ack must only follow a result known stored
         self.pending = None if late else pending
         conf = self.app.conf
+        #: the dispatch this task is a subtask of (its outcome is reported there)
+        self.dispatch = None if eager else dispatch_inbox.target_of(ctx)
+        # a dispatch's auto_ignore: the outcome goes to the dispatch only
         self.store = wants_result(ctx.ignore_result, task) and (
-            not eager or bool(conf.task_store_eager_result))
+            not eager or bool(conf.task_store_eager_result)) and not (
+            self.dispatch is not None and self.dispatch.auto_ignore)
         self.started = 0.0
 
     def before(self) -> None:
@@ -125,7 +131,10 @@ class _Run:
         # result write (made before the follow-ups when their ids can be known first), is the
         # check that comes before any follow-up is sent.
         write = None
+        report = None
         try:
+            if self.dispatch is not None:
+                report = self._dispatch_entry(states.SUCCESS, retval)
             part = chords.part_of(self.app, ctx, states.SUCCESS, retval) if ctx.chord else None
             if keep:
                 planned = followups.planned_children(self.app, ctx) \
@@ -155,6 +164,8 @@ class _Run:
                 chords.count(self.app, part)
             else:
                 pending.chord_counts.append(part)
+        if report is not None:
+            dispatch_inbox.push(report[0], report[1], report[2])
         task.on_success(retval, self.task_id, ctx.args, ctx.kwargs)
         if signals.task_success.receivers:
             signals.task_success.send(sender=task, result=retval)
@@ -191,6 +202,8 @@ class _Run:
         expected = bool(task.throws) and isinstance(exc, task.throws)
         followups.on_failure(self.app, ctx, exc, einfo.traceback, store=self.store or (
             task.store_errors_even_if_ignored and not self.eager))
+        if self.dispatch is not None:
+            self._report_failure(exc, einfo.traceback)
         task.on_failure(exc, self.task_id, ctx.args, ctx.kwargs, einfo)
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=task, task_id=self.task_id, exception=exc,
@@ -207,6 +220,22 @@ class _Run:
                              outcome.exc_repr, einfo.traceback)
         self._after(states.FAILURE, exc, einfo)
         return outcome
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    def _dispatch_entry(self, state: str, value: Any) -> tuple[Any, Any, bytes]:
+        """(store, target, entry) for this subtask's outcome; EncodeError if it cannot be
+        encoded (then the task fails, as with any result)."""
+        assert self.dispatch is not None
+        store = dispatch_inbox.store_for_target(self.app, self.dispatch)
+        return store, self.dispatch, dispatch_inbox.entry(store, self.dispatch, self.ctx, state,
+                                                          value)
+
+    def _report_failure(self, exc: BaseException, traceback: str | None) -> None:
+        try:
+            dispatch_inbox.report(self.app, self.ctx, states.FAILURE, exc, traceback)
+        except Exception:
+            logger.exception("could not report the failure of subtask %s to its dispatch",
+                             self.task_id)
 
     def retried(self, retry: Retry) -> Outcome:
         task, ctx = self.task, self.ctx
@@ -266,7 +295,17 @@ class _Run:
             eta=resend.get("eta"), root_id=ctx.root_id, parent_id=self.task_id,
             group_id=ctx.group, group_index=ctx.group_index,
             link=ctx.callbacks, link_error=ctx.errbacks, chain=ctx.chain, chord=ctx.chord,
-            origin=ctx.origin, _task=self.task, **_redelivery_target(ctx.delivery_info, options))
+            origin=ctx.origin, _task=self.task,
+            **_redelivery_target(ctx.delivery_info, _keep_headers(ctx.headers, options)))
+
+def _keep_headers(headers: dict | None, options: dict) -> dict:
+    """A retry keeps the headers that say what the task belongs to (a dispatch's subtask stays
+    one); ``options`` win."""
+    value = (headers or {}).get(dispatch_inbox.HEADER)
+    if value is None:
+        return options
+    return {**options, "headers": {dispatch_inbox.HEADER: value, **(options.get("headers") or {})}}
+
 
 def _redelivery_target(delivery_info: dict | None, options: dict) -> dict:
     """A retry goes where the message came from, as Celery sends it: the queue its delivery

@@ -38,8 +38,11 @@ class Job:
     task: Any
     #: acked after the outcome is recorded (``acks_late``) instead of before the task starts
     late: bool
-    #: an ``async def`` task that runs on the event loop, outside the prefetch window
-    runs_async: bool
+    #: it runs in the worker's own process outside the prefetch window once started: an
+    #: ``async def`` task on the event loop, a ``runs_outside_pool`` task on a waiting thread
+    outside_window: bool
+    #: the pool that runs it (chosen at admission)
+    lane: Any = None
     #: the early ack went out: the message no longer holds a lease
     acked: bool = False
     #: the pool running it, while it runs

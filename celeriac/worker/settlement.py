@@ -146,7 +146,7 @@ class InlineSettlement(Settlement):
         pending.stage(self.consumer.app, self.backend)
 
     def finished(self, job: Job) -> None:
-        if job.runs_async:
+        if job.outside_window:
             self._finished_async(job)
         elif not job.acked:
             try:  # one round trip: the staged result write goes out just before the ack
@@ -193,7 +193,7 @@ class InlineSoloSettlement(InlineSettlement):
         self._retry_at = 0.0  # after a failed flush, not before this (monotonic)
 
     def before_run(self, job: Job) -> bool:
-        if job.runs_async:
+        if job.outside_window:
             return super().before_run(job)
         consumer = self.consumer
         refill = consumer.claim_refill()
@@ -223,7 +223,7 @@ class InlineSoloSettlement(InlineSettlement):
         return True
 
     def finished(self, job: Job) -> None:
-        if job.runs_async:
+        if job.outside_window:
             self._finished_async(job)
             return
         if not job.acked:

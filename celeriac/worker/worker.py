@@ -39,6 +39,7 @@ from .limits import limits_for
 from .pools import create_pool
 from .request import run_message
 from .settlement import choose as choose_settlement
+from .subtasks import DispatchSupport
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 DEFAULT_ASYNC_CONCURRENCY = 100
+#: dispatch main tasks one worker runs at once (``dispatcher_concurrency``)
+DEFAULT_WAITING_CONCURRENCY = 16
 
 #: Pauses between attempts to reach the broker at startup: kombu's ``ensure_connection``
 #: defaults, which Celery's worker uses (2 s, then 2 s more each time, at most 30 s).
@@ -263,6 +266,7 @@ class Worker:
         self.consumer: Consumer | None = None
         self.pool: Any = None
         self.async_pool: Any = None
+        self.waiting_pool: Any = None
         self._shutdown = threading.Event()
         self._shutdown_how: str | None = None
         self._pool_started = False
@@ -305,6 +309,10 @@ class Worker:
         if self.pool_kind != "asyncio":
             limit = int(app.conf.get("worker_async_concurrency") or DEFAULT_ASYNC_CONCURRENCY)
             self.async_pool = create_pool("asyncio", runner, limit, self._on_done)
+        if any(t.runs_outside_pool and not t.is_coroutine for t in app.tasks.values()):
+            # dispatch main tasks: threads of this process, never a pool slot
+            limit = int(app.conf.get("dispatcher_concurrency") or DEFAULT_WAITING_CONCURRENCY)
+            self.waiting_pool = create_pool("threads", runner, limit, self._on_done)
         if signals.worker_init.receivers:
             signals.worker_init.send(sender=self)
         # From here on SIGTERM and Ctrl-C mean a warm shutdown, whatever start-up step they
@@ -328,10 +336,13 @@ class Worker:
         self._pool_started = True
         if self.async_pool is not None:
             self.async_pool.start()
+        if self.waiting_pool is not None:
+            self.waiting_pool.start()
         self.consumer = Consumer(app, queues=self.queues, pool=self.pool,
                                  hostname=self.hostname,
                                  prefetch_multiplier=self.prefetch_multiplier,
-                                 async_pool=self.async_pool, settlement=settlement,
+                                 async_pool=self.async_pool, waiting_pool=self.waiting_pool,
+                                 settlement=settlement,
                                  extensions=self.extensions(),
                                  app_spec=self.options.get("app_spec"))
         if signals.celeryd_after_setup.receivers:
@@ -353,7 +364,7 @@ class Worker:
     def extensions(self) -> list[WorkerExtension]:
         """The built-in features on the consumer's extension points, then the app's own
         (``app.worker_extensions``), in that order."""
-        built_in: list[WorkerExtension] = [Expiry()]
+        built_in: list[WorkerExtension] = [Expiry(), DispatchSupport()]
         if self.app.backend.persistent:
             built_in.append(Heartbeat(float(self.app.conf.get("worker_heartbeat_interval")
                                             or 2.0)))
@@ -527,6 +538,8 @@ class Worker:
         self.pool.stop(wait=not cold)
         if self.async_pool is not None:
             self.async_pool.stop(wait=not cold)
+        if self.waiting_pool is not None:
+            self.waiting_pool.stop(wait=not cold)
         consumer.join()
         if signals.worker_shutdown.receivers:
             signals.worker_shutdown.send(sender=self)

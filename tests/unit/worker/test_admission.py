@@ -231,7 +231,7 @@ class TestExpiry:
 
     @staticmethod
     def _job(app, message):
-        return Job(1, delivery(message), app.tasks["adm.add"], late=False, runs_async=False)
+        return Job(1, delivery(message), app.tasks["adm.add"], late=False, outside_window=False)
 
     def test_before_run_drops_a_task_that_expired_while_it_waited(self, app):
         expired = task_message("adm.add", expires=utcnow() - timedelta(milliseconds=1))
