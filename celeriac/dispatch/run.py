@@ -146,10 +146,11 @@ class DispatchRun:
     # ---- publishing ------------------------------------------------------------------------
     def room(self) -> int:
         """How many subtasks to take from the generator now (0: wait for outcomes first).
-        Published in batches: once a batch's worth of the window is free, or the window is
-        empty."""
+        Published in batches: once a batch's worth (at most half the window) is free, or the
+        window is empty."""
         free = self.settings.window - len(self.outstanding)
-        want = min(self.settings.batch_size, self.settings.window)
+        # half the window at most, so the next batch goes out while the rest still run
+        want = min(self.settings.batch_size, max(1, self.settings.window // 2))
         if free >= want or (free > 0 and not self.outstanding):
             return free if free < want else want
         return 0
@@ -174,11 +175,13 @@ class DispatchRun:
         calls: list[tuple[str, Any, Any, dict]] = []
         others: list[Signature] = []
         taken: list[int] = []
+        sent: list[int] = []
         for index, item in items:
             taken.append(index)
             if index in self.ahead:  # finished in a run before the crash: not sent again
                 self.ahead.discard(index)
                 continue
+            sent.append(index)
             sig = self.signature_for(item, index)
             if type(sig).__name__ == "Signature":
                 opts = {k: v for k, v in sig.options.items()
@@ -191,7 +194,7 @@ class DispatchRun:
                 others.append(sig)
         now = time.monotonic()
         if self.app.conf.task_always_eager:  # every subtask runs here, now
-            for index in taken:
+            for index in sent:
                 self.outstanding.setdefault(index, now)
             self._run_eagerly(calls, others)
             self.published = max(self.published, (taken[-1] + 1) if taken else self.published)
@@ -200,7 +203,7 @@ class DispatchRun:
             self.app.producer.send_many(calls)
         for sig in others:
             sig.apply_async(parent_id=self.id, root_id=self.root_id, add_to_parent=False)
-        for index in taken:
+        for index in sent:
             self.outstanding.setdefault(index, now)
         self.published = max(self.published, (taken[-1] + 1) if taken else self.published)
         self._dirty = True
