@@ -127,6 +127,9 @@ class Task(Generic[P, R]):
     #: runs it on a thread of its own (``async def``: on its event loop), outside the pool and
     #: the prefetch window, so its waiting never takes a slot the tasks it waits on need
     runs_outside_pool: bool = False
+    #: the worker buffers this task's requests and calls it once with a list of them
+    #: (celeriac.batches.Batches)
+    collects_requests: bool = False
     #: the wrapped function, for tasks made by the decorator
     __wrapped__: Callable[..., Any] | None = None
     _bound: bool = False

@@ -16,6 +16,7 @@ the broker until due and hold no slot.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import threading
@@ -34,6 +35,7 @@ from ..exceptions import (
 from ..protocol import serialization
 from ..transport.base import DeadLetterStore, Deferral, Leases, PushedDeliveries
 from .admission import Admission, Decision, Verdict, standard_steps
+from .batching import BatchBuffers, BatchJob, batch_message
 from .extensions import Hooks, WorkerExtension
 from .job import Job, task_label, wants_result
 from .outcome import SETTLED_BY_ACK, Ending, Outcome
@@ -96,6 +98,10 @@ class Consumer:
         self.settlement = settlement(self)
         self._fetching = False  # a fetch is on its way (one at a time keeps the window honest)
         self._buffer: collections.deque[Job] = collections.deque()
+        # requests of batch tasks wait here for their batch, outside the window; bounded by
+        # the flush sizes of the batch tasks (nothing more is fetched while it is full)
+        self.batches = BatchBuffers(sum(max(1, int(t.flush_every)) for t in app.tasks.values()
+                                        if t.collects_requests) or 1)
         self._jobs: dict[int, Job] = {}  # every held job, waiting or running
         self._running = 0
         self._running_outside = 0
@@ -144,6 +150,10 @@ class Consumer:
             kept = [job for job in self._buffer if job.acked]
             self._buffer.clear()
             self._buffer.extend(kept)
+            # a batch not started gives its requests back, as do requests still buffered
+            waiting = [member for job in waiting
+                       for member in (job.members if isinstance(job, BatchJob) else [job])]
+            waiting.extend(self.batches.drain())
             for job in waiting:
                 self._jobs.pop(job.id, None)
             self._cond.notify_all()
@@ -189,13 +199,15 @@ class Consumer:
         """Hold ``_cond``. Room for a fetch, nobody fetching; when each task's start refills the
         buffer (inline solo), this thread waits for the buffer to run dry."""
         return (self._room() >= self.fetch_at and not self._fetching
+                and self.batches.held < self.batches.limit
                 and not (self.settlement.checks_revokes_at_start and self._buffer))
 
     def claim_refill(self) -> int:
         """How many messages a fetch riding along with a task's start may take (0: none), and
         the fetch counts as on its way until ``refill_done``."""
         with self._cond:
-            if self._room() < self.fetch_at or self._fetching or self._stop.is_set():
+            if (self._room() < self.fetch_at or self._fetching or self._stop.is_set()
+                    or self.batches.held >= self.batches.limit):
                 return 0
             self._fetching = True
             return self._room()
@@ -284,10 +296,18 @@ class Consumer:
                 delivery, self.hostname, self.accept))
         late = task.acks_late if task.acks_late is not None else self.acks_late_default
         lane, outside_window = self._lane(task)
+        if task.collects_requests:  # acked only once its batch has run
+            late, outside_window = True, False
         job = Job(next(self._ids), delivery, task, bool(late), outside_window, lane)
         with self._cond:
             self._jobs[job.id] = job
-            self._buffer.append(job)
+            if task.collects_requests:
+                batch = self.batches.add(job, self._ids.__next__)
+                if batch is not None:
+                    self._jobs[batch.id] = batch
+                    self._buffer.append(batch)
+            else:
+                self._buffer.append(job)
             self._cond.notify_all()
 
     def _enact(self, delivery: Delivery, decision: Decision, task: Any) -> None:
@@ -360,6 +380,10 @@ class Consumer:
                 while job is None:
                     if self._stop.is_set() and not self._buffer:
                         return
+                    if self.batches.held:
+                        for batch in self.batches.due(self._ids.__next__):  # flush_interval
+                            self._jobs[batch.id] = batch
+                            self._buffer.append(batch)
                     job = self._next_runnable()
                     if job is None:
                         if self.settlement.wants_flush():
@@ -368,7 +392,12 @@ class Consumer:
             if job is None:
                 self.settlement.flush()
                 continue
-            decision = self._last_look(job)
+            if isinstance(job, BatchJob):
+                if self._trim_batch(job) is not None:
+                    continue  # every request in it was revoked or expired (each one settled)
+                decision = None
+            else:
+                decision = self._last_look(job)
             if decision is not None:  # revoked, or expired, while it waited in the buffer
                 self._forget(job, running=False)
                 self._drop(job.delivery, job.task, expired=decision.verdict is Verdict.EXPIRED)
@@ -385,7 +414,10 @@ class Consumer:
             with self._cond:
                 job.pool = pool
             delivery = job.delivery
-            if not pool.submit(job.id, delivery.message, delivery.delivery_info):
+            submitted = pool.submit(job.id, batch_message(job), {}) \
+                if isinstance(job, BatchJob) else \
+                pool.submit(job.id, delivery.message, delivery.delivery_info)
+            if not submitted:
                 with self._cond:  # the slot vanished (a child died): put it back in front
                     self._leave_running(job)
                     job.pool = None
@@ -400,6 +432,26 @@ class Consumer:
             if decision is not None:
                 return decision
         return None
+
+    def _trim_batch(self, batch: BatchJob) -> Decision | None:
+        """The last look for each request of a batch: revoked and expired ones are dropped and
+        never passed to the task. A Decision when none is left."""
+        kept: list[Job] = []
+        for member in batch.members:
+            decision = self._last_look(member)
+            if decision is None:
+                kept.append(member)
+                continue
+            self._forget(member, running=False)
+            self._drop(member.delivery, member.task, expired=decision.verdict is Verdict.EXPIRED)
+            self.settlement.ack(member.delivery)
+        batch.members = kept
+        if kept:
+            batch.delivery = kept[0].delivery
+            return None
+        with self._cond:
+            self._jobs.pop(batch.id, None)
+        return Decision(Verdict.REVOKED)
 
     def _next_runnable(self) -> Job | None:
         for index, job in enumerate(self._buffer):
@@ -470,12 +522,40 @@ class Consumer:
         if job is None:
             logger.error("outcome for unknown job %s (task %s)", job_id, outcome.task_id)
             return
+        if isinstance(job, BatchJob):
+            self._settle_batch(job, outcome)
+            return
         for hook in self.hooks.after_outcome:
             try:
                 hook(job, outcome)
             except Exception:
                 logger.exception("extension %r failed after task %s", hook, job.task_id)
         self._settle(job, outcome)
+
+    def _settle_batch(self, batch: BatchJob, outcome: Outcome) -> None:
+        """Each request of a batch is settled as a task of its own: with its own outcome, or,
+        when the batch call itself was cut short (time limit, lost process, terminate), with
+        that ending. Acks go out together."""
+        ended = dict(outcome.members or ())
+        for member in batch.members:
+            with self._cond:
+                self._jobs.pop(member.id, None)
+                self._cond.notify_all()
+            own = ended.get(member.id)
+            if own is None:  # the batch did not run to its end
+                own = dataclasses.replace(outcome, task_id=member.task_id, members=None)
+            elif own.state == states.FAILURE:
+                self.failed += 1
+            for hook in self.hooks.after_outcome:
+                try:
+                    hook(member, own)
+                except Exception:
+                    logger.exception("extension %r failed after task %s", hook, member.task_id)
+            if own.ending in SETTLED_BY_ACK and not own.pending:
+                self.settlement.ack(member.delivery)  # one round trip for the batch's acks
+            else:
+                self._settle(member, own)
+        self.processed += max(0, len(batch.members) - 1)  # on_done counted the batch once
 
     def _settle(self, job: Job, outcome: Outcome) -> None:
         settlement, delivery, ending = self.settlement, job.delivery, outcome.ending

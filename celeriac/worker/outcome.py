@@ -72,6 +72,8 @@ class Outcome:
     #: UNDECODABLE: the failure stored for the caller once the message is dead-lettered (the
     #: consumer makes a ``DecodeError`` from ``reason`` when there is none)
     failure: BaseException | None = None
+    #: a batch (worker/batching.py): ``(member job id, its outcome)`` for each request in it
+    members: list[tuple[int, Outcome]] | None = None
 
     @classmethod
     def undecodable(cls, task_id: str, reason: str,

@@ -32,6 +32,7 @@ from ..protocol import serialization
 from ..routing import Queue, Router
 from ..utils.text import one_line
 from ..utils.urls import display_url, redact_url
+from .batching import BatchMessages, run_batch
 from .consumer import Consumer
 from .executor import execute_async
 from .extensions import Expiry, Heartbeat, WorkerExtension
@@ -198,6 +199,8 @@ class Runner:
         return (self.app_spec, self.overrides, self.hostname)
 
     def __call__(self, message: Any, delivery_info: dict) -> Any:
+        if isinstance(message, BatchMessages):
+            return run_batch(self.app, message, self.hostname, self.accept)
         return run_message(self.app, message, delivery_info, self.hostname, self.accept,
                            collect_writes=self.collect_writes)
 
