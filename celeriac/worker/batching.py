@@ -28,7 +28,7 @@ from .. import _context, states
 from ..batches import SimpleRequest, current_marks
 from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError, Retry
 from ..protocol import v2
-from .executor import _Run, context_from_body, internal_error
+from .executor import _Run, context_from_body, in_task_code, internal_error
 from .job import Job
 from .outcome import Ending, Outcome
 from .request import undecodable_failure
@@ -159,7 +159,11 @@ def run_batch(app: Celery, batch: BatchMessages, hostname: str,
         marks_token = current_marks.set(marks)
         task_token = _context.current_task_var.set(task)
         try:
-            task.run(requests)
+            in_task_code[0] = True  # the prefork soft time limit (SIGALRM) may stop the call
+            try:
+                task.run(requests)
+            finally:
+                in_task_code[0] = False
         except Exception as exc:  # noqa: BLE001 - the batch's failure is its requests' failure
             raised = exc
         finally:
@@ -168,7 +172,8 @@ def run_batch(app: Celery, batch: BatchMessages, hostname: str,
         logger.info("Batch of %d %s request(s) %s in %.6fs", len(runs), task.name,
                     f"raised {raised!r}" if raised is not None else "ran",
                     time.monotonic() - started)
-        stored = _stored_marks(app, [run.task_id for _, run in runs], marks)
+        stored = _stored_marks(app, [run.task_id for _, run in runs], marks,
+                               {run.task_id for _, run in runs if run.ctx.retries})
         for member_id, run in runs:
             outcome = _end_request(task, run, marks.get(run.task_id) or stored.get(run.task_id),
                                    raised)
@@ -184,9 +189,11 @@ def run_batch(app: Celery, batch: BatchMessages, hostname: str,
 
 
 def _stored_marks(app: Celery, task_ids: list[str],
-                  marks: dict[str, tuple[str, Any, float | None]]) -> dict[str, tuple]:
+                  marks: dict[str, tuple[str, Any, float | None]],
+                  reruns: set[str]) -> dict[str, tuple]:
     """Outcomes the task stored itself (``app.backend.mark_as_done(request.id, ...)``, as
-    celery-batches users write), read back in one round trip."""
+    celery-batches users write), read back in one round trip. A RETRY stored for a request
+    that is itself a retry (``reruns``) is its previous attempt's, not a mark."""
     backend = app.backend
     unmarked = [t for t in task_ids if t not in marks]
     if not unmarked or not backend.persistent:
@@ -196,7 +203,8 @@ def _stored_marks(app: Celery, task_ids: list[str],
         status = meta.get("status")
         if status == states.SUCCESS:
             found[task_id] = (states.SUCCESS, meta.get("result"), None)
-        elif status in states.PROPAGATE_STATES or status == states.RETRY:
+        elif status in states.PROPAGATE_STATES or (status == states.RETRY
+                                                   and task_id not in reruns):
             found[task_id] = (status if status == states.RETRY else states.FAILURE,
                               backend.exception_from_meta(meta), None)
     return found
