@@ -12,10 +12,15 @@ exception when it raises.
 
 from __future__ import annotations
 
+import uuid
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-from ..task import Task
+from .. import states
+from ..task import Context, Task
+
+if TYPE_CHECKING:
+    from ..result import EagerResult
 
 __all__ = ["Batches", "SimpleRequest"]
 
@@ -82,6 +87,42 @@ class Batches(Task):
     collects_requests = True
     #: calls carry the request's own arguments, not the batch function's
     typing = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("is_coroutine"):
+            raise TypeError(
+                f"{cls.__qualname__}: a batch task is a plain `def` function taking the list of "
+                "requests (`async def` batch tasks are not supported yet)")
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              task_id: str | None = None, link: Any = None, link_error: Any = None,
+              throw: bool | None = None, retries: int = 0, **options: Any) -> EagerResult:
+        """Run here as a batch of one request (``task_always_eager`` too): the result is what
+        the task marked for it, else None; links are not called."""
+        from ..result import EagerResult
+
+        app = self._get_app()
+        task_id = task_id or str(uuid.uuid4())
+        context = Context(id=task_id, task=self.name, args=tuple(args or ()),
+                          kwargs=dict(kwargs or {}), retries=retries, root_id=task_id,
+                          is_eager=True, called_directly=False, hostname=None,
+                          delivery_info={"is_eager": True}, headers=options,
+                          ignore_result=bool(options.get("ignore_result", False)))
+        marks: dict[str, tuple[str, Any, float | None]] = {}
+        token = current_marks.set(marks)
+        try:
+            self.run([SimpleRequest(context)])
+        except Exception as exc:  # noqa: BLE001 - the batch's failure is the request's
+            state, value = states.FAILURE, exc
+        else:
+            state, value, _ = marks.get(task_id, (states.SUCCESS, None, None))
+        finally:
+            current_marks.reset(token)
+        propagate = app.conf.task_eager_propagates if throw is None else throw
+        if state != states.SUCCESS and propagate and isinstance(value, BaseException):
+            raise value
+        return EagerResult(task_id, value, state, name=self.name, app=app)
 
     def _mark(self, request: Any, state: str, value: Any, countdown: float | None = None) -> None:
         marks = current_marks.get()
