@@ -59,6 +59,7 @@ class Consumer:
 
     def __init__(self, app: Celery, *, queues: list[str], pool: Any, hostname: str,
                  prefetch_multiplier: int, async_pool: Any = None, waiting_pool: Any = None,
+                 waiting_async_pool: Any = None,
                  settlement: type[Settlement] = Settlement,
                  extensions: Sequence[WorkerExtension] = (), app_spec: str | None = None) -> None:
         self.app = app
@@ -71,6 +72,8 @@ class Consumer:
         self.async_pool = async_pool
         #: threads for ``runs_outside_pool`` tasks (dispatch main tasks), when any is registered
         self.waiting_pool = waiting_pool
+        #: an event loop for ``async def`` ``runs_outside_pool`` tasks, when any is registered
+        self.waiting_async_pool = waiting_async_pool
         self.hostname = hostname
         conf = app.conf
         self.accept = serialization.normalize_accept(conf.accept_content)
@@ -273,6 +276,8 @@ class Consumer:
 
     def _lane(self, task: Any) -> tuple[Any, bool]:
         """The pool that runs ``task``, and whether it runs outside the prefetch window."""
+        if task.runs_outside_pool and task.is_coroutine and self.waiting_async_pool is not None:
+            return self.waiting_async_pool, True
         if task.is_coroutine and self.async_pool is not None:
             return self.async_pool, True
         if task.runs_outside_pool and self.waiting_pool is not None and not task.is_coroutine:

@@ -270,6 +270,7 @@ class Worker:
         self.pool: Any = None
         self.async_pool: Any = None
         self.waiting_pool: Any = None
+        self.waiting_async_pool: Any = None
         self._shutdown = threading.Event()
         self._shutdown_how: str | None = None
         self._pool_started = False
@@ -316,6 +317,11 @@ class Worker:
             # dispatch main tasks: threads of this process, never a pool slot
             limit = int(app.conf.get("dispatcher_concurrency") or DEFAULT_WAITING_CONCURRENCY)
             self.waiting_pool = create_pool("threads", runner, limit, self._on_done)
+        if any(t.runs_outside_pool and t.is_coroutine for t in app.tasks.values()):
+            # async def main tasks: a loop of their own, never a slot of the pool (-P asyncio)
+            # nor of the loop that runs async subtasks
+            limit = int(app.conf.get("dispatcher_concurrency") or DEFAULT_WAITING_CONCURRENCY)
+            self.waiting_async_pool = create_pool("asyncio", runner, limit, self._on_done)
         if signals.worker_init.receivers:
             signals.worker_init.send(sender=self)
         # From here on SIGTERM and Ctrl-C mean a warm shutdown, whatever start-up step they
@@ -341,10 +347,13 @@ class Worker:
             self.async_pool.start()
         if self.waiting_pool is not None:
             self.waiting_pool.start()
+        if self.waiting_async_pool is not None:
+            self.waiting_async_pool.start()
         self.consumer = Consumer(app, queues=self.queues, pool=self.pool,
                                  hostname=self.hostname,
                                  prefetch_multiplier=self.prefetch_multiplier,
                                  async_pool=self.async_pool, waiting_pool=self.waiting_pool,
+                                 waiting_async_pool=self.waiting_async_pool,
                                  settlement=settlement,
                                  extensions=self.extensions(),
                                  app_spec=self.options.get("app_spec"))
@@ -543,6 +552,8 @@ class Worker:
             self.async_pool.stop(wait=not cold)
         if self.waiting_pool is not None:
             self.waiting_pool.stop(wait=not cold)
+        if self.waiting_async_pool is not None:
+            self.waiting_async_pool.stop(wait=not cold)
         consumer.join()
         if signals.worker_shutdown.receivers:
             signals.worker_shutdown.send(sender=self)
