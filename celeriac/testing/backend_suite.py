@@ -23,7 +23,7 @@ import pytest
 
 from .. import states
 from ..backends import backend_from_url
-from ..backends.base import ChordPart, ResultBackend
+from ..backends.base import AppendLog, ChordPart, ResultBackend
 from ..exceptions import BackendError, TaskRevokedError
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 
@@ -152,6 +152,22 @@ def _chord_parts_in_child(url: str, group_id: str, indexes: list[int], barrier: 
     finally:
         backend.close()
     Path(out).write_text(json.dumps(claims))
+
+
+def _log_append_in_child(url: str, key: str, delay: float) -> None:
+    """Append two entries in one call: ``b"first"``, then the time of the append."""
+    backend = backend_from_url(url)
+    try:
+        time.sleep(delay)
+        _log(backend).log_append(key, [b"first", repr(time.time()).encode()], 60)
+    finally:
+        backend.close()
+
+
+def _log(backend: ResultBackend) -> AppendLog:
+    """``backend`` as the append-only log it must also be (dispatch keeps its inboxes there)."""
+    assert isinstance(backend, AppendLog), f"{type(backend).__name__} keeps no append-only logs"
+    return backend
 
 
 def _entry(task_id: str, value: Any, state: str = states.SUCCESS) -> bytes:
@@ -528,6 +544,115 @@ class BackendContract:
         values = [json.loads(raw)[3] for raw in backend.chord_results(group_id)]
         assert values == list(range(threads_n * per_thread))
 
+    # ---- append-only logs (AppendLog: dispatch's inboxes) ------------------------------------
+    def test_log_reads_entries_in_append_order_from_a_cursor(self, backend: ResultBackend
+                                                             ) -> None:
+        log = _log(backend)
+        log.log_append("inbox", [b"a", b"b"], 60)
+        log.log_append("inbox", [b"c"], 60)
+        first, cursor = log.log_read("inbox", "", 2, 0)
+        assert first == [b"a", b"b"]
+        rest, end = log.log_read("inbox", cursor, 10, 0)
+        assert rest == [b"c"]
+        assert log.log_read("inbox", end, 10, 0) == ([], end)
+        log.log_append("inbox", [b"d"], 60)
+        assert log.log_read("inbox", end, 10, 0)[0] == [b"d"]
+        assert log.log_read("inbox", "", 10, 0)[0] == [b"a", b"b", b"c", b"d"], \
+            "reading does not consume: a reader that comes back re-reads from its cursor"
+
+    def test_log_entries_are_bytes_kept_exactly(self, backend: ResultBackend) -> None:
+        log = _log(backend)
+        entries = [b"7\n{\"status\": \"SUCCESS\"}", b"\x00\xff\n\r\n", b""]
+        log.log_append("inbox", entries, 60)
+        assert log.log_read("inbox", "", 10, 0)[0] == entries
+
+    def test_logs_are_separate_and_shared_by_instances_on_one_store(
+            self, make_backend: MakeBackend) -> None:
+        writer, reader = _log(make_backend()), _log(make_backend())
+        writer.log_append("one", [b"1"], 60)
+        writer.log_append("two", [b"2"], 60)
+        assert reader.log_read("one", "", 10, 0)[0] == [b"1"]
+        assert reader.log_read("two", "", 10, 0)[0] == [b"2"]
+        assert reader.log_read("never-written", "", 10, 0) == ([], "")
+
+    def test_log_read_times_out_with_nothing_and_the_same_cursor(
+            self, backend: ResultBackend) -> None:
+        log = _log(backend)
+        assert log.log_read("inbox", "", 10, 0.2) == ([], "")
+        log.log_append("inbox", [b"a"], 60)
+        _, cursor = log.log_read("inbox", "", 10, 0)
+        started = time.monotonic()
+        assert log.log_read("inbox", cursor, 10, 0.2) == ([], cursor)
+        assert time.monotonic() - started >= 0.15, "it waited for an entry first"
+
+    @pytest.mark.parametrize("writer", ["same instance", "other instance"])
+    def test_blocking_log_read_wakes_when_a_thread_appends(self, make_backend: MakeBackend,
+                                                           writer: str) -> None:
+        reader = _log(make_backend())
+        appender = reader if writer == "same instance" else _log(make_backend())
+        reader.log_append("inbox", [b"old"], 60)
+        _, cursor = reader.log_read("inbox", "", 10, 0)
+
+        def append_later() -> None:
+            time.sleep(0.1)
+            appender.log_append("inbox", [b"new"], 60)
+
+        thread = threading.Thread(target=append_later, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        entries, after = reader.log_read("inbox", cursor, 10, 10)
+        elapsed = time.monotonic() - started
+        thread.join()
+        assert entries == [b"new"] and after != cursor
+        assert elapsed < 0.1 + _PROMPT
+
+    def test_log_appends_from_many_threads_are_each_kept_once_in_each_writers_order(
+            self, make_backend: MakeBackend) -> None:
+        threads_n, per_thread = 4, 25
+        start = threading.Barrier(threads_n)
+
+        def work(n: int) -> None:
+            log = _log(make_backend())
+            start.wait(10)
+            for i in range(per_thread):
+                log.log_append("inbox", [b"%d:%d" % (n, i)], 60)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        entries = _log(make_backend()).log_read("inbox", "", 1000, 0)[0]
+        assert sorted(entries) == sorted(b"%d:%d" % (n, i) for n in range(threads_n)
+                                         for i in range(per_thread))
+        for n in range(threads_n):
+            mine = [int(e.split(b":")[1]) for e in entries if e.startswith(b"%d:" % n)]
+            assert mine == list(range(per_thread))
+
+    def test_log_trim_drops_entries_up_to_the_cursor(self, backend: ResultBackend) -> None:
+        log = _log(backend)
+        log.log_append("inbox", [b"a", b"b", b"c"], 60)
+        log.log_trim("inbox", "")  # nothing handled yet: nothing dropped
+        assert log.log_read("inbox", "", 10, 0)[0] == [b"a", b"b", b"c"]
+        _, handled = log.log_read("inbox", "", 2, 0)
+        log.log_trim("inbox", handled)
+        assert log.log_read("inbox", "", 10, 0)[0] == [b"c"]
+        assert log.log_read("inbox", handled, 10, 0)[0] == [b"c"]
+        log.log_append("inbox", [b"d"], 60)
+        assert log.log_read("inbox", handled, 10, 0)[0] == [b"c", b"d"]
+
+    def test_log_delete_drops_the_whole_log_only(self, backend: ResultBackend) -> None:
+        log = _log(backend)
+        log.log_append("inbox", [b"a", b"b"], 60)
+        log.log_append("other", [b"kept"], 60)
+        log.log_delete("inbox")
+        assert log.log_read("inbox", "", 10, 0)[0] == []
+        assert log.log_read("other", "", 10, 0)[0] == [b"kept"]
+        log.log_delete("inbox")  # twice, or never written: no error
+        log.log_delete("never-written")
+        log.log_append("inbox", [b"again"], 60)
+        assert log.log_read("inbox", "", 10, 0)[0] == [b"again"]
+
     def test_close_twice(self, backend: ResultBackend) -> None:
         backend.mark_as_done(_new_id(), 1)
         backend.close()
@@ -585,3 +710,17 @@ class SharedBackendContract(BackendContract):
         join()
         claims = [c for out in outs for c in json.loads(out.read_text())]
         assert len(claims) == procs_n * per_proc and claims.count(True) == 1
+
+
+    def test_blocking_log_read_wakes_when_another_process_appends(
+            self, process_url: str, make_backend: MakeBackend) -> None:
+        log = _log(make_backend())
+        join = _run_children([(_log_append_in_child, (process_url, "inbox", 0.2))])
+        try:
+            entries, _ = log.log_read("inbox", "", 10, _CHILD_TIMEOUT)
+            woke_after = time.time() - float(entries[-1]) if entries else None
+        finally:
+            join()
+        assert len(entries) == 2 and entries[0] == b"first", \
+            "the entries of one append arrive together"
+        assert woke_after is not None and woke_after < _PROMPT
