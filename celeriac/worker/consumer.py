@@ -52,6 +52,8 @@ logger = logging.getLogger("celeriac.worker")
 
 #: a delivery leased this many times without finishing is a poison message: dead-lettered
 DEFAULT_MAX_DELIVERIES = 10
+#: seconds a main task waits on the broker when this worker already runs as many as it may
+LANE_RETRY = 1.0
 
 
 class Consumer:
@@ -284,6 +286,12 @@ class Consumer:
             return self.waiting_pool, True
         return self.pool, False
 
+    def _lane_full(self, lane: Any) -> bool:
+        """Whether ``lane`` has no slot left for one more job (counting those waiting for it)."""
+        with self._cond:
+            waiting = sum(1 for job in self._buffer if job.lane is lane)
+            return lane.free_slots() - waiting <= 0
+
     def _outside_window(self, delivery: Delivery) -> bool:
         task = self.app.tasks.get(delivery.message.headers.get("task"))
         return task is not None and self._lane(task)[1]
@@ -301,6 +309,13 @@ class Consumer:
                 delivery, self.hostname, self.accept))
         late = task.acks_late if task.acks_late is not None else self.acks_late_default
         lane, outside_window = self._lane(task)
+        if task.runs_outside_pool and lane is not self.pool and self._lane_full(lane):
+            # As many main tasks as this worker runs at once are here already: this one goes
+            # back to the broker for a moment instead of waiting in the prefetch buffer, where
+            # it would hold the room the running ones need to fetch their subtasks.
+            self._enact(delivery, Decision(Verdict.DEFER, not_before=time.time() + LANE_RETRY),
+                        task)
+            return
         if task.collects_requests:  # acked only once its batch has run
             late, outside_window = True, False
         job = Job(next(self._ids), delivery, task, bool(late), outside_window, lane)

@@ -273,6 +273,37 @@ def test_every_in_process_pool_with_one_slot_runs_sync_and_async_main_tasks(
             result.id, 6)
 
 
+@pytest.mark.parametrize("queued", ["sqlite", "redis"])
+def test_more_dispatches_than_a_worker_runs_at_once_all_finish(
+        queued: str, sqlite_tasks: ModuleType, task_module: Callable[..., ModuleType],
+        tmp_path: Path) -> None:
+    """Main tasks beyond ``dispatcher_concurrency`` go back to the broker for a moment instead
+    of filling the prefetch buffer, where they would take the room their running siblings need
+    to fetch subtasks (one worker held every one of 30 such dispatches forever before)."""
+    if queued == "redis":
+        from tests.integration.conftest import open_broker
+
+        with open_broker("redis", tmp_path) as redis_broker:
+            yield_from = _load(task_module, redis_broker.url, None)
+            tasks = next(yield_from)
+            try:
+                _run_more_than_concurrency(tasks, pool="solo")
+            finally:
+                yield_from.close()
+        return
+    _run_more_than_concurrency(sqlite_tasks, pool="threads")
+
+
+def _run_more_than_concurrency(tasks: ModuleType, pool: str) -> None:
+    tasks.app.conf.dispatcher_concurrency = 1
+    results = [tasks.squares.delay(3) for _ in range(4)]  # queued before the worker starts
+    with worker(tasks, pool=pool, concurrency=1):
+        assert [r.get(timeout=TIMEOUT * 2) for r in results] == ["sent 3"] * 4
+    for result in results:
+        assert sorted(e["task_id"] for e in tasks.HEARD.of("success", result.id)) == _ids(
+            result.id, 3)
+
+
 def test_eager_mode_applies_each_subtask_in_place(sqlite_tasks: ModuleType) -> None:
     tasks = sqlite_tasks
     tasks.app.conf.task_always_eager = True
