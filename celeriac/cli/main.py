@@ -1,8 +1,9 @@
 """The ``celeriac`` command, shaped like Celery's: ``celeriac -A proj worker --loglevel=INFO``.
 
 Layer: cli (may import anything; nothing imports it). Each sub-command is a thin shell over the
-library: worker, demo, dlq, purge, call, result, shell. Celery commands celeriac has not built
-yet (beat, inspect, control, status, events, multi) exist and say so in one line.
+library: worker, demo, dlq, purge, call, result, shell, dispatch (``dispatch progress``: a
+dispatch's live progress bar, cli/progress.py). Celery commands celeriac has not built yet (beat,
+inspect, control, status, events, multi) exist and say so in one line.
 
 User mistakes end in one line on stderr and a non-zero exit, never a traceback:
 ``CeleriacGroup.invoke`` turns the known user-error exceptions (``USER_ERRORS``) and a misplaced
@@ -386,6 +387,49 @@ def result(obj: AppHolder, task_id: str, timeout: float | None) -> None:
         except exceptions.TimeoutError as exc:
             raise UserError(f"{_here()} {task_id}: {exc}") from exc
     click.echo(f"{res.state}: {res.result!r}")
+
+
+@cli.group("dispatch")
+def dispatch_group() -> None:
+    """Watch dispatches: generator main tasks that fan out subtasks (celeriac.dispatch)."""
+
+
+@dispatch_group.command("progress")
+@click.argument("task_id")
+@click.option("-i", "--interval", type=float, default=0.5, show_default=True,
+              help="Seconds between two reads of the main task's progress.")
+@click.option("-t", "--timeout", type=float, default=None,
+              help="Give up after this many seconds (exit 1); default: wait until it ends.")
+@click.pass_obj
+def dispatch_progress(obj: AppHolder, task_id: str, interval: float,
+                      timeout: float | None) -> None:
+    """Show a live progress bar for the dispatch whose main task is TASK_ID until it ends, then
+    its final state; exit 0 when it succeeded, 1 otherwise."""
+    from .. import states
+    from .progress import Watch
+
+    if interval <= 0:
+        raise UserError(f"{_here()}: --interval must be more than 0 seconds (got {interval:g})",
+                        exit_code=2)
+    app = obj.app
+    backend = app.backend
+    if not backend.persistent:
+        raise UserError(
+            f"{_here()}: the result store {redact_url(str(app.conf.get('result_backend')))} "
+            "keeps no state another process can read, so a dispatch's progress cannot be "
+            "followed from here: use a redis:// or sqlite:// result_backend")
+    watch = Watch(read=lambda: backend.get_task_meta(task_id),
+                  echo=lambda text, newline: click.echo(text, nl=newline),
+                  interactive=_is_tty(sys.stdout), interval=interval, timeout=timeout)
+    meta = watch.run()
+    if meta is None:
+        state = backend.get_task_meta(task_id).get("status")
+        raise UserError(f"{_here()} {task_id}: still {state} after {timeout:g}s")
+    state = meta.get("status")
+    value = (backend.exception_from_meta(meta) if state in states.EXCEPTION_STATES
+             else meta.get("result"))
+    click.echo(f"{state}: {value!r}")
+    sys.exit(0 if state == states.SUCCESS else 1)
 
 
 def _json_option(text: str, kind: type, wanted: str) -> Any:
