@@ -93,6 +93,28 @@ class AppendLog(Protocol):
         """Drop the whole log."""
 
 
+@runtime_checkable
+class Locks(Protocol):
+    """A store that holds named locks, each held by a token and expiring on the store's clock
+    unless renewed, so a holder that dies frees it after its ``ttl``. Every call is one atomic
+    step in the store (no read-then-write a second client could slip between); ``app.lock()``
+    and the task options ``lock`` and ``unique`` (celeriac/locks.py) build on it."""
+
+    def lock_acquire(self, key: str, token: str, ttl: float) -> bool:
+        """Take ``key`` for ``token`` for ``ttl`` seconds if nobody holds it (or it expired);
+        True if ``token`` holds it now. Never waits. Acquiring again with the token that holds
+        it succeeds and restarts its ``ttl`` (a retried call is harmless)."""
+
+    def lock_release(self, key: str, token: str) -> bool:
+        """Free ``key`` if ``token`` still holds it; False (and nothing changed) otherwise."""
+
+    def lock_extend(self, key: str, token: str, ttl: float) -> bool:
+        """Restart the ``ttl`` of ``key`` if ``token`` still holds it; False otherwise."""
+
+    def lock_owner(self, key: str) -> str | None:
+        """The token holding ``key``, or None when it is free."""
+
+
 class ResultBackend(ABC):
     """Stores and reads task results in Celery's meta format."""
 

@@ -225,6 +225,40 @@ class MemoryBackend(ResultBackend):
         with self._store.cond:
             self._store.logs.pop(key, None)
 
+    # ---- locks (Locks): a key holding its token, expiring on the monotonic clock ----------------
+    def lock_acquire(self, key: str, token: str, ttl: float) -> bool:
+        store = self._store
+        now = time.monotonic()
+        with store.cond:
+            held = store.live(key, now)
+            if held is not None and held != token.encode():
+                return False
+            store.put(key, token.encode(), now + ttl, now)
+        return True
+
+    def lock_release(self, key: str, token: str) -> bool:
+        store = self._store
+        with store.cond:
+            if store.live(key, time.monotonic()) != token.encode():
+                return False
+            store.data.pop(key, None)
+            store.stamps.pop(key, None)
+        return True
+
+    def lock_extend(self, key: str, token: str, ttl: float) -> bool:
+        store = self._store
+        now = time.monotonic()
+        with store.cond:
+            if store.live(key, now) != token.encode():
+                return False
+            store.data[key] = (token.encode(), now + ttl)
+        return True
+
+    def lock_owner(self, key: str) -> str | None:
+        with self._store.cond:
+            held = self._store.live(key, time.monotonic())
+        return None if held is None else held.decode()
+
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         store = self._store
         seen: dict[str, int] = getattr(self._local, "seen", None) or {}

@@ -45,6 +45,22 @@ _TRANSIENT = redis_wire.TRANSIENT
 _DELETE_CHUNK = 1000
 _SSL_NAMES = {"none": "none", "cert_none": "none", "optional": "optional",
               "cert_optional": "optional", "required": "required", "cert_required": "required"}
+# Lock scripts: each is one atomic step in Redis, so no other client changes the key between
+# the check of its token and the change (a retried call finds its own token and succeeds again).
+_LOCK_ACQUIRE = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_LOCK_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_LOCK_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 #: redis-py leaves parse_url unannotated; this is its type
 _parse_url: Callable[[str], dict[str, Any]] = parse_url
 #: objects a forked child inherited (sockets, pipe fds): never used there, only kept referenced
@@ -230,6 +246,23 @@ class RedisBackend(ResultBackend):
 
     def log_delete(self, key: str) -> None:
         self.client().delete(self._key(key))
+
+    # ---- locks (Locks): SET NX PX, and scripts that change a lock only for its token -------------
+    def lock_acquire(self, key: str, token: str, ttl: float) -> bool:
+        return bool(self._retrying(lambda: self.client().eval(
+            _LOCK_ACQUIRE, 1, self._key(key), token, _ttl_ms(ttl)), key))
+
+    def lock_release(self, key: str, token: str) -> bool:
+        return bool(self._retrying(lambda: self.client().eval(
+            _LOCK_RELEASE, 1, self._key(key), token), key))
+
+    def lock_extend(self, key: str, token: str, ttl: float) -> bool:
+        return bool(self._retrying(lambda: self.client().eval(
+            _LOCK_EXTEND, 1, self._key(key), token, _ttl_ms(ttl)), key))
+
+    def lock_owner(self, key: str) -> str | None:
+        held: bytes | None = self._wire().call_one("GET", self._key(key))
+        return None if held is None else held.decode()
 
     # ---- chords (Celery 5.7's keys and semantics; see backends/redis_chord.py) -------------------
     def _chord_keys(self, group_id: str) -> dict[str, str]:

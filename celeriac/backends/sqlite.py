@@ -85,6 +85,14 @@ ON CONFLICT (key) DO UPDATE SET
 RETURNING value
 """
 
+# One statement: insert the lock, or take over a row that expired or that this token holds
+# already; rowcount is 0 exactly when a live row holds another token.
+_LOCK_ACQUIRE = f"""
+INSERT INTO {TABLE} (key, value, expires_at) VALUES (:key, :token, :expires_at)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+WHERE (expires_at IS NOT NULL AND expires_at <= :now) OR value = excluded.value
+"""
+
 #: connection handles and waiters a forked child inherited: never used or closed there (that could
 #: disturb the parent's locks and WAL), only kept referenced so garbage collection leaves them be
 _INHERITED: list[Any] = []
@@ -357,6 +365,30 @@ class SQLiteBackend(ResultBackend):
         with self._connection() as conn:
             conn.execute(f"DELETE FROM {LOG_TABLE} WHERE log_key = ?", (key,))
             conn.execute(f"DELETE FROM {TABLE} WHERE key = ?", (key,))
+
+    # ---- locks (Locks): a row holding its token; each call one statement in its transaction ----
+    def lock_acquire(self, key: str, token: str, ttl: float) -> bool:
+        now = time.time()
+        with self._transaction() as conn:
+            return conn.execute(_LOCK_ACQUIRE, {"key": key, "token": token.encode(), "now": now,
+                                                "expires_at": now + ttl}).rowcount == 1
+
+    def lock_release(self, key: str, token: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute(f"DELETE FROM {TABLE} WHERE key = ? AND value = ? AND {_LIVE}",
+                                (key, token.encode(), time.time())).rowcount == 1
+
+    def lock_extend(self, key: str, token: str, ttl: float) -> bool:
+        now = time.time()
+        with self._transaction() as conn:
+            cur = conn.execute(f"UPDATE {TABLE} SET expires_at = ? WHERE key = ? AND value = ?"
+                               f" AND {_LIVE}", (now + ttl, key, token.encode(), now))
+            return cur.rowcount == 1
+
+    def lock_owner(self, key: str) -> str | None:
+        with self._connection() as conn:
+            held = self._live(conn, key, time.time())
+        return None if held is None else held.decode()
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         token = getattr(self._local, "token", None)

@@ -23,7 +23,7 @@ import pytest
 
 from .. import states
 from ..backends import backend_from_url
-from ..backends.base import AppendLog, ChordPart, ResultBackend
+from ..backends.base import AppendLog, ChordPart, Locks, ResultBackend
 from ..exceptions import BackendError, TaskRevokedError
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 
@@ -162,6 +162,23 @@ def _log_append_in_child(url: str, key: str, delay: float) -> None:
         _log(backend).log_append(key, [b"first", repr(time.time()).encode()], 60)
     finally:
         backend.close()
+
+
+def _lock_in_child(url: str, keys: list[str], token: str, barrier: Any, out: str) -> None:
+    """Try each lock once, all children together; record which ones this child won."""
+    backend = backend_from_url(url)
+    try:
+        barrier.wait(_CHILD_TIMEOUT)
+        won = [key for key in keys if _locks(backend).lock_acquire(key, token, 60)]
+    finally:
+        backend.close()
+    Path(out).write_text(json.dumps(won))
+
+
+def _locks(backend: ResultBackend) -> Locks:
+    """``backend`` as the lock holder it must also be (``app.lock()``, ``lock=``, ``unique=``)."""
+    assert isinstance(backend, Locks), f"{type(backend).__name__} holds no locks"
+    return backend
 
 
 def _log(backend: ResultBackend) -> AppendLog:
@@ -653,6 +670,77 @@ class BackendContract:
         log.log_append("inbox", [b"again"], 60)
         assert log.log_read("inbox", "", 10, 0)[0] == [b"again"]
 
+    # ---- locks (Locks: app.lock(), the task options lock and unique) ----------------------------
+    def test_lock_is_exclusive_and_released_only_by_its_holder(self, make_backend: MakeBackend
+                                                               ) -> None:
+        mine, theirs = _locks(make_backend()), _locks(make_backend())
+        assert mine.lock_owner("job") is None
+        assert mine.lock_acquire("job", "me", 60)
+        assert not theirs.lock_acquire("job", "you", 60), "held: nobody else gets it"
+        assert theirs.lock_owner("job") == "me"
+        assert not theirs.lock_release("job", "you"), "only the holder's token releases it"
+        assert not theirs.lock_extend("job", "you", 60)
+        assert theirs.lock_owner("job") == "me"
+        assert theirs.lock_acquire("other-job", "you", 60), "each key is a lock of its own"
+        assert mine.lock_release("job", "me")
+        assert not mine.lock_release("job", "me"), "released once"
+        assert mine.lock_owner("job") is None
+        assert theirs.lock_acquire("job", "you", 60)
+        assert theirs.lock_owner("job") == "you"
+
+    def test_lock_acquired_again_by_its_holder_stays_held(self, backend: ResultBackend) -> None:
+        locks = _locks(backend)
+        assert locks.lock_acquire("job", "me", 60)
+        assert locks.lock_acquire("job", "me", 60), "a retried acquire by the holder succeeds"
+        assert not locks.lock_acquire("job", "you", 60)
+        assert locks.lock_release("job", "me")
+        assert locks.lock_owner("job") is None
+
+    def test_lock_expires_so_another_can_take_it(self, make_backend: MakeBackend) -> None:
+        dead, next_one = _locks(make_backend()), _locks(make_backend())
+        assert dead.lock_acquire("job", "dead", 0.2)  # a holder that never releases
+        deadline = time.monotonic() + 30
+        while not next_one.lock_acquire("job", "next", 60):
+            assert time.monotonic() < deadline, "the expired lock was never freed"
+            time.sleep(0.05)
+        assert next_one.lock_owner("job") == "next"
+        assert not dead.lock_release("job", "dead"), "a late release frees nothing"
+        assert not dead.lock_extend("job", "dead", 60)
+        assert next_one.lock_owner("job") == "next"
+
+    def test_lock_extend_keeps_it_held(self, make_backend: MakeBackend) -> None:
+        holder, other = _locks(make_backend()), _locks(make_backend())
+        assert holder.lock_acquire("job", "me", 2)
+        assert holder.lock_extend("job", "me", 60)
+        assert holder.lock_acquire("gauge", "me", 2)  # taken later, for the same 2 s
+        deadline = time.monotonic() + 30
+        while not other.lock_acquire("gauge", "you", 60):  # the first ttl is over once it is
+            assert time.monotonic() < deadline, "the gauge lock was never freed"
+            time.sleep(0.05)
+        assert not other.lock_acquire("job", "you", 60), "the extension keeps it held"
+        assert other.lock_owner("job") == "me"
+
+    def test_lock_is_won_by_one_of_many_threads(self, make_backend: MakeBackend) -> None:
+        threads_n, keys = 6, [f"job-{n}" for n in range(20)]
+        start = threading.Barrier(threads_n)
+        won: dict[str, list[str]] = {key: [] for key in keys}
+
+        def work(n: int) -> None:
+            locks = _locks(make_backend())
+            start.wait(10)
+            for key in keys:
+                if locks.lock_acquire(key, f"thread-{n}", 60):
+                    won[key].append(f"thread-{n}")
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert all(len(winners) == 1 for winners in won.values()), won
+        check = _locks(make_backend())
+        assert all(check.lock_owner(key) == winners[0] for key, winners in won.items())
+
     def test_close_twice(self, backend: ResultBackend) -> None:
         backend.mark_as_done(_new_id(), 1)
         backend.close()
@@ -711,6 +799,21 @@ class SharedBackendContract(BackendContract):
         claims = [c for out in outs for c in json.loads(out.read_text())]
         assert len(claims) == procs_n * per_proc and claims.count(True) == 1
 
+
+    def test_lock_is_won_by_one_of_many_processes(self, process_url: str, tmp_path: Path,
+                                                  make_backend: MakeBackend) -> None:
+        procs_n, keys = 4, [f"job-{n}" for n in range(25)]
+        barrier = multiprocessing.get_context("spawn").Barrier(procs_n)
+        outs = [tmp_path / f"lock-{i}.json" for i in range(procs_n)]
+        join = _run_children([(_lock_in_child, (process_url, keys, f"proc-{i}", barrier,
+                                                str(out))) for i, out in enumerate(outs)])
+        join()
+        won = {i: json.loads(out.read_text()) for i, out in enumerate(outs)}
+        assert sorted(key for keys_won in won.values() for key in keys_won) == sorted(keys), \
+            "each lock went to exactly one process"
+        check = _locks(make_backend())
+        for i, keys_won in won.items():
+            assert all(check.lock_owner(key) == f"proc-{i}" for key in keys_won)
 
     def test_blocking_log_read_wakes_when_another_process_appends(
             self, process_url: str, make_backend: MakeBackend) -> None:
