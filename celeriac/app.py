@@ -22,6 +22,7 @@ from .utils.sqlite import DEFAULT_SQLITE_URL
 
 if TYPE_CHECKING:
     from .backends.base import ResultBackend
+    from .locks import Lock
     from .producer import Producer
     from .result import AsyncResult
     from .transport.base import Transport
@@ -303,6 +304,13 @@ class Celery:
         if add_to_parent:
             _context.add_to_current_parent(result)
         return result
+
+    def lock(self, lock_id: str, expire: float = 60.0) -> "Lock":
+        """A lock in the result store: ``with app.lock(lock_id, expire=60) as acquired:`` is
+        True for the one holder, False at once for everyone else (docs/locks.md)."""
+        from .locks import Lock, lock_store
+
+        return Lock(lock_store(self), lock_id, expire)
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> "AsyncResult":  # noqa: N802
         from .result import AsyncResult

@@ -130,6 +130,16 @@ class Task(Generic[P, R]):
     #: the worker buffers this task's requests and calls it once with a list of them
     #: (celeriac.batches.Batches)
     collects_requests: bool = False
+    #: at most one call running at a time per key: True (the same name and arguments), a key
+    #: template filled with the call's arguments (``"feed:{url}"``) or a callable returning the
+    #: key; a worker finding the key held defers the call (celeriac/locks.py, docs/locks.md)
+    lock: Any = None
+    #: seconds a dead worker's ``lock`` outlives it (renewed while the task runs)
+    lock_expire: float | None = None
+    #: no second call queued while one with the same key waits to start (keys as for ``lock``)
+    unique: Any = None
+    #: seconds a queued call keeps its ``unique`` key if it never starts
+    unique_expire: float | None = None
     #: the wrapped function, for tasks made by the decorator
     __wrapped__: Callable[..., Any] | None = None
     _bound: bool = False
@@ -177,6 +187,11 @@ class Task(Generic[P, R]):
                               **options)
         if self.typing:
             self._check_arguments(args or (), kwargs or {})
+        if self.lock or self.unique:
+            from ..locks import send_task_with_locks
+
+            return send_task_with_locks(self, args, kwargs, dict(
+                task_id=task_id, link=link, link_error=link_error, shadow=shadow, **options))
         return app.send_task(self.name, args, kwargs, task_id=task_id, link=link,
                              link_error=link_error, shadow=shadow, _task=self, **options)
 

@@ -418,10 +418,8 @@ class Consumer:
                 decision = None
             else:
                 decision = self._last_look(job)
-            if decision is not None:  # revoked, or expired, while it waited in the buffer
-                self._forget(job, running=False)
-                self._drop(job.delivery, job.task, expired=decision.verdict is Verdict.EXPIRED)
-                self.settlement.ack(job.delivery)
+            if decision is not None:  # revoked or expired while it waited, or deferred
+                self._set_aside(job, decision)
                 continue
             with self._cond:
                 self._running += 1
@@ -453,6 +451,16 @@ class Consumer:
                 return decision
         return None
 
+    def _set_aside(self, job: Job, decision: Decision) -> None:
+        """A held job the last look stopped: deferred (its message goes back to the broker
+        until ``not_before``, holding no slot), or dropped as revoked or expired."""
+        self._forget(job, running=False)
+        if decision.verdict is Verdict.DEFER:
+            self._enact(job.delivery, decision, job.task)
+            return
+        self._drop(job.delivery, job.task, expired=decision.verdict is Verdict.EXPIRED)
+        self.settlement.ack(job.delivery)
+
     def _trim_batch(self, batch: BatchJob) -> Decision | None:
         """The last look for each request of a batch: revoked and expired ones are dropped and
         never passed to the task. A Decision when none is left."""
@@ -462,9 +470,7 @@ class Consumer:
             if decision is None:
                 kept.append(member)
                 continue
-            self._forget(member, running=False)
-            self._drop(member.delivery, member.task, expired=decision.verdict is Verdict.EXPIRED)
-            self.settlement.ack(member.delivery)
+            self._set_aside(member, decision)
         batch.members = kept
         if kept:
             batch.delivery = kept[0].delivery

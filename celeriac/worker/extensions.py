@@ -8,8 +8,9 @@ nothing on the hot path. The points, in the order a message meets them:
   (a thread, a subscription), e.g. heartbeats, remote control, beat.
 - ``before_admission(arrival)``: one more admission step (see worker/admission.py); return a
   ``Decision`` to end admission (defer, dead-letter, drop), None to let it through.
-- ``before_run(job)``: just before a held job goes to the pool; return a ``Decision`` (only
-  REVOKED or EXPIRED are meaningful here) to drop it instead.
+- ``before_run(job)``: just before a held job goes to the pool; return a ``Decision`` to drop
+  it instead (REVOKED, EXPIRED) or to defer it (DEFER: its message goes back to the broker
+  until ``not_before``, e.g. task locks).
 - ``after_outcome(job, outcome)``: the job ended (before its message is settled).
 
 Extensions run in the consumer's threads: they must not block for long.

@@ -37,6 +37,7 @@ from .consumer import Consumer
 from .executor import execute_async
 from .extensions import Expiry, Heartbeat, WorkerExtension
 from .limits import limits_for
+from .locking import TaskLocks
 from .pools import create_pool
 from .request import run_message
 from .settlement import choose as choose_settlement
@@ -376,7 +377,7 @@ class Worker:
     def extensions(self) -> list[WorkerExtension]:
         """The built-in features on the consumer's extension points, then the app's own
         (``app.worker_extensions``), in that order."""
-        built_in: list[WorkerExtension] = [Expiry(), DispatchSupport()]
+        built_in: list[WorkerExtension] = [Expiry(), DispatchSupport(), TaskLocks()]
         if self.app.backend.persistent:
             built_in.append(Heartbeat(float(self.app.conf.get("worker_heartbeat_interval")
                                             or 2.0)))
