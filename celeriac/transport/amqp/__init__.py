@@ -7,8 +7,10 @@ queue's routing key. A message for a queue is published to the default exchange 
 queue's name as routing key (Celery's direct route); a routed one to its exchange with its key.
 
 Publishing: one connection per thread (and per process: a forked child opens its own), its
-channel in confirm mode; a batch is published at once and then waited for, so ``publish``
-returns only once the broker has confirmed every message (a nack raises). Producer connections
+channel in confirm mode; a batch is published at once (its frames, the bytes py-amqp's
+``basic_publish`` would send, built by ``wire.publish_frames`` and written together) and then
+waited for, so ``publish`` returns only once the broker has confirmed every message (a nack
+raises). Producer connections
 negotiate no heartbeat (the broker never closes them for silence; TCP keepalive finds dead
 peers); one found dead is dropped, the error raised is in ``transient_errors``, and the next use
 opens a fresh connection (the producer's publish retry does exactly that).
@@ -19,9 +21,10 @@ one ``basic_consume(no_ack=False)`` per queue, and reads of what the broker push
 waits for the socket to become readable (``poll``, holding no lock), then reads the frames
 already there and returns at once. Only the fetching thread reads that connection; acks and
 rejects come from other worker threads (batched acks, early acks, pool callbacks), so every
-frame written on it goes through one lock (``_locked_writer``) and an ack never waits for a
-fetch to end (TLS sockets cannot read and write from two threads: there each frame is read
-under the same lock, the wait itself still holding none). A warm shutdown's
+frame written on it goes through one lock (``_locked_writer``; acks are written as whole
+frames under it, ``wire.ack_frame``) and an ack never waits for a fetch to end (TLS sockets
+cannot read and write from two threads: there each frame is read under the same lock, the wait
+itself still holding none). A warm shutdown's
 ``stop_consuming`` cancels the consumers and gives back what was pushed but never fetched.
 Heartbeats: the fetching thread calls ``heartbeat_tick`` on each pass and a small
 keepalive thread sends one whenever the interval asks, so a worker busy with long tasks (not
@@ -49,6 +52,7 @@ import logging
 import math
 import select
 import socket
+import struct
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -66,7 +70,7 @@ from ..base import Delivery, Outgoing, check_queue_names
 from .broadcast import AMQPBroadcastMixin
 from .dead_letters import AMQPDeadLetterMixin
 from .delayed import AMQPDelayedDeliveryMixin
-from .wire import from_amqp, to_amqp
+from .wire import ack_frame, frame_handler, from_amqp, publish_frames, to_amqp
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +94,11 @@ _FRAME_WAIT = 1.0
 _BURST_GAP = 0.01
 #: requeue counts remembered per (queue, task id), for delivery_count on classic queues
 _REQUEUE_MEMORY = 10_000
+#: the most one read of a plain socket takes (``read_frames``)
+_RECV_SIZE = 256 * 1024
+#: a publish writes its frames in pieces of about this size (one piece for a usual batch)
+_WRITE_SIZE = 1024 * 1024
+_FRAME_HEADER = struct.Struct(">BHI").unpack_from
 
 
 class ConnectionLost(ConnectionError):
@@ -160,12 +169,17 @@ class _ConsumerConnection:
 class _Producer:
     """One thread's connection for publishing (confirm mode) and for declaring and counting."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, tls: bool = False) -> None:
         self.conn = conn
         self.channel: Any = None
         self.sent = 0  # publish sequence numbers handed out on the current channel
         self.unconfirmed: set[int] = set()
         self.nacked: set[int] = set()
+        #: a plain socket's confirms are read with ``read_frames`` once it polls readable
+        self.tls = tls
+        self.poller = select.poll()
+        if conn is not None and not tls:
+            self.poller.register(conn.sock.fileno(), select.POLLIN)
 
     def open_channel(self) -> Any:
         if self.channel is None or not self.channel.is_open:
@@ -269,7 +283,9 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
             self._init_state()
 
     def _connect(self, heartbeat: float) -> Any:
-        conn = amqp.Connection(**{**self._params, "heartbeat": int(heartbeat)})
+        # frame_handler: py-amqp's, reading content headers with wire.decode_properties
+        conn = amqp.Connection(**{**self._params, "heartbeat": int(heartbeat),
+                                  "frame_handler": frame_handler})
         conn.connect()
         return conn
 
@@ -279,7 +295,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         producer: _Producer | None = getattr(self._local, "producer", None)
         if producer is not None and producer.conn.connected:
             return producer
-        producer = _Producer(self._connect(0))
+        producer = _Producer(self._connect(0), bool(self.ssl))
         self._local.producer = producer
         with self._producers_lock:
             self._producers.append(producer)
@@ -409,22 +425,30 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         producer = self._producer()
         try:
             channel = producer.open_channel()
-            mine: set[int] = set()
-            for msg, exchange, routing_key in prepared:
-                producer.sent += 1
-                producer.unconfirmed.add(producer.sent)
-                mine.add(producer.sent)
-                channel.basic_publish(msg, exchange=exchange, routing_key=routing_key)
+            conn = producer.conn
+            # every frame of the batch in one write (py-amqp's basic_publish costs a write, two
+            # socket timeout changes and a zero-timeout read per message); same bytes
+            frames = [publish_frames(channel.channel_id, exchange, routing_key, msg,
+                                     conn.frame_max)
+                      for msg, exchange, routing_key in prepared]
+            first = producer.sent + 1
+            producer.sent += len(frames)
+            mine = set(range(first, producer.sent + 1))
+            producer.unconfirmed |= mine
+            _write_frames(conn, frames)
             deadline = time.monotonic() + self.confirm_timeout
             while producer.unconfirmed & mine:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ConnectionLost(f"RabbitMQ did not confirm {len(mine)} published "
                                          f"message(s) within {self.confirm_timeout:g} s")
-                try:
-                    producer.conn.drain_events(timeout=min(remaining, _SLICE))
-                except socket.timeout:
-                    continue
+                if producer.tls:
+                    try:
+                        conn.drain_events(timeout=min(remaining, _SLICE))
+                    except socket.timeout:
+                        continue
+                elif producer.poller.poll(math.ceil(min(remaining, _SLICE) * 1000)):
+                    read_frames(conn)  # the confirms, however many came
         except amqp_errors.ChannelError as exc:
             producer.channel = None
             raise ConnectionLost(f"RabbitMQ closed the publishing channel: "
@@ -624,16 +648,26 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
     def _read(self, current: _ConsumerConnection, wait: float) -> bool:
         """Wait up to ``wait`` seconds for the broker to send something, holding no lock (the
         socket is polled, not read), then read every frame already there and return at once;
-        True if a message arrived. py-amqp reads a plain socket no further than the frame it
-        parses, so an unread frame is always in the socket, where the poll sees it; on TLS the
-        SSL layer may hold decrypted bytes (``buffered``), and every read holds the write lock,
-        frame by frame. A frame whose rest is late is waited for at most ``_FRAME_WAIT`` (TLS:
-        ``_TLS_SLICE``); its start stays in py-amqp's buffer for the next read."""
+        True if a message arrived. A plain socket is read in bulk (``read_frames``: one
+        ``recv`` for many frames, every whole frame handled at once), and py-amqp's own reads
+        go no further than the frame they parse, so an unhandled whole frame is always in the
+        socket, where the poll sees it; on TLS the SSL layer may hold decrypted bytes
+        (``buffered``), and every read holds the write lock, frame by frame through py-amqp. A
+        frame whose rest is late is waited for at most ``_FRAME_WAIT`` (TLS: ``_TLS_SLICE``);
+        its start stays in py-amqp's buffer for the next read."""
         before = len(current.arrived)
-        buffered = False
-        if current.tls:
-            with current.write_lock:
-                buffered = current.buffered()
+        if not current.tls:
+            # a plain socket: read whatever it holds at once and parse the frames here
+            # (py-amqp's own read costs three recv and two timeout changes per frame)
+            if current.readable(wait):
+                while read_frames(current.conn) == _RECV_SIZE or (
+                        current.conn.transport._read_buffer and current.readable(_FRAME_WAIT)):
+                    pass  # more than one read held, or a frame's rest is on its way
+            if self.heartbeat > 0:
+                current.conn.heartbeat_tick()
+            return len(current.arrived) > before
+        with current.write_lock:
+            buffered = current.buffered()
         if buffered or current.readable(wait):
             frame_wait = _TLS_SLICE if current.tls else _FRAME_WAIT
             more = True
@@ -750,7 +784,10 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
                     if current.held.pop(tag, None) is None:
                         done.append(False)
                         continue
-                    current.channel.basic_ack(tag)
+                    # the frame py-amqp's basic_ack writes, without its per-call machinery
+                    if current.channel.connection is None:
+                        raise ConnectionLost("the consuming channel is closed")
+                    _write_frames(current.conn, [ack_frame(current.channel.channel_id, tag)])
             except (amqp_errors.AMQPError, OSError) as exc:
                 self._lose_from_writer(current, exc)
                 done.append(False)
@@ -878,6 +915,68 @@ def _locked_writer(conn: Any, lock: Any) -> None:
             return inner(*args, **kwargs)
 
     conn.frame_writer = write
+
+
+def read_frames(conn: Any) -> int:
+    """One read of a plain socket that polled readable, without waiting: every whole frame in
+    it goes to py-amqp's frame handler (``on_inbound_frame``, as its ``blocking_read`` hands
+    them: deliveries, confirms, heartbeats, channel errors raised from there), and the start of
+    a frame whose rest has not come yet stays in py-amqp's read buffer (``_read_buffer``), where
+    the next call, or py-amqp's own read, carries on from it. Returns how many bytes came."""
+    transport = conn.transport
+    if transport is None:
+        raise ConnectionLost("RabbitMQ connection closed")
+    try:
+        data = transport.sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError:
+        transport.connected = False
+        raise
+    if not data:
+        transport.connected = False
+        raise ConnectionLost("RabbitMQ closed the connection")
+    pending = transport._read_buffer
+    buf = pending + data if pending else data
+    size, pos, starts, frames = len(buf), 0, [], []
+    while size - pos >= 8:
+        kind, channel, length = _FRAME_HEADER(buf, pos)
+        end = pos + 7 + length
+        if end >= size:
+            break
+        if buf[end] != 0xCE:
+            transport.connected = False
+            raise amqp_errors.UnexpectedFrame(
+                f"Received frame_end {buf[end]:#04x} while expecting 0xce")
+        starts.append(pos)
+        frames.append((kind, channel, buf[pos + 7:end]))
+        pos = end + 1
+    transport._read_buffer = buf[pos:]
+    handle = conn.on_inbound_frame
+    for index, frame in enumerate(frames):
+        try:
+            handle(frame)
+        except BaseException:
+            # the frames after this one are read again by whoever reads next
+            if index + 1 < len(frames):
+                transport._read_buffer = buf[starts[index + 1]:]
+            raise
+    return len(data)
+
+
+def _write_frames(conn: Any, frames: list[bytes]) -> None:
+    """Write whole frames (built by wire.py) straight to the connection's socket, about
+    ``_WRITE_SIZE`` at a time; the caller holds whatever lock its frames need."""
+    transport = conn.transport
+    if transport is None:
+        raise ConnectionLost("RabbitMQ connection closed")
+    start, size = 0, 0
+    for end, frame in enumerate(frames, 1):
+        size += len(frame)
+        if size >= _WRITE_SIZE or end == len(frames):
+            transport.write(b"".join(frames[start:end]) if end - start > 1 else frame)
+            start, size = end, 0
+    conn.bytes_sent += len(frames)
 
 
 def _reply_text(exc: BaseException) -> str:

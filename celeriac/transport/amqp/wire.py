@@ -20,6 +20,7 @@ import calendar
 import contextlib
 import datetime
 import decimal
+import struct
 from typing import Any
 
 import amqp  # type: ignore[import-untyped]
@@ -68,6 +69,340 @@ def to_amqp(message: Message, *, not_before: float | None = None,
     return amqp.Message(message.body, content_type=message.content_type,
                         content_encoding=message.content_encoding,
                         application_headers=headers, **properties)
+
+
+# ---- writing frames without py-amqp's generic encoder -------------------------------------------
+#: the basic properties in content-header order, with their AMQP types (py-amqp's
+#: ``amqp.Message.PROPERTIES``; tests/unit/transport/test_amqp_wire.py checks they agree)
+PROPERTY_ORDER: tuple[tuple[str, str], ...] = (
+    ("content_type", "s"), ("content_encoding", "s"), ("application_headers", "F"),
+    ("delivery_mode", "o"), ("priority", "o"), ("correlation_id", "s"), ("reply_to", "s"),
+    ("expiration", "s"), ("message_id", "s"), ("timestamp", "L"), ("type", "s"),
+    ("user_id", "s"), ("app_id", "s"), ("cluster_id", "s"))
+_OCTET = [bytes((n,)) for n in range(256)]
+_U8 = struct.Struct(">B").pack
+_U16 = struct.Struct(">H").pack
+_U32 = struct.Struct(">I").pack
+_U64 = struct.Struct(">Q").pack
+_LONGSTR = struct.Struct(">cI").pack
+_INT = struct.Struct(">ci").pack
+_LONG = struct.Struct(">cq").pack
+_DOUBLE = struct.Struct(">cd").pack
+_FRAME_HEAD = struct.Struct(">BHI").pack
+#: basic.publish's method frame payload up to the exchange: class 60, method 40, reserved 0
+_PUBLISH = struct.Struct(">HHH").pack(60, 40, 0)
+#: basic.ack as a whole frame: type 1, channel, size 13, class 60, method 80, tag, flags, end
+_ACK_FRAME = struct.Struct(">BHIHHQBB")
+
+
+def _shortstr(value: Any) -> bytes:
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, bytes):
+        raw = value
+    else:
+        raise TypeError(f"a short string must be str or bytes, not {type(value).__name__}")
+    if len(raw) > 255:
+        raise struct.error("a short string is at most 255 bytes")
+    return _OCTET[len(raw)] + raw
+
+
+#: field-table keys as written (length octet + UTF-8): task headers use a handful of names
+_KEYS: dict[str, bytes] = {}
+_KEYS_KEPT = 1024
+
+
+def _key(key: Any) -> bytes:
+    written = _KEYS.get(key) if isinstance(key, str) else None
+    if written is None:
+        written = _shortstr(key)
+        if isinstance(key, str) and len(_KEYS) < _KEYS_KEPT:
+            _KEYS[key] = written
+    return written
+
+
+def _write_table(table: dict[Any, Any], out: list[bytes]) -> None:
+    """Append ``table`` as py-amqp writes a field table (length first), byte for byte."""
+    parts: list[bytes] = []
+    append = parts.append
+    keys = _KEYS
+    for key, value in table.items():
+        written = keys.get(key) if type(key) is str else None
+        append(written if written is not None else _key(key))
+        kind = type(value)
+        if kind is str:  # the common cases inline: strings and None
+            raw = value.encode("utf-8", "surrogatepass")
+            append(_LONGSTR(b"S", len(raw)))
+            append(raw)
+        elif value is None:
+            append(b"V")
+        else:
+            _write_item(value, parts)
+    data = b"".join(parts)
+    out.append(_U32(len(data)))
+    out.append(data)
+
+
+def _write_item(value: Any, out: list[bytes]) -> None:
+    """One field value, with py-amqp's type choices (the order of its ``isinstance`` tests)."""
+    kind = type(value)
+    if kind is str:
+        raw = value.encode("utf-8", "surrogatepass")
+        out.append(_LONGSTR(b"S", len(raw)))
+        out.append(raw)
+    elif value is None:
+        out.append(b"V")
+    elif kind is bool:
+        out.append(b"t\x01" if value else b"t\x00")
+    elif kind is int:
+        out.append(_LONG(b"L", value) if value > 2147483647 or value < -2147483647
+                   else _INT(b"I", value))
+    elif kind is dict:
+        out.append(b"F")
+        _write_table(value, out)
+    elif kind is list or kind is tuple:
+        out.append(b"A")
+        parts: list[bytes] = []
+        for item in value:
+            _write_item(item, parts)
+        data = b"".join(parts)
+        out.append(_U32(len(data)))
+        out.append(data)
+    elif kind is float:
+        out.append(_DOUBLE(b"d", value))
+    else:  # subclasses and the rarer types: py-amqp's own encoder, same bytes
+        out.append(amqp.serialization.dumps("F", [{"": value}])[5:])
+
+
+def encode_properties(properties: dict[str, Any]) -> bytes:
+    """The property flags and list of a basic content header, exactly as py-amqp's
+    ``Message._serialize_properties`` writes them (a property is sent when not None), in a
+    fraction of its time: task headers are mostly strings, None and small ints."""
+    flags = 0
+    out: list[bytes] = []
+    bit = 15
+    for key, kind in PROPERTY_ORDER:  # 14 properties: one flags word
+        value = properties.get(key)
+        if value is not None:
+            flags |= 1 << bit
+            if kind == "s":
+                out.append(_shortstr(value or ""))
+            elif kind == "F":
+                _write_table(value or {}, out)
+            elif kind == "o":
+                out.append(_U8(value))
+            else:  # "L": the timestamp
+                out.append(_U64(value))
+        bit -= 1
+    return _U16(flags) + b"".join(out)
+
+
+def publish_frames(channel_id: int, exchange: str, routing_key: str, msg: Any,
+                   frame_max: int) -> bytes:
+    """basic.publish of ``msg`` (an ``amqp.Message`` from ``to_amqp``) as the bytes py-amqp's
+    frame writer sends: the method frame, the content header, the body in frames of at most
+    ``frame_max``; written by the caller with others in one ``sendall``."""
+    body = msg.body
+    if isinstance(body, str):
+        body = body.encode(msg.properties.setdefault("content_encoding", "utf-8"))
+    method = b"".join((_PUBLISH, _shortstr(exchange or ""), _shortstr(routing_key or ""),
+                       b"\x00"))
+    header = struct.pack(">HHQ", 60, 0, len(body)) + encode_properties(msg.properties)
+    frames = [_FRAME_HEAD(1, channel_id, len(method)), method, b"\xce",
+              _FRAME_HEAD(2, channel_id, len(header)), header, b"\xce"]
+    chunk = frame_max - 8
+    for start in range(0, len(body), chunk):
+        part = body[start:start + chunk]
+        frames += (_FRAME_HEAD(3, channel_id, len(part)), part, b"\xce")
+    return b"".join(frames)
+
+
+def ack_frame(channel_id: int, delivery_tag: int) -> bytes:
+    """basic.ack of one delivery (not ``multiple``) as a whole frame."""
+    return _ACK_FRAME.pack(1, channel_id, 13, 60, 80, delivery_tag, 0, 0xCE)
+
+
+# ---- reading content headers without py-amqp's generic decoder ----------------------------------
+_UNPACK_U16 = struct.Struct(">H").unpack_from
+_UNPACK_U32 = struct.Struct(">I").unpack_from
+_UNPACK_I32 = struct.Struct(">i").unpack_from
+_UNPACK_I64 = struct.Struct(">q").unpack_from
+_UNPACK_U64 = struct.Struct(">Q").unpack_from
+_UNPACK_F64 = struct.Struct(">d").unpack_from
+#: (flag bit, property, type) in content-header order
+_DECODE_ORDER = tuple((1 << (15 - index), key, kind)
+                      for index, (key, kind) in enumerate(PROPERTY_ORDER))
+
+
+def _text(raw: bytes) -> Any:
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:  # py-amqp hands such a string over as bytes
+        return raw
+
+
+def _read_table(buf: bytes, offset: int) -> tuple[dict[Any, Any], int]:
+    (length,) = _UNPACK_U32(buf, offset)
+    offset += 4
+    limit = offset + length
+    table: dict[Any, Any] = {}
+    key: Any
+    while offset < limit:
+        end = offset + 1 + buf[offset]
+        try:
+            key = buf[offset + 1:end].decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            key = buf[offset + 1:end]
+        offset = end
+        kind = buf[offset]
+        if kind == 0x53:  # S, the usual header: inline
+            end = offset + 5 + _UNPACK_U32(buf, offset + 1)[0]
+            try:
+                table[key] = buf[offset + 5:end].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                table[key] = buf[offset + 5:end]
+            offset = end
+        elif kind == 0x56:  # V
+            table[key] = None
+            offset += 1
+        else:
+            table[key], offset = _read_item(buf, offset)
+    return table, offset
+
+
+def _read_item(buf: bytes, offset: int) -> tuple[Any, int]:
+    """One field value as py-amqp's ``_read_item`` reads it (the rare types through it)."""
+    kind = buf[offset]
+    if kind == 0x53:  # S
+        (size,) = _UNPACK_U32(buf, offset + 1)
+        offset += 5
+        return _text(buf[offset:offset + size]), offset + size
+    if kind == 0x56:  # V
+        return None, offset + 1
+    if kind == 0x49:  # I
+        return _UNPACK_I32(buf, offset + 1)[0], offset + 5
+    if kind == 0x74:  # t
+        return bool(buf[offset + 1]), offset + 2
+    if kind == 0x46:  # F
+        return _read_table(buf, offset + 1)
+    if kind == 0x41:  # A
+        (size,) = _UNPACK_U32(buf, offset + 1)
+        offset += 5
+        limit = offset + size
+        items = []
+        while offset < limit:
+            item, offset = _read_item(buf, offset)
+            items.append(item)
+        return items, offset
+    if kind == 0x4C or kind == 0x6C:  # L, l: signed 64 bits
+        return _UNPACK_I64(buf, offset + 1)[0], offset + 9
+    if kind == 0x64:  # d
+        return _UNPACK_F64(buf, offset + 1)[0], offset + 9
+    value, offset = amqp.serialization._read_item(buf, offset)
+    return value, int(offset)
+
+
+def decode_properties(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
+    """A basic content header's properties, as py-amqp's ``decode_properties_basic`` reads
+    them (the same values and types), in a fraction of its time."""
+    (flags,) = _UNPACK_U16(buf, offset)
+    offset += 2
+    properties: dict[str, Any] = {}
+    for bit, key, kind in _DECODE_ORDER:
+        if not flags & bit:
+            continue
+        if kind == "s":
+            size = buf[offset]
+            properties[key] = buf[offset + 1:offset + 1 + size].decode("utf-8", "surrogatepass")
+            offset += 1 + size
+        elif kind == "F":
+            properties[key], offset = _read_table(buf, offset)
+        elif kind == "o":
+            properties[key] = buf[offset]
+            offset += 1
+        else:  # "L": the timestamp
+            properties[key] = _UNPACK_U64(buf, offset)[0]
+            offset += 8
+    return properties, offset
+
+
+class InboundMessage(amqp.Message):  # type: ignore[misc]
+    """py-amqp's message, its content header read by ``decode_properties``."""
+
+    def _load_properties(self, class_id: int, buf: bytes, offset: int) -> int:
+        if class_id != 60 or not isinstance(buf, bytes):
+            return int(super()._load_properties(class_id, buf, offset))
+        self.properties, offset = decode_properties(buf, offset)
+        return offset
+
+
+#: AMQP methods followed by a content header and body frames: basic.return, basic.deliver,
+#: basic.get-ok (class 60, methods 50, 60, 71)
+CONTENT_METHODS = frozenset({(60, 50), (60, 60), (60, 71)})
+_METHOD_ID = struct.Struct(">HH").unpack_from
+_METHOD, _HEADER, _BODY, _HEARTBEAT = 1, 2, 3, 8
+
+
+class _ChannelAssembly:
+    """What one channel is in the middle of: the frame type it must send next, and the
+    message being put together from a content method, its header and its body frames."""
+
+    __slots__ = ("expects", "message")
+
+    def __init__(self) -> None:
+        self.expects = _METHOD
+        self.message: InboundMessage | None = None
+
+
+class FrameAssembler:
+    """Turns the frames py-amqp reads into its ``callback(channel, method, args, message)``
+    calls (``amqp.Connection(frame_handler=...)``), building each content message as an
+    ``InboundMessage``, whose header ``decode_properties`` reads. Returns True for each frame
+    that completed a method or a message (py-amqp's contract for a frame handler)."""
+
+    def __init__(self, connection: Any, callback: Any) -> None:
+        self.connection = connection
+        self.callback = callback
+        self.channels: dict[int, _ChannelAssembly] = {}
+
+    def __call__(self, frame: tuple[int, int, bytes]) -> bool:
+        kind, channel, payload = frame
+        self.connection.bytes_recv += 1
+        if kind == _HEARTBEAT:
+            return False
+        state = self.channels.get(channel)
+        if state is None:
+            state = self.channels[channel] = _ChannelAssembly()
+        if kind != state.expects:
+            from amqp.exceptions import UnexpectedFrame  # type: ignore[import-untyped]
+
+            raise UnexpectedFrame(f"channel {channel}: frame type {kind} arrived where type "
+                                  f"{state.expects} was due")
+        if kind == _METHOD:
+            method = _METHOD_ID(payload, 0)
+            if method not in CONTENT_METHODS:
+                self.callback(channel, method, payload, None)
+                return True
+            state.message = InboundMessage(frame_method=method, frame_args=payload)
+            state.expects = _HEADER
+            return False
+        message = state.message
+        assert message is not None
+        if kind == _HEADER:
+            message.inbound_header(payload)
+        else:
+            message.inbound_body(payload)
+        if not message.ready:
+            state.expects = _BODY
+            return False
+        state.expects, state.message = _METHOD, None
+        self.callback(channel, message.frame_method, message.frame_args, message)
+        return True
+
+
+def frame_handler(connection: Any, callback: Any) -> FrameAssembler:
+    """What ``amqp.Connection(frame_handler=...)`` calls to get the connection's handler."""
+    return FrameAssembler(connection, callback)
 
 
 def check_table(headers: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ threads settle. What the broker does with those frames is tested on RabbitMQ
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -19,8 +20,11 @@ from celeriac.transport.base import Delivery
 
 
 class FakeChannel:
+    channel_id = 1
+
     def __init__(self) -> None:
         self.auto_decode = True
+        self.connection = True  # open (py-amqp sets it to None once the channel closes)
         self.qos: list[int] = []
         self.acked: list[int] = []
 
@@ -31,11 +35,27 @@ class FakeChannel:
         self.acked.append(tag)
 
 
+class FakeTransport:
+    """Reads back the basic.ack frames the transport writes straight to the socket."""
+
+    def __init__(self, channel: FakeChannel) -> None:
+        self.channel = channel
+
+    def write(self, data: bytes) -> None:
+        for start in range(0, len(data), 21):  # a basic.ack frame is 21 bytes
+            kind, _, size, class_id, method_id, tag, _, end = struct.unpack(
+                ">BHIHHQBB", data[start:start + 21])
+            assert (kind, size, class_id, method_id, end) == (1, 13, 60, 80, 0xCE)
+            self.channel.acked.append(tag)
+
+
 class FakeConnection:
     def __init__(self) -> None:
         self._channel = FakeChannel()
         self.sock, self._peer = socket.socketpair()
         self.frame_writer = lambda *args, **kwargs: None
+        self.transport = FakeTransport(self._channel)
+        self.bytes_sent = 0
 
     def channel(self) -> FakeChannel:
         return self._channel

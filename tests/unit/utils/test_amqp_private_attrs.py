@@ -103,3 +103,39 @@ def test_every_frame_goes_through_connection_frame_writer() -> None:
     connection.send_heartbeat()  # heartbeats are written through it too
     assert written == [(8, 0, None, None, None)] and Lock.held == 1, _gone(
         "Connection.send_heartbeat writing through frame_writer")
+
+
+def test_a_frame_start_left_in_the_read_buffer_is_where_py_amqps_read_carries_on() -> None:
+    """``read_frames`` (transport/amqp) parses what one ``recv`` brought and leaves the start
+    of an unfinished frame in the transport's ``_read_buffer``; py-amqp's own reads (the
+    replies to ``basic_qos``, ``basic_cancel``...) must start from there. It also hands whole
+    frames to ``Connection.on_inbound_frame`` and writes to ``transport.sock`` and
+    ``transport.write``."""
+    import socket
+    import struct
+
+    server = socket.create_server(("127.0.0.1", 0))
+    transport = amqp.transport.Transport(f"127.0.0.1:{server.getsockname()[1]}",
+                                         connect_timeout=2)
+    try:
+        transport.connect()
+        peer, _ = server.accept()
+        with peer:
+            for name in ("sock", "write", "_read_buffer"):
+                assert hasattr(transport, name), _gone(f"TCPTransport.{name}")
+            frame = struct.pack(">BHI", 1, 1, 5) + b"hello" + b"\xce"
+            transport._read_buffer = frame[:4]
+            peer.sendall(frame[4:])
+            assert transport.read_frame() == (1, 1, b"hello"), _gone(
+                "TCPTransport.read_frame starting from _read_buffer")
+            assert transport._read_buffer == b""
+    finally:
+        transport.close()
+        server.close()
+    connection = amqp.Connection(host="127.0.0.1:1")  # never connected
+    for name in ("on_inbound_frame", "frame_max", "bytes_sent", "transport"):
+        assert hasattr(type(connection), name) or hasattr(connection, name), _gone(
+            f"Connection.{name}")
+    channel = _channel()
+    assert channel.channel_id == 1 and channel.connection is not None, _gone(
+        "Channel.channel_id and Channel.connection")
