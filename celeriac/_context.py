@@ -138,3 +138,43 @@ def add_to_current_parent(result: Any) -> None:
     request = current_worker_request()
     if request is not None:
         request.add_child(result)
+
+
+class _CurrentTaskProxy:
+    """What ``from celeriac import current_task`` binds: the task running in this context at
+    each use (Celery's ``current_task`` proxy), so a module may import it once at the top.
+    False outside a task; ``current_task.request`` and the task's other attributes read
+    through."""
+
+    __slots__ = ()
+
+    def _get_current_object(self) -> Any:
+        return current_task_var.get()
+
+    def __getattr__(self, name: str) -> Any:
+        task = current_task_var.get()
+        if task is None:
+            raise AttributeError(f"current_task: no task is running here (looking up {name!r})")
+        return getattr(task, name)
+
+    def __bool__(self) -> bool:
+        return current_task_var.get() is not None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _CurrentTaskProxy):
+            other = other._get_current_object()
+        return current_task_var.get() == other
+
+    def __hash__(self) -> int:
+        return hash(current_task_var.get())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return current_task_var.get()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return repr(current_task_var.get())
+
+
+#: ``celeriac.current_task``: the running task, looked up at each use (None-like outside one)
+current_task: Any = _CurrentTaskProxy()
+

@@ -65,6 +65,27 @@ def test_celery_style_imports(module):
     assert not missing, f"{module} lacks {missing}"
 
 
+def test_current_task_imported_once_is_looked_up_at_each_use():
+    from celeriac import current_task  # bound at import time, as a module's top line binds it
+
+    app = celeriac.Celery("ct", broker="memory://ct", backend="memory://ct")
+    seen = []
+
+    @app.task(bind=True)
+    def probe(self):
+        seen.append((bool(current_task), current_task.name, current_task.request.id))
+        return current_task == self
+
+    try:
+        assert not current_task  # no task runs here
+        result = probe.apply(task_id="probe-1")
+        assert result.get() is True
+        assert seen == [(True, probe.name, "probe-1")]
+        assert not current_task
+    finally:
+        app.close()
+
+
 def test_current_app_is_looked_up_at_access_time():
     app = celeriac.Celery("pinned", broker="memory://pinned", backend="memory://pinned")
     try:
