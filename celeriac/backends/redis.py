@@ -150,6 +150,13 @@ class RedisBackend(ResultBackend):
         commands = _set_commands(self._key(key), value, ttl)
         self._retrying(lambda: self._wire().call_checked(*commands), key)
 
+    def write_results(self, writes: Sequence[ResultWrite]) -> None:
+        """Every write (and its PUBLISH) in one round trip: a batch's results, a chain's."""
+        commands = [command for write in writes
+                    for command in _set_commands(self._key(write.key), write.value, write.ttl)]
+        if commands:
+            self._retrying(lambda: self._wire().call_checked(*commands), writes[0].key)
+
     def stage_results(self, writes: Sequence[ResultWrite]) -> None:
         """Put the writes on this thread's connection: they go out ahead of its next command to
         this database (the worker's ack of the task, in one round trip), or at its next flush."""
