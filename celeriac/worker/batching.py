@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _context, states
 from ..batches import SimpleRequest, current_marks
+from ..canvas import chords
 from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError, Retry
 from ..protocol import v2
 from .executor import _Run, context_from_body, in_task_code, internal_error
 from .job import Job
 from .outcome import Ending, Outcome
+from .pending import PendingWrites
 from .request import undecodable_failure
 
 if TYPE_CHECKING:
@@ -73,9 +75,11 @@ class BatchJob(Job):
 class BatchBuffers:
     """The requests of batch tasks waiting for their batch (the consumer holds ``_cond``)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, collecting: bool = True) -> None:
         #: most requests buffered at once across batch tasks (none fetched past it)
         self.limit = limit
+        #: whether any batch task is registered (fetches then also fill the buffers' room)
+        self.collecting = collecting
         self._buffers: dict[str, list[Job]] = {}
         self._first_at: dict[str, float] = {}
         self.held = 0
@@ -137,6 +141,8 @@ def run_batch(app: Celery, batch: BatchMessages, hostname: str,
     task = app.tasks[batch.task_name]
     endings: list[tuple[int, Outcome]] = []
     runs: list[tuple[int, _Run]] = []
+    # the members' successes are written together once the call's requests have all ended
+    writes = PendingWrites()
     for member_id, message, delivery_info in batch.members:
         try:
             body = v2.decode_task(message, accept)
@@ -147,7 +153,7 @@ def run_batch(app: Celery, batch: BatchMessages, hostname: str,
             continue
         ctx = context_from_body(body, hostname=hostname, delivery_info=delivery_info,
                                 properties=message.properties)
-        runs.append((member_id, _Run(task, ctx, eager=False)))
+        runs.append((member_id, _Run(task, ctx, eager=False, pending=writes)))
     if not runs:
         return Outcome(batch.batch_id, states.SUCCESS, Ending.SUCCEEDED, members=endings)
     marks: dict[str, tuple[str, Any, float | None]] = {}
@@ -184,8 +190,29 @@ def run_batch(app: Celery, batch: BatchMessages, hostname: str,
         for member_id, run in runs:
             if member_id not in done:
                 endings.append((member_id, internal_error(task, run.ctx, exc)))
+    endings = _send_writes(app, task, writes, endings, dict(runs))
     return Outcome(batch.batch_id, states.SUCCESS, Ending.SUCCEEDED,
                    runtime=time.monotonic() - started, members=endings)
+
+
+def _send_writes(app: Celery, task: Any, writes: PendingWrites,
+                 endings: list[tuple[int, Outcome]], runs: dict[int, _Run]
+                 ) -> list[tuple[int, Outcome]]:
+    """Store the successes' results before any member is acked, together (on Redis one round
+    trip: one write per request cost 90% of a batch's time), then the chord counts. Members
+    whose result could not be stored end as internal errors (never acked as done)."""
+    try:
+        if writes.results:
+            app.backend.write_results(writes.results)  # one round trip on Redis
+        for part in writes.chord_counts:
+            chords.count(app, part)
+    except Exception as exc:
+        endings = [(member_id, internal_error(task, runs[member_id].ctx, exc)
+                    if outcome.pending is writes else outcome)
+                   for member_id, outcome in endings]
+    for _, outcome in endings:
+        outcome.pending = None  # sent here, not by the consumer
+    return endings
 
 
 def _stored_marks(app: Celery, task_ids: list[str],
