@@ -105,8 +105,9 @@ class Consumer:
         self._buffer: collections.deque[Job] = collections.deque()
         # requests of batch tasks wait here for their batch, outside the window; bounded by
         # the flush sizes of the batch tasks (nothing more is fetched while it is full)
-        self.batches = BatchBuffers(sum(max(1, int(t.flush_every)) for t in app.tasks.values()
-                                        if t.collects_requests) or 1)
+        batch_tasks = [t for t in app.tasks.values() if t.collects_requests]
+        self.batches = BatchBuffers(sum(max(1, int(t.flush_every)) for t in batch_tasks) or 1,
+                                    collecting=bool(batch_tasks))
         self._jobs: dict[int, Job] = {}  # every held job, waiting or running
         self._running = 0
         self._running_outside = 0
@@ -200,6 +201,16 @@ class Consumer:
     def _room(self) -> int:
         return self.prefetch_limit - len(self._buffer) - (self._running - self._running_outside)
 
+    def _fetch_size(self) -> int:
+        """Hold ``_cond``. How many messages one fetch may take: the free room of the window,
+        plus, when batch tasks are registered, the free room of their buffers (a batch of 100
+        is not filled four messages at a time; plain tasks fetched with it wait in the buffer,
+        so the window may run over by at most that much)."""
+        room = self._room()
+        if self.batches.collecting:
+            room += max(0, self.batches.limit - self.batches.held)
+        return room
+
     def _may_fetch(self) -> bool:
         """Hold ``_cond``. Room for a fetch, nobody fetching; when each task's start refills the
         buffer (inline solo), this thread waits for the buffer to run dry."""
@@ -215,7 +226,7 @@ class Consumer:
                     or self.batches.held >= self.batches.limit):
                 return 0
             self._fetching = True
-            return self._room()
+            return self._fetch_size()
 
     def refill_done(self) -> None:
         with self._cond:
@@ -228,7 +239,7 @@ class Consumer:
             with self._cond:
                 while not self._may_fetch() and not self._stop.is_set():
                     self._cond.wait(0.5)
-                room = self._room()
+                room = self._fetch_size()
                 self._fetching = True
             try:
                 if self._stop.is_set():
