@@ -338,19 +338,30 @@ def test_decode_properties_reads_celerys_captured_bytes_as_py_amqp_does(
     assert repr(ours) == repr(theirs), case  # the same types too (True, not 1; str, not bytes)
 
 
-@pytest.mark.parametrize("value", _EDGES, ids=range(len(_EDGES)))
+def _edge_message(value: Any) -> Any:
+    return amqp.Message(b"", application_headers={"v": value, "w": [1.5, 2**40, True, b"\xff"]},
+                        content_type="x", delivery_mode=2, priority=9, correlation_id="c",
+                        reply_to="r", expiration="1", message_id="m", timestamp=1_700_000_000,
+                        type="t", user_id="u", app_id="a", cluster_id="x")
+
+
+def _sendable(value: Any) -> bool:
+    try:
+        _edge_message(value)._serialize_properties()
+    except Exception:  # noqa: BLE001 - not something anyone can send
+        return False
+    return True
+
+
+#: the edges py-amqp can write at all (the rest are checked by the encoder's tests)
+_SENDABLE_EDGES = [value for value in _EDGES if _sendable(value)]
+
+
+@pytest.mark.parametrize("value", _SENDABLE_EDGES, ids=range(len(_SENDABLE_EDGES)))
 def test_decode_properties_agrees_with_py_amqp_on_every_edge(value: Any) -> None:
     from amqp.serialization import decode_properties_basic
 
-    msg = amqp.Message(b"", application_headers={"v": value, "w": [1.5, 2**40, True, b"\xff"]},
-                       content_type="x", delivery_mode=2, priority=9, correlation_id="c",
-                       reply_to="r", expiration="1", message_id="m", timestamp=1_700_000_000,
-                       type="t", user_id="u", app_id="a", cluster_id="x")
-    try:
-        raw = msg._serialize_properties()
-    except Exception:  # noqa: BLE001 - not something anyone can send
-        pytest.skip("py-amqp cannot write it")
-    raw = b"junk" + raw
+    raw = b"junk" + _edge_message(value)._serialize_properties()
     ours, theirs = wire.decode_properties(raw, 4), decode_properties_basic(raw, 4)
     assert repr(ours) == repr(theirs)
 
