@@ -15,6 +15,7 @@ from collections import Counter
 
 from celeriac import Celery
 from celeriac.batches import Batches
+from tests.integration.ledger import append
 
 
 def _settings() -> dict:
@@ -25,15 +26,6 @@ def _settings() -> dict:
 
 
 app = Celery("tests.integration.batch_tasks", **_settings())
-
-
-def append(path: str, line: str) -> None:
-    """One ``write`` on an O_APPEND file: whole lines, whichever process writes them."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 def ledger_of(requests: list) -> str:

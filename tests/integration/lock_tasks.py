@@ -13,6 +13,7 @@ import os
 import time
 
 from celeriac import Celery
+from tests.integration.ledger import append
 
 EXPIRE = float(os.environ.get("LOCK_EXPIRE") or 30)
 
@@ -24,15 +25,6 @@ def _settings() -> dict:
 
 
 app = Celery("tests.integration.lock_tasks", **_settings())
-
-
-def append(path: str, line: str) -> None:
-    """One ``write`` on an O_APPEND file: whole lines, whichever process writes them."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 @app.task(bind=True, lock="job:{key}", lock_expire=EXPIRE)

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from celeriac import Celery
+from tests.apps import memory_apps
 
 
 @pytest.fixture
 def make_app() -> Iterator[Callable[..., Celery]]:
-    """``make_app(**settings)``: a new app on its own in-memory broker and store, closed after
-    the test."""
-    apps: list[Celery] = []
-
-    def make(**settings: Any) -> Celery:
-        url = f"memory://{uuid.uuid4().hex}"
-        app = Celery("canvas", broker=url, backend=url, set_as_current=False, **settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
+    """``make_app(**settings)``: a new app on its own memory:// broker and result store."""
+    with memory_apps("canvas") as make:
+        yield make
 
 
 @pytest.fixture
