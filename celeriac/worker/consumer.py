@@ -708,11 +708,13 @@ class Consumer:
     def _terminate(self, task_id: str, signum: int) -> None:
         """A revoke with terminate=True: stop the task if it is running here."""
         with self._cond:
-            running = [job for job in self._jobs.values()
-                       if job.task_id == task_id and job.pool is not None]
+            running = [job for job in self._jobs.values() if job.pool is not None and (
+                job.task_id == task_id or any(task_id in hook(job)
+                                              for hook in self.hooks.revoked_with))]
         for job in running:
             if job.pool.terminate(job.id, signum):
-                logger.info("Terminating task %s (signal %s)", task_id, signum)
+                logger.info("Terminating task %s (signal %s)%s", job.task_id, signum,
+                            "" if job.task_id == task_id else f": {task_id} was revoked")
 
     # ---- leases ---------------------------------------------------------------------------------
     def _renew_loop(self) -> None:

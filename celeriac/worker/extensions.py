@@ -12,6 +12,8 @@ nothing on the hot path. The points, in the order a message meets them:
   it instead (REVOKED, EXPIRED) or to defer it (DEFER: its message goes back to the broker
   until ``not_before``, e.g. task locks).
 - ``after_outcome(job, outcome)``: the job ended (before its message is settled).
+- ``revoked_with(job)``: ids besides its own whose revoke also revokes the job (a dispatch's
+  subtasks go with their main task), so a revoke with ``terminate`` stops it where it runs.
 
 Extensions run in the consumer's threads: they must not block for long.
 """
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 POINTS = ("on_worker_start", "on_worker_stop", "before_admission", "before_run",
-          "after_outcome")
+          "after_outcome", "revoked_with")
 
 
 class WorkerExtension:
@@ -58,6 +60,10 @@ class WorkerExtension:
     def after_outcome(self, job: Job, outcome: Outcome) -> None:
         """The job ended; its message is settled right after."""
 
+    def revoked_with(self, job: Job) -> tuple[str, ...]:
+        """Other task ids whose revoke revokes this job too."""
+        return ()
+
 
 class Hooks:
     """The extensions that override each point, in registration order."""
@@ -74,6 +80,7 @@ class Hooks:
     before_admission: tuple[Any, ...]
     before_run: tuple[Any, ...]
     after_outcome: tuple[Any, ...]
+    revoked_with: tuple[Any, ...]
 
 
 # ---- built-in extensions ------------------------------------------------------------------------

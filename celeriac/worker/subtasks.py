@@ -5,7 +5,8 @@ Layer: worker. Subtasks report their own outcome where they run (worker/executor
 ``dispatch.inbox.report``); what ends a subtask outside its code (a time limit, a lost
 process, a terminate) is reported here, from the consumer's ``after_outcome``. A dispatch's
 revoke is one stored tombstone, the main task's own revoke, checked here for every subtask at
-admission and again just before it runs.
+admission and again just before it runs, and a revoke with ``terminate`` of the main task stops
+its running subtasks too (``revoked_with``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class DispatchSupport(WorkerExtension):
         if not value or consumer is None or consumer.revokes is None:
             return False
         return str(value[0]) in consumer.revokes
+
+    def revoked_with(self, job: Job) -> tuple[str, ...]:
+        value = job.headers.get(inbox.HEADER)
+        return (str(value[0]),) if value else ()
 
     def before_admission(self, arrival: Arrival) -> Decision | None:
         return Decision(Verdict.REVOKED) if self._revoked(arrival.headers) else None
