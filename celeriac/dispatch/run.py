@@ -499,11 +499,19 @@ def finish(run: DispatchRun) -> None:
 
 
 def raise_revoked(run: DispatchRun) -> None:
-    from ..exceptions import TaskRevokedError
+    """The main task was revoked while it ran: it ends ``REVOKED`` (stored here, as a revoked
+    task's state is; the worker then stores nothing more for it), not as a failure."""
+    from ..exceptions import Ignore, TaskRevokedError
 
     logger.warning("dispatch %s was revoked: nothing more is sent; its unfinished subtasks are "
                    "dropped where they wait", run.id)
-    raise TaskRevokedError(f"dispatch {run.id} was revoked")
+    reason = f"dispatch {run.id} was revoked"
+    request = run.request
+    backend = run.app.backend
+    if getattr(request, "called_directly", True) or not backend.persistent:
+        raise TaskRevokedError(reason)
+    backend.mark_as_revoked(run.id, reason, request=request)
+    raise Ignore(reason)
 
 
 def _close(generator: Any) -> None:

@@ -256,6 +256,28 @@ def test_revoke_terminate_stops_the_main_task_and_every_unfinished_subtask(
     assert sorted(_lines(ledger)) == ["start 0", "start 1"]
 
 
+def test_a_plain_revoke_stops_the_main_task_and_lets_running_subtasks_finish(
+        sqlite_tasks: ModuleType, tmp_path: Path) -> None:
+    tasks = sqlite_tasks
+    tasks.app.conf.update(dispatcher_poll_size=4, dispatcher_batch_size=4)
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    with worker(tasks, concurrency=2):
+        result = tasks.held_subtasks.delay(str(ledger), str(gate), 12)
+        try:
+            wait_for(lambda: len(_lines(ledger)) == 2, TIMEOUT, message="no subtask started")
+            result.revoke()  # no terminate: the main task looks for it between reads
+            wait_for(lambda: result.state == states.REVOKED, TIMEOUT,
+                     message=lambda: f"main task still {result.state}")
+            waiting = [tasks.app.AsyncResult(subtask_id(result.id, index)) for index in (2, 3)]
+        finally:
+            gate.touch()
+        wait_for(lambda: all(r.state == states.REVOKED for r in waiting), TIMEOUT,
+                 message=lambda: f"subtasks 2 and 3: {[r.state for r in waiting]}")
+        wait_for(lambda: len(_lines(ledger)) == 4, TIMEOUT, message="the running two never ended")
+    assert sorted(_lines(ledger)) == ["done 0", "done 1", "start 0", "start 1"]
+    assert isinstance(result.result, TaskRevokedError)
+
+
 # ---- pools, async main tasks, eager mode --------------------------------------------------------
 @pytest.mark.parametrize("pool", ["threads", "solo", "asyncio"])
 def test_every_in_process_pool_with_one_slot_runs_sync_and_async_main_tasks(
