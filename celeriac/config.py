@@ -502,8 +502,6 @@ _PERIODIC = ("periodic tasks are not built in celeriac yet: nothing will be sche
 _EVENTS = ("task events are not built in celeriac yet: no events are sent, so Flower and "
            "`celery events` see nothing from this worker (issue: task events)")
 _RATE = "celeriac does not enforce rate limits yet: tasks run at full speed (issue: rate limits)"
-_CHILD = ("celeriac does not replace pool processes after a limit yet: children live until the "
-          "worker stops (issue: max tasks/memory per child)")
 _SOFT_SHUTDOWN = ("soft shutdown is not built in celeriac yet: a warm shutdown waits for "
                   "running tasks to finish")
 _LOGGING = ("celeriac's worker logging does not read it yet: the worker uses its built-in format "
@@ -528,8 +526,6 @@ NOT_BUILT: dict[str, str] = {
     "task_default_rate_limit": _RATE,
     "task_annotations": ("celeriac does not apply task annotations yet: the attributes they set "
                          "(rate_limit and the rest) keep each task's own values"),
-    # pool children
-    "worker_max_tasks_per_child": _CHILD, "worker_max_memory_per_child": _CHILD,
     # shutdown and connection loss
     "worker_soft_shutdown_timeout": _SOFT_SHUTDOWN,
     "worker_enable_soft_shutdown_on_idle": _SOFT_SHUTDOWN,

@@ -199,9 +199,11 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
               help="Accepted for Celery compatibility; autoscaling is not built yet "
                    "(warned at start-up).")
 @click.option("--max-tasks-per-child", type=int, default=None,
-              help="worker_max_tasks_per_child: not built yet (warned at start-up).")
+              help="Replace a prefork pool process after it has run this many tasks "
+                   "(worker_max_tasks_per_child).")
 @click.option("--max-memory-per-child", type=int, default=None,
-              help="worker_max_memory_per_child (KiB): not built yet (warned at start-up).")
+              help="Replace a prefork pool process after a task leaves it with more than "
+                   "this much resident memory, in KiB (worker_max_memory_per_child).")
 @click.option("--statedb", default=None,
               help="worker_state_db: not used (revokes are kept in the result store; warned "
                    "at start-up).")

@@ -367,6 +367,19 @@ class Worker:
             logger.warning("task_time_limit is not enforced in the %s pool (a thread cannot be "
                            "killed); soft time limits are. Use the prefork pool for hard limits.",
                            self.pool_kind)
+        if self.pool_kind in ("threads", "solo"):
+            hard = sorted(name for name, task in self.app.tasks.regular().items()
+                          if getattr(task, "time_limit", None) and not task.is_coroutine)
+            if hard:
+                logger.warning("time_limit is not enforced in the %s pool (a thread cannot be "
+                               "killed) for: %s; soft time limits are. Use the prefork pool for "
+                               "hard limits.", self.pool_kind, ", ".join(hard))
+        if self.pool_kind not in ("prefork", "processes", "process"):
+            for key in ("worker_max_tasks_per_child", "worker_max_memory_per_child"):
+                if self.app.conf.get(key):
+                    logger.warning("%s=%s is set but only the prefork pool replaces its "
+                                   "processes: the %s pool ignores it", key,
+                                   self.app.conf.get(key), self.pool_kind)
         logger.info("%s ready.", self.hostname)
         if signals.worker_ready.receivers:
             signals.worker_ready.send(sender=self.consumer)

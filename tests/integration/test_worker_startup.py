@@ -363,7 +363,7 @@ def test_time_limit_and_not_built_flags_reach_the_worker(cli_worker, tmp_path):
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait_exit() == 0
     log = worker.log()
-    assert log.count("worker_max_tasks_per_child=10 is set but celeriac does not replace pool "
-                     "processes") == 1
+    assert log.count("worker_max_tasks_per_child=10 is set but only the prefork pool replaces "
+                     "its processes: the threads pool ignores it") == 1
     assert log.count("-B (--beat) was given but periodic tasks are not built") == 1
     assert "gossip" not in log and "mingle" not in log

@@ -295,14 +295,14 @@ def test_each_ineffective_setting_gets_one_line_naming_it():
     from celeriac.config import ineffective_settings
 
     conf = Settings(beat_schedule={"every-minute": {"task": "tasks.add", "schedule": 60.0}},
-                    worker_max_tasks_per_child=100, task_default_rate_limit="10/s",
+                    worker_direct=True, task_default_rate_limit="10/s",
                     worker_send_task_events=True, task_send_sent_event=True)
     lines = ineffective_settings(conf, {})
     assert len(lines) == 5
     beat = [line for line in lines if line.startswith("beat_schedule is set")]
     assert beat == ["beat_schedule is set but periodic tasks are not built in celeriac yet: "
                     "nothing will be scheduled (issue: periodic tasks)"]
-    for name in ("worker_max_tasks_per_child=100", "task_default_rate_limit='10/s'",
+    for name in ("worker_direct=True", "task_default_rate_limit='10/s'",
                  "worker_send_task_events=True", "task_send_sent_event=True"):
         assert sum(line.startswith(f"{name} is set but ") for line in lines) == 1, (name, lines)
 
@@ -363,7 +363,7 @@ def test_values_that_ask_for_nothing_new_are_not_reported(key, value):
 
 @pytest.mark.parametrize("key, value", [
     ("task_acks_on_failure_or_timeout", False), ("enable_utc", False),
-    ("timezone", "Europe/Paris"), ("worker_max_memory_per_child", 200_000),
+    ("timezone", "Europe/Paris"), ("worker_direct", True),
     ("task_annotations", {"tasks.add": {"rate_limit": "1/s"}}), ("result_compression", "zlib"),
     ("worker_hijack_root_logger", False), ("broker_read_url", "redis://replica:6379/0"),
 ])

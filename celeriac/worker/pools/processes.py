@@ -3,6 +3,11 @@
 The main process keeps the messages (and their leases); children only receive ``(job_id,
 message)`` over a pipe and answer with an ``Outcome``. A child that dies mid-task is noticed through
 its process sentinel: the job is reported as lost and a new child takes its place.
+
+A child also retires on its own (Celery's ``worker_max_tasks_per_child`` and
+``worker_max_memory_per_child``): after the task that reaches the limit it sends that task's
+outcome with the reason it is leaving, and exits. The parent gives it no further job and puts a
+new child in its place; nothing is lost, since the outcome came back before the child left.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +35,53 @@ _ctx = multiprocessing.get_context("fork")
 _spawn_ctx = multiprocessing.get_context("spawn")
 
 
-def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any) -> None:
+def resident_kib() -> int:
+    """This process's resident memory in KiB (0 when it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # no /proc: the peak instead (KiB on Linux, bytes on macOS)
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak
+    except (ImportError, OSError):  # pragma: no cover
+        return 0
+
+
+def child_limits(conf: Any) -> tuple[int | None, int | None]:
+    """``(max tasks, max resident KiB)`` per pool child from the app's settings (None: none)."""
+    def positive(key: str) -> int | None:
+        value = conf.get(key)
+        if value in (None, "", 0, "0"):
+            return None
+        number = int(value)
+        if number < 0:
+            from ...exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(f"{key} must be a positive number of "
+                                       f"{'tasks' if 'tasks' in key else 'KiB'}, not {value!r}")
+        return number
+
+    return positive("worker_max_tasks_per_child"), positive("worker_max_memory_per_child")
+
+
+def _retire_reason(done: int, max_tasks: int | None, max_kib: int | None) -> str | None:
+    """Why a child that has run ``done`` tasks leaves now, or None when it stays."""
+    if max_tasks and done >= max_tasks:
+        return f"ran {done} tasks (worker_max_tasks_per_child={max_tasks})"
+    if max_kib:
+        used = resident_kib()
+        if used > max_kib:
+            return (f"uses {used} KiB of resident memory (worker_max_memory_per_child="
+                    f"{max_kib})")
+    return None
+
+
+def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
+                limits: tuple[int | None, int | None] = (None, None)) -> None:
     from ...exceptions import SoftTimeLimitExceeded
     from ..executor import in_task_code
 
@@ -49,6 +101,8 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any) 
     signal.signal(signal.SIGALRM, on_alarm)
     if signals.worker_process_init.receivers:
         signals.worker_process_init.send(sender=None)
+    max_tasks, max_kib = limits
+    done = 0
     try:
         while True:
             try:
@@ -68,14 +122,19 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any) 
                     signal.setitimer(signal.ITIMER_REAL, 0)
             outcome.retval = None  # values were stored by the child; keep the pipe light
             outcome.pending = None
-            conn.send((job_id, outcome))
+            done += 1
+            retiring = _retire_reason(done, max_tasks, max_kib)
+            conn.send((job_id, outcome, retiring))
+            if retiring:
+                break
     finally:
         if signals.worker_process_shutdown.receivers:
             signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
 
 
 def _spawned_child_main(conn: Connection, respawn: tuple, index: int,
-                        terminate_flag: Any) -> None:
+                        terminate_flag: Any,
+                        limits: tuple[int | None, int | None] = (None, None)) -> None:
     """Entry point of a replacement child: load the app by its ``-A`` spec, then serve jobs."""
     app_spec, overrides, hostname = respawn
     from ...utils.imports import find_app
@@ -85,7 +144,7 @@ def _spawned_child_main(conn: Connection, respawn: tuple, index: int,
     if overrides:
         app.conf.update(overrides)
     _child_main(conn, Runner(app, hostname, app_spec=app_spec, overrides=overrides), index,
-                terminate_flag)
+                terminate_flag, limits)
 
 
 class _TerminateFlag:
@@ -120,7 +179,7 @@ class _TerminateFlag:
 
 class _Child:
     __slots__ = ("process", "conn", "job", "index", "deadline", "hard", "terminate_flag",
-                 "stop_reason")
+                 "stop_reason", "retiring")
 
     def __init__(self, process: Any, conn: Connection, index: int, terminate_flag: Any) -> None:
         self.process = process
@@ -132,6 +191,11 @@ class _Child:
         self.terminate_flag = terminate_flag
         #: why the parent stopped this child: ("timeout", hard) or ("terminated", signum)
         self.stop_reason: tuple[str, Any] | None = None
+        #: it reached its worker_max_tasks/memory_per_child limit and is leaving: no more jobs
+        self.retiring = False
+
+    def idle(self) -> bool:
+        return self.job is None and not self.retiring and self.process.is_alive()
 
 
 class ProcessPool:
@@ -141,6 +205,9 @@ class ProcessPool:
         self.runner = runner
         self.limit = max(1, concurrency)
         self.on_done = on_done
+        app = getattr(runner, "app", None)
+        #: (max tasks, max resident KiB) per child; each child checks its own after every task
+        self.child_limits = child_limits(app.conf) if app is not None else (None, None)
         self._children: list[_Child] = []
         self._lock = threading.Lock()
         self._stopping = False
@@ -159,9 +226,11 @@ class ProcessPool:
         terminate_flag = _TerminateFlag()
         target: Callable[..., None]
         if respawn:
-            target, args = _spawned_child_main, (child_conn, respawn, index, terminate_flag)
+            target, args = _spawned_child_main, (child_conn, respawn, index, terminate_flag,
+                                                 self.child_limits)
         else:
-            target, args = _child_main, (child_conn, self.runner, index, terminate_flag)
+            target, args = _child_main, (child_conn, self.runner, index, terminate_flag,
+                                         self.child_limits)
         process = ctx.Process(target=target, args=args, name=f"ForkPoolWorker-{index + 1}",
                               daemon=True)
         process.start()
@@ -180,14 +249,13 @@ class ProcessPool:
     def free_slots(self) -> int:
         # A dead child is not a free slot, even before the collector has replaced it.
         with self._lock:
-            return sum(1 for c in self._children if c.job is None and c.process.is_alive())
+            return sum(1 for c in self._children if c.idle())
 
     def submit(self, job_id: int, message: Any, delivery_info: dict) -> bool:
         """Hand the job to an idle child; False if none is idle (the caller keeps the job)."""
         hard, _ = self.runner.limits(message)
         with self._lock:
-            child = next((c for c in self._children if c.job is None and c.process.is_alive()),
-                         None)
+            child = next((c for c in self._children if c.idle()), None)
             if child is None:
                 return False
             child.job = (job_id, message, delivery_info)
@@ -253,7 +321,7 @@ class ProcessPool:
 
     def _receive(self, child: _Child) -> None:
         try:
-            job_id, outcome = child.conn.recv()
+            job_id, outcome, retiring = child.conn.recv()
         except (EOFError, OSError):
             if not child.process.is_alive() or child.process.exitcode is not None:
                 self._replace(child)
@@ -261,10 +329,28 @@ class ProcessPool:
         with self._lock:
             child.job = None
             child.deadline = None
+            if retiring:
+                child.retiring = True
+        if retiring:
+            logger.info("Replacing pool process %s (pid %s): it %s", child.process.name,
+                        child.process.pid, retiring)
         self.on_done(job_id, outcome)
 
     def _replace(self, child: _Child) -> None:
         child.process.join(timeout=0.1)
+        # An outcome it sent before leaving (a retiring child) may still be in the pipe when
+        # its exit is seen first: read it, so its task counts as done, not lost.
+        while child.job is not None and child in self._children:
+            try:
+                if not child.conn.poll():
+                    break
+                job_id, outcome, _ = child.conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                child.job = None
+                child.deadline = None
+            self.on_done(job_id, outcome)
         with self._lock:
             if child not in self._children:
                 return
