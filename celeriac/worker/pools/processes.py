@@ -385,6 +385,9 @@ class ProcessPool:
             replacement = self._spawn(child.index, fresh=True)
             with self._lock:
                 self._children[position] = replacement
+                stopping = self._stopping
+            if stopping:  # the shutdown began while it was starting: it is told to leave too
+                _tell_to_leave(replacement)
         else:
             with self._lock:
                 self._children.remove(child)
@@ -404,19 +407,20 @@ class ProcessPool:
         if not first:
             return
         for c in children:
-            try:
-                c.conn.send(None)
-            except (OSError, ValueError):
-                pass
+            _tell_to_leave(c)
         os.write(self._wakeup_w, b"x")
         for c in children:
             # Warm: a child with a task finishes it first (no limit); an idle one was told to exit
             # and gets 10 s before it is killed, so a stuck child cannot hold the shutdown forever.
-            c.process.join(timeout=None if (wait and c.job is not None) else (10 if wait else 2))
-            if c.process.is_alive():
-                logger.warning("pool child %s did not exit; killing it", c.process.pid)
-                c.process.kill()
-                c.process.join(timeout=5)
+            _await_exit(c, None if (wait and c.job is not None) else (10 if wait else 2))
+        # a replacement started while this began (a child had just died) was told by the
+        # collector; wait for it too, or the interpreter's exit would wait for it forever
+        with self._lock:
+            late = [c for c in self._children if c not in children]
+        for c in late:
+            _tell_to_leave(c)
+            _await_exit(c, 10 if wait else 2)
+        children += late
         if self._collector is not None:
             self._collector.join(timeout=5)
         for c in children:
@@ -424,6 +428,21 @@ class ProcessPool:
             c.terminate_flag.remove()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
+
+
+def _tell_to_leave(child: _Child) -> None:
+    try:
+        child.conn.send(None)
+    except (OSError, ValueError):  # gone already, or its pipe closed
+        pass
+
+
+def _await_exit(child: _Child, timeout: float | None) -> None:
+    child.process.join(timeout=timeout)
+    if child.process.is_alive():
+        logger.warning("pool child %s did not exit; killing it", child.process.pid)
+        child.process.kill()
+        child.process.join(timeout=5)
 
 
 def _describe_exit(exitcode: int | None) -> str:
