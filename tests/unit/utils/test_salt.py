@@ -29,7 +29,9 @@ def _salt_in_child(fork) -> str:
 def test_a_forked_child_draws_a_salt_of_its_own(how: str) -> None:
     mine = process_salt()
     assert process_salt() == mine and len(mine) == 12
-    fork = os.fork if how == "os.fork" else ctypes.CDLL(None, use_errno=True).fork
+    # PyDLL keeps the GIL through the call: with CDLL another thread (pytest-xdist's) may hold
+    # it at the fork, and the child, which only has this thread, would wait for it forever
+    fork = os.fork if how == "os.fork" else ctypes.PyDLL(None, use_errno=True).fork
     child_salt = _salt_in_child(fork)
     assert len(child_salt) == 12 and child_salt != mine
     assert process_salt() == mine
