@@ -13,7 +13,9 @@ import pytest
 
 from celeriac.utils.forks import ForkLocal, PidGuard
 
-FORKS = {"os.fork": os.fork, "libc fork": lambda: ctypes.CDLL(None, use_errno=True).fork()}
+# PyDLL keeps the GIL through the call (with CDLL, a thread of pytest-xdist may hold it at the
+# fork, and the child would wait for it forever)
+FORKS = {"os.fork": os.fork, "libc fork": lambda: ctypes.PyDLL(None, use_errno=True).fork()}
 
 
 def _in_child(fork: Callable[[], int], probe: Callable[[], Any]) -> Any:
