@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
+from typing import TYPE_CHECKING, Any, Iterable, cast
 
 from .. import states
 from ..backends.base import AppendLog
 from ..backends.meta import exception_to_dict
+from ..canvas.signature import Signature
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 from . import inbox
 from .items import to_signature
@@ -29,7 +30,6 @@ from .signals import subtask_failure, subtask_success, subtask_timeout
 if TYPE_CHECKING:
     from ..app import Celery
     from ..backends.base import ResultBackend
-    from ..canvas.signature import Signature
     from . import DispatchConfig
 
 logger = logging.getLogger("celeriac.dispatch")
@@ -183,7 +183,7 @@ class DispatchRun:
                 continue
             sent.append(index)
             sig = self.signature_for(item, index)
-            if type(sig).__name__ == "Signature":
+            if type(sig) is Signature:  # a plain call: sent with the batch in one round trip
                 opts = {k: v for k, v in sig.options.items()
                         if k not in ("immutable", "subtask_type", "chord_size")}
                 task = self.app.tasks.get(sig.task)
@@ -212,8 +212,6 @@ class DispatchRun:
     def _run_eagerly(self, calls: list[tuple[str, Any, Any, dict]],
                      others: list[Signature]) -> None:
         """``task_always_eager``: each subtask is applied here and handled at once."""
-        from ..canvas.signature import Signature
-
         sigs = [Signature(name, args, kwargs, {k: v for k, v in opts.items() if k != "_task"},
                           app=self.app) for name, args, kwargs, opts in calls] + others
         for sig in sigs:
@@ -331,10 +329,10 @@ class DispatchRun:
         if now - self._last_revoke_check < REVOKE_CHECK_INTERVAL:
             return False
         self._last_revoke_check = now
-        from ..worker.revokes import REVOKED_KEY
+        from ..worker.revokes import RevokedSet
 
         backend = self.app.backend
-        return bool(backend.persistent and backend._mget([REVOKED_KEY + self.id])[0] is not None)
+        return backend.persistent and bool(RevokedSet(backend).check_stored([self.id]))
 
     def raise_failure(self) -> None:
         if self._failure is not None:
@@ -520,5 +518,3 @@ def _close(generator: Any) -> None:
     except Exception:
         logger.exception("the dispatch generator failed while closing")
 
-
-Receiver = Callable[..., Any]
