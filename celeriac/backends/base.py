@@ -115,6 +115,60 @@ class Locks(Protocol):
         """The token holding ``key``, or None when it is free."""
 
 
+#: where a rate bucket keeps its theoretical arrival time, and where a call's reserved slot is
+RATE_BUCKET_PREFIX = "celeriac-rate-bucket-"
+RATE_SLOT_PREFIX = "celeriac-rate-slot-"
+#: seconds a reserved slot is kept after its time, for a call whose message comes back late (a
+#: busy broker, a worker whose pool was full); after that the call contends again
+RATE_SLOT_MARGIN = 60.0
+
+
+def rate_slot_key(bucket: str, ticket: str) -> str:
+    """The key of ``ticket``'s reserved slot in ``bucket`` (every store names it alike)."""
+    return f"{RATE_SLOT_PREFIX}{bucket}|{ticket}"
+
+
+@runtime_checkable
+class RateLimits(Protocol):
+    """A store that spaces calls out across every process that uses it: one GCRA bucket per
+    name (a "theoretical arrival time" on the store's clock, burst of 1), each take one atomic
+    step in the store. A call that must wait gets a slot reserved under its ``ticket``, so when
+    it comes back at that time it runs without contending again: N waiting calls cost N
+    reservations, not N retries per free slot. The worker's rate limits build on it
+    (worker/rate_limits.py)."""
+
+    def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
+        """0.0 when the call may run now (its slot is used up); else the seconds until the slot
+        reserved for ``ticket`` (the same slot however often it asks before then). Slots are
+        ``interval`` seconds apart; a reservation is kept until ``RATE_SLOT_MARGIN`` seconds
+        after its time."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateStep:
+    """What one ``rate_take`` does to a bucket: pure arithmetic, shared by the stores that run
+    it in Python (Redis runs the same steps in Lua, on the server's clock)."""
+
+    #: seconds until the call may run (0.0: now)
+    wait: float
+    #: the bucket's new theoretical arrival time; None leaves it as it is
+    tat: float | None = None
+    #: a slot to keep for the ticket (at this time); None keeps none
+    reserve: float | None = None
+    #: the ticket's reserved slot has come and is used up now: drop it
+    used: bool = False
+
+
+def rate_step(now: float, tat: float | None, slot: float | None, interval: float) -> RateStep:
+    """GCRA with a burst of 1 and reservations. ``tat``: the bucket's arrival time (None when
+    it has none); ``slot``: the time reserved for this ticket, if any."""
+    if slot is not None:  # it was given a slot: that one, and only once
+        return RateStep(0.0, used=True) if slot <= now else RateStep(slot - now)
+    if tat is None or tat <= now:
+        return RateStep(0.0, tat=now + interval)
+    return RateStep(tat - now, tat=tat + interval, reserve=tat)
+
+
 class ResultBackend(ABC):
     """Stores and reads task results in Celery's meta format."""
 

@@ -16,7 +16,17 @@ from typing import Any, Callable, Sequence
 from ..exceptions import BackendError
 from ..utils import memory_wire
 from ..utils.registry import NamedRegistry
-from .base import CHORD_DONE, ChordPart, ResultBackend, ResultWrite, join_member
+from .base import (
+    CHORD_DONE,
+    RATE_BUCKET_PREFIX,
+    RATE_SLOT_MARGIN,
+    ChordPart,
+    ResultBackend,
+    ResultWrite,
+    join_member,
+    rate_slot_key,
+    rate_step,
+)
 
 #: how often (seconds) a write also sweeps out expired keys nobody read again
 _SWEEP_INTERVAL = 10.0
@@ -258,6 +268,25 @@ class MemoryBackend(ResultBackend):
         with self._store.cond:
             held = self._store.live(key, time.monotonic())
         return None if held is None else held.decode()
+
+    # ---- rate limits (RateLimits): the bucket and the slots as keys, under the store's mutex --
+    def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
+        store = self._store
+        bucket_key, slot_key = RATE_BUCKET_PREFIX + bucket, rate_slot_key(bucket, ticket)
+        with store.cond:
+            now = time.monotonic()
+            slot, tat = store.live(slot_key, now), store.live(bucket_key, now)
+            step = rate_step(now, None if tat is None else float(tat),
+                             None if slot is None else float(slot), interval)
+            if step.used:
+                store.data.pop(slot_key, None)
+                store.stamps.pop(slot_key, None)
+            if step.tat is not None:
+                store.data[bucket_key] = (repr(step.tat).encode(), step.tat + 1.0)
+            if step.reserve is not None:
+                store.data[slot_key] = (repr(step.reserve).encode(),
+                                        step.reserve + RATE_SLOT_MARGIN)
+        return step.wait
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         store = self._store

@@ -33,7 +33,15 @@ from ..utils import redis_wire
 from ..utils.forks import PidGuard
 from ..utils.urls import redact_url
 from . import redis_chord
-from .base import ChordPart, ResultBackend, ResultWrite, _any_failed
+from .base import (
+    RATE_BUCKET_PREFIX,
+    RATE_SLOT_MARGIN,
+    ChordPart,
+    ResultBackend,
+    ResultWrite,
+    _any_failed,
+    rate_slot_key,
+)
 from .redis_pubsub import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -61,6 +69,35 @@ _LOCK_EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# Rate limits (RateLimits): rate_step in backends/base.py, on the server's clock (TIME), in
+# whole microseconds kept as decimal strings (exact: below 2^53). KEYS: the bucket, the ticket's
+# slot; ARGV: the interval and the slot margin (microseconds). Returns the wait in microseconds.
+_RATE_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local slot = redis.call('GET', KEYS[2])
+if slot then
+  slot = tonumber(slot)
+  if slot <= now then
+    redis.call('DEL', KEYS[2])
+    return 0
+  end
+  return slot - now
+end
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat <= now then
+  redis.call('SET', KEYS[1], string.format('%.0f', now + interval), 'PX',
+             math.floor(interval / 1000) + 1000)
+  return 0
+end
+redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX',
+           math.floor((tat + interval - now) / 1000) + 1000)
+redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX',
+           math.floor((tat - now + tonumber(ARGV[2])) / 1000) + 1)
+return tat - now
+"""
+_RATE_TAKE_SHA = redis_wire.script_sha(_RATE_TAKE)
 #: redis-py leaves parse_url unannotated; this is its type
 _parse_url: Callable[[str], dict[str, Any]] = parse_url
 #: objects a forked child inherited (sockets, pipe fds): never used there, only kept referenced
@@ -270,6 +307,16 @@ class RedisBackend(ResultBackend):
     def lock_owner(self, key: str) -> str | None:
         held: bytes | None = self._wire().call_one("GET", self._key(key))
         return None if held is None else held.decode()
+
+    # ---- rate limits (RateLimits): one script, on the server's clock -----------------------------
+    def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
+        # Retried after a lost connection: a reserved slot is found again under its ticket (a
+        # grant whose reply was lost costs one slot, never an extra run).
+        keys = (self._key(RATE_BUCKET_PREFIX + bucket), self._key(rate_slot_key(bucket, ticket)))
+        waited: int = self._retrying(lambda: self._wire().call_one(
+            "EVALSHA", _RATE_TAKE_SHA, 2, *keys, max(1, round(interval * 1e6)),
+            round(RATE_SLOT_MARGIN * 1e6)), keys[0])
+        return max(0, int(waited)) / 1e6
 
     # ---- chords (Celery 5.7's keys and semantics; see backends/redis_chord.py) -------------------
     def _chord_keys(self, group_id: str) -> dict[str, str]:

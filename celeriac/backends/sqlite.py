@@ -34,7 +34,16 @@ from ..utils.sqlite import (
     connect,
     sqlite_path_from_url,
 )
-from .base import CHORD_DONE, ChordPart, ResultBackend, join_member
+from .base import (
+    CHORD_DONE,
+    RATE_BUCKET_PREFIX,
+    RATE_SLOT_MARGIN,
+    ChordPart,
+    ResultBackend,
+    join_member,
+    rate_slot_key,
+    rate_step,
+)
 
 TABLE = "celeriac_result"
 #: chord joins: one row per counted header result (Redis keeps these in a sorted set)
@@ -389,6 +398,24 @@ class SQLiteBackend(ResultBackend):
         with self._connection() as conn:
             held = self._live(conn, key, time.time())
         return None if held is None else held.decode()
+
+    # ---- rate limits (RateLimits): the bucket and the slots as rows, in one write transaction --
+    def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
+        bucket_key, slot_key = RATE_BUCKET_PREFIX + bucket, rate_slot_key(bucket, ticket)
+        # BEGIN IMMEDIATE: no other process reads the bucket between our read and our write
+        with self._transaction() as conn:
+            now = time.time()
+            slot, tat = self._live(conn, slot_key, now), self._live(conn, bucket_key, now)
+            step = rate_step(now, None if tat is None else float(tat),
+                             None if slot is None else float(slot), interval)
+            if step.used:
+                conn.execute(f"DELETE FROM {TABLE} WHERE key = ?", (slot_key,))
+            if step.tat is not None:
+                conn.execute(_UPSERT, (bucket_key, repr(step.tat).encode(), step.tat + 1.0))
+            if step.reserve is not None:
+                conn.execute(_UPSERT, (slot_key, repr(step.reserve).encode(),
+                                       step.reserve + RATE_SLOT_MARGIN))
+        return step.wait
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         token = getattr(self._local, "token", None)

@@ -23,7 +23,7 @@ import pytest
 
 from .. import states
 from ..backends import backend_from_url
-from ..backends.base import AppendLog, ChordPart, Locks, ResultBackend
+from ..backends.base import AppendLog, ChordPart, Locks, RateLimits, ResultBackend
 from ..exceptions import BackendError, TaskRevokedError
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 
@@ -173,6 +173,29 @@ def _lock_in_child(url: str, keys: list[str], token: str, barrier: Any, out: str
     finally:
         backend.close()
     Path(out).write_text(json.dumps(won))
+
+
+def _rate_in_child(url: str, bucket: str, tickets: list[str], interval: float, barrier: Any,
+                   out: str) -> None:
+    """Take one slot per ticket, all children together; record each wait."""
+    backend = backend_from_url(url)
+    try:
+        barrier.wait(_CHILD_TIMEOUT)
+        waits = [_rates(backend).rate_take(bucket, interval, ticket) for ticket in tickets]
+    finally:
+        backend.close()
+    Path(out).write_text(json.dumps(waits))
+
+
+def _rates(backend: ResultBackend) -> RateLimits:
+    """``backend`` as the rate-limit state it must also hold (``rate_limit=``)."""
+    assert isinstance(backend, RateLimits), f"{type(backend).__name__} keeps no rate limits"
+    return backend
+
+
+def _slots(waits: list[float], interval: float) -> list[int]:
+    """Which slot each wait stands for (0: now), for an ``interval`` far longer than the test."""
+    return sorted(round(wait / interval) for wait in waits)
 
 
 def _locks(backend: ResultBackend) -> Locks:
@@ -741,6 +764,69 @@ class BackendContract:
         check = _locks(make_backend())
         assert all(check.lock_owner(key) == winners[0] for key, winners in won.items())
 
+    # ---- rate limits (RateLimits: rate_limit=, app.control.rate_limit) --------------------------
+    def test_rate_grants_one_call_then_spaces_the_rest_one_interval_apart(
+            self, make_backend: MakeBackend) -> None:
+        rates, other = _rates(make_backend()), _rates(make_backend())
+        interval = 100.0  # far longer than the test: each wait names its slot
+        waits = [rates.rate_take("api", interval, f"call-{n}") for n in range(3)]
+        waits.append(other.rate_take("api", interval, "call-3"))  # one bucket per store
+        assert waits[0] == 0.0, "a fresh bucket lets the first call run at once"
+        for n, wait in enumerate(waits):
+            assert abs(wait - n * interval) < 5, (n, waits)
+
+    def test_rate_reserved_slot_is_kept_and_used_once(self, make_backend: MakeBackend) -> None:
+        rates = _rates(make_backend())
+        interval = 0.3
+        assert rates.rate_take("api", interval, "first") == 0.0
+        wait = rates.rate_take("api", interval, "second")
+        assert 0 < wait <= interval
+        again = rates.rate_take("api", interval, "second")
+        assert 0 <= again <= wait, "asking again finds the same slot, not a later one"
+        later = rates.rate_take("api", interval, "third")
+        assert later > interval, "the next call is reserved after the second one's slot"
+        deadline = time.monotonic() + 10
+        while (remaining := rates.rate_take("api", interval, "second")) > 0:
+            assert time.monotonic() < deadline, "the reserved slot never came"
+            time.sleep(min(remaining, 0.05))
+        assert rates.rate_take("api", interval, "second") > 0, \
+            "a used slot is gone: the same ticket contends again, behind the third call"
+
+    def test_rate_allows_a_burst_of_one_after_idling(self, make_backend: MakeBackend) -> None:
+        rates = _rates(make_backend())
+        interval = 0.1
+        assert rates.rate_take("api", interval, "a") == 0.0
+        time.sleep(5 * interval)  # idle for five intervals: no credit piles up
+        assert rates.rate_take("api", interval, "b") == 0.0
+        assert rates.rate_take("api", interval, "c") > interval / 2
+
+    def test_rate_buckets_are_separate(self, make_backend: MakeBackend) -> None:
+        rates = _rates(make_backend())
+        assert rates.rate_take("fetch", 100.0, "t1") == 0.0
+        assert rates.rate_take("send", 100.0, "t1") == 0.0, "same ticket, other bucket"
+        assert rates.rate_take("fetch", 100.0, "t2") > 50
+
+    def test_rate_slots_are_unique_across_threads(self, make_backend: MakeBackend) -> None:
+        threads_n, per_thread, interval = 6, 10, 1000.0
+        start = threading.Barrier(threads_n)
+        waits: list[float] = []
+        lock = threading.Lock()
+
+        def work(n: int) -> None:
+            rates = _rates(make_backend())
+            start.wait(10)
+            mine = [rates.rate_take("api", interval, f"t{n}-{i}") for i in range(per_thread)]
+            with lock:
+                waits.extend(mine)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert _slots(waits, interval) == list(range(threads_n * per_thread)), \
+            "every call got a slot of its own, one interval after the last"
+
     def test_close_twice(self, backend: ResultBackend) -> None:
         backend.mark_as_done(_new_id(), 1)
         backend.close()
@@ -814,6 +900,19 @@ class SharedBackendContract(BackendContract):
         check = _locks(make_backend())
         for i, keys_won in won.items():
             assert all(check.lock_owner(key) == f"proc-{i}" for key in keys_won)
+
+    def test_rate_slots_are_unique_across_processes(self, process_url: str,
+                                                    tmp_path: Path) -> None:
+        procs_n, per_proc, interval = 4, 15, 1000.0
+        barrier = multiprocessing.get_context("spawn").Barrier(procs_n)
+        outs = [tmp_path / f"rate-{i}.json" for i in range(procs_n)]
+        join = _run_children([(_rate_in_child, (process_url, "api",
+                                                [f"p{i}-{n}" for n in range(per_proc)],
+                                                interval, barrier, str(out)))
+                              for i, out in enumerate(outs)])
+        join()
+        waits = [w for out in outs for w in json.loads(out.read_text())]
+        assert _slots(waits, interval) == list(range(procs_n * per_proc))
 
     def test_blocking_log_read_wakes_when_another_process_appends(
             self, process_url: str, make_backend: MakeBackend) -> None:
