@@ -31,6 +31,7 @@ from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError, Retry
 from ..protocol import v2
 from .executor import _Run, context_from_body, in_task_code, internal_error
 from .job import Job
+from .limits import task_code_ended, task_code_started
 from .outcome import Ending, Outcome
 from .pending import PendingWrites
 from .request import undecodable_failure
@@ -166,10 +167,12 @@ def run_batch(app: Celery, batch: BatchMessages, hostname: str,
         task_token = _context.current_task_var.set(task)
         try:
             in_task_code[0] = True  # the prefork soft time limit (SIGALRM) may stop the call
+            task_code_started()  # a pool thread's hard time limit may give the call up
             try:
                 task.run(requests)
             finally:
                 in_task_code[0] = False
+                task_code_ended()
         except Exception as exc:  # noqa: BLE001 - the batch's failure is its requests' failure
             raised = exc
         finally:

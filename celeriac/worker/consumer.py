@@ -86,6 +86,7 @@ class Consumer:
         # event loop or a waiting thread, not in a slot.
         # A multiplier of 0 means "no limit", as in Celery (bounded here to stay sane).
         multiplier = prefetch_multiplier if prefetch_multiplier > 0 else 1000
+        self.prefetch_multiplier = multiplier
         self.prefetch_limit = pool.limit * multiplier
         # Fetch once half the window is free, not whenever one slot frees: fewer, fuller fetches.
         self.fetch_at = max(1, self.prefetch_limit // 2)
@@ -196,6 +197,26 @@ class Consumer:
         """A snapshot of the held jobs (for remote control and extensions)."""
         with self._cond:
             return list(self._jobs.values())
+
+    def pool_demand(self) -> int:
+        """Jobs for the pool: running in it, and waiting in the buffer for one of its slots
+        (what ``--autoscale`` sizes the pool by)."""
+        with self._cond:
+            return (self._running - self._running_outside
+                    + sum(1 for job in self._buffer if job.lane is self.pool))
+
+    def resize_window(self, slots: int, *, room_to_grow: bool = False) -> None:
+        """The pool now has ``slots`` slots (``--autoscale``): the prefetch window follows, as
+        multiplier x slots. ``room_to_grow``: at least one message more than the slots, so a job
+        can wait in the buffer and show that the pool may grow (with a multiplier of 1, or 0
+        slots, none could)."""
+        limit = slots * self.prefetch_multiplier
+        if room_to_grow:
+            limit = max(limit, slots + 1)
+        with self._cond:
+            self.prefetch_limit = max(1, limit)
+            self.fetch_at = max(1, self.prefetch_limit // 2)
+            self._cond.notify_all()
 
     # ---- fetching -------------------------------------------------------------------------------
     def _room(self) -> int:

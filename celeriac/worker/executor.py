@@ -22,7 +22,7 @@ from ..exceptions import EncodeError, Ignore, Reject, Retry
 from ..protocol import serialization
 from ..task import Context, Task
 from .job import wants_result
-from .limits import Terminated
+from .limits import HardTimeLimitStop, Terminated, task_code_ended, task_code_started
 from .outcome import Ending, Outcome
 from .pending import PendingWrites
 
@@ -36,6 +36,10 @@ logger = logging.getLogger("celeriac.worker")
 #: True while this process's main thread is inside a task's own code (not our bookkeeping): the
 #: soft time limit's SIGALRM raises only then, so it can never interrupt a result write
 in_task_code = [False]
+
+#: what leaves ``execute`` untouched, never recorded as the task's outcome: the process stopping,
+#: a terminate, and a pool thread given up on at its hard time limit (the consumer records those)
+_PASSED_THROUGH = (KeyboardInterrupt, SystemExit, Terminated, HardTimeLimitStop)
 
 
 class ExceptionInfo:
@@ -406,18 +410,20 @@ def execute(task: Task, ctx: Context, *, eager: bool = False,
         try:
             run.before()
             in_task_code[0] = True
+            task_code_started()
             try:
                 retval = task(*ctx.args, **ctx.kwargs)
             finally:
                 in_task_code[0] = False
+                task_code_ended()  # raises HardTimeLimitStop if the pool gave this thread up
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit, Terminated)):
+            if isinstance(exc, _PASSED_THROUGH):
                 raise
             ctx._adopt = False
             return run.failed(exc)
         ctx._adopt = False
         return run.succeeded(retval)
-    except (KeyboardInterrupt, SystemExit, Terminated):
+    except _PASSED_THROUGH:
         raise
     except BaseException as exc:  # our own bookkeeping failed (e.g. the result store is down)
         if eager:

@@ -3,9 +3,15 @@
 Layer: worker. The process pool enforces limits with signals (SIGALRM in the child for the soft
 limit, the parent killing the child for the hard one). Threads cannot be killed, so in the thread
 and solo pools the soft limit (and a terminate) is delivered as an exception raised in the task's
-thread; the hard limit is not enforced there (a warning says so at startup). ``async def`` tasks
-get both: the soft limit is thrown into the coroutine at its current ``await``, the hard limit
-cancels it.
+thread, and the hard limit gives the thread up: the task is reported as failed with
+``TimeLimitExceeded`` at once, ``HardTimeLimitStop`` is raised in its thread to unwind the task's
+code, and the pool puts a new thread in its place. Nothing the given-up thread does afterwards is
+recorded (the executor lets ``HardTimeLimitStop`` through; ``task_code_ended`` raises it should the
+task swallow it). A thread blocked in a C call (``time.sleep``, a socket read) stays blocked until
+that call returns: the stop can only land when Python code runs again.
+
+``async def`` tasks get both: the soft limit is thrown into the coroutine at its current ``await``,
+the hard limit cancels it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import threading
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 
@@ -50,30 +56,112 @@ def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     return done == 1
 
 
-class ThreadGuard:
-    """Soft time limit and terminate for one task running in a pool thread."""
+class HardTimeLimitStop(BaseException):
+    """Raised in a pool thread whose task ran past its hard time limit, after the worker has
+    recorded the task as failed and moved on: it only unwinds the task's code so the thread can
+    leave. Not an ``Exception``, so a task's ``except Exception`` does not swallow it; the executor
+    lets it through and records nothing more for the task."""
 
-    def __init__(self, soft: float | None) -> None:
+
+#: the guard of the task running in this thread (pool threads only; unset elsewhere)
+_current = threading.local()
+
+
+def task_code_started() -> None:
+    """The executor is about to call the task's own code in this thread."""
+    guard: ThreadGuard | None = getattr(_current, "guard", None)
+    if guard is not None:
+        guard.enter_task_code()
+
+
+def task_code_ended() -> None:
+    """The task's own code returned (or raised). Raises ``HardTimeLimitStop`` when the thread
+    was given up on meanwhile, so nothing after it records an outcome."""
+    guard: ThreadGuard | None = getattr(_current, "guard", None)
+    if guard is not None:
+        guard.leave_task_code()
+
+
+class ThreadGuard:
+    """Soft and hard time limits and terminate for one task running in a pool thread.
+
+    Made in the thread that runs the task. The hard limit acts only while the task's own code
+    runs (between ``task_code_started`` and ``task_code_ended``): it then gives the thread up
+    (``given_up``), raises ``HardTimeLimitStop`` in it and calls ``on_hard_limit``, which reports
+    the task. Passed before the task's code starts (its prerun bookkeeping), it looks again a
+    moment later; passed after the code returned, it does nothing: the outcome is being recorded
+    and is reported as usual.
+    """
+
+    #: seconds before the hard limit looks again when it passes before the task's code started
+    RECHECK = 0.05
+
+    def __init__(self, soft: float | None, hard: float | None = None,
+                 on_hard_limit: Callable[[], None] | None = None) -> None:
         self.thread_id = threading.get_ident()
         self._lock = threading.Lock()
         self._active = True
-        self._timer: threading.Timer | None = None
+        self._depth = 0  # task code calls in progress (an eager apply() nests one)
+        self._code_started = False
+        #: the hard limit passed while the task's code ran: the task has been reported already
+        self.given_up = False
+        self._on_hard_limit = on_hard_limit
+        self._timers: list[threading.Timer] = []
         if soft:
-            self._timer = threading.Timer(soft, self.interrupt, (SoftTimeLimitExceeded,))
-            self._timer.daemon = True
-            self._timer.start()
+            self._arm(soft, self.interrupt, SoftTimeLimitExceeded)
+        if hard and on_hard_limit is not None:
+            self._arm(hard, self._hard_limit)
+        _current.guard = self
+
+    def _arm(self, seconds: float, action: Callable[..., Any], *args: Any) -> None:
+        timer = threading.Timer(seconds, action, args)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
 
     def interrupt(self, exc_type: type[BaseException]) -> bool:
         with self._lock:
-            if not self._active:
+            if not self._active or self.given_up:
                 return False
             return raise_in_thread(self.thread_id, exc_type)
+
+    def _hard_limit(self) -> None:
+        with self._lock:
+            if not self._active or self.given_up:
+                return
+            if self._depth == 0:
+                if not self._code_started:
+                    self._arm(self.RECHECK, self._hard_limit)
+                return
+            self.given_up = True
+            raise_in_thread(self.thread_id, HardTimeLimitStop)
+        assert self._on_hard_limit is not None
+        self._on_hard_limit()
+
+    def enter_task_code(self) -> None:
+        with self._lock:
+            self._depth += 1
+            self._code_started = True
+
+    def leave_task_code(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            given_up = self.given_up
+            if given_up:
+                # the stop may not have landed yet (set while a C call ran): take it back and
+                # raise it here, so it cannot land later in code that records the outcome
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
+        if given_up:
+            raise HardTimeLimitStop()
 
     def finish(self) -> None:
         with self._lock:
             self._active = False
-        if self._timer is not None:
-            self._timer.cancel()
+            timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.cancel()
+        if getattr(_current, "guard", None) is self:
+            _current.guard = None
 
 
 class _SoftLimitCoroutine:

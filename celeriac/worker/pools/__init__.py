@@ -13,8 +13,10 @@ from ..outcome import Outcome
 OnDone = Callable[[int, Outcome], None]
 
 
-def create_pool(kind: str, runner: Any, concurrency: int, on_done: OnDone) -> Any:
-    """``kind`` is Celery's ``--pool`` name; ``prefork`` and ``processes`` are the same pool."""
+def create_pool(kind: str, runner: Any, concurrency: int, on_done: OnDone, *,
+                hard_limits: bool = True) -> Any:
+    """``kind`` is Celery's ``--pool`` name; ``prefork`` and ``processes`` are the same pool.
+    ``hard_limits=False``: a thread pool that leaves hard time limits unenforced."""
     if kind in ("prefork", "processes", "process"):
         from .processes import ProcessPool
 
@@ -22,7 +24,7 @@ def create_pool(kind: str, runner: Any, concurrency: int, on_done: OnDone) -> An
     if kind == "threads":
         from .threads import ThreadPool
 
-        return ThreadPool(runner, concurrency, on_done)
+        return ThreadPool(runner, concurrency, on_done, hard_limits=hard_limits)
     if kind == "solo":
         from .threads import SoloPool
 

@@ -8,6 +8,10 @@ A child also retires on its own (Celery's ``worker_max_tasks_per_child`` and
 ``worker_max_memory_per_child``): after the task that reaches the limit it sends that task's
 outcome with the reason it is leaving, and exits. The parent gives it no further job and puts a
 new child in its place; nothing is lost, since the outcome came back before the child left.
+
+The pool's size can change while it runs (``grow``, ``shrink``: ``--autoscale``). New children
+start as replacements do; shrinking only ever tells idle children to leave, and a child that
+leaves that way is not replaced.
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ class _TerminateFlag:
 
 class _Child:
     __slots__ = ("process", "conn", "job", "index", "deadline", "hard", "terminate_flag",
-                 "stop_reason", "retiring")
+                 "stop_reason", "retiring", "shrunk")
 
     def __init__(self, process: Any, conn: Connection, index: int, terminate_flag: Any) -> None:
         self.process = process
@@ -193,17 +197,20 @@ class _Child:
         self.stop_reason: tuple[str, Any] | None = None
         #: it reached its worker_max_tasks/memory_per_child limit and is leaving: no more jobs
         self.retiring = False
+        #: the pool shrank: it was told to leave, and nothing takes its place
+        self.shrunk = False
 
     def idle(self) -> bool:
         return self.job is None and not self.retiring and self.process.is_alive()
 
 
 class ProcessPool:
-    """A fixed set of forked children; any idle child takes the next job."""
+    """A set of forked children; any idle child takes the next job."""
 
     def __init__(self, runner: Any, concurrency: int, on_done: OnDone) -> None:
         self.runner = runner
-        self.limit = max(1, concurrency)
+        #: children serving jobs (0 only while an autoscaled pool is at its minimum of 0)
+        self.limit = max(0, concurrency)
         self.on_done = on_done
         app = getattr(runner, "app", None)
         #: (max tasks, max resident KiB) per child; each child checks its own after every task
@@ -213,6 +220,7 @@ class ProcessPool:
         self._stopping = False
         self._collector: threading.Thread | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
+        self._next_index = self.limit  # names of children added by grow()
 
     # ---- children ------------------------------------------------------------------------------
     def _spawn(self, index: int, fresh: bool = False) -> _Child:
@@ -245,6 +253,31 @@ class ProcessPool:
 
     def pids(self) -> list[int]:
         return [c.process.pid for c in self._children]
+
+    def grow(self, n: int) -> int:
+        """Start ``n`` more children (as replacements start); returns how many were added."""
+        with self._lock:
+            if self._stopping or n <= 0:
+                return 0
+            indexes = list(range(self._next_index, self._next_index + n))
+            self._next_index += n
+        added = [self._spawn(index, fresh=True) for index in indexes]
+        with self._lock:
+            self._children.extend(added)
+            self.limit += len(added)
+        os.write(self._wakeup_w, b"x")  # the collector watches the new children too
+        return len(added)
+
+    def shrink(self, n: int) -> int:
+        """Tell up to ``n`` idle children to leave, never one running a task; returns how many."""
+        with self._lock:
+            leaving = [c for c in self._children if c.idle()][-n:] if n > 0 else []
+            for child in leaving:
+                child.retiring = child.shrunk = True
+            self.limit -= len(leaving)
+        for child in leaving:
+            _tell_to_leave(child)
+        return len(leaving)
 
     def free_slots(self) -> int:
         # A dead child is not a free slot, even before the collector has replaced it.
@@ -381,7 +414,7 @@ class ProcessPool:
                              child.process.pid, task_id, detail)
                 outcome = Outcome(task_id, states.FAILURE, Ending.WORKER_LOST, reason=detail)
             self.on_done(job_id, outcome)
-        if not self._stopping:
+        if not self._stopping and not child.shrunk:
             replacement = self._spawn(child.index, fresh=True)
             with self._lock:
                 self._children[position] = replacement
