@@ -88,6 +88,14 @@ class Celery:
         #: after the built-in ones by every worker this app starts
         self.worker_extensions: list[Any] = []
         self._forks = PidGuard()
+        from .signals import Signal
+
+        #: Celery's app signals: sent once, with ``sender=app``, when the app is finalized (its
+        #: first real use: a worker or beat starting, a task sent): the place for
+        #: ``sender.add_periodic_task(...)``
+        self.on_configure = Signal("app.on_configure")
+        self.on_after_configure = Signal("app.on_after_configure", providing_args={"source"})
+        self.on_after_finalize = Signal("app.on_after_finalize")
         self._register_builtins()
         _all_apps.add(self)
         _register_shared_with(self)
@@ -133,6 +141,10 @@ class Celery:
             for module in modules:
                 importlib.import_module(module)
             self._finalized = True
+        # after the flag: a handler may send tasks or read ``app.backend`` (which finalize)
+        self.on_configure.send(sender=self)
+        self.on_after_configure.send(sender=self, source=self.conf)
+        self.on_after_finalize.send(sender=self)
 
     @property
     def broker_url(self) -> str:
@@ -157,9 +169,9 @@ class Celery:
     def transport(self) -> "Transport":
         self._check_fork()
         if self._transport is None:
+            self.finalize()  # first: its signal handlers may send tasks, building this
             with self._lock:
                 if self._transport is None:
-                    self.finalize()
                     from .transport import transport_from_url
 
                     url = self.broker_url
@@ -178,9 +190,9 @@ class Celery:
     def backend(self) -> "ResultBackend":
         self._check_fork()
         if self._backend is None:
+            self.finalize()  # first: its signal handlers may send tasks, building this
             with self._lock:
                 if self._backend is None:
-                    self.finalize()
                     from .backends import backend_from_url
 
                     self._backend = backend_from_url(self.result_backend_url, app=self)
@@ -345,9 +357,65 @@ class Celery:
         return oid
 
     def now(self) -> Any:
+        """The time now, aware, in the app's time zone (``timezone``)."""
         from .task import utcnow
 
-        return utcnow()
+        return utcnow().astimezone(self.timezone)
+
+    @property
+    def timezone(self) -> Any:
+        """``timezone`` as a tzinfo; without it, UTC (``enable_utc``, the default) or the
+        machine's local zone. Periodic schedules (crontab) are read in it."""
+        from datetime import timezone as _tz
+
+        from .schedules import local_zone, zone_named
+
+        name = self.conf.get("timezone")
+        if name:
+            return zone_named(name)
+        return _tz.utc if self.conf.get("enable_utc", True) else local_zone()
+
+    # ---- periodic tasks ------------------------------------------------------------------------
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Iterable[Any] = (),
+                          kwargs: dict[str, Any] | None = None, name: str | None = None,
+                          **options: Any) -> str:
+        """Add an entry to ``beat_schedule`` (Celery's API, usually called from an
+        ``on_after_configure`` handler): ``schedule`` is seconds, a timedelta or a schedule
+        object such as ``crontab(...)``; ``sig`` a signature (``task.s(...)``) or a task.
+        Returns the entry's name (``name``, else the signature's repr)."""
+        from .canvas import Signature
+
+        if isinstance(sig, Signature):
+            if args or kwargs:
+                sig = sig.clone(args=tuple(args), kwargs=dict(kwargs or {}))
+        else:
+            task_name = sig if isinstance(sig, str) else getattr(sig, "name", None)
+            if not task_name:
+                raise TypeError(f"add_periodic_task needs a signature or a task, not {sig!r}: "
+                                f"pass task.s(...)")
+            sig = self.signature(task_name, args=tuple(args), kwargs=dict(kwargs or {}))
+        key = name or repr(sig)
+        schedule_table = self.conf.get("beat_schedule")
+        if not isinstance(schedule_table, dict):
+            schedule_table = self.conf["beat_schedule"] = dict(schedule_table or {})
+        if name is None and key in schedule_table:
+            import logging
+
+            logging.getLogger("celeriac.beat").warning(
+                "add_periodic_task: an unnamed entry %r replaced an earlier one with the same "
+                "signature: give each a name=", key)
+        schedule_table[key] = {"schedule": schedule, "task": sig.name, "args": tuple(sig.args),
+                               "kwargs": dict(sig.kwargs),
+                               "options": {**dict(sig.options), **options}}
+        return key
+
+    @property
+    def periodic_tasks(self) -> Any:
+        """The schedule every beat of this app fires from, kept in the result store: list, add,
+        change, pause, resume and remove entries while beats run (docs/periodic-tasks.md)."""
+        from .beat.book import ScheduleBook
+
+        return ScheduleBook(self)
 
     # ---- worker --------------------------------------------------------------------------------
     def Worker(self, **kwargs: Any) -> Any:  # noqa: N802

@@ -131,6 +131,8 @@ DEFAULTS: dict[str, Any] = {
     "dispatcher_failure_on_subtask_timeout": False,
     "dispatcher_failure_on_subtask_exception": False,
     "dispatcher_progress_update_frequency": 1, "dispatcher_concurrency": 16,
+    # beat (see docs/periodic-tasks.md)
+    "beat_leader_lease": 10.0,
 }
 
 #: Settings Celery does not have.
@@ -146,6 +148,7 @@ CELERIAC_EXTRAS: tuple[str, ...] = (
     "dispatcher_failure_on_subtask_timeout", "dispatcher_failure_on_subtask_exception",
     "dispatcher_progress_update_frequency",
     "dispatcher_concurrency",  # how many dispatch main tasks one worker runs at once
+    "beat_leader_lease",  # seconds a beat stays the one that fires after its last renewal
 )
 
 #: Celery 3 uppercase names -> today's names. An uppercase spelling of a current name
@@ -386,6 +389,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "worker_async_concurrency": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
     "worker_heartbeat_interval": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                                   and v > 0, "a number of seconds > 0"),
+    "beat_leader_lease": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and v > 0, "a number of seconds > 0"),
     "task_time_limit": (_optional_positive, "None or a number > 0"),
     "task_soft_time_limit": (_optional_positive, "None or a number > 0"),
     "result_expires": (_is_expires, "None, a number >= 0 or a timedelta"),
@@ -497,11 +502,9 @@ def settings_from_object(obj: Any, namespace: str | None = None) -> dict[str, An
 
 
 # ---- accepted but not built yet -----------------------------------------------------------------
-_PERIODIC = ("periodic tasks are not built in celeriac yet: nothing will be scheduled "
-             "(issue: periodic tasks)")
+_BEAT_STATE = "celeriac's beat keeps its state in the result store, not in a file"
 _EVENTS = ("task events are not built in celeriac yet: no events are sent, so Flower and "
            "`celery events` see nothing from this worker (issue: task events)")
-_RATE = "celeriac does not enforce rate limits yet: tasks run at full speed (issue: rate limits)"
 _SOFT_SHUTDOWN = ("soft shutdown is not built in celeriac yet: a warm shutdown waits for "
                   "running tasks to finish")
 _LOGGING = ("celeriac's worker logging does not read it yet: the worker uses its built-in format "
@@ -514,16 +517,15 @@ _NO_EFFECT = "celeriac does not use it: it has no effect"
 #: its feature is built. AMQP-only settings and the settings of result stores celeriac doesn't
 #: have are not here: they have no effect in Celery either with celeriac's brokers and stores.
 NOT_BUILT: dict[str, str] = {
-    # periodic tasks (celery beat)
-    "beat_schedule": _PERIODIC, "beat_scheduler": _PERIODIC, "beat_max_loop_interval": _PERIODIC,
-    "beat_schedule_filename": _PERIODIC, "beat_sync_every": _PERIODIC,
-    "beat_cron_starting_deadline": _PERIODIC,
+    # periodic tasks (celery beat): celeriac's beat has one scheduler, with its state in the store
+    "beat_scheduler": ("celeriac's beat has one scheduler, which keeps schedules and last runs in "
+                       "the result store: no scheduler class is loaded (docs/periodic-tasks.md)"),
+    "beat_schedule_filename": _BEAT_STATE,
+    "beat_sync_every": "celeriac's beat stores each run as it fires: there is nothing to sync",
     # task events (-E)
     "worker_send_task_events": _EVENTS, "task_send_sent_event": _EVENTS,
     "event_queue_expires": _EVENTS, "event_queue_ttl": _EVENTS, "event_queue_prefix": _EVENTS,
     "event_serializer": _EVENTS, "event_exchange": _EVENTS,
-    # rate limits (a task's own rate_limit is checked in ineffective_settings)
-    "task_default_rate_limit": _RATE,
     "task_annotations": ("celeriac does not apply task annotations yet: the attributes they set "
                          "(rate_limit and the rest) keep each task's own values"),
     # shutdown and connection loss
@@ -542,9 +544,11 @@ NOT_BUILT: dict[str, str] = {
     "task_allow_error_cb_on_chord_header": "celeriac does not link error callbacks to a chord's "
                                            "header tasks yet",
     "task_protocol": "celeriac sends task protocol 2 only",
-    # time zones: celeriac reads naive datetimes as UTC
-    "enable_utc": "celeriac always works in UTC: naive datetimes are read as UTC",
-    "timezone": "celeriac always works in UTC: naive datetimes are read as UTC, not in this zone",
+    # time zones: periodic schedules follow them; naive datetimes elsewhere are read as UTC
+    "enable_utc": ("celeriac reads naive eta/expires datetimes as UTC whatever it says (crontab "
+                   "schedules do follow it)"),
+    "timezone": ("celeriac reads naive eta/expires datetimes as UTC, not in this zone (crontab "
+                 "schedules do run in it)"),
     # worker features not built
     "worker_deduplicate_successful_tasks": "celeriac does not deduplicate tasks yet",
     "worker_direct": "celeriac does not create per-worker queues yet",
@@ -552,7 +556,6 @@ NOT_BUILT: dict[str, str] = {
         "celeriac has no broadcast remote control to switch off: revokes are kept in the result "
         "store and every worker honours them"),
     "worker_state_db": "celeriac keeps revokes in the result store, not in a state file",
-    "worker_autoscaler": "autoscaling is not built in celeriac yet",
     "worker_pool_restarts": "pool restarts by remote control are not built in celeriac yet",
     "worker_consumer": "celeriac does not load a custom consumer class",
     "worker_agent": _NO_EFFECT, "worker_timer": _NO_EFFECT, "worker_timer_precision": _NO_EFFECT,
@@ -610,6 +613,10 @@ NOT_BUILT: dict[str, str] = {
     "security_digest": "message signing is not built in celeriac yet: messages are not signed",
 }
 
+#: settings in ``NOT_BUILT`` that celeriac reads for part of what they mean in Celery (and warns
+#: about for the rest): ``timezone``/``enable_utc`` place crontab schedules, not naive datetimes
+PARTLY_BUILT: frozenset[str] = frozenset({"timezone", "enable_utc"})
+
 #: worker options (Celery's command-line flags, as Worker keyword arguments) -> the setting each
 #: one sets, as Celery's worker maps them; one that is not built yet is then warned about
 WORKER_OPTION_SETTINGS: dict[str, str] = {
@@ -621,17 +628,12 @@ WORKER_OPTION_SETTINGS: dict[str, str] = {
 
 #: worker options (the CLI's flags) that have no effect yet: (option, flag as typed, why)
 _NOT_BUILT_OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("beat", "-B (--beat)", _PERIODIC),
-    ("autoscale", "--autoscale", "autoscaling is not built in celeriac yet: the pool keeps its "
-                                 "--concurrency size"),
     ("optimization", "-O", "celeriac has no optimization profiles: it has no effect"),
 )
 
-#: task attribute -> (its value that matters, why it has no effect); checked on every task
-_TASK_ATTRIBUTES: dict[str, str] = {
-    "rate_limit": "which celeriac does not enforce yet: the task runs at full speed "
-                  "(issue: rate limits)",
-}
+#: task attribute -> why a value of it has no effect; checked on every task (none today:
+#: rate_limit is enforced, see worker/rate_limits.py)
+_TASK_ATTRIBUTES: dict[str, str] = {}
 
 
 #: time zone names that mean what celeriac does anyway
@@ -689,12 +691,11 @@ def ineffective_settings(conf: Mapping[str, Any], tasks: Mapping[str, Any] | Non
     for option, flag, reason in _NOT_BUILT_OPTIONS:
         if options and options.get(option):
             lines.append(f"{flag} was given but {reason}")
-    rate_limits_off = bool(conf.get("worker_disable_rate_limits"))
     for name in sorted(tasks or {}):
         task = (tasks or {})[name]
         for attr, reason in _TASK_ATTRIBUTES.items():
             value = getattr(task, attr, None)
-            if value is None or (attr == "rate_limit" and rate_limits_off):
+            if value is None:
                 continue
             lines.append(f"{name} has {attr}={value!r}, {reason}")
     return lines

@@ -28,16 +28,17 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 class WorkerProcess:
-    """A real ``celeriac worker`` subprocess in its own process group, with its log captured."""
+    """A real ``celeriac worker`` subprocess (or another long-running command, such as
+    ``beat``) in its own process group, with its log captured."""
 
     def __init__(self, app_spec: str, url: str, logfile: Path, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, command: str = "worker") -> None:
         self.logfile = logfile
         full_env = {**os.environ, "CELERIAC_BROKER_URL": url, "CELERIAC_RESULT_BACKEND": url,
                     "PYTHONUNBUFFERED": "1", **(env or {})}
         self._log = open(logfile, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celeriac.cli.main", "-A", app_spec, "worker", "-l", "INFO",
+            [sys.executable, "-m", "celeriac.cli.main", "-A", app_spec, command, "-l", "INFO",
              *args],
             cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -84,9 +85,10 @@ def start_worker(tmp_path: Path, sqlite_url: str) -> Iterator:
     workers: list[WorkerProcess] = []
 
     def start(*args: str, app: str = "tests.integration.app_tasks", url: str | None = None,
-              ready: bool = True, env: dict[str, str] | None = None) -> WorkerProcess:
-        logfile = tmp_path / f"worker-{len(workers)}.log"
-        w = WorkerProcess(app, url or sqlite_url, logfile, *args, env=env)
+              ready: bool = True, env: dict[str, str] | None = None,
+              command: str = "worker") -> WorkerProcess:
+        logfile = tmp_path / f"{command}-{len(workers)}.log"
+        w = WorkerProcess(app, url or sqlite_url, logfile, *args, env=env, command=command)
         workers.append(w)
         if ready:
             w.wait_ready()

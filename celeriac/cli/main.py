@@ -2,8 +2,9 @@
 
 Layer: cli (may import anything; nothing imports it). Each sub-command is a thin shell over the
 library: worker, demo, dlq, purge, call, result, shell, dispatch (``dispatch progress``: a
-dispatch's live progress bar, cli/progress.py). Celery commands celeriac has not built yet (beat,
-inspect, control, status, events, multi) exist and say so in one line.
+dispatch's live progress bar, cli/progress.py), and beat and schedule (cli/periodic.py). Celery
+commands celeriac has not built yet (inspect, control, status, events, multi) exist and say so in
+one line.
 
 User mistakes end in one line on stderr and a non-zero exit, never a traceback:
 ``CeleriacGroup.invoke`` turns the known user-error exceptions (``USER_ERRORS``) and a misplaced
@@ -21,9 +22,9 @@ from typing import Any
 import click
 
 from .. import exceptions
-from ..utils.imports import find_app
 from ..utils.text import one_line
 from ..utils.urls import redact_url
+from .base import AppHolder, UserError, _here, _json_option
 
 #: Exceptions that mean the user got something wrong (a setting, a URL, the ``-A`` module, a broker
 #: that is not there): shown as one line and a non-zero exit. Anything else is a bug in celeriac
@@ -55,23 +56,6 @@ def _unreachable(ctx: click.Context, exc: Exception) -> str | None:
     else:
         where = f"the broker at {redact_url(str(app.broker_url))}"
     return f"cannot reach {where}: {one_line(exc)}"
-
-
-def _here() -> str:
-    """The running command as typed, e.g. ``celeriac dlq list`` (to start one-line errors)."""
-    return click.get_current_context().command_path
-
-
-class UserError(click.ClickException):
-    """A mistake shown as exactly one line on stderr (``celeriac <command>: <what to do>``),
-    without click's usage block."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(one_line(message))
-        self.exit_code = exit_code
-
-    def show(self, file: Any = None) -> None:
-        click.echo(self.format_message(), err=file is None, file=file)
 
 
 def _app_option_value(argv: list[str]) -> str:
@@ -123,28 +107,6 @@ class CeleriacGroup(click.Group):
             raise UserError(f"{prefix}: {unreachable}") from exc
 
 
-class AppHolder:
-    def __init__(self, spec: str | None, app: Any = None, broker: str | None = None,
-                 backend: str | None = None) -> None:
-        self.spec = spec
-        self._app = app
-        self.broker = broker
-        self.backend = backend
-
-    @property
-    def app(self) -> Any:
-        if self._app is None:
-            if not self.spec:
-                raise UserError(f"{_here()}: no app given: use celeriac -A module COMMAND "
-                                "(or set CELERIAC_APP)", exit_code=2)
-            self._app = find_app(self.spec)
-            if self.broker:
-                self._app.conf["broker_url"] = self.broker
-            if self.backend:
-                self._app.conf["result_backend"] = self.backend
-        return self._app
-
-
 @click.group(cls=CeleriacGroup, context_settings={"help_option_names": ["-h", "--help"],
                                                   "auto_envvar_prefix": "CELERIAC"})
 @click.option("-A", "--app", "app_spec", envvar="CELERIAC_APP",
@@ -191,13 +153,14 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
               help="Accepted for Celery compatibility; task events are not sent yet "
                    "(warned at start-up).")
 @click.option("-B", "--beat", is_flag=True, default=False,
-              help="Accepted for Celery compatibility; periodic tasks are not built yet "
-                   "(warned at start-up).")
+              help="Run a beat in this worker too (any number of workers may: each periodic "
+                   "run still fires once).")
 @click.option("-s", "--schedule", "schedule_filename", default=None,
-              help="Beat's schedule file (with -B); accepted, not used yet.")
+              help="Accepted for Celery compatibility (with -B): the beat keeps its state in "
+                   "the result store, not in a file.")
 @click.option("--autoscale", default=None, metavar="MAX,MIN",
-              help="Accepted for Celery compatibility; autoscaling is not built yet "
-                   "(warned at start-up).")
+              help="Grow the pool up to MAX while tasks wait, shrink it back to MIN when idle "
+                   "(prefork and threads pools; the pool starts at MIN).")
 @click.option("--max-tasks-per-child", type=int, default=None,
               help="Replace a prefork pool process after it has run this many tasks "
                    "(worker_max_tasks_per_child).")
@@ -434,22 +397,10 @@ def dispatch_progress(obj: AppHolder, task_id: str, interval: float,
     sys.exit(0 if state == states.SUCCESS else 1)
 
 
-def _json_option(text: str, kind: type, wanted: str) -> Any:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{_here()}: {wanted} (got {text!r}: {exc})", exit_code=2) from exc
-    if not isinstance(value, kind):
-        raise UserError(f"{_here()}: {wanted} (got {text!r})", exit_code=2)
-    return value
-
-
 # ---- Celery commands celeriac does not have yet -------------------------------------------------
 #: command -> what to use instead; each is a real command, so ``celeriac beat`` gets this line
 #: instead of click's "No such command".
 NOT_YET: dict[str, str] = {
-    "beat": "no periodic-task scheduler yet: run Celery's own `celery beat` against the same "
-            "broker, or cron with `celeriac call`",
     "inspect": "no remote inspection yet: the worker log shows what it runs; "
                "`celeriac result <id>` shows a task's state",
     "control": "remote control is revoke only, from Python: app.control.revoke(task_id)",
@@ -474,6 +425,11 @@ def _not_available(name: str, instead: str) -> click.Command:
 
 for _name, _instead in NOT_YET.items():
     cli.add_command(_not_available(_name, _instead))
+
+from .periodic import beat, schedule_group  # noqa: E402  (after the group they join)
+
+cli.add_command(beat)
+cli.add_command(schedule_group)
 
 
 @cli.command()

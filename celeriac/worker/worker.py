@@ -32,6 +32,7 @@ from ..protocol import serialization
 from ..routing import Queue, Router
 from ..utils.text import one_line
 from ..utils.urls import display_url, redact_url
+from .autoscale import SCALABLE_POOLS, Autoscaler, autoscaler_class, parse_autoscale
 from .batching import BatchMessages, run_batch
 from .consumer import Consumer
 from .executor import execute_async
@@ -39,6 +40,7 @@ from .extensions import Expiry, Heartbeat, WorkerExtension
 from .limits import limits_for
 from .locking import TaskLocks
 from .pools import create_pool
+from .rate_limits import RateLimiting, check_rate_limits
 from .request import run_message
 from .settlement import choose as choose_settlement
 from .subtasks import DispatchSupport
@@ -246,6 +248,7 @@ class Worker:
         for option, setting in OPTION_SETTINGS.items():
             if options.get(option) is not None:  # the command line wins over the app's config
                 conf[setting] = options[option]
+        check_rate_limits(app)  # a bad rate, or a store that cannot keep it: one line, now
         self.hostname = expand_hostname(hostname or conf.get("worker_hostname"))
         self.pool_kind = pool or conf.get("worker_pool") or "prefork"
         if self.pool_kind == "prefork" and sys.platform == "win32":  # pragma: no cover
@@ -253,6 +256,16 @@ class Worker:
         default_concurrency = 1 if self.pool_kind == "solo" else (
             DEFAULT_ASYNC_CONCURRENCY if self.pool_kind == "asyncio" else (os.cpu_count() or 1))
         self.concurrency = int(concurrency or conf.get("worker_concurrency") or default_concurrency)
+        #: --autoscale's (max, min): the pool starts at min and follows its demand
+        self.autoscale = parse_autoscale(options.get("autoscale"))
+        self.autoscaler: Autoscaler | None = None
+        if self.autoscale is not None:
+            if self.pool_kind not in SCALABLE_POOLS:
+                raise ImproperlyConfigured(
+                    f"--autoscale works with the prefork and threads pools, not -P "
+                    f"{self.pool_kind}: use -P threads or -P prefork, or drop --autoscale")
+            self._autoscaler_class = autoscaler_class(conf)
+            self.concurrency = self.autoscale[1]
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
         if isinstance(exclude_queues, str):
@@ -272,6 +285,7 @@ class Worker:
         self.async_pool: Any = None
         self.waiting_pool: Any = None
         self.waiting_async_pool: Any = None
+        self._embedded_beat: WorkerExtension | None = None  # -B
         self._shutdown = threading.Event()
         self._shutdown_how: str | None = None
         self._pool_started = False
@@ -317,7 +331,8 @@ class Worker:
         if any(t.runs_outside_pool and not t.is_coroutine for t in app.tasks.values()):
             # dispatch main tasks: threads of this process, never a pool slot
             limit = int(app.conf.get("dispatcher_concurrency") or DEFAULT_WAITING_CONCURRENCY)
-            self.waiting_pool = create_pool("threads", runner, limit, self._on_done)
+            self.waiting_pool = create_pool("threads", runner, limit, self._on_done,
+                                            hard_limits=False)
         if any(t.runs_outside_pool and t.is_coroutine for t in app.tasks.values()):
             # async def main tasks: a loop of their own, never a slot of the pool (-P asyncio)
             # nor of the loop that runs async subtasks
@@ -334,6 +349,13 @@ class Worker:
             self._print_banner()
         for line in ineffective_settings(app.conf, app.tasks.regular(), self.options):
             logger.warning("%s", line)
+        if self.options.get("beat"):  # before the pool forks: a bad schedule stops it here
+            from .beat import EmbeddedBeat
+
+            if self.options.get("schedule_filename"):
+                logger.info("-s %s is not used: the beat keeps its state in the result store",
+                            self.options["schedule_filename"])
+            self._embedded_beat = EmbeddedBeat(app, self.hostname)
         router = Router(app.conf)
         if not self._connect([router.resolve(queue) for queue in self.queues]):
             return self.exitcode
@@ -361,19 +383,18 @@ class Worker:
         if signals.celeryd_after_setup.receivers:
             signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
         self._install_signal_handlers()
-        self.consumer.start()
+        try:
+            self.consumer.start()  # the extensions' on_worker_start run here
+        except BaseException:
+            # e.g. a feature that finds the result store cannot serve it: stop what started
+            # (the pool's processes, the consumer's threads) so the error ends the process
+            self._shutdown_how = "Cold"
+            self._finish()
+            raise
+        if self.autoscale is not None:
+            self.autoscaler = self._autoscaler_class(self.pool, self.consumer, *self.autoscale)
+            self.autoscaler.start()
         self._log_banner()
-        if self.pool_kind in ("threads", "solo") and self.app.conf.task_time_limit:
-            logger.warning("task_time_limit is not enforced in the %s pool (a thread cannot be "
-                           "killed); soft time limits are. Use the prefork pool for hard limits.",
-                           self.pool_kind)
-        if self.pool_kind in ("threads", "solo"):
-            hard = sorted(name for name, task in self.app.tasks.regular().items()
-                          if getattr(task, "time_limit", None) and not task.is_coroutine)
-            if hard:
-                logger.warning("time_limit is not enforced in the %s pool (a thread cannot be "
-                               "killed) for: %s; soft time limits are. Use the prefork pool for "
-                               "hard limits.", self.pool_kind, ", ".join(hard))
         if self.pool_kind not in ("prefork", "processes", "process"):
             for key in ("worker_max_tasks_per_child", "worker_max_memory_per_child"):
                 if self.app.conf.get(key):
@@ -390,7 +411,11 @@ class Worker:
     def extensions(self) -> list[WorkerExtension]:
         """The built-in features on the consumer's extension points, then the app's own
         (``app.worker_extensions``), in that order."""
-        built_in: list[WorkerExtension] = [Expiry(), DispatchSupport(), TaskLocks()]
+        # rate limits before locks: a call that waits for its rate slot holds no lock meanwhile
+        built_in: list[WorkerExtension] = [Expiry(), DispatchSupport(), RateLimiting(self.app),
+                                           TaskLocks()]
+        if self._embedded_beat is not None:
+            built_in.append(self._embedded_beat)
         if self.app.backend.persistent:
             built_in.append(Heartbeat(float(self.app.conf.get("worker_heartbeat_interval")
                                             or 2.0)))
@@ -402,10 +427,18 @@ class Worker:
 
     def _log_banner(self) -> None:
         logger.info(
-            "celeriac worker %s: broker %s, results %s, pool %s (concurrency %d), queues %s, "
+            "celeriac worker %s: broker %s, results %s, pool %s (concurrency %s), queues %s, "
             "registered tasks: %s", self.hostname, display_url(self.app.broker_url),
-            display_url(self.app.result_backend_url), self.pool_kind, self.concurrency,
+            display_url(self.app.result_backend_url), self.pool_kind, self.concurrency_label,
             ",".join(self.queues), ", ".join(sorted(self.app.tasks.regular())) or "(none)")
+
+    @property
+    def concurrency_label(self) -> str:
+        """The pool's size as the banner shows it: ``4``, or ``{min=1, max=4}`` (Celery's form)
+        with --autoscale."""
+        if self.autoscale is None:
+            return str(self.concurrency)
+        return f"{{min={self.autoscale[1]}, max={self.autoscale[0]}}}"
 
     def banner(self) -> str:
         """What the worker prints at start: where it reads and writes, and what it runs."""
@@ -416,7 +449,7 @@ class Worker:
             f"  app:      {app.main or '__main__'}",
             f"  broker:   {display_url(app.broker_url)}",
             f"  results:  {display_url(app.result_backend_url)}",
-            f"  pool:     {self.pool_kind} (concurrency {self.concurrency})",
+            f"  pool:     {self.pool_kind} (concurrency {self.concurrency_label})",
             f"  queues:   {', '.join(self.queues)}",
             "  tasks:" + ("" if tasks else "    (none registered)"),
             *(f"    . {name}" for name in tasks),
@@ -555,6 +588,8 @@ class Worker:
         assert consumer is not None
         cold = self._shutdown_how == "Cold"
         logger.info("%s shutdown (%s): finishing", self._shutdown_how or "Warm", self.hostname)
+        if self.autoscaler is not None:  # the pool keeps its size from here on
+            self.autoscaler.stop()
         consumer.stop_consuming()
         if not cold:
             while not consumer.wait_idle(timeout=0.5):

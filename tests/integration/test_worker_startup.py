@@ -252,11 +252,23 @@ def test_banner_and_not_built_warnings_at_the_default_log_level(cli_worker, tmp_
     assert f"results:  sqlite:///celeriac.db ({tmp_path / 'celeriac.db'})" in banner
     assert "pool:     prefork (concurrency 1)" in banner and "queues:   celery" in banner
     assert "app:      tests.integration.startup_tasks" in banner
-    assert log.count("beat_schedule is set but periodic tasks are not built in celeriac yet: "
-                     "nothing will be scheduled (issue: periodic tasks)") == 1
-    assert log.count(f"{ADD} has rate_limit='1/m', which celeriac does not enforce yet: "
-                     "the task runs at full speed") == 1
+    assert log.count("beat_sync_every=10 is set but celeriac's beat stores each run as it "
+                     "fires: there is nothing to sync") == 1
+    assert "beat_schedule" not in log, "a beat_schedule is acted on (by a beat): not named"
+    assert "rate_limit" not in log, "a task's rate limit is enforced: nothing to warn about"
     assert " ready." not in log  # the log itself stayed at WARNING
+
+
+def test_an_extension_that_fails_to_start_ends_the_worker_with_one_line(cli_worker, tmp_path):
+    """A feature refusing at on_worker_start (a store that cannot serve it) stops the pool's
+    processes and the consumer's threads: the process exits 1 instead of hanging."""
+    worker = cli_worker("-P", "prefork", "-c", "2", cwd=tmp_path,
+                        env={"STARTUP_FAILING_EXTENSION": "1"})
+    assert worker.wait_exit() == 1
+    log = worker.log()
+    assert "Traceback" not in log
+    assert log.strip().splitlines()[-1] == (
+        "celeriac worker: this extension refuses to start (a test of the start-up path)")
 
 
 def test_dash_e_is_named_once_as_not_built(cli_worker, tmp_path):
@@ -357,13 +369,15 @@ def test_purge_empties_the_queues_before_consuming(cli_worker, tmp_path):
 
 def test_time_limit_and_not_built_flags_reach_the_worker(cli_worker, tmp_path):
     worker = cli_worker("-P", "threads", "--time-limit", "30", "--max-tasks-per-child", "10",
-                        "-B", "--without-gossip", "--without-mingle", cwd=tmp_path)
-    # task_time_limit set by --time-limit: the threads pool says it cannot enforce it
-    worker.wait_for_log("task_time_limit is not enforced in the threads pool")
+                        "--autoscale", "3,1", "-B", "--without-gossip", "--without-mingle",
+                        cwd=tmp_path)
+    # --autoscale reaches the worker: its banner shows the pool's bounds, as Celery's does
+    worker.wait_for_log("pool:     threads (concurrency {min=1, max=3})")
+    worker.wait_for_log("worker_max_tasks_per_child=10 is set")  # logged once it runs
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait_exit() == 0
     log = worker.log()
     assert log.count("worker_max_tasks_per_child=10 is set but only the prefork pool replaces "
                      "its processes: the threads pool ignores it") == 1
-    assert log.count("-B (--beat) was given but periodic tasks are not built") == 1
+    assert "-B (--beat)" not in log, "-B runs a beat: nothing to warn about"
     assert "gossip" not in log and "mingle" not in log

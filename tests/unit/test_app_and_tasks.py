@@ -271,3 +271,36 @@ def test_no_warnings_on_plain_use(app):
             return x + y
 
         add.s(1, 2)
+
+
+def test_app_signals_are_sent_once_at_first_use_and_a_handler_may_send_tasks():
+    """Celery's on_configure/on_after_configure/on_after_finalize: sent once, with sender=app,
+    when the app is first used; a handler that sends a task uses the same connection as the
+    call that triggered it (none is built twice)."""
+    import uuid
+
+    url = f"memory://signals-{uuid.uuid4().hex}"
+    app = Celery("signals", broker=url, backend=url, set_as_current=False)
+    seen = []
+    handlers_transport = []
+
+    def on_after_configure(sender, source, **_):
+        seen.append(("after_configure", sender, source is sender.conf))
+        sender.send_task("proj.from_handler")
+        handlers_transport.append(sender.transport)
+
+    app.on_configure.connect(lambda sender, **_: seen.append(("configure", sender)), weak=False)
+    app.on_after_configure.connect(on_after_configure, weak=False)
+    app.on_after_finalize.connect(lambda sender, **_: seen.append(("finalize", sender)),
+                                  weak=False)
+    try:
+        app.send_task("proj.first")
+        first = app.transport
+        app.send_task("proj.second")
+        assert [s[0] for s in seen] == ["configure", "after_configure", "finalize"]
+        assert all(s[1] is app for s in seen) and seen[1][2] is True
+        assert app.transport is first and handlers_transport == [first]
+        names = [d.message.headers["task"] for d in app.transport.fetch(["celery"], 10, 0)]
+        assert sorted(names) == ["proj.first", "proj.from_handler", "proj.second"]
+    finally:
+        app.close()

@@ -70,7 +70,6 @@ def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
 
 # ---- Celery commands celeriac does not have yet ------------------------------------------------
 @pytest.mark.parametrize("argv", [
-    ["beat"], ["beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", "INFO"],
     ["inspect", "active"], ["control", "shutdown", "-d", "w1@host"], ["status"],
     ["events", "--dump"], ["multi", "start", "w1", "w2", "-c", "3"],
 ])

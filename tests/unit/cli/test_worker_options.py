@@ -81,4 +81,4 @@ def test_help_tells_what_each_flag_does(tmp_path):
     text = " ".join(result.output.split())
     assert "Messages reserved per pool slot" in text  # --prefetch-multiplier
     assert "celeriac workers do not gossip anyway" in text
-    assert "periodic tasks are not built yet" in text
+    assert "Run a beat in this worker too" in text  # -B
