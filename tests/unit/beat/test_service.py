@@ -343,3 +343,36 @@ def test_adding_an_existing_name_or_an_unstorable_value_is_refused(
     assert app.periodic_tasks.get("a").task == "proj.b"
     with pytest.raises(ImproperlyConfigured, match="cannot be stored"):
         app.periodic_tasks.add("b", "proj.b", 5, args=[object()])
+
+
+def test_beat_init_for_a_beat_and_beat_embedded_init_for_worker_dash_b(
+        make: Callable[..., Celery], clock: Clock) -> None:
+    from celeriac import signals
+
+    seen: list[tuple[str, Any]] = []
+
+    def on_init(sender: Any, signal: Any, **_: Any) -> None:
+        seen.append((signal.name, sender))
+
+    signals.beat_init.connect(on_init, weak=False)
+    signals.beat_embedded_init.connect(on_init, weak=False)
+    try:
+        app = make()
+        standalone = beat(app, clock)
+        embedded = Beat(app, clock=clock, embedded=True)
+        embedded.setup()
+    finally:
+        signals.beat_init.disconnect(on_init)
+        signals.beat_embedded_init.disconnect(on_init)
+    assert seen == [("beat_init", standalone), ("beat_embedded_init", embedded)]
+
+
+def test_max_interval_bounds_the_sleep_and_edits_are_read_every_second(
+        make: Callable[..., Celery], clock: Clock) -> None:
+    app = make(beat_schedule={"daily": {"task": "proj.d", "schedule": 86400.0}})
+    b = beat(app, clock)
+    assert b.tick() <= 1.0, "a leader looks at the stored schedule about once a second"
+    slow = beat(make(beat_max_loop_interval=0.25,
+                     beat_schedule={"daily": {"task": "proj.d", "schedule": 86400.0}}), clock)
+    assert slow.tick() <= 0.25
+    assert slow.max_interval == 0.25
