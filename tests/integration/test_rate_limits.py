@@ -71,7 +71,10 @@ def test_four_workers_together_keep_twenty_a_second(
     times = [t for t, _, _ in ran]
     # 200 calls at 20/s: the first at once, then one every 50 ms, 9.95 s in all
     assert times[-1] - times[0] >= 9.0, f"200 calls started within {times[-1] - times[0]:.2f} s"
-    assert busiest_second(times) <= 23, f"{busiest_second(times)} starts in one second"
+    # Slots are 50 ms apart, but a start is its slot plus the worker's lag, and a call that
+    # comes back late runs at once (docs/rate-limits.md): on a loaded machine starts bunch up
+    # (28 in one second seen in CI). Per-worker limits (4 x 20/s) or none would show ~80.
+    assert busiest_second(times) <= 40, f"{busiest_second(times)} starts in one second"
     assert len({pid for _, _, pid in ran}) >= 3, "the calls were shared among the workers"
     for worker in running:
         assert worker.stop() == 0
