@@ -71,6 +71,7 @@ def leader_pid(tasks: ModuleType) -> int | None:
     return int(owner.split(":")[1]) if owner else None
 
 
+@pytest.mark.parametrize("broker", ["sqlite", "redis"], indirect=True)  # amqp: the SIGTERM test
 def test_several_beats_fire_each_run_once_and_one_takes_over_from_a_killed_leader(
         broker: Broker, tasks: ModuleType, env: dict[str, str], tmp_path: Path,
         start_worker: Callable[..., Any]) -> None:
