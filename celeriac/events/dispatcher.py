@@ -1,0 +1,323 @@
+"""Sending events: ``EventDispatcher`` (Celery's name and shape).
+
+Layer: events. An event is built where it happens (a few dict entries and a clock tick) and
+published on the ``celeryev`` exchange through the transport's ``Broadcast`` capability: Redis
+PUBLISH on kombu's fanout channels, RabbitMQ's ``celeryev`` topic exchange, the SQLite broker's
+broadcast table. Groups named in ``buffer_group`` (the worker's ``task`` events) are not sent one
+by one: they collect in a buffer that a background thread publishes as one ``task.multi`` list
+every ``flush_interval`` seconds (sooner once ``buffer_limit`` events wait), so a task's three
+events cost the worker's hot path a dict and an append, not three broker round trips. Other
+events (``worker-*``, the client's ``task-sent``) go out at once, from the caller's thread.
+
+Events are not kept: nobody subscribed, nobody gets them (kombu's fanout semantics). A publish
+that fails is logged (once per outage, not per event) and its events are dropped; the task
+itself is never failed or slowed by an event it could not send.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ..protocol.message import Message
+from ..protocol.serialization import json_dumps
+from ..transport.base import Broadcast
+from ..utils.text import one_line
+from .event import DEFAULT_EXCHANGE, MULTI, event_message, message_of, routing_key_for
+from .event import utcoffset as _utcoffset
+
+if TYPE_CHECKING:
+    from ..app import Celery
+
+logger = logging.getLogger("celeriac.events")
+
+#: seconds buffered events wait for company before they are published together
+FLUSH_INTERVAL = 0.05
+#: buffered events that make the flusher publish at once; also the most one message carries
+BUFFER_LIMIT = 500
+#: buffered events kept at most while the broker does not take them (later ones are dropped)
+MAX_PENDING = 100_000
+#: seconds between two looks at the local UTC offset (it changes twice a year at most)
+_OFFSET_REFRESH = 60.0
+
+_getpid = os.getpid
+_now = time.time
+#: events encoded between two chances for the worker's other threads to take the GIL (about
+#: a hundred microseconds of work)
+_SLICE = 32
+
+
+#: lets another thread of this process have the GIL now, if one waits for it (a fraction of a
+#: microsecond; ``time.sleep(0)`` costs a hundred times more on some virtual machines)
+_yield_gil = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+#: a buffered event until the flusher builds it: (group, type, fields, timestamp, clock)
+_Pending = tuple[str, str, dict[str, Any], float, int]
+
+
+def _anon_hostname() -> str:
+    from ..protocol.v2 import anon_nodename
+
+    return anon_nodename()
+
+
+class EventDispatcher:
+    """Sends events of ``hostname`` (``gen<pid>@<host>`` when None, a client's name) to the
+    app's broker.
+
+    ``groups``: only these groups are sent (None: all). ``buffer_group``: groups batched as
+    ``<group>.multi`` lists by a background thread (see the module docstring). ``enabled`` can
+    be switched at any time; switching it off sends what is buffered first.
+    """
+
+    def __init__(self, app: Celery, hostname: str | None = None, enabled: bool = True, *,
+                 groups: Iterable[str] | None = None, buffer_group: Iterable[str] = (),
+                 flush_interval: float = FLUSH_INTERVAL, buffer_limit: int = BUFFER_LIMIT,
+                 serializer: str | None = None, exchange: str | None = None) -> None:
+        self.app = app
+        conf = app.conf
+        self.hostname = hostname or _anon_hostname()
+        self.exchange = exchange or conf.get("event_exchange") or DEFAULT_EXCHANGE
+        self.serializer = serializer or conf.get("event_serializer") or "json"
+        self.groups: set[str] | None = set(groups) if groups is not None else None
+        self.buffer_group = frozenset(buffer_group)
+        self.flush_interval = float(flush_interval)
+        self.buffer_limit = max(1, int(buffer_limit))
+        self.clock = app.clock
+        #: events published, and publishes (messages) made: for tests and the benchmark
+        self.sent_events = 0
+        self.sent_messages = 0
+        #: buffered events kept at most while publishing lags (a broker that hangs), and how
+        #: many were dropped because of it
+        self.max_pending = MAX_PENDING
+        self.dropped = 0
+        self._enabled = bool(enabled)
+        self._closed = False
+        self._offset = _utcoffset()
+        self._offset_at = time.monotonic()
+        self._failing = False
+        self._transport: Broadcast | None = None
+        self._reset_buffers()
+
+    def _reset_buffers(self) -> None:
+        """A buffer, locks and no flusher thread of this process's own (also after a fork)."""
+        self._pid = _getpid()
+        self._lock = threading.Lock()  # the buffer, and the clock's tick with each append
+        self._pending: list[_Pending] = []
+        self._wake = threading.Event()  # the flusher has something to do
+        self._publishing = threading.Lock()  # one publish at a time keeps the clock's order
+        self._flusher: threading.Thread | None = None
+        self._stopping = False
+
+    # ---- switching on and off ----------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        value = bool(value)
+        if self._enabled and not value:
+            self._enabled = False
+            self.flush()
+        self._enabled = value
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    # ---- sending -----------------------------------------------------------------------------
+    def _build(self, event_type: str, fields: dict[str, Any], timestamp: float,
+               clock: int | None) -> dict[str, Any]:
+        """The event map, in the order Celery's worker writes its keys."""
+        return {"hostname": self.hostname, "utcoffset": self._offset, "pid": self._pid,
+                "clock": clock, **fields, "timestamp": fields.get("timestamp", timestamp),
+                "type": event_type}
+
+    def send(self, type: str, blind: bool = False,  # noqa: A002
+             **fields: Any) -> dict[str, Any] | None:
+        """Send the event ``type`` with ``fields``. A buffered group's event is queued for the
+        flusher (returns None); any other is published now and returned. Nothing is sent (None)
+        when disabled or when its group is not switched on. ``blind``: no clock value
+        (Celery's option)."""
+        if not self._enabled:
+            return None
+        group = type.partition("-")[0]
+        groups = self.groups
+        if groups is not None and group not in groups:
+            return None
+        if group in self.buffer_group:
+            if self._pid != _getpid():  # a child must not use its parent's buffer or thread
+                self._reset_buffers()
+            timestamp = _now()
+            with self._lock:  # the tick and the append together: the buffer is in clock order
+                pending = self._pending
+                if len(pending) >= self.max_pending:  # the broker is stuck: drop, don't grow
+                    self.dropped += 1
+                    return None
+                pending.append((group, type, fields, timestamp, self.clock.forward()))
+                waiting = len(pending)
+            if waiting == 1 or waiting == self.buffer_limit:  # the flusher sleeps, or must hurry
+                if self._flusher is None:
+                    self._start_flusher()
+                self._wake.set()
+            return None
+        self._refresh_offset()
+        event = self._build(type, fields, _now(), None if blind else self.clock.forward())
+        with self._publishing:
+            self._publish(routing_key_for(type), event, 1)
+        return event
+
+    def send_batch(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send several events of one group at once, as one ``<group>.multi`` list (a client
+        publishing a group of tasks sends all their ``task-sent`` events in one message)."""
+        if not self._enabled or not events:
+            return
+        group = events[0][0].partition("-")[0]
+        if self.groups is not None and group not in self.groups:
+            return
+        self._refresh_offset()
+        built = [self._build(event_type, fields, _now(), self.clock.forward())
+                 for event_type, fields in events]
+        with self._publishing:
+            if len(built) == 1:
+                self._publish(routing_key_for(events[0][0]), built[0], 1)
+            else:
+                self._publish(f"{group}.{MULTI}", built, len(built))
+
+    def _refresh_offset(self) -> None:
+        now = time.monotonic()
+        if now - self._offset_at > _OFFSET_REFRESH:
+            self._offset, self._offset_at = _utcoffset(), now
+
+    # ---- publishing ---------------------------------------------------------------------------
+    def _broadcaster(self) -> Broadcast | None:
+        if self._transport is None:
+            transport = self.app.transport
+            if not isinstance(transport, Broadcast):
+                logger.error("the broker %s cannot broadcast, so no events are sent",
+                             type(transport).__name__)
+                self._enabled = False
+                return None
+            self._transport = transport
+        return self._transport
+
+    def _publish(self, routing_key: str, body: Any, count: int) -> None:
+        """Hold ``_publishing``. One message (``body``: an event, a list of events, or a
+        ``Message`` made already); errors are logged once per outage, never raised."""
+        try:
+            transport = self._broadcaster()
+            if transport is None:
+                return
+            message = body if isinstance(body, Message) else event_message(body, self.hostname,
+                                                                           self.serializer)
+            transport.broadcast(self.exchange, message, routing_key)
+        except Exception as exc:  # noqa: BLE001 - events must never break what sends them
+            if not self._failing:
+                logger.warning("could not send events to the broker (%s); events are dropped "
+                               "until it answers again", one_line(exc))
+                self._failing = True
+            return
+        if self._failing:
+            logger.info("sending events again")
+            self._failing = False
+        self.sent_events += count
+        self.sent_messages += 1
+
+    def _publish_pending(self) -> None:
+        """Hold ``_publishing``. Build and publish what is buffered, one list per group (at
+        most ``buffer_limit`` events a message)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        self._refresh_offset()
+        by_group: dict[str, list[_Pending]] = {}
+        for item in pending:
+            items = by_group.get(item[0])
+            if items is None:
+                items = by_group[item[0]] = []
+            items.append(item)
+        for group, items in by_group.items():
+            key = f"{group}.{MULTI}"
+            for start in range(0, len(items), self.buffer_limit):
+                chunk = items[start:start + self.buffer_limit]
+                try:
+                    message = self._encode(chunk)
+                except Exception as exc:  # noqa: BLE001 - a field JSON cannot take: drop these
+                    logger.warning("could not encode %d events (%s); they are dropped",
+                                   len(chunk), one_line(exc))
+                    continue
+                self._publish(key, message, len(chunk))
+
+    def _encode(self, items: list[_Pending]) -> Message:
+        """The ``<group>.multi`` message of ``items``. JSON (Celery's and Flower's event
+        serializer) is encoded a slice at a time, letting the worker's other threads have the
+        GIL between slices: this thread shares the worker's process, and one long encoding
+        would keep the solo pool's task loop waiting."""
+        build = self._build
+        if self.serializer != "json":
+            events = [build(event_type, fields, timestamp, clock)
+                      for _, event_type, fields, timestamp, clock in items]
+            return event_message(events, self.hostname, self.serializer)
+        parts = []
+        for start in range(0, len(items), _SLICE):
+            events = [build(event_type, fields, timestamp, clock)
+                      for _, event_type, fields, timestamp, clock in items[start:start + _SLICE]]
+            parts.append(json_dumps(events)[1:-1])  # json.dumps(a + b) == "[a..., b...]"
+            _yield_gil()
+        return message_of(("[" + ", ".join(parts) + "]").encode("utf-8"), self.hostname)
+
+    def flush(self) -> None:
+        """Publish what is buffered now, from this thread."""
+        with self._publishing:
+            self._publish_pending()
+
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._flusher is not None:
+                return
+            self._flusher = threading.Thread(target=self._flush_loop, name="celeriac-events",
+                                             daemon=True)
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        wake = self._wake
+        while True:
+            wake.wait()
+            wake.clear()
+            if not self._stopping and len(self._pending) < self.buffer_limit:
+                # let more events join this message (a full buffer, or close(), cuts it short)
+                wake.wait(self.flush_interval)
+            with self._publishing:
+                self._publish_pending()
+            if self._stopping:
+                return
+
+    def close(self) -> None:
+        """Publish what is buffered, stop the flusher thread; later events are not sent."""
+        if self._closed:
+            return
+        self._stopping = True
+        self._wake.set()
+        flusher = self._flusher
+        if flusher is not None and self._pid == _getpid():
+            flusher.join(timeout=5.0)
+        self.flush()
+        self._closed = True
+        self._enabled = False
+
+    def __enter__(self) -> EventDispatcher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<EventDispatcher {self.hostname} {'enabled' if self._enabled else 'disabled'}"
+                f" groups={sorted(self.groups) if self.groups is not None else 'all'}>")
