@@ -56,5 +56,14 @@ def register(app: Any, impl: str) -> dict[str, Any]:
             raise self.retry(countdown=0)
         return fields(self.request)
 
+    @app.task(name="interop.hold")
+    def hold(seconds: float) -> str:
+        """Runs ``seconds`` in short sleeps (remote control's tests inspect and terminate it;
+        a terminate lands between two sleeps in a thread pool)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+        return "held"
+
     return {"add": add, "fail": fail, "xsum": xsum, "collect": collect, "whoami": whoami,
-            "echo": echo, "retry_whoami": retry_whoami}
+            "echo": echo, "retry_whoami": retry_whoami, "hold": hold}

@@ -67,7 +67,7 @@ from ...utils.amqp_url import close_quietly as _close_quietly
 from ...utils.forks import PidGuard
 from ...utils.urls import redact_url
 from ..base import Delivery, Outgoing, check_queue_names
-from .broadcast import AMQPBroadcastMixin
+from .broadcast import AMQPBroadcastMixin, exchange_flags, is_celery_exchange
 from .dead_letters import AMQPDeadLetterMixin
 from .delayed import AMQPDelayedDeliveryMixin
 from .wire import ack_frame, frame_handler, from_amqp, publish_frames, to_amqp
@@ -371,15 +371,19 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
 
     def _ensure_exchange(self, name: str, kind: str | None) -> None:
         """A routed publish needs its exchange to exist: use it if it does, else declare it
-        durable with ``kind`` (direct when unknown), as Celery's producer declares it."""
+        durable with ``kind`` (direct when unknown), as Celery's producer declares it; Celery's
+        event and remote-control exchanges (a pidbox reply) with their own flags."""
         if name in self._exchanges:
             return
+        durable = True
+        if is_celery_exchange(name):
+            kind, durable = exchange_flags(name)
         try:
             self._admin(lambda channel: channel.exchange_declare(name, kind or "direct",
                                                                  passive=True))
         except amqp_errors.NotFound:
             self._admin(lambda channel: channel.exchange_declare(name, kind or "direct",
-                                                                 durable=True,
+                                                                 durable=durable,
                                                                  auto_delete=False))
         self._exchanges.add(name)
 
@@ -564,6 +568,43 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
                 self._lose(current, exc)  # closed: the broker requeues all it held, these too
                 return 0
         return len(unfetched)
+
+    def cancel_queue(self, queue: str) -> int:
+        """Stop consuming ``queue`` (remote control's ``cancel_consumer``; the caller fetches
+        from it no more): its consumer is cancelled, and what the broker pushed from it that no
+        fetch handed out, ready or held until its ETA, goes back at once (requeued). Waits for a
+        running fetch to end (at most its timeout). Returns how many deliveries went back."""
+        self._check_fork()
+        with self._read_lock:
+            current = self._consumer
+            if current is None or not current.alive or queue not in current.consumers:
+                return 0
+            try:
+                with current.io_lock():
+                    current.channel.basic_cancel(current.consumers[queue])
+                self._sort_arrivals(current)  # while its tag still names the queue
+                del current.queues_of[current.consumers.pop(queue)]
+                unfetched = list(current.ready.pop(queue, ()))
+                unfetched += [d for _, _, d in current.waiting if d.queue == queue]
+                current.waiting = [entry for entry in current.waiting if entry[2].queue != queue]
+                heapq.heapify(current.waiting)
+                with current.write_lock:
+                    for delivery in unfetched:
+                        current.channel.basic_reject(delivery.receipt[1], requeue=True)
+            except (amqp_errors.AMQPError, OSError) as exc:
+                self._lose(current, exc)  # closed: the broker requeues all it held, these too
+                return 0
+        return len(unfetched)
+
+    def held_until_due(self) -> list[tuple[float, Delivery]]:
+        """(due time, delivery) of each message with an ETA this transport holds unacked until
+        it is due, soonest first (remote control's ``scheduled``)."""
+        current = self._consumer
+        if current is None or not current.alive:
+            return []
+        with current.write_lock:
+            waiting = list(current.waiting)
+        return [(due, delivery) for due, _, delivery in sorted(waiting, key=lambda e: e[:2])]
 
     def _fetch(self, current: _ConsumerConnection, order: list[str], max_n: int,
                deadline: float) -> list[Delivery]:

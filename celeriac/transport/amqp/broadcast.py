@@ -5,17 +5,20 @@ thread's producer connection) to a named exchange with a routing key, exactly as
 publishes to it: body, content type and encoding, headers and properties byte for byte. The
 exchange is declared first with Celery's flags where Celery declares it (wire spec §3.4):
 ``celeryev`` topic and durable, ``celery.pidbox`` fanout and not durable,
-``reply.celery.pidbox`` direct and not durable; any other name fanout and not durable (none of
-them auto-delete). An exchange that already exists with other flags is used as it is.
+``reply.celery.pidbox`` direct and not durable (likewise ``<name>.pidbox`` and
+``reply.<name>.pidbox`` for another ``control_exchange``); any other name fanout and not
+durable (none of them auto-delete). An exchange that already exists with other flags is used
+as it is.
 
 A subscription is a connection of its own with one exclusive, auto-delete queue
 (``celeriac.subscriber.<uuid>``, gone when the subscription closes or its process dies) bound
-to the exchange with the binding, consumed ``no_ack``. A topic exchange filters on RabbitMQ; a
-fanout exchange sends everything, so the subscription filters by the binding itself (AMQP
-topic matching on the routing key, as the ``Broadcast`` contract says); a direct exchange takes
-the binding as an exact key. ``get`` reads the subscription's socket (never spinning); a lost
-connection is opened again (and bound again) by the next ``get``: what was broadcast
-meanwhile is lost, as with kombu.
+to the exchange with the binding, consumed ``no_ack``; ``subscribe_queue`` names and flags the
+queue instead (remote control's mailbox and reply queues, as Celery declares them). A topic
+exchange filters on RabbitMQ; a fanout exchange sends everything, so the subscription filters
+by the binding itself (AMQP topic matching on the routing key, as the ``Broadcast`` contract
+says); a direct exchange takes the binding as an exact key. ``get`` reads the subscription's
+socket (never spinning); a lost connection is opened again (and bound again) by the next
+``get``: what was broadcast meanwhile is lost, as with kombu.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from amqp import exceptions as amqp_errors  # type: ignore[import-untyped]
 
+from ...protocol.entities import Queue
 from ...protocol.message import Message
 from ..base import Outgoing, Subscription, topic_matches
 from .wire import from_amqp
@@ -50,8 +54,20 @@ MAX_BATCH = 1000
 
 
 def exchange_flags(name: str) -> tuple[str, bool]:
-    """(type, durable) the exchange ``name`` is declared with."""
-    return KNOWN_EXCHANGES.get(name, DEFAULT_EXCHANGE)
+    """(type, durable) the exchange ``name`` is declared with (remote control under another
+    ``control_exchange``: ``<name>.pidbox`` fanout, ``reply.<name>.pidbox`` direct)."""
+    known = KNOWN_EXCHANGES.get(name)
+    if known is not None:
+        return known
+    if is_celery_exchange(name):
+        return ("direct", False) if name.startswith("reply.") else ("fanout", False)
+    return DEFAULT_EXCHANGE
+
+
+def is_celery_exchange(name: str) -> bool:
+    """Whether ``name`` is one of Celery's event or remote-control exchanges, whose flags are
+    fixed (``exchange_flags``)."""
+    return name in KNOWN_EXCHANGES or name.endswith(".pidbox")
 
 
 class _Host(Protocol):
@@ -84,14 +100,18 @@ class AMQPSubscription:
     to notice (at most a fraction of a second).
     """
 
-    def __init__(self, host: _Host, exchange: str, binding: str) -> None:
+    def __init__(self, host: _Host, exchange: str, binding: str,
+                 queue: Queue | None = None) -> None:
         self.exchange, self.binding = exchange, binding
         self._host = host
         self._lock = threading.Lock()
         self._closed = False
         self._arrived: collections.deque[Any] = collections.deque()
         self._conn: Any = None
-        self.queue = f"celeriac.subscriber.{uuid.uuid4().hex}"
+        #: the queue as named and flagged by ``subscribe_queue`` (None: an anonymous one)
+        self._named = queue
+        self.queue = queue.name if queue is not None else \
+            f"celeriac.subscriber.{uuid.uuid4().hex}"
         self._open()
 
     def _open(self) -> None:
@@ -99,7 +119,14 @@ class AMQPSubscription:
         try:
             channel = conn.channel()
             channel.auto_decode = False  # bodies stay bytes, whatever their encoding
-            channel.queue_declare(self.queue, durable=False, exclusive=True, auto_delete=True)
+            named = self._named
+            if named is None:
+                channel.queue_declare(self.queue, durable=False, exclusive=True,
+                                      auto_delete=True)
+            else:
+                channel.queue_declare(self.queue, durable=named.durable,
+                                      exclusive=named.exclusive, auto_delete=named.auto_delete,
+                                      arguments=queue_arguments(named) or None)
             channel.queue_bind(self.queue, self.exchange, self.binding)
             channel.basic_consume(self.queue, no_ack=True, callback=self._arrived.append)
         except BaseException:
@@ -188,3 +215,36 @@ class AMQPBroadcastMixin:
         self._check_fork()
         _declare_exchange(self, exchange)
         return AMQPSubscription(self, exchange, binding)
+
+    def subscribe_queue(self: _Host, queue: Queue) -> Subscription:
+        """``subscribe`` through a queue named and flagged as ``queue`` says, bound to its
+        exchange with its routing key (Celery's pidbox queues: a worker's
+        ``<node>.celery.pidbox``, a client's ``<oid>.reply.celery.pidbox``, wire spec §3.4).
+        The exchange is declared with ``queue.exchange``'s flags unless it exists already."""
+        self._check_fork()
+        exchange = queue.exchange
+        if exchange.name not in self._exchanges:
+            try:
+                self._admin(lambda channel: channel.exchange_declare(
+                    exchange.name, exchange.type, durable=exchange.durable,
+                    auto_delete=exchange.auto_delete))
+            except amqp_errors.PreconditionFailed as exc:
+                logger.debug("exchange %r exists with other flags (%s): used as it is",
+                             exchange.name, exc)
+            self._exchanges.add(exchange.name)
+        return AMQPSubscription(self, exchange.name, queue.routing_key, queue)
+
+
+#: kombu queue options sent as queue arguments, in milliseconds (as ``AMQPTransport.declare``)
+_MILLISECOND_OPTIONS = {"expires": "x-expires", "message_ttl": "x-message-ttl"}
+
+
+def queue_arguments(queue: Queue) -> dict[str, Any]:
+    """``queue``'s arguments as RabbitMQ takes them: its own, plus ``expires`` and
+    ``message_ttl`` (seconds) as ``x-expires`` and ``x-message-ttl`` (milliseconds)."""
+    arguments = dict(queue.queue_arguments)
+    for option, argument in _MILLISECOND_OPTIONS.items():
+        value = queue.options.get(option)
+        if value is not None:
+            arguments.setdefault(argument, int(float(value) * 1000))
+    return arguments
