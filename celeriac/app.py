@@ -6,6 +6,7 @@ creating an app (even many, in tests) is cheap, and nothing connects at import t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
@@ -17,16 +18,18 @@ from .config import Settings, settings_from_object, validate
 from .exceptions import ImproperlyConfigured
 from .task import Task, _register_shared_with, build_task_class
 from .task import Task as BaseTask  # for annotations in Celery, where ``Task`` is its attribute
+from .utils.clock import LamportClock
 from .utils.forks import PidGuard
 from .utils.sqlite import DEFAULT_SQLITE_URL
 
 if TYPE_CHECKING:
     from .backends.base import ResultBackend
+    from .control import Control
+    from .events import Events
     from .locks import Lock
     from .producer import Producer
     from .result import AsyncResult
     from .transport.base import Transport
-    from .worker.control import Control
 
 #: every live app, so ``shared_task`` can register with apps created before and after it
 _all_apps: "weakref.WeakSet[Celery]" = weakref.WeakSet()
@@ -83,6 +86,10 @@ class Celery:
         self._backend: ResultBackend | None = None
         self._producer: Producer | None = None
         self._control: Control | None = None
+        self._events: Events | None = None
+        #: this node's Lamport clock: ticked by each event sent, moved past the clocks heard
+        #: from other nodes (Celery's ``app.clock``)
+        self.clock = LamportClock()
         self._finalized = False
         #: features on the worker's extension points (``celeriac.worker.extensions``), added
         #: after the built-in ones by every worker this app starts
@@ -133,6 +140,10 @@ class Celery:
             if self._finalized:
                 return
             validate(self.conf)
+            if self.conf.get("tracing_enabled"):  # spans from this process's first use on
+                from .metrics.tracing import instrument
+
+                instrument()
             from . import signals
 
             if signals.import_modules.receivers:
@@ -212,10 +223,28 @@ class Celery:
     @property
     def control(self) -> "Control":
         if self._control is None:
-            from .worker.control import Control
+            from .control import Control
 
             self._control = Control(self)
         return self._control
+
+    @property
+    def events(self) -> "Events":
+        """Celery's ``app.events``: ``Receiver``, ``Dispatcher`` and ``State`` for monitors
+        (celeriac/events/)."""
+        if self._events is None:
+            from .events import Events
+
+            self._events = Events(self)
+        return self._events
+
+    def connection(self, *args: Any, **kwargs: Any) -> "contextlib.nullcontext[Celery]":
+        """Celery's ``app.connection()`` for code written against Celery (``with
+        app.connection() as conn: app.events.Receiver(conn, ...)``): celeriac's app keeps its
+        broker connections itself, so this stands in for one and opens nothing."""
+        return contextlib.nullcontext(self)
+
+    connection_for_read = connection_for_write = connection
 
     def _check_fork(self) -> None:
         # Connections must never be shared across fork: a child starts its own.

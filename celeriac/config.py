@@ -125,6 +125,8 @@ DEFAULTS: dict[str, Any] = {
     # -- celeriac's own (see CELERIAC_EXTRAS)
     "worker_max_deliveries": 10, "worker_async_concurrency": 100, "worker_hostname": None,
     "worker_heartbeat_interval": 2.0,
+    # metrics and tracing (see docs/monitoring.md)
+    "worker_metrics_port": None, "worker_metrics_address": "0.0.0.0", "tracing_enabled": False,
     # dispatch (celery-dispatcher's names and defaults; see docs/dispatch.md)
     "dispatcher_result_backend": None, "dispatcher_batch_size": 100, "dispatcher_poll_size": 100,
     "dispatcher_poll_timeout": 10, "dispatcher_subtask_timeout": 3600,
@@ -142,6 +144,9 @@ CELERIAC_EXTRAS: tuple[str, ...] = (
     "worker_async_concurrency",  # how many ``async def`` tasks one worker runs at once
     "worker_hostname",           # node name used when the worker is started without ``-n``
     "worker_heartbeat_interval",  # seconds between worker heartbeats (Celery's event freq, 2.0)
+    "worker_metrics_port",     # the worker's Prometheus endpoint: a port, a range, 0 (any free)
+    "worker_metrics_address",  # the address that endpoint listens on
+    "tracing_enabled",         # OpenTelemetry spans for publish and run (celeriac[otel])
     # celery-dispatcher's settings (dispatch is built in here)
     "dispatcher_result_backend", "dispatcher_batch_size", "dispatcher_poll_size",
     "dispatcher_poll_timeout", "dispatcher_subtask_timeout",
@@ -369,6 +374,14 @@ def _is_expires(v: Any) -> bool:
     return v is None or (_is_number(v) and v >= 0)
 
 
+def _is_ports(v: Any) -> bool:
+    """A port, ``"low-high"`` or 0 (the worker's endpoint checks the numbers, naming the fix)."""
+    if v is None or (_is_int(v) and 0 <= v <= 65535):
+        return True
+    low, _, high = v.partition("-") if isinstance(v, str) else ("", "", "")
+    return low.strip().isdigit() and (not high or high.strip().isdigit())
+
+
 def _optional_positive(v: Any) -> bool:
     return v is None or (_is_number(v) and v > 0)
 
@@ -389,6 +402,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "worker_async_concurrency": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
     "worker_heartbeat_interval": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                                   and v > 0, "a number of seconds > 0"),
+    "worker_metrics_port": (_is_ports, "None, a port, a range of ports ('9808-9815') or 0 "
+                                       "(any free port)"),
+    "worker_metrics_address": (lambda v: isinstance(v, str) and bool(v),
+                               "an address to listen on, such as '0.0.0.0' or '127.0.0.1'"),
     "beat_leader_lease": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                           and v > 0, "a number of seconds > 0"),
     "task_time_limit": (_optional_positive, "None or a number > 0"),
@@ -503,8 +520,6 @@ def settings_from_object(obj: Any, namespace: str | None = None) -> dict[str, An
 
 # ---- accepted but not built yet -----------------------------------------------------------------
 _BEAT_STATE = "celeriac's beat keeps its state in the result store, not in a file"
-_EVENTS = ("task events are not built in celeriac yet: no events are sent, so Flower and "
-           "`celery events` see nothing from this worker (issue: task events)")
 _SOFT_SHUTDOWN = ("soft shutdown is not built in celeriac yet: a warm shutdown waits for "
                   "running tasks to finish")
 _LOGGING = ("celeriac's worker logging does not read it yet: the worker uses its built-in format "
@@ -522,10 +537,14 @@ NOT_BUILT: dict[str, str] = {
                        "the result store: no scheduler class is loaded (docs/periodic-tasks.md)"),
     "beat_schedule_filename": _BEAT_STATE,
     "beat_sync_every": "celeriac's beat stores each run as it fires: there is nothing to sync",
-    # task events (-E)
-    "worker_send_task_events": _EVENTS, "task_send_sent_event": _EVENTS,
-    "event_queue_expires": _EVENTS, "event_queue_ttl": _EVENTS, "event_queue_prefix": _EVENTS,
-    "event_serializer": _EVENTS, "event_exchange": _EVENTS,
+    # events: celeriac's receivers subscribe through the broker's own broadcast (Redis pub/sub,
+    # a private auto-deleted RabbitMQ queue, the SQLite broadcast table), not a celeryev.* queue
+    "event_queue_expires": ("celeriac's event receivers use a private queue that goes when they "
+                            "disconnect, so it needs no expiry"),
+    "event_queue_ttl": ("celeriac's event receivers read events as they come; their queue keeps "
+                        "no message time-to-live"),
+    "event_queue_prefix": ("celeriac's event receivers name their private queue themselves "
+                           "(celeriac.subscriber.<uuid> on RabbitMQ)"),
     "task_annotations": ("celeriac does not apply task annotations yet: the attributes they set "
                          "(rate_limit and the rest) keep each task's own values"),
     # shutdown and connection loss
@@ -552,9 +571,6 @@ NOT_BUILT: dict[str, str] = {
     # worker features not built
     "worker_deduplicate_successful_tasks": "celeriac does not deduplicate tasks yet",
     "worker_direct": "celeriac does not create per-worker queues yet",
-    "worker_enable_remote_control": (
-        "celeriac has no broadcast remote control to switch off: revokes are kept in the result "
-        "store and every worker honours them"),
     "worker_state_db": "celeriac keeps revokes in the result store, not in a state file",
     "worker_pool_restarts": "pool restarts by remote control are not built in celeriac yet",
     "worker_consumer": "celeriac does not load a custom consumer class",
@@ -600,9 +616,7 @@ NOT_BUILT: dict[str, str] = {
     "database_table_names": "celeriac's SQLite result store has its own table names",
     "database_create_tables_at_setup": "celeriac's SQLite result store creates its tables "
                                        "when first used",
-    # remote control's broadcast settings and message signing
-    "control_queue_ttl": _NO_EFFECT, "control_queue_expires": _NO_EFFECT,
-    "control_exchange": _NO_EFFECT,
+    # message signing
     "security_key": "message signing is not built in celeriac yet: messages are not signed",
     "security_certificate": "message signing is not built in celeriac yet: messages are not "
                             "signed",
@@ -624,6 +638,7 @@ WORKER_OPTION_SETTINGS: dict[str, str] = {
     "max_tasks_per_child": "worker_max_tasks_per_child",
     "max_memory_per_child": "worker_max_memory_per_child",
     "statedb": "worker_state_db", "heartbeat_interval": "worker_heartbeat_interval",
+    "metrics_port": "worker_metrics_port",
 }
 
 #: worker options (the CLI's flags) that have no effect yet: (option, flag as typed, why)
@@ -686,8 +701,6 @@ def ineffective_settings(conf: Mapping[str, Any], tasks: Mapping[str, Any] | Non
         if key in conf and _differs(conf[key], DEFAULTS[key]) and not (
                 key == "timezone" and str(conf[key]).upper() in _UTC_NAMES):
             lines.append(f"{_shown(key, conf[key])} is set but {reason}")
-    if options and options.get("task_events"):
-        lines.append(f"-E (--task-events) was given but {_EVENTS}")
     for option, flag, reason in _NOT_BUILT_OPTIONS:
         if options and options.get(option):
             lines.append(f"{flag} was given but {reason}")

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import _context, signals
 from .exceptions import ImproperlyConfigured, OperationalError
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 #: ``gen<pid>@<host>``, worked out once per process
 _origin = ForkLocal(v2.anon_nodename)
+
+#: called as ``hook(items, exc)`` when publishing ``items`` failed after ``before_task_publish``
+#: went out for them, so no ``after_task_publish`` follows (tracing ends its publish spans here,
+#: as failed; celeriac/metrics/tracing.py)
+publish_failure_hooks: list[Callable[[Sequence[Outgoing], BaseException], None]] = []
 
 
 def origin_name() -> str:
@@ -71,6 +76,9 @@ class Producer:
         self.time_limit = conf.task_time_limit
         self.soft_time_limit = conf.task_soft_time_limit
         self._declared: set[str] = set()
+        #: ``task_send_sent_event``: a ``task-sent`` event follows each publish
+        self.send_sent_event = bool(conf.get("task_send_sent_event"))
+        self._events: Any = None  # the EventDispatcher, made at the first task-sent
 
     # ---- building ------------------------------------------------------------------------------
     def build(self, name: str, args: Iterable[Any] | None = None,
@@ -205,10 +213,37 @@ class Producer:
         if listening_before:
             for item in items:
                 self._send_publish_signal(signals.before_task_publish, item)
-        self._publish_with_retry(transport, items, retry, retry_policy)
+        try:
+            self._publish_with_retry(transport, items, retry, retry_policy)
+        except BaseException as exc:
+            for hook in publish_failure_hooks:
+                hook(items, exc)
+            raise
+        if self.send_sent_event:
+            self._send_sent_events(items)
         if signals.after_task_publish.receivers:
             for item in items:
                 self._send_publish_signal(signals.after_task_publish, item)
+
+    def _send_sent_events(self, items: Sequence[Outgoing]) -> None:
+        """Celery's ``task-sent`` for each published task (one message for the lot), from
+        this process's ``gen<pid>@<host>``; an event that cannot be sent is logged, never
+        raised: the tasks are sent."""
+        if self._events is None:
+            self._events = self.app.events.Dispatcher(hostname=origin_name())
+        sent = []
+        for item in items:
+            headers = item.message.headers
+            if not headers.get("id") or not headers.get("task"):
+                continue
+            sent.append(("task-sent", {
+                "uuid": headers["id"], "root_id": headers.get("root_id"),
+                "parent_id": headers.get("parent_id"), "name": headers["task"],
+                "args": headers.get("argsrepr"), "kwargs": headers.get("kwargsrepr"),
+                "retries": headers.get("retries") or 0, "eta": headers.get("eta"),
+                "expires": headers.get("expires"), "queue": item.queue or item.key,
+                "exchange": item.exchange, "routing_key": item.key}))
+        self._events.send_batch(sent)
 
     def _publish_with_retry(self, transport: Any, items: Sequence[Outgoing], retry: bool | None,
                             retry_policy: dict[str, Any] | None) -> None:

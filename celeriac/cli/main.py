@@ -2,9 +2,11 @@
 
 Layer: cli (may import anything; nothing imports it). Each sub-command is a thin shell over the
 library: worker, demo, dlq, purge, call, result, shell, dispatch (``dispatch progress``: a
-dispatch's live progress bar, cli/progress.py), and beat and schedule (cli/periodic.py). Celery
-commands celeriac has not built yet (inspect, control, status, events, multi) exist and say so in
-one line.
+dispatch's live progress bar, cli/progress.py), beat and schedule (cli/periodic.py), and
+dashboard (cli/dashboard.py: the web dashboard), events (cli/events.py: live events), and
+inspect, control and status (cli/control.py: remote control), and metrics (cli/metrics.py:
+queue depths for Prometheus). Celery commands celeriac has not built yet (multi) exist and say
+so in one line.
 
 User mistakes end in one line on stderr and a non-zero exit, never a traceback:
 ``CeleriacGroup.invoke`` turns the known user-error exceptions (``USER_ERRORS``) and a misplaced
@@ -149,9 +151,12 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
 @click.option("--heartbeat-interval", type=float, default=None,
               help="Seconds between the worker's heartbeats in the result store "
                    "(worker_heartbeat_interval).")
+@click.option("--metrics-port", default=None, metavar="PORT|LOW-HIGH",
+              help="Serve Prometheus metrics on this port, the first free one of a range, or "
+                   "any free port with 0 (worker_metrics_port; needs celeriac[metrics]).")
 @click.option("-E", "--task-events", is_flag=True, default=False,
-              help="Accepted for Celery compatibility; task events are not sent yet "
-                   "(warned at start-up).")
+              help="Send task events (task-received, -started, -succeeded...) for monitors "
+                   "such as Flower and `celeriac events` (worker_send_task_events).")
 @click.option("-B", "--beat", is_flag=True, default=False,
               help="Run a beat in this worker too (any number of workers may: each periodic "
                    "run still fires once).")
@@ -177,8 +182,8 @@ def cli(ctx: click.Context, app_spec: str | None, broker: str | None,
 @click.option("--without-mingle", is_flag=True, default=False,
               help="Accepted: celeriac workers do not mingle at start-up anyway.")
 @click.option("--without-heartbeat", is_flag=True, default=False,
-              help="Accepted: celeriac sends no event heartbeats anyway (its result-store "
-                   "heartbeat is what tells the worker's tasks apart from a dead worker's).")
+              help="Send no worker events (worker-online, -heartbeat, -offline) to monitors; "
+                   "the worker's heartbeat in the result store goes on.")
 @click.option("-D", "--detach", is_flag=True, default=False,
               help="Not available: run the worker under your service manager instead.")
 @click.pass_obj
@@ -198,7 +203,7 @@ def worker(obj: AppHolder, loglevel: str, concurrency: int | None, pool: str | N
     w = app.Worker(hostname=hostname, concurrency=concurrency, pool=pool, queues=queues,
                    exclude_queues=exclude_queues,
                    prefetch_multiplier=prefetch_multiplier, task_events=task_events,
-                   app_spec=obj.spec, **options)
+                   without_heartbeat=without_heartbeat, app_spec=obj.spec, **options)
     sys.exit(w.start())
 
 
@@ -401,11 +406,6 @@ def dispatch_progress(obj: AppHolder, task_id: str, interval: float,
 #: command -> what to use instead; each is a real command, so ``celeriac beat`` gets this line
 #: instead of click's "No such command".
 NOT_YET: dict[str, str] = {
-    "inspect": "no remote inspection yet: the worker log shows what it runs; "
-               "`celeriac result <id>` shows a task's state",
-    "control": "remote control is revoke only, from Python: app.control.revoke(task_id)",
-    "status": "no worker ping yet: the worker log says 'ready.' once it consumes",
-    "events": "the worker sends no task events yet",
     "multi": "start one `celeriac -A proj worker` per node under your process manager "
              "(systemd, supervisord)",
 }
@@ -430,6 +430,24 @@ from .periodic import beat, schedule_group  # noqa: E402  (after the group they 
 
 cli.add_command(beat)
 cli.add_command(schedule_group)
+
+from .control import control, inspect, status  # noqa: E402  (after the group they join)
+
+cli.add_command(inspect)
+cli.add_command(control)
+cli.add_command(status)
+
+from .events import events  # noqa: E402  (after the group it joins)
+
+cli.add_command(events)
+
+from .metrics import metrics  # noqa: E402  (after the group it joins)
+
+cli.add_command(metrics)
+
+from .dashboard import dashboard  # noqa: E402  (after the group it joins)
+
+cli.add_command(dashboard)
 
 
 @cli.command()

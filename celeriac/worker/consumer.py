@@ -36,7 +36,7 @@ from ..protocol import serialization
 from ..transport.base import DeadLetterStore, Deferral, Leases, PushedDeliveries
 from .admission import Admission, Decision, Verdict, standard_steps
 from .batching import BatchBuffers, BatchJob, batch_message
-from .extensions import Hooks, WorkerExtension
+from .extensions import Dropped, Hooks, WorkerExtension
 from .job import Job, task_label, wants_result
 from .outcome import SETTLED_BY_ACK, Ending, Outcome
 from .request import ReceivedRequest, request_from_message
@@ -183,6 +183,8 @@ class Consumer:
         for t in self._threads:
             t.join(timeout=5)
         self.settlement.close()
+        if self.hooks.on_worker_shutdown:
+            self._call_hooks(self.hooks.on_worker_shutdown, self)
 
     @property
     def stopping(self) -> bool:
@@ -351,6 +353,8 @@ class Consumer:
         if task.collects_requests:  # acked only once its batch has run
             late, outside_window = True, False
         job = Job(next(self._ids), delivery, task, bool(late), outside_window, lane)
+        if self.hooks.on_received:  # before it is in the buffer: it cannot have started yet
+            self._call_hooks(self.hooks.on_received, job)
         with self._cond:
             self._jobs[job.id] = job
             if task.collects_requests:
@@ -361,6 +365,14 @@ class Consumer:
             else:
                 self._buffer.append(job)
             self._cond.notify_all()
+
+    def _call_hooks(self, hooks: tuple[Any, ...], *args: Any) -> None:
+        """Call each extension's hook; one that fails is logged and never stops the task."""
+        for hook in hooks:
+            try:
+                hook(*args)
+            except Exception:
+                logger.exception("extension %r failed", hook)
 
     def _enact(self, delivery: Delivery, decision: Decision, task: Any) -> None:
         """Carry out an admission decision other than RUN."""
@@ -404,6 +416,10 @@ class Consumer:
         if signals.task_revoked.receivers:
             signals.task_revoked.send(sender=task, request=request, terminated=terminated,
                                       signum=signum, expired=expired)
+        if self.hooks.on_dropped:
+            self._call_hooks(self.hooks.on_dropped, Dropped(
+                delivery, task, "expired" if expired else "terminated" if terminated
+                else "revoked", signum=signum))
 
     def _request_of(self, message: Message) -> Any:
         """The request of a message that ends without running (decoded, so its chord, chain and
@@ -463,6 +479,9 @@ class Consumer:
             pool = job.lane
             with self._cond:
                 job.pool = pool
+            if self.hooks.on_started:
+                for started in job.members if isinstance(job, BatchJob) else (job,):
+                    self._call_hooks(self.hooks.on_started, started)
             delivery = job.delivery
             submitted = pool.submit(job.id, batch_message(job), {}) \
                 if isinstance(job, BatchJob) else \
@@ -683,6 +702,9 @@ class Consumer:
         so its caller learns at once instead of waiting forever. Not its chord, chain or
         errbacks: the dead letter can still be replayed."""
         letter_id = self._dead_letter(delivery, reason, held=held)
+        if self.hooks.on_dropped and letter_id != "":
+            self._call_hooks(self.hooks.on_dropped, Dropped(
+                delivery, task, "dead_letter", failure=failure))
         message = delivery.message
         if letter_id == "" or not message.headers.get("id") or not self.app.backend.persistent:
             return

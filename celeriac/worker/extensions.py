@@ -6,12 +6,20 @@ nothing on the hot path. The points, in the order a message meets them:
 
 - ``on_worker_start(consumer)`` / ``on_worker_stop(consumer)``: start and stop a service
   (a thread, a subscription), e.g. heartbeats, remote control, beat.
+- ``on_worker_shutdown(consumer)``: the last point: every task has ended (or was abandoned by a
+  cold shutdown) and the consumer's threads are done, e.g. the ``worker-offline`` event.
 - ``before_admission(arrival)``: one more admission step (see worker/admission.py); return a
   ``Decision`` to end admission (defer, dead-letter, drop), None to let it through.
+- ``on_received(job)``: the delivery passed admission and is held to run (a batch task's
+  request too, before its batch forms).
 - ``before_run(job)``: just before a held job goes to the pool; return a ``Decision`` to drop
   it instead (REVOKED, EXPIRED) or to defer it (DEFER: its message goes back to the broker
   until ``not_before``, e.g. task locks).
+- ``on_started(job)``: the job is being handed to its pool (every request of a batch); sent
+  before the hand-over, since the solo pool runs the task inside it.
 - ``after_outcome(job, outcome)``: the job ended (before its message is settled).
+- ``on_dropped(dropped)``: a message that will not run, or was stopped: revoked, expired (at
+  admission or while waiting), terminated, or dead-lettered (``Dropped`` says which).
 - ``revoked_with(job)``: ids besides its own whose revoke also revokes the job (a dispatch's
   subtasks go with their main task), so a revoke with ``terminate`` stops it where it runs.
 
@@ -24,20 +32,38 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import signals
 from .admission import Arrival, Decision, Verdict, is_expired, not_expired
 
 if TYPE_CHECKING:
+    from ..transport.base import Delivery
     from .consumer import Consumer
     from .job import Job
     from .outcome import Outcome
 
 logger = logging.getLogger("celeriac.worker")
 
-POINTS = ("on_worker_start", "on_worker_stop", "before_admission", "before_run",
-          "after_outcome", "revoked_with")
+POINTS = ("on_worker_start", "on_worker_stop", "on_worker_shutdown", "before_admission",
+          "on_received", "before_run", "on_started", "after_outcome", "on_dropped",
+          "revoked_with")
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A message the worker will not run (or stopped running), for ``on_dropped``."""
+
+    delivery: Delivery
+    #: the registered task, when known
+    task: Any
+    #: "revoked", "expired", "terminated" or "dead_letter"
+    reason: str
+    #: "terminated": the signal that stopped it, when one was used
+    signum: int | None = None
+    #: "dead_letter": the failure stored for its caller, when there is one
+    failure: BaseException | None = None
 
 
 class WorkerExtension:
@@ -49,16 +75,28 @@ class WorkerExtension:
     def on_worker_stop(self, consumer: Consumer) -> None:
         """The consumer stopped fetching (running tasks may still finish)."""
 
+    def on_worker_shutdown(self, consumer: Consumer) -> None:
+        """The worker is about to exit: nothing runs any more."""
+
     def before_admission(self, arrival: Arrival) -> Decision | None:
         """An admission step; None lets the delivery through."""
         return None
+
+    def on_received(self, job: Job) -> None:
+        """The delivery passed admission: the worker holds it to run."""
 
     def before_run(self, job: Job) -> Decision | None:
         """Last look before the job runs; None lets it run."""
         return None
 
+    def on_started(self, job: Job) -> None:
+        """The job is being handed to its pool now."""
+
     def after_outcome(self, job: Job, outcome: Outcome) -> None:
         """The job ended; its message is settled right after."""
+
+    def on_dropped(self, dropped: Dropped) -> None:
+        """A message will not run, or was stopped (``dropped.reason``)."""
 
     def revoked_with(self, job: Job) -> tuple[str, ...]:
         """Other task ids whose revoke revokes this job too."""
@@ -77,9 +115,13 @@ class Hooks:
 
     on_worker_start: tuple[Any, ...]
     on_worker_stop: tuple[Any, ...]
+    on_worker_shutdown: tuple[Any, ...]
     before_admission: tuple[Any, ...]
+    on_received: tuple[Any, ...]
     before_run: tuple[Any, ...]
+    on_started: tuple[Any, ...]
     after_outcome: tuple[Any, ...]
+    on_dropped: tuple[Any, ...]
     revoked_with: tuple[Any, ...]
 
 

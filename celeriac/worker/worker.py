@@ -35,10 +35,13 @@ from ..utils.urls import display_url, redact_url
 from .autoscale import SCALABLE_POOLS, Autoscaler, autoscaler_class, parse_autoscale
 from .batching import BatchMessages, run_batch
 from .consumer import Consumer
+from .events import TaskEvents
 from .executor import execute_async
 from .extensions import Expiry, Heartbeat, WorkerExtension
 from .limits import limits_for
 from .locking import TaskLocks
+from .metrics import WorkerMetrics
+from .pidbox import remote_control_for
 from .pools import create_pool
 from .rate_limits import RateLimiting, check_rate_limits
 from .request import run_message
@@ -100,10 +103,9 @@ def _retriable(exc: BaseException, transient: tuple[type[BaseException], ...]) -
     return isinstance(exc, transient) and not any(text in str(exc) for text in _NOT_TRANSIENT)
 
 
-#: the settings naming serializers a worker decodes or encodes with (event_serializer is left out:
-#: celeriac sends no events yet, and says so at start-up)
+#: the settings naming serializers a worker decodes or encodes with
 SERIALIZER_SETTINGS = ("task_serializer", "result_serializer", "accept_content",
-                       "result_accept_content")
+                       "result_accept_content", "event_serializer")
 
 
 def check_serializers(conf: Mapping[str, Any]) -> None:
@@ -194,6 +196,10 @@ class Runner:
         self.accept = serialization.normalize_accept(app.conf.accept_content)
         self.app_spec = app_spec
         self.overrides = overrides or {}
+        if app.conf.get("tracing_enabled"):  # a replacement child too, before its first task
+            from ..metrics.tracing import instrument
+
+            instrument()
 
     def respawn_args(self) -> tuple | None:
         """What a fresh interpreter needs to rebuild this runner (None: only fork can)."""
@@ -416,6 +422,18 @@ class Worker:
                                            TaskLocks()]
         if self._embedded_beat is not None:
             built_in.append(self._embedded_beat)
+        # always there, so enable_events can switch task events on at run time (-E: from start)
+        conf = self.app.conf
+        built_in.append(TaskEvents(
+            self.app, self.hostname,
+            task_events=bool(self.options.get("task_events")
+                             or conf.get("worker_send_task_events")),
+            heartbeat=not self.options.get("without_heartbeat"),
+            freq=float(conf.get("worker_heartbeat_interval") or 2.0)))
+        if self.app.conf.get("worker_metrics_port") is not None:  # --metrics-port
+            built_in.append(WorkerMetrics(self.app, self.hostname))
+        if self.app.conf.get("worker_enable_remote_control", True):  # inspect, control
+            built_in.append(remote_control_for(self))
         if self.app.backend.persistent:
             built_in.append(Heartbeat(float(self.app.conf.get("worker_heartbeat_interval")
                                             or 2.0)))

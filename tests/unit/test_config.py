@@ -297,14 +297,14 @@ def test_each_ineffective_setting_gets_one_line_naming_it():
     conf = Settings(beat_schedule={"every-minute": {"task": "tasks.add", "schedule": 60.0}},
                     beat_schedule_filename="/var/run/celerybeat-schedule",
                     worker_direct=True, result_compression="zlib",
-                    worker_send_task_events=True, task_send_sent_event=True)
+                    worker_send_task_events=True, task_send_sent_event=True,
+                    event_queue_ttl=1.0)
     lines = ineffective_settings(conf, {})
-    assert len(lines) == 5, "beat_schedule is built: not named"
+    assert len(lines) == 4, "beat_schedule and the events settings are built: not named"
     beat = [line for line in lines if line.startswith("beat_")]
     assert len(beat) == 1 and beat[0].startswith("beat_schedule_filename=") and beat[0].endswith(
         " is set but celeriac's beat keeps its state in the result store, not in a file"), beat
-    for name in ("worker_direct=True", "result_compression='zlib'",
-                 "worker_send_task_events=True", "task_send_sent_event=True"):
+    for name in ("worker_direct=True", "result_compression='zlib'", "event_queue_ttl=1.0"):
         assert sum(line.startswith(f"{name} is set but ") for line in lines) == 1, (name, lines)
 
 
@@ -315,11 +315,12 @@ def test_rate_limits_are_enforced_so_never_reported():
     assert ineffective_settings(Settings(task_default_rate_limit="10/s"), tasks) == []
 
 
-def test_the_dash_e_option_is_reported():
+def test_task_events_are_built_so_never_reported():
     from celeriac.config import ineffective_settings
 
-    [line] = ineffective_settings(Settings(), {}, {"task_events": True})
-    assert line.startswith("-E (--task-events) was given but task events are not built")
+    conf = Settings(worker_send_task_events=True, task_send_sent_event=True,
+                    event_serializer="json", event_exchange="celeryev")
+    assert ineffective_settings(conf, {}, {"task_events": True}) == []
 
 
 def test_ineffective_settings_never_print_secrets_or_urls():

@@ -70,9 +70,15 @@ def test_without_flags_every_option_is_off(parsed):
         assert kwargs[key] is None, key
 
 
-def test_gossip_mingle_and_heartbeat_flags_are_accepted_and_dropped(parsed):
-    kwargs = parsed("--without-gossip", "--without-mingle", "--without-heartbeat")
-    assert not {"without_gossip", "without_mingle", "without_heartbeat"} & set(kwargs)
+def test_gossip_and_mingle_flags_are_accepted_and_dropped(parsed):
+    kwargs = parsed("--without-gossip", "--without-mingle")
+    assert not {"without_gossip", "without_mingle"} & set(kwargs)
+
+
+def test_without_heartbeat_reaches_the_worker(parsed):
+    """It switches the worker's events off (worker-online, -heartbeat, -offline)."""
+    assert parsed("--without-heartbeat")["without_heartbeat"] is True
+    assert parsed()["without_heartbeat"] is False
 
 
 def test_help_tells_what_each_flag_does(tmp_path):
