@@ -6,7 +6,10 @@
 - celeriac's ``EventReceiver`` reads a real Celery worker's events, which come in
   ``task.multi`` lists;
 - Flower 2 itself (a subprocess) lists a celeriac worker's succeeded and failed tasks
-  in ``/api/tasks`` and ``/api/task/info/<id>``.
+  in ``/api/tasks`` and ``/api/task/info/<id>``, shows the worker with its registered tasks in
+  ``/api/workers?refresh=1`` (remote control), applies a task with
+  ``/api/task/async-apply/<name>`` and stops a running one with
+  ``/api/task/revoke/<id>?terminate=true``.
 """
 
 from __future__ import annotations
@@ -139,6 +142,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _post(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+        return json.loads(response.read().decode())
+
+
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
         body = response.read().decode()
@@ -153,7 +163,8 @@ def test_flower_lists_a_celeriac_workers_tasks(tmp_path, broker_url, interop_url
     log = tmp_path / "flower.log"
     with open(log, "wb") as out:
         flower = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.interop.celery_events_side",
+            # the Celery app of the interop tests: Flower's async-apply needs the task registered
+            [sys.executable, "-m", "celery", "-A", "tests.interop.celery_side",
              "flower", f"--port={port}", "--address=127.0.0.1"],
             cwd=REPO, env={**os.environ, **interop_env, "FLOWER_UNAUTHENTICATED_API": "true"},
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -185,6 +196,25 @@ def test_flower_lists_a_celeriac_workers_tasks(tmp_path, broker_url, interop_url
         tasks = wait_for(listed, PATIENCE, interval=0.2,
                          message=lambda: f"{_get(f'{base}/api/tasks')}\n{log.read_text()}")
         info = _get(f"{base}/api/task/info/{bad.id}")
+
+        # the workers page asks the worker over remote control (pidbox)
+        def ours() -> dict[str, Any]:
+            listing = _get(f"{base}/api/workers?refresh=1")
+            found = {k: v for k, v in listing.items() if k.startswith("celeriac-events@")}
+            return next(iter(found.values()), {}) if found else {}
+
+        worker_info = wait_for(lambda: (w := ours()) and w.get("registered") and w, PATIENCE,
+                               interval=0.5, message=lambda: log.read_text())
+        # Flower's buttons: apply a task, revoke a running one with terminate
+        applied = _post(f"{base}/api/task/async-apply/interop.add",
+                        {"args": [20, 22], "queue": queue_name})
+        assert celeriac_client.AsyncResult(applied["task-id"]).get(timeout=PATIENCE) == 42
+        held = celeriac_client.send_task("interop.hold", (60,), queue=queue_name)
+        wait_for(lambda: _get(f"{base}/api/tasks").get(held.id, {}).get("state") == "STARTED",
+                 PATIENCE, interval=0.2, message=lambda: log.read_text())
+        _post(f"{base}/api/task/revoke/{held.id}?terminate=true", {})
+        wait_for(lambda: held.state == "REVOKED", 30, interval=0.2,
+                 message=lambda: f"still {held.state} after Flower's revoke(terminate)")
     finally:
         flower.terminate()
         try:
@@ -198,4 +228,5 @@ def test_flower_lists_a_celeriac_workers_tasks(tmp_path, broker_url, interop_url
     assert tasks[ok.id]["worker"].startswith("celeriac-events@")
     assert tasks[ok.id]["args"] == "(2, 2)" and tasks[ok.id]["runtime"] >= 0
     assert info["state"] == "FAILURE" and info["exception"] == "ValueError('for flower')"
+    assert "interop.add" in worker_info["registered"]
     assert "ValueError: for flower" in info["traceback"]
