@@ -5,7 +5,7 @@ Layer: test support. Imports ``celery`` (never celeriac); the broker comes from
 ``INTEROP_BROKER_URL``. Run as ``python -m tests.interop.celery_events_side READY_FILE
 TASK_ID...``: it writes READY_FILE once it consumes events, captures until every TASK_ID is in a
 ready state and a worker has heartbeaten (or 60 s pass), then prints what ``State`` knows as one
-JSON line. Also the app module for ``celery -A tests.interop.celery_events_side flower``.
+JSON line.
 """
 
 from __future__ import annotations
