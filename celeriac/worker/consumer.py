@@ -479,7 +479,13 @@ class Consumer:
             pool = job.lane
             with self._cond:
                 job.pool = pool
-            if self.hooks.on_started:
+                first_start = job.started_at is None
+                if first_start:
+                    job.started_at = time.time()
+                    if isinstance(job, BatchJob):
+                        for member in job.members:
+                            member.started_at = job.started_at
+            if first_start and self.hooks.on_started:
                 for started in job.members if isinstance(job, BatchJob) else (job,):
                     self._call_hooks(self.hooks.on_started, started)
             delivery = job.delivery

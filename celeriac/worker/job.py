@@ -47,6 +47,9 @@ class Job:
     acked: bool = False
     #: the pool running it, while it runs
     pool: Any = None
+    #: Unix time it was first handed to its pool (``on_started`` ran); a job put back in front
+    #: after a refused hand-over keeps it, so it is announced once
+    started_at: float | None = None
 
     @property
     def task_id(self) -> str:

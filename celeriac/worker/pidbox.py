@@ -76,8 +76,6 @@ logger = logging.getLogger("celeriac.worker")
 
 #: seconds one read of the mailbox waits (a stop is seen between two)
 READ_SLICE = 0.25
-#: start times kept for jobs the worker may no longer hold before they are pruned
-START_TIMES_KEPT = 10_000
 #: settings whose values are never sent (Celery hides the same words)
 _HIDDEN = ("API", "TOKEN", "KEY", "SECRET", "PASS", "SIGNATURE", "DATABASE", "CREDENTIAL")
 _MASK = "********"
@@ -124,8 +122,6 @@ class RemoteControl(WorkerExtension):
         self._started_at = time.monotonic()
         #: task name -> calls started (``stats``' ``total``)
         self._totals: collections.Counter[str] = collections.Counter()
-        #: job id -> when it started (Unix time), for ``active``
-        self._start_times: dict[int, float] = {}
         #: task name -> (hard, soft): ``time_limit`` commands
         self._time_limits: dict[str, tuple[float | None, float | None]] = {}
         #: queues ``add_consumer`` declared, as declared
@@ -197,19 +193,10 @@ class RemoteControl(WorkerExtension):
         """Counts the call (``stats``) and notes when it started (``active``); a
         ``time_limit`` command's limits go into its message (the pool reads them there)."""
         self._totals[job.task.name] += 1
-        self._start_times[job.id] = time.time()
-        if len(self._start_times) > START_TIMES_KEPT:
-            self._prune_start_times()
-        if self._time_limits and not isinstance(job, BatchJob):
+        if self._time_limits:  # (batch members come one by one; a batch has no limits of its own)
             limits = self._time_limits.get(job.task.name)
             if limits is not None:
                 _apply_time_limits(job, limits)
-
-    def _prune_start_times(self) -> None:
-        assert self.consumer is not None
-        held = {job.id for job in self.consumer.jobs()}
-        for job_id in [i for i in self._start_times if i not in held]:
-            self._start_times.pop(job_id, None)
 
     def _serve(self) -> None:
         backoff = 0.1
@@ -619,7 +606,7 @@ class RemoteControl(WorkerExtension):
 
     def _info(self, job: Job, *, safe: bool, running: bool) -> dict[str, Any]:
         info = self._delivery_info(job.delivery, safe=safe)
-        info["time_start"] = self._start_times.get(job.id) if running else None
+        info["time_start"] = job.started_at if running else None
         info["acknowledged"] = bool(job.acked)
         if running and not isinstance(job.pool, ProcessPool):
             info["worker_pid"] = os.getpid()

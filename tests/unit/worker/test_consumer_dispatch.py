@@ -47,3 +47,42 @@ def test_an_early_acked_task_whose_slot_vanished_still_runs(app, monkeypatch):
     finally:
         worker.stop(warm=True)
         thread.join(10)
+
+
+def test_a_job_put_back_after_a_refused_hand_over_is_announced_started_once(app, monkeypatch):
+    """``on_started`` (task-started events, the pidbox's counts and start times) runs once per
+    job, not again when a refused hand-over puts the job back in front."""
+    from celeriac.worker.extensions import WorkerExtension
+
+    @app.task(name="dispatch.mul")
+    def mul(x, y):
+        return x * y
+
+    started = []
+
+    class Starts(WorkerExtension):
+        def on_started(self, job):
+            started.append((job.task_id, job.started_at))
+
+    app.worker_extensions.append(Starts())
+    real_submit = ThreadPool.submit
+    refused = []
+
+    def submit_refusing_once(self, job_id, message, delivery_info):
+        if not refused:
+            refused.append(job_id)
+            return False
+        return real_submit(self, job_id, message, delivery_info)
+
+    monkeypatch.setattr(ThreadPool, "submit", submit_refusing_once)
+    worker = app.Worker(pool="threads", concurrency=1, hostname="dispatch@test")
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        result = mul.delay(2, 3)
+        assert result.get(timeout=10) == 6
+        assert refused
+        assert len(started) == 1 and started[0][0] == result.id and started[0][1] is not None
+    finally:
+        worker.stop(warm=True)
+        thread.join(10)
