@@ -77,12 +77,15 @@ class Beat:
         #: beat_schedule's entries as objects (a user's own schedule class lives only here)
         self.config = config_entries(app)
         self._warned: set[str] = set()
+        self._set_up = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ---- running --------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Write ``beat_schedule`` into the stored schedule and announce the beat."""
+        """Write ``beat_schedule`` into the stored schedule and announce the beat (once)."""
+        if self._set_up:
+            return
         for change in self.book.sync_config(self.config):
             logger.info("beat: %s", change)
         signal = signals.beat_embedded_init if self.embedded else signals.beat_init
@@ -90,10 +93,11 @@ class Beat:
             signal.send(sender=self)
         logger.info("beat %s: %d periodic task(s) in the schedule; leader lease %.1f s",
                     self.token, len(self.book.entries()), self.lease)
+        self._set_up = True
 
     def run(self) -> None:
         """Fire due entries until ``stop()`` (or SIGTERM/SIGINT in ``celeriac beat``)."""
-        self.setup()
+        self.setup()  # (done already by a worker's -B, which runs it before consuming)
         try:
             while not self._stop.is_set():
                 try:

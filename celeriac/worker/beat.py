@@ -25,6 +25,7 @@ class EmbeddedBeat(WorkerExtension):
         self.beat = Beat(app, hostname=hostname, embedded=True)
 
     def on_worker_start(self, consumer: Consumer) -> None:
+        self.beat.setup()  # here, not in the beat's thread: a store it cannot use stops the worker
         self.beat.start()
 
     def on_worker_stop(self, consumer: Consumer) -> None:
