@@ -119,12 +119,12 @@ class Inspect:
 
     def reserved(self, safe: bool | None = None) -> Any:
         """The tasks each worker holds, waiting for a pool slot."""
-        return self._request("reserved")
+        return self._request("reserved", safe=safe)
 
     def scheduled(self, safe: bool | None = None) -> Any:
         """The tasks with an ETA each worker holds until due (RabbitMQ; on Redis and SQLite
         they wait in the broker, not in a worker)."""
-        return self._request("scheduled")
+        return self._request("scheduled", safe=safe)
 
     def registered(self, *taskinfoitems: str) -> Any:
         """Each worker's registered task names (with the given task attributes)."""
