@@ -263,8 +263,15 @@ class ProcessPool:
             self._next_index += n
         added = [self._spawn(index, fresh=True) for index in indexes]
         with self._lock:
+            stopping = self._stopping  # stop() may have begun while these were forking
             self._children.extend(added)
-            self.limit += len(added)
+            if not stopping:
+                self.limit += len(added)
+        if stopping:  # its snapshot of the children missed these: tell them to leave too
+            for child in added:
+                child.retiring = True
+                _tell_to_leave(child)
+            return 0
         os.write(self._wakeup_w, b"x")  # the collector watches the new children too
         return len(added)
 
