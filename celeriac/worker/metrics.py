@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals
 from ..metrics import prometheus as prom
-from .extensions import WorkerExtension
+from .extensions import Dropped, WorkerExtension
 from .outcome import Ending
 
 if TYPE_CHECKING:
@@ -68,19 +68,12 @@ class WorkerMetrics(WorkerExtension):
                                            lambda: consumer.queues))
         self.endpoint = prom.serve(registry, ports, address)
         signals.heartbeat_sent.connect(self._on_heartbeat, weak=False)
-        signals.task_revoked.connect(self._on_revoked, weak=False)
-        signals.worker_shutdown.connect(self._on_shutdown, weak=False)
         logger.info("%s: metrics on %s", self.hostname, self.endpoint.url)
 
-    def _on_shutdown(self, sender: Any = None, **_: Any) -> None:
+    def on_worker_shutdown(self, consumer: Consumer) -> None:
         """The worker finished (tasks drained): free the port. Serving goes on until then, so a
         long warm shutdown stays visible."""
-        if getattr(sender, "consumer", None) is not self.consumer:
-            return
-        for signal, receiver in ((signals.heartbeat_sent, self._on_heartbeat),
-                                 (signals.task_revoked, self._on_revoked),
-                                 (signals.worker_shutdown, self._on_shutdown)):
-            signal.disconnect(receiver)
+        signals.heartbeat_sent.disconnect(self._on_heartbeat)
         endpoint, self.endpoint = self.endpoint, None
         if endpoint is not None:
             endpoint.close()
@@ -101,12 +94,12 @@ class WorkerMetrics(WorkerExtension):
             counter = self._counts[(name, state)] = self.tasks.labels(name, state)
         counter.inc()
 
-    def _on_revoked(self, sender: Any = None, request: Any = None, terminated: bool = False,
-                    **_: Any) -> None:
+    def on_dropped(self, dropped: Dropped) -> None:
         # a terminated task ended through after_outcome (state REVOKED): counted there
-        if terminated or getattr(request, "hostname", None) != self.hostname:
+        if dropped.reason not in ("revoked", "expired"):
             return
-        name = getattr(sender, "name", None) or str(getattr(request, "task", None) or "?")
+        name = getattr(dropped.task, "name", None) or str(
+            dropped.delivery.message.headers.get("task") or "?")
         self._count(name, "REVOKED")
 
     def _on_heartbeat(self, sender: Any = None, **_: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import sys
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -59,19 +60,32 @@ def _registry():
     return registry
 
 
-def test_workers_sharing_a_range_each_take_a_free_port():
-    with socket.socket() as taken:  # the range's first port is someone else's
+def _two_endpoints_after_a_taken_port() -> tuple[socket.socket, int, list[Any]]:
+    """A port someone else holds and two endpoints on the two ports after it (tried again on
+    another port when those happen to be busy on this machine)."""
+    for _ in range(20):
+        taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         first = taken.getsockname()[1]
-        ports = [first, first + 1, first + 2]
-        endpoints = []
+        endpoints: list[Any] = []
         try:
             for _ in range(2):
-                try:
-                    endpoints.append(serve(_registry(), ports, "127.0.0.1"))
-                except ImproperlyConfigured:  # the ports after it happened to be taken too
-                    pytest.skip(f"ports {first + 1}-{first + 2} are busy on this machine")
+                endpoints.append(serve(_registry(), [first, first + 1, first + 2], "127.0.0.1"))
+        except ImproperlyConfigured:  # the ports after it were taken too: another try
+            for endpoint in endpoints:
+                endpoint.close()
+            taken.close()
+            continue
+        return taken, first, endpoints
+    raise AssertionError("no three consecutive ports were free in 20 tries")
+
+
+def test_workers_sharing_a_range_each_take_a_free_port():
+    taken, first, endpoints = _two_endpoints_after_a_taken_port()
+    ports = [first, first + 1, first + 2]
+    with taken:
+        try:
             assert sorted(e.port for e in endpoints) == [first + 1, first + 2]
             for endpoint in endpoints:
                 with urllib.request.urlopen(endpoint.url, timeout=5) as response:
