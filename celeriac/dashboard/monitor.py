@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 from typing import Any, Callable
 
 from .. import states
+from ..events.state import moves_to
 
 __all__ = ["TaskMonitor", "EVENT_STATES", "OUTCOMES"]
 
@@ -32,10 +33,6 @@ EVENT_STATES: dict[str, str] = {
 
 #: the actions counted per minute for the throughput chart
 OUTCOMES = ("succeeded", "failed", "retried", "revoked", "rejected")
-
-#: states a task never leaves for an earlier one (a late ``task-received`` from another batch of
-#: events must not make a finished task look in flight again)
-_FINAL = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED, states.REJECTED})
 
 #: the fields a task record takes from events, and how long a text field may be (args, results
 #: and tracebacks can be huge; the dashboard shows a preview and the store keeps the rest)
@@ -107,7 +104,7 @@ class TaskMonitor:
                 self._tasks.popitem(last=False)
         else:
             self._tasks.move_to_end(task_id)
-            if record["state"] not in _FINAL or state in _FINAL:
+            if moves_to(record["state"], state):
                 record["state"] = state
         for field, limit in _TEXT_LIMITS.items():
             if event.get(field) is not None:

@@ -45,6 +45,16 @@ _WORKER_FIELDS = ("pid", "freq", "active", "processed", "loadavg", "sw_ident", "
                   "sw_sys")
 
 
+def moves_to(current: str | None, new: str) -> bool:
+    """Whether an event saying ``new`` changes a task now in ``current``: never back to an
+    earlier state (events of one task can arrive out of order), except that a retried or
+    rejected task starts a new attempt."""
+    if current is None:
+        return True
+    return _RANK.get(new, 0) >= _RANK.get(current, 0) or (
+        current in _NEW_ATTEMPT_AFTER and new != states.PENDING)
+
+
 class Worker:
     """One worker node as its events describe it."""
 
@@ -151,9 +161,7 @@ class Task:
         new = TASK_EVENT_STATES.get(kind)
         if new is None:
             return
-        current = _RANK.get(self.state, 0)
-        rank = _RANK[new]
-        if rank >= current or (self.state in _NEW_ATTEMPT_AFTER and new != states.PENDING):
+        if moves_to(self.state, new):
             self.state = new
             if isinstance(stamp, (int, float)):
                 self.timestamp = float(stamp)

@@ -54,6 +54,14 @@ def test_a_late_event_never_makes_a_finished_task_look_in_flight_again():
     assert record["name"] == "proj.add"  # the late event's fields still count
 
 
+def test_a_late_received_never_moves_a_started_task_back():
+    monitor = TaskMonitor(clock=Clock())
+    monitor.on_event(task_event("started", "t1"))
+    monitor.on_event(task_event("received", "t1", name="proj.add"))
+    record = monitor.task("t1")
+    assert record is not None and record["state"] == "STARTED"  # as Celery's events.state
+
+
 def test_a_retried_task_is_in_flight_again_when_received_again():
     monitor = TaskMonitor(clock=Clock())
     for action in ("received", "started", "retried", "received"):
