@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -78,6 +79,16 @@ class Lock:
         """Take the lock if it is free (never waits); True if this object holds it now."""
         self.acquired = self.store.lock_acquire(self.key, self.token, self.expire)
         return self.acquired
+
+    def acquire_within(self, patience: float, poll: float = 0.01) -> bool:
+        """Take the lock, trying every ``poll`` seconds for up to ``patience`` seconds (for
+        short critical sections, such as a read-change-write of one stored record)."""
+        deadline = time.monotonic() + patience
+        while not self.acquire():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+        return True
 
     def release(self) -> bool:
         """Free the lock if this object still holds it. False when it had expired (another

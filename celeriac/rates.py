@@ -9,7 +9,6 @@ by writing an override here, which every worker reads within about a second.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from .backends.base import Locks, RateLimits
@@ -96,12 +95,9 @@ def write_override(app: Celery, task_name: str, rate: str | None) -> None:
         raise ImproperlyConfigured(f"app.control.rate_limit needs a result store that holds "
                                    f"locks, and {app.conf.result_backend!r} does not")
     lock = Lock(store, OVERRIDES_LOCK, expire=10.0)
-    deadline = time.monotonic() + 10.0
-    while not lock.acquire():  # another change is being written: it takes milliseconds
-        if time.monotonic() > deadline:
-            raise OperationalError(f"could not change the rate limit of {task_name}: the lock "
-                                   f"{OVERRIDES_LOCK!r} stayed held for 10 s")
-        time.sleep(0.01)
+    if not lock.acquire_within(10.0):  # another change is being written: it takes milliseconds
+        raise OperationalError(f"could not change the rate limit of {task_name}: the lock "
+                               f"{OVERRIDES_LOCK!r} stayed held for 10 s")
     try:
         overrides = read_overrides(backend)
         if rate is None:

@@ -13,7 +13,6 @@ The store must hold locks (SQLite or Redis; ``rpc://`` keeps no state): the same
 from __future__ import annotations
 
 import builtins
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -79,12 +78,9 @@ class ScheduleBook:
     def _edit(self, change: Callable[[dict[str, dict[str, Any]]], Any]) -> Any:
         """Apply ``change`` to the records under the edit lock, and write them back."""
         lock = Lock(self.store, EDIT_LOCK, EDIT_LOCK_EXPIRE)
-        deadline = time.monotonic() + EDIT_LOCK_EXPIRE * 2
-        while not lock.acquire():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the periodic-task schedule is being edited by {lock.owner()} "
-                                   f"and was not released in {EDIT_LOCK_EXPIRE * 2:.0f} s")
-            time.sleep(0.02)
+        if not lock.acquire_within(EDIT_LOCK_EXPIRE * 2, poll=0.02):
+            raise TimeoutError(f"the periodic-task schedule is being edited by {lock.owner()} "
+                               f"and was not released in {EDIT_LOCK_EXPIRE * 2:.0f} s")
         try:
             records = self._records()
             outcome = change(records)
