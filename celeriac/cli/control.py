@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import click
 
+from ..control.client import flatten_reply
 from ..control.mailbox import DEFAULT_TIMEOUT
 from ..utils.text import one_line
 from ..utils.urls import redact_url
@@ -206,9 +207,7 @@ def inspect(obj: AppHolder, command: str, args: tuple[str, ...], timeout: float,
                                     callback=None if as_json else _printer(True))
     if not replies:
         raise _none_answered(app, timeout, destination)
-    by_node: dict[str, Any] = {}
-    for reply in replies:
-        by_node.update(reply)
+    by_node = flatten_reply(replies)
     if as_json:
         click.echo(json.dumps(by_node, default=repr))
         return
