@@ -12,10 +12,11 @@ import inspect
 import random
 import threading
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar, cast
 
 from .. import _context
 from ..exceptions import (
+    Ignore,
     ImproperlyConfigured,
     MaxRetriesExceededError,
     Retry,
@@ -63,6 +64,8 @@ class Context:
     ignore_result: bool = False
     shadow: str | None = None
     called_directly: bool = True
+    #: how many ``Task.replace`` calls led to this task (Celery's header of that name)
+    replaced_task_nesting: int = 0
     #: set by the executor so the next ``Task.__call__`` adopts this context instead of pushing one
     _adopt: bool = False
 
@@ -320,6 +323,40 @@ class Task(Generic[P, R]):
         from ..canvas import chunks
 
         return chunks(self.s(), it, n, app=self._get_app())
+
+    # ---- replacing ---------------------------------------------------------------------------
+    def replace(self, sig: "Signature") -> Any:
+        """End this task and let ``sig`` (a signature, chain, group or chord) take its place:
+        the replacement's result becomes this task's result (same id), counts in this task's
+        group or chord, and this task's callbacks, errbacks and chain continue after it.
+
+        Raises ``Ignore`` once the replacement is sent (write ``return self.replace(...)``); in
+        an eager run the replacement runs here and its value is returned instead.
+        """
+        from ..canvas import replacing
+
+        sig = replacing.prepare(self._get_app(), self.request, sig)
+        return self.on_replace(sig)
+
+    def on_replace(self, sig: "Signature") -> Any:
+        """Send the prepared replacement (override and call ``super().on_replace(sig)`` to
+        change it first, as on Celery)."""
+        if self.request.is_eager:
+            return sig.apply().get()
+        sig.delay()
+        raise Ignore("Replaced by new task")
+
+    def add_to_chord(self, sig: "Signature", lazy: bool = False) -> Any:
+        """Make the chord this task is a header member of wait for one more result, ``sig``'s
+        (its body then gets it too); ``sig`` is sent unless ``lazy`` (then send it yourself,
+        ``sig.delay()``, and the signature is returned). ValueError outside a chord."""
+        from ..canvas import replacing
+
+        app = self._get_app()
+        request = self.request
+        sig, result = replacing.addition(app, request, sig)
+        app.backend.add_to_chord(cast(str, request.group), result)
+        return sig if lazy else sig.delay()
 
     # ---- hooks (override in a custom base) -------------------------------------------------
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None: ...

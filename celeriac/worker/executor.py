@@ -476,7 +476,8 @@ def apply_eagerly(task: Task, args: tuple, kwargs: dict, *, task_id: str | None 
     while True:
         ctx = Context(id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries,
                       root_id=task_id, is_eager=True, called_directly=False, hostname=None,
-                      delivery_info={"is_eager": True}, callbacks=_as_signature_list(link),
+                      delivery_info=_eager_delivery_info(options or {}),
+                      callbacks=_as_signature_list(link),
                       errbacks=_as_signature_list(link_error), headers=options or {},
                       ignore_result=bool((options or {}).get("ignore_result", False)), _adopt=True)
         if task.is_coroutine:
@@ -493,3 +494,10 @@ def apply_eagerly(task: Task, args: tuple, kwargs: dict, *, task_id: str | None 
             raise outcome.retval
         return EagerResult(task_id, outcome.retval, outcome.state, outcome.traceback,
                            name=task.name, app=app)
+
+
+def _eager_delivery_info(options: dict) -> dict:
+    """An eager run's ``delivery_info``: Celery's keys, from the call's options (nothing was
+    delivered, so no ``redelivered``)."""
+    return {"is_eager": True, "exchange": options.get("exchange"),
+            "routing_key": options.get("routing_key"), "priority": options.get("priority")}

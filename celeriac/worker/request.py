@@ -63,7 +63,7 @@ class ReceivedRequest:
 
     @property
     def delivery_info(self) -> dict:
-        return {"routing_key": self.delivery.queue, "redelivered": self.delivery.redelivered}
+        return dict(self.delivery.delivery_info)  # Celery's keys, as the task will see them
 
     @property
     def eta(self) -> Any:
