@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 
+#: seconds between the main thread's looks for a signal handler to run while the worker runs
+SIGNAL_CHECK_INTERVAL = 0.5
+
 DEFAULT_ASYNC_CONCURRENCY = 100
 #: dispatch main tasks one worker runs at once (``dispatcher_concurrency``)
 DEFAULT_WAITING_CONCURRENCY = 16
@@ -410,7 +413,11 @@ class Worker:
         logger.info("%s ready.", self.hostname)
         if signals.worker_ready.receivers:
             signals.worker_ready.send(sender=self.consumer)
-        self._shutdown.wait()
+        # Wake now and then: a SIGTERM the kernel hands to another of our threads only sets a
+        # flag, and Python runs the handler in the main thread when it next runs bytecode; an
+        # untimed wait here never does (seen: a worker deaf to SIGTERM after a hard time limit).
+        while not self._shutdown.wait(SIGNAL_CHECK_INTERVAL):
+            pass
         self._finish()
         return self.exitcode
 
