@@ -12,6 +12,23 @@ from celeriac.worker.pools.threads import ThreadPool
 
 
 @pytest.fixture
+def refused(monkeypatch):
+    """The pool refuses its first hand-over (as when a prefork child dies between "a slot is
+    free" and the submit); the job ids it refused."""
+    real_submit = ThreadPool.submit
+    refused_ids = []
+
+    def submit_refusing_once(self, job_id, message, delivery_info):
+        if not refused_ids:
+            refused_ids.append(job_id)
+            return False
+        return real_submit(self, job_id, message, delivery_info)
+
+    monkeypatch.setattr(ThreadPool, "submit", submit_refusing_once)
+    return refused_ids
+
+
+@pytest.fixture
 def app():
     url = f"memory://{uuid.uuid4().hex}"
     app = Celery("dispatch", broker=url, backend=url, set_as_current=False)
@@ -19,7 +36,7 @@ def app():
     app.close()
 
 
-def test_an_early_acked_task_whose_slot_vanished_still_runs(app, monkeypatch):
+def test_an_early_acked_task_whose_slot_vanished_still_runs(app, refused):
     """A prefork child can die between "a slot is free" and the hand-over: the task goes back to
     the front of the buffer. Its early ack already went through, so it must not be acked again
     (that ack would fail and the task would be given up as taken by another worker)."""
@@ -28,16 +45,6 @@ def test_an_early_acked_task_whose_slot_vanished_still_runs(app, monkeypatch):
     def add(x, y):
         return x + y
 
-    real_submit = ThreadPool.submit
-    refused = []
-
-    def submit_refusing_once(self, job_id, message, delivery_info):
-        if not refused:
-            refused.append(job_id)
-            return False
-        return real_submit(self, job_id, message, delivery_info)
-
-    monkeypatch.setattr(ThreadPool, "submit", submit_refusing_once)
     worker = app.Worker(pool="threads", concurrency=1, hostname="dispatch@test")
     thread = threading.Thread(target=worker.start, daemon=True)
     thread.start()
@@ -49,7 +56,7 @@ def test_an_early_acked_task_whose_slot_vanished_still_runs(app, monkeypatch):
         thread.join(10)
 
 
-def test_a_job_put_back_after_a_refused_hand_over_is_announced_started_once(app, monkeypatch):
+def test_a_job_put_back_after_a_refused_hand_over_is_announced_started_once(app, refused):
     """``on_started`` (task-started events, the pidbox's counts and start times) runs once per
     job, not again when a refused hand-over puts the job back in front."""
     from celeriac.worker.extensions import WorkerExtension
@@ -65,16 +72,6 @@ def test_a_job_put_back_after_a_refused_hand_over_is_announced_started_once(app,
             started.append((job.task_id, job.started_at))
 
     app.worker_extensions.append(Starts())
-    real_submit = ThreadPool.submit
-    refused = []
-
-    def submit_refusing_once(self, job_id, message, delivery_info):
-        if not refused:
-            refused.append(job_id)
-            return False
-        return real_submit(self, job_id, message, delivery_info)
-
-    monkeypatch.setattr(ThreadPool, "submit", submit_refusing_once)
     worker = app.Worker(pool="threads", concurrency=1, hostname="dispatch@test")
     thread = threading.Thread(target=worker.start, daemon=True)
     thread.start()
