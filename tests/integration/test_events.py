@@ -12,15 +12,14 @@ import base64
 import json
 import subprocess
 import sys
-import threading
 from types import ModuleType
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from celeriac.events import EventReceiver
 from tests.conftest import REPO
+from tests.event_collector import Collector
 from tests.integration.conftest import Broker
 from tests.vectors import CELERY_VECTORS
 from tests.waiting import wait_for
@@ -32,38 +31,6 @@ PATIENCE = 30.0
 WORKER_ARGS = ("-P", "prefork", "-c", "2", "-E", "--heartbeat-interval", "0.5",
                "-n", "events@%h")
 TASK_SEQUENCE = ["task-received", "task-started", "task-succeeded"]
-
-
-class Collector:
-    """Every event on the broker, from a receiver subscribed before the worker starts."""
-
-    def __init__(self, app: Any) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self.receiver = EventReceiver(app, {"*": self._add}).subscribe()
-        self._thread = threading.Thread(target=self.receiver.capture, daemon=True)
-        self._thread.start()
-
-    def _add(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            self.events.append(event)
-
-    def types(self, task_id: str) -> list[str]:
-        with self._lock:
-            return [e["type"] for e in self.events if e.get("uuid") == task_id]
-
-    def of(self, task_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self.events if e.get("uuid") == task_id]
-
-    def kinds(self) -> list[str]:
-        with self._lock:
-            return [e["type"] for e in self.events]
-
-    def close(self) -> None:
-        self.receiver.stop()
-        self._thread.join(5)
-        self.receiver.close()
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ from typing import Any, Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from celeriac import chain
-from celeriac.metrics import tracing
 from tests.integration.tracing_tasks import span_dict
+from tests.tracing_support import in_memory_spans
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +23,8 @@ APP = "tests.integration.tracing_tasks"
 @pytest.fixture
 def client_spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
     """This process traced into an in-memory exporter, for the test only."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.instrument(tracer_provider=provider)
-    yield provider, exporter
-    tracing.uninstrument()
-    provider.shutdown()
+    with in_memory_spans() as traced:
+        yield traced
 
 
 def one(spans: list[dict[str, Any]], name: str, task_id: str) -> dict[str, Any]:

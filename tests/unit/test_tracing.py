@@ -10,24 +10,19 @@ from typing import Any, Iterator
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from celeriac import Celery
 from celeriac.exceptions import MissingDependency, OperationalError
 from celeriac.metrics import tracing
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
+from tests.tracing_support import in_memory_spans
 
 
 @pytest.fixture
 def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.instrument(tracer_provider=provider)
-    yield provider, exporter
-    tracing.uninstrument()
-    provider.shutdown()
+    with in_memory_spans() as traced:
+        yield traced
 
 
 def finished(exporter: InMemorySpanExporter, name: str, task_id: str) -> Any:

@@ -4,55 +4,19 @@ task events on and off while the worker runs; and the extension points they come
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from celeriac.events import EventReceiver
 from celeriac.exceptions import Reject
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
 from celeriac.worker.events import SW_IDENT, TaskEvents
 from celeriac.worker.extensions import Dropped, Hooks
+from tests.event_collector import Collector
 from tests.waiting import wait_for
 
 POOLS = ["solo", "threads"]
-
-
-class Collector:
-    """Every event the app's broker carries, from a receiver thread started before the worker."""
-
-    def __init__(self, app: Any) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self.receiver = EventReceiver(app, {"*": self._add}).subscribe()
-        self._thread = threading.Thread(target=self.receiver.capture, daemon=True)
-        self._thread.start()
-
-    def _add(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            self.events.append(event)
-
-    def of(self, task_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self.events if e.get("uuid") == task_id]
-
-    def types(self, task_id: str) -> list[str]:
-        return [e["type"] for e in self.of(task_id)]
-
-    def wait_types(self, task_id: str, expected: list[str], timeout: float = 10.0) -> None:
-        wait_for(lambda: self.types(task_id) == expected, timeout,
-                 message=lambda: f"{task_id}: {self.types(task_id)} != {expected}")
-
-    def worker_events(self, kind: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self.events if e["type"] == kind]
-
-    def close(self) -> None:
-        self.receiver.stop()
-        self._thread.join(5)
-        self.receiver.close()
 
 
 @pytest.fixture
