@@ -115,6 +115,16 @@ class Locks(Protocol):
         """The token holding ``key``, or None when it is free."""
 
 
+@runtime_checkable
+class KeyListing(Protocol):
+    """A store whose live keys can be listed by prefix, for readers that must find records
+    they hold no id for: the dashboard finds every worker's heartbeat record this way."""
+
+    def keys_with_prefix(self, prefix: str) -> list[str]:
+        """Every live (unexpired) key that starts with ``prefix``, sorted. Meant for small
+        families of keys (one per worker), not for walking every result."""
+
+
 #: where a rate bucket keeps its theoretical arrival time, and where a call's reserved slot is
 RATE_BUCKET_PREFIX = "celeriac-rate-bucket-"
 RATE_SLOT_PREFIX = "celeriac-rate-slot-"

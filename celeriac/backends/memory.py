@@ -269,6 +269,14 @@ class MemoryBackend(ResultBackend):
             held = self._store.live(key, time.monotonic())
         return None if held is None else held.decode()
 
+    # ---- listing (KeyListing) ------------------------------------------------------------------
+    def keys_with_prefix(self, prefix: str) -> list[str]:
+        store = self._store
+        with store.cond:
+            now = time.monotonic()
+            return sorted(key for key in list(store.data)
+                          if key.startswith(prefix) and store.live(key, now) is not None)
+
     # ---- rate limits (RateLimits): the bucket and the slots as keys, under the store's mutex --
     def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
         store = self._store

@@ -308,6 +308,13 @@ class RedisBackend(ResultBackend):
         held: bytes | None = self._wire().call_one("GET", self._key(key))
         return None if held is None else held.decode()
 
+    # ---- listing (KeyListing): SCAN with a literal prefix ---------------------------------------
+    def keys_with_prefix(self, prefix: str) -> list[str]:
+        skip = len(self.keyprefix)
+        pattern = _glob_escape(self._key(prefix)) + "*"
+        names = self.client().scan_iter(match=pattern, count=500)
+        return sorted((n.decode() if isinstance(n, bytes) else str(n))[skip:] for n in names)
+
     # ---- rate limits (RateLimits): one script, on the server's clock -----------------------------
     def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
         # Retried after a lost connection: a reserved slot is found again under its ticket (a
@@ -536,3 +543,6 @@ def _ttl_ms(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a ``SCAN MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -399,6 +399,20 @@ class SQLiteBackend(ResultBackend):
             held = self._live(conn, key, time.time())
         return None if held is None else held.decode()
 
+    # ---- listing (KeyListing): a range scan on the primary key --------------------------------
+    def keys_with_prefix(self, prefix: str) -> list[str]:
+        if not prefix:
+            lower, upper = "", None
+        else:
+            lower, upper = prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        bound = "" if upper is None else " AND key < ?"
+        params: tuple[Any, ...] = (lower,) + (() if upper is None else (upper,)) + (time.time(),)
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT key FROM {TABLE} WHERE key >= ?{bound}"
+                " AND (expires_at IS NULL OR expires_at > ?) ORDER BY key", params).fetchall()
+        return [str(row[0]) for row in rows]
+
     # ---- rate limits (RateLimits): the bucket and the slots as rows, in one write transaction --
     def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
         bucket_key, slot_key = RATE_BUCKET_PREFIX + bucket, rate_slot_key(bucket, ticket)

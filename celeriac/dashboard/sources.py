@@ -6,18 +6,18 @@ events at all, so a worker started without ``-E`` still shows: its heartbeat rec
 three missed beats), the queues' depths (``transport.qsize``), dead letters (``DeadLetterStore``)
 and any task's stored meta, a dispatch's ``PROGRESS`` included.
 
-Finding the heartbeat records needs a listing of keys by prefix, which the result-store
-interface does not offer: ``stored_keys`` lists them on the two stores a separate process can
-read (SQLite, Redis) and answers None elsewhere, where workers are known from events only.
+Finding the heartbeat records needs a listing of keys by prefix: the stores that have the
+``KeyListing`` capability (SQLite, Redis, memory) give it; elsewhere (rpc://) ``stored_keys``
+answers None and workers are known from events only.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Sequence
 
 from .. import states
+from ..backends.base import KeyListing
 from ..routing import Router
 from ..utils.text import one_line
 
@@ -43,33 +43,11 @@ def json_safe(value: Any, limit: int = _RESULT_PREVIEW) -> Any:
     return shown if len(shown) <= limit else shown[:limit] + "…"
 
 
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally in a Redis ``SCAN MATCH`` pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
 def stored_keys(backend: Any, prefix: str) -> list[str] | None:
-    """Every live key of ``backend`` that starts with ``prefix``; None when this store cannot
-    be listed from here (rpc://, memory://, a third-party store)."""
-    from ..backends.sqlite import TABLE, SQLiteBackend
-
-    if isinstance(backend, SQLiteBackend):
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the range scan uses the primary key
-        with backend._connection() as conn:
-            rows = conn.execute(
-                f"SELECT key FROM {TABLE} WHERE key >= ? AND key < ?"
-                " AND (expires_at IS NULL OR expires_at > ?)",
-                (prefix, upper, time.time())).fetchall()
-        return sorted(str(row[0]) for row in rows)
-    try:
-        from ..backends.redis import RedisBackend
-    except ImportError:  # redis-py not installed: not a Redis store either
-        return None
-    if isinstance(backend, RedisBackend):
-        skip = len(backend.keyprefix)
-        pattern = _glob_escape(backend.keyprefix + prefix) + "*"
-        names = backend.client().scan_iter(match=pattern, count=500)
-        return sorted((n.decode() if isinstance(n, bytes) else str(n))[skip:] for n in names)
+    """Every live key of ``backend`` that starts with ``prefix``; None when the store cannot
+    list its keys (its ``KeyListing`` capability: rpc:// and third-party stores have none)."""
+    if isinstance(backend, KeyListing):
+        return backend.keys_with_prefix(prefix)
     return None
 
 

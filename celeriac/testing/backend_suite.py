@@ -23,7 +23,9 @@ import pytest
 
 from .. import states
 from ..backends import backend_from_url
-from ..backends.base import AppendLog, ChordPart, Locks, RateLimits, ResultBackend
+from ..backends.base import (
+    AppendLog, ChordPart, KeyListing, Locks, RateLimits, ResultBackend,
+)
 from ..exceptions import BackendError, TaskRevokedError
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 
@@ -692,6 +694,21 @@ class BackendContract:
         log.log_delete("never-written")
         log.log_append("inbox", [b"again"], 60)
         assert log.log_read("inbox", "", 10, 0)[0] == [b"again"]
+
+    # ---- listing (KeyListing: the dashboard's heartbeat records) --------------------------------
+    def test_keys_with_prefix_lists_live_keys_of_that_prefix_only(self, backend: ResultBackend
+                                                                  ) -> None:
+        assert isinstance(backend, KeyListing), f"{type(backend).__name__} cannot list keys"
+        backend.set_value("beat-b", {"n": 2})
+        backend.set_value("beat-a", {"n": 1})
+        backend.set_value("beat*[?]", 3)  # glob characters are matched literally
+        backend.set_value("beatz", 4)  # the prefix's upper neighbour is not in its range
+        backend.set_value("beat-gone", 5, ttl=0.05)
+        backend.set_value("other-beat-c", 6)
+        time.sleep(0.2)
+        assert backend.keys_with_prefix("beat-") == ["beat-a", "beat-b"]
+        assert backend.keys_with_prefix("beat*") == ["beat*[?]"]
+        assert backend.keys_with_prefix("nothing-") == []
 
     # ---- locks (Locks: app.lock(), the task options lock and unique) ----------------------------
     def test_lock_is_exclusive_and_released_only_by_its_holder(self, make_backend: MakeBackend
