@@ -60,6 +60,10 @@ class ScheduleBook:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        #: name -> (the record it was built from, the entry): a leader reads the schedule every
+        #: second, and building schedule objects (crontab parsing) again for an unchanged
+        #: record is wasted work
+        self._built: dict[str, tuple[dict[str, Any], Entry]] = {}
 
     # ---- the store ------------------------------------------------------------------------------
     @property
@@ -92,8 +96,13 @@ class ScheduleBook:
     # ---- reading --------------------------------------------------------------------------------
     def entries(self) -> dict[str, Entry]:
         """Every stored entry by name (without run state)."""
-        return {name: entry_from_record(record, self.app)
-                for name, record in sorted(self._records().items())}
+        built: dict[str, tuple[dict[str, Any], Entry]] = {}
+        for name, record in sorted(self._records().items()):
+            known = self._built.get(name)
+            built[name] = known if known is not None and known[0] == record else \
+                (record, entry_from_record(record, self.app))
+        self._built = built
+        return {name: entry for name, (_, entry) in built.items()}
 
     def list(self) -> list[Entry]:
         """Every stored entry with its run state (last run, run count), by name."""

@@ -376,3 +376,18 @@ def test_max_interval_bounds_the_sleep_and_edits_are_read_every_second(
                      beat_schedule={"daily": {"task": "proj.d", "schedule": 86400.0}}), clock)
     assert slow.tick() <= 0.25
     assert slow.max_interval == 0.25
+
+
+def test_an_unchanged_entry_keeps_its_schedule_object_between_reads(
+        make: Callable[..., Celery]) -> None:
+    app = make()
+    book = app.periodic_tasks
+    book.add("hourly", "proj.sync", crontab(minute=5))
+    first = book.entries()["hourly"]
+    assert book.entries()["hourly"] is first, "an unchanged record is not rebuilt"
+    book.change("hourly", schedule=crontab(minute=10))
+    changed = book.entries()["hourly"]
+    assert changed is not first and changed.schedule is not None
+    assert changed.schedule.minute == {10}
+    book.pause("hourly")
+    assert book.entries()["hourly"].enabled is False
