@@ -551,23 +551,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
             current = self._consumer
             if current is None or not current.alive:
                 return 0
-            try:
-                with current.io_lock():
-                    for tag in list(current.consumers.values()):
-                        current.channel.basic_cancel(tag)  # reads what arrives before its -ok
-                current.consumers.clear()
-                self._sort_arrivals(current)
-                unfetched = [d for ready in current.ready.values() for d in ready]
-                unfetched += [d for _, _, d in current.waiting]
-                current.ready.clear()
-                current.waiting = []
-                with current.write_lock:
-                    for delivery in unfetched:
-                        current.channel.basic_reject(delivery.receipt[1], requeue=True)
-            except (amqp_errors.AMQPError, OSError) as exc:
-                self._lose(current, exc)  # closed: the broker requeues all it held, these too
-                return 0
-        return len(unfetched)
+            return self._give_back(current, None)
 
     def cancel_queue(self, queue: str) -> int:
         """Stop consuming ``queue`` (remote control's ``cancel_consumer``; the caller fetches
@@ -579,21 +563,36 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
             current = self._consumer
             if current is None or not current.alive or queue not in current.consumers:
                 return 0
-            try:
-                with current.io_lock():
-                    current.channel.basic_cancel(current.consumers[queue])
-                self._sort_arrivals(current)  # while its tag still names the queue
-                del current.queues_of[current.consumers.pop(queue)]
+            return self._give_back(current, queue)
+
+    def _give_back(self, current: _ConsumerConnection, queue: str | None) -> int:
+        """Cancel the consumer of ``queue`` (None: every consumer) and requeue what the broker
+        pushed from it that no fetch handed out, ready or held until its ETA. Hold
+        ``_read_lock``. How many deliveries went back."""
+        queues = list(current.consumers) if queue is None else [queue]
+        try:
+            with current.io_lock():
+                for name in queues:  # basic_cancel reads what arrives before its -ok
+                    current.channel.basic_cancel(current.consumers[name])
+            self._sort_arrivals(current)  # while the tags still name their queues
+            for name in queues:
+                del current.queues_of[current.consumers.pop(name)]
+            if queue is None:
+                unfetched = [d for ready in current.ready.values() for d in ready]
+                unfetched += [d for _, _, d in current.waiting]
+                current.ready.clear()
+                current.waiting = []
+            else:
                 unfetched = list(current.ready.pop(queue, ()))
                 unfetched += [d for _, _, d in current.waiting if d.queue == queue]
                 current.waiting = [entry for entry in current.waiting if entry[2].queue != queue]
                 heapq.heapify(current.waiting)
-                with current.write_lock:
-                    for delivery in unfetched:
-                        current.channel.basic_reject(delivery.receipt[1], requeue=True)
-            except (amqp_errors.AMQPError, OSError) as exc:
-                self._lose(current, exc)  # closed: the broker requeues all it held, these too
-                return 0
+            with current.write_lock:
+                for delivery in unfetched:
+                    current.channel.basic_reject(delivery.receipt[1], requeue=True)
+        except (amqp_errors.AMQPError, OSError) as exc:
+            self._lose(current, exc)  # closed: the broker requeues all it held, these too
+            return 0
         return len(unfetched)
 
     def held_until_due(self) -> list[tuple[float, Delivery]]:
