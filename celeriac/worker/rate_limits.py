@@ -110,11 +110,12 @@ class RateLimiting(WorkerExtension):
 
     def on_worker_start(self, consumer: Consumer) -> None:
         app = self.app
+        declared = declared_rates(app)
         if app.conf.get("worker_disable_rate_limits"):
-            if declared_rates(app):
+            if declared:
                 logger.info("worker_disable_rate_limits is on: rate limits are not applied")
             return
-        skipped = sorted(name for name in declared_rates(app)
+        skipped = sorted(name for name in declared
                          if getattr(app.tasks[name], "collects_requests", False))
         if skipped:
             logger.warning("rate_limit is not applied to batch tasks (a batch runs many "
