@@ -358,13 +358,16 @@ class Consumer:
         with self._cond:
             self._jobs[job.id] = job
             if task.collects_requests:
+                # a request joining its batch's buffer makes nothing runnable: the dispatch
+                # thread is woken only when the batch is full (not once per request)
                 batch = self.batches.add(job, self._ids.__next__)
                 if batch is not None:
                     self._jobs[batch.id] = batch
                     self._buffer.append(batch)
+                    self._cond.notify_all()
             else:
                 self._buffer.append(job)
-            self._cond.notify_all()
+                self._cond.notify_all()
 
     def _call_hooks(self, hooks: tuple[Any, ...], *args: Any) -> None:
         """Call each extension's hook; one that fails is logged and never stops the task."""
@@ -547,6 +550,29 @@ class Consumer:
         """Whether ``task_id`` was revoked a moment ago (read from the store now)."""
         return self.revokes is not None and bool(self.revokes.check_stored([task_id]))
 
+    def revoked_requests_now(self, batch: BatchJob) -> set[str]:
+        """Which requests of ``batch`` were revoked a moment ago (read from the store now, in
+        one round trip)."""
+        if self.revokes is None:
+            return set()
+        return self.revokes.check_stored([member.task_id for member in batch.members])
+
+    def drop_revoked_requests(self, batch: BatchJob, revoked: set[str]) -> bool:
+        """Requests of a batch about to start that were found revoked: dropped (stored as
+        REVOKED, acked), never passed to the task. False when none is left to run."""
+        kept = []
+        for member in batch.members:
+            if member.task_id in revoked:
+                self._set_aside(member, Decision(Verdict.REVOKED))
+            else:
+                kept.append(member)
+        batch.members = kept
+        if kept:
+            batch.delivery = kept[0].delivery
+            return True
+        self._forget(batch)
+        return False
+
     def drop_revoked(self, job: Job) -> None:
         """A job found revoked as it was about to start (its early ack already went out)."""
         self._forget(job)
@@ -620,10 +646,12 @@ class Consumer:
         when the batch call itself was cut short (time limit, lost process, terminate), with
         that ending. Acks go out together."""
         ended = dict(outcome.members or ())
-        for member in batch.members:
-            with self._cond:
+        with self._cond:  # one wake-up for the whole batch
+            for member in batch.members:
                 self._jobs.pop(member.id, None)
-                self._cond.notify_all()
+            self._cond.notify_all()
+        acks: list[Delivery] = []
+        for member in batch.members:
             own = ended.get(member.id)
             if own is None:  # the batch did not run to its end
                 own = dataclasses.replace(outcome, task_id=member.task_id, members=None)
@@ -635,9 +663,10 @@ class Consumer:
                 except Exception:
                     logger.exception("extension %r failed after task %s", hook, member.task_id)
             if own.ending in SETTLED_BY_ACK and not own.pending:
-                self.settlement.ack(member.delivery)  # one round trip for the batch's acks
+                acks.append(member.delivery)
             else:
                 self._settle(member, own)
+        self.settlement.ack_all(acks)  # one round trip for the batch's acks
         self.processed += max(0, len(batch.members) - 1)  # on_done counted the batch once
 
     def _settle(self, job: Job, outcome: Outcome) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.base import StagedWrites
 from ..transport.base import SharedConnectionSettling
+from .batching import BatchJob
 
 if TYPE_CHECKING:
     from ..transport.base import Delivery
@@ -75,6 +76,14 @@ class Settlement:
         with self._cond:
             self._pending.append(delivery)
             self._cond.notify()
+
+    def ack_all(self, deliveries: list[Delivery]) -> None:
+        """``ack`` for the requests of a batch whose outcomes are recorded: one wake-up of the
+        acking thread for all of them, not one per request."""
+        if deliveries:
+            with self._cond:
+                self._pending.extend(deliveries)
+                self._cond.notify()
 
     def _ack_loop(self) -> None:
         while True:
@@ -201,12 +210,17 @@ class InlineSoloSettlement(InlineSettlement):
         first_ack = not job.late and not job.acked
         if first_ack:
             job.acked = True
+        batch = job if isinstance(job, BatchJob) else None
+        revoked_requests: set[str] = set()
         try:
             if refill:
                 self.wire.fetch_later(consumer.queues, refill, consumer.receive)
             if first_ack:
                 self.wire.ack_later([job.delivery], on_reply=acked.append)
-            revoked = consumer.revoked_now(job.task_id)
+            if batch is None:
+                revoked = consumer.revoked_now(job.task_id)
+            else:  # a batch's own id names no task: its requests' ids are checked
+                revoked, revoked_requests = False, consumer.revoked_requests_now(batch)
             self.wire.flush()  # a no-op when the check above carried everything
             self._unflushed = False
         except Exception:
@@ -220,6 +234,8 @@ class InlineSoloSettlement(InlineSettlement):
         if revoked:
             consumer.drop_revoked(job)
             return False
+        if batch is not None and revoked_requests:
+            return consumer.drop_revoked_requests(batch, revoked_requests)
         return True
 
     def finished(self, job: Job) -> None:
@@ -232,6 +248,13 @@ class InlineSoloSettlement(InlineSettlement):
 
     def after_acked(self, job: Job) -> None:
         self._unflushed = True  # the result waits for the next round trip, or the idle flush
+
+    def ack_all(self, deliveries: list[Delivery]) -> None:
+        """A batch's results are stored already (its pool side wrote them): the acks ride with
+        this thread's next round trip (the next task's start), or the idle flush."""
+        if deliveries:
+            self.wire.ack_later(deliveries)
+            self._unflushed = True
 
     def wants_flush(self) -> bool:
         return self._unflushed and time.monotonic() >= self._retry_at

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -65,6 +66,25 @@ DEFAULT_WAITING_CONCURRENCY = 16
 CONNECT_INTERVAL_START = 2.0
 CONNECT_INTERVAL_STEP = 2.0
 CONNECT_INTERVAL_MAX = 30.0
+
+
+#: the cyclic collector's first threshold in a worker process (CPython's default is 700)
+WORKER_GC_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """The cyclic garbage collector, set for a worker process (forked pool children inherit it).
+
+    What start-up made (modules, the app, its tasks) lives as long as the process: frozen, full
+    collections stop walking it (they cost a tenth of a busy solo worker's CPU). A worker keeps
+    hundreds of containers alive per batch it holds, so CPython's default first threshold (700
+    allocations) ran young collections twice per batch of 100 that freed next to nothing (500
+    objects in 100,000 requests): 10,000 instead, unless the program chose its own threshold.
+    Not for a worker embedded in a thread of another program, whose objects are not ours."""
+    gc.freeze()
+    first, *rest = gc.get_threshold()
+    if first == 700:
+        gc.set_threshold(WORKER_GC_THRESHOLD, *rest)
 
 
 def startup_connection_policy(conf: Mapping[str, Any]) -> tuple[bool, float | None]:
@@ -372,6 +392,8 @@ class Worker:
             return self.exitcode
         if self.options.get("purge"):
             self._purge()
+        if threading.current_thread() is threading.main_thread():
+            tune_collector()
         # Fork the pool before any of our threads exist, so children start clean.
         self.pool.start()
         self._pool_started = True
