@@ -35,6 +35,29 @@ def count(results: list) -> int:
     return len(results)
 
 
+#: bench/features_overhead.py switches features on in the worker it starts (comma-separated):
+#: "rate": ``noop`` gets a rate limit far above any drain (configured, never binding); "idle":
+#: a batch task and a dispatch main task are registered, and never called.
+FEATURES_ENV = "CELERIAC_BENCH_FEATURES"
+_features = set(filter(None, os.environ.get(FEATURES_ENV, "").split(",")))
+if "rate" in _features:
+    noop.rate_limit = "1000000/s"
+if "idle" in _features:
+    from celeriac.batches import Batches
+    from celeriac.dispatch import dispatch
+
+    @app.task(base=Batches, flush_every=100, flush_interval=1)
+    def idle_batch(requests: list) -> None:
+        """Registered, never called: what an idle batch task costs the others."""
+
+    @app.task
+    @dispatch
+    def idle_dispatch(n: int) -> Any:
+        """Registered, never called: what an idle dispatch main task costs the others."""
+        for _ in range(n):
+            yield noop.s()
+
+
 @signals.worker_ready.connect
 def _write_ready_time(sender: Any = None, **_: Any) -> None:
     path = os.environ.get(READY_FILE_ENV)
