@@ -25,8 +25,7 @@ from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBacken
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
-# Same name as bench.bench_tasks.READY_FILE_ENV; not imported, since celeriac is not installed here.
-READY_FILE_ENV = "CELERIAC_BENCH_READY_FILE"
+from bench.ready_file import write_ready_time  # standard library only: no celeriac here
 
 BROKER_URL = os.environ.get("CELERIAC_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672")
 RESULT_URL = os.environ.get("CELERIAC_RESULT_BACKEND", "redis://127.0.0.1:6379/9")
@@ -37,18 +36,7 @@ class ReadyFile(Middleware):
     consumers and worker threads are running by ``after_worker_boot``)."""
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
-        path = os.environ.get(READY_FILE_ENV)
-        if not path:
-            return
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(repr(time.time()))
-        try:  # link, not rename: the first process to be ready keeps the file
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
+        write_ready_time()
 
 
 if BROKER_URL.startswith("amqp"):

@@ -16,8 +16,7 @@ import time
 
 from huey import RedisHuey
 
-# Same name as bench.bench_tasks.READY_FILE_ENV; not imported, since celeriac is not installed here.
-READY_FILE_ENV = "CELERIAC_BENCH_READY_FILE"
+from bench.ready_file import write_ready_time  # standard library only: no celeriac here
 
 huey = RedisHuey("celeriac-bench", url=os.environ.get("CELERIAC_BROKER_URL",
                                                       "redis://127.0.0.1:6379/9"))
@@ -26,18 +25,7 @@ huey = RedisHuey("celeriac-bench", url=os.environ.get("CELERIAC_BROKER_URL",
 @huey.on_startup()
 def _write_ready_time() -> None:
     """Runs in each worker as it starts (one, with the consumer's defaults)."""
-    path = os.environ.get(READY_FILE_ENV)
-    if not path:
-        return
-    tmp = f"{path}.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(repr(time.time()))
-    try:  # link, not rename: the first worker to be ready keeps the file
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(tmp)
+    write_ready_time()
 
 
 @huey.task()
