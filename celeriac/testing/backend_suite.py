@@ -24,7 +24,12 @@ import pytest
 from .. import states
 from ..backends import backend_from_url
 from ..backends.base import (
-    AppendLog, ChordPart, KeyListing, Locks, RateLimits, ResultBackend,
+    AppendLog,
+    ChordPart,
+    KeyListing,
+    Locks,
+    RateLimits,
+    ResultBackend,
 )
 from ..exceptions import BackendError, TaskRevokedError
 from ..exceptions import TimeoutError as CeleriacTimeoutError
