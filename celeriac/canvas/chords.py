@@ -170,20 +170,59 @@ def fail_body(app: "Celery", body: Any, exc: BaseException) -> None:
     from .primitives import chain, chord, group
 
     body = maybe_signature(body, app=app)
-    if isinstance(body, group):
-        for member in body.tasks:
-            fail_body(app, member, exc)
-        return
-    if isinstance(body, chord):
-        fail_body(app, body.body, exc)
-        return
-    if isinstance(body, chain):
-        steps = [maybe_signature(s, app=app) for s in body.tasks]
-        if steps:
-            fail_body(app, steps[0], exc)
-            followups.fail_chain(app, steps[:0:-1], exc, None)  # the rest, in wire order
+    if isinstance(body, (group, chord, chain)):
+        if isinstance(body, group):
+            # each member of a group body fails with what failed the header (Celery 5.7), not
+            # with the ChordError wrapping it
+            cause = exc.__cause__ if isinstance(exc, ChordError) and exc.__cause__ else exc
+            for member in body.tasks:
+                fail_body(app, member, cause)
+        elif isinstance(body, chord):
+            fail_body(app, body.body, exc)
+            _run_own_errbacks(app, body, exc)
+        else:
+            steps = [maybe_signature(s, app=app) for s in body.tasks]
+            if steps:
+                fail_body(app, steps[0], exc)
+                followups.fail_chain(app, steps[:0:-1], exc, None)  # the rest, in wire order
+            _run_own_errbacks(app, body, exc)
+        # the rest of an enclosing chain, which Celery's client puts in the body's own options
+        # (a chord followed by more steps, its body a group): it will never run either
+        followups.fail_chain(app, body.options.get("chain"), exc, None)
         return
     body.options.setdefault("task_id", str(uuid.uuid4()))
     ctx = followups.request_for(body, errbacks=as_list(body.options.get("link_error")),
                                 chain=body.options.get("chain"))
-    followups.on_failure(app, ctx, exc, None, store=True)
+    followups.on_failure(app, ctx, exc, None, store=True, errbacks_first=True)
+
+
+def _run_own_errbacks(app: "Celery", body: Any, exc: BaseException) -> None:
+    """Errbacks a Celery client put in a chord or chain body's own ``link_error`` option
+    (``chord(header, body).apply_async(link_error=...)``): run once for the body, with the id
+    its result has, as Celery's ``chord_error_from_stack`` does."""
+    from . import followups
+
+    errbacks = as_list(body.options.get("link_error"))
+    if not errbacks:
+        return
+    result_id = _result_id(body)
+    if result_id is None:
+        return
+    ctx = followups.request_for(body, errbacks=errbacks)
+    ctx.id = result_id
+    followups.send_errbacks(app, ctx, exc, None)
+
+
+def _result_id(sig: Any) -> str | None:
+    """The id of the result a workflow stands for: a chord's body's, a chain's last step's."""
+    from .primitives import chain, chord
+
+    while True:
+        if isinstance(sig, chord):
+            sig = maybe_signature(sig.body)
+        elif isinstance(sig, chain):
+            if not sig.tasks:
+                return None
+            sig = maybe_signature(sig.tasks[-1])
+        else:
+            return sig.options.get("task_id") if sig is not None else None

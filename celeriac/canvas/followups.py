@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import states
+from ..backends.meta import exception_to_dict
 from . import chords
 from .primitives import chain, chord, group
 from .signature import Signature, maybe_signature
@@ -84,22 +85,34 @@ def _send_or_fail(app: "Celery", sig: Any, prefix: tuple, ctx: "Context", rest: 
 
 
 def on_failure(app: "Celery", ctx: "Context", exc: BaseException, traceback: str | None, *,
-               store: bool, state: str = states.FAILURE) -> None:
+               store: bool, state: str = states.FAILURE, errbacks_first: bool = False) -> None:
     """Record a failed (or revoked) task the way Celery does: its own state, its part in a chord,
     the same end for every later step of its chain (so whoever waits on the chain's result
     learns of it; Celery leaves them pending after a revoke), then, for a failure, its
-    errbacks."""
+    errbacks.
+
+    ``errbacks_first``: a chord body that will never run (Celery's ``chord_error_from_stack``)
+    sends its errbacks before its failure is stored, and the stored failure lists them (the
+    task-style ones, one group) as its children, so a caller finds them from the body's result.
+    """
+    sent = None
+    if errbacks_first and state != states.REVOKED:
+        sent = send_errbacks(app, ctx, exc, traceback, as_group=True)
     if store:
         if state == states.REVOKED:
             reason = str(exc.args[0]) if exc.args else "revoked"
             app.backend.mark_as_revoked(cast(str, ctx.id), reason, request=ctx)
+        elif sent is not None:
+            app.backend.store_result(cast(str, ctx.id), exception_to_dict(exc), state,
+                                     traceback=traceback, request=ctx,
+                                     children=[sent.as_tuple()])
         else:
             app.backend.mark_as_failure(cast(str, ctx.id), exc, traceback, request=ctx,
                                         state=state)
     if ctx.chord:
         chords.on_part_return(app, ctx, state, exc)
     fail_chain(app, ctx.chain, exc, traceback, state=state)
-    if state != states.REVOKED:
+    if state != states.REVOKED and not errbacks_first:
         send_errbacks(app, ctx, exc, traceback)
 
 
@@ -143,19 +156,32 @@ def request_for(sig: Any, **fields: Any) -> "Context":
 
 
 def send_errbacks(app: "Celery", ctx: "Context", exc: BaseException,
-                  traceback: str | None) -> None:
+                  traceback: str | None, *, as_group: bool = False) -> Any:
     """New-style errbacks ``(request, exc, traceback)`` registered here run in this process, as
-    on Celery; the rest are sent as tasks with the failed task's id as their argument."""
+    on Celery; the rest are sent as tasks with the failed task's id as their argument.
+
+    ``as_group``: the task-style errbacks go out as one group (Celery's layout) whose
+    ``GroupResult`` is returned (None when there were none)."""
+    task_style: list[Signature] = []
     for errback in ctx.errbacks or ():
         sig = maybe_signature(errback, app=app)
         try:
             local = app.tasks.get(sig.task)
             if local is not None and accepts_request_exc_tb(local, sig):
                 sig(ctx, exc, traceback)
+            elif as_group:
+                task_style.append(sig)
             else:
                 _send(app, sig, (ctx.id,), ctx)
         except Exception:
             logger.exception("errback %s of task %s[%s] failed", sig.task, ctx.task, ctx.id)
+    if not task_style:
+        return None
+    try:
+        return _send(app, group(task_style, app=app), (ctx.id,), ctx)
+    except Exception:
+        logger.exception("errbacks of task %s[%s] could not be sent", ctx.task, ctx.id)
+        return None
 
 
 def accepts_request_exc_tb(task: "Task", sig: Any = None) -> bool:
