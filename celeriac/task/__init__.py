@@ -61,6 +61,9 @@ class Context:
     correlation_id: str | None = None
     origin: str | None = None
     timelimit: tuple | None = None
+    #: the limits this run has: the message's, else the task's own (Celery 5.7's fields)
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
     ignore_result: bool = False
     shadow: str | None = None
     called_directly: bool = True
@@ -259,11 +262,43 @@ class Task(Generic[P, R]):
 
     def _retry_signature(self, request: Context, args: Any, kwargs: Any, eta: Any,
                          countdown: Any, options: dict) -> dict:
-        return {
-            "args": tuple(request.args if args is None else args),
-            "kwargs": dict(request.kwargs if kwargs is None else kwargs),
-            "eta": eta, "countdown": countdown, "options": options,
-        }
+        args, kwargs = self._retry_arguments(request, args, kwargs)
+        return {"args": args, "kwargs": kwargs, "eta": eta, "countdown": countdown,
+                "options": options}
+
+    def _retry_arguments(self, request: Context, args: Any, kwargs: Any) -> tuple[tuple, dict]:
+        """The retry's arguments, as Celery 5.7 makes them: what is not given is inherited,
+        except where it would clash with what is given (``retry(kwargs={"foo": 2})`` of a call
+        made with ``(1, 2)`` replaces the first positional argument; ``retry(args=(2,))`` of a
+        call made with ``foo=1`` drops that keyword)."""
+        old_args = tuple(request.args or ())
+        old_kwargs = dict(request.kwargs or {})
+        if args is not None and kwargs is None and old_kwargs:
+            try:
+                params = list(_signature_of(self.run).parameters.values())
+            except (TypeError, ValueError):
+                return tuple(args), old_kwargs
+            kwargs = dict(old_kwargs)
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                          p.POSITIONAL_OR_KEYWORD)]
+            for param in positional[:len(tuple(args))]:
+                if param.kind == param.POSITIONAL_OR_KEYWORD:
+                    kwargs.pop(param.name, None)
+            return tuple(args), kwargs
+        if kwargs is not None and args is None and old_args:
+            try:
+                sig = _signature_of(self.run)
+                bound = sig.bind_partial(*old_args)
+            except (TypeError, ValueError):
+                return old_args, dict(kwargs)
+            kwargs = dict(kwargs)
+            for name in list(kwargs):
+                if (name in bound.arguments
+                        and sig.parameters[name].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                    bound.arguments[name] = kwargs.pop(name)
+            return tuple(bound.args), {**bound.kwargs, **kwargs}
+        return (tuple(old_args if args is None else args),
+                dict(old_kwargs if kwargs is None else kwargs))
 
     def retry_countdown(self, retries: int) -> float:
         """Delay before autoretry number ``retries + 1`` (exponential backoff with optional
@@ -418,7 +453,14 @@ def build_task_class(fun: Callable[..., Any], app: "Celery", *, base: type[Task]
     # a function may bring defaults of its own (a dispatch main task: acks_late, outside the
     # pool); what the decorator was given wins
     options = {**getattr(fun, "__celeriac_task_options__", {}), **options}
-    run = fun if bind else staticmethod(fun)
+    body = fun
+    if options.get("pydantic"):  # Celery 5.5's option: see task/pydantic_args.py
+        from .pydantic_args import wrap
+
+        body = wrap(fun, task_name, strict=bool(options.get("pydantic_strict", False)),
+                    context=options.get("pydantic_context"),
+                    dump_kwargs=options.get("pydantic_dump_kwargs"))
+    run = body if bind else staticmethod(body)
     attrs: dict[str, Any] = {
         "app": app,
         "name": task_name,

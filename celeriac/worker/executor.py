@@ -20,6 +20,7 @@ from ..canvas import chords, followups
 from ..dispatch import inbox as dispatch_inbox
 from ..exceptions import EncodeError, Ignore, Reject, Retry
 from ..protocol import serialization
+from ..result import AsyncResult, GroupResult
 from ..task import Context, Task
 from .job import wants_result
 from .limits import HardTimeLimitStop, Terminated, task_code_ended, task_code_started
@@ -64,7 +65,9 @@ def _safe_repr(value: Any, limit: int = 1024) -> str:
 
 
 def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: dict | None,
-                      properties: dict | None = None) -> Context:
+                      properties: dict | None = None, task: Task | None = None) -> Context:
+    """The request of a task message. ``time_limit``/``soft_time_limit`` are the message's
+    (``timelimit`` header), else ``task``'s declared ones (Celery 5.7's request fields)."""
     headers = body.headers
     ctx = Context(**{k: v for k, v in headers.items() if k.isidentifier()})
     ctx.__dict__.update(
@@ -76,6 +79,10 @@ def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: 
         reply_to=body.reply_to, correlation_id=body.id, origin=body.origin,
         timelimit=(body.time_limit, body.soft_time_limit), ignore_result=body.ignore_result,
         shadow=body.shadow, called_directly=False, properties=properties or {}, _adopt=True,
+        time_limit=body.time_limit if body.time_limit is not None or task is None
+        else task.time_limit,
+        soft_time_limit=body.soft_time_limit if body.soft_time_limit is not None or task is None
+        else task.soft_time_limit,
     )
     return ctx
 
@@ -136,27 +143,28 @@ class _Run:
         # check that comes before any follow-up is sent.
         write = None
         report = None
+        stored = storable_result(retval, backend)
         try:
             if self.dispatch is not None:
-                report = self._dispatch_entry(states.SUCCESS, retval)
-            part = chords.part_of(self.app, ctx, states.SUCCESS, retval) if ctx.chord else None
+                report = self._dispatch_entry(states.SUCCESS, stored)
+            part = chords.part_of(self.app, ctx, states.SUCCESS, stored) if ctx.chord else None
             if keep:
                 planned = followups.planned_children(self.app, ctx) \
                     if follow and not self.eager else []
                 if planned is not None:
-                    write = backend.result_write(self.task_id, retval, states.SUCCESS,
+                    write = backend.result_write(self.task_id, stored, states.SUCCESS,
                                                  request=ctx,
                                                  children=[*ctx.children_tuples(), *planned])
                 elif part is None:  # a group, chain or chord follows: only a check
-                    backend.encode(retval)
+                    backend.encode(stored)
         except EncodeError as exc:
-            return self.failed(unencodable(task, backend, retval, exc), autoretry=False)
+            return self.failed(unencodable(task, backend, stored, exc), autoretry=False)
         if follow:
             # Sent before the result is stored, so the stored result lists them as children.
             followups.on_success(self.app, ctx, retval)
             if keep and (write is None or write.meta["children"] != ctx.children_tuples()):
                 # (made now, or again when a follow-up could not be sent: not a child)
-                write = backend.result_write(self.task_id, retval, states.SUCCESS, request=ctx,
+                write = backend.result_write(self.task_id, stored, states.SUCCESS, request=ctx,
                                              children=ctx.children_tuples())
         if write is not None:
             if pending is None:
@@ -194,6 +202,8 @@ class _Run:
         if isinstance(exc, Reject):
             logger.warning("Task %s[%s] rejected: %r (requeue=%s)", task.name, self.task_id,
                            exc.reason, exc.requeue)
+            if not exc.requeue:
+                self._rejected_for_good(exc)
             self._after(states.REJECTED, exc, None)
             return Outcome(self.task_id, states.REJECTED,
                            Ending.REJECTED_REQUEUE if exc.requeue else Ending.REJECTED_DROP,
@@ -224,6 +234,21 @@ class _Run:
                              outcome.exc_repr, einfo.traceback)
         self._after(states.FAILURE, exc, einfo)
         return outcome
+
+    def _rejected_for_good(self, exc: Reject) -> None:
+        """A task rejecting its message without requeueing never runs again: as on Celery 5.7,
+        its result is a FAILURE holding the ``Reject`` (its chord counts it, its chain and
+        errbacks learn of it, ``task_failure`` is sent), so nobody waits on it for ever. The
+        message itself still goes to the dead-letter store."""
+        task, ctx = self.task, self.ctx
+        followups.on_failure(self.app, ctx, exc, None, store=self.store or (
+            task.store_errors_even_if_ignored and not self.eager))
+        if self.dispatch is not None:
+            self._report_failure(exc, None)
+        if signals.task_failure.receivers:
+            signals.task_failure.send(sender=task, task_id=self.task_id, exception=exc,
+                                      args=ctx.args, kwargs=ctx.kwargs, traceback=None,
+                                      einfo=None)
 
     # ---- dispatch ----------------------------------------------------------------------------
     def _dispatch_entry(self, state: str, value: Any) -> tuple[Any, Any, bytes]:
@@ -300,15 +325,40 @@ class _Run:
             group_id=ctx.group, group_index=ctx.group_index,
             link=ctx.callbacks, link_error=ctx.errbacks, chain=ctx.chain, chord=ctx.chord,
             origin=ctx.origin, _task=self.task,
-            **_redelivery_target(ctx.delivery_info, _keep_headers(ctx.headers, options)))
+            **_redelivery_target(ctx.delivery_info, _keep_headers(
+                ctx.headers, _keep_priority(ctx.delivery_info, options))))
+
+def _keep_priority(delivery_info: dict | None, options: dict) -> dict:
+    """A retry is sent with the priority the message had (Celery's ``signature_from_request``);
+    ``options`` win."""
+    priority = (delivery_info or {}).get("priority")
+    if priority is None or options.get("priority") is not None:
+        return options
+    return {**options, "priority": priority}
+
+
+#: the headers protocol 2 itself defines (and ones a broker adds): a retry sends its own
+_PROTOCOL_HEADERS = frozenset({
+    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+    "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result",
+    "replaced_task_nesting", "stamped_headers", "stamps", "compression", "x-death",
+    "x-delivery-count", "x-first-death-exchange", "x-first-death-queue",
+    "x-first-death-reason", "x-last-death-exchange", "x-last-death-queue",
+    "x-last-death-reason",
+    # set again by the producer when the retry is sent (tracing_enabled)
+    "traceparent", "tracestate"})
+
 
 def _keep_headers(headers: dict | None, options: dict) -> dict:
-    """A retry keeps the headers that say what the task belongs to (a dispatch's subtask stays
-    one); ``options`` win."""
-    value = (headers or {}).get(dispatch_inbox.HEADER)
-    if value is None:
+    """A retry keeps the message's own headers (the caller's ``headers={...}``, and the one
+    that makes a dispatch's subtask stay one), as Celery does; ``options`` win. celeriac's
+    other headers (``celeriac_unique``: the queued key the first run freed) stay behind."""
+    kept = {key: value for key, value in (headers or {}).items()
+            if key == dispatch_inbox.HEADER
+            or key not in _PROTOCOL_HEADERS and not key.startswith("celeriac_")}
+    if not kept:
         return options
-    return {**options, "headers": {dispatch_inbox.HEADER: value, **(options.get("headers") or {})}}
+    return {**options, "headers": {**kept, **(options.get("headers") or {})}}
 
 
 def _redelivery_target(delivery_info: dict | None, options: dict) -> dict:
@@ -349,6 +399,16 @@ def _unpicklable_type(value: Any) -> type | None:
 def _type_name(cls: type) -> str:
     module = cls.__module__
     return cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"
+
+
+def storable_result(retval: Any, backend: "ResultBackend") -> Any:
+    """What is stored for a task that returned ``retval``: a returned ``AsyncResult`` or
+    ``GroupResult`` becomes its ``as_tuple()`` form unless results are pickled, as Celery stores
+    it (a Celery client reads that form back; ``result_from_tuple`` rebuilds the result)."""
+    if isinstance(retval, (AsyncResult, GroupResult)) and \
+            serialization.content_type_of(backend.serializer) != serialization.PICKLE:
+        return retval.as_tuple()
+    return retval
 
 
 def unencodable(task: Task, backend: "ResultBackend", value: Any,

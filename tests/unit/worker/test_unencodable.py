@@ -137,3 +137,30 @@ def test_in_a_worker_the_task_fails_and_the_worker_goes_on(app, pool):
             chord(header)(app.tasks["unenc.collect"].s()).get(timeout=10)
     assert app.transport.qsize("celery") == 0
     assert app.transport.dead_letters() == []
+
+
+# ---- a returned AsyncResult / GroupResult is stored in its tuple form, as Celery stores it ------
+def test_a_returned_async_result_is_stored_as_its_tuple_form(app):
+    @app.task(name="unenc.returns_result")
+    def returns_result():
+        return app.AsyncResult("child-id")
+
+    result = returns_result.apply()
+    assert result.state == states.SUCCESS
+    assert app.AsyncResult(result.id).get(timeout=1) == [["child-id", None], None]
+
+
+def test_a_returned_group_result_is_stored_as_its_tuple_form(app):
+    from celeriac.canvas.signature import result_from_tuple
+    from celeriac.result import GroupResult
+
+    @app.task(name="unenc.returns_group")
+    def returns_group():
+        return GroupResult("g-id", [app.AsyncResult("a"), app.AsyncResult("b")], app=app)
+
+    with start_worker(app, pool="threads", concurrency=1):
+        stored = app.tasks["unenc.returns_group"].delay().get(timeout=10)
+    rebuilt = result_from_tuple(stored, app=app)
+    assert isinstance(rebuilt, GroupResult)
+    assert rebuilt.id == "g-id" and [r.id for r in rebuilt.results] == ["a", "b"]
+
