@@ -1,0 +1,3 @@
+"""``celery.exceptions`` is celeriac's."""
+
+from celeriac.exceptions import *  # noqa: F403

@@ -1,0 +1,3 @@
+"""``celery.result`` is celeriac's."""
+
+from celeriac.result import *  # noqa: F403

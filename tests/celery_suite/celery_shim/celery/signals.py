@@ -1,0 +1,3 @@
+"""``celery.signals`` is celeriac's."""
+
+from celeriac.signals import *  # noqa: F403

@@ -1,0 +1,3 @@
+"""``celery.states`` is celeriac's."""
+
+from celeriac.states import *  # noqa: F403
