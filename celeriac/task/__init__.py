@@ -267,38 +267,35 @@ class Task(Generic[P, R]):
                 "options": options}
 
     def _retry_arguments(self, request: Context, args: Any, kwargs: Any) -> tuple[tuple, dict]:
-        """The retry's arguments, as Celery 5.7 makes them: what is not given is inherited,
-        except where it would clash with what is given (``retry(kwargs={"foo": 2})`` of a call
-        made with ``(1, 2)`` replaces the first positional argument; ``retry(args=(2,))`` of a
-        call made with ``foo=1`` drops that keyword)."""
-        old_args = tuple(request.args or ())
-        old_kwargs = dict(request.kwargs or {})
-        if args is not None and kwargs is None and old_kwargs:
-            try:
-                params = list(_signature_of(self.run).parameters.values())
-            except (TypeError, ValueError):
-                return tuple(args), old_kwargs
-            kwargs = dict(old_kwargs)
-            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
-                                                          p.POSITIONAL_OR_KEYWORD)]
-            for param in positional[:len(tuple(args))]:
-                if param.kind == param.POSITIONAL_OR_KEYWORD:
-                    kwargs.pop(param.name, None)
-            return tuple(args), kwargs
-        if kwargs is not None and args is None and old_args:
-            try:
-                sig = _signature_of(self.run)
-                bound = sig.bind_partial(*old_args)
-            except (TypeError, ValueError):
-                return old_args, dict(kwargs)
-            kwargs = dict(kwargs)
-            for name in list(kwargs):
-                if (name in bound.arguments
-                        and sig.parameters[name].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD):
-                    bound.arguments[name] = kwargs.pop(name)
-            return tuple(bound.args), {**bound.kwargs, **kwargs}
-        return (tuple(old_args if args is None else args),
-                dict(old_kwargs if kwargs is None else kwargs))
+        """The retry's arguments (Celery 5.7's rules): what is not given is the first call's,
+        but one value never reaches a parameter twice. New positional arguments displace the
+        old keywords they now fill (``retry(args=(2,))`` of ``f(foo=1)``), and new keywords
+        take the place of the old positional arguments they name (``retry(kwargs={"foo": 2})``
+        of ``f(1, 2)`` runs ``f(2, 2)``)."""
+        old_args, old_kwargs = tuple(request.args or ()), dict(request.kwargs or {})
+        if args is None and kwargs is None:
+            return old_args, old_kwargs
+        if args is not None and kwargs is not None:
+            return tuple(args), dict(kwargs)
+        slots = self._positional_slots()
+        if args is not None:  # new positionals, the old keywords kept where no slot clashes
+            filled = {name for name in slots[:len(tuple(args))] if name is not None}
+            return tuple(args), {k: v for k, v in old_kwargs.items() if k not in filled}
+        kwargs, merged = dict(kwargs), list(old_args)  # new keywords, the old positionals kept
+        for index, name in enumerate(slots[:len(merged)]):
+            if name is not None and name in kwargs:
+                merged[index] = kwargs.pop(name)
+        return tuple(merged), kwargs
+
+    def _positional_slots(self) -> list[str | None]:
+        """The names of ``run``'s positional parameters in order (None for one that cannot be
+        passed by keyword); empty when the signature cannot be read."""
+        try:
+            parameters = _signature_of(self.run).parameters.values()
+        except (TypeError, ValueError):
+            return []
+        return [p.name if p.kind is p.POSITIONAL_OR_KEYWORD else None for p in parameters
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     def retry_countdown(self, retries: int) -> float:
         """Delay before autoretry number ``retries + 1`` (exponential backoff with optional
