@@ -65,9 +65,9 @@ def _safe_repr(value: Any, limit: int = 1024) -> str:
 
 
 def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: dict | None,
-                      properties: dict | None = None, task: Task | None = None) -> Context:
-    """The request of a task message. ``time_limit``/``soft_time_limit`` are the message's
-    (``timelimit`` header), else ``task``'s declared ones (Celery 5.7's request fields)."""
+                      properties: dict | None = None) -> Context:
+    """The request of a task message (``time_limit``/``soft_time_limit``: the ``timelimit``
+    header's, as Celery 5.7's request reads them; the producer puts a task's own there)."""
     headers = body.headers
     ctx = Context(**{k: v for k, v in headers.items() if k.isidentifier()})
     ctx.__dict__.update(
@@ -79,10 +79,7 @@ def context_from_body(body: "TaskBody", *, hostname: str | None, delivery_info: 
         reply_to=body.reply_to, correlation_id=body.id, origin=body.origin,
         timelimit=(body.time_limit, body.soft_time_limit), ignore_result=body.ignore_result,
         shadow=body.shadow, called_directly=False, properties=properties or {}, _adopt=True,
-        time_limit=body.time_limit if body.time_limit is not None or task is None
-        else task.time_limit,
-        soft_time_limit=body.soft_time_limit if body.soft_time_limit is not None or task is None
-        else task.soft_time_limit,
+        time_limit=body.time_limit, soft_time_limit=body.soft_time_limit,
     )
     return ctx
 

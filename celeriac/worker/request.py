@@ -110,7 +110,7 @@ def run_message(app: "Celery", message: "Message", delivery_info: dict, hostname
         return Outcome.undecodable(task_id, f"NotRegistered: {body.name!r}",
                                    NotRegistered(body.name))
     ctx = context_from_body(body, hostname=hostname, delivery_info=delivery_info,
-                            properties=message.properties, task=task)
+                            properties=message.properties)
     return execute(task, ctx, pending=PendingWrites() if collect_writes else None)
 
 

@@ -258,7 +258,7 @@ class Runner:
                                        f"{type(exc).__name__}: {exc}",
                                        undecodable_failure(message, exc))
         ctx = context_from_body(body, hostname=self.hostname, delivery_info=delivery_info,
-                                properties=message.properties, task=task)
+                                properties=message.properties)
         hard, soft = self.limits(message)
         return await execute_async(task, ctx, soft=soft, hard=hard)
 
