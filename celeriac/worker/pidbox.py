@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from .. import states
 from .._version import __version__
 from ..control.client import ALREADY_STORED
 from ..control.mailbox import (
@@ -66,7 +65,7 @@ from .autoscale import SCALABLE_POOLS
 from .batching import BatchJob
 from .extensions import WorkerExtension
 from .pools.processes import ProcessPool
-from .revokes import record_revoke, signal_number
+from .revokes import record_revoke, signal_number, store_revoked_states
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -421,33 +420,14 @@ class RemoteControl(WorkerExtension):
             if terminate:
                 for task_id_ in ids:
                     consumer._terminate(task_id_, signum)  # no store: no revoke sync either
-        self._store_revoked(ids)
+        # each worker, as on Celery: only the one running a task knows not to mark it
+        store_revoked_states(self.app.backend, ids,
+                             running=[job.task_id for job in self._held()[0]])
         if not terminate:
             return ok(f"tasks {', '.join(ids)} flagged as revoked")
         running = {job.task_id for job in self._held()[0]} & set(ids)
         return ok(f"terminate: {', '.join(sorted(running))}" if running
                   else "terminate: tasks unknown")
-
-    def _store_revoked(self, ids: list[str]) -> None:
-        """As a Celery 5.7 worker does: a revoked task that has not started anywhere (stored
-        state PENDING, RECEIVED, RETRY or REJECTED) and does not run here is stored as REVOKED
-        now, so a caller waiting on it learns at once, not when a worker takes its message
-        (which may be an ETA away). A finished task, or one another worker started (STARTED, a
-        custom state), keeps its state."""
-        backend = self.app.backend
-        if not backend.persistent:
-            return
-        running = {job.task_id for job in self._held()[0]}
-        for task_id in ids:
-            if task_id in running:
-                continue
-            try:
-                state = backend.get_task_meta(task_id).get("status")
-                if state in (states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED):
-                    backend.mark_as_revoked(task_id, "revoked")
-            except Exception as exc:  # noqa: BLE001 - the revoke itself still holds
-                logger.warning("revoke: could not store task %s as revoked: %s", task_id,
-                               one_line(exc))
 
     def terminate(self, task_id: Any = None, signal: Any = None, **arguments: Any) -> Reply:
         return self.revoke(task_id, True, signal, **arguments)

@@ -4,12 +4,14 @@ caller waiting on a revoked task learns of it without waiting for its message to
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterator
 
 import pytest
 
 from celeriac import Celery, states
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
+from tests.waiting import wait_for
 
 NODE = "revoker@unit"
 ONE: dict[str, Any] = {"reply": True, "timeout": 5.0, "limit": 1}
@@ -38,3 +40,26 @@ def test_a_revoke_stores_revoked_only_for_tasks_not_started_elsewhere(app, start
     assert backend.get_task_meta("finished")["status"] == states.SUCCESS
     assert backend.get_task_meta("retrying")["status"] == states.REVOKED
     assert backend.get_task_meta("never-sent")["status"] == states.REVOKED
+
+
+
+def test_a_celeriac_clients_revoke_spares_the_task_running_here(app):
+    """The worker running a revoked task does not store REVOKED over it (the task's own end
+    decides); a queued one is REVOKED at once."""
+    gate = threading.Event()
+
+    @app.task(name="revoke_state.hold")
+    def hold():
+        gate.wait(10)
+        return "done"
+
+    with start_worker(app, pool="threads", concurrency=1, hostname=NODE,
+                      perform_ping_check=False):
+        running = hold.delay()
+        wait_for(lambda: (app.control.inspect(timeout=1).active() or {}).get(NODE), 10,
+                 message="never ran")
+        app.control.revoke([running.id, "queued"], **ONE)
+        assert app.backend.get_task_meta("queued")["status"] == states.REVOKED
+        assert app.backend.get_task_meta(running.id)["status"] == states.PENDING
+        gate.set()
+
