@@ -203,7 +203,8 @@ def worker(obj: AppHolder, loglevel: str, concurrency: int | None, pool: str | N
     w = app.Worker(hostname=hostname, concurrency=concurrency, pool=pool, queues=queues,
                    exclude_queues=exclude_queues,
                    prefetch_multiplier=prefetch_multiplier, task_events=task_events,
-                   without_heartbeat=without_heartbeat, app_spec=obj.spec, **options)
+                   without_heartbeat=without_heartbeat, app_spec=obj.spec, owns_process=True,
+                   **options)
     sys.exit(w.start())
 
 

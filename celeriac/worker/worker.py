@@ -80,11 +80,14 @@ def tune_collector() -> None:
     hundreds of containers alive per batch it holds, so CPython's default first threshold (700
     allocations) ran young collections twice per batch of 100 that freed next to nothing (500
     objects in 100,000 requests): 10,000 instead, unless the program chose its own threshold.
-    Not for a worker embedded in a thread of another program, whose objects are not ours."""
+    Only for the ``celeriac worker`` command, which owns its process: a program that starts a
+    ``Worker`` itself keeps its collector as it set it."""
     gc.freeze()
     first, *rest = gc.get_threshold()
     if first == 700:
         gc.set_threshold(WORKER_GC_THRESHOLD, *rest)
+    else:
+        logger.info("the garbage collector's threshold %d was set by the program: kept", first)
 
 
 def startup_connection_policy(conf: Mapping[str, Any]) -> tuple[bool, float | None]:
@@ -392,7 +395,7 @@ class Worker:
             return self.exitcode
         if self.options.get("purge"):
             self._purge()
-        if threading.current_thread() is threading.main_thread():
+        if self.options.get("owns_process"):  # the CLI's worker: the process is ours to tune
             tune_collector()
         # Fork the pool before any of our threads exist, so children start clean.
         self.pool.start()

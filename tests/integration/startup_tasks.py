@@ -37,3 +37,12 @@ if os.environ.get("STARTUP_FAILING_EXTENSION") == "1":
 @app.task(rate_limit="1/m" if NOT_BUILT else None)
 def add(x, y):
     return x + y
+
+
+@app.task
+def gc_threshold():
+    """The collector's first threshold where the task runs (the CLI worker tunes it)."""
+    import gc
+
+    return gc.get_threshold()[0]
+

@@ -10,6 +10,7 @@ redis-server started on it later.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import pytest
 from celeriac import Celery
 from celeriac.exceptions import OperationalError
 from celeriac.exceptions import TimeoutError as CeleriacTimeoutError
+from celeriac.testing import dispose_test_app, make_test_app, start_worker
 from tests.conftest import REPO
 from tests.waiting import wait_for
 
@@ -381,3 +383,25 @@ def test_time_limit_and_not_built_flags_reach_the_worker(cli_worker, tmp_path):
                      "its processes: the threads pool ignores it") == 1
     assert "-B (--beat)" not in log, "-B runs a beat: nothing to warn about"
     assert "gossip" not in log and "mingle" not in log
+
+
+def test_the_cli_worker_tunes_the_collector_and_an_embedded_worker_does_not(cli_worker, tmp_path):
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    client = Celery("startup-client", broker=url, set_as_current=False)
+    try:
+        worker = cli_worker("-P", "solo", cwd=tmp_path)
+        name = "tests.integration.startup_tasks.gc_threshold"
+        assert client.send_task(name).get(timeout=30) == 10_000  # WORKER_GC_THRESHOLD
+    finally:
+        client.close()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait_exit() == 0
+    embedded = make_test_app("gc_untouched")
+    try:
+        before = gc.get_threshold()
+        with start_worker(embedded, pool="solo", perform_ping_check=False):
+            pass
+        assert gc.get_threshold() == before, "a worker a program starts leaves its collector"
+    finally:
+        dispose_test_app(embedded)
+
