@@ -189,7 +189,7 @@ class _Run:
 
     def failed(self, exc: BaseException, *, autoretry: bool = True) -> Outcome:
         """``autoretry``: whether ``autoretry_for`` applies (only to what the task raised)."""
-        task, ctx = self.task, self.ctx
+        task = self.task
         if isinstance(exc, Retry):
             return self.retried(exc)
         if isinstance(exc, Ignore):
@@ -200,7 +200,10 @@ class _Run:
             logger.warning("Task %s[%s] rejected: %r (requeue=%s)", task.name, self.task_id,
                            exc.reason, exc.requeue)
             if not exc.requeue:
-                self._rejected_for_good(exc)
+                # never runs again: as on Celery 5.7 its result is a FAILURE holding the Reject
+                # (chord, chain, errbacks and task_failure learn of it), so nobody waits for
+                # ever; the message itself still goes to the dead-letter store
+                self._record_failure(exc, ExceptionInfo(exc))
             self._after(states.REJECTED, exc, None)
             return Outcome(self.task_id, states.REJECTED,
                            Ending.REJECTED_REQUEUE if exc.requeue else Ending.REJECTED_DROP,
@@ -211,15 +214,7 @@ class _Run:
         einfo = ExceptionInfo(exc)
         runtime = time.monotonic() - self.started
         expected = bool(task.throws) and isinstance(exc, task.throws)
-        followups.on_failure(self.app, ctx, exc, einfo.traceback, store=self.store or (
-            task.store_errors_even_if_ignored and not self.eager))
-        if self.dispatch is not None:
-            self._report_failure(exc, einfo.traceback)
-        task.on_failure(exc, self.task_id, ctx.args, ctx.kwargs, einfo)
-        if signals.task_failure.receivers:
-            signals.task_failure.send(sender=task, task_id=self.task_id, exception=exc,
-                                      args=ctx.args, kwargs=ctx.kwargs,
-                                      traceback=exc.__traceback__, einfo=einfo)
+        self._record_failure(exc, einfo, on_failure=True)
         outcome = Outcome(self.task_id, states.FAILURE, Ending.FAILED, runtime,
                           exc_repr=_safe_repr(exc), traceback=einfo.traceback, retval=exc)
         if not self.eager:
@@ -232,20 +227,21 @@ class _Run:
         self._after(states.FAILURE, exc, einfo)
         return outcome
 
-    def _rejected_for_good(self, exc: Reject) -> None:
-        """A task rejecting its message without requeueing never runs again: as on Celery 5.7,
-        its result is a FAILURE holding the ``Reject`` (its chord counts it, its chain and
-        errbacks learn of it, ``task_failure`` is sent), so nobody waits on it for ever. The
-        message itself still goes to the dead-letter store."""
+    def _record_failure(self, exc: BaseException, einfo: ExceptionInfo, *,
+                        on_failure: bool = False) -> None:
+        """The failure stored (and its chord, chain and errbacks told), the dispatch it belongs
+        to told, ``task.on_failure`` when asked, and the ``task_failure`` signal."""
         task, ctx = self.task, self.ctx
-        followups.on_failure(self.app, ctx, exc, None, store=self.store or (
+        followups.on_failure(self.app, ctx, exc, einfo.traceback, store=self.store or (
             task.store_errors_even_if_ignored and not self.eager))
         if self.dispatch is not None:
-            self._report_failure(exc, None)
+            self._report_failure(exc, einfo.traceback)
+        if on_failure:
+            task.on_failure(exc, self.task_id, ctx.args, ctx.kwargs, einfo)
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=task, task_id=self.task_id, exception=exc,
-                                      args=ctx.args, kwargs=ctx.kwargs, traceback=None,
-                                      einfo=None)
+                                      args=ctx.args, kwargs=ctx.kwargs,
+                                      traceback=exc.__traceback__, einfo=einfo)
 
     # ---- dispatch ----------------------------------------------------------------------------
     def _dispatch_entry(self, state: str, value: Any) -> tuple[Any, Any, bytes]:
