@@ -317,9 +317,10 @@ class ResultBackend(ABC):
                                  children=children)
 
     def mark_as_failure(self, task_id: str, exc: BaseException, traceback: str | None = None,
-                        request: Any = None, state: str = states.FAILURE) -> dict[str, Any]:
+                        request: Any = None, state: str = states.FAILURE,
+                        children: list[Any] | None = None) -> dict[str, Any]:
         return self.store_result(task_id, metamod.exception_to_dict(exc), state,
-                                 traceback=traceback, request=request)
+                                 traceback=traceback, request=request, children=children)
 
     def mark_as_retry(self, task_id: str, exc: BaseException, traceback: str | None = None,
                       request: Any = None) -> dict[str, Any]:

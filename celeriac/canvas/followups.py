@@ -15,7 +15,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import states
-from ..backends.meta import exception_to_dict
 from . import chords
 from .primitives import chain, chord, group
 from .signature import Signature, maybe_signature
@@ -102,13 +101,10 @@ def on_failure(app: "Celery", ctx: "Context", exc: BaseException, traceback: str
         if state == states.REVOKED:
             reason = str(exc.args[0]) if exc.args else "revoked"
             app.backend.mark_as_revoked(cast(str, ctx.id), reason, request=ctx)
-        elif sent is not None:
-            app.backend.store_result(cast(str, ctx.id), exception_to_dict(exc), state,
-                                     traceback=traceback, request=ctx,
-                                     children=[sent.as_tuple()])
         else:
             app.backend.mark_as_failure(cast(str, ctx.id), exc, traceback, request=ctx,
-                                        state=state)
+                                        state=state,
+                                        children=None if sent is None else [sent.as_tuple()])
     if ctx.chord:
         chords.on_part_return(app, ctx, state, exc)
     fail_chain(app, ctx.chain, exc, traceback, state=state)
