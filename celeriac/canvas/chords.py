@@ -175,8 +175,18 @@ def fail_body(app: "Celery", body: Any, exc: BaseException) -> None:
             # each member of a group body fails with what failed the header (Celery 5.7), not
             # with the ChordError wrapping it
             cause = exc.__cause__ if isinstance(exc, ChordError) and exc.__cause__ else exc
+            # the group's own errbacks (where a Celery client puts a chord's link_error when
+            # the body is a group) run for every member, beside its own, each once
+            shared = as_list(body.options.get("link_error"))
             for member in body.tasks:
+                member = maybe_signature(member, app=app)
+                if shared:
+                    own = as_list(member.options.get("link_error"))
+                    member = member.clone()
+                    member.options["link_error"] = own + [e for e in shared if e not in own]
                 fail_body(app, member, cause)
+            if body.options.get("task_id"):  # the group's own id, as Celery stores it
+                app.backend.mark_as_failure(body.options["task_id"], cause)
         elif isinstance(body, chord):
             fail_body(app, body.body, exc)
             _run_own_errbacks(app, body, exc)

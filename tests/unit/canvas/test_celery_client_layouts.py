@@ -111,3 +111,27 @@ def test_a_chord_body_with_its_own_link_error_option_runs_it_once(app, tasks):
         with pytest.raises(ChordError):
             last.get(timeout=10)
     assert seen == [(last.id, "ChordError")]
+
+
+def test_a_group_bodys_own_link_error_runs_for_every_member_once(app, tasks):
+    """A Celery client puts a chord's ``link_error`` in its group body's own option when the
+    group has one already: when the header fails, each member runs its own errbacks and the
+    group's, each once, and the group's own id is stored as failed (Celery 5.7)."""
+    add, fail = tasks["add"], tasks["fail"]
+    seen = []
+
+    @app.task(name="layouts.note_group")
+    def note(request, exc, traceback):
+        seen.append((request.id, type(exc).__name__))
+
+    body = group(add.si(2, 2), add.si(3, 3).on_error(note.s()))
+    body.options["link_error"] = [dict(note.s())]  # Celery's layout
+    body.options["task_id"] = "the-group-body"
+    with Worker(app):
+        result = chord([add.si(1, 1), fail.si()], body)()
+        with pytest.raises(ValueError, match="header failed"):
+            result.get(timeout=10)
+    members = [r.id for r in result.results]
+    assert sorted(seen) == sorted((member, "ValueError") for member in members)
+    assert app.backend.get_task_meta("the-group-body")["status"] == states.FAILURE
+
