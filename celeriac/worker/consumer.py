@@ -546,39 +546,32 @@ class Consumer:
                 return job
         return None
 
-    def revoked_now(self, task_id: str) -> bool:
-        """Whether ``task_id`` was revoked a moment ago (read from the store now)."""
-        return self.revokes is not None and bool(self.revokes.check_stored([task_id]))
-
-    def revoked_requests_now(self, batch: BatchJob) -> set[str]:
-        """Which requests of ``batch`` were revoked a moment ago (read from the store now, in
-        one round trip)."""
+    def revoked_now(self, job: Job) -> set[str]:
+        """Which of ``job``'s task ids (a batch's: its requests') were revoked a moment ago,
+        read from the store now in one round trip."""
         if self.revokes is None:
             return set()
-        return self.revokes.check_stored([member.task_id for member in batch.members])
+        ids = [m.task_id for m in job.members] if isinstance(job, BatchJob) else [job.task_id]
+        return self.revokes.check_stored(ids)
 
-    def drop_revoked_requests(self, batch: BatchJob, revoked: set[str]) -> bool:
-        """Requests of a batch about to start that were found revoked: dropped (stored as
-        REVOKED, acked), never passed to the task. False when none is left to run."""
-        kept = []
-        for member in batch.members:
-            if member.task_id in revoked:
+    def drop_revoked(self, job: Job, revoked: set[str]) -> bool:
+        """``job``, found revoked as it was about to start, is dropped (stored as REVOKED, acked
+        if its early ack had not gone out); of a batch, only its revoked requests, never passed
+        to the task. True when something is left to run."""
+        if isinstance(job, BatchJob):
+            for member in [m for m in job.members if m.task_id in revoked]:
                 self._set_aside(member, Decision(Verdict.REVOKED))
-            else:
-                kept.append(member)
-        batch.members = kept
-        if kept:
-            batch.delivery = kept[0].delivery
-            return True
-        self._forget(batch)
-        return False
-
-    def drop_revoked(self, job: Job) -> None:
-        """A job found revoked as it was about to start (its early ack already went out)."""
+            job.members = [m for m in job.members if m.task_id not in revoked]
+            if job.members:
+                job.delivery = job.members[0].delivery
+                return True
+            self._forget(job)
+            return False
         self._forget(job)
         self._drop(job.delivery, job.task)
         if not job.acked:
             self.settlement.ack(job.delivery)
+        return False
 
     def unconfirmed_ack(self, job: Job, reply: list[bool] | None) -> bool:
         """An early ack that was not confirmed. True: run the task all the same (the ack did

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.base import StagedWrites
 from ..transport.base import SharedConnectionSettling
-from .batching import BatchJob
 
 if TYPE_CHECKING:
     from ..transport.base import Delivery
@@ -210,32 +209,24 @@ class InlineSoloSettlement(InlineSettlement):
         first_ack = not job.late and not job.acked
         if first_ack:
             job.acked = True
-        batch = job if isinstance(job, BatchJob) else None
-        revoked_requests: set[str] = set()
         try:
             if refill:
                 self.wire.fetch_later(consumer.queues, refill, consumer.receive)
             if first_ack:
                 self.wire.ack_later([job.delivery], on_reply=acked.append)
-            if batch is None:
-                revoked = consumer.revoked_now(job.task_id)
-            else:  # a batch's own id names no task: its requests' ids are checked
-                revoked, revoked_requests = False, consumer.revoked_requests_now(batch)
+            revoked = consumer.revoked_now(job)  # a batch: its requests' ids
             self.wire.flush()  # a no-op when the check above carried everything
             self._unflushed = False
         except Exception:
             logger.exception("could not ack or check task %s before it starts", job.task_id)
-            revoked = False
+            revoked = set()
         finally:
             if refill:
                 consumer.refill_done()
         if first_ack and not (acked and acked[0] and acked[0][0]):
             return consumer.unconfirmed_ack(job, acked[0] if acked else None)
         if revoked:
-            consumer.drop_revoked(job)
-            return False
-        if batch is not None and revoked_requests:
-            return consumer.drop_revoked_requests(batch, revoked_requests)
+            return consumer.drop_revoked(job, revoked)
         return True
 
     def finished(self, job: Job) -> None:
