@@ -342,9 +342,15 @@ class ResultBackend(ABC):
         return meta
 
     def get_many_meta(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        stored = self.stored_metas(task_ids)
+        return {t: stored[t] if t in stored else metamod.pending_meta(t) for t in task_ids}
+
+    def stored_metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored meta of each of ``task_ids`` that has one, in one read; nothing for the
+        rest (no PENDING document is made for them: a batch reads back a hundred ids at once,
+        most of them unwritten)."""
         raws = self._mget([self.task_key(t) for t in task_ids])
-        return {t: (self.decode(r) if r is not None else metamod.pending_meta(t))
-                for t, r in zip(task_ids, raws)}
+        return {t: self.decode(r) for t, r in zip(task_ids, raws) if r is not None}
 
     def waited_on(self) -> str:
         """Where a timed-out wait looked, for its message ("" if the URL says enough); a store

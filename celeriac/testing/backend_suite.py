@@ -429,6 +429,9 @@ class BackendContract:
         assert [metas[t]["result"] for t in ids[::2]] == list(range(len(ids[::2])))
         assert {metas[t]["status"] for t in ids[1::2]} == {states.PENDING}
         assert metas[ids[1]]["task_id"] == ids[1]
+        stored = backend.stored_metas(ids)
+        assert list(stored) == ids[::2], "only what is stored, in the order asked"
+        assert [stored[t]["result"] for t in ids[::2]] == list(range(len(ids[::2])))
 
     # ---- waiting -------------------------------------------------------------------------------
     def test_wait_for_returns_a_ready_result_at_once(self, backend: ResultBackend) -> None:

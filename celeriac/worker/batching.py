@@ -229,12 +229,7 @@ def _stored_marks(app: Celery, task_ids: list[str],
     if not unmarked or not backend.persistent:
         return {}
     found: dict[str, tuple] = {}
-    # the raw values: most requests have nothing stored, and only what is stored is decoded
-    raws = backend._mget([backend.task_key(task_id) for task_id in unmarked])
-    for task_id, raw in zip(unmarked, raws):
-        if raw is None:
-            continue
-        meta = backend.decode(raw)
+    for task_id, meta in backend.stored_metas(unmarked).items():
         status = meta.get("status")
         if status == states.SUCCESS:
             found[task_id] = (states.SUCCESS, meta.get("result"), None)
