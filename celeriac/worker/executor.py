@@ -13,6 +13,7 @@ import os
 import time
 import traceback as tb_module
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import _context, signals, states
@@ -310,7 +311,7 @@ class _Run:
 
     def _resend(self, resend: dict) -> None:
         ctx = self.ctx
-        options = dict(resend.get("options") or {})
+        options = {**_carried_over(ctx), **(resend.get("options") or {})}
         self.app.producer.send(
             cast(str, ctx.task), resend["args"], resend["kwargs"], task_id=self.task_id,
             retries=(ctx.retries or 0) + 1, countdown=resend.get("countdown"),
@@ -320,6 +321,21 @@ class _Run:
             origin=ctx.origin, _task=self.task,
             **_redelivery_target(ctx.delivery_info, _keep_headers(
                 ctx.headers, _keep_priority(ctx.delivery_info, options))))
+
+def _carried_over(ctx: Context) -> dict[str, Any]:
+    """What a retry keeps of its message, as Celery's does: its expiry, its own time limits
+    and its shadow name (the retry's own options win)."""
+    hard, soft = ctx.timelimit or (None, None)
+    expires: Any = ctx.expires
+    if isinstance(expires, str):
+        try:
+            expires = datetime.fromisoformat(expires)
+        except ValueError:
+            expires = None
+    kept = {"expires": expires, "time_limit": hard, "soft_time_limit": soft,
+            "shadow": ctx.shadow}
+    return {key: value for key, value in kept.items() if value is not None}
+
 
 def _keep_priority(delivery_info: dict | None, options: dict) -> dict:
     """A retry is sent with the priority the message had (Celery's ``signature_from_request``);

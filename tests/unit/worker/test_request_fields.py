@@ -68,3 +68,24 @@ def test_a_retry_switching_between_args_and_kwargs_replaces_what_clashes(app):
         assert to_kwargs.apply_async(args=(1, 2)).get(timeout=10) == [2, 2]
         assert to_args.apply_async(kwargs={"foo": 1, "bar": 2, "label": "x"}).get(
             timeout=10) == [2, 3, "x"]
+
+
+def test_a_retry_keeps_the_messages_expiry_time_limits_and_shadow(app):
+    seen = []
+
+    @app.task(name="fields.retry_keeps", bind=True, max_retries=1)
+    def retry_keeps(self):
+        request = self.request
+        seen.append((request.expires, request.time_limit, request.soft_time_limit,
+                     request.shadow))
+        if not request.retries:
+            raise self.retry(countdown=0)
+        return "done"
+
+    with start_worker(app, pool="threads", concurrency=1):
+        result = retry_keeps.apply_async(expires=600, time_limit=30, soft_time_limit=20,
+                                         shadow="fields.shown-as")
+        assert result.get(timeout=10) == "done"
+    first, again = seen
+    assert first[0] is not None and first[1:] == (30, 20, "fields.shown-as")
+    assert again == first, "the retry's message carries the first one's expiry and limits"
