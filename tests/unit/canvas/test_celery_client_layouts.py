@@ -3,26 +3,19 @@ in-memory broker): what Celery's own integration suite (tests/celery_suite) show
 
 from __future__ import annotations
 
-import threading
+from typing import Any
 
 import pytest
 
 from celeriac import Celery, chord, group, states
 from celeriac.exceptions import ChordError
+from celeriac.testing import start_worker
 
 
-class Worker:
-    def __init__(self, app: Celery) -> None:
-        self.worker = app.Worker(pool="threads", concurrency=2, hostname="layouts@test")
-        self.thread = threading.Thread(target=self.worker.start, daemon=True)
-
-    def __enter__(self) -> "Worker":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.worker.stop(warm=True)
-        self.thread.join(10)
+def in_process_worker(app: Celery) -> Any:
+    """An in-process worker (threads, two slots) for one test's workflow."""
+    return start_worker(app, pool="threads", concurrency=2, hostname="layouts@test",
+                        perform_ping_check=False)
 
 
 @pytest.fixture
@@ -52,7 +45,7 @@ def test_a_failed_chord_fails_the_chain_its_group_body_carries(app, tasks):
     last = second.freeze()  # tsum's result: what the whole chain's caller waits on
     body = group(add.s(1), add.s(2))
     body.options["chain"] = [dict(second)]  # Celery's layout (wire order)
-    with Worker(app):
+    with in_process_worker(app):
         chord([add.s(1, 1), fail.s()], body).apply_async()
         with pytest.raises(ChordError):
             last.get(timeout=10)
@@ -70,7 +63,7 @@ def test_a_failed_chord_body_lists_its_task_style_errbacks_as_children(app, task
         return request_id
 
     body = add.s(100).on_error(errback.s())
-    with Worker(app):
+    with in_process_worker(app):
         res = chord([add.s(1, 1), fail.s()], body).apply_async()
         with pytest.raises(ChordError):
             res.get(timeout=10)
@@ -83,7 +76,7 @@ def test_the_members_of_a_group_body_fail_with_the_header_tasks_exception(app, t
     """``chain(group(a, fail), group(b, c))``: the members of the group body are stored with the
     header task's own exception (Celery 5.7), so ``get()`` raises what the header raised."""
     add, fail = tasks["add"], tasks["fail"]
-    with Worker(app):
+    with in_process_worker(app):
         result = chord([add.si(1, 1), fail.si()], group(add.si(2, 2), add.si(3, 3)))()
         with pytest.raises(ValueError, match="header failed"):
             result.get(timeout=10)
@@ -106,7 +99,7 @@ def test_a_chord_body_with_its_own_link_error_option_runs_it_once(app, tasks):
     inner = chord([tsum.s(), tsum.s()], tsum.s())
     last = inner.freeze()
     inner.options["link_error"] = [dict(note.s())]  # Celery's layout
-    with Worker(app):
+    with in_process_worker(app):
         chord([add.si(1, 1), fail.si()], inner).apply_async()
         with pytest.raises(ChordError):
             last.get(timeout=10)
@@ -127,7 +120,7 @@ def test_a_group_bodys_own_link_error_runs_for_every_member_once(app, tasks):
     body = group(add.si(2, 2), add.si(3, 3).on_error(note.s()))
     body.options["link_error"] = [dict(note.s())]  # Celery's layout
     body.options["task_id"] = "the-group-body"
-    with Worker(app):
+    with in_process_worker(app):
         result = chord([add.si(1, 1), fail.si()], body)()
         with pytest.raises(ValueError, match="header failed"):
             result.get(timeout=10)

@@ -3,24 +3,17 @@ the result store fails a chord, and task classes with their own ``apply_async``.
 
 from __future__ import annotations
 
-import threading
+from typing import Any
 
 from celeriac import Celery, chord, group
 from celeriac.exceptions import ChordError
+from celeriac.testing import start_worker
 
 
-class Worker:
-    def __init__(self, app: Celery) -> None:
-        self.worker = app.Worker(pool="threads", concurrency=2, hostname="flows@test")
-        self.thread = threading.Thread(target=self.worker.start, daemon=True)
-
-    def __enter__(self) -> "Worker":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.worker.stop(warm=True)
-        self.thread.join(10)
+def in_process_worker(app: Celery) -> Any:
+    """An in-process worker (threads, two slots) for one test's workflow."""
+    return start_worker(app, pool="threads", concurrency=2, hostname="flows@test",
+                        perform_ping_check=False)
 
 
 def test_a_store_failure_while_joining_fails_the_body_instead_of_losing_it(app, monkeypatch):
@@ -43,7 +36,7 @@ def test_a_store_failure_while_joining_fails_the_body_instead_of_losing_it(app, 
         return real(group_id)
 
     monkeypatch.setattr(backend, "chord_results", flaky)
-    with Worker(app):
+    with in_process_worker(app):
         result = chord([identity.s(1), identity.s(2)], total.s())()
         stored = result.get(timeout=10, propagate=False)
         assert isinstance(stored, ChordError) and "Join error" in str(stored)
@@ -63,6 +56,6 @@ def test_a_task_class_with_its_own_apply_async_is_called_through_it_in_a_group(a
     def double(x):
         return 2 * x
 
-    with Worker(app):
+    with in_process_worker(app):
         assert group(double.s(1), double.s(2))().get(timeout=10) == [2, 4]
     assert sent == [("flows.double", (1,)), ("flows.double", (2,))]
