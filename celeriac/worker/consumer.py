@@ -38,7 +38,7 @@ from .admission import Admission, Decision, Verdict, standard_steps
 from .batching import BatchBuffers, BatchJob, batch_message
 from .extensions import Dropped, Hooks, WorkerExtension
 from .job import Job, task_label, wants_result
-from .outcome import SETTLED_BY_ACK, Ending, Outcome
+from .outcome import LEASE_LOST, SETTLED_BY_ACK, Ending, Outcome
 from .request import ReceivedRequest, request_from_message
 from .revokes import RevokedSet
 from .settlement import Settlement
@@ -113,7 +113,17 @@ class Consumer:
         self._running = 0
         self._running_outside = 0
         self._ids = itertools.count(1)
-        self._cond = threading.Condition()
+        # One lock, two conditions: the dispatch thread (and shutdown's wait_idle) wait on
+        # ``_cond``, the fetch thread on ``_fetch_cond``, so a task's end wakes only the thread
+        # that has something to do (each needless wake-up is a GIL hand-off).
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._fetch_cond = threading.Condition(lock)
+        #: the pool starts the next job itself as a slot frees (``start_next_here``)
+        self._pool_starts_next = (hasattr(pool, "start_next")
+                                  and self.settlement.starts_from_any_thread)
+        if self._pool_starts_next:
+            pool.start_next = self.start_next_here
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.processed = 0
@@ -163,7 +173,7 @@ class Consumer:
             waiting.extend(self.batches.drain())
             for job in waiting:
                 self._jobs.pop(job.id, None)
-            self._cond.notify_all()
+            self._wake_all()
         for job in waiting:
             self._requeue(job.delivery)
         if waiting:
@@ -218,7 +228,7 @@ class Consumer:
         with self._cond:
             self.prefetch_limit = max(1, limit)
             self.fetch_at = max(1, self.prefetch_limit // 2)
-            self._cond.notify_all()
+            self._wake_all()
 
     # ---- fetching -------------------------------------------------------------------------------
     def _room(self) -> int:
@@ -254,14 +264,14 @@ class Consumer:
     def refill_done(self) -> None:
         with self._cond:
             self._fetching = False
-            self._cond.notify_all()
+            self._wake_all()
 
     def _fetch_loop(self) -> None:
         backoff = 0.1
         while not self._stop.is_set():
             with self._cond:
                 while not self._may_fetch() and not self._stop.is_set():
-                    self._cond.wait(0.5)
+                    self._fetch_cond.wait(0.5)
                 room = self._fetch_size()
                 self._fetching = True
             try:
@@ -309,6 +319,8 @@ class Consumer:
                 failure.replayable = True  # type: ignore[attr-defined]  # the worker's fault
                 self._dead_letter_failed(
                     delivery, "internal error while receiving the message", failure)
+        if self._pool_starts_next:  # no hand-over to the dispatch thread: sooner, and cheaper
+            self.start_next_here()
 
     def _lane(self, task: Any) -> tuple[Any, bool]:
         """The pool that runs ``task``, and whether it runs outside the prefetch window."""
@@ -364,10 +376,12 @@ class Consumer:
                 if batch is not None:
                     self._jobs[batch.id] = batch
                     self._buffer.append(batch)
-                    self._cond.notify_all()
+                    self._wake_all()
             else:
                 self._buffer.append(job)
-                self._cond.notify_all()
+                if not (self._pool_starts_next and lane is self.pool):
+                    self._wake_all()
+                # else the fetch thread starts it itself once the fetch is admitted (receive)
 
     def _call_hooks(self, hooks: tuple[Any, ...], *args: Any) -> None:
         """Call each extension's hook; one that fails is logged and never stops the task."""
@@ -463,44 +477,67 @@ class Consumer:
             if job is None:
                 self.settlement.flush()
                 continue
-            if isinstance(job, BatchJob):
-                if self._trim_batch(job) is not None:
-                    continue  # every request in it was revoked or expired (each one settled)
-                decision = None
-            else:
-                decision = self._last_look(job)
-            if decision is not None:  # revoked or expired while it waited, or deferred
-                self._set_aside(job, decision)
-                continue
-            with self._cond:
-                self._running += 1
-                if job.outside_window:
-                    self._running_outside += 1
-                    self._cond.notify_all()  # it left the window: the fetcher may fetch more
-            if not self.settlement.before_run(job):
-                continue
-            pool = job.lane
-            with self._cond:
-                job.pool = pool
-                first_start = job.started_at is None
-                if first_start:
-                    job.started_at = time.time()
-                    if isinstance(job, BatchJob):
-                        for member in job.members:
-                            member.started_at = job.started_at
-            if first_start and self.hooks.on_started:
-                for started in job.members if isinstance(job, BatchJob) else (job,):
-                    self._call_hooks(self.hooks.on_started, started)
-            delivery = job.delivery
-            submitted = pool.submit(job.id, batch_message(job), {}) \
-                if isinstance(job, BatchJob) else \
-                pool.submit(job.id, delivery.message, delivery.delivery_info)
-            if not submitted:
-                with self._cond:  # the slot vanished (a child died): put it back in front
-                    self._leave_running(job)
-                    job.pool = None
-                    self._buffer.appendleft(job)
+            if not self._start(job):
+                with self._cond:
                     self._cond.wait(0.05)  # never spin: the pool needs a moment to replace it
+
+    def start_next_here(self) -> None:
+        """Start what waits for a slot from the calling thread, without waking the dispatch
+        thread: a pool that reports outcomes on a thread of its own (prefork's collector) calls
+        this right after a slot frees, saving a thread hand-off per task. Only jobs of lanes
+        that settle from any thread, never under the solo policy's dispatch-thread staging."""
+        while True:
+            with self._cond:
+                job = self._next_runnable()
+            if job is None or not self._start(job):
+                return
+
+    def _start(self, job: Job) -> bool:
+        """The last look, the early ack and the hand-over to the job's lane. False when its
+        slot vanished (a child died) and the job went back to the front of the buffer."""
+        if isinstance(job, BatchJob):
+            if self._trim_batch(job) is not None:
+                return True  # every request in it was revoked or expired (each one settled)
+            decision = None
+        else:
+            decision = self._last_look(job)
+        if decision is not None:  # revoked or expired while it waited, or deferred
+            self._set_aside(job, decision)
+            return True
+        with self._cond:
+            self._running += 1
+            if job.outside_window:
+                self._running_outside += 1
+                self._wake_all()  # it left the window: the fetcher may fetch more
+        if not self.settlement.before_run(job):
+            return True
+        pool = job.lane
+        with self._cond:
+            job.pool = pool
+            first_start = job.started_at is None
+            if first_start:
+                job.started_at = time.time()
+                if isinstance(job, BatchJob):
+                    for member in job.members:
+                        member.started_at = job.started_at
+        if first_start and self.hooks.on_started:
+            for started in job.members if isinstance(job, BatchJob) else (job,):
+                self._call_hooks(self.hooks.on_started, started)
+        delivery = job.delivery
+        if isinstance(job, BatchJob):
+            submitted = pool.submit(job.id, batch_message(job), {})
+        elif job.ack_in_pool:
+            submitted = pool.submit(job.id, delivery.message, delivery.delivery_info,
+                                    ack_first=delivery)
+        else:
+            submitted = pool.submit(job.id, delivery.message, delivery.delivery_info)
+        if not submitted:
+            with self._cond:  # the slot vanished (a child died): put it back in front
+                self._leave_running(job)
+                job.pool = None
+                self._buffer.appendleft(job)
+            return False
+        return True
 
     def _last_look(self, job: Job) -> Decision | None:
         if self.revokes is not None and job.task_id in self.revokes:
@@ -601,7 +638,12 @@ class Consumer:
             if running:
                 self._leave_running(job)
             self._jobs.pop(job.id, None)
-            self._cond.notify_all()
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Hold ``_cond``. Something changed that any waiting thread may act on."""
+        self._cond.notify_all()
+        self._fetch_cond.notify_all()
 
     def _leave_running(self, job: Job) -> None:
         """Hold ``_cond``. The job stops counting as running (it ended, or it goes back)."""
@@ -612,15 +654,23 @@ class Consumer:
     # ---- outcomes -------------------------------------------------------------------------------
     def on_done(self, job_id: int, outcome: Outcome) -> None:
         """Pool callback: settle the message per the outcome (the result is already recorded)."""
+        if outcome.ending is Ending.NOT_STARTED:
+            self._not_started(job_id, outcome)
+            return
         with self._cond:
             job = self._jobs.pop(job_id, None)
+            starts_next = False
             if job is not None:
                 self._leave_running(job)
+                starts_next = self._pool_starts_next and job.pool is self.pool
                 job.pool = None
             self.processed += 1
             if outcome.state == states.FAILURE:
                 self.failed += 1
-            self._cond.notify_all()
+            if not starts_next or self._stop.is_set():
+                self._cond.notify_all()  # a slot freed: the dispatch thread starts what waits
+            if self._may_fetch():
+                self._fetch_cond.notify()
         if job is None:
             logger.error("outcome for unknown job %s (task %s)", job_id, outcome.task_id)
             return
@@ -634,6 +684,23 @@ class Consumer:
                 logger.exception("extension %r failed after task %s", hook, job.task_id)
         self._settle(job, outcome)
 
+    def _not_started(self, job_id: int, outcome: Outcome) -> None:
+        """The pool process's early ack was not confirmed, so the task did not start: the same
+        choice as for an early ack the consumer sends itself (``unconfirmed_ack``)."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                logger.error("outcome for unknown job %s (task %s)", job_id, outcome.task_id)
+                return
+            job.pool = None
+            job.ack_in_pool = False
+        reply = [False] if outcome.reason == LEASE_LOST else None
+        if self.unconfirmed_ack(job, reply):  # the ack had gone through: it runs, acked
+            with self._cond:
+                self._leave_running(job)
+                self._buffer.appendleft(job)
+                self._cond.notify_all()
+
     def _settle_batch(self, batch: BatchJob, outcome: Outcome) -> None:
         """Each request of a batch is settled as a task of its own: with its own outcome, or,
         when the batch call itself was cut short (time limit, lost process, terminate), with
@@ -642,7 +709,7 @@ class Consumer:
         with self._cond:  # one wake-up for the whole batch
             for member in batch.members:
                 self._jobs.pop(member.id, None)
-            self._cond.notify_all()
+            self._wake_all()
         acks: list[Delivery] = []
         for member in batch.members:
             own = ended.get(member.id)
@@ -682,15 +749,15 @@ class Consumer:
                 return
             self._store_failure(WorkerLostError(outcome.reason or "worker lost"),
                                 delivery.message)
-            if job.holds_lease:
+            if job.holds_lease or job.ack_in_pool:  # the child may have died before its ack
                 settlement.ack(delivery)
         elif ending is Ending.TERMINATED:
             self._drop(delivery, job.task, terminated=True, signum=outcome.signum)
-            if job.holds_lease:
+            if job.holds_lease or job.ack_in_pool:  # the child may have died before its ack
                 settlement.ack(delivery)
         elif ending is Ending.TIME_LIMIT:
             self._store_failure(TimeLimitExceeded(outcome.limit), delivery.message)
-            if job.holds_lease:
+            if job.holds_lease or job.ack_in_pool:  # the child may have died before its ack
                 settlement.ack(delivery)
         elif job.acked:  # requeue, drop or internal error after an early ack: nothing to give back
             settlement.after_acked(job)

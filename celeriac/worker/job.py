@@ -45,6 +45,9 @@ class Job:
     lane: Any = None
     #: the early ack went out: the message no longer holds a lease
     acked: bool = False
+    #: its early ack is the pool process's to send, right before the task starts (prefork on a
+    #: leasing broker): ``acked`` is set when it is handed over, before the ack is confirmed
+    ack_in_pool: bool = False
     #: the pool running it, while it runs
     pool: Any = None
     #: Unix time it was first handed to its pool (``on_started`` ran); a job put back in front

@@ -43,7 +43,14 @@ class Ending(enum.Enum):
     ABANDONED = "abandoned"
     #: it may have run, but its outcome could not be recorded: never acked as done
     INTERNAL_ERROR = "internal_error"
+    #: it never started: the early ack its pool process sends first was not confirmed
+    #: (``reason``: ``LEASE_LOST`` when the broker answered that another holder has it, else
+    #: the broker did not answer); the consumer decides what happens to the message
+    NOT_STARTED = "not_started"
 
+
+#: ``Outcome.reason`` of a NOT_STARTED outcome whose early ack the broker refused
+LEASE_LOST = "lease lost"
 
 #: endings whose message is simply acked (what the task did is already recorded)
 SETTLED_BY_ACK = frozenset({Ending.SUCCEEDED, Ending.FAILED, Ending.RETRIED, Ending.IGNORED})

@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import StagedWrites
-from ..transport.base import SharedConnectionSettling
+from ..transport.base import Leases, SharedConnectionSettling
 
 if TYPE_CHECKING:
     from ..transport.base import Delivery
@@ -47,6 +47,8 @@ class Settlement:
     collects_writes = False
     #: whether each sync task's revoke check rides with its start (then ``_receive`` skips it)
     checks_revokes_at_start = False
+    #: whether a job may start from a thread other than the dispatch thread (a pool's own)
+    starts_from_any_thread = True
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
@@ -55,6 +57,10 @@ class Settlement:
         self._pending: list[Delivery] = []
         self._done = False
         self._acker: threading.Thread | None = None
+        #: the pool's processes send early acks themselves: a broker whose acks are fenced by a
+        #: lease token work from any connection (not AMQP's, bound to the consuming channel)
+        self.pool_acks = (isinstance(self.transport, Leases)
+                          and getattr(consumer.pool, "acks_before_start", False))
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -106,6 +112,11 @@ class Settlement:
         if job.late or job.acked:  # acked already: it was put back after its pool slot vanished
             return True
         job.acked = True
+        if self.pool_acks and job.lane is self.consumer.pool:
+            # the child sends and checks it before the task starts, on its own connection:
+            # no broker round trip on the parent's hot path (Outcome NOT_STARTED if refused)
+            job.ack_in_pool = True
+            return True
         try:
             confirmed: list[bool] | None = self.transport.ack([job.delivery])
         except Exception:
@@ -194,6 +205,7 @@ class InlineSoloSettlement(InlineSettlement):
     """Solo pool on a shared connection: everything rides with the next task's round trip."""
 
     checks_revokes_at_start = True
+    starts_from_any_thread = False  # what it stages rides on the dispatch thread's connection
 
     def __init__(self, consumer: Consumer) -> None:
         super().__init__(consumer)

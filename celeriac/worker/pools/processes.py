@@ -19,16 +19,18 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
+import selectors
 import signal
 import sys
 import tempfile
 import threading
 import time
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from ... import signals, states
-from ..outcome import Ending, Outcome
+from ..outcome import LEASE_LOST, Ending, Outcome
 from . import OnDone
 
 logger = logging.getLogger("celeriac.worker")
@@ -84,6 +86,16 @@ def _retire_reason(done: int, max_tasks: int | None, max_kib: int | None) -> str
     return None
 
 
+def _send(conn: Connection, obj: Any) -> None:
+    """One pickle per message on the pipe, without multiprocessing's reducer-aware pickler
+    (jobs and outcomes hold no sockets or pipes): a cheaper step on the parent's hot path."""
+    conn.send_bytes(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
 def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
                 limits: tuple[int | None, int | None] = (None, None)) -> None:
     from ...exceptions import SoftTimeLimitExceeded
@@ -110,12 +122,17 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
     try:
         while True:
             try:
-                job = conn.recv()
+                job = _recv(conn)
             except (EOFError, OSError):
                 break
             if job is None:
                 break
-            job_id, message, delivery_info = job
+            job_id, message, delivery_info, ack_first = job
+            if ack_first is not None:
+                refused = _ack_before_start(runner, message, ack_first)
+                if refused is not None:
+                    _send(conn, (job_id, refused, None))
+                    continue
             _, soft = runner.limits(message)
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, soft)
@@ -128,12 +145,27 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
             outcome.pending = None
             done += 1
             retiring = _retire_reason(done, max_tasks, max_kib)
-            conn.send((job_id, outcome, retiring))
+            _send(conn, (job_id, outcome, retiring))
             if retiring:
                 break
     finally:
         if signals.worker_process_shutdown.receivers:
             signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+
+def _ack_before_start(runner: Any, message: Any, delivery: Any) -> Outcome | None:
+    """The task's early ack, sent and confirmed by this child before the task starts (None:
+    confirmed). Unconfirmed, the task does not start and the parent decides, as it would for an
+    ack it had sent itself."""
+    task_id = message.headers.get("id") or "?"
+    try:
+        confirmed = runner.app.transport.ack([delivery])
+    except Exception as exc:  # noqa: BLE001 - the parent finds out what became of the ack
+        logger.warning("could not ack task %s before it starts: %r", task_id, exc)
+        return Outcome(task_id, states.PENDING, Ending.NOT_STARTED, reason=repr(exc))
+    if confirmed and confirmed[0]:
+        return None
+    return Outcome(task_id, states.PENDING, Ending.NOT_STARTED, reason=LEASE_LOST)
 
 
 def _spawned_child_main(conn: Connection, respawn: tuple, index: int,
@@ -183,7 +215,7 @@ class _TerminateFlag:
 
 class _Child:
     __slots__ = ("process", "conn", "job", "index", "deadline", "hard", "terminate_flag",
-                 "stop_reason", "retiring", "shrunk")
+                 "stop_reason", "retiring", "shrunk", "exited", "fds")
 
     def __init__(self, process: Any, conn: Connection, index: int, terminate_flag: Any) -> None:
         self.process = process
@@ -199,13 +231,21 @@ class _Child:
         self.retiring = False
         #: the pool shrank: it was told to leave, and nothing takes its place
         self.shrunk = False
+        #: its exit was seen (its sentinel fired); kept as a flag so the hot path asks no
+        #: ``waitpid`` per look
+        self.exited = False
+        #: what the collector watches: the pipe's and the process sentinel's descriptors
+        self.fds = (conn.fileno(), process.sentinel)
 
     def idle(self) -> bool:
-        return self.job is None and not self.retiring and self.process.is_alive()
+        return self.job is None and not self.retiring and not self.exited
 
 
 class ProcessPool:
     """A set of forked children; any idle child takes the next job."""
+
+    #: ``submit(..., ack_first=delivery)``: the child sends the early ack before the task starts
+    acks_before_start = True
 
     def __init__(self, runner: Any, concurrency: int, on_done: OnDone) -> None:
         self.runner = runner
@@ -220,6 +260,9 @@ class ProcessPool:
         self._stopping = False
         self._collector: threading.Thread | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
+        self._selector: selectors.BaseSelector | None = None  # the collector's, while it runs
+        #: set by the consumer: starts waiting jobs from the collector as soon as a slot frees
+        self.start_next: Callable[[], None] | None = None
         self._next_index = self.limit  # names of children added by grow()
 
     # ---- children ------------------------------------------------------------------------------
@@ -291,17 +334,19 @@ class ProcessPool:
         with self._lock:
             return sum(1 for c in self._children if c.idle())
 
-    def submit(self, job_id: int, message: Any, delivery_info: dict) -> bool:
-        """Hand the job to an idle child; False if none is idle (the caller keeps the job)."""
+    def submit(self, job_id: int, message: Any, delivery_info: dict, *,
+               ack_first: Any = None) -> bool:
+        """Hand the job to an idle child; False if none is idle (the caller keeps the job).
+        ``ack_first``: the delivery whose early ack the child sends (and checks) first."""
         hard, _ = self.runner.limits(message)
         with self._lock:
             child = next((c for c in self._children if c.idle()), None)
             if child is None:
                 return False
-            child.job = (job_id, message, delivery_info)
+            child.job = (job_id, message, delivery_info, ack_first)
             child.hard = hard
             child.deadline = time.monotonic() + hard if hard else None
-        child.conn.send(child.job)
+        _send(child.conn, child.job)
         if hard:
             os.write(self._wakeup_w, b"x")  # the collector re-plans its wait around the deadline
         return True
@@ -340,30 +385,48 @@ class ProcessPool:
         return max(wait_for, 0.0)
 
     def _collect(self) -> None:
-        while True:
-            with self._lock:
-                if self._stopping and all(c.job is None for c in self._children):
-                    return
-                watch: dict[Any, _Child] = {}
-                for c in self._children:
-                    watch[c.conn] = c
-                    watch[c.process.sentinel] = c
-            ready = wait([*watch, self._wakeup_r], timeout=self._enforce_deadlines())
-            for obj in ready:
-                if obj == self._wakeup_r:
-                    os.read(self._wakeup_r, 64)
-                    continue
-                child = watch[obj]
-                if obj is child.conn:
-                    self._receive(child)
-                elif not child.process.is_alive():
-                    self._replace(child)
+        # One selector for the pool's life, re-registered only when the set of children changes:
+        # building one per wake-up (as ``multiprocessing.connection.wait`` does) cost the parent
+        # more than reading the outcome itself.
+        selector = self._selector = selectors.DefaultSelector()
+        selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+        watched: list[_Child] = []
+        try:
+            while True:
+                with self._lock:
+                    if self._stopping and all(c.job is None for c in self._children):
+                        return
+                    children = list(self._children)
+                if children != watched:
+                    for child in watched:
+                        if child not in children:
+                            _unregister(selector, child)
+                    for child in children:
+                        if child not in watched:
+                            selector.register(child.fds[0], selectors.EVENT_READ, (child, True))
+                            selector.register(child.fds[1], selectors.EVENT_READ, (child, False))
+                    watched = children
+                for key, _ in selector.select(timeout=self._enforce_deadlines()):
+                    if key.data is None:
+                        os.read(self._wakeup_r, 64)
+                        continue
+                    child, is_pipe = key.data
+                    if child not in self._children:
+                        continue  # replaced while handling another ready object
+                    if is_pipe:
+                        self._receive(child)
+                    elif not child.process.is_alive():
+                        child.exited = True
+                        self._replace(child)
+        finally:
+            selector.close()
 
     def _receive(self, child: _Child) -> None:
         try:
-            job_id, outcome, retiring = child.conn.recv()
+            job_id, outcome, retiring = _recv(child.conn)
         except (EOFError, OSError):
             if not child.process.is_alive() or child.process.exitcode is not None:
+                child.exited = True
                 self._replace(child)
             return
         with self._lock:
@@ -375,6 +438,8 @@ class ProcessPool:
             logger.info("Replacing pool process %s (pid %s): it %s", child.process.name,
                         child.process.pid, retiring)
         self.on_done(job_id, outcome)
+        if self.start_next is not None and not retiring:
+            self.start_next()
 
     def _replace(self, child: _Child) -> None:
         child.process.join(timeout=0.1)
@@ -384,7 +449,7 @@ class ProcessPool:
             try:
                 if not child.conn.poll():
                     break
-                job_id, outcome, _ = child.conn.recv()
+                job_id, outcome, _ = _recv(child.conn)
             except (EOFError, OSError):
                 break
             with self._lock:
@@ -398,10 +463,12 @@ class ProcessPool:
             child.job = None
             position = self._children.index(child)
         exitcode = child.process.exitcode
+        if self._selector is not None:  # before its descriptors close and their numbers recur
+            _unregister(self._selector, child)
         child.conn.close()
         child.terminate_flag.remove()
         if job is not None:
-            job_id, message, _ = job
+            job_id, message = job[0], job[1]
             task_id = message.headers.get("id") or "?"
             reason = child.stop_reason
             if self._stopping:
@@ -470,9 +537,17 @@ class ProcessPool:
         os.close(self._wakeup_w)
 
 
+def _unregister(selector: selectors.BaseSelector, child: _Child) -> None:
+    for fd in child.fds:
+        try:
+            selector.unregister(fd)
+        except (KeyError, ValueError):  # unregistered already
+            pass
+
+
 def _tell_to_leave(child: _Child) -> None:
     try:
-        child.conn.send(None)
+        _send(child.conn, None)
     except (OSError, ValueError):  # gone already, or its pipe closed
         pass
 
