@@ -249,7 +249,7 @@ class Consumer:
         buffer (inline solo), this thread waits for the buffer to run dry."""
         return (self._room() >= self.fetch_at and not self._fetching
                 and self.batches.held < self.batches.limit
-                and not (self.settlement.checks_revokes_at_start and self._buffer))
+                and not (self.settlement.refills_at_start and self._buffer))
 
     def claim_refill(self) -> int:
         """How many messages a fetch riding along with a task's start may take (0: none), and
@@ -582,6 +582,11 @@ class Consumer:
                 del self._buffer[index]
                 return job
         return None
+
+    def waiting_jobs(self) -> list[Job]:
+        """The jobs waiting in the buffer for their turn (a snapshot)."""
+        with self._cond:
+            return list(self._buffer)
 
     def revoked_now(self, job: Job) -> set[str]:
         """Which of ``job``'s task ids (a batch's: its requests') were revoked a moment ago,

@@ -47,6 +47,8 @@ class Settlement:
     collects_writes = False
     #: whether each sync task's revoke check rides with its start (then ``_receive`` skips it)
     checks_revokes_at_start = False
+    #: whether a task's start refills the buffer (then the fetch thread waits for it to run dry)
+    refills_at_start = False
     #: whether a job may start from a thread other than the dispatch thread (a pool's own)
     starts_from_any_thread = True
 
@@ -205,6 +207,7 @@ class InlineSoloSettlement(InlineSettlement):
     """Solo pool on a shared connection: everything rides with the next task's round trip."""
 
     checks_revokes_at_start = True
+    refills_at_start = True
     starts_from_any_thread = False  # what it stages rides on the dispatch thread's connection
 
     def __init__(self, consumer: Consumer) -> None:
@@ -279,10 +282,15 @@ def choose(transport: Any, backend: Any, *, in_process: bool,
            in_dispatcher: bool) -> type[Settlement]:
     """The policy for a worker: inline only where tasks run in this process's own threads
     (``in_process``; ``in_dispatcher``: in the dispatching thread itself, the solo pool) and the
-    broker declares a connection shared with a result store that can stage writes on it."""
+    broker declares a connection shared with a result store that can stage writes on it; the
+    solo pool on any other broker sends results in batches (worker/batched_settlement.py)."""
     shared = (isinstance(transport, SharedConnectionSettling)
               and isinstance(backend, StagedWrites)
               and transport.shares_connection_with(backend))
     if not (shared and in_process):
+        if in_process and in_dispatcher:
+            from .batched_settlement import BatchedSoloSettlement  # it builds on this module
+
+            return BatchedSoloSettlement
         return Settlement
     return InlineSoloSettlement if in_dispatcher else InlineSettlement

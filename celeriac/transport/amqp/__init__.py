@@ -808,31 +808,35 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         if not deliveries:
             return []
         self._check_fork()
-        done: list[bool] = []
-        for delivery in deliveries:
-            current = self._holder(delivery)
-            if current is None:
-                if delivery.receipt[0] != getattr(self._consumer, "generation", None):
-                    logger.info("Message %s was received on a broker connection since lost: "
-                                "not acked, RabbitMQ delivers it again",
-                                delivery.message.headers.get("id"))
-                done.append(False)
-                continue
-            tag = delivery.receipt[1]
-            try:
-                with current.write_lock:
-                    if current.held.pop(tag, None) is None:
-                        done.append(False)
-                        continue
-                    # the frame py-amqp's basic_ack writes, without its per-call machinery
+        current = self._consumer
+        done = [False] * len(deliveries)
+        mine: list[tuple[int, int]] = []  # (index, delivery tag) of those held on ``current``
+        for index, delivery in enumerate(deliveries):
+            if current is not None and self._holder(delivery) is current:
+                mine.append((index, delivery.receipt[1]))
+            elif delivery.receipt[0] != getattr(current, "generation", None):
+                logger.info("Message %s was received on a broker connection since lost: "
+                            "not acked, RabbitMQ delivers it again",
+                            delivery.message.headers.get("id"))
+        if not mine:
+            return done
+        assert current is not None
+        try:
+            with current.write_lock:
+                # the frames py-amqp's basic_ack writes, without its per-call machinery: a
+                # batch's acks (the acking thread's) in one write
+                frames = []
+                for index, tag in mine:
+                    if current.held.pop(tag, None) is not None:
+                        frames.append(ack_frame(current.channel.channel_id, tag))
+                        done[index] = True
+                if frames:
                     if current.channel.connection is None:
                         raise ConnectionLost("the consuming channel is closed")
-                    _write_frames(current.conn, [ack_frame(current.channel.channel_id, tag)])
-            except (amqp_errors.AMQPError, OSError) as exc:
-                self._lose_from_writer(current, exc)
-                done.append(False)
-                continue
-            done.append(True)
+                    _write_frames(current.conn, frames)
+        except (amqp_errors.AMQPError, OSError) as exc:
+            self._lose_from_writer(current, exc)  # lost: RabbitMQ delivers all of them again
+            return [False] * len(deliveries)
         return done
 
     def reject(self, delivery: Delivery, requeue: bool) -> bool:

@@ -15,6 +15,7 @@ from celeriac.exceptions import (
 )
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
 from celeriac.transport.memory import MemoryTransport
+from celeriac.worker.batched_settlement import BatchedSoloSettlement
 from celeriac.worker.outcome import Ending, Outcome
 from celeriac.worker.settlement import (
     InlineSettlement,
@@ -60,12 +61,13 @@ def test_prefork_always_uses_the_general_policy(app):
     assert _choose(app, "prefork") is Settlement
 
 
-@pytest.mark.parametrize("pool", ["solo", "threads", "prefork"])
-def test_a_store_on_another_memory_name_shares_no_connection(pool):
+@pytest.mark.parametrize("pool, policy", [
+    ("solo", BatchedSoloSettlement), ("threads", Settlement), ("prefork", Settlement)])
+def test_a_store_on_another_memory_name_shares_no_connection(pool, policy):
     app = make_test_app("settlement-split", backend="memory://settlement-split-other-store")
     try:
         assert not app.transport.shares_connection_with(app.backend)
-        assert _choose(app, pool) is Settlement
+        assert _choose(app, pool) is policy
     finally:
         dispose_test_app(app)
         from celeriac.backends import memory as memory_backend
@@ -75,7 +77,9 @@ def test_a_store_on_another_memory_name_shares_no_connection(pool):
 
 def test_a_private_memory_broker_shares_no_connection(app):
     private = MemoryTransport()
-    assert choose(private, app.backend, in_process=True, in_dispatcher=True) is Settlement
+    assert choose(private, app.backend, in_process=True, in_dispatcher=False) is Settlement
+    assert choose(private, app.backend, in_process=True,
+                  in_dispatcher=True) is BatchedSoloSettlement
 
 
 # ---- the consumer's _settle, one Ending at a time -----------------------------------------------
@@ -405,3 +409,4 @@ def test_a_staged_result_whose_flush_failed_is_sent_again(pool, monkeypatch):
             assert failures
     finally:
         dispose_test_app(retry_app)
+
