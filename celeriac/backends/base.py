@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 from .. import states
 from ..exceptions import EncodeError
@@ -138,20 +138,35 @@ def rate_slot_key(bucket: str, ticket: str) -> str:
     return f"{RATE_SLOT_PREFIX}{bucket}|{ticket}"
 
 
+class RateGrant(NamedTuple):
+    """What one ``rate_take`` gives: the call runs now (``slots`` >= 1) or waits (``wait``)."""
+
+    #: seconds until the call may run (0.0: now)
+    wait: float
+    #: slots granted now: the call's own, and ``slots - 1`` more the caller may hand out to
+    #: later calls within the block's horizon; 0 when the call must wait
+    slots: int
+
+
 @runtime_checkable
 class RateLimits(Protocol):
     """A store that spaces calls out across every process that uses it: one GCRA bucket per
     name (a "theoretical arrival time" on the store's clock, burst of 1), each take one atomic
     step in the store. A call that must wait gets a slot reserved under its ``ticket``, so when
     it comes back at that time it runs without contending again: N waiting calls cost N
-    reservations, not N retries per free slot. The worker's rate limits build on it
-    (worker/rate_limits.py)."""
+    reservations, not N retries per free slot. A caller may take a block of slots in one step
+    (``count``), so a high rate costs one round trip per block rather than per call. The
+    worker's rate limits build on it (worker/rate_limits.py)."""
 
-    def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
-        """0.0 when the call may run now (its slot is used up); else the seconds until the slot
-        reserved for ``ticket`` (the same slot however often it asks before then). Slots are
-        ``interval`` seconds apart; a reservation is kept until ``RATE_SLOT_MARGIN`` seconds
-        after its time."""
+    def rate_take(self, bucket: str, interval: float, ticket: str,
+                  count: int = 1) -> RateGrant:
+        """Slots are ``interval`` seconds apart. Up to ``count`` of the bucket's next free slots
+        are granted when the first of them has come: as many as fall within the horizon of
+        ``(count - 1) * interval`` seconds from now (``wait`` 0.0, ``slots`` >= 1; with
+        ``count`` 1, exactly the classic single slot). Else one slot is reserved for
+        ``ticket`` and ``wait`` is the seconds until it (the same slot however often it asks
+        before then; kept until ``RATE_SLOT_MARGIN`` seconds after its time); when it has
+        come, that reserved slot alone is granted and used up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,16 +182,28 @@ class RateStep:
     reserve: float | None = None
     #: the ticket's reserved slot has come and is used up now: drop it
     used: bool = False
+    #: slots granted (``RateGrant.slots``)
+    slots: int = 0
+
+    @property
+    def grant(self) -> RateGrant:
+        return RateGrant(self.wait, self.slots)
 
 
-def rate_step(now: float, tat: float | None, slot: float | None, interval: float) -> RateStep:
-    """GCRA with a burst of 1 and reservations. ``tat``: the bucket's arrival time (None when
-    it has none); ``slot``: the time reserved for this ticket, if any."""
+def rate_step(now: float, tat: float | None, slot: float | None, interval: float,
+              count: int = 1) -> RateStep:
+    """GCRA with a burst of 1, reservations and blocks. ``tat``: the bucket's arrival time
+    (None when it has none); ``slot``: the time reserved for this ticket, if any; ``count``:
+    the most slots to grant, within ``(count - 1) * interval`` seconds of now."""
     if slot is not None:  # it was given a slot: that one, and only once
-        return RateStep(0.0, used=True) if slot <= now else RateStep(slot - now)
-    if tat is None or tat <= now:
-        return RateStep(0.0, tat=now + interval)
-    return RateStep(tat - now, tat=tat + interval, reserve=tat)
+        return RateStep(0.0, used=True, slots=1) if slot <= now else RateStep(slot - now)
+    first = now if tat is None or tat <= now else tat
+    count = max(1, count)
+    horizon = now + (count - 1) * interval
+    if first <= horizon:
+        slots = min(count, int((horizon - first) / interval + 1e-9) + 1)
+        return RateStep(0.0, tat=first + slots * interval, slots=slots)
+    return RateStep(first - now, tat=first + interval, reserve=first)
 
 
 class ResultBackend(ABC):

@@ -21,6 +21,7 @@ from .base import (
     RATE_BUCKET_PREFIX,
     RATE_SLOT_MARGIN,
     ChordPart,
+    RateGrant,
     ResultBackend,
     ResultWrite,
     join_member,
@@ -278,14 +279,15 @@ class MemoryBackend(ResultBackend):
                           if key.startswith(prefix) and store.live(key, now) is not None)
 
     # ---- rate limits (RateLimits): the bucket and the slots as keys, under the store's mutex --
-    def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
+    def rate_take(self, bucket: str, interval: float, ticket: str,
+                  count: int = 1) -> RateGrant:
         store = self._store
         bucket_key, slot_key = RATE_BUCKET_PREFIX + bucket, rate_slot_key(bucket, ticket)
         with store.cond:
             now = time.monotonic()
             slot, tat = store.live(slot_key, now), store.live(bucket_key, now)
             step = rate_step(now, None if tat is None else float(tat),
-                             None if slot is None else float(slot), interval)
+                             None if slot is None else float(slot), interval, count)
             if step.used:
                 store.data.pop(slot_key, None)
                 store.stamps.pop(slot_key, None)
@@ -294,7 +296,7 @@ class MemoryBackend(ResultBackend):
             if step.reserve is not None:
                 store.data[slot_key] = (repr(step.reserve).encode(),
                                         step.reserve + RATE_SLOT_MARGIN)
-        return step.wait
+        return step.grant
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         store = self._store

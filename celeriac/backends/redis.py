@@ -37,6 +37,7 @@ from .base import (
     RATE_BUCKET_PREFIX,
     RATE_SLOT_MARGIN,
     ChordPart,
+    RateGrant,
     ResultBackend,
     ResultWrite,
     _any_failed,
@@ -71,7 +72,8 @@ return 0
 """
 # Rate limits (RateLimits): rate_step in backends/base.py, on the server's clock (TIME), in
 # whole microseconds kept as decimal strings (exact: below 2^53). KEYS: the bucket, the ticket's
-# slot; ARGV: the interval and the slot margin (microseconds). Returns the wait in microseconds.
+# slot; ARGV: the interval and the slot margin (microseconds), the most slots to grant. Returns
+# {wait in microseconds, slots granted}.
 _RATE_TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -81,21 +83,24 @@ if slot then
   slot = tonumber(slot)
   if slot <= now then
     redis.call('DEL', KEYS[2])
-    return 0
+    return {0, 1}
   end
-  return slot - now
+  return {slot - now, 0}
 end
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat <= now then
-  redis.call('SET', KEYS[1], string.format('%.0f', now + interval), 'PX',
-             math.floor(interval / 1000) + 1000)
-  return 0
+local first = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local horizon = now + (tonumber(ARGV[3]) - 1) * interval
+if first <= horizon then
+  local slots = math.min(tonumber(ARGV[3]), math.floor((horizon - first) / interval) + 1)
+  local tat = first + slots * interval
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX',
+             math.floor((tat - now) / 1000) + 1000)
+  return {0, slots}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX',
-           math.floor((tat + interval - now) / 1000) + 1000)
-redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX',
-           math.floor((tat - now + tonumber(ARGV[2])) / 1000) + 1)
-return tat - now
+redis.call('SET', KEYS[1], string.format('%.0f', first + interval), 'PX',
+           math.floor((first + interval - now) / 1000) + 1000)
+redis.call('SET', KEYS[2], string.format('%.0f', first), 'PX',
+           math.floor((first - now + tonumber(ARGV[2])) / 1000) + 1)
+return {first - now, 0}
 """
 _RATE_TAKE_SHA = redis_wire.script_sha(_RATE_TAKE)
 #: redis-py leaves parse_url unannotated; this is its type
@@ -316,14 +321,15 @@ class RedisBackend(ResultBackend):
         return sorted((n.decode() if isinstance(n, bytes) else str(n))[skip:] for n in names)
 
     # ---- rate limits (RateLimits): one script, on the server's clock -----------------------------
-    def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
+    def rate_take(self, bucket: str, interval: float, ticket: str,
+                  count: int = 1) -> RateGrant:
         # Retried after a lost connection: a reserved slot is found again under its ticket (a
-        # grant whose reply was lost costs one slot, never an extra run).
+        # grant whose reply was lost costs its slots, never an extra run).
         keys = (self._key(RATE_BUCKET_PREFIX + bucket), self._key(rate_slot_key(bucket, ticket)))
-        waited: int = self._retrying(lambda: self._wire().call_one(
+        waited, slots = self._retrying(lambda: self._wire().call_one(
             "EVALSHA", _RATE_TAKE_SHA, 2, *keys, max(1, round(interval * 1e6)),
-            round(RATE_SLOT_MARGIN * 1e6)), keys[0])
-        return max(0, int(waited)) / 1e6
+            round(RATE_SLOT_MARGIN * 1e6), max(1, int(count))), keys[0])
+        return RateGrant(max(0, int(waited)) / 1e6, int(slots))
 
     # ---- chords (Celery 5.7's keys and semantics; see backends/redis_chord.py) -------------------
     def _chord_keys(self, group_id: str) -> dict[str, str]:

@@ -39,6 +39,7 @@ from .base import (
     RATE_BUCKET_PREFIX,
     RATE_SLOT_MARGIN,
     ChordPart,
+    RateGrant,
     ResultBackend,
     join_member,
     rate_slot_key,
@@ -414,14 +415,15 @@ class SQLiteBackend(ResultBackend):
         return [str(row[0]) for row in rows]
 
     # ---- rate limits (RateLimits): the bucket and the slots as rows, in one write transaction --
-    def rate_take(self, bucket: str, interval: float, ticket: str) -> float:
+    def rate_take(self, bucket: str, interval: float, ticket: str,
+                  count: int = 1) -> RateGrant:
         bucket_key, slot_key = RATE_BUCKET_PREFIX + bucket, rate_slot_key(bucket, ticket)
         # BEGIN IMMEDIATE: no other process reads the bucket between our read and our write
         with self._transaction() as conn:
             now = time.time()
             slot, tat = self._live(conn, slot_key, now), self._live(conn, bucket_key, now)
             step = rate_step(now, None if tat is None else float(tat),
-                             None if slot is None else float(slot), interval)
+                             None if slot is None else float(slot), interval, count)
             if step.used:
                 conn.execute(f"DELETE FROM {TABLE} WHERE key = ?", (slot_key,))
             if step.tat is not None:
@@ -429,7 +431,7 @@ class SQLiteBackend(ResultBackend):
             if step.reserve is not None:
                 conn.execute(_UPSERT, (slot_key, repr(step.reserve).encode(),
                                        step.reserve + RATE_SLOT_MARGIN))
-        return step.wait
+        return step.grant
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         token = getattr(self._local, "token", None)

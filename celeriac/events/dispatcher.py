@@ -6,8 +6,10 @@ PUBLISH on kombu's fanout channels, RabbitMQ's ``celeryev`` topic exchange, the 
 broadcast table. Groups named in ``buffer_group`` (the worker's ``task`` events) are not sent one
 by one: they collect in a buffer that a background thread publishes as one ``task.multi`` list
 every ``flush_interval`` seconds (sooner once ``buffer_limit`` events wait), so a task's three
-events cost the worker's hot path a dict and an append, not three broker round trips. Other
-events (``worker-*``, the client's ``task-sent``) go out at once, from the caller's thread.
+events cost the worker's hot path a dict and an append, not three broker round trips; the
+flusher gives a batch its clock values in one tick (in buffer order, so a task's events keep
+their order) and serializes it in one pass. Other events (``worker-*``, the client's
+``task-sent``) go out at once, from the caller's thread.
 
 Events are not kept: nobody subscribed, nobody gets them (kombu's fanout semantics). A publish
 that fails is logged (once per outage, not per event) and its events are dropped; the task
@@ -20,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..protocol.message import Message
 from ..protocol.serialization import json_dumps
@@ -54,8 +56,8 @@ _SLICE = 32
 #: microsecond; ``time.sleep(0)`` costs a hundred times more on some virtual machines)
 _yield_gil = getattr(os, "sched_yield", lambda: time.sleep(0))
 
-#: a buffered event until the flusher builds it: (group, type, fields, timestamp, clock)
-_Pending = tuple[str, str, dict[str, Any], float, int]
+#: a buffered event until the flusher builds it: (group, type, fields, timestamp)
+_Pending = tuple[str, str, dict[str, Any], float]
 
 
 def _anon_hostname() -> str:
@@ -105,7 +107,7 @@ class EventDispatcher:
     def _reset_buffers(self) -> None:
         """A buffer, locks and no flusher thread of this process's own (also after a fork)."""
         self._pid = _getpid()
-        self._lock = threading.Lock()  # the buffer, and the clock's tick with each append
+        self._lock = threading.Lock()  # the buffer
         self._pending: list[_Pending] = []
         self._wake = threading.Event()  # the flusher has something to do
         self._publishing = threading.Lock()  # one publish at a time keeps the clock's order
@@ -152,26 +154,37 @@ class EventDispatcher:
         if groups is not None and group not in groups:
             return None
         if group in self.buffer_group:
-            if self._pid != _getpid():  # a child must not use its parent's buffer or thread
-                self._reset_buffers()
-            timestamp = _now()
-            with self._lock:  # the tick and the append together: the buffer is in clock order
-                pending = self._pending
-                if len(pending) >= self.max_pending:  # the broker is stuck: drop, don't grow
-                    self.dropped += 1
-                    return None
-                pending.append((group, type, fields, timestamp, self.clock.forward()))
-                waiting = len(pending)
-            if waiting == 1 or waiting == self.buffer_limit:  # the flusher sleeps, or must hurry
-                if self._flusher is None:
-                    self._start_flusher()
-                self._wake.set()
+            self._queue(group, type, fields)
             return None
         self._refresh_offset()
         event = self._build(type, fields, _now(), None if blind else self.clock.forward())
         with self._publishing:
             self._publish(routing_key_for(type), event, 1)
         return event
+
+    def send_buffered(self, group: str, type: str,  # noqa: A002
+                      fields: dict[str, Any]) -> None:
+        """``send`` for a caller that knows ``group`` is switched on and in ``buffer_group``
+        (the worker's task events): the event is queued for the flusher without ``send``'s
+        look-ups. ``fields`` is kept as it is, not copied."""
+        if self._enabled:
+            self._queue(group, type, fields)
+
+    def _queue(self, group: str, type: str, fields: dict[str, Any]) -> None:  # noqa: A002
+        if self._pid != _getpid():  # a child must not use its parent's buffer or thread
+            self._reset_buffers()
+        timestamp = _now()
+        with self._lock:
+            pending = self._pending
+            if len(pending) >= self.max_pending:  # the broker is stuck: drop, don't grow
+                self.dropped += 1
+                return
+            pending.append((group, type, fields, timestamp))
+            waiting = len(pending)
+        if waiting == 1 or waiting == self.buffer_limit:  # the flusher sleeps, or must hurry
+            if self._flusher is None:
+                self._start_flusher()
+            self._wake.set()
 
     def send_batch(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Send several events of one group at once, as one ``<group>.multi`` list (a client
@@ -237,38 +250,48 @@ class EventDispatcher:
         if not pending:
             return
         self._refresh_offset()
-        by_group: dict[str, list[_Pending]] = {}
-        for item in pending:
-            items = by_group.get(item[0])
-            if items is None:
-                items = by_group[item[0]] = []
-            items.append(item)
-        for group, items in by_group.items():
+        # One tick for the batch: the events take the values in buffer order (the order they
+        # were sent in), as if each had ticked as it was queued.
+        clock = self.clock.forward(len(pending)) - len(pending) + 1
+        for group, run, first in self._runs(pending, clock):
             key = f"{group}.{MULTI}"
-            for start in range(0, len(items), self.buffer_limit):
-                chunk = items[start:start + self.buffer_limit]
+            for start in range(0, len(run), self.buffer_limit):
+                chunk = run[start:start + self.buffer_limit]
                 try:
-                    message = self._encode(chunk)
+                    message = self._encode(chunk, first + start)
                 except Exception as exc:  # noqa: BLE001 - a field JSON cannot take: drop these
                     logger.warning("could not encode %d events (%s); they are dropped",
                                    len(chunk), one_line(exc))
                     continue
                 self._publish(key, message, len(chunk))
 
-    def _encode(self, items: list[_Pending]) -> Message:
-        """The ``<group>.multi`` message of ``items``. JSON (Celery's and Flower's event
-        serializer) is encoded a slice at a time, letting the worker's other threads have the
-        GIL between slices: this thread shares the worker's process, and one long encoding
-        would keep the solo pool's task loop waiting."""
+    def _runs(self, pending: list[_Pending],
+              clock: int) -> Iterator[tuple[str, list[_Pending], int]]:
+        """``pending`` cut into runs of one group each, with the clock value of each run's
+        first event (``clock``: the first event's): one run when one group is buffered."""
+        if len(self.buffer_group) == 1:
+            yield pending[0][0], pending, clock
+            return
+        start = 0
+        for end in range(1, len(pending) + 1):
+            if end == len(pending) or pending[end][0] != pending[start][0]:
+                yield pending[start][0], pending[start:end], clock + start
+                start = end
+
+    def _encode(self, items: list[_Pending], clock: int) -> Message:
+        """The ``<group>.multi`` message of ``items``, whose clock values start at ``clock``.
+        JSON (Celery's and Flower's event serializer) is encoded a slice at a time, letting the
+        worker's other threads have the GIL between slices: this thread shares the worker's
+        process, and one long encoding would keep the solo pool's task loop waiting."""
         build = self._build
         if self.serializer != "json":
-            events = [build(event_type, fields, timestamp, clock)
-                      for _, event_type, fields, timestamp, clock in items]
+            events = [build(event_type, fields, timestamp, tick)
+                      for tick, (_, event_type, fields, timestamp) in enumerate(items, clock)]
             return event_message(events, self.hostname, self.serializer)
         parts = []
         for start in range(0, len(items), _SLICE):
-            events = [build(event_type, fields, timestamp, clock)
-                      for _, event_type, fields, timestamp, clock in items[start:start + _SLICE]]
+            events = [build(event_type, fields, timestamp, tick) for tick, (_, event_type, fields,
+                      timestamp) in enumerate(items[start:start + _SLICE], clock + start)]
             parts.append(json_dumps(events)[1:-1])  # json.dumps(a + b) == "[a..., b...]"
             _yield_gil()
         return message_of(("[" + ", ".join(parts) + "]").encode("utf-8"), self.hostname)

@@ -184,14 +184,14 @@ def _lock_in_child(url: str, keys: list[str], token: str, barrier: Any, out: str
 
 def _rate_in_child(url: str, bucket: str, tickets: list[str], interval: float, barrier: Any,
                    out: str) -> None:
-    """Take one slot per ticket, all children together; record each wait."""
+    """Take a block of two slots per ticket, all children together; record each grant."""
     backend = backend_from_url(url)
     try:
         barrier.wait(_CHILD_TIMEOUT)
-        waits = [_rates(backend).rate_take(bucket, interval, ticket) for ticket in tickets]
+        grants = [_rates(backend).rate_take(bucket, interval, ticket, 2) for ticket in tickets]
     finally:
         backend.close()
-    Path(out).write_text(json.dumps(waits))
+    Path(out).write_text(json.dumps(grants))
 
 
 def _rates(backend: ResultBackend) -> RateLimits:
@@ -200,9 +200,14 @@ def _rates(backend: ResultBackend) -> RateLimits:
     return backend
 
 
-def _slots(waits: list[float], interval: float) -> list[int]:
-    """Which slot each wait stands for (0: now), for an ``interval`` far longer than the test."""
-    return sorted(round(wait / interval) for wait in waits)
+def _slots(grants: list[Any], interval: float) -> list[int]:
+    """Which slots the ``(wait, slots)`` grants stand for (0: now), for an ``interval`` far
+    longer than the test: a reservation its one slot, a block the first ``slots`` ones (only
+    a fresh bucket's first take can get a block when slots are that far apart)."""
+    taken: list[int] = []
+    for wait, slots in grants:
+        taken.extend(range(slots) if slots else [round(wait / interval)])
+    return sorted(taken)
 
 
 def _locks(backend: ResultBackend) -> Locks:
@@ -794,63 +799,85 @@ class BackendContract:
             self, make_backend: MakeBackend) -> None:
         rates, other = _rates(make_backend()), _rates(make_backend())
         interval = 100.0  # far longer than the test: each wait names its slot
-        waits = [rates.rate_take("api", interval, f"call-{n}") for n in range(3)]
-        waits.append(other.rate_take("api", interval, "call-3"))  # one bucket per store
-        assert waits[0] == 0.0, "a fresh bucket lets the first call run at once"
-        for n, wait in enumerate(waits):
-            assert abs(wait - n * interval) < 5, (n, waits)
+        grants = [rates.rate_take("api", interval, f"call-{n}") for n in range(3)]
+        grants.append(other.rate_take("api", interval, "call-3"))  # one bucket per store
+        assert grants[0] == (0.0, 1), "a fresh bucket lets the first call run at once"
+        for n, (wait, slots) in enumerate(grants[1:], 1):
+            assert slots == 0 and abs(wait - n * interval) < 5, (n, grants)
 
     def test_rate_reserved_slot_is_kept_and_used_once(self, make_backend: MakeBackend) -> None:
         rates = _rates(make_backend())
         interval = 0.3
-        assert rates.rate_take("api", interval, "first") == 0.0
-        wait = rates.rate_take("api", interval, "second")
+        assert rates.rate_take("api", interval, "first") == (0.0, 1)
+        wait = rates.rate_take("api", interval, "second").wait
         assert 0 < wait <= interval
-        again = rates.rate_take("api", interval, "second")
+        again = rates.rate_take("api", interval, "second").wait
         assert 0 <= again <= wait, "asking again finds the same slot, not a later one"
-        later = rates.rate_take("api", interval, "third")
+        later = rates.rate_take("api", interval, "third").wait
         assert later > interval, "the next call is reserved after the second one's slot"
         deadline = time.monotonic() + 10
-        while (remaining := rates.rate_take("api", interval, "second")) > 0:
+        while (grant := rates.rate_take("api", interval, "second", 5)).wait > 0:
             assert time.monotonic() < deadline, "the reserved slot never came"
-            time.sleep(min(remaining, 0.05))
-        assert rates.rate_take("api", interval, "second") > 0, \
+            time.sleep(min(grant.wait, 0.05))
+        assert grant.slots == 1, "a reserved slot is granted alone, whatever the count"
+        assert rates.rate_take("api", interval, "second").wait > 0, \
             "a used slot is gone: the same ticket contends again, behind the third call"
 
     def test_rate_allows_a_burst_of_one_after_idling(self, make_backend: MakeBackend) -> None:
         rates = _rates(make_backend())
         interval = 0.1
-        assert rates.rate_take("api", interval, "a") == 0.0
+        assert rates.rate_take("api", interval, "a").wait == 0.0
         time.sleep(5 * interval)  # idle for five intervals: no credit piles up
-        assert rates.rate_take("api", interval, "b") == 0.0
-        assert rates.rate_take("api", interval, "c") > interval / 2
+        assert rates.rate_take("api", interval, "b").wait == 0.0
+        assert rates.rate_take("api", interval, "c").wait > interval / 2
 
     def test_rate_buckets_are_separate(self, make_backend: MakeBackend) -> None:
         rates = _rates(make_backend())
-        assert rates.rate_take("fetch", 100.0, "t1") == 0.0
-        assert rates.rate_take("send", 100.0, "t1") == 0.0, "same ticket, other bucket"
-        assert rates.rate_take("fetch", 100.0, "t2") > 50
+        assert rates.rate_take("fetch", 100.0, "t1").wait == 0.0
+        assert rates.rate_take("send", 100.0, "t1").wait == 0.0, "same ticket, other bucket"
+        assert rates.rate_take("fetch", 100.0, "t2").wait > 50
+
+    def test_rate_grants_a_block_of_the_free_slots_within_its_horizon(
+            self, make_backend: MakeBackend) -> None:
+        rates, other = _rates(make_backend()), _rates(make_backend())
+        interval = 100.0  # far longer than the test: slot n is at n * interval
+        assert rates.rate_take("api", interval, "a", 3) == (0.0, 3), \
+            "a fresh bucket: the first three slots (now, +1 and +2 intervals)"
+        wait, slots = other.rate_take("api", interval, "b", 3)
+        assert slots == 0 and abs(wait - 3 * interval) < 5, \
+            "slot 3 lies beyond the horizon (+2 intervals): reserved for the call, not granted"
+        assert abs(rates.rate_take("api", interval, "c").wait - 4 * interval) < 5
+
+    def test_rate_block_takes_only_the_slots_left_within_its_horizon(
+            self, make_backend: MakeBackend) -> None:
+        rates = _rates(make_backend())
+        interval = 100.0
+        assert rates.rate_take("api", interval, "a") == (0.0, 1)
+        assert rates.rate_take("api", interval, "b", 3) == (0.0, 2), \
+            "slot 0 is gone; slots 1 and 2 fall within the horizon of +2 intervals"
+        wait, slots = rates.rate_take("api", interval, "c", 3)
+        assert slots == 0 and abs(wait - 3 * interval) < 5
 
     def test_rate_slots_are_unique_across_threads(self, make_backend: MakeBackend) -> None:
         threads_n, per_thread, interval = 6, 10, 1000.0
         start = threading.Barrier(threads_n)
-        waits: list[float] = []
+        grants: list[Any] = []
         lock = threading.Lock()
 
         def work(n: int) -> None:
             rates = _rates(make_backend())
             start.wait(10)
-            mine = [rates.rate_take("api", interval, f"t{n}-{i}") for i in range(per_thread)]
+            mine = [rates.rate_take("api", interval, f"t{n}-{i}", 2) for i in range(per_thread)]
             with lock:
-                waits.extend(mine)
+                grants.extend(mine)
 
         threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(30)
-        assert _slots(waits, interval) == list(range(threads_n * per_thread)), \
-            "every call got a slot of its own, one interval after the last"
+        assert _slots(grants, interval) == list(range(threads_n * per_thread + 1)), \
+            "the first call got a block of two, every other call a slot of its own after it"
 
     def test_close_twice(self, backend: ResultBackend) -> None:
         backend.mark_as_done(_new_id(), 1)
@@ -936,8 +963,8 @@ class SharedBackendContract(BackendContract):
                                                 interval, barrier, str(out)))
                               for i, out in enumerate(outs)])
         join()
-        waits = [w for out in outs for w in json.loads(out.read_text())]
-        assert _slots(waits, interval) == list(range(procs_n * per_proc))
+        grants = [g for out in outs for g in json.loads(out.read_text())]
+        assert _slots(grants, interval) == list(range(procs_n * per_proc + 1))
 
     def test_blocking_log_read_wakes_when_another_process_appends(
             self, process_url: str, make_backend: MakeBackend) -> None:

@@ -23,10 +23,11 @@ class LamportClock:
         self.value = int(initial_value)
         self._lock = threading.Lock()
 
-    def forward(self) -> int:
-        """Tick for an event this node sends; returns the new value."""
+    def forward(self, count: int = 1) -> int:
+        """Tick for an event this node sends (``count`` ticks for as many events, taken
+        together); returns the new value, the last event's."""
         with self._lock:
-            self.value += 1
+            self.value += count
             return self.value
 
     def adjust(self, other: int) -> int:

@@ -23,6 +23,13 @@ def paced(self, ledger: str) -> None:
     append(ledger, f"{time.time()!r} {self.request.id} {os.getpid()}")
 
 
+@app.task(bind=True, rate_limit="100/s")
+def brisk(self, ledger: str) -> None:
+    """At most 100 starts a second, across every worker: a rate whose slots workers take in
+    blocks of five (worker/rate_limits.py)."""
+    append(ledger, f"{time.time()!r} {self.request.id} {os.getpid()}")
+
+
 @app.task(bind=True)
 def free(self, ledger: str) -> None:
     """No rate of its own: only what ``app.control.rate_limit`` sets."""

@@ -7,18 +7,18 @@ topic meaning of its binding by filtering what the (wider) glob pattern lets thr
 
 from __future__ import annotations
 
-import json
+import base64
 import logging
 import re
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any, Protocol
 
 import redis as redis_py
 
 from ...protocol.message import Message
-from ...protocol.serialization import json_dumps
 from ..base import Subscription, topic_matches
 from .envelope import UNDECODABLE, decode, encode
 
@@ -69,11 +69,19 @@ def patterns_for(base: str, binding: str) -> list[str]:
     return patterns
 
 
+#: how an envelope's text starts (``encode`` writes the body first)
+_BODY_HEAD = '{"body": "'
+
+
 def _envelope(message: Message, exchange: str, routing_key: str) -> str:
-    """The kombu envelope, with ``delivery_info`` naming the exchange as kombu's does."""
-    document = json.loads(encode(message, routing_key, str(uuid.uuid4())))
-    document["properties"]["delivery_info"]["exchange"] = exchange
-    return json_dumps(document)
+    """The kombu envelope, with ``delivery_info`` naming the exchange as kombu's does. The
+    body (base64: nothing in it needs escaping) is spliced into the text of the envelope made
+    without it, so a batch of events (``task.multi``, 100 KB and more) is not scanned by the
+    JSON encoder: the same text, made in a fraction of the time."""
+    text = encode(replace(message, body=b""), routing_key, str(uuid.uuid4()), exchange=exchange)
+    assert text.startswith(_BODY_HEAD + '"')
+    body = base64.b64encode(bytes(message.body)).decode("ascii")
+    return _BODY_HEAD + body + text[len(_BODY_HEAD):]
 
 
 class RedisSubscription:

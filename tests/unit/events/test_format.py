@@ -123,14 +123,50 @@ def test_task_events_are_batched_into_one_task_multi_list_in_clock_order(app):
     def send(dispatcher: EventDispatcher) -> None:
         dispatcher.flush_interval = 10.0  # only flush() publishes here
         dispatcher.send("task-received", uuid="a", name="t")
-        dispatcher.send("task-started", uuid="a")
+        dispatcher.send_buffered("task", "task-started", {"uuid": "a"})  # the worker's way
         dispatcher.send("task-succeeded", uuid="a", result="1", runtime=0.1)
         assert dispatcher.sent_messages == 0, "buffered, not sent one by one"
 
     got = _send_and_read(app, send, 3)
     assert [e["type"] for e in got] == ["task-received", "task-started", "task-succeeded"]
+    started = {k: v for k, v in got[1].items() if k != "local_received"}  # (the receiver's)
+    assert started == {"hostname": "w1@capture", "utcoffset": got[0]["utcoffset"],
+                       "pid": got[0]["pid"], "clock": got[0]["clock"] + 1, "uuid": "a",
+                       "timestamp": got[1]["timestamp"], "type": "task-started"}
+    assert list(started) == COMMON_HEAD + ["uuid"] + COMMON_TAIL
     clocks = [e["clock"] for e in got]
-    assert clocks == sorted(clocks) and len(set(clocks)) == 3
+    assert clocks == list(range(clocks[0], clocks[0] + 3)), "one tick each, in sending order"
+
+
+def test_a_batch_takes_its_clock_values_after_events_sent_before_its_flush(app):
+    def send(dispatcher: EventDispatcher) -> None:
+        dispatcher.flush_interval = 10.0
+        dispatcher.send("task-started", uuid="a")
+        dispatcher.send("worker-heartbeat")  # sent at once, while the task event waits
+        dispatcher.send("task-started", uuid="b")
+
+    got = _send_and_read(app, send, 3)
+    assert [e["type"] for e in got] == ["worker-heartbeat", "task-started", "task-started"]
+    assert [e["clock"] for e in got] == list(range(got[0]["clock"], got[0]["clock"] + 3))
+
+
+def test_two_buffered_groups_keep_the_sending_order_and_its_clock_values(app):
+    receiver = EventReceiver(app, {"*": lambda event: None}).subscribe()
+    dispatcher = EventDispatcher(app, "w1@x", buffer_group=("task", "custom"),
+                                 flush_interval=10.0)
+    try:
+        dispatcher.send("task-started", uuid="a")
+        dispatcher.send("custom-thing", n=1)
+        dispatcher.send("task-started", uuid="b")
+        dispatcher.flush()
+        got = list(receiver.itercapture(limit=3, timeout=5.0))
+    finally:
+        dispatcher.close()
+        receiver.close()
+    assert [(e["type"], e.get("uuid")) for e in got] == [
+        ("task-started", "a"), ("custom-thing", None), ("task-started", "b")]
+    assert [e["clock"] for e in got] == list(range(got[0]["clock"], got[0]["clock"] + 3))
+    assert dispatcher.sent_messages == 3, "one list per run of one group"
 
 
 def test_the_flusher_publishes_buffered_events_without_a_flush_call(app):
@@ -201,6 +237,8 @@ def test_the_client_task_sent_event_follows_the_publish(app):
 def test_the_lamport_clock_ticks_and_moves_past_what_it_hears():
     clock = LamportClock()
     assert clock.forward() == 1 and clock.forward() == 2
+    assert clock.forward(3) == 5, "three ticks taken together: 3, 4 and 5 are the caller's"
+    clock.value = 2
     assert clock.adjust(10) == 11, "max(2, 10) + 1"
     assert clock.adjust(3) == 12, "max(11, 3) + 1"
     assert int(clock) == 12

@@ -20,8 +20,14 @@ from celeriac.batches import Batches
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.rates import interval_of, parse_rate, read_overrides
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
+from celeriac.worker import rate_limits
 from celeriac.worker.admission import Verdict
-from celeriac.worker.rate_limits import RateLimiting, check_rate_limits, effective_intervals
+from celeriac.worker.rate_limits import (
+    RateLimiting,
+    block_size,
+    check_rate_limits,
+    effective_intervals,
+)
 
 
 @pytest.fixture
@@ -164,6 +170,104 @@ def test_the_first_call_runs_and_the_next_wait_for_their_reserved_slots(app: Cel
         assert again.not_before == pytest.approx(second.not_before, abs=0.05)
         assert app.backend.get_value(RATE_BUCKET_PREFIX + free.name) is None, \
             "a task without a rate never touches the store"
+    finally:
+        extension.on_worker_stop(None)  # type: ignore[arg-type]
+
+
+class CountingStore:
+    """The extension's store, counting the round trips ``rate_take`` makes."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.takes: list[int] = []
+
+    def rate_take(self, bucket: str, interval: float, ticket: str, count: int = 1) -> Any:
+        self.takes.append(count)
+        return self.store.rate_take(bucket, interval, ticket, count)
+
+
+def test_block_sizes_follow_the_rate() -> None:
+    assert block_size(interval_of("1000000/s")) == 50_000
+    assert block_size(interval_of("1000/s")) == 50
+    assert block_size(interval_of("40/s")) == 2
+    assert [block_size(interval_of(r)) for r in ("20/s", "10/s", "1/m")] == [1, 1, 1], \
+        "at 20/s or less each call takes its own slot, as before"
+
+
+def test_a_high_rate_takes_a_block_of_slots_per_store_round_trip(app: Celery) -> None:
+    @app.task(rate_limit="1000/s")
+    def busy() -> None: ...
+
+    extension = started(app)
+    try:
+        store = extension.store = CountingStore(extension.store)  # type: ignore[assignment]
+        assert [extension.before_run(job(busy, f"b{n}")) for n in range(50)] == [None] * 50
+        assert store.takes == [50], "one round trip for fifty calls (50 ms at 1000/s)"
+    finally:
+        extension.on_worker_stop(None)  # type: ignore[arg-type]
+
+
+def test_blocks_keep_the_rate_across_workers(app: Celery,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rate_limits, "RATE_HORIZON", 5.0)  # ten slots of 0.5 s a block
+
+    @app.task(rate_limit="2/s")
+    def paced() -> None: ...
+
+    one, two = started(app), started(app)  # two workers, one store
+    try:
+        assert [one.before_run(job(paced, f"a{n}")) for n in range(10)] == [None] * 10
+        before = time.time()
+        late = one.before_run(job(paced, "a10"))
+        assert late is not None and late.verdict is Verdict.DEFER
+        assert late.not_before is not None and 4.0 < late.not_before - before <= 5.05, \
+            "ten slots (5 s) went to the first worker's block: the next is reserved after them"
+        other = two.before_run(job(paced, "b0"))
+        assert other is not None and other.not_before is not None
+        assert other.not_before - late.not_before == pytest.approx(0.5, abs=0.05)
+    finally:
+        one.on_worker_stop(None)  # type: ignore[arg-type]
+        two.on_worker_stop(None)  # type: ignore[arg-type]
+
+
+def test_a_blocks_slots_expire_after_the_horizon(app: Celery,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(rate_limits, "time",
+                        SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+
+    @app.task(rate_limit="1000/s")
+    def busy() -> None: ...
+
+    extension = started(app)
+    try:
+        store = extension.store = CountingStore(extension.store)  # type: ignore[assignment]
+        assert extension.before_run(job(busy, "b0")) is None
+        assert extension.before_run(job(busy, "b1")) is None
+        clock[0] += rate_limits.RATE_HORIZON
+        extension.before_run(job(busy, "b2"))
+        assert store.takes == [50, 50], "the block's 48 slots left were dropped, not used late"
+    finally:
+        extension.on_worker_stop(None)  # type: ignore[arg-type]
+
+
+def test_a_rate_changed_at_run_time_drops_the_block(app: Celery) -> None:
+    @app.task(rate_limit="1000/s")
+    def busy() -> None: ...
+
+    extension = started(app)
+    try:
+        assert extension.before_run(job(busy, "b0")) is None  # a block of 50
+        app.control.rate_limit(busy.name, "1/h")
+        extension._refresh()
+        before = time.time()
+        first = extension.before_run(job(busy, "b1"))  # the slot after the old block's 50
+        assert first is None or (first.not_before is not None
+                                 and first.not_before - before <= 0.06), first
+        deferred = extension.before_run(job(busy, "b2"))
+        assert deferred is not None and deferred.not_before is not None
+        assert deferred.not_before - before > 3000, \
+            "the slots left of the old rate's block are not handed out"
     finally:
         extension.on_worker_stop(None)  # type: ignore[arg-type]
 
