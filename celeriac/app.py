@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from . import _context
 from .config import Settings, settings_from_object, validate
 from .exceptions import ImproperlyConfigured
+from .result import AsyncResult as _AsyncResult  # every send_task makes one
 from .task import Task, _register_shared_with, build_task_class
 from .task import Task as BaseTask  # for annotations in Celery, where ``Task`` is its attribute
 from .utils.clock import LamportClock
@@ -337,11 +338,9 @@ class Celery:
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, **options: Any) -> "AsyncResult":
         """Send a task by name (it need not be registered here), returning its AsyncResult."""
-        from .result import AsyncResult
-
         add_to_parent = options.pop("add_to_parent", True)
         task_id = self.producer.send(name, args, kwargs, **options)
-        result = AsyncResult(task_id, app=self, task_name=name)
+        result = _AsyncResult(task_id, app=self, task_name=name)
         if add_to_parent:
             _context.add_to_current_parent(result)
         return result

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -29,6 +28,8 @@ if TYPE_CHECKING:
 
 #: ``gen<pid>@<host>``, worked out once per process
 _origin = ForkLocal(v2.anon_nodename)
+#: routing answers a producer keeps at most (``Producer._target``; it starts over beyond it)
+TARGETS_LIMIT = 1024
 
 #: called as ``hook(items, exc)`` when publishing ``items`` failed after ``before_task_publish``
 #: went out for them, so no ``after_task_publish`` follows (tracing ends its publish spans here,
@@ -79,6 +80,18 @@ class Producer:
         #: ``task_send_sent_event``: a ``task-sent`` event follows each publish
         self.send_sent_event = bool(conf.get("task_send_sent_event"))
         self._events: Any = None  # the EventDispatcher, made at the first task-sent
+        #: whether the priority property may be left out as py-amqp leaves it (the Redis,
+        #: SQLite and memory brokers keep kombu's 0)
+        self._amqp = app.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+        #: (route name, task, task queue) -> ``_target``'s answer, for calls without routing
+        #: options of their own
+        self._targets: dict[tuple[Any, ...], tuple[dict[str, Any], bool, str, str,
+                                                   str | None]] = {}
+        #: the ``reply_to`` of calls that give none, once known not to depend on the call
+        self._reply_default: str | None = None
+        #: the transport stores JSON (``json_headers``): have messages bring their headers'
+        #: text; known from the first publish on
+        self._json_headers = False
 
     # ---- building ------------------------------------------------------------------------------
     def build(self, name: str, args: Iterable[Any] | None = None,
@@ -108,44 +121,49 @@ class Producer:
                 root_id = (parent.root_id or parent.id) if root_id is None else root_id
         args = tuple(args) if args is not None else ()
         kwargs = dict(kwargs) if kwargs is not None else {}
-        task_id = task_id or str(uuid.uuid4())
-        now = datetime.now(timezone.utc)
-        if countdown is not None:
-            eta = now + timedelta(seconds=float(countdown))
-        elif eta is not None:
-            eta = _utc(eta)
+        task_id = task_id or v2.uuid4_text()
         if expires is None and _task is not None:
             expires = _task.expires
-        if expires is not None and not isinstance(expires, datetime):
-            expires = now + timedelta(seconds=float(expires))
-        elif isinstance(expires, datetime):
-            expires = _utc(expires)
-        def from_task(attr: str) -> Any:
-            return getattr(_task, attr, None) if _task is not None else None
+        now = None
+        if countdown is not None or eta is not None or expires is not None:
+            now = datetime.now(timezone.utc)
+            if countdown is not None:
+                eta = now + timedelta(seconds=float(countdown))
+            elif eta is not None:
+                eta = _utc(eta)
+            if expires is not None and not isinstance(expires, datetime):
+                expires = now + timedelta(seconds=float(expires))
+            elif isinstance(expires, datetime):
+                expires = _utc(expires)
+        # the call's option, then the task's attribute, then the setting
+        task_priority = task_queue = None
+        if _task is not None:
+            if serializer is None:
+                serializer = getattr(_task, "serializer", None)
+            if ignore_result is None:
+                ignore_result = _task.resolved_ignore_result()
+            if time_limit is None:
+                time_limit = getattr(_task, "time_limit", None)
+            if soft_time_limit is None:
+                soft_time_limit = getattr(_task, "soft_time_limit", None)
+            task_priority = getattr(_task, "priority", None)
+            task_queue = getattr(_task, "queue", None)
+        if time_limit is None:
+            time_limit = self.time_limit
+        if soft_time_limit is None:
+            soft_time_limit = self.soft_time_limit
 
-        serializer = _first(serializer, from_task("serializer"))
-        if ignore_result is None and _task is not None:
-            ignore_result = _task.resolved_ignore_result()
-        time_limit = _first(time_limit, from_task("time_limit"), self.time_limit)
-        soft_time_limit = _first(soft_time_limit, from_task("soft_time_limit"),
-                                 self.soft_time_limit)
-
-        route_task = _task if route_name is None else self.app.tasks.get(route_name)
-        route, matched = self.router.route_and_match(
-            {"queue": queue, **extra} if queue is not None else dict(extra),
-            route_name or name, args, kwargs,
-            task_queue=route_task.queue if route_task is not None else None, task=route_task)
+        route, matched, exchange, routing_key, exchange_type = self._target(
+            name, route_name, _task, queue, extra, args, kwargs)
         # the call's priority, the task's, the route's, then task_default_priority
-        priority = _first(priority, from_task("priority"), route.get("priority"),
-                          self.default_priority)
-        if priority is None and not (_task is not None and (queue or from_task("queue"))
-                                     and not matched and self._amqp_broker()):
+        priority = _first(priority, task_priority, route.get("priority"), self.default_priority)
+        if priority is None and not (_task is not None and (queue or task_queue)
+                                     and not matched and self._amqp):
             # Celery's producer sends 0 (kombu's default), except from Task.apply_async to a
             # queue the call or the task names when no task_routes entry answers: Celery's
             # router hands that call's priority=None on as it is, and py-amqp leaves the AMQP
             # property out, where kombu's Redis transport writes 0 (docs/rabbitmq.md)
             priority = 0
-        exchange, routing_key = self.router.publish_target(route)
 
         message = v2.encode_task(
             name=name, task_id=task_id, args=args, kwargs=kwargs,
@@ -156,21 +174,47 @@ class Producer:
             time_limit=time_limit, soft_time_limit=soft_time_limit,
             callbacks=_as_signature_list(link), errbacks=_as_signature_list(link_error),
             chain=chain, chord=dict(chord) if chord is not None else None,
-            origin=origin or origin_name(),
+            origin=origin or _origin.get(),
             ignore_result=bool(ignore_result) if ignore_result is not None else None,
             reply_to=self._reply_to(reply_to), priority=priority, headers=headers, now=now,
+            json_headers=self._json_headers,
         )
-        not_before = eta.timestamp() if eta is not None and eta > now else None
+        not_before = eta.timestamp() if eta is not None and now is not None and eta > now else None
         if not exchange:  # the default exchange: straight to the queue the key names
             return Outgoing(routing_key, message, not_before, "", routing_key)
         # a named exchange: the broker routes it through the bindings of the exchange
-        return Outgoing("", message, not_before, exchange, routing_key,
-                        self.router.exchange_type(route, exchange))
+        return Outgoing("", message, not_before, exchange, routing_key, exchange_type)
 
-    def _amqp_broker(self) -> bool:
-        """Whether the priority property may be left out as py-amqp leaves it (the Redis,
-        SQLite and memory brokers keep kombu's 0)."""
-        return self.app.broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+    def _target(self, name: str, route_name: str | None, task: Any, queue: Any,
+                extra: dict[str, Any], args: tuple, kwargs: dict[str, Any]
+                ) -> tuple[dict[str, Any], bool, str, str, str | None]:
+        """Where a message goes: ``(route, matched, exchange, routing_key, exchange_type)``.
+
+        Worked out once per task (and task queue) for the calls that name no queue or routing
+        option of their own, when ``task_routes`` answers by the task's name alone; a router
+        function may look at each call's arguments, so with one every call asks."""
+        route_task = task if route_name is None else self.app.tasks.get(route_name)
+        task_queue = route_task.queue if route_task is not None else None
+        key = None
+        if queue is None and not extra and self.router.by_name_only:
+            key = (route_name or name, route_task, task_queue)
+            try:
+                known = self._targets.get(key)
+            except TypeError:  # an unhashable queue object: ask every time
+                key = known = None
+            if known is not None:
+                return known
+        route, matched = self.router.route_and_match(
+            {"queue": queue, **extra} if queue is not None else dict(extra),
+            route_name or name, args, kwargs, task_queue=task_queue, task=route_task)
+        exchange, routing_key = self.router.publish_target(route)
+        target = (route, matched, exchange, routing_key,
+                  self.router.exchange_type(route, exchange) if exchange else None)
+        if key is not None:
+            if len(self._targets) >= TARGETS_LIMIT:
+                self._targets.clear()
+            self._targets[key] = target
+        return target
 
     def _reply_to(self, given: str | None) -> str:
         """The message's ``reply_to``: the call's, else the result store's reply address
@@ -179,11 +223,15 @@ class Producer:
         app's oid, which Celery sends whatever the result store (only rpc:// reads it). A result
         store that cannot be built does not stop the send: its error comes when results are
         read (and a broker's own error, for the same missing package, comes first)."""
+        if self._reply_default is not None:  # a result store that takes no replies
+            return given or self._reply_default
         try:
             backend = self.app.backend
         except ImproperlyConfigured:
             return given or self.app.oid
         own = backend.reply_to
+        if not own:  # a store without replies: every later call gets the same answer
+            self._reply_default = self.app.oid
         address = given or own or self.app.oid
         if own and address == own and _context.current_worker_request() is None:
             backend.prepare_replies()
@@ -200,18 +248,50 @@ class Producer:
         return item.message.headers["id"]
 
     def send_many(self, calls: Sequence[tuple[str, Any, Any, dict[str, Any]]]) -> list[str]:
-        """Publish many ``(name, args, kwargs, options)`` in one broker round trip."""
-        items = [self.build(name, args, kwargs, **(opts or {}))
-                 for name, args, kwargs, opts in calls]
+        """Publish many ``(name, args, kwargs, options)`` in one broker round trip.
+
+        A call to the same task as the one before it, with the same options but its id and
+        group index (a group's members, a batch of one task), is made from that one's message
+        (``v2.encode_like``): only its id, arguments and group index are worked out."""
+        items: list[Outgoing] = []
+        model: tuple[str, dict[str, Any], Outgoing, bool] | None = None
+        for name, args, kwargs, opts in calls:
+            opts = opts or {}
+            if model is not None and name == model[0] and _shared(opts) == model[1]:
+                items.append(self._build_like(model[2], model[3], args, kwargs, opts))
+                continue
+            item = self.build(name, args, kwargs, **opts)
+            items.append(item)
+            model = None
+            if (_LIKE_OPTIONS.issuperset(opts) and self.router.by_name_only
+                    and _plain_message(item)):  # a router function may look at the arguments
+                headers = item.message.headers
+                derived_root = "root_id" not in opts and headers["root_id"] == headers["id"]
+                model = (name, _shared(opts), item, derived_root)
         self.publish(items)
         return [item.message.headers["id"] for item in items]
+
+    @staticmethod
+    def _build_like(model: Outgoing, derived_root: bool, args: Any, kwargs: Any,
+                    options: dict[str, Any]) -> Outgoing:
+        """``build`` for a call that differs from ``model``'s only in id, group index and
+        arguments."""
+        task_id = options.get("task_id") or v2.uuid4_text()
+        message = v2.encode_like(
+            model.message, task_id=task_id, args=tuple(args) if args is not None else (),
+            kwargs=dict(kwargs) if kwargs is not None else {},
+            group_index=options.get("group_index"),
+            root_id=task_id if derived_root else model.message.headers["root_id"])
+        return Outgoing(model.queue, message, None, model.exchange, model.routing_key,
+                        model.exchange_type)
 
     def publish(self, items: Sequence[Outgoing], *, retry: bool | None = None,
                 retry_policy: dict[str, Any] | None = None) -> None:
         transport = self.app.transport
-        listening_before = signals.before_task_publish.receivers
-        if listening_before:
+        self._json_headers = getattr(transport, "json_headers", False)
+        if signals.before_task_publish.receivers:
             for item in items:
+                item.message.headers_json = None  # receivers may change the headers
                 self._send_publish_signal(signals.before_task_publish, item)
         try:
             self._publish_with_retry(transport, items, retry, retry_policy)
@@ -319,6 +399,31 @@ class Producer:
         else:  # Celery's after_task_publish carries these
             signal.send(sender=message.headers.get("task"), body=message.body,
                         exchange=item.exchange, routing_key=item.key, headers=message.headers)
+
+
+#: the options a call may have for ``send_many`` to make its message from the one before (any
+#: other changes what ``build`` does beyond the id, the group index and the arguments)
+_LIKE_OPTIONS = frozenset({"task_id", "group_id", "group_index", "reply_to", "root_id",
+                           "parent_id", "shadow", "add_to_parent", "_task", "queue", "priority",
+                           "ignore_result", "time_limit", "soft_time_limit", "serializer"})
+#: the options that differ between calls made from one model
+_OWN_OPTIONS = ("task_id", "group_index")
+
+
+def _shared(options: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in options.items() if key not in _OWN_OPTIONS}
+
+
+def _plain_message(item: Outgoing) -> bool:
+    """Whether other calls' messages may be made from ``item``'s (``v2.encode_like``): JSON,
+    uncompressed, due now, no expiry (a task's own ``expires`` counts from each call)."""
+    message, headers = item.message, item.message.headers
+    return (item.not_before is None and message.content_type == _JSON_TYPE
+            and headers.get("eta") is None and headers.get("expires") is None
+            and "compression" not in headers)
+
+
+_JSON_TYPE = "application/json"
 
 
 def _log_publish_retry(exc: BaseException, attempt: int) -> None:

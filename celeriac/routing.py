@@ -172,6 +172,10 @@ class Router:
         #: what a worker consumes without ``-Q``
         self.configured: list[str] = list(self.queues)
         self.routes = _prepare_routes(get("task_routes", None))
+        #: whether ``task_routes`` answers by the task's name alone (only dicts and lists of
+        #: them): then a call without routing options of its own always goes to the same place
+        #: for one task, and a producer may keep the answer
+        self.by_name_only = all(isinstance(route, _MapRoute) for route in self.routes)
 
     def _add(self, queue: Queue) -> Queue:
         """Adopt a configured queue, filling in the default exchange and routing key."""

@@ -18,6 +18,11 @@ class Message:
     transport re-encodes it, which is what lets the dead-letter store keep it byte for byte.
     ``properties`` holds the AMQP basic properties Celery sends (``correlation_id``,
     ``reply_to``, ``delivery_mode``, ``priority``, optional ``expiration``).
+
+    ``headers_json``, when set, is ``headers`` as kombu JSON text, made by the sender along with
+    them (``v2.encode_task(json_headers=True)``) so a transport that stores JSON need not encode
+    them again. It is only a cache of ``headers``: whoever changes ``headers`` after that sets
+    it back to None (the producer does before ``before_task_publish`` receivers get them).
     """
 
     body: bytes
@@ -25,6 +30,7 @@ class Message:
     content_encoding: str = "utf-8"
     headers: dict[str, Any] = field(default_factory=dict)
     properties: dict[str, Any] = field(default_factory=dict)
+    headers_json: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def task_id(self) -> str | None:

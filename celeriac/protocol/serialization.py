@@ -12,11 +12,12 @@ import base64
 import importlib
 import io
 import json
+import json.encoder as json_encoder
 import pickle
 import zlib
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 from uuid import UUID
 
 from ..exceptions import (
@@ -106,7 +107,25 @@ def _untag(obj: dict[str, Any]) -> Any:
     return obj
 
 
-_json_encode = json.JSONEncoder(default=_tag).encode  # default separators: ", " and ": "
+def _make_json_encode() -> Callable[[Any], str]:
+    """``json.JSONEncoder(default=_tag).encode`` (default separators ", " and ": ",
+    ``ensure_ascii``, circular references refused), without the Python layers it goes through
+    on every call: the C encoder is made here once per call, straight."""
+    make = getattr(json_encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has the C encoder
+        return json.JSONEncoder(default=_tag).encode
+    escape = json_encoder.encode_basestring_ascii
+
+    def encode(obj: Any) -> str:
+        # a fresh markers map per call, as JSONEncoder does: it finds circular references
+        return "".join(make({}, _tag, escape, None, ": ", ", ", False, False, True)(obj, 0))
+
+    return encode
+
+
+_json_encode = _make_json_encode()
+#: kombu JSON text of one string (quotes included), as the encoder writes string values
+json_string: Callable[[str], str] = json_encoder.encode_basestring_ascii
 _json_decode_plain = json.JSONDecoder().decode
 _json_decode_tagged = json.JSONDecoder(object_hook=_untag).decode
 
@@ -114,6 +133,22 @@ _json_decode_tagged = json.JSONDecoder(object_hook=_untag).decode
 def json_dumps(obj: Any) -> str:
     """kombu's JSON text for ``obj`` (also what Redis envelopes and result metas are made of)."""
     return _json_encode(obj)
+
+
+def json_template(obj: Any, marks: Sequence[str]) -> tuple[str, ...] | None:
+    """``json_dumps(obj)`` cut where the strings ``marks`` stand in ``obj`` (each a value that
+    must appear exactly once, in this order): the pieces of text around them, so a caller can
+    put per-call JSON values between them. None if a mark is missing or appears twice."""
+    text = _json_encode(obj)
+    pieces = []
+    for mark in marks:
+        quoted = json_string(mark)
+        if text.count(quoted) != 1:
+            return None
+        head, _, text = text.partition(quoted)
+        pieces.append(head)
+    pieces.append(text)
+    return tuple(pieces)
 
 
 def json_loads(text: str | bytes) -> Any:

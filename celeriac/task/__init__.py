@@ -154,7 +154,7 @@ class Task(Generic[P, R]):
         """The task's own ``ignore_result``, else the app's ``task_ignore_result``."""
         if self.ignore_result is not None:
             return bool(self.ignore_result)
-        return bool(self._get_app().conf.task_ignore_result)
+        return bool(self._get_app().conf["task_ignore_result"])  # by key: the cheaper read
 
     # ---- calling in-process ------------------------------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -188,7 +188,7 @@ class Task(Generic[P, R]):
                     shadow: str | None = None, **options: Any) -> "AsyncResult":
         """Send the task (or run it eagerly when ``task_always_eager`` is set)."""
         app = self._get_app()
-        if app.conf.task_always_eager:
+        if app.conf["task_always_eager"]:  # by key: the cheaper read, on every call
             return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error,
                               **options)
         if self.typing:
@@ -214,6 +214,10 @@ class Task(Generic[P, R]):
 
     def _check_arguments(self, args: Iterable[Any], kwargs: dict[str, Any]) -> None:
         fun = self.__wrapped__ or self.run
+        if not kwargs and type(args) is tuple:  # delay(...) with positional arguments only
+            arity = _arities.get(fun)
+            if arity is not None and arity[0] <= len(args) + self._bound <= arity[1]:
+                return
         try:
             sig = _signature_of(fun)
         except (TypeError, ValueError):
@@ -424,12 +428,21 @@ _signature_cache: dict[Any, inspect.Signature] = {}
 _signature_lock = threading.Lock()
 
 
+#: function -> (fewest, most) positional arguments it takes, for functions whose parameters
+#: are all plain (positional or keyword, no ``*args``, ``**kwargs`` or keyword-only): a call
+#: with that many positional arguments and no keywords binds, without ``Signature.bind``
+_arities: dict[Any, tuple[int, int]] = {}
+
+
 def _signature_of(fun: Callable[..., Any]) -> inspect.Signature:
     sig = _signature_cache.get(fun)
     if sig is None:
         sig = inspect.signature(fun)
+        params = sig.parameters.values()
         with _signature_lock:
             _signature_cache[fun] = sig
+            if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+                _arities[fun] = (sum(p.default is p.empty for p in params), len(params))
     return sig
 
 

@@ -29,6 +29,7 @@ import redis as redis_py
 
 from ...protocol.entities import Queue, as_queue
 from ...protocol.message import Message
+from ...protocol.v2 import uuid4_text, uuid4_texts
 from ...utils import redis_wire
 from ...utils.forks import PidGuard
 from ...utils.salt import process_salt
@@ -89,6 +90,9 @@ class RedisTransport(RedisBroadcastMixin):
     #: errors a publish may be retried after (``task_publish_retry``): the server was unreachable
     transient_errors: tuple[type[BaseException], ...] = (redis_py.exceptions.ConnectionError,
                                                          redis_py.exceptions.TimeoutError)
+    #: envelopes are JSON: a message that brings its headers' text (``Message.headers_json``)
+    #: is not encoded again
+    json_headers = True
 
     def __init__(self, url: str = "redis://localhost:6379/0", *, visibility_timeout: float = 3600.0,
                  polling_interval: float = 0.05, global_keyprefix: str = "", sep: str = "\x06\x16",
@@ -123,6 +127,8 @@ class RedisTransport(RedisBroadcastMixin):
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._declared: set[str] = set()
+        #: (queue, priority) -> the list a message goes to (``_list_of``)
+        self._lists: dict[tuple[str, Any], str] = {}
         #: exchange -> type, from this process's declarations (Redis does not store types)
         self._exchange_types: dict[str, str] = {}
         self._feed = FanoutFeed()
@@ -240,7 +246,7 @@ class RedisTransport(RedisBroadcastMixin):
             items = self._route(items)
             if not items:
                 return
-        wire = self._wire()
+        wire = redis_wire.wire_for(self._client.connection_pool)  # _wire(), checked just above
         if len(items) == 1 and items[0].not_before is None and items[0].queue in self._declared:
             self._publish_one(wire, items[0])  # a plain delay(): nothing to group or declare
             return
@@ -254,8 +260,8 @@ class RedisTransport(RedisBroadcastMixin):
         # consecutive pushes to one list go in one LPUSH
         run_key = ""
         run: list[str] = []
-        for item in items:
-            envelope = self._envelope(item)
+        for item, tag in zip(items, uuid4_texts(len(items))):
+            envelope = self._envelope(item, tag)
             if (self.delayed_publish == "delayed_set" and item.not_before is not None
                     and item.not_before > now):
                 writes.append(("ZADD", f"{self.prefix}celeriac.delayed.{item.queue}",
@@ -289,12 +295,22 @@ class RedisTransport(RedisBroadcastMixin):
             raise pushed
 
     @staticmethod
-    def _envelope(item: Outgoing) -> str:
-        return encode(item.message, item.queue, str(uuid.uuid4()), exchange=item.exchange,
+    def _envelope(item: Outgoing, tag: str | None = None) -> str:
+        return encode(item.message, item.queue, tag or uuid4_text(), exchange=item.exchange,
                       routing_key=item.routing_key)
 
     def _list_of(self, item: Outgoing) -> str:
-        return self._list(item.queue, item.message.properties.get("priority"))
+        priority = item.message.properties.get("priority")
+        try:
+            return self._lists[item.queue, priority]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable priority (kombu's clamp makes 0 of it)
+            return self._list(item.queue, priority)
+        if len(self._lists) >= 1024:
+            self._lists.clear()
+        name = self._lists[item.queue, priority] = self._list(item.queue, priority)
+        return name
 
     def _wake_command(self, queue: str) -> tuple[Any, ...]:
         """The PUBLISH that wakes celeriac workers waiting on ``queue`` at once."""

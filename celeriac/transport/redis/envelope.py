@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+from base64 import b64encode
 from typing import Any
 
 from ...protocol.message import Message
-from ...protocol.serialization import json_dumps, json_loads
+from ...protocol.serialization import json_dumps, json_loads, json_string, json_template
 
 #: properties the transport owns: written on every envelope, taken off again when decoding
 TRANSPORT_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
@@ -32,6 +33,11 @@ def encode(message: Message, queue: str, delivery_tag: str, *, lenient: bool = F
 
     ``lenient`` (dead letters, which must always store) turns unserializable values into their repr.
     """
+    if message.headers_json is not None and not lenient:
+        text = _from_template(message, message.headers_json, queue, delivery_tag, exchange,
+                              queue if routing_key is None else routing_key)
+        if text is not None:
+            return text
     source = message.properties
     properties: dict[str, Any] = {k: v for k, v in source.items()
                                   if k not in TRANSPORT_PROPERTIES and k not in ("priority", KEPT)}
@@ -57,6 +63,56 @@ def encode(message: Message, queue: str, delivery_tag: str, *, lenient: bool = F
         return json_dumps(envelope)
     except (TypeError, ValueError):
         return json.dumps(envelope, default=repr)
+
+
+#: the properties of a task message as the producer makes them, in its order: the envelopes of
+#: such messages come from a template (``_from_template``)
+_PLAIN_PROPERTIES = ("correlation_id", "reply_to", "delivery_mode", "priority")
+#: stand-ins for the per-message parts of an envelope, in the envelope's order
+_MARKS = ("\x00celeriac:body\x00", "\x00celeriac:headers\x00",
+          "\x00celeriac:correlation_id\x00", "\x00celeriac:delivery_tag\x00")
+_TEMPLATES: dict[tuple[Any, ...], tuple[str, ...] | None] = {}
+#: templates kept at most (the cache starts over beyond it)
+TEMPLATE_LIMIT = 256
+
+
+def _from_template(message: Message, headers_json: str, queue: str, delivery_tag: str,
+                   exchange: str, routing_key: str) -> str | None:
+    """``encode``'s text for a task message whose headers come as JSON text already and whose
+    properties are the producer's usual ones: the rest of the envelope is the same for every
+    message to one queue with one ``reply_to`` and priority, so only the body, the headers, the
+    correlation id and the delivery tag are written per message. None for any other message."""
+    source = message.properties
+    if tuple(source) != _PLAIN_PROPERTIES:
+        return None
+    reply_to, mode, priority = source["reply_to"], source["delivery_mode"], source["priority"]
+    # the types too: 1, 1.0 and True are equal keys but different JSON
+    key = (message.content_type, message.content_encoding, reply_to, mode, type(mode), priority,
+           type(priority), exchange, routing_key)
+    try:
+        pieces = _TEMPLATES[key]
+    except KeyError:
+        if len(_TEMPLATES) >= TEMPLATE_LIMIT:
+            _TEMPLATES.clear()
+        body, headers, correlation_id, tag = _MARKS
+        pieces = _TEMPLATES[key] = json_template({
+            "body": body, "content-encoding": message.content_encoding,
+            "content-type": message.content_type, "headers": headers,
+            "properties": {"correlation_id": correlation_id, "reply_to": reply_to,
+                           "delivery_mode": mode,
+                           "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+                           "priority": priority, "body_encoding": "base64",
+                           "delivery_tag": tag}}, _MARKS)
+    except TypeError:  # an unhashable value: the general path
+        return None
+    if pieces is None:
+        return None
+    correlation_id = source["correlation_id"]
+    if type(correlation_id) is not str or type(delivery_tag) is not str:
+        return None
+    body = b64encode(message.body).decode("ascii")  # base64 needs no JSON escaping
+    return (f'{pieces[0]}"{body}"{pieces[1]}{headers_json}{pieces[2]}'
+            f"{json_string(correlation_id)}{pieces[3]}{json_string(delivery_tag)}{pieces[4]}")
 
 
 def decode(raw: bytes | str) -> tuple[Message, bool]:

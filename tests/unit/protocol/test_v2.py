@@ -13,7 +13,14 @@ import pytest
 from celeriac.exceptions import ContentDisallowed, DecodeError, InvalidTaskError
 from celeriac.protocol import serialization
 from celeriac.protocol.message import Message
-from celeriac.protocol.v2 import TaskBody, decode_task, encode_task, safe_repr
+from celeriac.protocol.v2 import (
+    TaskBody,
+    decode_task,
+    encode_task,
+    safe_repr,
+    uuid4_text,
+    uuid4_texts,
+)
 
 UTC = timezone.utc
 CEST = timezone(timedelta(hours=2))
@@ -127,6 +134,78 @@ def test_encode_rejects_bad_args_and_copies_mappings() -> None:
         encode_task(name="t", task_id="i", kwargs=[("a", 1)])  # type: ignore[arg-type]
     m = encode_task(name="t", task_id="i", kwargs=MappingProxyType({"a": 1}))
     assert decode_task(m, None).kwargs == {"a": 1}
+
+
+def test_uuid4_text_is_a_random_version_4_uuid() -> None:
+    import uuid
+
+    texts = {uuid4_text() for _ in range(1000)} | set(uuid4_texts(1000))
+    assert len(texts) == 2000 and uuid4_texts(0) == []
+    for text in texts:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"args": (1, "x"), "kwargs": {"k": [1.5, None, "é"]}},
+    {"parent_id": "p", "root_id": "r", "group_id": "g", "group_index": 0},
+    {"time_limit": 5, "soft_time_limit": 2.5, "ignore_result": None, "retries": 2},
+    {"compression": "zlib", "shadow": "other", "replaced_task_nesting": 1},
+    {"name": "t\x00celeriac:id\x00"},  # holds a stand-in: no template, still right
+])
+def test_headers_json_is_the_json_of_the_headers(options: dict) -> None:
+    fields = {"name": "t", "task_id": "i", "origin": "o", **options}
+    for _ in range(2):  # a template made, then a template used
+        message = encode_task(json_headers=True, **fields)
+        assert message.headers_json in (None, serialization.json_dumps(message.headers))
+    assert encode_task(**fields).headers_json is None  # only when asked for
+    if "\x00" not in fields["name"]:
+        assert message.headers_json is not None
+
+
+def test_headers_json_keeps_numbers_of_other_types_apart() -> None:
+    texts = [encode_task(name="t", task_id="i", time_limit=limit, json_headers=True).headers_json
+             for limit in (1, 1.0, True)]
+    assert [t.split('"timelimit": ')[1].split("]")[0] for t in texts if t] == [
+        "[1, null", "[1.0, null", "[true, null"]
+
+
+@pytest.mark.parametrize("options", [
+    {"headers": {"mine": 1}}, {"eta": datetime(2030, 1, 1, tzinfo=UTC)},
+    {"expires": datetime(2030, 1, 1, tzinfo=UTC)}, {"stamps": {"a": 1}},
+    {"task_id": 5}, {"group_index": True}, {"argsrepr": ["odd"]},
+])
+def test_headers_json_is_left_to_the_transport_for_uncommon_headers(options: dict) -> None:
+    fields = {"name": "t", "task_id": "i", **options}
+    assert encode_task(json_headers=True, **fields).headers_json is None
+
+
+@pytest.mark.parametrize("args", [(), (1, "é", None, [2.5]), ({"a": {"b": []}},)])
+@pytest.mark.parametrize("kwargs", [{}, {"x": True}])
+def test_json_bodies_are_the_serializers_bytes(args: tuple, kwargs: dict) -> None:
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = encode_task(name="t", task_id="i", args=args, kwargs=kwargs).body
+    assert body == serialization.dumps((args, kwargs, embed), "json")[2]
+
+
+def test_the_empty_embeds_text_is_its_json() -> None:
+    from celeriac.protocol import v2
+
+    assert v2._NO_EMBED_JSON == serialization.json_dumps(v2._NO_EMBED)
+
+
+def test_unserializable_arguments_raise_the_serializers_encode_error() -> None:
+    from celeriac.exceptions import EncodeError
+
+    loop: list = []
+    loop.append(loop)
+    for args in ((object(),), (loop,)):
+        with pytest.raises(EncodeError) as ours:
+            encode_task(name="t", task_id="i", args=args)
+        with pytest.raises(EncodeError) as direct:
+            serialization.dumps((args, {}, {}), "json")
+        assert str(ours.value) == str(direct.value)
 
 
 # ---- decode_task --------------------------------------------------------------------------------

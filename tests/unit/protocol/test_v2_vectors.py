@@ -152,6 +152,19 @@ def test_decode_then_reencode_matches_capture(rel: str, index: int) -> None:
         stamps=headers["stamps"], replaced_task_nesting=headers["replaced_task_nesting"], now=now)
 
     assert list(ours.headers.items()) == list(headers.items())
+    assert ours.headers_json is None
+    texts = {encode_task(
+        name=body.name, task_id=body.id, args=body.args, kwargs=body.kwargs,
+        serializer=SERIALIZER_OF[captured.content_type], compression=headers.get("compression"),
+        root_id=body.root_id, parent_id=body.parent_id, group_id=body.group_id,
+        group_index=body.group_index, shadow=body.shadow, retries=body.retries,
+        time_limit=body.time_limit, soft_time_limit=body.soft_time_limit, origin=body.origin,
+        ignore_result=headers["ignore_result"], kwargsrepr=kwargsrepr,
+        replaced_task_nesting=headers["replaced_task_nesting"],
+        json_headers=True).headers_json for _ in range(2)}  # a template made, then used
+    if not (body.eta or body.expires or custom or headers["stamped_headers"]):
+        # the captured headers' JSON, from a template (kombu's bytes: the envelope's part)
+        assert texts == {serialization.json_dumps(headers)}
     assert (ours.content_type, ours.content_encoding) == (
         captured.content_type, captured.content_encoding)
     if transport == "redis":  # kombu's key order

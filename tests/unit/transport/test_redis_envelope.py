@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from celeriac.protocol.message import Message
+from celeriac.protocol.serialization import json_dumps
 from celeriac.transport.redis.envelope import (
     UNDECODABLE,
     decode,
@@ -49,6 +50,11 @@ def test_envelope_bytes_equal_celerys(entry: dict[str, Any]) -> None:
     assert ours.encode() == raw.replace(
         envelope["properties"]["delivery_tag"].encode(), b"TAG")
     assert decode(raw) == (sent, False)
+    # a message that brings its headers' text (the producer's) gets the same bytes, through the
+    # envelope template when its properties are the usual ones
+    sent.headers_json = json_dumps(sent.headers)
+    for _ in range(2):  # a template made, then a template used
+        assert encode(sent, info["routing_key"], "TAG") == ours
 
 
 def test_messages_carrying_transport_properties_come_back_unchanged() -> None:

@@ -32,15 +32,16 @@ def app():
 
 @pytest.fixture
 def json_dumps(monkeypatch):
-    """Counts the JSON serializer's encodes (instrumentation only: it still encodes)."""
+    """Counts the JSON encoder's runs (instrumentation only: it still encodes), wherever they
+    come from: the serializer, or a task body encoded in parts (protocol/v2.py)."""
     calls: list[object] = []
-    real = serialization._DUMPERS[serialization.JSON]
+    real = serialization._json_encode
 
     def counting(obj):
         calls.append(obj)
         return real(obj)
 
-    monkeypatch.setitem(serialization._DUMPERS, serialization.JSON, counting)
+    monkeypatch.setattr(serialization, "_json_encode", counting)
     return calls
 
 
