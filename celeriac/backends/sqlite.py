@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import parse_qs
 
 from ..exceptions import BackendError, ImproperlyConfigured
@@ -31,8 +31,10 @@ from ..utils.forks import PidGuard
 from ..utils.sqlite import (
     DEFAULT_SQLITE_URL,
     ChangeWaiter,
+    SQLiteWire,
     connect,
     sqlite_path_from_url,
+    wire_for,
 )
 from .base import (
     CHORD_DONE,
@@ -41,6 +43,7 @@ from .base import (
     ChordPart,
     RateGrant,
     ResultBackend,
+    ResultWrite,
     join_member,
     rate_slot_key,
     rate_step,
@@ -123,6 +126,9 @@ class SQLiteBackend(ResultBackend):
         self.abspath = os.path.abspath(self.path)
         self.synchronous = _synchronous_from_url(self.url)
         self.cleanup_interval = cleanup_interval
+        #: the broker's wire for this file (looked up once), or None (see ``sqlite_wire``)
+        self._staging = (wire_for(self.path) if self.synchronous in ("OFF", "NORMAL")
+                         else None)
         self._lock = threading.Lock()
         self._forks = PidGuard()
         self._start_fresh()
@@ -227,25 +233,81 @@ class SQLiteBackend(ResultBackend):
             conn.execute(_UPSERT, (key, bytes(value), expires_at))
         self._notify()
 
+    def write_results(self, writes: Sequence[ResultWrite]) -> None:
+        """Every write in one transaction: one commit (and one wake-up of the waiters) for a
+        batch of results instead of one per result."""
+        if len(writes) <= 1:
+            super().write_results(writes)
+            return
+        now = time.time()
+        rows = [(w.key, bytes(w.value), now + w.ttl if w.ttl else None) for w in writes]
+        with self._transaction() as conn:
+            conn.executemany(_UPSERT, rows)
+
     def _get(self, key: str) -> bytes | None:
-        self._remember_token()
-        with self._connection() as conn:
-            row = conn.execute(f"SELECT value FROM {TABLE} WHERE key = ? AND {_LIVE}",
-                               (key, time.time())).fetchone()
-        return None if row is None else _as_bytes(row[0])
+        return self._mget([key])[0]
 
     def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
         self._remember_token()
         now = time.time()
-        found: dict[str, bytes] = {}
-        with self._connection() as conn:
+
+        def read(conn: sqlite3.Connection) -> list[bytes | None]:
+            found: dict[str, bytes] = {}
             for start in range(0, len(keys), _CHUNK):
                 chunk = list(keys[start:start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(f"SELECT key, value FROM {TABLE} WHERE key IN ({marks})"
                                     f" AND {_LIVE}", (*chunk, now))
                 found.update((key, _as_bytes(value)) for key, value in rows)
-        return [found.get(key) for key in keys]
+            return [found.get(key) for key in keys]
+
+        wire = self.sqlite_wire()
+        if wire is None or not wire.pending:
+            with self._connection() as conn:
+                return read(conn)
+        # what this thread staged (the worker's acks, results, next fetch) rides along with the
+        # read, in one transaction, as it would with a Redis round trip
+        with self._connection() as conn:
+            values, deliver = wire.send(conn, read)
+        self._notify()
+        deliver()
+        return values  # type: ignore[no-any-return]
+
+    # ---- writes riding with the broker's (StagedWrites) -----------------------------------------
+    def sqlite_wire(self) -> SQLiteWire | None:
+        """The wire this file's broker stages acks on, when results may share its transactions:
+        those commit at ``synchronous=NORMAL``, so a store asked for more has none."""
+        return self._staging
+
+    def _wire(self) -> SQLiteWire:
+        wire = self.sqlite_wire()
+        if wire is None:
+            raise BackendError(f"{self!r} stages no writes (synchronous={self.synchronous})")
+        return wire
+
+    def stage_results(self, writes: Sequence[ResultWrite]) -> None:
+        """Stage the writes for this thread's next transaction on the file (the worker's next
+        ack or flush); tried again at the next if that one fails."""
+        if not writes:
+            return
+        rows = [(w.key, bytes(w.value), w.ttl) for w in writes]
+
+        def run(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.executemany(_UPSERT, [(key, value, now + ttl if ttl else None)
+                                       for key, value, ttl in rows])
+
+        self._wire().stage(run, retain=True)
+
+    def chord_part_return_later(self, group_id: str, task_id: str, group_index: int | None,
+                                entry: bytes, *, claim_token: str, claim_ttl: float,
+                                then: Callable[[ChordPart], None]) -> None:
+        """``chord_part_return`` in this thread's next transaction on the file; ``then(part)``
+        after it commits. Staged again if it fails, which is safe: a member counts once, and the
+        same token keeps the claim it took."""
+        self._wire().stage(lambda conn: self._part_return(conn, group_id, task_id, group_index,
+                                                          entry, claim_token, claim_ttl),
+                           then, retain=True)
 
     def _delete(self, keys: Sequence[str]) -> None:
         with self._connection() as conn:
@@ -289,32 +351,39 @@ class SQLiteBackend(ResultBackend):
 
     def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
                           entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
+        with self._transaction() as conn:
+            return self._part_return(conn, group_id, task_id, group_index, entry, claim_token,
+                                     claim_ttl)
+
+    def _part_return(self, conn: sqlite3.Connection, group_id: str, task_id: str,
+                     group_index: int | None, entry: bytes, claim_token: str,
+                     claim_ttl: float) -> ChordPart:
+        """``chord_part_return`` inside the caller's write transaction."""
         key = self.chord_key
         now = time.time()
         expires_at = now + self.expires if self.expires else None
         member, index = join_member(task_id, group_index)
-        with self._transaction() as conn:
-            claim = self._live(conn, key(group_id, ".c"), now)  # nobody changes it under us
-            if claim == CHORD_DONE:
-                return ChordPart(-1, None, False)
-            added = conn.execute(
-                f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value)"
-                " VALUES (?, ?, ?, ?)", (key(group_id, ".j"), member, index, bytes(entry))).rowcount
-            # Every arrival pushes the chord's expiry back, as on Redis: the ".j" marker row
-            # keeps the join's rows alive. A running count (".n") instead of COUNT(*): counting
-            # a 10,000-row join on every arrival would make a big chord quadratic.
-            conn.execute(_UPSERT, (key(group_id, ".j"), b"1", expires_at))
-            conn.execute(f"UPDATE {TABLE} SET expires_at = ? WHERE key IN (?, ?)",
-                         (expires_at, key(group_id, ".s"), key(group_id, ".t")))
-            counter = {"key": key(group_id, ".n"), "amount": added, "now": now,
-                       "expires_at": expires_at}
-            ready = int(conn.execute(_INCR, counter).fetchall()[0][0])
-            size = self._live(conn, key(group_id, ".s"), now)
-            extra = self._live(conn, key(group_id, ".t"), now)
-            expected = int(size) + int(extra or 0) if size is not None else None
-            claimed = expected is not None and ready == expected and claim is None
-            if claimed:
-                conn.execute(_UPSERT, (key(group_id, ".c"), claim_token.encode(), now + claim_ttl))
+        claim = self._live(conn, key(group_id, ".c"), now)  # nobody changes it under us
+        if claim == CHORD_DONE:
+            return ChordPart(-1, None, False)
+        added = conn.execute(
+            f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value)"
+            " VALUES (?, ?, ?, ?)", (key(group_id, ".j"), member, index, bytes(entry))).rowcount
+        # Every arrival pushes the chord's expiry back, as on Redis: the ".j" marker row keeps
+        # the join's rows alive. A running count (".n") instead of COUNT(*): counting a
+        # 10,000-row join on every arrival would make a big chord quadratic.
+        conn.execute(_UPSERT, (key(group_id, ".j"), b"1", expires_at))
+        conn.execute(f"UPDATE {TABLE} SET expires_at = ? WHERE key IN (?, ?)",
+                     (expires_at, key(group_id, ".s"), key(group_id, ".t")))
+        counter = {"key": key(group_id, ".n"), "amount": added, "now": now,
+                   "expires_at": expires_at}
+        ready = int(conn.execute(_INCR, counter).fetchall()[0][0])
+        size = self._live(conn, key(group_id, ".s"), now)
+        extra = self._live(conn, key(group_id, ".t"), now)
+        expected = int(size) + int(extra or 0) if size is not None else None
+        claimed = expected is not None and ready == expected and claim is None
+        if claimed:
+            conn.execute(_UPSERT, (key(group_id, ".c"), claim_token.encode(), now + claim_ttl))
         return ChordPart(ready, expected, claimed)
 
     def chord_results(self, group_id: str) -> list[bytes]:

@@ -16,12 +16,19 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..protocol.entities import Queue, as_queue
 from ..protocol.message import Message
 from ..utils.forks import PidGuard
-from ..utils.sqlite import ChangeWaiter, connect, sqlite_path_from_url
+from ..utils.sqlite import (
+    ChangeWaiter,
+    OnSQLiteFile,
+    SQLiteWire,
+    connect,
+    sqlite_path_from_url,
+    wire_for,
+)
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
 from .bindings import (
     Binding,
@@ -151,6 +158,10 @@ class SQLiteTransport(SQLiteBroadcastMixin):
     * Ack, reject, renewal, deferral and dead-lettering with a delivery are fenced: they act only
       while the lease token is still the one handed out, so a worker that was paused past its
       lease cannot touch a message someone else now holds.
+    * ``SharedConnectionSettling``: acks and fetches a thread stages (``ack_later``,
+      ``fetch_later``), with the result writes a store on the same file stages, are committed in
+      one transaction at that thread's ``flush`` or its store's next read (``utils.sqlite``'s
+      ``SQLiteWire``).
     """
 
     #: errors a publish may be retried after (``task_publish_retry``): the file was busy
@@ -165,11 +176,15 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         self._lock = threading.Lock()
         self._forks = PidGuard()
         self._idle: list[sqlite3.Connection] = []
+        #: idle connections at ``synchronous=NORMAL`` (leases, acks, renewals): a connection
+        #: keeps its mode for life, so no write pays two extra pragma statements to switch
+        self._idle_relaxed: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         self._waiter: ChangeWaiter | None = None
         self._schema_ready = False
         self._turn = itertools.count()
         self._feed = FanoutFeed()
+        self._wire: SQLiteWire | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "SQLiteTransport":
@@ -186,30 +201,31 @@ class SQLiteTransport(SQLiteBroadcastMixin):
             _INHERITED.extend([*self._all, *([self._waiter] if self._waiter else [])])
             self._lock = threading.Lock()
             self._forks.adopt()
-            self._idle, self._all, self._waiter = [], [], None
+            self._idle, self._idle_relaxed, self._all, self._waiter = [], [], [], None
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """A connection of this thread's own for the block (a small pool, one per concurrent
-        user)."""
+        user). ``durable=False``: one whose commits skip the fsync."""
         self._check_fork()
         with self._lock:
-            conn = self._idle.pop() if self._idle else None
+            idle = self._idle if durable else self._idle_relaxed
+            conn = idle.pop() if idle else None
         if conn is None:
-            conn = self._open()
+            conn = self._open(durable)
         try:
             yield conn
         finally:
             with self._lock:
                 kept = conn in self._all
                 if kept:
-                    self._idle.append(conn)
+                    (self._idle if durable else self._idle_relaxed).append(conn)
             if not kept:  # close() ran meanwhile; closing from here never blocks another thread
                 conn.close()
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, durable: bool = True) -> sqlite3.Connection:
         # synchronous=FULL: a publish that returned survives a power loss
-        conn = connect(self.path, synchronous="FULL")
+        conn = connect(self.path, synchronous="FULL" if durable else "NORMAL")
         with self._lock:
             self._all.append(conn)
             ready = self._schema_ready
@@ -229,17 +245,8 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         """A write transaction. ``durable=False`` (leases, acks, renewals) skips the fsync: such
         a commit survives a crash of any process, and only a power loss can undo it, which at
         worst delivers a message once more (at-least-once holds). Publishes stay fsynced."""
-        with self._connection() as conn:
-            if durable:
-                with _transaction(conn):
-                    yield conn
-                return
-            conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with _transaction(conn):
-                    yield conn
-            finally:
-                conn.execute("PRAGMA synchronous=FULL")
+        with self._connection(durable) as conn, _transaction(conn):
+            yield conn
 
     def _change_waiter(self) -> ChangeWaiter:
         waiter = self._waiter
@@ -352,6 +359,13 @@ class SQLiteTransport(SQLiteBroadcastMixin):
             self._change_waiter().wait(remaining, token)
 
     def _lease(self, order: list[str], max_n: int) -> tuple[list[Delivery], float | None]:
+        with self._write(durable=False) as conn:
+            return self._lease_in(conn, order, max_n)
+
+    def _lease_in(self, conn: sqlite3.Connection, order: list[str],
+                  max_n: int) -> tuple[list[Delivery], float | None]:
+        """The lease, inside the caller's write transaction: (the deliveries, and when none is
+        due yet, the earliest time one will be)."""
         now = time.time()
         token = secrets.randbits(63)
         marks = ", ".join("?" * len(order))
@@ -359,15 +373,14 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         for queue in order:
             params += (queue, max_n)
         params.append(max_n)
-        with self._write(durable=False) as conn:
-            conn.execute(f"UPDATE celeriac_queue SET state = 0 WHERE queue IN ({marks})"
-                         " AND state != 0 AND visible_at <= ?", (*order, now))
-            rows = conn.execute(_lease_sql(len(order)), params).fetchall()
-            if not rows:
-                dues = [conn.execute("SELECT min(visible_at) FROM celeriac_queue"
-                                     " WHERE queue = ? AND state != 0", (q,)).fetchone()[0]
-                        for q in order]
-                return [], min((d for d in dues if d is not None), default=None)
+        conn.execute(f"UPDATE celeriac_queue SET state = 0 WHERE queue IN ({marks})"
+                     " AND state != 0 AND visible_at <= ?", (*order, now))
+        rows = conn.execute(_lease_sql(len(order)), params).fetchall()
+        if not rows:
+            dues = [conn.execute("SELECT min(visible_at) FROM celeriac_queue"
+                                 " WHERE queue = ? AND state != 0", (q,)).fetchone()[0]
+                    for q in order]
+            return [], min((d for d in dues if d is not None), default=None)
         # RETURNING has no order: rebuild the round-robin the statement chose
         by_queue: dict[str, list[Any]] = {}
         for row in sorted(rows, key=lambda r: (-r[2], r[0])):
@@ -381,9 +394,64 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         """Delete each message if its lease is still ours; False where it was lost (fencing)."""
         if not deliveries:
             return []
+        if len(deliveries) == 1:  # one statement is its own (write-locked) transaction
+            with self._connection(durable=False) as conn:
+                return _ack_in(conn, deliveries)
         with self._write(durable=False) as conn:
-            return [conn.execute(f"DELETE FROM celeriac_queue {_FENCE}", d.receipt).rowcount == 1
-                    for d in deliveries]
+            return _ack_in(conn, deliveries)
+
+    # ---- settling on the connection the result store shares (SharedConnectionSettling) -------
+    def sqlite_wire(self) -> SQLiteWire:
+        """This file's wire: what this thread stages on it goes out in one transaction."""
+        wire = self._wire
+        if wire is None:  # looked up once: resolving the path costs system calls
+            wire = self._wire = wire_for(self.path)
+        return wire
+
+    def shares_connection_with(self, backend: Any) -> bool:
+        """Whether ``backend`` stores results in this file and its writes may ride along with
+        the acks' unsynced transactions (``synchronous`` NORMAL or OFF)."""
+        return isinstance(backend, OnSQLiteFile) and backend.sqlite_wire() is self.sqlite_wire()
+
+    def ack_later(self, deliveries: Sequence[Delivery],
+                  on_reply: Callable[[list[bool] | None], None] | None = None) -> None:
+        """Stage the ack for this thread's next flush. ``on_reply`` gets what ``ack`` would
+        return, or None if that transaction failed; without it, a failed one is tried again at
+        the next flush."""
+        batch = list(deliveries)
+        if not batch:
+            return
+        self.sqlite_wire().stage(
+            lambda conn: _ack_in(conn, batch), on_reply,
+            failed=None if on_reply is None else lambda: on_reply(None),
+            retain=on_reply is None)
+
+    def ack_with_writes_later(self, deliveries: Sequence[Delivery],
+                              stage_writes: Callable[[], None]) -> None:
+        """The writes, then the ack: one transaction, so the ack commits only with them."""
+        stage_writes()
+        self.ack_later(deliveries)
+
+    def fetch_later(self, queues: Sequence[str], max_n: int,
+                    on_fetched: Callable[[list[Delivery]], None]) -> None:
+        """A lease (no waiting) in this thread's next flush; ``on_fetched`` gets its deliveries
+        after the commit, and is not called if the transaction failed (nothing was leased)."""
+        check_queue_names(queues)
+        if max_n < 1:
+            raise ValueError(f"max_n must be at least 1, got {max_n!r}")
+        start = next(self._turn) % len(queues)
+        order = list(dict.fromkeys([*queues[start:], *queues[:start]]))
+        self.sqlite_wire().stage(lambda conn: self._lease_in(conn, order, max_n)[0], on_fetched)
+
+    def flush(self) -> None:
+        """Send what this thread staged (results included) in one write transaction."""
+        wire = self.sqlite_wire()
+        if not wire.pending:
+            return
+        with self._connection(durable=False) as conn:
+            _, deliver = wire.send(conn)
+        self._notify()
+        deliver()
 
     def reject(self, delivery: Delivery, requeue: bool) -> bool:
         """``requeue``: fetchable again at once, in its old place; else deleted. Fenced like ack."""
@@ -485,7 +553,8 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         self._check_fork()
         self._feed.close()
         with self._lock:
-            idle, self._all, self._idle = self._idle, [], []
+            idle = [*self._idle, *self._idle_relaxed]
+            self._all, self._idle, self._idle_relaxed = [], [], []
             waiter, self._waiter = self._waiter, None
         for conn in idle:
             conn.close()
@@ -504,6 +573,11 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _ack_in(conn: sqlite3.Connection, deliveries: Sequence[Delivery]) -> list[bool]:
+    return [conn.execute(f"DELETE FROM celeriac_queue {_FENCE}", d.receipt).rowcount == 1
+            for d in deliveries]
 
 
 def _dead_key(dead_letter_id: str) -> int | None:

@@ -104,7 +104,9 @@ class SQLiteSubscription:
                 remaining = deadline - time.monotonic()
                 if messages or remaining <= 0:
                     return messages
-                waiter.wait(remaining, token)
+                # not hot: every commit to a busy file wakes this wait, and a broadcast may take
+                # a couple of milliseconds to be seen
+                waiter.wait(remaining, token, hot=False)
             return []
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from celeriac.backends import memory as memory_backend
 from celeriac.backends.memory import MemoryBackend
+from celeriac.backends.sqlite import SQLiteBackend
 from celeriac.protocol.message import Message
 from celeriac.testing import transport_suite
 from celeriac.testing.broadcast_suite import BroadcastContract
@@ -25,7 +26,7 @@ from celeriac.transport.sqlite import SQLiteTransport
 #: its mixin among their bases (then it belongs in the memory and SQLite sets)
 EXPECTED_CAPABILITIES = {
     "memory": {"Leases", "Deferral", "DeadLetterStore", "SharedConnectionSettling"},
-    "sqlite": {"Leases", "Deferral", "DeadLetterStore"},
+    "sqlite": {"Leases", "Deferral", "DeadLetterStore", "SharedConnectionSettling"},
     # the channel is the lease (RabbitMQ redelivers what a lost one held): no Leases
     "amqp": {"DeadLetterStore", "Deferral"},
 }
@@ -69,6 +70,26 @@ class TestSQLiteTransport(*contracts_for(_sqlite_probe())):  # type: ignore[misc
             return SQLiteTransport.from_url(f"sqlite:///{tmp_path}/broker.db", **options)
 
         return make
+
+    @pytest.fixture
+    def matching_backend(self, tmp_path: Path) -> Iterator[SQLiteBackend]:
+        backend = SQLiteBackend(url=f"sqlite:///{tmp_path}/broker.db")
+        yield backend
+        backend.close()
+
+    @pytest.fixture
+    def other_backend(self, tmp_path: Path) -> Iterator[SQLiteBackend]:
+        """Another file; a store on the same file but asked to fsync its writes would not
+        share either (see ``test_a_store_that_fsyncs_shares_no_transactions``)."""
+        backend = SQLiteBackend(url=f"sqlite:///{tmp_path}/results.db")
+        yield backend
+        backend.close()
+
+    def test_a_store_that_fsyncs_shares_no_transactions(self, transport: Any,
+                                                         tmp_path: Path) -> None:
+        backend = SQLiteBackend(url=f"sqlite:///{tmp_path}/broker.db?synchronous=FULL")
+        assert transport.shares_connection_with(backend) is False
+        backend.close()
 
 
 def _amqp_probe() -> AMQPTransport:
@@ -178,7 +199,7 @@ def test_contracts_follow_the_declared_capabilities(tmp_path: Path) -> None:
         assert contracts_for(sqlite)[:4] == (
             transport_suite.CoreContract, transport_suite.LeasesContract,
             transport_suite.DeferralContract, transport_suite.DeadLetterContract)
-        assert transport_suite.SharedConnectionContract not in contracts_for(sqlite)
+        assert transport_suite.SharedConnectionContract in contracts_for(sqlite)
         assert transport_suite.SharedConnectionContract in contracts_for(memory_transport)
     finally:
         sqlite.close()

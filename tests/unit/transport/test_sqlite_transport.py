@@ -75,6 +75,33 @@ def test_connections_are_durable_and_close_releases_the_file(db: str) -> None:
     assert not os.path.exists(db + "-wal")  # the last connection closed checkpoints the WAL
 
 
+def test_each_write_runs_on_a_connection_already_at_its_durability(db: str) -> None:
+    # publishes fsync (FULL); leases and acks need not (NORMAL). Each pooled connection keeps
+    # one mode, so no write switches it with extra pragma statements.
+    transport = SQLiteTransport(db)
+    _put(transport, "q", "warm-up")
+    transport.ack(transport.fetch(["q"], 1, 0))
+    statements: list[tuple[int, str]] = []
+    for conn in transport._all:
+        mode = conn.execute("PRAGMA synchronous").fetchone()[0]
+        conn.set_trace_callback(lambda sql, mode=mode: statements.append((mode, sql)))
+    _put(transport, "q", "a", "b")
+    transport.ack(transport.fetch(["q"], 2, 0))
+    _put(transport, "q", "c")
+    transport.ack(transport.fetch(["q"], 1, 0))
+    transport.close()
+    assert not [sql for _, sql in statements if "synchronous" in sql.lower()]
+    assert {mode for mode, sql in statements if sql.startswith("INSERT")} == {2}  # FULL
+    assert {mode for mode, sql in statements if sql.startswith(("UPDATE", "DELETE"))} == {1}
+
+
+def test_polling_never_slower_than_the_polling_interval(db: str) -> None:
+    transport = SQLiteTransport(db, polling_interval=0.0001)
+    waiter = transport._change_waiter()
+    assert waiter.interval <= waiter.max_interval == 0.0001
+    transport.close()
+
+
 def test_fetch_reads_only_through_indexes(db: str) -> None:
     transport = SQLiteTransport(db)
     transport.declare("a")  # creates the schema
@@ -233,4 +260,45 @@ def test_three_processes_share_one_file(db: str, tmp_path: Path) -> None:
     assert {c for r in reports for c in r["counts"]} == {1}
     assert sum(1 for r in reports if r["got"]) >= 2  # they really competed
     assert transport.qsize("q") == 0
+    transport.close()
+
+
+def test_a_failed_flush_keeps_what_is_retried_and_answers_the_rest(db: str) -> None:
+    transport = SQLiteTransport(db)
+    _put(transport, "q", "a", "b")
+    first, second = transport.fetch(["q"], 2, 0)
+    replies: list[list[bool] | None] = []
+    transport.ack_later([first])  # no callback: tried again at the next flush
+    transport.ack_later([second], replies.append)
+
+    def boom(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    transport.sqlite_wire().stage(boom)
+    with pytest.raises(sqlite3.OperationalError):
+        transport.flush()
+    assert replies == [None]
+    assert transport.qsize("q") == 2  # rolled back: nothing of it landed
+    transport.flush()
+    assert transport.qsize("q") == 1  # the retained ack went out
+    transport.close()
+
+
+def test_a_result_store_read_carries_what_the_thread_staged(db: str) -> None:
+    from celeriac.backends.sqlite import SQLiteBackend
+
+    transport = SQLiteTransport(db)
+    backend = SQLiteBackend(url=f"sqlite:///{db}")
+    assert transport.shares_connection_with(backend)
+    _put(transport, "q", "a", "b")
+    [held] = transport.fetch(["q"], 1, 0)
+    replies: list[list[bool] | None] = []
+    fetched: list[list[str]] = []
+    transport.ack_later([held], replies.append)
+    transport.fetch_later(["q"], 5, lambda got: fetched.append(
+        [d.message.headers["id"] for d in got]))
+    assert backend._mget(["nothing"]) == [None]  # the revoke check a worker makes at a start
+    assert (replies, fetched) == ([[True]], [["b"]])
+    assert transport.sqlite_wire().pending == 0
+    backend.close()
     transport.close()
