@@ -8,6 +8,7 @@ and batches build on ``incr`` and the key-value calls; they never live inside a 
 
 from __future__ import annotations
 
+import itertools
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -206,6 +207,10 @@ def rate_step(now: float, tat: float | None, slot: float | None, interval: float
     return RateStep(first - now, tat=first + interval, reserve=first)
 
 
+#: ``ResultBackend.last_store``'s numbers (``next`` is atomic: no two calls get the same one)
+_store_serials = itertools.count(1)
+
+
 class ResultBackend(ABC):
     """Stores and reads task results in Celery's meta format."""
 
@@ -215,6 +220,11 @@ class ResultBackend(ABC):
     #: ``persistent``: rpc:// takes every result but keeps none (each goes to the caller's reply
     #: queue), so revokes, chords and other readers cannot use it.
     receives_results = True
+    #: the serial number of the latest ``store_result`` call through any store of this process,
+    #: from any thread (each call takes a new one): a batch reads back what its task may have
+    #: stored itself (``app.backend.mark_as_done``) only when this changed during the call
+    #: (worker/batching.py)
+    last_store = 0
 
     def __init__(self, app: Any = None, url: str | None = None, *, serializer: str | None = None,
                  accept: Iterable[str] | None = None, expires: float | None = None,
@@ -306,6 +316,7 @@ class ResultBackend(ABC):
     def store_result(self, task_id: str, result: Any, state: str, traceback: str | None = None,
                      request: Any = None, children: list[Any] | None = None) -> dict[str, Any]:
         """Write a task's state in Celery's meta layout; returns the meta written."""
+        ResultBackend.last_store = next(_store_serials)
         write = self.result_write(task_id, result, state, traceback=traceback, request=request,
                                   children=children)
         self._set(write.key, write.value, write.ttl)

@@ -828,6 +828,29 @@ class SharedConnectionContract(ContractBase):
         assert seen_at_ack == ["SUCCESS"]  # the write had landed by the time the ack replied
         assert in_another_thread(lambda: settling.qsize("q")) == 0
 
+    def test_writes_staged_with_an_ack_land_with_it_at_flush(
+            self, settling: SettlingTransport, matching_backend: ResultBackend) -> None:
+        assert isinstance(matching_backend, StagedWrites)
+        store: ResultBackend = matching_backend
+        ids = ["shared-batch-0", "shared-batch-1"]
+        self.publish(settling, "q", *ids)
+        got = settling.fetch(["q"], 2, 1.0)
+        writes = [store.result_write(task_id, n, "SUCCESS") for n, task_id in enumerate(ids)]
+
+        def seen() -> tuple[list[Any], int]:
+            return ([store.get_task_meta(task_id)["result"] for task_id in ids],
+                    settling.qsize("q"))
+
+        settling.ack_with_writes_later(got, lambda: matching_backend.stage_results(writes))
+        assert in_another_thread(seen) == ([None, None], 2)
+        settling.flush()
+        assert in_another_thread(seen) == ([0, 1], 0)
+        # with nothing to ack, the writes still go out
+        late = store.result_write("shared-batch-2", 2, "SUCCESS")
+        settling.ack_with_writes_later([], lambda: matching_backend.stage_results([late]))
+        settling.flush()
+        assert in_another_thread(lambda: store.get_task_meta("shared-batch-2")["result"]) == 2
+
 
 # ---- composition --------------------------------------------------------------------------------
 class TransportContract(CoreContract, LeasesContract, DeferralContract, DeadLetterContract):

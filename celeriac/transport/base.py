@@ -217,6 +217,11 @@ class SharedConnectionSettling(Protocol):
         """Queue the ack on this thread's connection, after what was queued before it.
         ``on_reply`` gets what ``ack`` would return, or None if the round trip failed."""
 
+    def ack_with_writes_later(self, deliveries: Sequence[Delivery],
+                              stage_writes: Callable[[], None]) -> None:
+        """Queue the writes ``stage_writes()`` stages on this thread's connection (a result
+        store's), then the ack, all or nothing: the ack takes effect only if the writes do."""
+
     def fetch_later(self, queues: Sequence[str], max_n: int,
                     on_fetched: Callable[[list[Delivery]], None]) -> None:
         """A fetch (without waiting) that rides along with the thread's next round trip."""

@@ -306,6 +306,13 @@ class MemoryTransport(MemoryBroadcastMixin):
 
         self.memory_wire().stage(ack)
 
+    def ack_with_writes_later(self, deliveries: Sequence[Delivery],
+                              stage_writes: Callable[[], None]) -> None:
+        # staged actions run in order, and one that raises stays staged with those after it:
+        # the ack never runs before the writes have
+        stage_writes()
+        self.ack_later(deliveries)
+
     def fetch_later(self, queues: Sequence[str], max_n: int,
                     on_fetched: Callable[[list[Delivery]], None]) -> None:
         self.memory_wire().stage(lambda: on_fetched(self.fetch(queues, max_n, 0.0)))

@@ -719,7 +719,8 @@ class Consumer:
         for member in batch.members:
             own = ended.get(member.id)
             if own is None:  # the batch did not run to its end
-                own = dataclasses.replace(outcome, task_id=member.task_id, members=None)
+                own = dataclasses.replace(outcome, task_id=member.task_id, members=None,
+                                          pending=None)
             elif own.state == states.FAILURE:
                 self.failed += 1
             for hook in self.hooks.after_outcome:
@@ -731,7 +732,8 @@ class Consumer:
                 acks.append(member.delivery)
             else:
                 self._settle(member, own)
-        self.settlement.ack_all(acks)  # one round trip for the batch's acks
+        # the batch's results (when its pool side left them to the policy), then its acks
+        self.settlement.ack_all(acks, outcome.pending)
         self.processed += max(0, len(batch.members) - 1)  # on_done counted the batch once
 
     def _settle(self, job: Job, outcome: Outcome) -> None:

@@ -9,7 +9,9 @@ Layer: worker. ``choose`` picks the policy from the broker's declared capabiliti
   and acks right after it, so result and ack travel in one round trip, in that order.
 - ``InlineSoloSettlement`` (solo pool, same brokers): the round trip before task *n* starts
   carries task *n-1*'s result (and its ack, with ``acks_late``), task *n*'s early ack, a revoke
-  check and, when half the window is free, the fetch that refills the buffer.
+  check and, when half the window is free, the fetch that refills the buffer. A batch's results
+  and acks ride the same way, as one transaction (``ack_with_writes_later``): the acks take
+  effect only with the results.
 
 A crash before a batched or staged ack is sent means the message is delivered again:
 at-least-once holds. An early ack is confirmed before its task starts, so an early-acked task
@@ -84,9 +86,24 @@ class Settlement:
             self._pending.append(delivery)
             self._cond.notify()
 
-    def ack_all(self, deliveries: list[Delivery]) -> None:
+    def ack_all(self, deliveries: list[Delivery], writes: PendingWrites | None = None) -> None:
         """``ack`` for the requests of a batch whose outcomes are recorded: one wake-up of the
-        acking thread for all of them, not one per request."""
+        acking thread for all of them, not one per request. ``writes``: the batch's results,
+        left to the policy (``collects_writes``): stored first, now; if they cannot be, the
+        requests are given back to run again instead of acked."""
+        if writes:
+            try:
+                writes.send(self.consumer.app)
+            except Exception:
+                logger.exception("could not store the results of a batch of %d; its requests "
+                                 "are given back to run again", len(deliveries))
+                for delivery in deliveries:
+                    try:
+                        self.transport.reject(delivery, requeue=True)
+                    except Exception:
+                        logger.exception("could not give back message %s",
+                                         delivery.message.headers.get("id"))
+                return
         if deliveries:
             with self._cond:
                 self._pending.extend(deliveries)
@@ -184,9 +201,30 @@ class InlineSettlement(Settlement):
         if not job.acked:
             self.ack(job.delivery)
 
+    def ack_all(self, deliveries: list[Delivery], writes: PendingWrites | None = None) -> None:
+        """A batch's results and acks go out from the pool thread at once, in one round trip
+        and one transaction (``_stage_batch``)."""
+        if not writes:
+            super().ack_all(deliveries)
+            return
+        self._stage_batch(deliveries, writes)
+        self._flush_own(f"a batch of {len(deliveries)}")
+
+    def _stage_batch(self, deliveries: list[Delivery], writes: PendingWrites) -> None:
+        """Stage a batch's results with its acks after them, all or nothing (the requests of
+        a batch are acked only with their results stored, as with ``acks_late``). ``writes``
+        holds results only: a batch whose requests count in a chord is written by ``run_batch``
+        itself (a chord count's reply is read as it comes, never inside a transaction)."""
+        results = writes.results
+        self.wire.ack_with_writes_later(deliveries, lambda: self.backend.stage_results(results))
+
     def after_acked(self, job: Job) -> None:
-        # A pool thread: what it staged rides only on its own connection, which nothing else
-        # flushes, so it keeps trying itself (the idle dispatch loop cannot do it for it).
+        self._flush_own(f"task {job.task_id}")
+
+    def _flush_own(self, what: str) -> None:
+        """Send what this pool thread staged: it rides only on its own connection, which
+        nothing else flushes, so it keeps trying itself (the idle dispatch loop cannot do it for
+        it)."""
         attempts_left = STOPPING_FLUSH_ATTEMPTS
         while True:
             try:
@@ -196,11 +234,11 @@ class InlineSettlement(Settlement):
                 if self.consumer.stopping:
                     attempts_left -= 1
                     if attempts_left <= 0:
-                        logger.error("could not store the result of task %s before the worker "
-                                     "stopped; it is lost", job.task_id)
+                        logger.error("could not store the result of %s before the worker "
+                                     "stopped; it is lost", what)
                         return
-                logger.exception("could not store the result of task %s; trying again in "
-                                 "%.0f s", job.task_id, IDLE_FLUSH_RETRY)
+                logger.exception("could not store the result of %s; trying again in %.0f s",
+                                 what, IDLE_FLUSH_RETRY)
                 time.sleep(IDLE_FLUSH_RETRY)
 
 class InlineSoloSettlement(InlineSettlement):
@@ -255,12 +293,17 @@ class InlineSoloSettlement(InlineSettlement):
     def after_acked(self, job: Job) -> None:
         self._unflushed = True  # the result waits for the next round trip, or the idle flush
 
-    def ack_all(self, deliveries: list[Delivery]) -> None:
-        """A batch's results are stored already (its pool side wrote them): the acks ride with
-        this thread's next round trip (the next task's start), or the idle flush."""
-        if deliveries:
+    def ack_all(self, deliveries: list[Delivery], writes: PendingWrites | None = None) -> None:
+        """A batch's results (``writes``; none when its pool side stored them) and its acks,
+        one transaction riding with this thread's next round trip (the next task's start), or
+        the idle flush."""
+        if writes:
+            self._stage_batch(deliveries, writes)
+        elif deliveries:
             self.wire.ack_later(deliveries)
-            self._unflushed = True
+        else:
+            return
+        self._unflushed = True
 
     def wants_flush(self) -> bool:
         return self._unflushed and time.monotonic() >= self._retry_at

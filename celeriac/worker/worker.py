@@ -235,7 +235,8 @@ class Runner:
 
     def __call__(self, message: Any, delivery_info: dict) -> Any:
         if isinstance(message, BatchMessages):
-            return run_batch(self.app, message, self.hostname, self.accept)
+            return run_batch(self.app, message, self.hostname, self.accept,
+                             collect_writes=self.collect_writes)
         return run_message(self.app, message, delivery_info, self.hostname, self.accept,
                            collect_writes=self.collect_writes)
 

@@ -12,12 +12,14 @@ import contextlib
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import redis
 
 from celeriac import Celery
+from celeriac.protocol.message import Message
+from celeriac.transport.base import Outgoing
 from tests.conftest import WorkerProcess, private_redis_db, require_redis
 from tests.integration.test_redis_restart import _free_port
 from tests.waiting import wait_for
@@ -66,13 +68,22 @@ def test_results_in_another_database_are_stored_by_every_pool(split_urls, tmp_pa
 @pytest.fixture
 def full_redis(tmp_path: Path) -> Iterator[str]:
     """A private redis-server that refuses writes once full (maxmemory, noeviction)."""
+    yield from _private_redis(tmp_path, "--maxmemory", "1", "--maxmemory-policy", "noeviction")
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server a test may reconfigure (fill up, flush its scripts)."""
+    yield from _private_redis(tmp_path)
+
+
+def _private_redis(tmp_path: Path, *options: str) -> Iterator[str]:
     if shutil.which("redis-server") is None:
         require_redis()  # fails under CI=true, skips locally
     port = _free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path), "--maxmemory", "1",
-         "--maxmemory-policy", "noeviction"],
+         "--appendonly", "no", "--dir", str(tmp_path), *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -98,4 +109,50 @@ def test_a_store_that_refuses_a_write_raises_instead_of_dropping_it(full_redis):
         with pytest.raises(redis.ResponseError, match="maxmemory"):
             app.backend.set_chord_size("g1", 3)
     finally:
+        app.close()
+
+
+def _batch_held(url: str, ids: list[str]) -> tuple[Celery, list[Any], list[Any]]:
+    """An app on ``url`` holding a fetched message per id, and a success's write for each."""
+    app = Celery("batch-acks", broker=url, backend=url, set_as_current=False)
+    transport = app.transport
+    transport.publish([Outgoing("q", Message(b"{}", headers={"id": task_id, "task": "t"}))
+                       for task_id in ids])
+    held = transport.fetch(["q"], len(ids), 1.0)
+    writes = [app.backend.result_write(task_id, n, "SUCCESS") for n, task_id in enumerate(ids)]
+    return app, held, writes
+
+
+def test_a_batch_ack_is_discarded_with_writes_the_server_refuses(own_redis):
+    # a batch's results and acks go in one transaction (worker/settlement.py): a result the
+    # server refuses never leaves its message acked without it
+    ids = ["refused-0", "refused-1"]
+    app, held, writes = _batch_held(own_redis, ids)
+    client = redis.Redis.from_url(own_redis)
+    try:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+        app.transport.ack_with_writes_later(held, lambda: app.backend.stage_results(writes))
+        app.transport.flush()
+        client.config_set("maxmemory", 0)
+        assert client.hlen("unacked") == 2  # still leased: delivered again when it runs out
+        assert client.exists(*(app.backend.task_key(t) for t in ids)) == 0
+    finally:
+        client.close()
+        app.close()
+
+
+def test_a_batch_ack_whose_script_the_server_forgot_is_sent_again(own_redis):
+    # inside MULTI/EXEC a missing script fails only the ack, after the writes are stored
+    ids = ["forgot-0", "forgot-1"]
+    app, held, writes = _batch_held(own_redis, ids)
+    client = redis.Redis.from_url(own_redis)
+    try:
+        client.script_flush()
+        app.transport.ack_with_writes_later(held, lambda: app.backend.stage_results(writes))
+        app.transport.flush()
+        assert client.hlen("unacked") == 0
+        assert [app.backend.get_task_meta(t)["result"] for t in ids] == [0, 1]
+    finally:
+        client.close()
         app.close()

@@ -427,6 +427,34 @@ class RedisTransport(RedisBroadcastMixin):
             self._wire().defer_read(command, lambda reply: on_reply(
                 None if isinstance(reply, Exception) else [bool(flag) for flag in reply]))
 
+    def ack_with_writes_later(self, deliveries: Sequence[Delivery],
+                              stage_writes: Callable[[], None]) -> None:
+        """``ack_later`` in one MULTI/EXEC with the writes ``stage_writes()`` queues on this
+        thread's wire: a write the server refuses as the transaction is queued (out of memory, a
+        read-only replica) discards the ack with it, so those messages are delivered again when
+        their leases end instead of being acked without their results. An ack that could not
+        run inside the transaction (its script not loaded yet) is sent again on its own: the
+        writes are stored by then."""
+        batch = list(deliveries)
+        if not batch:
+            stage_writes()
+            return
+        wire = self._wire()
+        wire.defer(("MULTI",))
+        stage_writes()
+        wire.defer(self._script("ACK", (len(batch), *self._triples(batch))))
+
+        def executed(reply: Any) -> None:
+            if isinstance(reply, list):
+                if reply and isinstance(reply[-1], Exception):
+                    self.ack_later(batch)
+                return
+            logger.error("Redis refused the writes that came with the ack of %d message(s) "
+                         "(%s): they are delivered again when their leases end", len(batch),
+                         reply)
+
+        wire.defer_read(("EXEC",), executed, retain=True)
+
     def reject(self, delivery: Delivery, requeue: bool) -> bool:
         """``requeue``: back to the consuming end with kombu's redelivered flags; else dropped."""
         return bool(self._run("REJECT", (*self._triples([delivery]), "1" if requeue else "0",

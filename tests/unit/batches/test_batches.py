@@ -340,3 +340,67 @@ def test_an_app_without_batch_tasks_has_a_limit_of_one(app: Celery) -> None:
     consumer = make_consumer(app)
     assert consumer.batches.limit == 1 and consumer.batches.held == 0
     assert consumer._may_fetch()
+
+
+# ---- run_batch: where a batch's results go ------------------------------------------------------
+def _batch_of(app: Celery, name: str, *args: Any) -> BatchMessages:
+    """What a pool gets for one batch of ``name``: a request per argument."""
+    return BatchMessages(name, [(n, task_message(name, args=[arg]), {})
+                                for n, arg in enumerate(args)])
+
+
+def _result(app: Celery, outcome: Any, n: int) -> Any:
+    task_id = dict(outcome.members)[n].task_id
+    return app.backend.get_task_meta(task_id)
+
+
+@pytest.mark.parametrize("acks_late", [False, True])
+def test_under_inline_settling_a_batchs_results_come_back_unsent(app: Celery,
+                                                                 acks_late: bool) -> None:
+    @app.task(base=Batches, name="tasks.doubles", flush_every=2, acks_late=acks_late)
+    def doubles(requests: list[SimpleRequest]) -> None:
+        for request in requests:
+            doubles.mark_as_done(request, request.args[0] * 2)
+
+    accept = frozenset({"application/json"})
+    kept = batching.run_batch(app, _batch_of(app, "tasks.doubles", 1, 2), "w@h", accept,
+                              collect_writes=True)
+    # one batch of writes for the consumer to send with the acks; none left on the members
+    assert kept.pending is not None and len(kept.pending.results) == 2
+    assert all(outcome.pending is None for _, outcome in kept.members)
+    assert [_result(app, kept, n)["status"] for n in (0, 1)] == ["PENDING", "PENDING"]
+    kept.pending.send(app)
+    assert [_result(app, kept, n)["result"] for n in (0, 1)] == [2, 4]
+
+    sent = batching.run_batch(app, _batch_of(app, "tasks.doubles", 3), "w@h", accept)
+    assert sent.pending is None  # a prefork child stores them itself, before the acks
+    assert _result(app, sent, 0)["result"] == 6
+
+
+def test_results_a_batch_task_stored_itself_are_read_back_only_then(
+        app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[list[str]] = []
+    real = app.backend.stored_metas
+
+    def counted(task_ids: list[str]) -> dict[str, Any]:
+        reads.append(list(task_ids))
+        return real(task_ids)
+
+    monkeypatch.setattr(app.backend, "stored_metas", counted)
+
+    @app.task(base=Batches, name="tasks.quiet", flush_every=2)
+    def quiet(requests: list[SimpleRequest]) -> None:
+        pass
+
+    @app.task(base=Batches, name="tasks.stores", flush_every=2)
+    def stores(requests: list[SimpleRequest]) -> None:
+        # celery-batches' way: the first request's result written by the task itself
+        app.backend.mark_as_done(requests[0].id, "stored", request=requests[0])
+
+    accept = frozenset({"application/json"})
+    batching.run_batch(app, _batch_of(app, "tasks.quiet", 1, 2), "w@h", accept)
+    assert reads == []  # nothing was stored during the call: nothing to read back
+    outcome = batching.run_batch(app, _batch_of(app, "tasks.stores", 1, 2), "w@h", accept)
+    assert len(reads) == 1
+    # the stored result stands; the unmarked request succeeds with None
+    assert [_result(app, outcome, n)["result"] for n in (0, 1)] == ["stored", None]

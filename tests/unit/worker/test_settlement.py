@@ -410,3 +410,44 @@ def test_a_staged_result_whose_flush_failed_is_sent_again(pool, monkeypatch):
     finally:
         dispose_test_app(retry_app)
 
+
+@pytest.mark.parametrize("pool, policy", [
+    ("solo", InlineSoloSettlement),
+    ("threads", InlineSettlement),
+])
+def test_an_inline_worker_stages_a_batchs_results_ahead_of_its_acks(pool, policy, monkeypatch):
+    """A batch's results come back from its pool side unsent; the policy stages them with the
+    batch's acks after them, all or nothing (one transaction on Redis; here the memory wire,
+    where an action that fails holds back those after it). The store is unreachable the first
+    time: not one of the batch's messages is acked before its results are stored."""
+    from celeriac.backends.memory import MemoryBackend
+    from celeriac.batches import Batches
+
+    app = make_test_app("inline-batch")
+    real = MemoryBackend.write_results
+    queued_at_failure: list[int] = []
+
+    def unreachable_once(self, writes):
+        if not queued_at_failure:
+            queued_at_failure.append(app.transport.qsize(QUEUE))
+            raise ConnectionError("result store unreachable")
+        return real(self, writes)
+
+    monkeypatch.setattr(MemoryBackend, "write_results", unreachable_once)
+
+    @app.task(name="inline.doubles", base=Batches, flush_every=4, flush_interval=0.2)
+    def doubles(requests):
+        for request in requests:
+            doubles.mark_as_done(request, request.args[0] * 2)
+
+    try:
+        with start_worker(app, pool=pool, concurrency=1, perform_ping_check=False) as worker:
+            assert type(worker.consumer.settlement) is policy
+            results = [doubles.delay(n) for n in range(4)]
+            assert [r.get(timeout=10) for r in results] == [0, 2, 4, 6]
+            assert queued_at_failure == [4]  # held, none acked, while the results were not in
+            wait_for(lambda: app.transport.qsize(QUEUE) == 0, 10,
+                     message="the batch's messages were never acked")
+            assert worker.consumer.jobs() == []
+    finally:
+        dispose_test_app(app)
