@@ -57,17 +57,25 @@ def workers(start_worker: Callable[..., Any], broker: Broker, count: int) -> lis
     return started
 
 
-def test_four_workers_together_keep_twenty_a_second(
-        tasks: ModuleType, broker: Broker, tmp_path: Path,
-        start_worker: Callable[..., Any]) -> None:
+def run_calls(task: Any, start_worker: Callable[..., Any], broker: Broker, tmp_path: Path,
+              n_workers: int, n_calls: int) -> tuple[list[Any], list[tuple[float, str, int]]]:
+    """``n_calls`` calls of a ledger-writing task through ``n_workers`` workers; each ran once.
+    Returns the workers and the ledger's ``(start time, task id, pid)`` rows."""
     ledger = tmp_path / "ledger"
-    running = workers(start_worker, broker, 4)
-    calls = [tasks.paced.delay(str(ledger)) for _ in range(200)]
+    running = workers(start_worker, broker, n_workers)
+    calls = [task.delay(str(ledger)) for _ in range(n_calls)]
     for call in calls:
         call.get(timeout=TIMEOUT)
     ran = starts(ledger)
     assert sorted(task_id for _, task_id, _ in ran) == sorted(c.id for c in calls), \
         "each call ran once"
+    return running, ran
+
+
+def test_four_workers_together_keep_twenty_a_second(
+        tasks: ModuleType, broker: Broker, tmp_path: Path,
+        start_worker: Callable[..., Any]) -> None:
+    running, ran = run_calls(tasks.paced, start_worker, broker, tmp_path, 4, 200)
     times = [t for t, _, _ in ran]
     # 200 calls at 20/s: the first at once, then one every 50 ms, 9.95 s in all
     assert times[-1] - times[0] >= 9.0, f"200 calls started within {times[-1] - times[0]:.2f} s"
@@ -84,14 +92,7 @@ def test_four_workers_together_keep_twenty_a_second(
 def test_workers_taking_blocks_of_slots_together_keep_the_rate(
         tasks: ModuleType, broker: Broker, tmp_path: Path,
         start_worker: Callable[..., Any]) -> None:
-    ledger = tmp_path / "ledger"
-    running = workers(start_worker, broker, 3)
-    calls = [tasks.brisk.delay(str(ledger)) for _ in range(300)]
-    for call in calls:
-        call.get(timeout=TIMEOUT)
-    ran = starts(ledger)
-    assert sorted(task_id for _, task_id, _ in ran) == sorted(c.id for c in calls), \
-        "each call ran once"
+    running, ran = run_calls(tasks.brisk, start_worker, broker, tmp_path, 3, 300)
     times = [t for t, _, _ in ran]
     # 300 calls at 100/s take 2.99 s; each worker may run a block (50 ms of slots) early
     assert times[-1] - times[0] >= 2.5, f"300 calls started within {times[-1] - times[0]:.2f} s"
