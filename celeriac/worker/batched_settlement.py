@@ -121,9 +121,10 @@ class BatchedSoloSettlement(Settlement):
         except Exception:
             logger.exception("could not read revokes; relying on the last sync")
             revoked = set()
-        # the jobs behind it were checked now: their own start needs no round trip (a job
-        # dropped before it starts leaves its id here until the next check replaces the set)
-        self._checked = {other.id for other in waiting}
+        else:
+            # the jobs behind it were checked now: their own start needs no round trip (a job
+            # dropped before it starts leaves its id here until the next check replaces it)
+            self._checked = {other.id for other in waiting}
         if revoked & set(_task_ids(job)):
             return consumer.drop_revoked(job, revoked)
         return True

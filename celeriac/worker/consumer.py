@@ -50,6 +50,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 
+#: endings a pool reports for a task its process stopped running from outside (the task's own
+#: code did not end it): a child that sends its own early ack may have ended before sending it
+ENDED_OUTSIDE_THE_TASK = frozenset({Ending.WORKER_LOST, Ending.TIME_LIMIT, Ending.TERMINATED,
+                                    Ending.ABANDONED})
+
 #: a delivery leased this many times without finishing is a poison message: dead-lettered
 DEFAULT_MAX_DELIVERIES = 10
 #: seconds a main task waits on the broker when this worker already runs as many as it may
@@ -320,7 +325,7 @@ class Consumer:
                 self._dead_letter_failed(
                     delivery, "internal error while receiving the message", failure)
         if self._pool_starts_next:  # no hand-over to the dispatch thread: sooner, and cheaper
-            self.start_next_here()
+            self.start_next_here()  # never raises: a job it cannot start stays buffered
 
     def _lane(self, task: Any) -> tuple[Any, bool]:
         """The pool that runs ``task``, and whether it runs outside the prefetch window."""
@@ -477,7 +482,7 @@ class Consumer:
             if job is None:
                 self.settlement.flush()
                 continue
-            if not self._start(job):
+            if not self._start_or_keep(job):
                 with self._cond:
                     self._cond.wait(0.05)  # never spin: the pool needs a moment to replace it
 
@@ -489,8 +494,22 @@ class Consumer:
         while True:
             with self._cond:
                 job = self._next_runnable()
-            if job is None or not self._start(job):
+            if job is None or not self._start_or_keep(job):
                 return
+
+    def _start_or_keep(self, job: Job) -> bool:
+        """``_start``, from whichever thread: one that fails (the broker or the store failing a
+        deferral, a lock or a rate step in the last look) leaves the job at the front of the
+        buffer and the calling thread alive; the dispatch thread tries it again shortly."""
+        try:
+            return self._start(job)
+        except Exception:
+            logger.exception("could not start task %s; it waits to be tried again",
+                             job.task_id)
+            with self._cond:
+                if job.pool is None and job.id in self._jobs and job not in self._buffer:
+                    self._buffer.appendleft(job)
+            return False
 
     def _start(self, job: Job) -> bool:
         """The last look, the early ack and the hand-over to the job's lane. False when its
@@ -706,6 +725,22 @@ class Consumer:
                 self._buffer.appendleft(job)
                 self._cond.notify_all()
 
+    def _gave_back_unstarted(self, job: Job) -> bool:
+        """A job whose pool process was to send its early ack ended outside the task's code
+        (the process died or was killed: hard limit, terminate, cold shutdown). If that ack never
+        went out, the task never started: its message goes back to the queue and nothing is
+        stored. Giving it back is how to tell: the broker refuses when the ack had gone through
+        (the lease is gone), and then the ending is recorded as for any started task."""
+        try:
+            requeued = self.transport.reject(job.delivery, requeue=True)
+        except Exception:
+            logger.exception("Task %s: could not find out whether it started", job.task_id)
+            return False
+        if requeued:
+            logger.warning("Task %s never started (its pool process ended before its early ack "
+                           "went out): it goes back to the queue", job.task_id)
+        return requeued
+
     def _settle_batch(self, batch: BatchJob, outcome: Outcome) -> None:
         """Each request of a batch is settled as a task of its own: with its own outcome, or,
         when the batch call itself was cut short (time limit, lost process, terminate), with
@@ -742,6 +777,9 @@ class Consumer:
             settlement.put(outcome.pending)
         if ending in SETTLED_BY_ACK:
             settlement.finished(job)
+        elif (job.ack_in_pool and ending in ENDED_OUTSIDE_THE_TASK
+              and self._gave_back_unstarted(job)):
+            return
         elif ending is Ending.UNDECODABLE:
             reason = outcome.reason or "undecodable message"
             failure = outcome.failure or DecodeError(
@@ -756,15 +794,15 @@ class Consumer:
                 return
             self._store_failure(WorkerLostError(outcome.reason or "worker lost"),
                                 delivery.message)
-            if job.holds_lease or job.ack_in_pool:  # the child may have died before its ack
+            if job.holds_lease:
                 settlement.ack(delivery)
         elif ending is Ending.TERMINATED:
             self._drop(delivery, job.task, terminated=True, signum=outcome.signum)
-            if job.holds_lease or job.ack_in_pool:  # the child may have died before its ack
+            if job.holds_lease:
                 settlement.ack(delivery)
         elif ending is Ending.TIME_LIMIT:
             self._store_failure(TimeLimitExceeded(outcome.limit), delivery.message)
-            if job.holds_lease or job.ack_in_pool:  # the child may have died before its ack
+            if job.holds_lease:
                 settlement.ack(delivery)
         elif job.acked:  # requeue, drop or internal error after an early ack: nothing to give back
             settlement.after_acked(job)

@@ -346,7 +346,14 @@ class ProcessPool:
             child.job = (job_id, message, delivery_info, ack_first)
             child.hard = hard
             child.deadline = time.monotonic() + hard if hard else None
-        _send(child.conn, child.job)
+        try:
+            _send(child.conn, child.job)
+        except (OSError, ValueError):  # it died since its exit was last looked at
+            with self._lock:
+                child.job = None
+                child.deadline = None
+                child.exited = True
+            return False
         if hard:
             os.write(self._wakeup_w, b"x")  # the collector re-plans its wait around the deadline
         return True
@@ -495,6 +502,8 @@ class ProcessPool:
                 stopping = self._stopping
             if stopping:  # the shutdown began while it was starting: it is told to leave too
                 _tell_to_leave(replacement)
+            elif self.start_next is not None:  # its slot is free again: what waits starts now
+                self.start_next()
         else:
             with self._lock:
                 self._children.remove(child)

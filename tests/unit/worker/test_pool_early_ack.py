@@ -163,3 +163,54 @@ def test_the_child_side_reports_what_became_of_its_ack():
     Runner.app.transport = Failing()
     failed = _ack_before_start(Runner, Message, object())
     assert failed.ending is Ending.NOT_STARTED and failed.reason != LEASE_LOST
+
+
+class DyingPool(AckingPool):
+    """The first job's process "dies" (reports WORKER_LOST), before or after sending its ack."""
+
+    ack_before_dying = False
+    died: list[str] = []
+
+    def submit(self, job_id, message, delivery_info, *, ack_first=None):
+        from celeriac.worker.outcome import Outcome
+
+        if ack_first is not None and not type(self).died:
+            type(self).died.append(message.headers["id"])
+            if type(self).ack_before_dying:
+                assert _ack_before_start(self.runner, message, ack_first) is None
+            lost = Outcome(message.headers["id"], "FAILURE", Ending.WORKER_LOST,
+                           reason="killed in the test")
+            threading.Thread(target=self.on_done, args=(job_id, lost)).start()
+            return True
+        return super().submit(job_id, message, delivery_info, ack_first=ack_first)
+
+
+@pytest.mark.parametrize("acked", [False, True])
+def test_a_process_that_died_before_its_ack_gives_the_task_back(app, monkeypatch, acked):
+    """Before the ack: the task never started, so it goes back to the queue and runs (no
+    failure stored). After it: it counts as lost while running (WorkerLostError)."""
+    from celeriac.exceptions import WorkerLostError
+
+    DyingPool.died, DyingPool.ack_before_dying = [], acked
+    real_create = worker_module.create_pool
+
+    def create(kind, runner, concurrency, on_done, **options):
+        if kind == "threads" and not options:
+            return DyingPool(runner, concurrency, on_done)
+        return real_create(kind, runner, concurrency, on_done, **options)
+
+    monkeypatch.setattr(worker_module, "create_pool", create)
+    worker, thread = run_worker(app)
+    try:
+        result = app.tasks["poolacks.add"].delay(2, 3)
+        if acked:
+            with pytest.raises(WorkerLostError):
+                result.get(timeout=10)
+            assert app.ran == []
+        else:
+            assert result.get(timeout=10) == 5
+            assert app.ran == [5]
+        assert DyingPool.died == [result.id]
+    finally:
+        worker.stop(warm=True)
+        thread.join(10)
