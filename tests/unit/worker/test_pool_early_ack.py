@@ -37,17 +37,22 @@ class AckingPool(ThreadPool):
         return super().submit(job_id, message, delivery_info)
 
 
-@pytest.fixture
-def app(monkeypatch):
-    AckingPool.handed_acks = []
+def use_pool(monkeypatch, pool_class):
+    """The worker's main pool (a thread pool, as asked) is ``pool_class``; the others as ever."""
     real_create = worker_module.create_pool
 
     def create(kind, runner, concurrency, on_done, **options):
         if kind == "threads" and not options:
-            return AckingPool(runner, concurrency, on_done)
+            return pool_class(runner, concurrency, on_done)
         return real_create(kind, runner, concurrency, on_done, **options)
 
     monkeypatch.setattr(worker_module, "create_pool", create)
+
+
+@pytest.fixture
+def app(monkeypatch):
+    AckingPool.handed_acks = []
+    use_pool(monkeypatch, AckingPool)
     # separate names: no shared connection, so the plain (batched) settle policy is chosen
     app = Celery("poolacks", broker=f"memory://{uuid.uuid4().hex}",
                  backend=f"memory://{uuid.uuid4().hex}", set_as_current=False)
@@ -192,14 +197,7 @@ def test_a_process_that_died_before_its_ack_gives_the_task_back(app, monkeypatch
     from celeriac.exceptions import WorkerLostError
 
     DyingPool.died, DyingPool.ack_before_dying = [], acked
-    real_create = worker_module.create_pool
-
-    def create(kind, runner, concurrency, on_done, **options):
-        if kind == "threads" and not options:
-            return DyingPool(runner, concurrency, on_done)
-        return real_create(kind, runner, concurrency, on_done, **options)
-
-    monkeypatch.setattr(worker_module, "create_pool", create)
+    use_pool(monkeypatch, DyingPool)
     worker, thread = run_worker(app)
     try:
         result = app.tasks["poolacks.add"].delay(2, 3)
