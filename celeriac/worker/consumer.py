@@ -552,9 +552,7 @@ class Consumer:
             submitted = pool.submit(job.id, delivery.message, delivery.delivery_info)
         if not submitted:
             with self._cond:  # the slot vanished (a child died): put it back in front
-                self._leave_running(job)
-                job.pool = None
-                self._buffer.appendleft(job)
+                self._put_back(job)
             return False
         return True
 
@@ -647,9 +645,8 @@ class Consumer:
         except Exception:
             logger.exception("Task %s: broker unreachable; it waits in the buffer", job.task_id)
             with self._cond:  # still leased, still ours: try again in a moment
-                self._leave_running(job)
                 job.acked = False
-                self._buffer.appendleft(job)
+                self._put_back(job)
                 self._cond.wait(0.5)
             return False
         if requeued:
@@ -668,6 +665,12 @@ class Consumer:
         """Hold ``_cond``. Something changed that any waiting thread may act on."""
         self._cond.notify_all()
         self._fetch_cond.notify_all()
+
+    def _put_back(self, job: Job) -> None:
+        """Hold ``_cond``. A job that was to start did not: first in line again, not running."""
+        self._leave_running(job)
+        job.pool = None
+        self._buffer.appendleft(job)
 
     def _leave_running(self, job: Job) -> None:
         """Hold ``_cond``. The job stops counting as running (it ended, or it goes back)."""
@@ -721,8 +724,7 @@ class Consumer:
         reply = [False] if outcome.reason == LEASE_LOST else None
         if self.unconfirmed_ack(job, reply):  # the ack had gone through: it runs, acked
             with self._cond:
-                self._leave_running(job)
-                self._buffer.appendleft(job)
+                self._put_back(job)
                 self._cond.notify_all()
 
     def _gave_back_unstarted(self, job: Job) -> bool:
