@@ -357,6 +357,18 @@ class RedisBackend(ResultBackend):
         return redis_chord.part_from_reply(self._retrying(
             lambda: self._wire().call(command)[0], self.chord_key(group_id)))
 
+    def write_and_part_return(self, write: ResultWrite, group_id: str, task_id: str,
+                              group_index: int | None, entry: bytes, *, claim_token: str,
+                              claim_ttl: float) -> ChordPart:
+        """``write_results([write])`` then ``chord_part_return``, in one script and one round
+        trip (a header task's own result, then its count). Safe to retry, as both are."""
+        command = redis_chord.write_and_part_return_command(
+            self._chord_keys(group_id), self._key(write.key), write.value, write.ttl, task_id,
+            group_index, entry, expires=self.expires, claim_token=claim_token,
+            claim_ttl=claim_ttl)
+        return redis_chord.part_from_reply(self._retrying(
+            lambda: self._wire().call(command)[0], write.key))
+
     def chord_part_return_later(self, group_id: str, task_id: str, group_index: int | None,
                                 entry: bytes, *, claim_token: str, claim_ttl: float,
                                 then: Callable[[ChordPart], None]) -> None:

@@ -11,6 +11,7 @@ count and the claim can never disagree across workers. Celery 5.3's workers, whi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..utils import redis_wire
@@ -49,7 +50,21 @@ return 1
 """
 
 
+# A header task's result stored (SET, or SETEX / SET PX with its expiry, then PUBLISH of the same
+# bytes on the key's channel, as RedisBackend writes every result) and then counted as above, in
+# one step: a refused write raises before anything is counted, as when the two were separate.
+# KEYS: .j .t .s .d .c, the result's key   ARGV: as above, then value, seconds (0: none),
+# milliseconds (0: none)
+_WRITE_AND_PART_RETURN = """
+if tonumber(ARGV[8]) > 0 then redis.call('SETEX', KEYS[6], ARGV[8], ARGV[7])
+elseif tonumber(ARGV[9]) > 0 then redis.call('SET', KEYS[6], ARGV[7], 'PX', ARGV[9])
+else redis.call('SET', KEYS[6], ARGV[7]) end
+redis.call('PUBLISH', KEYS[6], ARGV[7])
+""" + _PART_RETURN
+
+
 _PART_RETURN_SHA = redis_wire.script_sha(_PART_RETURN)
+_WRITE_AND_PART_RETURN_SHA = redis_wire.script_sha(_WRITE_AND_PART_RETURN)
 _CLEANUP_SHA = redis_wire.script_sha(_CLEANUP)
 
 
@@ -61,6 +76,24 @@ def part_return_command(keys: dict[str, str], task_id: str, group_index: int | N
     return ("EVALSHA", _PART_RETURN_SHA, 5, keys[".j"], keys[".t"], keys[".s"], keys[".d"],
             keys[".c"], member, entry, score, int(expires or 0),
             max(1, int(claim_ttl)), claim_token)
+
+
+def write_and_part_return_command(keys: dict[str, str], result_key: str, value: bytes,
+                                  ttl: float | None, task_id: str, group_index: int | None,
+                                  entry: bytes, *, expires: float, claim_token: str,
+                                  claim_ttl: float) -> tuple[Any, ...]:
+    """``part_return_command`` preceded by the write of the task's own result, in one script.
+    ``ttl`` as ``RedisBackend`` takes it: whole seconds go as SETEX (Celery's command), other
+    values as milliseconds."""
+    count = part_return_command(keys, task_id, group_index, entry, expires=expires,
+                                claim_token=claim_token, claim_ttl=claim_ttl)
+    seconds = milliseconds = 0
+    if ttl and ttl >= 1 and float(ttl).is_integer():
+        seconds = int(ttl)
+    elif ttl:
+        milliseconds = max(1, math.ceil(ttl * 1000))
+    return ("EVALSHA", _WRITE_AND_PART_RETURN_SHA, 6, *count[3:8], result_key, *count[8:],
+            value, seconds, milliseconds)
 
 
 def part_from_reply(reply: Any) -> ChordPart:

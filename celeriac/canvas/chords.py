@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import states
-from ..backends.base import ChordPart, StagedWrites
+from ..backends.base import ChordPart, ResultWrite, StagedWrites
 from ..backends.meta import exception_from_dict, exception_to_dict
 from ..exceptions import ChordError
+from ..protocol import serialization
 from .signature import as_list, maybe_signature
 
 if TYPE_CHECKING:
@@ -78,11 +79,22 @@ def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -
         count(app, part)
 
 
-def count(app: "Celery", part: ChordCount) -> None:
-    """Count ``part`` now; whoever completes the chord sends the body."""
+def count(app: "Celery", part: ChordCount, write: ResultWrite | None = None) -> None:
+    """Store ``write`` (the header task's own result), if any, then count ``part``; whoever
+    completes the chord sends the body. A store that can do both in one step does
+    (``write_and_part_return``: one script and one round trip on Redis)."""
     request = part.request
-    found = app.backend.chord_part_return(part.group_id, request.id, request.group_index,
-                                          part.entry, claim_token=part.token, claim_ttl=CLAIM_TTL)
+    backend = app.backend
+    together = getattr(backend, "write_and_part_return", None) if write is not None else None
+    if together is not None:
+        found = together(write, part.group_id, request.id, request.group_index, part.entry,
+                         claim_token=part.token, claim_ttl=CLAIM_TTL)
+    else:
+        if write is not None:
+            backend.write_results([write])
+        found = backend.chord_part_return(part.group_id, request.id, request.group_index,
+                                          part.entry, claim_token=part.token,
+                                          claim_ttl=CLAIM_TTL)
     _after_count(app, request, part.group_id, part.token, found)
 
 
@@ -147,7 +159,8 @@ def _header_values(app: "Celery", group_id: str) -> list[Any]:
     backend = app.backend
     saved = GroupResult.restore(group_id, app=app)
     if saved is None:
-        return [_unpack(backend, raw) for raw in backend.chord_results(group_id)]
+        return [_unpack(entry)
+                for entry in _decode_entries(backend, backend.chord_results(group_id))]
     try:
         # every member was counted, so every result is stored: nothing to wait for
         return saved.join(timeout=JOIN_TIMEOUT, propagate=True, disable_sync_subtasks=False)
@@ -155,8 +168,22 @@ def _header_values(app: "Celery", group_id: str) -> list[Any]:
         raise ChordError(f"Dependency raised {exc!r}") from exc
 
 
-def _unpack(backend: Any, raw: bytes) -> Any:
-    _, task_id, state, value = backend.decode(raw)
+def _decode_entries(backend: Any, raws: list[bytes]) -> list[Any]:
+    """Every join entry decoded: JSON ones as one array (one parse instead of one per header
+    task: 10,000 of them took tens of milliseconds), the rest, or JSON that does not parse
+    that way, one by one."""
+    if len(raws) > 1 and serialization.content_type_of(backend.serializer) == serialization.JSON:
+        try:
+            entries = backend.decode(b"[" + b",".join(raws) + b"]")
+        except Exception:  # noqa: BLE001 - decoded one by one below, where it fails
+            entries = None
+        if isinstance(entries, list) and len(entries) == len(raws):
+            return entries
+    return [backend.decode(raw) for raw in raws]
+
+
+def _unpack(entry: Any) -> Any:
+    _, task_id, state, value = entry
     if state in states.PROPAGATE_STATES:
         exc = exception_from_dict(value)
         raise ChordError(f"Dependency {task_id} raised {exc!r}") from exc

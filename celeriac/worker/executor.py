@@ -164,15 +164,15 @@ class _Run:
                 # (made now, or again when a follow-up could not be sent: not a child)
                 write = backend.result_write(self.task_id, stored, states.SUCCESS, request=ctx,
                                              children=ctx.children_tuples())
-        if write is not None:
-            if pending is None:
+        if pending is None:
+            if part is not None:  # the result, then its count: one round trip on Redis
+                chords.count(self.app, part, write)
+            elif write is not None:
                 backend.write_results([write])
-            else:
+        else:
+            if write is not None:
                 pending.results.append(write)
-        if part is not None:
-            if pending is None:
-                chords.count(self.app, part)
-            else:
+            if part is not None:
                 pending.chord_counts.append(part)
         if report is not None:
             dispatch_inbox.push(report[0], report[1], report[2])

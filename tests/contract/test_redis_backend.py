@@ -360,3 +360,65 @@ def test_wait_change_as_the_first_call_wakes_on_a_store(redis_url: str,
         backend.close()
         writer.close()
     assert 0.15 < elapsed < 1.0
+
+
+@pytest.mark.parametrize("expires, ttl_range", [(3600, (3590, 3600)), (2.5, (1, 3)), (0, (-1, -1))])
+def test_write_and_part_return_stores_publishes_and_counts_as_the_two_steps_do(
+        redis_url: str, raw: redis.Redis, task_ids: list[str], expires: float,
+        ttl_range: tuple[int, int]) -> None:
+    """A header task's result and its chord count in one script: the stored bytes, expiry and
+    PUBLISH are those of ``write_results``; the count and claim those of
+    ``chord_part_return``."""
+    backend = RedisBackend(url=redis_url, expires=expires)
+    group_id = str(uuid.uuid4())
+    first, second = _new(task_ids), _new(task_ids)
+    pubsub = raw.pubsub()
+    try:
+        pubsub.subscribe(f"celery-task-meta-{first}")
+        assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+        backend.set_chord_size(group_id, 2)
+        write = backend.result_write(first, 7, states.SUCCESS)
+        part = backend.write_and_part_return(write, group_id, first, 0, b'[1, "a", "SUCCESS", 7]',
+                                             claim_token="t1", claim_ttl=30)
+        message = pubsub.get_message(timeout=2)
+        stored, ttl = raw.get(f"celery-task-meta-{first}"), raw.ttl(f"celery-task-meta-{first}")
+        last = backend.write_and_part_return(backend.result_write(second, 8, states.SUCCESS),
+                                             group_id, second, 1, b'[1, "b", "SUCCESS", 8]',
+                                             claim_token="t2", claim_ttl=30)
+        results = backend.chord_results(group_id)
+        assert backend.chord_cleanup(group_id, "t2", 60)
+        # a late copy after the chord fired: its result is stored all the same, nothing counted
+        again = backend.write_and_part_return(backend.result_write(first, 9, states.SUCCESS),
+                                              group_id, first, 0, b'[1, "a", "SUCCESS", 9]',
+                                              claim_token="t3", claim_ttl=30)
+        rewritten = json.loads(raw.get(f"celery-task-meta-{first}"))["result"]
+    finally:
+        backend.close()
+        pubsub.close()
+        raw.delete(*[backend.chord_key(group_id, s) for s in (".j", ".t", ".s", ".d", ".c")])
+    assert stored == write.value and json.loads(stored)["result"] == 7
+    assert message is not None and message["data"] == stored
+    assert ttl_range[0] <= ttl <= ttl_range[1]
+    assert (part.ready, part.expected, part.claimed) == (1, 2, False)
+    assert (last.ready, last.expected, last.claimed) == (2, 2, True)
+    assert results == [b'[1, "a", "SUCCESS", 7]', b'[1, "b", "SUCCESS", 8]']
+    assert (again.ready, again.claimed) == (-1, False) and rewritten == 9
+
+
+def test_write_and_part_return_loads_its_script_after_a_script_flush(
+        redis_url: str, raw: redis.Redis, task_ids: list[str]) -> None:
+    backend = RedisBackend(url=redis_url)
+    group_id, task_id = str(uuid.uuid4()), _new(task_ids)
+    try:
+        backend.set_chord_size(group_id, 1)
+        raw.script_flush()
+        part = backend.write_and_part_return(backend.result_write(task_id, 1, states.SUCCESS),
+                                             group_id, task_id, 0, b'[1, "a", "SUCCESS", 1]',
+                                             claim_token="t", claim_ttl=30)
+    finally:
+        backend.close()
+        raw.delete(*[backend.chord_key(group_id, s) for s in (".j", ".t", ".s", ".d", ".c")])
+    assert part.claimed and json.loads(raw.get(f"celery-task-meta-{task_id}"))["result"] == 1
+
+
+# ---- one waiter on its own connection (redis_pubsub.SoloWaiter) ----------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from celeriac import Celery, chord, group
 from celeriac.exceptions import ChordError
 from celeriac.testing import start_worker
@@ -59,3 +61,33 @@ def test_a_task_class_with_its_own_apply_async_is_called_through_it_in_a_group(a
     with in_process_worker(app):
         assert group(double.s(1), double.s(2))().get(timeout=10) == [2, 4]
     assert sent == [("flows.double", (1,)), ("flows.double", (2,))]
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_the_body_gets_every_header_value_in_order_whatever_the_result_serializer(
+        make_app, serializer):
+    """The join's entries are decoded as one JSON array when they are JSON, one by one
+    otherwise: the body's argument is the same either way, and a failed member still fails
+    the body."""
+    app = make_app(result_serializer=serializer, accept_content=["json", "pickle"],
+                   result_accept_content=["json", "pickle"])
+
+    @app.task(name="flows.echo")
+    def echo(x):
+        return x
+
+    @app.task(name="flows.boom")
+    def boom():
+        raise ValueError("header boom")
+
+    @app.task(name="flows.keep")
+    def keep(values):
+        return values
+
+    values = [1, "two", [3, {"four": 4}], None, 5.5]
+    with in_process_worker(app):
+        result = chord([echo.s(v) for v in values], keep.s())()
+        assert result.get(timeout=10) == values
+        failed = chord([echo.s(1), boom.s()], keep.s())()
+        stored = failed.get(timeout=10, propagate=False)
+    assert isinstance(stored, ChordError) and "header boom" in str(stored)
