@@ -32,6 +32,7 @@ from ..exceptions import BackendError, ImproperlyConfigured
 from ..utils import redis_wire
 from ..utils.forks import PidGuard
 from ..utils.urls import redact_url
+from . import meta as metamod
 from . import redis_chord
 from .base import (
     RATE_BUCKET_PREFIX,
@@ -43,7 +44,7 @@ from .base import (
     _any_failed,
     rate_slot_key,
 )
-from .redis_pubsub import Subscriber
+from .redis_pubsub import SoloWaiter, Subscriber, Unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class RedisBackend(ResultBackend):
         self._forks = PidGuard()
         self._client: redis.Redis | None = None
         self._subscriber: Subscriber | None = None
+        self._solo: SoloWaiter | None = None
 
     def __repr__(self) -> str:
         return f"<RedisBackend {redact_url(cast(str, self.url))}>"  # set in __init__
@@ -137,10 +139,11 @@ class RedisBackend(ResultBackend):
         # A child must not share the parent's sockets or listener; take fresh ones, never closing
         # the inherited ones (that could shut the parent's connections down).
         if self._forks.forked():
-            _INHERITED.extend(x for x in (self._client, self._subscriber) if x is not None)
+            _INHERITED.extend(x for x in (self._client, self._subscriber, self._solo)
+                              if x is not None)
             self._lock = threading.Lock()
             self._local = threading.local()
-            self._client = self._subscriber = None
+            self._client = self._subscriber = self._solo = None
             self._forks.adopt()
 
     def client(self) -> redis.Redis:
@@ -154,6 +157,23 @@ class RedisBackend(ResultBackend):
                     redis_wire.set_busy_poll(self._client.connection_pool, self._busy_poll)
                 client = self._client
         return client
+
+    def _solo_waiter(self) -> SoloWaiter | None:
+        """The connection one waiting thread at a time reads itself (None: not on this
+        server or client library)."""
+        self._check_fork()
+        solo = self._solo
+        if solo is None:
+            pool = self.client().connection_pool
+            with self._lock:
+                if self._solo is None:
+                    overrides: dict[str, Any] = {"socket_timeout": None, "health_check_interval": 0,
+                                                 "protocol": 3}
+                    if issubclass(pool.connection_class, redis.connection.Connection):
+                        overrides["socket_keepalive"] = True  # TCP only (not a unix socket)
+                    self._solo = SoloWaiter(redis_wire.connector(pool, **overrides))
+                solo = self._solo
+        return solo if solo.supported else None
 
     def _subscriber_for_waits(self) -> "Subscriber":
         self._check_fork()
@@ -173,8 +193,10 @@ class RedisBackend(ResultBackend):
         """Stop the listener and drop the connections; the backend reopens lazily if used again."""
         self._check_fork()
         with self._lock:
-            client, subscriber = self._client, self._subscriber
-            self._client = self._subscriber = None
+            client, subscriber, solo = self._client, self._subscriber, self._solo
+            self._client = self._subscriber = self._solo = None
+        if solo is not None:
+            solo.close()
         if subscriber is not None:
             subscriber.close()
         if client is not None:
@@ -407,8 +429,19 @@ class RedisBackend(ResultBackend):
     # ---- waiting, without polling ----------------------------------------------------------------
     def wait_for(self, task_id: str, timeout: float | None = None,
                  states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
-        """Celery's reading order: if not ready already, SUBSCRIBE, GET, then wait for PUBLISH."""
+        """Celery's reading order: SUBSCRIBE, GET, then wait for PUBLISH. One waiting thread at
+        a time does it on a connection of its own, SUBSCRIBE and GET in one packet
+        (``SoloWaiter``); the others, or all on a server without RESP3, through the shared
+        listener, after a first GET."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        solo = self._solo_waiter()
+        if solo is not None and solo.try_acquire():
+            try:
+                meta = self._wait_solo(solo, task_id, timeout, deadline, states_wanted)
+            finally:
+                solo.release()
+            if meta is not None:
+                return meta
         meta = self.get_task_meta(task_id)
         if meta["status"] in states_wanted:
             return meta
@@ -428,6 +461,32 @@ class RedisBackend(ResultBackend):
             return meta
         finally:
             subscriber.unwatch(watch)
+
+    def _wait_solo(self, solo: SoloWaiter, task_id: str, timeout: float | None,
+                   deadline: float | None, states_wanted: frozenset[str]) -> dict[str, Any] | None:
+        """``wait_for`` on the solo connection; None when it cannot serve (the caller goes on
+        through the shared listener, which reads the key again: nothing is missed)."""
+        last: list[dict[str, Any]] = []
+
+        def answer(raw: bytes | None) -> dict[str, Any] | None:
+            meta = metamod.pending_meta(task_id) if raw is None else self.decode(raw)
+            last[:] = [meta]
+            return meta if meta["status"] in states_wanted else None
+
+        name = self._key(self.task_key(task_id))
+        try:
+            found, meta = solo.wait(name, name, answer, deadline)
+        except Unsupported as exc:
+            logger.debug("Redis result store: waiting on the shared listener only (%s)", exc)
+            return None
+        except _TRANSIENT as exc:
+            logger.debug("Redis result store: the waiting connection failed (%r); waiting on the "
+                         "shared listener", exc)
+            return None
+        if not found:
+            state = last[0]["status"] if last else states.PENDING
+            raise self._timed_out(timeout, f"task {task_id} (still {state})")
+        return cast(dict[str, Any], meta)
 
     def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None, *,
                       until_failure: bool = False) -> dict[str, dict[str, Any]]:

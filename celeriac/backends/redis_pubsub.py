@@ -9,15 +9,17 @@ keys, so a result published while the connection was down is never missed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
+import socket
 import threading
 import time
 from collections import Counter
 from typing import Any, Callable, Iterable, Sequence
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
 from ..exceptions import BackendError
 
@@ -245,3 +247,188 @@ class Subscriber:
                 self._unarmed.difference_update(armed)
             for watch in armed:
                 watch.arm(resync=watch.is_armed)
+
+
+# ---- one waiter on its own connection ------------------------------------------------------------
+_hiredis: Any
+try:
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    _hiredis = None
+#: what our hiredis reader returns while a reply is incomplete
+_NOT_ENOUGH_DATA = object()
+#: RESP3 push messages (hiredis 3 and later)
+_PUSH: Any = getattr(_hiredis, "PushNotification", None)
+
+
+def _pack(*command: Any) -> bytes:
+    packed: bytes = _hiredis.pack_command(command)
+    return packed
+
+
+class Unsupported(Exception):
+    """The server or the client library cannot serve a ``SoloWaiter`` (no RESP3 or hiredis)."""
+
+
+class SoloWaiter:
+    """One thread's wait for one key, read by that thread itself on a private RESP3 connection.
+
+    ``SUBSCRIBE <channel>`` and ``GET <key>`` go in one packet: the server runs them in that
+    order on one connection, so the GET sees every value written before the subscription took
+    effect and each PUBLISH after it arrives as a push message on the same socket. The waiting
+    thread reads them itself: no listener thread to wake and hand over to, and one round trip
+    where the shared ``Subscriber`` takes three (GET, SUBSCRIBE, GET again). One waiter at a time
+    (``try_acquire``); the others use the shared ``Subscriber``, so a store keeps two pub/sub
+    connections at most. A connection error is raised for the caller to fall back on.
+    """
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._lock = threading.Lock()  # held by the thread using the connection
+        self._conn: Any = None
+        self._reader: Any = None
+        self._poller: Any = None  # select.poll on the connection's socket (any fd number)
+        self._buffer = bytearray(65536)
+        #: non-push replies still due from commands of earlier waits (a PING's PONG)
+        self._owed = 0
+        #: the last wait's channel, unsubscribed in the next wait's packet (or at close)
+        self._leftover: str | None = None
+        self._closed = False
+        self.supported = _hiredis is not None and _PUSH is not None
+
+    def try_acquire(self) -> bool:
+        return self.supported and not self._closed and self._lock.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def close(self) -> None:
+        """Drop the connection; a thread blocked in ``wait`` gets a BackendError."""
+        self._closed = True
+        conn = self._conn
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it
+            except OSError:
+                pass
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()
+
+    def _drop(self) -> None:
+        conn, self._conn, self._reader, self._owed = self._conn, None, None, 0
+        self._poller = None
+        self._leftover = None
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001 - closing a broken socket must not raise
+                pass
+
+    def _open(self) -> Any:
+        try:
+            conn = self._connect()
+        except ResponseError as exc:  # HELLO 3 refused: a server older than Redis 6
+            self.supported = False
+            raise Unsupported(str(exc)) from exc
+        parser = getattr(conn, "_parser", None)
+        if getattr(conn, "_sock", None) is None or parser is None:
+            conn.disconnect()
+            self.supported = False
+            raise Unsupported("no socket to read")
+        self._reader = _hiredis.Reader(protocolError=InvalidResponse,
+                                       replyError=parser.parse_error,
+                                       notEnoughData=_NOT_ENOUGH_DATA)
+        self._poller = select.poll()
+        self._poller.register(conn._sock.fileno(), select.POLLIN)
+        self._conn = conn
+        return conn
+
+    def wait(self, channel: str, key: str, answer: Callable[[bytes | None], Any],
+             deadline: float | None) -> tuple[bool, Any]:
+        """``(True, answer(value))`` for the first value (the stored one, then each published
+        one) for which ``answer`` returns something other than None; ``(False, None)`` at the
+        deadline. Hold ``try_acquire``'s lock."""
+        if self._closed:
+            raise BackendError("the Redis result store was closed")
+        conn = self._conn or self._open()
+        try:
+            return self._wait(conn, channel, key, answer, deadline)
+        except BaseException:
+            self._drop()
+            if self._closed:
+                raise BackendError("the Redis result store was closed") from None
+            raise
+
+    def _wait(self, conn: Any, channel: str, key: str, answer: Callable[[bytes | None], Any],
+              deadline: float | None) -> tuple[bool, Any]:
+        sock, reader, buffer = conn._sock, self._reader, self._buffer
+        wanted = channel.encode()
+        packet = _pack("SUBSCRIBE", channel) + _pack("GET", key)
+        if self._leftover is not None:
+            packet = _pack("UNSUBSCRIBE", self._leftover) + packet
+        self._leftover = channel
+        conn.send_packed_command([packet], check_health=False)
+        skip, self._owed = self._owed, self._owed + 1  # the GET's reply comes after `skip`
+        found: Any = None
+        stored_read = done = False  # the GET answered; an answer found
+        ping_sent = False
+        while not done:
+            reply = reader.gets()
+            if reply is _NOT_ENOUGH_DATA:
+                if not self._readable(sock, deadline):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return False, None
+                    if ping_sent:
+                        raise RedisConnectionError("no reply to PING on the pub/sub "
+                                                   "connection")
+                    conn.send_packed_command([_pack("PING")], check_health=False)
+                    self._owed += 1
+                    ping_sent = True
+                    continue
+                size = sock.recv_into(buffer)
+                if not size:
+                    raise RedisConnectionError("Connection closed by server.")
+                reader.feed(buffer, 0, size)
+                ping_sent = False
+                continue
+            if isinstance(reply, _PUSH):
+                # This channel's messages once the GET is answered: one that comes before was
+                # published before the GET ran (the server ran it after the SUBSCRIBE), so the
+                # GET saw that value or a newer one. The rest are (un)subscribe confirmations
+                # and leftovers of earlier waits.
+                if stored_read and len(reply) >= 3 and reply[0] == b"message" and \
+                        reply[1] == wanted:
+                    found = answer(reply[2])
+                    done = found is not None
+                continue
+            if isinstance(reply, RedisConnectionError):  # LOADING and the like
+                raise reply
+            self._owed -= 1
+            if skip > 0:  # the PONG of an earlier wait's PING
+                skip -= 1
+                continue
+            if stored_read:  # this wait's PONG
+                continue
+            stored_read = True
+            if isinstance(reply, Exception):  # the GET was refused (WRONGTYPE, ...)
+                raise reply
+            found = answer(reply)
+            done = found is not None
+        return True, found
+
+    def _readable(self, sock: Any, deadline: float | None) -> bool:
+        """Whether ``sock`` has data before the deadline (at most ``_HEALTH_INTERVAL``: False
+        after that much silence). Never polls: the GET's reply is rarely what the caller waits
+        for (the task is still running), and on two cores a polling client takes the CPU the
+        worker and Redis need."""
+        pending = getattr(sock, "pending", None)  # TLS: records already read and decrypted
+        if pending is not None and pending():
+            return True
+        remaining = _HEALTH_INTERVAL
+        if deadline is not None:
+            remaining = min(remaining, max(0.0, deadline - time.monotonic()))
+        return bool(self._poller.poll(math.ceil(remaining * 1000)))

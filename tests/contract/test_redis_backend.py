@@ -422,3 +422,52 @@ def test_write_and_part_return_loads_its_script_after_a_script_flush(
 
 
 # ---- one waiter on its own connection (redis_pubsub.SoloWaiter) ----------------------------------
+def test_a_lone_waiter_reads_its_own_connection_and_reuses_it(redis_url: str, raw: redis.Redis,
+                                                              task_ids: list[str]) -> None:
+    """One thread waiting: SUBSCRIBE and GET in one packet on the store's solo connection, no
+    listener thread; a second wait on the same connection is not confused by the first's
+    channel being written again meanwhile."""
+    reader, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)
+    first, second = _new(task_ids), _new(task_ids)
+    got: list[Any] = []
+
+    def store_both() -> None:
+        time.sleep(0.2)
+        writer.mark_as_done(first, "again")  # the first wait's channel, during the second
+        writer.mark_as_done(second, "second")
+
+    try:
+        writer.mark_as_done(first, "first")
+        got.append(reader.wait_for(first, timeout=10)["result"])  # stored already
+        thread = threading.Thread(target=store_both)
+        thread.start()
+        got.append(reader.wait_for(second, timeout=10)["result"])
+        thread.join()
+        listener = reader._subscriber  # noqa: SLF001 - which path served the waits
+    finally:
+        reader.close()
+        writer.close()
+    assert got == ["first", "second"]
+    assert listener is None
+
+
+def test_a_lone_waiter_pings_a_silent_connection_and_keeps_using_it(
+        redis_url: str, task_ids: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from celeriac.backends import redis_pubsub
+
+    monkeypatch.setattr(redis_pubsub, "_HEALTH_INTERVAL", 0.05)
+    reader, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)
+    first, second = _new(task_ids), _new(task_ids)
+    try:
+        # silent for several health intervals: PINGs go out, their PONGs come back
+        with pytest.raises(CeleriacTimeoutError):
+            reader.wait_for(first, timeout=0.3)
+        timer = threading.Timer(0.2, writer.mark_as_done, args=(second, "after pings"))
+        timer.start()
+        meta = reader.wait_for(second, timeout=10)
+        timer.join()
+        listener = reader._subscriber  # noqa: SLF001 - which path served the waits
+    finally:
+        reader.close()
+        writer.close()
+    assert meta["result"] == "after pings" and listener is None
