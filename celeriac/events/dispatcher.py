@@ -8,8 +8,10 @@ by one: they collect in a buffer that a background thread publishes as one ``tas
 every ``flush_interval`` seconds (sooner once ``buffer_limit`` events wait), so a task's three
 events cost the worker's hot path a dict and an append, not three broker round trips; the
 flusher gives a batch its clock values in one tick (in buffer order, so a task's events keep
-their order) and serializes it in one pass. Other events (``worker-*``, the client's
-``task-sent``) go out at once, from the caller's thread.
+their order) and writes its JSON from a template per event shape (type and field names: the
+constant text is made once, each event's values are put in; the same bytes ``json.dumps`` makes
+of the event). Other events (``worker-*``, the client's ``task-sent``) go out at once, from the
+caller's thread.
 
 Events are not kept: nobody subscribed, nobody gets them (kombu's fanout semantics). A publish
 that fails is logged (once per outage, not per event) and its events are dropped; the task
@@ -25,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..protocol.message import Message
-from ..protocol.serialization import json_dumps
+from ..protocol.serialization import json_dumps, json_string, json_template
 from ..transport.base import Broadcast
 from ..utils.text import one_line
 from .event import DEFAULT_EXCHANGE, MULTI, event_message, message_of, routing_key_for
@@ -58,6 +60,30 @@ _yield_gil = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 #: a buffered event until the flusher builds it: (group, type, fields, timestamp)
 _Pending = tuple[str, str, dict[str, Any], float]
+
+#: the keys an event's common part and its end hold: fields that name one of them are not put
+#: through a template (``_build`` decides where they go)
+_OWN_KEYS = frozenset({"hostname", "utcoffset", "pid", "clock", "timestamp", "type"})
+#: event shapes (type and field names) a dispatcher keeps a template for, at most
+_MAX_TEMPLATES = 64
+_float_repr = float.__repr__
+_int_repr = int.__repr__
+
+
+def _json_value(value: Any) -> str:
+    """``json_dumps(value)``, the common scalars without the encoder's set-up."""
+    cls = value.__class__
+    if cls is str:
+        return json_string(value)
+    if value is None:
+        return "null"
+    if cls is int:
+        return _int_repr(value)
+    if cls is float:
+        text = _float_repr(value)
+        if "n" not in text:  # not nan, inf or -inf, which JSON spells its own way
+            return text
+    return json_dumps(value)
 
 
 def _anon_hostname() -> str:
@@ -113,6 +139,10 @@ class EventDispatcher:
         self._publishing = threading.Lock()  # one publish at a time keeps the clock's order
         self._flusher: threading.Thread | None = None
         self._stopping = False
+        #: (event type, field names) -> the event's JSON as a %-format of its values, or None
+        #: for a shape ``_build`` lays out itself (see ``_template``); made again after a fork
+        #: (the pid) and when the UTC offset changes
+        self._templates: dict[tuple[str, tuple[Any, ...]], str | None] = {}
 
     # ---- switching on and off ----------------------------------------------------------------
     @property
@@ -206,7 +236,9 @@ class EventDispatcher:
     def _refresh_offset(self) -> None:
         now = time.monotonic()
         if now - self._offset_at > _OFFSET_REFRESH:
-            self._offset, self._offset_at = _utcoffset(), now
+            offset, self._offset_at = _utcoffset(), now
+            if offset != self._offset:
+                self._offset, self._templates = offset, {}
 
     # ---- publishing ---------------------------------------------------------------------------
     def _broadcaster(self) -> Broadcast | None:
@@ -280,21 +312,56 @@ class EventDispatcher:
 
     def _encode(self, items: list[_Pending], clock: int) -> Message:
         """The ``<group>.multi`` message of ``items``, whose clock values start at ``clock``.
-        JSON (Celery's and Flower's event serializer) is encoded a slice at a time, letting the
+        JSON (Celery's and Flower's event serializer) is written a slice at a time, letting the
         worker's other threads have the GIL between slices: this thread shares the worker's
-        process, and one long encoding would keep the solo pool's task loop waiting."""
+        process, and one long encoding would keep the solo pool's task loop waiting. Each
+        event of a known shape is its template filled with its values (``_template``): the
+        text ``json_dumps`` makes of the event, without building the event's map or encoding
+        its constant part again."""
         build = self._build
         if self.serializer != "json":
             events = [build(event_type, fields, timestamp, tick)
                       for tick, (_, event_type, fields, timestamp) in enumerate(items, clock)]
             return event_message(events, self.hostname, self.serializer)
+        templates, value = self._templates, _json_value
         parts = []
         for start in range(0, len(items), _SLICE):
-            events = [build(event_type, fields, timestamp, tick) for tick, (_, event_type, fields,
-                      timestamp) in enumerate(items[start:start + _SLICE], clock + start)]
-            parts.append(json_dumps(events)[1:-1])  # json.dumps(a + b) == "[a..., b...]"
+            texts: list[str] = []
+            add = texts.append
+            for tick, (_, event_type, fields, timestamp) in enumerate(
+                    items[start:start + _SLICE], clock + start):
+                shape = (event_type, tuple(fields))
+                try:
+                    template = templates[shape]
+                except KeyError:  # a new shape (past the limit: built as a map)
+                    template = None
+                    if len(templates) < _MAX_TEMPLATES:
+                        template = templates[shape] = self._template(shape)
+                if template is None:
+                    add(json_dumps(build(event_type, fields, timestamp, tick)))
+                else:  # the clock and timestamp go in as they are: "%s" writes what JSON does
+                    add(template % (tick, *map(value, fields.values()), timestamp))
+            parts.append(", ".join(texts))  # json.dumps([a, b]) == "[" + a + ", " + b + "]"
             _yield_gil()
         return message_of(("[" + ", ".join(parts) + "]").encode("utf-8"), self.hostname)
+
+    def _template(self, shape: tuple[str, tuple[Any, ...]]) -> str | None:
+        """The JSON text ``_build`` and ``json_dumps`` make of an event of ``shape`` (its type
+        and its fields' names, in order) as a %-format taking the clock, each field's JSON
+        and the timestamp; None when a field name is not a plain string or is one of the
+        event's own keys (those events are built as maps)."""
+        event_type, names = shape
+        if any(name.__class__ is not str or name in _OWN_KEYS for name in names):
+            return None
+        marks = [f"\x00celeriac-event-value-{index}\x00" for index in range(len(names) + 2)]
+        sample = {"hostname": self.hostname, "utcoffset": self._offset, "pid": self._pid,
+                  "clock": marks[0], **dict(zip(names, marks[1:-1])), "timestamp": marks[-1],
+                  "type": event_type}
+        pieces = json_template(sample, marks)
+        if pieces is None:  # a mark's text elsewhere in the event (the hostname, say)
+            return None
+        # each mark stood for a JSON string: its quotes go, and "%s" puts the value's JSON there
+        return "%s".join(piece.replace("%", "%%") for piece in pieces)
 
     def flush(self) -> None:
         """Publish what is buffered now, from this thread."""
