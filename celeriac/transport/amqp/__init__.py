@@ -26,7 +26,7 @@ frames under it, ``wire.ack_frame``) and an ack never waits for a fetch to end (
 cannot read and write from two threads: there each frame is read under the same lock, the wait
 itself still holding none). A warm shutdown's
 ``stop_consuming`` cancels the consumers and gives back what was pushed but never fetched.
-Heartbeats: the fetching thread calls ``heartbeat_tick`` on each pass and a small
+Heartbeats: the fetching thread calls ``heartbeat_tick`` (at most every 0.1 s) and a small
 keepalive thread sends one whenever the interval asks, so a worker busy with long tasks (not
 fetching) keeps its connection. Messages with an ``eta`` that arrive early are held here,
 unacked, until due: a worker runs them at their ETA without handing them back and forth. The
@@ -94,6 +94,8 @@ _FRAME_WAIT = 1.0
 _BURST_GAP = 0.01
 #: requeue counts remembered per (queue, task id), for delivery_count on classic queues
 _REQUEUE_MEMORY = 10_000
+#: the fetching thread's heartbeat bookkeeping runs at most this often (seconds, ``tick``)
+_TICK_EVERY = 0.1
 #: the most one read of a plain socket takes (``read_frames``)
 _RECV_SIZE = 256 * 1024
 #: a publish writes its frames in pieces of about this size (one piece for a usual batch)
@@ -128,6 +130,7 @@ class _ConsumerConnection:
         self.alive = True
         self.declared: set[str] = set()
         self.global_qos: bool | None = None  # chosen at the first basic_qos (``_qos_global``)
+        self.next_tick = 0.0  # monotonic time ``tick`` calls py-amqp's heartbeat_tick again
         # the fetching thread waits for the socket to become readable with this, holding no
         # lock (an ack from another thread goes straight out meanwhile)
         self.sock = conn.sock
@@ -141,6 +144,20 @@ class _ConsumerConnection:
 
     def on_message(self, msg: Any) -> None:
         self.arrived.append(msg)
+
+    def tick(self, heartbeat: float) -> None:
+        """py-amqp's ``heartbeat_tick`` (sends a heartbeat when one is due, raises when too
+        many were missed), at most every ``_TICK_EVERY`` seconds and eight times an interval:
+        py-amqp asks for about one a second, and one on every pass of a busy fetch (a pass per
+        message or two) was a few percent of the fetch's time."""
+        if heartbeat <= 0:
+            return
+        now = time.monotonic()
+        if now < self.next_tick:
+            return
+        self.next_tick = now + min(_TICK_EVERY, heartbeat / 8)
+        with self.io_lock():
+            self.conn.heartbeat_tick()
 
     def readable(self, wait: float) -> bool:
         """Whether the socket has bytes to read, waiting up to ``wait`` seconds for some (no
@@ -633,7 +650,10 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
 
     @staticmethod
     def _ready_in(current: _ConsumerConnection, order: list[str]) -> int:
-        return sum(len(current.ready.get(queue, ())) for queue in order)
+        ready = current.ready
+        if len(order) == 1:  # the usual worker: one queue, no generator
+            return len(ready.get(order[0], ()))
+        return sum(len(ready.get(queue, ())) for queue in order)
 
     def _subscribe(self, current: _ConsumerConnection, order: list[str], max_n: int) -> bool:
         """Prefetch and consumers for this fetch; True if anything changed (a burst comes).
@@ -652,8 +672,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
                 current.consumers[queue] = tag
                 current.queues_of[tag] = queue
                 changed = True
-            if self.heartbeat > 0:
-                current.conn.heartbeat_tick()
+            current.tick(self.heartbeat)
         return changed
 
     def _fit_prefetch(self, current: _ConsumerConnection, order: list[str], max_n: int) -> bool:
@@ -703,8 +722,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
                 while read_frames(current.conn) == _RECV_SIZE or (
                         current.conn.transport._read_buffer and current.readable(_FRAME_WAIT)):
                     pass  # more than one read held, or a frame's rest is on its way
-            if self.heartbeat > 0:
-                current.conn.heartbeat_tick()
+            current.tick(self.heartbeat)
             return len(current.arrived) > before
         with current.write_lock:
             buffered = current.buffered()
@@ -718,9 +736,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
                         more = current.buffered() or current.readable(0)
             except socket.timeout:
                 pass
-        if self.heartbeat > 0:
-            with current.io_lock():
-                current.conn.heartbeat_tick()
+        current.tick(self.heartbeat)
         return len(current.arrived) > before
 
     def _sort_arrivals(self, current: _ConsumerConnection) -> None:

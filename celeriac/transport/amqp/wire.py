@@ -341,6 +341,7 @@ class InboundMessage(amqp.Message):  # type: ignore[misc]
 CONTENT_METHODS = frozenset({(60, 50), (60, 60), (60, 71)})
 _METHOD_ID = struct.Struct(">HH").unpack_from
 _METHOD, _HEADER, _BODY, _HEARTBEAT = 1, 2, 3, 8
+_DELIVER = (60, 60)
 
 
 class _ChannelAssembly:
@@ -396,7 +397,40 @@ class FrameAssembler:
             state.expects = _BODY
             return False
         state.expects, state.message = _METHOD, None
-        self.callback(channel, message.frame_method, message.frame_args, message)
+        if message.frame_method != _DELIVER or not self._deliver(channel, message):
+            self.callback(channel, message.frame_method, message.frame_args, message)
+        return True
+
+    def _deliver(self, channel_id: int, message: InboundMessage) -> bool:
+        """A whole basic.deliver handed straight to its consumer's callback, as py-amqp's
+        ``Channel._on_basic_deliver`` hands it after its ``dispatch_method`` (same
+        ``delivery_info``, same values), without the generic method dispatch and argument
+        decoder. Only where that path would do just this: an open channel that does not decode
+        bodies, waits for no basic.deliver of its own and has a callback for the consumer tag.
+        False: nothing was done, py-amqp's own path handles the message (and its edge cases:
+        a closing channel, an unknown consumer tag)."""
+        channels = getattr(self.connection, "channels", None)
+        channel = channels.get(channel_id) if channels else None
+        if (not isinstance(channel, amqp.Channel) or channel.is_closing or channel.auto_decode
+                or _DELIVER in channel._pending):
+            return False
+        args = message.frame_args  # 'sLbss' after the method id, as py-amqp reads it
+        end = 5 + args[4]
+        consumer_tag = args[5:end].decode("utf-8", "surrogatepass")
+        callback = channel.callbacks.get(consumer_tag)
+        if callback is None:
+            return False
+        (delivery_tag,) = _UNPACK_U64(args, end)
+        redelivered = bool(args[end + 8] & 1)
+        start = end + 10
+        end = start + args[end + 9]
+        exchange = args[start:end].decode("utf-8", "surrogatepass")
+        routing_key = args[end + 1:end + 1 + args[end]].decode("utf-8", "surrogatepass")
+        message.channel = channel
+        message.delivery_info = {
+            "consumer_tag": consumer_tag, "delivery_tag": delivery_tag,
+            "redelivered": redelivered, "exchange": exchange, "routing_key": routing_key}
+        callback(message)
         return True
 
 

@@ -163,3 +163,30 @@ def test_qsize_counts_a_copy_while_other_threads_settle(consumer: Any,
     assert counts == sorted(counts, reverse=True)  # only ever settled meanwhile
     assert transport.qsize("q") == 0
 
+
+
+def test_the_fetching_thread_ticks_py_amqps_heartbeat_at_most_every_tenth_of_a_second() -> None:
+    """``tick`` on every pass of a busy fetch reaches py-amqp's ``heartbeat_tick`` only once
+    its next time has come, then sets the next one at most 0.1 s (an eighth of the heartbeat
+    interval, when shorter) on; never with heartbeats off."""
+    conn = FakeConnection()
+    ticks: list[float] = []
+    conn.heartbeat_tick = lambda: ticks.append(time.monotonic())  # type: ignore[attr-defined]
+    current = _ConsumerConnection(conn, 1, tls=False)
+    try:
+        for _ in range(100):
+            current.tick(0)
+        assert ticks == []
+        current.tick(60)
+        assert len(ticks) == 1
+        assert current.next_tick <= time.monotonic() + 0.1
+        current.next_tick = time.monotonic() + 3600  # not due yet
+        for _ in range(100):
+            current.tick(60)
+        assert len(ticks) == 1
+        current.next_tick = time.monotonic() - 1  # due
+        current.tick(0.4)
+        assert len(ticks) == 2
+        assert current.next_tick <= time.monotonic() + 0.05  # 0.4 s / 8
+    finally:
+        conn.close()

@@ -399,3 +399,59 @@ def test_the_frame_handler_hands_over_what_py_amqps_does() -> None:
         return [returned, calls, conn.bytes_recv]
 
     assert run(wire.frame_handler) == run(py_amqp_frame_handler)
+
+
+def _deliveries_through(factory: Any, *, auto_decode: bool = False,
+                        closing: bool = False) -> tuple[list[Any], int]:
+    """A basic.deliver (redelivered, routed, non-ASCII names, split body) fed through
+    ``factory``'s frame handler into a real py-amqp channel: what its consumer callback got,
+    and how many methods went through py-amqp's generic dispatch."""
+    import struct
+
+    conn = amqp.Connection("127.0.0.1:1")  # never connected: only its channel table is used
+    channel = amqp.Channel(conn, channel_id=1, auto_decode=auto_decode)
+    channel.is_closing = closing
+    got: list[Any] = []
+    channel.callbacks["ctag-é"] = got.append
+    generic: list[Any] = []
+
+    def dispatch(*args: Any) -> Any:
+        generic.append(args[1])
+        return conn.on_inbound_method(*args)
+
+    sent = wire.to_amqp(Message(b"", headers={"id": "1", "task": "t", "n": [1, None]},
+                                properties={"delivery_mode": 2, "priority": 3}))
+    header = struct.pack(">HHQ", 60, 0, 6) + wire.encode_properties(sent.properties)
+    deliver = struct.pack(">HH", 60, 60) + amqp.serialization.dumps(
+        "sLbss", ("ctag-é", 2**40 + 7, True, "ex", "rk.ü"))
+    handle = factory(conn, dispatch)
+    for frame in [(1, 1, deliver), (2, 1, header), (3, 1, b"abc"), (3, 1, b"def")]:
+        handle(frame)
+    return [(m.delivery_info, m.body, repr(m.properties), m.channel is channel)
+            for m in got], len(generic)
+
+
+def test_a_delivery_reaches_its_consumer_as_through_py_amqps_dispatch() -> None:
+    """``wire.frame_handler`` hands a basic.deliver straight to the consumer's callback, with
+    the same delivery_info, body and properties py-amqp's own dispatch gives."""
+    from amqp.method_framing import frame_handler as py_amqp_frame_handler
+
+    ours, generic = _deliveries_through(wire.frame_handler)
+    theirs, _ = _deliveries_through(py_amqp_frame_handler)
+    assert generic == 0  # not through py-amqp's dispatch
+    assert ours == theirs
+    assert ours[0][0] == {"consumer_tag": "ctag-é", "delivery_tag": 2**40 + 7,
+                          "redelivered": True, "exchange": "ex", "routing_key": "rk.ü"}
+
+
+@pytest.mark.parametrize("case", ["auto_decode", "closing"])
+def test_a_delivery_py_amqp_must_handle_goes_through_its_dispatch(case: str) -> None:
+    """A channel that decodes bodies, or is closing (py-amqp drops what arrives then), gets
+    the delivery through py-amqp's own path, with its own outcome."""
+    from amqp.method_framing import frame_handler as py_amqp_frame_handler
+
+    options = {case: True}
+    ours, generic = _deliveries_through(wire.frame_handler, **options)
+    theirs, _ = _deliveries_through(py_amqp_frame_handler, **options)
+    assert generic == 1
+    assert ours == theirs
