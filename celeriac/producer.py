@@ -16,7 +16,7 @@ from . import _context, signals
 from .exceptions import ImproperlyConfigured, OperationalError
 from .protocol import v2
 from .routing import Queue, Router
-from .transport.base import Outgoing
+from .transport.base import Outgoing, PublishesRuns
 from .utils.forks import ForkLocal
 from .utils.text import one_line
 from .utils.urls import redact_url
@@ -252,38 +252,69 @@ class Producer:
 
         A call to the same task as the one before it, with the same options but its id and
         group index (a group's members, a batch of one task), is made from that one's message
-        (``v2.encode_like``): only its id, arguments and group index are worked out."""
-        items: list[Outgoing] = []
-        model: tuple[str, dict[str, Any], Outgoing, bool] | None = None
+        (``v2.Likes``): only its id, arguments and group index are worked out."""
+        self._json_headers = getattr(self.app.transport, "json_headers", False)
+        runs: list[_Run] = []
+        run: _Run | None = None
         for name, args, kwargs, opts in calls:
-            opts = opts or {}
-            if model is not None and name == model[0] and _shared(opts) == model[1]:
-                items.append(self._build_like(model[2], model[3], args, kwargs, opts))
+            if not opts:
+                opts = _NO_OPTIONS  # one object: the next call without options is like it
+            if (run is not None and run.likes is not None and name == run.name
+                    and (opts is run.options or _shared(opts) == run.shared)
+                    and run.likes.add(opts.get("task_id"), args, kwargs,
+                                      opts.get("group_index"))):
                 continue
-            item = self.build(name, args, kwargs, **opts)
-            items.append(item)
-            model = None
-            if (_LIKE_OPTIONS.issuperset(opts) and self.router.by_name_only
-                    and _plain_message(item)):  # a router function may look at the arguments
-                headers = item.message.headers
-                derived_root = "root_id" not in opts and headers["root_id"] == headers["id"]
-                model = (name, _shared(opts), item, derived_root)
-        self.publish(items)
-        return [item.message.headers["id"] for item in items]
+            run = self._start(name, args, kwargs, opts)
+            runs.append(run)
+        self._publish_runs(runs)
+        return [task_id for run in runs for task_id in run.ids()]
 
-    @staticmethod
-    def _build_like(model: Outgoing, derived_root: bool, args: Any, kwargs: Any,
-                    options: dict[str, Any]) -> Outgoing:
-        """``build`` for a call that differs from ``model``'s only in id, group index and
-        arguments."""
-        task_id = options.get("task_id") or v2.uuid4_text()
-        message = v2.encode_like(
-            model.message, task_id=task_id, args=tuple(args) if args is not None else (),
-            kwargs=dict(kwargs) if kwargs is not None else {},
-            group_index=options.get("group_index"),
-            root_id=task_id if derived_root else model.message.headers["root_id"])
-        return Outgoing(model.queue, message, None, model.exchange, model.routing_key,
-                        model.exchange_type)
+    def send_groups(self, batches: Sequence[tuple[str, dict[str, Any],
+                                                  Sequence[tuple[Any, Any, Any, Any]]]]) -> None:
+        """Publish, in one broker round trip, batches of calls to one task with the same
+        options, each call with its own ``(task_id, args, kwargs, group_index)`` (a group's
+        members): the same messages ``send_many`` makes of such calls."""
+        self._json_headers = getattr(self.app.transport, "json_headers", False)
+        runs: list[_Run] = []
+        for name, options, calls in batches:
+            add = None  # the current run's likes.add
+            for task_id, args, kwargs, group_index in calls:
+                if add is None or not add(task_id, args, kwargs, group_index):
+                    own = {**options, "task_id": task_id}
+                    if group_index is not None:
+                        own["group_index"] = group_index
+                    run = self._start(name, args, kwargs, own)
+                    runs.append(run)
+                    add = run.likes.add if run.likes is not None else None
+        self._publish_runs(runs)
+
+    def _start(self, name: str, args: Any, kwargs: Any, opts: dict[str, Any]) -> "_Run":
+        """The run a call begins: its message built in full, and (when later calls may be made
+        from it) a ``v2.Likes`` for them."""
+        item = self.build(name, args, kwargs, **opts)
+        likes = None
+        if (_LIKE_OPTIONS.issuperset(opts) and self.router.by_name_only
+                and item.not_before is None and not item.routed):
+            # (a router function may look at each call's arguments)
+            headers = item.message.headers
+            derived_root = "root_id" not in opts and headers["root_id"] == headers["id"]
+            likes = v2.likes_of(item.message, tuple(args) if args is not None else (),
+                                dict(kwargs) if kwargs is not None else {}, derived_root)
+        return _Run(name, opts, item, likes)
+
+    def _publish_runs(self, runs: Sequence["_Run"]) -> None:
+        """Publish each run's model and the messages like it, in order: spliced by the
+        transport where it can (``publish_runs``) and nothing needs each message as an object
+        (publish signals, ``task-sent`` events, publish hooks); otherwise as ``Outgoing``s."""
+        transport = self.app.transport
+        if (not isinstance(transport, PublishesRuns) or signals.before_task_publish.receivers
+                or self.send_sent_event or signals.after_task_publish.receivers
+                or publish_failure_hooks):
+            self.publish([item for run in runs for item in run.outgoing()])
+            return
+        pairs = [(run.item, run.likes) for run in runs]
+        self._publish_with_retry(transport, [run.item for run in runs], None, None,
+                                 lambda: transport.publish_runs(pairs))
 
     def publish(self, items: Sequence[Outgoing], *, retry: bool | None = None,
                 retry_policy: dict[str, Any] | None = None) -> None:
@@ -326,15 +357,20 @@ class Producer:
         self._events.send_batch(sent)
 
     def _publish_with_retry(self, transport: Any, items: Sequence[Outgoing], retry: bool | None,
-                            retry_policy: dict[str, Any] | None) -> None:
-        """Declare the items' queues (once per producer) and publish them, retrying while the
-        broker is unreachable; then raise ``OperationalError``."""
+                            retry_policy: dict[str, Any] | None,
+                            send: Callable[[], None] | None = None) -> None:
+        """Declare the items' queues (once per producer) and publish them (or call ``send``,
+        which publishes them and others like them), retrying while the broker is unreachable;
+        then raise ``OperationalError``."""
         attempt = 0
         delays: Iterator[float] | None = None  # worked out once a publish has failed
         while True:
             try:
                 self._declare(transport, items)
-                transport.publish(items)
+                if send is None:
+                    transport.publish(items)
+                else:
+                    send()
                 return
             except (OSError, ConnectionError, TimeoutError,
                     *transport.transient_errors) as exc:
@@ -405,25 +441,42 @@ class Producer:
 #: other changes what ``build`` does beyond the id, the group index and the arguments)
 _LIKE_OPTIONS = frozenset({"task_id", "group_id", "group_index", "reply_to", "root_id",
                            "parent_id", "shadow", "add_to_parent", "_task", "queue", "priority",
-                           "ignore_result", "time_limit", "soft_time_limit", "serializer"})
+                           "ignore_result", "time_limit", "soft_time_limit", "serializer",
+                           "chord", "link", "link_error"})
 #: the options that differ between calls made from one model
 _OWN_OPTIONS = ("task_id", "group_index")
+#: the options of a ``send_many`` call that gives none (only ever read)
+_NO_OPTIONS: dict[str, Any] = {}
+
+
+class _Run:
+    """One call built in full (``item``) and the calls made like it (``likes``)."""
+
+    __slots__ = ("name", "options", "shared", "item", "likes")
+
+    def __init__(self, name: str, options: dict[str, Any], item: Outgoing,
+                 likes: v2.Likes | None) -> None:
+        self.name, self.options, self.item, self.likes = name, options, item, likes
+        #: the options the calls made like it share (all but their own id and group index)
+        self.shared = _shared(options) if likes is not None else None
+
+    def ids(self) -> list[str]:
+        first = self.item.message.headers["id"]
+        if not self.likes:
+            return [first]
+        self.likes.parts()  # draws the ids not given
+        return [first, *self.likes.ids]
+
+    def outgoing(self) -> list[Outgoing]:
+        item, likes = self.item, self.likes
+        if not likes:
+            return [item]
+        return [item, *(Outgoing(item.queue, message, None, item.exchange, item.routing_key,
+                                 item.exchange_type) for message in likes.messages())]
 
 
 def _shared(options: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in options.items() if key not in _OWN_OPTIONS}
-
-
-def _plain_message(item: Outgoing) -> bool:
-    """Whether other calls' messages may be made from ``item``'s (``v2.encode_like``): JSON,
-    uncompressed, due now, no expiry (a task's own ``expires`` counts from each call)."""
-    message, headers = item.message, item.message.headers
-    return (item.not_before is None and message.content_type == _JSON_TYPE
-            and headers.get("eta") is None and headers.get("expires") is None
-            and "compression" not in headers)
-
-
-_JSON_TYPE = "application/json"
 
 
 def _log_publish_retry(exc: BaseException, attempt: int) -> None:

@@ -124,6 +124,19 @@ def _make_json_encode() -> Callable[[Any], str]:
 
 
 _json_encode = _make_json_encode()
+
+
+def json_dumper() -> Callable[[Any], str]:
+    """``json_dumps`` for many values in a row: one C encoder, made once. Its map of the
+    containers being encoded is empty again after each value it encodes; after an error it may
+    not be, so a caller that goes on after one makes a new encoder."""
+    make = getattr(json_encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has the C encoder
+        return _json_encode
+    encode = make({}, _tag, json_encoder.encode_basestring_ascii, None, ": ", ", ",
+                  False, False, True)
+    join = "".join
+    return lambda obj: join(encode(obj, 0))
 #: kombu JSON text of one string (quotes included), as the encoder writes string values
 json_string: Callable[[str], str] = json_encoder.encode_basestring_ascii
 _json_decode_plain = json.JSONDecoder().decode

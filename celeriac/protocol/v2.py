@@ -8,6 +8,7 @@ runs once per task, so it does the minimum of work and validates only what execu
 
 from __future__ import annotations
 
+import binascii
 import os
 import socket
 from dataclasses import dataclass
@@ -76,10 +77,33 @@ def uuid4_text() -> str:
 
 
 def uuid4_texts(count: int) -> list[str]:
-    """``count`` of ``uuid4_text()``, from one read of random bytes (a batch's delivery tags)."""
-    h = _urandom(16 * count).hex()
-    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}"
-            f"{h[i + 17:i + 20]}-{h[i + 20:i + 32]}" for i in range(0, 32 * count, 32)]
+    """``count`` of ``uuid4_text()``, from one read of random bytes (a batch's ids and delivery
+    tags). Many are laid out at once: each of the 32 digit places of the text is filled for all
+    of them by one slice assignment, and one split cuts them apart."""
+    if count < _BULK_IDS:
+        h = _urandom(16 * count).hex()
+        return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}"
+                f"{h[i + 17:i + 20]}-{h[i + 20:i + 32]}" for i in range(0, 32 * count, 32)]
+    digits = _hexlify(_urandom(16 * count))
+    out = bytearray(_ID_LAYOUT * count)
+    for index, place in _ID_PLACES:
+        out[place::_ID_STEP] = digits[index::32]
+    out[_ID_VARIANT_PLACE::_ID_STEP] = digits[16::32].translate(_VARIANT_DIGITS)
+    return out.decode("ascii").split()
+
+
+#: from this many ids on, ``uuid4_texts`` lays them out all at once
+_BULK_IDS = 24
+_hexlify = binascii.hexlify
+#: one id's text and a space (``split`` cuts there); the version digit stays 4
+_ID_LAYOUT = b"00000000-0000-4000-8000-000000000000 "
+_ID_STEP = len(_ID_LAYOUT)
+#: (hex digit of the random bytes, place in the text) for all but the version's and variant's
+_ID_PLACES = [(index, place) for index, place in enumerate(
+    p for p, c in enumerate(_ID_LAYOUT[:36]) if c != ord("-")) if index not in (12, 16)]
+_ID_VARIANT_PLACE = 19
+#: a random hex digit to the variant digit (``10xx``): what ``_VARIANT`` maps, byte for byte
+_VARIANT_DIGITS = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
 
 
 # ---- the headers' JSON text, from a template per task ------------------------------------------
@@ -239,25 +263,148 @@ def _templated(table: dict[str, Any]) -> str | None:
         return None
 
 
-def encode_like(model: Message, *, task_id: str, args: list[Any] | tuple[Any, ...],
-                kwargs: dict[str, Any], group_index: int | None, root_id: str) -> Message:
-    """The message of another call like the one ``model`` was made for (by ``encode_task``, in
-    JSON, uncompressed, without callbacks, errbacks, chain, chord, eta or expires): the same
-    task and options, another id, root id, group index and arguments. Group members and
-    ``send_many`` batches are made so, without working out the constant parts again."""
-    if not isinstance(args, (list, tuple)):
-        raise TypeError(f"task args must be a list or tuple, not {type(args).__name__}")
-    if not isinstance(kwargs, dict):
-        raise TypeError(f"task kwargs must be a dict, not {type(kwargs).__name__}")
-    table = model.headers.copy()
-    table["id"], table["group_index"], table["root_id"] = task_id, group_index, root_id
-    table["argsrepr"] = safe_repr(tuple(args), REPR_MAXSIZE) if args else "()"
-    table["kwargsrepr"] = safe_repr(kwargs, REPR_MAXSIZE) if kwargs else "{}"
-    properties = model.properties.copy()
-    properties["correlation_id"] = task_id
-    content_type, content_encoding, body = _dump_body(args, kwargs, _NO_EMBED, "json")
-    return Message(body, content_type, content_encoding, table, properties,
-                   None if model.headers_json is None else _templated(table))
+class Likes:
+    """Many calls like the one ``model`` was made for (by ``encode_task``, in JSON, uncompressed,
+    with headers text, no eta or expires): the same task, options and embed (callbacks,
+    errbacks, chord), another id, group index, arguments and (when the model's was its own id)
+    root id. It keeps what differs as text: each one's headers JSON and body, spliced from the
+    model's (``parts``), the same bytes as ``encode_task`` writes; ``messages()`` makes full
+    ``Message`` objects of them for whoever needs them (signals, other transports).
+
+    Made by ``likes_of``; ``add`` takes a call, ``parts`` then lays them all out at once."""
+
+    __slots__ = ("model", "calls", "ids", "_pieces", "_embed", "_derived_root", "_parts")
+
+    def __init__(self, model: Message, pieces: tuple[str, ...], embed: str,
+                 derived_root: bool) -> None:
+        self.model = model
+        #: ``(id or None, args, kwargs, group index)`` of each call (None: an id is drawn)
+        self.calls: list[tuple[str | None, Any, Any, int | None]] = []
+        #: each call's id, once ``parts`` has drawn those not given
+        self.ids: list[str] = []
+        self._pieces = pieces
+        self._embed = embed
+        self._derived_root = derived_root
+        self._parts: list[tuple[str, str, bytes]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def add(self, task_id: Any, args: Any, kwargs: Any, group_index: Any) -> bool:
+        """Take one more call; False (nothing taken) when its id or group index is of a kind
+        the model's template does not write (the caller builds that one in full)."""
+        if not (task_id is None or task_id.__class__ is str) or not (
+                group_index is None or group_index.__class__ is int):  # a bool: not in JSON
+            return False
+        if args.__class__ is not tuple:
+            args = tuple(args) if args is not None else ()
+        if kwargs.__class__ is not dict:
+            kwargs = dict(kwargs) if kwargs is not None else {}
+        self.calls.append((task_id or None, args, kwargs, group_index))
+        self._parts = None
+        return True
+
+    def parts(self) -> list[tuple[str, str, bytes]]:
+        """``(id as JSON text, headers JSON text, body)`` of each call, in call order; ids not
+        given are drawn here (``ids`` then holds every call's)."""
+        if self._parts is not None:
+            return self._parts
+        calls = self.calls
+        if len(self.ids) != len(calls):  # draw each missing id once, whatever is added later
+            missing = sum(1 for call in calls[len(self.ids):] if call[0] is None)
+            drawn = iter(uuid4_texts(missing))
+            self.ids.extend(call[0] or next(drawn) for call in calls[len(self.ids):])
+        p0, p1, p2, p3, p4, p5, p6 = self._pieces
+        parent = self.model.headers["parent_id"]
+        p34 = f"{p3}{'null' if parent is None else _json_str(parent)}{p4}"
+        derived = self._derived_root
+        root = None if derived else _json_str(self.model.headers["root_id"])
+        embed = self._embed
+        empty_body = f"[[], {{}}, {embed}]".encode("utf-8")
+        dump = serialization.json_dumper()
+        out: list[tuple[str, str, bytes]] = []
+        append = out.append
+        for task_id, (given, args, kwargs, index) in zip(self.ids, calls):
+            quoted = f'"{task_id}"' if given is None else _json_str(task_id)  # a uuid: as is
+            if not args and not kwargs:
+                body, argsrepr, kwargsrepr = empty_body, '"()"', '"{}"'
+            else:
+                body = _like_body(args, kwargs, embed, dump)
+                argsrepr = _json_str(safe_repr(args, REPR_MAXSIZE)) if args else '"()"'
+                kwargsrepr = _json_str(safe_repr(kwargs, REPR_MAXSIZE)) if kwargs else '"{}"'
+            append((quoted, f"{p0}{quoted}{p1}{'null' if index is None else int.__repr__(index)}"
+                            f"{p2}{quoted if derived else root}{p34}{argsrepr}{p5}{kwargsrepr}"
+                            f"{p6}", body))
+        self._parts = out
+        return out
+
+    def messages(self) -> list[Message]:
+        """Each call's full ``Message`` (what ``encode_task`` makes for it)."""
+        model = self.model
+        derived, root = self._derived_root, model.headers["root_id"]
+        out = []
+        for (_, text, body), task_id, (_, args, kwargs, index) in zip(
+                self.parts(), self.ids, self.calls):
+            table = model.headers.copy()
+            table["id"], table["group_index"] = task_id, index
+            table["root_id"] = task_id if derived else root
+            table["argsrepr"] = safe_repr(args, REPR_MAXSIZE) if args else "()"
+            table["kwargsrepr"] = safe_repr(kwargs, REPR_MAXSIZE) if kwargs else "{}"
+            properties = model.properties.copy()
+            properties["correlation_id"] = task_id
+            out.append(Message(body, model.content_type, model.content_encoding, table,
+                               properties, text))
+        return out
+
+
+def likes_of(model: Message, args: Any, kwargs: Any, derived_root: bool) -> Likes | None:
+    """A ``Likes`` for calls like the one ``model`` was made for with ``args`` and ``kwargs``
+    (``derived_root``: its root id was its own id, so each call's is its own too); None when the
+    model is not such a message (not JSON, no headers text, eta, expires, compression, headers
+    other than the standard ones) or its template does not fit."""
+    headers = model.headers
+    if (model.headers_json is None or model.content_type != _JSON[0]
+            or model.content_encoding != _JSON[1] or headers.get("eta") is not None
+            or headers.get("expires") is not None or "compression" in headers
+            or tuple(model.properties) != ("correlation_id", "reply_to", "delivery_mode",
+                                           "priority")
+            or (derived_root and headers["root_id"] != headers["id"])):
+        return None
+    get = headers.get
+    retries, ignore, nesting = get("retries"), get("ignore_result"), get("replaced_task_nesting")
+    hard, soft = headers["timelimit"]
+    key = (get("task"), get("shadow"), get("group"), retries, type(retries), hard, type(hard),
+           soft, type(soft), get("origin"), ignore, type(ignore), nesting, type(nesting),
+           get("compression"))
+    try:
+        pieces = _TEMPLATES[key]
+    except TypeError:  # an unhashable constant
+        return None
+    except KeyError:  # the cache started over since the model was made
+        pieces = _TEMPLATES[key] = _template(headers)
+    if pieces is None:
+        return None
+    # the embed's text is what follows the arguments in the model's body
+    try:
+        text = model.body.decode("utf-8")
+        head = (f"[{_json_text(args) if args else '[]'}, "
+                f"{_json_text(kwargs) if kwargs else '{}'}, ")
+    except (UnicodeError, TypeError, ValueError, OverflowError, RecursionError):
+        return None
+    if not (text.startswith(head) and text.endswith("]")):
+        return None
+    return Likes(model, pieces, text[len(head):-1], derived_root)
+
+
+def _like_body(args: tuple[Any, ...], kwargs: dict[str, Any], embed: str, dump: Any) -> bytes:
+    """The body of a call like the model (its ``embed`` text), ``dump`` its JSON encoder."""
+    try:
+        text = f"[{dump(args) if args else '[]'}, {dump(kwargs) if kwargs else '{}'}, {embed}]"
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        # raise the EncodeError the full encoder raises for this value, in its words
+        serialization.dumps((args, kwargs), "json")
+        raise
+    return text.encode("utf-8")
 
 
 #: the embed of a message with no callbacks, errbacks, chain or chord (only ever serialized)
@@ -468,7 +615,11 @@ def safe_repr(obj: Any, maxlen: int | None = REPR_MAXSIZE, maxlevels: int = 3) -
     obj_type = type(obj)
     # Fast path for the usual flat args/kwargs: the builtin repr is identical when it is short.
     if obj_type is tuple or obj_type is list:
-        flat = all(map(_plain, obj))
+        kinds = set(map(type, obj))
+        if kinds <= _PLAIN_TYPES:  # numbers, bools, None: no call per item
+            flat = True
+        else:
+            flat = all(map(_plain, obj))
     elif obj_type is dict:
         flat = all(_plain(key) and _plain(value) for key, value in obj.items())
     else:

@@ -25,10 +25,13 @@ does nothing (fencing).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ..protocol.entities import Queue
 from ..protocol.message import Message
+
+if TYPE_CHECKING:
+    from ..protocol.v2 import Likes
 
 
 @dataclass(slots=True)
@@ -241,6 +244,17 @@ class PushedDeliveries(Protocol):
         """Warm shutdown: cancel this transport's consumers and give back (requeue) every
         delivery it holds that ``fetch`` has not handed out; returns how many. Later fetches
         return nothing until ``close``; handed-out deliveries are settled as before."""
+
+
+@runtime_checkable
+class PublishesRuns(Protocol):
+    """Not a capability either, a hook: the transport writes messages made like one model
+    (``v2.Likes``: a group's members, a ``send_many`` batch) from text spliced into its own
+    envelope, without a ``Message`` object for each. The producer uses it when nothing needs
+    those objects (publish signals, ``task-sent`` events, publish hooks)."""
+
+    def publish_runs(self, runs: Sequence[tuple[Outgoing, Likes | None]]) -> None:
+        """``publish`` of each run's item followed by the messages like it, all or nothing."""
 
 
 def capabilities_of(transport: Any) -> frozenset[str]:

@@ -22,14 +22,15 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Callable, Sequence, cast
+from base64 import b64encode
+from typing import Any, Callable, Iterator, Sequence, cast
 from urllib.parse import parse_qsl, urlencode
 
 import redis as redis_py
 
 from ...protocol.entities import Queue, as_queue
 from ...protocol.message import Message
-from ...protocol.v2 import uuid4_text, uuid4_texts
+from ...protocol.v2 import Likes, uuid4_text, uuid4_texts
 from ...utils import redis_wire
 from ...utils.forks import PidGuard
 from ...utils.salt import process_salt
@@ -46,7 +47,7 @@ from ..bindings import (
     route_outgoing,
 )
 from . import scripts
-from .envelope import decode, decode_delivery, encode, list_name, priority_step
+from .envelope import decode, decode_delivery, encode, list_name, priority_step, template
 from .fanout import RedisBroadcastMixin
 
 #: how many delayed messages and expired leases one fetch moves at most
@@ -250,18 +251,37 @@ class RedisTransport(RedisBroadcastMixin):
         if len(items) == 1 and items[0].not_before is None and items[0].queue in self._declared:
             self._publish_one(wire, items[0])  # a plain delay(): nothing to group or declare
             return
+        self._push(wire, [(item, None) for item in items])
+
+    def publish_runs(self, runs: Sequence[tuple[Outgoing, Likes | None]]) -> None:
+        """``publish`` of each run's model item followed by the messages like it
+        (``v2.Likes``: the same queue, options and embed, other ids and arguments), whose
+        envelopes are spliced from the model's: the same text ``encode`` writes for each."""
+        if not runs:
+            return
+        self._check_fork()
+        if any(model.routed or model.not_before is not None for model, _ in runs):
+            self.publish([item for model, likes in runs for item in _expand(model, likes)])
+            return
+        self._push(redis_wire.wire_for(self._client.connection_pool), runs)
+
+    def _push(self, wire: redis_wire.Wire, runs: Sequence[tuple[Outgoing, Likes | None]]
+              ) -> None:
+        """The publish of ``runs`` (items, each with the messages like it), all or nothing,
+        in their order: consecutive messages to one list go in one LPUSH."""
         now = time.time()
         writes: list[tuple[Any, ...]] = []
-        fresh = list(dict.fromkeys(item.queue for item in items
+        fresh = list(dict.fromkeys(item.queue for item, _ in runs
                                    if item.queue not in self._declared and not item.exchange))
         for queue in fresh:
             writes.append(("SADD", f"{self.prefix}_kombu.binding.{queue}", self._binding(queue)))
         woken: dict[str, None] = {}
-        # consecutive pushes to one list go in one LPUSH
+        count = sum(1 + (len(likes) if likes is not None else 0) for _, likes in runs)
+        tags = iter(uuid4_texts(count))
         run_key = ""
         run: list[str] = []
-        for item, tag in zip(items, uuid4_texts(len(items))):
-            envelope = self._envelope(item, tag)
+        for item, likes in runs:
+            envelope = self._envelope(item, next(tags))
             if (self.delayed_publish == "delayed_set" and item.not_before is not None
                     and item.not_before > now):
                 writes.append(("ZADD", f"{self.prefix}celeriac.delayed.{item.queue}",
@@ -274,6 +294,8 @@ class RedisTransport(RedisBroadcastMixin):
             run_key = key
             run.append(envelope)
             woken[item.queue] = None
+            if likes:
+                run.extend(_spliced(item, likes, tags))
         if run:
             writes.append(("LPUSH", run_key, *run))
         wakes = [self._wake_command(queue) for queue in woken]
@@ -616,3 +638,30 @@ def _dead_letter(dead_id: str, record: bytes) -> DeadLetter:
     message, _ = decode(doc["envelope"])
     return DeadLetter(dead_id, doc["queue"], doc["reason"], message, float(doc["created_at"]))
 
+
+def _expand(model: Outgoing, likes: Likes | None) -> list[Outgoing]:
+    """``model`` and an ``Outgoing`` for each message like it."""
+    if not likes:
+        return [model]
+    return [model, *(Outgoing(model.queue, message, None, model.exchange, model.routing_key,
+                              model.exchange_type) for message in likes.messages())]
+
+
+def _spliced(model: Outgoing, likes: Likes, tags: Iterator[str]) -> list[str]:
+    """The envelopes of the messages like ``model``'s, each with the next delivery tag."""
+    message = model.message
+    pieces = template(message, model.queue, model.exchange,
+                      model.queue if model.routing_key is None else model.routing_key)
+    if pieces is None:
+        return [encode(other, model.queue, next(tags), exchange=model.exchange,
+                       routing_key=model.routing_key) for other in likes.messages()]
+    e0, e1, e2, e3, e4 = pieces
+    out: list[str] = []
+    append = out.append
+    body_of: bytes | None = None
+    b64 = ""
+    for (quoted, headers, body), tag in zip(likes.parts(), tags):
+        if body is not body_of:  # calls without arguments share one body
+            body_of, b64 = body, b64encode(body).decode("ascii")
+        append(f'{e0}"{b64}"{e1}{headers}{e2}{quoted}{e3}"{tag}"{e4}')
+    return out

@@ -76,12 +76,12 @@ _TEMPLATES: dict[tuple[Any, ...], tuple[str, ...] | None] = {}
 TEMPLATE_LIMIT = 256
 
 
-def _from_template(message: Message, headers_json: str, queue: str, delivery_tag: str,
-                   exchange: str, routing_key: str) -> str | None:
-    """``encode``'s text for a task message whose headers come as JSON text already and whose
-    properties are the producer's usual ones: the rest of the envelope is the same for every
-    message to one queue with one ``reply_to`` and priority, so only the body, the headers, the
-    correlation id and the delivery tag are written per message. None for any other message."""
+def template(message: Message, queue: str, exchange: str, routing_key: str
+             ) -> tuple[str, ...] | None:
+    """The envelope text of a task message whose properties are the producer's usual ones,
+    cut around its per-message parts (body, headers, correlation id, delivery tag, in that
+    order): the rest is the same for every message to one queue with one content type,
+    ``reply_to`` and priority. None for any other message."""
     source = message.properties
     if tuple(source) != _PLAIN_PROPERTIES:
         return None
@@ -90,7 +90,7 @@ def _from_template(message: Message, headers_json: str, queue: str, delivery_tag
     key = (message.content_type, message.content_encoding, reply_to, mode, type(mode), priority,
            type(priority), exchange, routing_key)
     try:
-        pieces = _TEMPLATES[key]
+        return _TEMPLATES[key]
     except KeyError:
         if len(_TEMPLATES) >= TEMPLATE_LIMIT:
             _TEMPLATES.clear()
@@ -103,11 +103,20 @@ def _from_template(message: Message, headers_json: str, queue: str, delivery_tag
                            "delivery_info": {"exchange": exchange, "routing_key": routing_key},
                            "priority": priority, "body_encoding": "base64",
                            "delivery_tag": tag}}, _MARKS)
+        return pieces
     except TypeError:  # an unhashable value: the general path
         return None
+
+
+def _from_template(message: Message, headers_json: str, queue: str, delivery_tag: str,
+                   exchange: str, routing_key: str) -> str | None:
+    """``encode``'s text for a task message whose headers come as JSON text already and whose
+    properties are the producer's usual ones (``template``): only the body, the headers, the
+    correlation id and the delivery tag are written per message. None for any other message."""
+    pieces = template(message, queue, exchange, routing_key)
     if pieces is None:
         return None
-    correlation_id = source["correlation_id"]
+    correlation_id = message.properties["correlation_id"]
     if type(correlation_id) is not str or type(delivery_tag) is not str:
         return None
     body = b64encode(message.body).decode("ascii")  # base64 needs no JSON escaping

@@ -139,11 +139,17 @@ def test_encode_rejects_bad_args_and_copies_mappings() -> None:
 def test_uuid4_text_is_a_random_version_4_uuid() -> None:
     import uuid
 
-    texts = {uuid4_text() for _ in range(1000)} | set(uuid4_texts(1000))
-    assert len(texts) == 2000 and uuid4_texts(0) == []
+    bulk = uuid4_texts(1000)  # laid out all at once
+    texts = {uuid4_text() for _ in range(1000)} | set(bulk) | set(uuid4_texts(5))
+    assert len(texts) == 2005 and uuid4_texts(0) == []
     for text in texts:
         parsed = uuid.UUID(text)
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+    # every random place of the bulk layout is filled: 16 digits there (4 for the variant)
+    for place in range(36):
+        seen = {text[place] for text in bulk}
+        expected = 1 if place in (8, 13, 14, 18, 23) else 4 if place == 19 else 16
+        assert len(seen) == expected, (place, seen)
 
 
 @pytest.mark.parametrize("options", [
