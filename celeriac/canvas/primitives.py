@@ -16,6 +16,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, cast
 
 from .. import _context
+from ..protocol.v2 import uuid4_texts
 from ..task import Task
 from .signature import Signature, as_list, given, maybe_signature, message_options
 
@@ -328,14 +329,27 @@ class group(_TaskList):
         return tuple(task.link_error(errback.clone()) for task in self.tasks)
 
     # ---- running ---------------------------------------------------------------------------
-    def _members(self, app: "Celery") -> list[Signature]:
-        """Copies of the members with nested groups flattened (their tasks count one by one)."""
+    def _members(self, app: "Celery", copy: bool = True) -> list[Signature]:
+        """Copies of the members with nested groups flattened (their tasks count one by one);
+        without ``copy``, plain task signatures come as they are (for a caller that changes
+        none of them)."""
+        tasks = self.tasks
+        if not copy and all(t.__class__ is Signature for t in tasks):  # the usual group
+            for task in tasks:
+                if task._app is None:
+                    task._app = app  # as maybe_signature gives it
+            return list(tasks)
         members: list[Signature] = []
-        pending = [maybe_signature(t, app=app) for t in self.tasks]
+        pending = [maybe_signature(t, app=app) for t in tasks]
+        pending.reverse()  # taken from the end: the first member last
         while pending:
-            member = pending.pop(0).clone()
+            member = pending.pop()
+            if not copy and type(member) is Signature:
+                members.append(member)
+                continue
+            member = member.clone()
             if isinstance(member, group):
-                pending[0:0] = [maybe_signature(t, app=app) for t in member.tasks]
+                pending.extend(maybe_signature(t, app=app) for t in reversed(member.tasks))
             elif isinstance(member, chain) and not member.tasks:
                 continue
             else:
@@ -366,19 +380,67 @@ class group(_TaskList):
 
     def _send(self, app: "Celery", args: tuple, kwargs: dict, group_id: str, body: Any,
               options: dict) -> "GroupResult":
-        from ..result import GroupResult
+        from ..result import AsyncResult, GroupResult
 
         publisher = _Publisher(app)
-        results = []
+        results: list[Any] = []
         root_id = options.get("root_id")
-        for index, member in enumerate(self._members(app)):
-            if (args or kwargs) and not member.immutable:
-                member = member.clone(args, kwargs)
+        members = self._members(app, copy=False)
+        ids = iter(uuid4_texts(len(members)))
+        oid = app.oid
+        tasks = app.tasks
+        #: per task name: the registered task (None: sent by name) and, for members without
+        #: options of their own, the options their messages share
+        known: dict[str, tuple[Any, dict | None]] = {}
+        counts_checked: set[tuple[str, int]] = set()  # (task, how many arguments) that fit
+        partial = bool(args or kwargs)
+        add_result, add_call = results.append, publisher.add_call
+        for index, member in enumerate(members):
             if type(member) is Signature:
-                results.append(member.freeze(group_id=group_id, group_index=index, chord=body,
+                name = member["task"]
+                try:
+                    task, plain = known[name]
+                except KeyError:
+                    task = tasks.get(name)
+                    if task is not None and type(task).apply_async is not Task.apply_async:
+                        task = False  # its own apply_async: called through it, on a copy
+                    plain = None
+                    known[name] = task, plain
+                member_app = member._app
+                if task is False or (member_app is not None and member_app is not app):
+                    # (a member of another app carries that app's reply_to: freeze a copy)
+                    member = member.clone(args, kwargs) if partial else member.clone()
+                    add_result(member.freeze(group_id=group_id, group_index=index, chord=body,
                                              root_id=root_id))
-                publisher.add(member, options)
+                    publisher.add(member, options)
+                    continue
+                # What freezing a copy and publishing it would send, without the copy: the
+                # member's own options (its id...) win over the group's, then freeze's.
+                own = member["options"]
+                if own:
+                    shared = _member_options(options, own, oid, group_id, body, root_id, task)
+                    task_id = own.get("task_id") or next(ids)
+                else:
+                    if plain is None:
+                        plain = _member_options(options, own, oid, group_id, body, root_id, task)
+                        known[name] = task, plain
+                    shared, task_id = plain, next(ids)
+                task_args, task_kwargs = member.get("args") or (), member.get("kwargs") or {}
+                if partial and not member.get("immutable"):
+                    task_args = tuple(args) + tuple(task_args)
+                    task_kwargs = {**task_kwargs, **kwargs}
+                if task and task.typing:
+                    if task_kwargs:
+                        task._check_arguments(tuple(task_args), task_kwargs)
+                    elif (name, len(task_args)) not in counts_checked:
+                        # positional arguments only: whether they fit depends on their count
+                        task._check_arguments(tuple(task_args), task_kwargs)
+                        counts_checked.add((name, len(task_args)))
+                add_result(AsyncResult(task_id, app=app, task_name=name))
+                add_call(name, shared, task_id, task_args, task_kwargs, index)
             else:
+                if args or kwargs:
+                    member = member.clone(args, kwargs) if not member.immutable else member
                 publisher.flush()  # keep the publishing order the call order
                 results.append(member.apply_async(group_id=group_id, group_index=index,
                                                   chord=body, add_to_parent=False, **options))
@@ -550,7 +612,8 @@ class chord(Signature):
         else:
             from ..result import ResultSet
 
-            if any(type(maybe_signature(t, app=app)) is not Signature for t in header.tasks):
+            if any(t.__class__ is not Signature and type(maybe_signature(t, app=app))
+                   is not Signature for t in header.tasks):
                 # Members that are workflows may stand for several results (a chain ending in
                 # a group): the header's shape is saved, and the body gets nested lists back.
                 shape = header.freeze(header_id, chord=body, root_id=root_id)
@@ -593,8 +656,8 @@ def chord_size(sig: Any) -> int:
     """How many results a chord with this header waits for: a member task counts 1, a group
     the sum of its members, a chain its last step, a chord its body (Celery's rule)."""
     sig = maybe_signature(sig)
-    if isinstance(sig, group):
-        return sum(chord_size(t) for t in sig.tasks)
+    if isinstance(sig, group):  # a plain task signature counts 1, without a call per member
+        return sum(1 if t.__class__ is Signature else chord_size(t) for t in sig.tasks)
     if isinstance(sig, chain):
         for step in reversed(sig.tasks):
             size = chord_size(step)
@@ -620,15 +683,39 @@ def _root_of(result: Any) -> Any:
 
 
 # ---- sending helpers ----------------------------------------------------------------------------
+def _member_options(options: dict, own: dict, oid: str, group_id: str, body: Any,
+                    root_id: str | None, task: Any) -> dict:
+    """The options a group member's message is sent with, but its id and group index: the
+    group's, then the member's own, then what freezing it sets (``Signature.freeze``)."""
+    merged = {**options, **own}
+    if "reply_to" not in own:
+        merged["reply_to"] = oid
+    if root_id:
+        merged["root_id"] = root_id
+    if "group_id" not in own:
+        merged["group_id"] = group_id
+    if body is not None:
+        merged["chord"] = body
+    merged.pop("task_id", None)
+    merged.pop("group_index", None)
+    merged = message_options(merged, frozenset({"add_to_parent"}))
+    if task:
+        merged["_task"] = task
+    return merged
+
+
 class _Publisher:
-    """Collects plain member calls and publishes them in batches (``producer.send_many``)."""
+    """Collects plain member calls and publishes them in batches (``producer.send_groups``):
+    runs of calls to one task with the same options go as one entry."""
 
     def __init__(self, app: "Celery") -> None:
         self.app = app
-        self.calls: list[tuple[str, tuple, dict, dict]] = []
+        #: ``(task name, shared options, [(task id, args, kwargs, group index)...])``
+        self.batches: list[tuple[str, dict, list[tuple[Any, Any, Any, Any]]]] = []
+        self.count = 0
 
     def add(self, sig: Signature, options: dict) -> None:
-        # the member's own options (its id) win
+        """A frozen member: its own options (its id) win over ``options``."""
         merged = message_options({**options, **sig.options}, frozenset({"add_to_parent"}))
         task = self.app.tasks.get(sig.task)
         if task is not None:
@@ -640,11 +727,26 @@ class _Publisher:
             if task.typing:
                 task._check_arguments(sig.args, sig.kwargs)
             merged["_task"] = task
-        self.calls.append((sig.task, sig.args, sig.kwargs, merged))
-        if len(self.calls) >= PUBLISH_BATCH:
+        task_id, index = merged.pop("task_id", None), merged.pop("group_index", None)
+        self.add_call(sig.task, merged, task_id, sig.args, sig.kwargs, index)
+
+    def add_call(self, name: str, shared: dict, task_id: Any, args: Any, kwargs: Any,
+                 index: Any) -> None:
+        """One call: ``shared`` are its options but its id and group index."""
+        batches = self.batches
+        if batches:
+            last = batches[-1]
+            if last[0] == name and (last[1] is shared or last[1] == shared):
+                last[2].append((task_id, args, kwargs, index))
+            else:
+                batches.append((name, shared, [(task_id, args, kwargs, index)]))
+        else:
+            batches.append((name, shared, [(task_id, args, kwargs, index)]))
+        self.count += 1
+        if self.count >= PUBLISH_BATCH:
             self.flush()
 
     def flush(self) -> None:
-        if self.calls:
-            calls, self.calls = self.calls, []
-            self.app.producer.send_many(calls)
+        if self.batches:
+            batches, self.batches, self.count = self.batches, [], 0
+            self.app.producer.send_groups(batches)

@@ -60,19 +60,27 @@ class Signature(dict):
                  kwargs: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
                  type: Any = None, subtask_type: str | None = None,  # noqa: A002
                  immutable: bool = False, app: "Celery | None" = None, **ex: Any) -> None:
-        if isinstance(task, dict):  # signature(dict(s)) rebuilds a signature from its data
+        name: Any
+        if task.__class__ is str:  # the usual call (``task.s()``): a name
+            name = task
+        elif isinstance(task, dict):  # signature(dict(s)) rebuilds a signature from its data
             dict.__init__(self, task)
             self.setdefault("options", {})
             self._app = app
             return
-        name = task if isinstance(task, str) else getattr(task, "name", None)
-        if name is None:
-            raise TypeError(f"signature needs a task or task name, got {task!r}")
-        if app is None and not isinstance(task, str):
-            app = getattr(task, "app", None)
-        dict.__init__(self, task=name, args=tuple(args or ()), kwargs=dict(kwargs or {}),
-                      options={**(options or {}), **ex}, subtask_type=subtask_type,
-                      immutable=immutable)
+        else:
+            name = task if isinstance(task, str) else getattr(task, "name", None)
+            if name is None:
+                raise TypeError(f"signature needs a task or task name, got {task!r}")
+            if app is None and not isinstance(task, str):
+                app = getattr(task, "app", None)
+        # item by item: cheaper than dict.__init__ with keywords (a group builds thousands)
+        self["task"] = name
+        self["args"] = tuple(args) if args else ()
+        self["kwargs"] = dict(kwargs) if kwargs else {}
+        self["options"] = {**options, **ex} if options else ex  # ``ex`` is this call's own
+        self["subtask_type"] = subtask_type
+        self["immutable"] = immutable
         self._app = app
 
     # ---- rebuilding from data ----------------------------------------------------------------

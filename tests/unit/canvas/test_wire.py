@@ -131,3 +131,27 @@ def test_the_worker_decodes_what_the_canvas_sent(app):
     assert body.chain[0]["task"] == "tasks.add" and body.chain[0]["args"] == [2]
     assert body.callbacks is None and body.chord is None
 
+
+
+def test_a_group_leaves_its_members_as_they_were_and_sends_what_freeze_gave(app):
+    add = app.tasks["tasks.add"]
+    sig = add.s(1, 1)
+    reused = group([sig, sig, add.s(2, 2)])
+    first, second = reused.apply_async(), reused.apply_async()
+    ids = [r.id for r in first.results + second.results]
+    assert len(set(ids)) == 6 and sig.options == {}  # each send its own ids; sig untouched
+    sent = _sent(app)
+    assert [h["id"] for h, _ in sent] == ids
+    assert [h["group"] for h, _ in sent] == [first.id] * 3 + [second.id] * 3
+    assert [h["group_index"] for h, _ in sent] == [0, 1, 2] * 2
+
+    frozen = group(add.s(i, i) for i in range(3))
+    promised = frozen.freeze()
+    result = frozen.apply_async()
+    assert result.id == promised.id
+    assert [r.id for r in result.results] == [r.id for r in promised.results]
+    assert [h["id"] for h, _ in _sent(app)] == [r.id for r in promised.results]
+
+    # partial arguments go before each member's own, but not into an immutable one
+    group([add.s(1), add.si(5, 5)]).apply_async((10,))
+    assert [body[0] for _, body in _sent(app)] == [[10, 1], [5, 5]]
