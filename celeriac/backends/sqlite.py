@@ -7,12 +7,11 @@ without polling the table.
 
 Durability: writes use ``PRAGMA synchronous=NORMAL`` unless the URL says ``?synchronous=FULL``
 (or ``EXTRA``/``OFF``). In WAL mode NORMAL never corrupts the file and survives a process crash;
-only a power cut or OS crash can lose the last commits. Results are cheaper to lose than messages
-(the broker fsyncs every publish), so the faster setting is the default. When the broker shares
-the file, its next publish syncs the WAL and with it every result written before. The WAL keeps
-commit order, so a power cut never keeps a task's ack (also unsynced) while losing its result:
-with ``acks_late`` such a task is simply run again. Use ``?synchronous=FULL`` if results must
-survive a power cut on their own.
+only a power cut or OS crash can lose the commits since the WAL was last synced (at a checkpoint,
+or by any fsynced commit to the same file, such as a broker publish at ``?synchronous=FULL``).
+The broker's publishes, leases and acks commit at NORMAL too by default. The WAL keeps commit
+order, so a power cut never keeps a task's ack while losing its result: with ``acks_late`` such a
+task is simply run again. Use ``?synchronous=FULL`` if results must survive a power cut.
 """
 
 from __future__ import annotations
@@ -24,16 +23,17 @@ import time
 import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
-from urllib.parse import parse_qs
 
-from ..exceptions import BackendError, ImproperlyConfigured
+from ..exceptions import BackendError
 from ..utils.forks import PidGuard
 from ..utils.sqlite import (
     DEFAULT_SQLITE_URL,
     ChangeWaiter,
     SQLiteWire,
+    begin_immediate,
     connect,
     sqlite_path_from_url,
+    synchronous_from_url,
     wire_for,
 )
 from .base import (
@@ -52,7 +52,6 @@ from .base import (
 TABLE = "celeriac_result"
 #: chord joins: one row per counted header result (Redis keeps these in a sorted set)
 JOIN_TABLE = "celeriac_result_chord"
-_SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: append-only logs (``AppendLog``): a log lives as long as its marker row in ``TABLE``
 LOG_TABLE = "celeriac_result_log"
 #: keys per ``IN (...)`` list, well under SQLite's bound-parameter limit
@@ -229,9 +228,8 @@ class SQLiteBackend(ResultBackend):
     # ---- primitives ----------------------------------------------------------------------------
     def _set(self, key: str, value: bytes, ttl: float | None) -> None:
         expires_at = time.time() + ttl if ttl else None
-        with self._connection() as conn:
+        with self._transaction() as conn:  # (one statement, but the lock taken in short naps)
             conn.execute(_UPSERT, (key, bytes(value), expires_at))
-        self._notify()
 
     def write_results(self, writes: Sequence[ResultWrite]) -> None:
         """Every write in one transaction: one commit (and one wake-up of the waiters) for a
@@ -334,7 +332,7 @@ class SQLiteBackend(ResultBackend):
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One immediate (write-locked) transaction: what it reads, nobody changes under it."""
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn)
             try:
                 yield conn
             except BaseException:
@@ -352,6 +350,17 @@ class SQLiteBackend(ResultBackend):
     def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
                           entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
         with self._transaction() as conn:
+            return self._part_return(conn, group_id, task_id, group_index, entry, claim_token,
+                                     claim_ttl)
+
+    def write_and_part_return(self, write: ResultWrite, group_id: str, task_id: str,
+                              group_index: int | None, entry: bytes, *, claim_token: str,
+                              claim_ttl: float) -> ChordPart:
+        """``write_results([write])`` then ``chord_part_return``, in one transaction: one write
+        lock and one commit for a header task's own result and its count."""
+        with self._transaction() as conn:
+            expires_at = time.time() + write.ttl if write.ttl else None
+            conn.execute(_UPSERT, (write.key, bytes(write.value), expires_at))
             return self._part_return(conn, group_id, task_id, group_index, entry, claim_token,
                                      claim_ttl)
 
@@ -550,12 +559,4 @@ def _as_bytes(value: bytes | int | str) -> bytes:
 
 
 def _synchronous_from_url(url: str) -> str:
-    query = url.partition("?")[2]
-    values = parse_qs(query).get("synchronous")
-    if not values:
-        return "NORMAL"
-    mode = values[-1].upper()
-    if mode not in _SYNCHRONOUS_MODES:
-        raise ImproperlyConfigured(f"result_backend: synchronous={values[-1]!r} is not one of "
-                                   f"{', '.join(_SYNCHRONOUS_MODES)}")
-    return mode
+    return synchronous_from_url(url, "result_backend") or "NORMAL"

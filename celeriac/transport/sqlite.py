@@ -3,7 +3,8 @@ processes.
 
 Layer: transport. Every state change is one ``BEGIN IMMEDIATE`` transaction, so any number of
 producer and worker processes on one machine can share the file safely. Consumers wait on
-``utils.sqlite.ChangeWaiter``, which notices another process's commit within a millisecond or two.
+``utils.sqlite.ChangeWaiter``, woken by another process's commit through inotify on Linux (by
+polling elsewhere, within a millisecond or two).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+from ..exceptions import ImproperlyConfigured
 from ..protocol.entities import Queue, as_queue
 from ..protocol.message import Message
 from ..utils.forks import PidGuard
@@ -25,8 +27,11 @@ from ..utils.sqlite import (
     ChangeWaiter,
     OnSQLiteFile,
     SQLiteWire,
+    begin_immediate,
     connect,
     sqlite_path_from_url,
+    synchronous_from_url,
+    synchronous_mode,
     wire_for,
 )
 from .base import DeadLetter, Delivery, Outgoing, check_queue_names
@@ -39,6 +44,9 @@ from .bindings import (
     route_outgoing,
 )
 from .sqlite_broadcast import SQLiteBroadcastMixin
+
+#: ``synchronous`` levels the broker offers: OFF would let a power cut corrupt the file
+BROKER_SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
 
 # Row states. READY rows are fetchable now; LEASED and DELAYED rows become fetchable again once
 # ``visible_at`` passes (lease expiry, due time), which the next fetch notices on its own.
@@ -126,9 +134,25 @@ def _lease_sql(n_queues: int) -> str:
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _probe_sql(n_queues: int) -> str:
+    """(whether any of the queues has a ready message, the earliest ``visible_at`` of their
+    leased and delayed ones): a read, through the same indexes as the lease."""
+    per_queue = ("SELECT EXISTS (SELECT 1 FROM celeriac_queue WHERE queue = ? AND state = 0)"
+                 " AS r, (SELECT min(visible_at) FROM celeriac_queue WHERE queue = ?"
+                 " AND state != 0) AS d")
+    return f"SELECT max(r), min(d) FROM ({' UNION ALL '.join([per_queue] * n_queues)})"
+
+
+#: ``json.dumps(value, separators=(",", ":"))``, without building an encoder per call (dumps
+#: does whenever an argument is not its default); the lenient one for dead letters
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODE_LENIENT = json.JSONEncoder(separators=(",", ":"), default=repr).encode
+
+
 def _dumps(value: dict[str, Any], lenient: bool = False) -> str:
     # Dead letters must never fail to store, so odd header values degrade to their repr there.
-    return json.dumps(value, separators=(",", ":"), default=repr if lenient else None)
+    return _ENCODE_LENIENT(value) if lenient else _ENCODE(value)
 
 
 def _message(content_type: str, content_encoding: str, headers: str, properties: str,
@@ -142,10 +166,17 @@ class SQLiteTransport(SQLiteBroadcastMixin):
 
     Options (``broker_transport_options``): ``visibility_timeout`` — seconds a lease lasts
     before the message is delivered again (default 3600); ``polling_interval`` — the longest
-    pause between checks for other processes' commits while idle (default 0.002 s: another
-    process's publish is seen within ~2 ms for ~2% of a core per idle consumer; raise it to
-    trade latency for CPU. A commit in this process wakes waiters at once). Other keys are
-    accepted and ignored.
+    pause between checks for other processes' commits while idle (default 0.002 s; where
+    inotify wakes the wait, a safety net: another process's publish is seen at once; without
+    it, within ~2 ms, for ~2% of a core per idle consumer. Raise it to trade that for CPU. A
+    commit in this process wakes waiters at once); ``synchronous`` —
+    the ``PRAGMA synchronous`` of publishes and the other writes that create or keep messages
+    (default ``NORMAL``: in WAL mode a commit survives any process crash, SIGKILL included, and
+    only an OS crash or power cut can undo the commits since the WAL was last synced;
+    ``FULL``/``EXTRA``: every such commit is fsynced before it returns; ``OFF`` is refused, as
+    it lets a power cut corrupt the file), also spelled ``?synchronous=FULL`` on the URL.
+    Leases, acks and renewals commit at ``NORMAL`` whatever it says. Other keys are accepted
+    and ignored.
 
     Semantics, shared with ``MemoryTransport`` and checked by ``celeriac.testing.transport_suite``:
 
@@ -168,17 +199,20 @@ class SQLiteTransport(SQLiteBroadcastMixin):
     transient_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
 
     def __init__(self, path: str, *, visibility_timeout: float = 3600.0,
-                 polling_interval: float = 0.002, **options: Any) -> None:
+                 polling_interval: float = 0.002, synchronous: str = "NORMAL",
+                 **options: Any) -> None:
         self.path = path
         self.visibility_timeout = float(visibility_timeout)
         self.polling_interval = float(polling_interval)
+        #: ``PRAGMA synchronous`` of the writes that create or keep messages (publishes...)
+        self.synchronous = synchronous_mode(synchronous, "broker_transport_options",
+                                            BROKER_SYNCHRONOUS_MODES)
         self.options = options
         self._lock = threading.Lock()
         self._forks = PidGuard()
-        self._idle: list[sqlite3.Connection] = []
-        #: idle connections at ``synchronous=NORMAL`` (leases, acks, renewals): a connection
-        #: keeps its mode for life, so no write pays two extra pragma statements to switch
-        self._idle_relaxed: list[sqlite3.Connection] = []
+        #: idle connections by ``synchronous`` mode: a connection keeps its mode for life, so
+        #: no write pays two extra pragma statements to switch
+        self._idle: dict[str, list[sqlite3.Connection]] = {}
         self._all: list[sqlite3.Connection] = []
         self._waiter: ChangeWaiter | None = None
         self._schema_ready = False
@@ -189,7 +223,16 @@ class SQLiteTransport(SQLiteBroadcastMixin):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "SQLiteTransport":
         """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (see
-        ``sqlite_path_from_url``)."""
+        ``sqlite_path_from_url``); ``?synchronous=FULL`` sets the ``synchronous`` option."""
+        asked = synchronous_from_url(url, "broker_url", BROKER_SYNCHRONOUS_MODES)
+        if asked is not None:
+            given = options.get("synchronous")
+            if given is not None and synchronous_mode(given, "broker_transport_options",
+                                                      BROKER_SYNCHRONOUS_MODES) != asked:
+                raise ImproperlyConfigured(
+                    f"broker_url says synchronous={asked} but broker_transport_options says "
+                    f"synchronous={given!r}: give it in one place")
+            options["synchronous"] = asked
         return cls(sqlite_path_from_url(url), **options)
 
     def __repr__(self) -> str:
@@ -201,31 +244,31 @@ class SQLiteTransport(SQLiteBroadcastMixin):
             _INHERITED.extend([*self._all, *([self._waiter] if self._waiter else [])])
             self._lock = threading.Lock()
             self._forks.adopt()
-            self._idle, self._idle_relaxed, self._all, self._waiter = [], [], [], None
+            self._idle, self._all, self._waiter = {}, [], None
 
     @contextmanager
     def _connection(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """A connection of this thread's own for the block (a small pool, one per concurrent
-        user). ``durable=False``: one whose commits skip the fsync."""
+        user) at ``synchronous``; ``durable=False``: at ``NORMAL``, never fsynced."""
         self._check_fork()
+        mode = self.synchronous if durable else "NORMAL"
         with self._lock:
-            idle = self._idle if durable else self._idle_relaxed
+            idle = self._idle.setdefault(mode, [])
             conn = idle.pop() if idle else None
         if conn is None:
-            conn = self._open(durable)
+            conn = self._open(mode)
         try:
             yield conn
         finally:
             with self._lock:
                 kept = conn in self._all
                 if kept:
-                    (self._idle if durable else self._idle_relaxed).append(conn)
+                    self._idle[mode].append(conn)
             if not kept:  # close() ran meanwhile; closing from here never blocks another thread
                 conn.close()
 
-    def _open(self, durable: bool = True) -> sqlite3.Connection:
-        # synchronous=FULL: a publish that returned survives a power loss
-        conn = connect(self.path, synchronous="FULL" if durable else "NORMAL")
+    def _open(self, mode: str) -> sqlite3.Connection:
+        conn = connect(self.path, synchronous=mode)
         with self._lock:
             self._all.append(conn)
             ready = self._schema_ready
@@ -242,9 +285,10 @@ class SQLiteTransport(SQLiteBroadcastMixin):
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction. ``durable=False`` (leases, acks, renewals) skips the fsync: such
-        a commit survives a crash of any process, and only a power loss can undo it, which at
-        worst delivers a message once more (at-least-once holds). Publishes stay fsynced."""
+        """A write transaction at ``synchronous``. ``durable=False`` (leases, acks, renewals):
+        at ``NORMAL`` whatever ``synchronous`` says: such a commit survives a crash of any
+        process, and only an OS crash or power cut can undo it, which at worst delivers a
+        message once more (at-least-once holds)."""
         with self._connection(durable) as conn, _transaction(conn):
             yield conn
 
@@ -300,7 +344,8 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         return out, fanout
 
     def publish(self, items: Sequence[Outgoing]) -> None:
-        """Store every item in one durable transaction; ``not_before`` holds an item until then.
+        """Store every item in one transaction (at ``synchronous``: see the class's docstring);
+        ``not_before`` holds an item until then.
         Routed items go to every queue their exchange's bindings take them to (read in the same
         transaction); fanout ones are broadcast."""
         if not items:
@@ -359,13 +404,25 @@ class SQLiteTransport(SQLiteBroadcastMixin):
             self._change_waiter().wait(remaining, token)
 
     def _lease(self, order: list[str], max_n: int) -> tuple[list[Delivery], float | None]:
+        # Read first, and take the write lock only when something is due: an idle consumer
+        # wakes at every commit to the file, and its empty write transactions would make the
+        # producers' and the result writers' transactions wait (SQLite's busy handler sleeps
+        # a millisecond or more before it tries again).
+        now = time.time()
+        with self._connection(durable=False) as conn:
+            ready, next_due = conn.execute(_probe_sql(len(order)),
+                                           [q for q in order for _ in (0, 1)]).fetchone()
+        expired = next_due is not None and next_due <= now
+        if not ready and not expired:
+            return [], next_due
         with self._write(durable=False) as conn:
-            return self._lease_in(conn, order, max_n)
+            return self._lease_in(conn, order, max_n, expired)
 
-    def _lease_in(self, conn: sqlite3.Connection, order: list[str],
-                  max_n: int) -> tuple[list[Delivery], float | None]:
+    def _lease_in(self, conn: sqlite3.Connection, order: list[str], max_n: int,
+                  expired: bool = True) -> tuple[list[Delivery], float | None]:
         """The lease, inside the caller's write transaction: (the deliveries, and when none is
-        due yet, the earliest time one will be)."""
+        due yet, the earliest time one will be). ``expired=False``: the caller has just seen
+        that no lease or due time among ``order`` had passed (nothing to make ready first)."""
         now = time.time()
         token = secrets.randbits(63)
         marks = ", ".join("?" * len(order))
@@ -373,8 +430,9 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         for queue in order:
             params += (queue, max_n)
         params.append(max_n)
-        conn.execute(f"UPDATE celeriac_queue SET state = 0 WHERE queue IN ({marks})"
-                     " AND state != 0 AND visible_at <= ?", (*order, now))
+        if expired:
+            conn.execute(f"UPDATE celeriac_queue SET state = 0 WHERE queue IN ({marks})"
+                         " AND state != 0 AND visible_at <= ?", (*order, now))
         rows = conn.execute(_lease_sql(len(order)), params).fetchall()
         if not rows:
             dues = [conn.execute("SELECT min(visible_at) FROM celeriac_queue"
@@ -394,9 +452,6 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         """Delete each message if its lease is still ours; False where it was lost (fencing)."""
         if not deliveries:
             return []
-        if len(deliveries) == 1:  # one statement is its own (write-locked) transaction
-            with self._connection(durable=False) as conn:
-                return _ack_in(conn, deliveries)
         with self._write(durable=False) as conn:
             return _ack_in(conn, deliveries)
 
@@ -553,8 +608,8 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         self._check_fork()
         self._feed.close()
         with self._lock:
-            idle = [*self._idle, *self._idle_relaxed]
-            self._all, self._idle, self._idle_relaxed = [], [], []
+            idle = [conn for conns in self._idle.values() for conn in conns]
+            self._all, self._idle = [], {}
             waiter, self._waiter = self._waiter, None
         for conn in idle:
             conn.close()
@@ -565,7 +620,7 @@ class SQLiteTransport(SQLiteBroadcastMixin):
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """``BEGIN IMMEDIATE``: take the write lock up front so readers never need to upgrade."""
-    conn.execute("BEGIN IMMEDIATE")
+    begin_immediate(conn)
     try:
         yield
         conn.execute("COMMIT")

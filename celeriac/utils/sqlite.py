@@ -8,17 +8,45 @@ store stage writes that commit together.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
+import select
 import sqlite3
+import struct
+import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Protocol, runtime_checkable
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from ..exceptions import ImproperlyConfigured
 from .urls import redact_url
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_SQLITE_URL = "sqlite:///celeriac.db"
+#: the ``PRAGMA synchronous`` levels a URL's ``?synchronous=`` may name, weakest first
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def synchronous_mode(value: object, where: str,
+                     allowed: tuple[str, ...] = SYNCHRONOUS_MODES) -> str:
+    """``value`` (any case) as one of ``allowed``, or one ``ImproperlyConfigured`` line naming
+    ``where`` it came from (``"broker_url"``, ``"result_backend"``...)."""
+    mode = value.upper() if isinstance(value, str) else None
+    if mode not in allowed:
+        raise ImproperlyConfigured(f"{where}: synchronous={value!r} is not one of "
+                                   f"{', '.join(allowed)}")
+    return mode
+
+
+def synchronous_from_url(url: str, where: str,
+                         allowed: tuple[str, ...] = SYNCHRONOUS_MODES) -> str | None:
+    """The ``?synchronous=`` a SQLite URL asks for (checked, upper case), or None."""
+    values = parse_qs(url.partition("?")[2]).get("synchronous")
+    return synchronous_mode(values[-1], where, allowed) if values else None
 
 
 def sqlite_path_from_url(url: str) -> str:
@@ -40,6 +68,49 @@ def sqlite_path_from_url(url: str) -> str:
     return path
 
 
+#: how long a connection waits for a lock before giving up (SQLite's busy timeout), milliseconds
+BUSY_TIMEOUT_MS = 30000
+#: WAL pages a commit may leave before it checkpoints them into the file (SQLite's default is
+#: 1,000): a checkpoint syncs the WAL and the file, two fsyncs, and a task's transactions touch
+#: ~50 pages, so the default cost a worker a checkpoint every ~20 tasks; 10,000 (a WAL of up to
+#: ~40 MB) makes it every ~200
+WAL_CHECKPOINT_PAGES = 10000
+#: the naps ``begin_immediate`` takes while another connection holds the write lock, seconds
+_WRITE_NAPS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001)
+
+
+def begin_immediate(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` on ``conn``: the write lock, waited for in short naps.
+
+    SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ms...: long next to the tens of
+    microseconds a transaction here holds the lock, so processes sharing the file (a worker's
+    pool processes, producers) would spend much of their time asleep. The busy timeout is off
+    for the attempt only; every other statement keeps SQLite's handler, which also waits out a
+    recovery or another connection's closing checkpoint. Gives up with SQLite's own error after
+    ``BUSY_TIMEOUT_MS``, as the handler would.
+    """
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        attempt, deadline = 0, 0.0
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF \
+                        != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + BUSY_TIMEOUT_MS / 1000
+                elif now >= deadline:
+                    raise
+            time.sleep(_WRITE_NAPS[min(attempt, len(_WRITE_NAPS) - 1)])
+            attempt += 1
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
 def connect(path: str, *, synchronous: str = "FULL") -> sqlite3.Connection:
     """Open ``path`` in WAL mode, autocommit, with a busy timeout so processes queue politely.
 
@@ -50,9 +121,10 @@ def connect(path: str, *, synchronous: str = "FULL") -> sqlite3.Connection:
     if not os.path.exists(path):
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
     try:
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # Switching a brand-new file to WAL takes a lock that the busy handler does not wait
         # for, so several processes opening one new file at once retry briefly.
         for attempt in range(200):
@@ -66,28 +138,131 @@ def connect(path: str, *, synchronous: str = "FULL") -> sqlite3.Connection:
         if str(mode).lower() != "wal":  # pragma: no cover - filesystems without shared memory
             raise RuntimeError(f"could not put {path!r} in WAL mode (got {mode!r})")
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     except BaseException:
         conn.close()
         raise
     return conn
 
 
+class _WalWatch:
+    """Linux inotify on the directory of a SQLite file, reporting writes to its ``-wal`` file: a
+    commit from any process wakes a waiter without its polling. ``open`` returns None where
+    inotify is missing or refused (another system, the per-user instance limit): the waiter
+    polls then."""
+
+    _libc: Any = None
+
+    def __init__(self, fd: int, name: bytes) -> None:
+        self.fd = fd
+        self._name = name
+        # closed once nothing holds the watch: a thread still sleeping on it when its waiter is
+        # closed never selects on a closed (or reused) descriptor
+        weakref.finalize(self, _close_fds, fd)
+
+    @classmethod
+    def open(cls, path: str) -> "_WalWatch | None":
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            libc = cls._libc
+            if libc is None:
+                libc = cls._libc = ctypes.CDLL(None, use_errno=True)
+            real = os.path.realpath(path)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_init1")
+            directory = os.path.dirname(real).encode()
+            if libc.inotify_add_watch(fd, directory, _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO) < 0:
+                error = ctypes.get_errno()
+                os.close(fd)
+                raise OSError(error, "inotify_add_watch")
+        except (OSError, AttributeError) as exc:
+            logger.debug("no inotify for %s (%s): waiting by polling", path, exc)
+            return None
+        return cls(fd, os.path.basename(real).encode() + b"-wal")
+
+    def drain(self) -> bool:
+        """Read every pending event; whether one was about the ``-wal`` file (or events were
+        lost: the queue overflowed)."""
+        seen = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return seen
+            offset = 0
+            while offset + 16 <= len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                name = data[offset + 16:offset + 16 + length].rstrip(b"\0")
+                seen = seen or name == self._name or bool(mask & _IN_Q_OVERFLOW)
+                offset += 16 + length
+
+
+_IN_MODIFY, _IN_MOVED_TO, _IN_CREATE, _IN_Q_OVERFLOW = 0x2, 0x80, 0x100, 0x4000
+_IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, getattr(os, "O_CLOEXEC", 0)
+
+
+class _ThreadPipe:
+    """A waiting thread's own wake-up pipe (closed when the thread ends)."""
+
+    __slots__ = ("r", "w", "__weakref__")
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+        weakref.finalize(self, _close_fds, self.r, self.w)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def _readable(fds: tuple[int, ...], timeout: float) -> list[int]:
+    """Which of ``fds`` are readable within ``timeout`` seconds: ``select`` (microseconds) for
+    descriptors it can take, else ``poll`` (whole milliseconds)."""
+    if max(fds) < 1024:  # FD_SETSIZE
+        return select.select(fds, (), (), timeout)[0]
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class ChangeWaiter:
     """Waits until the database file changes, from any process.
 
     ``PRAGMA data_version`` changes whenever *another* connection commits; reading it touches only
-    the WAL index in shared memory (a few microseconds), so polling it often costs little. Writers
-    in the same process also ``notify()`` to wake waiters at once (the pragma does not see commits
-    made on the same connection).
+    the WAL index in shared memory (a few microseconds). Writers in the same process also
+    ``notify()`` to wake waiters at once.
 
-    A wait polls every ``interval`` seconds for its first ``hot`` seconds, then backs off to
-    ``max_interval``: what one waits for (the next task, a result) usually comes within a few
-    milliseconds, and the time it waits unseen adds to every round trip, while a long quiet spell
-    polls at the slow rate.
+    On Linux a wait sleeps on inotify (``_WalWatch``): every commit appends to the ``-wal`` file,
+    and the write wakes the waiting threads at once, in every process, with no polling. As a
+    commit's write comes just before SQLite publishes it in the WAL index, a write that shows no
+    change yet is followed by polling every ``interval`` seconds for ``hot`` seconds. Between
+    writes the wait still checks every ``max_interval`` seconds, so a write inotify did not
+    report is seen as late as it would be by polling alone.
+
+    Elsewhere (or if inotify is refused), a wait polls every ``interval`` seconds for its first
+    ``hot`` seconds, then backs off to ``max_interval``: what one waits for (the next task, a
+    result) usually comes within a few milliseconds, and the time it waits unseen adds to every
+    round trip, while a long quiet spell polls at the slow rate.
     """
 
     def __init__(self, path: str, *, interval: float = 0.00025, max_interval: float = 0.02,
-                 hot: float = 0.005) -> None:
+                 hot: float = 0.005, inotify: bool = True) -> None:
         self._conn = connect(path, synchronous="NORMAL")
         self._lock = threading.Lock()
         self._cond = threading.Condition()
@@ -95,6 +270,18 @@ class ChangeWaiter:
         self.interval = min(interval, max_interval)
         self.max_interval = max_interval
         self.hot = hot
+        #: the inotify watch every waiting thread of this process sleeps on, or None (polling)
+        self._watch = _WalWatch.open(path) if inotify else None
+        #: the wake-up pipes of the threads sleeping on it (their write ends): ``notify()`` and
+        #: the thread that reads a watch's events wake them all
+        self._sleepers: set[int] = set()
+        self._local = threading.local()
+        self._closed = False
+
+    @property
+    def watching(self) -> bool:
+        """Whether waits sleep on inotify rather than polling."""
+        return self._watch is not None
 
     def _read(self) -> int:
         with self._lock:
@@ -102,26 +289,50 @@ class ChangeWaiter:
 
     def token(self) -> tuple[int, int]:
         """Take this *before* reading the data you may wait on; pass it to ``wait``."""
+        watch = self._watch
+        if watch is not None:  # writes seen so far are older than the token: no wake-up due
+            self._drain(watch)
         with self._cond:
             generation = self._generation
         return self._read(), generation
+
+    def _drain(self, watch: _WalWatch, own: int = -1) -> bool:
+        """Read the watch's events; if a write to the WAL was among them, wake the sleeping
+        threads (but the caller, whose pipe is ``own``): they may have slept through the events
+        this thread took."""
+        seen = watch.drain()
+        if seen:
+            with self._cond:
+                self._wake_sleepers(own)
+        return seen
 
     def notify(self) -> None:
         with self._cond:
             self._generation += 1
             self._cond.notify_all()
+            self._wake_sleepers()
+
+    def _wake_sleepers(self, but: int = -1) -> None:
+        """Hold ``_cond``. ``but``: a pipe not to write to (the caller's own)."""
+        for fd in self._sleepers:
+            if fd == but:
+                continue
+            try:
+                os.write(fd, b"!")
+            except OSError:  # full: it has a wake-up pending already
+                pass
 
     def wait(self, timeout: float, token: tuple[int, int] | None = None, *,
              hot: bool = True) -> bool:
         """Return True once the database changed since ``token`` was taken, False after ``timeout``.
 
-        The poll interval stays short for the first ``hot`` seconds, then grows while the
-        database stays quiet, so an idle consumer costs little CPU while a busy one reacts in a
-        fraction of a millisecond. ``hot=False`` polls at ``max_interval`` from the start: for
-        waiters that need no such haste and would otherwise poll fast after every commit of a
-        busy file (a broadcast subscriber).
+        ``hot=False`` polls at ``max_interval`` from the start, never woken by other
+        processes' commits: for waiters that need no haste and would otherwise wake at every
+        commit of a busy file (a broadcast subscriber).
         """
         version, generation = token if token is not None else self.token()
+        if hot and self._watch is not None:
+            return self._sleep(timeout, version, generation)
         start = time.monotonic()
         deadline, hot_until = start + timeout, start + (self.hot if hot else 0.0)
         interval = self.interval if hot else self.max_interval
@@ -140,7 +351,48 @@ class ChangeWaiter:
             if now >= hot_until:
                 interval = min(interval * 1.5, self.max_interval)
 
+    def _sleep(self, timeout: float, version: int, generation: int) -> bool:
+        """``wait`` on inotify: select on the watch and this thread's wake-up pipe."""
+        pipe: _ThreadPipe | None = getattr(self._local, "pipe", None)
+        if pipe is None:
+            pipe = self._local.pipe = _ThreadPipe()
+        with self._cond:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            watch = self._watch
+            assert watch is not None
+            self._sleepers.add(pipe.w)
+        try:
+            deadline = time.monotonic() + timeout
+            hot_until = 0.0
+            while True:
+                # registered first: a notify() or a drained write from here on reaches the pipe
+                if self._read() != version:
+                    return True
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                with self._cond:
+                    if self._generation != generation:
+                        return True
+                pause = self.interval if now < hot_until else self.max_interval
+                ready = _readable((watch.fd, pipe.r), min(pause, deadline - now))
+                woken = pipe.r in ready
+                if woken:
+                    pipe.drain()
+                if watch.fd in ready and self._drain(watch, pipe.w):
+                    woken = True
+                if woken:
+                    hot_until = time.monotonic() + self.hot
+        finally:
+            with self._cond:
+                self._sleepers.discard(pipe.w)
+
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._wake_sleepers()
+            self._watch = None  # its descriptor closes once no sleeping thread holds it
         with self._lock:
             self._conn.close()
 
@@ -196,7 +448,7 @@ class SQLiteWire:
         staged = self._staged()
         ops, staged[:] = list(staged), []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn)
             try:
                 replies = [op.run(conn) for op in ops]
                 value = read(conn) if read is not None else None

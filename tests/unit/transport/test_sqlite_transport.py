@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from celeriac import Celery
+from celeriac.exceptions import ImproperlyConfigured
 from celeriac.protocol.message import Message
 from celeriac.transport import transport_from_url
 from celeriac.transport.base import Outgoing
 from celeriac.transport.sqlite import SQLiteTransport, _lease_sql
+from celeriac.utils.sqlite import WAL_CHECKPOINT_PAGES
 
 
 @pytest.fixture
@@ -63,22 +66,105 @@ def test_layout_prefixed_tables_json_text_and_blob_body(db: str) -> None:
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
 
 
-def test_connections_are_durable_and_close_releases_the_file(db: str) -> None:
+def test_connections_are_in_wal_mode_and_close_releases_the_file(db: str) -> None:
     transport = SQLiteTransport(db)
     _put(transport, "q", "m")
     transport.fetch(["q"], 1, 0)  # opens the change waiter too
     with transport._connection() as conn:
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL, the default
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES
     assert os.path.exists(db + "-wal")
     transport.close()
     assert not os.path.exists(db + "-wal")  # the last connection closed checkpoints the WAL
 
 
-def test_each_write_runs_on_a_connection_already_at_its_durability(db: str) -> None:
-    # publishes fsync (FULL); leases and acks need not (NORMAL). Each pooled connection keeps
-    # one mode, so no write switches it with extra pragma statements.
+@pytest.mark.parametrize(("url_query", "options", "mode"), [
+    ("", {}, 1), ("?synchronous=FULL", {}, 2), ("?synchronous=extra", {}, 3),
+    ("", {"synchronous": "full"}, 2), ("?synchronous=normal", {"synchronous": "NORMAL"}, 1)])
+def test_synchronous_option_sets_the_publishing_connections_mode(
+        db: str, url_query: str, options: dict, mode: int) -> None:
+    transport = transport_from_url(f"sqlite:///{db}{url_query}", **options)
+    assert isinstance(transport, SQLiteTransport)
+    assert transport.path == db
+    publishes: list[int] = []
+    _put(transport, "q", "warm-up")
+    for conn in transport._all:
+        level = conn.execute("PRAGMA synchronous").fetchone()[0]
+        conn.set_trace_callback(
+            lambda sql, level=level: publishes.append(level) if sql.startswith("INSERT") else None)
+    _put(transport, "q", "m")
+    with transport._connection() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == mode
+    with transport._connection(durable=False) as conn:  # leases, acks: never fsynced
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    transport.close()
+    assert publishes == [mode]
+
+
+@pytest.mark.parametrize(("url", "options", "says"), [
+    ("sqlite:///{db}?synchronous=fast", {}, "broker_url: synchronous='fast' is not one of"),
+    ("sqlite:///{db}?synchronous=OFF", {}, "broker_url: synchronous='OFF' is not one of"),
+    ("sqlite:///{db}", {"synchronous": 2}, "broker_transport_options: synchronous=2"),
+    ("sqlite:///{db}?synchronous=FULL", {"synchronous": "NORMAL"}, "give it in one place")])
+def test_a_bad_synchronous_option_fails_with_one_line(db: str, url: str, options: dict,
+                                                     says: str) -> None:
+    with pytest.raises(ImproperlyConfigured) as failure:
+        transport_from_url(url.format(db=db), **options)
+    assert says in str(failure.value)
+    assert "\n" not in str(failure.value)
+    assert not os.path.exists(db)  # refused before the file was touched
+
+
+def test_an_app_passes_the_synchronous_option_to_its_broker(db: str) -> None:
+    app = Celery("sync", broker=f"sqlite:///{db}",
+                 broker_transport_options={"synchronous": "FULL"})
+    try:
+        assert app.transport.synchronous == "FULL"  # type: ignore[attr-defined]
+    finally:
+        app.close()
+    app = Celery("sync", broker=f"sqlite:///{db}?synchronous=FULL")
+    try:
+        assert app.transport.synchronous == "FULL"  # type: ignore[attr-defined]
+        assert app.backend.synchronous == "FULL"  # type: ignore[attr-defined] # the same URL
+    finally:
+        app.close()
+
+
+_KILLED_PRODUCER = """
+import os, signal, sys
+from celeriac import Celery
+app = Celery("killed", broker=sys.argv[1])
+@app.task
+def job(n):
+    return n
+result = job.delay(7)
+sys.stdout.write(result.id)
+sys.stdout.flush()
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint, no interpreter exit
+"""
+
+
+@pytest.mark.parametrize("query", ["", "?synchronous=FULL"])
+def test_a_publish_survives_a_sigkill_of_the_producer_right_after_delay(
+        db: str, query: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", _KILLED_PRODUCER, f"sqlite:///{db}{query}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    assert os.path.exists(db + "-wal")  # the commit was left in the WAL, not checkpointed
     transport = SQLiteTransport(db)
+    try:
+        [delivery] = transport.fetch(["celery"], 10, 0)
+        assert delivery.message.headers["id"] == proc.stdout
+        assert delivery.message.headers["task"] == "killed.job"
+    finally:
+        transport.close()
+
+
+def test_each_write_runs_on_a_connection_already_at_its_durability(db: str) -> None:
+    # asked to, publishes fsync (FULL); leases and acks need not (NORMAL). Each pooled
+    # connection keeps one mode, so no write switches it with extra pragma statements.
+    transport = SQLiteTransport(db, synchronous="FULL")
     _put(transport, "q", "warm-up")
     transport.ack(transport.fetch(["q"], 1, 0))
     statements: list[tuple[int, str]] = []
@@ -93,6 +179,29 @@ def test_each_write_runs_on_a_connection_already_at_its_durability(db: str) -> N
     assert not [sql for _, sql in statements if "synchronous" in sql.lower()]
     assert {mode for mode, sql in statements if sql.startswith("INSERT")} == {2}  # FULL
     assert {mode for mode, sql in statements if sql.startswith(("UPDATE", "DELETE"))} == {1}
+
+
+def test_a_fetch_takes_the_write_lock_only_when_something_is_due(db: str) -> None:
+    """An idle consumer wakes at every commit to the file; its look must not hold up the
+    writers (their transactions would wait for it in SQLite's busy handler)."""
+    transport = SQLiteTransport(db)
+    transport.publish([Outgoing("q", Message(b"later"), time.time() + 3600)])
+    _put(transport, "other", "elsewhere")
+    statements: list[str] = []
+    for conn in transport._all:
+        conn.set_trace_callback(statements.append)
+    assert transport.fetch(["q"], 5, 0) == []  # only a message due in an hour
+    assert not [s for s in statements if s.startswith(("BEGIN", "UPDATE", "DELETE"))]
+    _put(transport, "q", "now")
+    for conn in transport._all:
+        conn.set_trace_callback(statements.append)
+    [delivery] = transport.fetch(["q"], 5, 0)
+    assert delivery.message.body == b"now"
+    assert "BEGIN IMMEDIATE" in statements
+    transport.extend_lease([delivery], 0)  # its lease runs out: due again, at once
+    [again] = transport.fetch(["q"], 5, 0)
+    assert (again.message.body, again.redelivered) == (b"now", True)
+    transport.close()
 
 
 def test_polling_never_slower_than_the_polling_interval(db: str) -> None:

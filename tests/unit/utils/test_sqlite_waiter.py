@@ -1,10 +1,17 @@
-"""The cross-process change waiter: how often a quiet wait polls."""
+"""The cross-process change waiter (how often a quiet wait polls, inotify wake-ups) and
+``begin_immediate``."""
 
 from __future__ import annotations
 
+import sqlite3
+import sys
+import threading
+import time
 from pathlib import Path
 
-from celeriac.utils.sqlite import ChangeWaiter
+import pytest
+
+from celeriac.utils.sqlite import BUSY_TIMEOUT_MS, ChangeWaiter, begin_immediate, connect
 
 
 def test_a_wait_that_is_not_hot_polls_at_the_slow_rate_from_the_start(tmp_path: Path) -> None:
@@ -25,8 +32,6 @@ def test_a_wait_that_is_not_hot_polls_at_the_slow_rate_from_the_start(tmp_path: 
 
 
 def test_a_commit_from_another_connection_ends_a_hot_wait(tmp_path: Path) -> None:
-    import sqlite3
-
     path = str(tmp_path / "x.db")
     waiter = ChangeWaiter(path)
     token = waiter.token()
@@ -36,3 +41,131 @@ def test_a_commit_from_another_connection_ends_a_hot_wait(tmp_path: Path) -> Non
     other.close()
     assert waiter.wait(5.0, token) is True
     waiter.close()
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+
+
+def _commit_from_another_connection(path: str, table: str) -> None:
+    other = sqlite3.connect(path)
+    other.execute(f"CREATE TABLE {table} (x)")
+    other.commit()
+    other.close()
+
+
+@pytest.mark.parametrize("inotify", [True, False])
+def test_a_commit_ends_a_wait_with_or_without_inotify(tmp_path: Path, inotify: bool) -> None:
+    path = str(tmp_path / "x.db")
+    waiter = ChangeWaiter(path, inotify=inotify)
+    assert waiter.watching is (inotify and sys.platform.startswith("linux"))
+    token = waiter.token()
+    _commit_from_another_connection(path, "t")
+    assert waiter.wait(5.0, token) is True
+    assert waiter.wait(0.01, waiter.token()) is False  # nothing new since
+    waiter.close()
+
+
+@linux_only
+def test_a_commit_wakes_every_thread_asleep_on_inotify(tmp_path: Path) -> None:
+    """With polling this slow, only the watch can end these waits before their timeout; one
+    thread reads the events, and it wakes the others."""
+    path = str(tmp_path / "x.db")
+    waiter = ChangeWaiter(path, max_interval=120.0)
+    assert waiter.watching
+    token = waiter.token()
+    results: list[bool] = []
+    asleep = threading.Barrier(4)
+
+    def wait() -> None:
+        asleep.wait()
+        results.append(waiter.wait(60.0, token))
+
+    threads = [threading.Thread(target=wait) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    asleep.wait()
+    _commit_from_another_connection(path, "t")
+    for thread in threads:
+        thread.join(60)
+    waiter.close()
+    assert results == [True, True, True]
+
+
+@linux_only
+def test_notify_and_close_wake_a_thread_asleep_on_inotify(tmp_path: Path) -> None:
+    waiter = ChangeWaiter(str(tmp_path / "x.db"), max_interval=120.0)
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(waiter.wait(60.0, token))
+        except sqlite3.ProgrammingError as exc:  # closed meanwhile: the connection is gone
+            outcome.append(type(exc))
+
+    for wake in (waiter.notify, waiter.close):
+        token = waiter.token()
+        thread = threading.Thread(target=wait)
+        thread.start()
+        while not waiter._sleepers:  # asleep (registered) before we wake it
+            time.sleep(0.001)
+        wake()
+        thread.join(60)
+    assert outcome == [True, sqlite3.ProgrammingError]
+
+
+@linux_only
+def test_the_watch_reports_writes_to_the_wal_file_only(tmp_path: Path) -> None:
+    from celeriac.utils.sqlite import _WalWatch
+
+    path = str(tmp_path / "x.db")
+    watch = _WalWatch.open(path)
+    assert watch is not None
+    (tmp_path / "x.db.log").write_text("unrelated")
+    (tmp_path / "x.db-shm-not").write_text("unrelated")
+    assert watch.drain() is False
+    (tmp_path / "x.db-wal").write_bytes(b"frame")
+    assert watch.drain() is True
+    assert watch.drain() is False  # read once
+
+
+def test_begin_immediate_waits_for_the_write_lock_then_restores_the_busy_timeout(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "x.db")
+    holder, conn = connect(path), connect(path)
+    holder.execute("BEGIN IMMEDIATE")
+    began = threading.Event()
+
+    def begin() -> None:
+        begin_immediate(conn)
+        began.set()
+
+    thread = threading.Thread(target=begin)
+    thread.start()
+    assert not began.wait(0.05)  # still waiting: the lock is held
+    holder.execute("COMMIT")
+    thread.join(60)
+    assert began.is_set() and conn.in_transaction
+    conn.execute("COMMIT")
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
+    holder.close()
+    conn.close()
+
+
+def test_begin_immediate_gives_up_after_the_busy_timeout_and_raises_other_errors_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import celeriac.utils.sqlite as sqlite_utils
+
+    monkeypatch.setattr(sqlite_utils, "BUSY_TIMEOUT_MS", 30)
+    path = str(tmp_path / "x.db")
+    holder, conn = connect(path), connect(path)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        begin_immediate(conn)
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30
+    holder.execute("COMMIT")
+    begin_immediate(conn)
+    with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
+        begin_immediate(conn)  # not a busy file: raised on the first try
+    conn.execute("ROLLBACK")
+    holder.close()
+    conn.close()
