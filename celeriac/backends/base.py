@@ -276,6 +276,15 @@ class ResultBackend(ABC):
         however often it is delivered), count the results, and, if that completes the chord,
         take its dispatch claim (``.c``) for ``claim_ttl`` seconds with ``claim_token``."""
 
+    def write_and_part_return(self, write: ResultWrite, group_id: str, task_id: str,
+                              group_index: int | None, entry: bytes, *, claim_token: str,
+                              claim_ttl: float) -> ChordPart:
+        """A header task's own result stored, then counted (``chord_part_return``). Stores that
+        can do both in one round trip or transaction (Redis, SQLite) override it."""
+        self.write_results([write])
+        return self.chord_part_return(group_id, task_id, group_index, entry,
+                                      claim_token=claim_token, claim_ttl=claim_ttl)
+
     @abstractmethod
     def chord_results(self, group_id: str) -> list[bytes]:
         """Every counted entry, in header order (``group_index``)."""

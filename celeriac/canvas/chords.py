@@ -81,17 +81,15 @@ def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -
 
 def count(app: "Celery", part: ChordCount, write: ResultWrite | None = None) -> None:
     """Store ``write`` (the header task's own result), if any, then count ``part``; whoever
-    completes the chord sends the body. A store that can do both in one step does
-    (``write_and_part_return``: one script and one round trip on Redis)."""
+    completes the chord sends the body (``write_and_part_return``: one script and one round
+    trip on Redis, one transaction on SQLite)."""
     request = part.request
     backend = app.backend
-    together = getattr(backend, "write_and_part_return", None) if write is not None else None
-    if together is not None:
-        found = together(write, part.group_id, request.id, request.group_index, part.entry,
-                         claim_token=part.token, claim_ttl=CLAIM_TTL)
+    if write is not None:
+        found = backend.write_and_part_return(write, part.group_id, request.id,
+                                              request.group_index, part.entry,
+                                              claim_token=part.token, claim_ttl=CLAIM_TTL)
     else:
-        if write is not None:
-            backend.write_results([write])
         found = backend.chord_part_return(part.group_id, request.id, request.group_index,
                                           part.entry, claim_token=part.token,
                                           claim_ttl=CLAIM_TTL)
