@@ -2,14 +2,15 @@
 share of the work: CPU and voluntary context switches per task for the parent and each child,
 and Redis's own CPU per task (issue 17, item 1).
 
-Layer: bench (outside the package; pytest never runs it). Run from anywhere as
-``python bench/default_worker.py [--tasks N] [--rounds N] [--db N] [--trees A,B]
-[--setups default,solo,solo-x2]``. Each drain enqueues N noop tasks on Redis database ``--db``
-(flushed first), starts the worker(s), and times from the last worker's ready signal to the
-moment every result is stored (polled). ``--trees`` names source trees to compare, each a
-checkout of this repository (``git worktree add /tmp/base <rev>`` makes one); a worker runs
-with its tree first on ``PYTHONPATH``, so one run compares revisions side by side, the trees
-and setups alternating within each round so a change in the machine's load weighs on all alike.
+Layer: bench (outside the package; pytest never runs it). Run from anywhere as ``python
+bench/default_worker.py [--tasks N] [--rounds N] [--db N] [--trees A,B] [--setups
+default,solo,solo-x2] [--broker redis|sqlite]``. Each drain enqueues N noop tasks on Redis
+database ``--db`` (flushed first; with ``--broker sqlite``, in a fresh SQLite file that is both
+broker and result store), starts the worker(s), and times from the last worker's ready signal to
+the moment every result is stored (polled). ``--trees`` names source trees to compare, each a
+checkout of this repository (``git worktree add /tmp/base <rev>`` makes one); a worker runs with
+its tree first on ``PYTHONPATH``, so one run compares revisions side by side, the trees and
+setups alternating within each round so a change in the machine's load weighs on all alike.
 Setups: ``default`` (``worker`` with no options), ``solo`` (``-P solo -c 1``), ``solo-x2`` (two
 independent solo workers on the same queue: what any design that has each process fetch for
 itself could reach on this machine, Redis included).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -80,10 +82,24 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def drain(tree: Path, setup: str, tasks: int, db: int) -> Drain:
-    url = f"redis://127.0.0.1:6379/{db}"
+def drain(tree: Path, setup: str, tasks: int, db: int, broker: str = "redis") -> Drain:
+    scratch = Path(tempfile.mkdtemp(prefix="bench-default-"))
+    on_sqlite = broker == "sqlite"
+    url = (f"sqlite:///{scratch / 'bench.db'}" if on_sqlite
+           else f"redis://127.0.0.1:6379/{db}")
     client = redis.Redis(db=db)
-    client.flushdb()
+    if not on_sqlite:
+        client.flushdb()
+
+    def stored() -> int:
+        if not on_sqlite:
+            return len(client.keys("celery-task-meta-*"))
+        with sqlite3.connect(scratch / "bench.db", timeout=30) as conn:
+            try:
+                return int(conn.execute("SELECT count(*) FROM celeriac_result").fetchone()[0])
+            except sqlite3.OperationalError:  # the table is not made yet
+                return 0
+
     env = dict(os.environ, PYTHONPATH=str(tree), CELERIAC_BROKER_URL=url,
                CELERIAC_RESULT_BACKEND=url)
     subprocess.run([sys.executable, "-c", (
@@ -93,7 +109,6 @@ def drain(tree: Path, setup: str, tasks: int, db: int) -> Drain:
     )], env=env, cwd=tree, check=True)
     workers: list[subprocess.Popen] = []
     ready_files: list[Path] = []
-    scratch = Path(tempfile.mkdtemp(prefix="bench-default-"))
     try:
         for index, args in enumerate(SETUPS[setup]):
             ready = scratch / f"ready{index}"
@@ -110,11 +125,11 @@ def drain(tree: Path, setup: str, tasks: int, db: int) -> Drain:
                 raise RuntimeError(f"workers not ready in 60 s; logs in {scratch}")
             time.sleep(0.01)
         started = max(float(f.read_text()) for f in ready_files)
-        redis_before = redis_cpu(client)
+        redis_before = 0.0 if on_sqlite else redis_cpu(client)
         pids = session_pids(workers[0].pid)
         cpu_before = {pid: proc_cpu(pid) for pid in pids}
         switches_before = {pid: proc_switches(pid) for pid in pids}
-        while len(client.keys("celery-task-meta-*")) < tasks:
+        while stored() < tasks:
             if time.monotonic() > deadline + 600:
                 raise RuntimeError(f"drain did not finish; logs in {scratch}")
             time.sleep(0.05)
@@ -122,7 +137,7 @@ def drain(tree: Path, setup: str, tasks: int, db: int) -> Drain:
         result = Drain(tasks / (ended - started),
                        [1e6 * (proc_cpu(pid) - cpu_before[pid]) / tasks for pid in pids],
                        [(proc_switches(pid) - switches_before[pid]) / tasks for pid in pids],
-                       1e6 * (redis_cpu(client) - redis_before) / tasks)
+                       0.0 if on_sqlite else 1e6 * (redis_cpu(client) - redis_before) / tasks)
         return result
     finally:
         for worker in workers:
@@ -131,7 +146,11 @@ def drain(tree: Path, setup: str, tasks: int, db: int) -> Drain:
             except ProcessLookupError:
                 pass
             worker.wait()
-        client.flushdb()
+        if on_sqlite:
+            for leftover in scratch.glob("bench.db*"):
+                leftover.unlink()
+        else:
+            client.flushdb()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trees", default=str(ROOT),
                         help="comma-separated source trees to compare (default: this one)")
     parser.add_argument("--setups", default="default,solo,solo-x2")
+    parser.add_argument("--broker", choices=("redis", "sqlite"), default="redis",
+                        help="sqlite: a fresh file per drain, broker and result store")
     args = parser.parse_args(argv)
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     setups = args.setups.split(",")
@@ -150,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0]
         for setup in setups:
             for tree in trees:
-                d = drain(tree, setup, args.tasks, args.db)
+                d = drain(tree, setup, args.tasks, args.db, args.broker)
                 runs.setdefault((tree, setup), []).append(d)
                 print(f"round {round_no + 1} load {load:.1f} {tree} {setup}: {d.rate:,.0f}/s "
                       f"cpu/task {' '.join(f'{c:.0f}' for c in d.cpu)} us, switches/task "

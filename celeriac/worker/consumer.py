@@ -107,6 +107,8 @@ class Consumer:
             max_deliveries=int(conf.get("worker_max_deliveries") or DEFAULT_MAX_DELIVERIES),
             revokes=self.revokes, extra=self.hooks.before_admission))
         self.settlement = settlement(self)
+        #: jobs may wait ahead in a busy pool process (prefork, which sends their early acks)
+        self._pool_acks_ahead = self.settlement.pool_acks and hasattr(pool, "ahead_slots")
         self._fetching = False  # a fetch is on its way (one at a time keeps the window honest)
         self._buffer: collections.deque[Job] = collections.deque()
         # requests of batch tasks wait here for their batch, outside the window; bounded by
@@ -594,11 +596,25 @@ class Consumer:
         return Decision(Verdict.REVOKED)
 
     def _next_runnable(self) -> Job | None:
+        ahead: bool | None = None  # whether the pool takes a job ahead: asked once a scan
         for index, job in enumerate(self._buffer):
-            if job.lane.free_slots() > 0:
-                del self._buffer[index]
-                return job
+            if job.lane.free_slots() <= 0:
+                if not self._goes_ahead(job):
+                    continue
+                if ahead is None:
+                    ahead = self.pool.ahead_slots() > 0
+                if not ahead:
+                    continue
+            del self._buffer[index]
+            return job
         return None
+
+    def _goes_ahead(self, job: Job) -> bool:
+        """Whether ``job`` may be sent ahead to a busy pool process (``ahead_slots``): only one
+        whose early ack that process sends as it starts it (prefork on a leasing broker), so
+        a process that ends before starting it leaves it unacked or finds out (NOT_STARTED)."""
+        return (self._pool_acks_ahead and job.lane is self.pool and not job.late
+                and not job.acked and not isinstance(job, BatchJob))
 
     def waiting_jobs(self) -> list[Job]:
         """The jobs waiting in the buffer for their turn (a snapshot)."""

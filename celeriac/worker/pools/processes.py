@@ -12,6 +12,15 @@ new child in its place; nothing is lost, since the outcome came back before the 
 The pool's size can change while it runs (``grow``, ``shrink``: ``--autoscale``). New children
 start as replacements do; shrinking only ever tells idle children to leave, and a child that
 leaves that way is not replaced.
+
+A job ahead: when every child is busy, a job whose child sends its own early ack (``ack_first``)
+may be sent to a child running a task that usually ends within ``AHEAD_WITHIN`` seconds (and
+has not yet run that long). It waits in the child's pipe and starts the moment the task before
+it ends, without waiting for the parent to hear of that end and answer (which, on a loaded
+machine, took longer than the task). A job ahead has no time limit running and cannot be
+stopped until it starts; if its child ends before starting it (died, killed, retired), the
+parent reports it ``NOT_STARTED`` and the consumer finds out whether its ack went out, as for an
+ack a child could not confirm.
 """
 
 from __future__ import annotations
@@ -39,6 +48,16 @@ _ctx = multiprocessing.get_context("fork")
 #: Replacement children start as fresh interpreters: forking a process whose other threads may
 #: hold locks (SQLite's, a socket's, logging's) can leave the child deadlocked on its first use.
 _spawn_ctx = multiprocessing.get_context("spawn")
+
+#: a job is sent ahead to a busy child only behind a task that usually ends within this many
+#: seconds (a running mean per task name, kept by the parent) and has not yet run that long:
+#: the job ahead waits for it, where an idle child might have freed first
+AHEAD_WITHIN = 0.01
+#: a job ahead waits in the child's pipe: only one that fits in the pipe's buffer at once, so
+#: sending it never blocks the parent's thread (the collector, which enforces time limits)
+AHEAD_MAX_BYTES = 16384
+#: weight of the newest run in a task's running mean of run times
+_MEAN_WEIGHT = 0.2
 
 
 def resident_kib() -> int:
@@ -119,20 +138,26 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
         signals.worker_process_init.send(sender=None)
     max_tasks, max_kib = limits
     done = 0
+    together = _settles_together(runner)
+    #: a job read ahead, whose early ack went out with the last task's result (None: read one)
+    job: Any = None
     try:
         while True:
-            try:
-                job = _recv(conn)
-            except (EOFError, OSError):
-                break
             if job is None:
-                break
-            job_id, message, delivery_info, ack_first = job
-            if ack_first is not None:
-                refused = _ack_before_start(runner, message, ack_first)
-                if refused is not None:
-                    _send(conn, (job_id, refused, None))
-                    continue
+                try:
+                    job = _recv(conn)
+                except (EOFError, OSError):
+                    break
+                if job is None:
+                    break
+                if job[3] is not None:
+                    refused = _ack_before_start(runner, job[1], job[3])
+                    if refused is not None:
+                        _send(conn, (job[0], refused, None))
+                        job = None
+                        continue
+            job_id, message, delivery_info, _ = job
+            job = None
             _, soft = runner.limits(message)
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, soft)
@@ -141,16 +166,108 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
             finally:
                 if soft:
                     signal.setitimer(signal.ITIMER_REAL, 0)
-            outcome.retval = None  # values were stored by the child; keep the pipe light
-            outcome.pending = None
             done += 1
             retiring = _retire_reason(done, max_tasks, max_kib)
+            unconfirmed = None
+            if together is not None:
+                job, unconfirmed = _store_with_next(together, conn, outcome, retiring)
+            outcome.retval = None  # values were stored by the child; keep the pipe light
+            outcome.pending = None
             _send(conn, (job_id, outcome, retiring))
-            if retiring:
+            if unconfirmed is not None:  # the job read ahead did not start: the parent decides
+                _send(conn, (*unconfirmed, None))
+            if retiring or job is _LEAVE:
                 break
     finally:
         if signals.worker_process_shutdown.receivers:
             signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+
+#: what ``_store_with_next`` returns when the message read ahead told the child to leave
+_LEAVE: Any = ("leave",)
+
+
+def _settles_together(runner: Any) -> tuple[Any, Any, Any] | None:
+    """(app, transport, result store) when this child's broker shares its connection with the
+    result store (SQLite on one file, Redis): a task's result then goes out with the early
+    ack of the job waiting ahead, in one transaction (one round trip). None otherwise."""
+    from ...backends.base import StagedWrites
+    from ...transport.base import SharedConnectionSettling
+
+    app = getattr(runner, "app", None)
+    if app is None or not hasattr(runner, "collect_writes"):
+        return None
+    try:
+        transport, backend = app.transport, app.backend
+        shared = (isinstance(transport, SharedConnectionSettling)
+                  and isinstance(backend, StagedWrites)
+                  and transport.shares_connection_with(backend))
+    except Exception:  # noqa: BLE001 - it only decides how results go out: each on its own
+        logger.exception("could not tell whether results can ride with acks; each result "
+                         "is stored on its own")
+        return None
+    if not shared:
+        return None
+    runner.collect_writes = True  # this process's own runner: results come back pending
+    return app, transport, backend
+
+
+def _store_with_next(together: tuple[Any, Any, Any], conn: Connection, outcome: Outcome,
+                     retiring: str | None) -> tuple[Any, tuple[int, Outcome] | None]:
+    """Store what the task left pending (its result, its chord count) and, when a job already
+    waits in the pipe, that job's early ack after it: one transaction, committed before the
+    parent hears of the task's end (so a result is stored before an ``acks_late`` ack). Returns
+    the job read ahead (``_LEAVE`` when the parent said to leave; None when none was waiting)
+    and, if its ack was not confirmed, ``(its job id, its NOT_STARTED outcome)``."""
+    app, transport, backend = together
+    pending = outcome.pending
+    ahead: Any = None
+    if not retiring:
+        try:
+            if conn.poll(0):
+                ahead = _recv(conn)
+                if ahead is None:
+                    ahead = _LEAVE
+        except (EOFError, OSError):  # the parent is gone: store the result all the same, leave
+            ahead = _LEAVE
+    ack = ahead[3] if ahead is not None and ahead is not _LEAVE else None
+    if not pending and ack is None:
+        return ahead, None
+    replies: list[list[bool] | None] = []
+    try:
+        if pending:
+            pending.stage(app, backend)
+        if ack is not None:
+            transport.ack_later([ack], on_reply=replies.append)
+        transport.flush()
+    except Exception as exc:  # noqa: BLE001 - what became of the result and the ack is told
+        if not replies:
+            replies.append(None)  # no answer: the parent finds out whether the ack went out
+        if pending:
+            try:  # the result alone (a failed transaction keeps it staged)
+                transport.flush()
+            except Exception:  # noqa: BLE001
+                _not_recorded(outcome, exc)
+    if ack is None:
+        return ahead, None
+    reply = replies[0] if replies else None
+    if reply and reply[0]:
+        return ahead, None
+    task_id = ahead[1].headers.get("id") or "?"
+    logger.warning("could not ack task %s before it starts (%s)", task_id,
+                   LEASE_LOST if reply is not None else "no answer")
+    return None, (ahead[0], Outcome(task_id, states.PENDING, Ending.NOT_STARTED,
+                                    reason=LEASE_LOST if reply is not None else "no answer"))
+
+
+def _not_recorded(outcome: Outcome, exc: BaseException) -> None:
+    """The task ran but its result could not be stored: reported as the executor reports its
+    own bookkeeping failing (never acked as done; an ``acks_late`` message runs again). The
+    writes stay staged and go out with this process's next transaction."""
+    logger.critical("Internal error storing the result of task %s: %r", outcome.task_id, exc)
+    outcome.state = states.FAILURE
+    outcome.ending = Ending.INTERNAL_ERROR
+    outcome.exc_repr = repr(exc)
 
 
 def _ack_before_start(runner: Any, message: Any, delivery: Any) -> Outcome | None:
@@ -215,7 +332,8 @@ class _TerminateFlag:
 
 class _Child:
     __slots__ = ("process", "conn", "job", "index", "deadline", "hard", "terminate_flag",
-                 "stop_reason", "retiring", "shrunk", "exited", "fds")
+                 "stop_reason", "retiring", "shrunk", "exited", "fds", "ahead", "started",
+                 "done", "doomed")
 
     def __init__(self, process: Any, conn: Connection, index: int, terminate_flag: Any) -> None:
         self.process = process
@@ -225,8 +343,9 @@ class _Child:
         self.deadline: float | None = None
         self.hard: float | None = None
         self.terminate_flag = terminate_flag
-        #: why the parent stopped this child: ("timeout", hard) or ("terminated", signum)
-        self.stop_reason: tuple[str, Any] | None = None
+        #: why the parent stopped this child, and for which job: ("timeout", hard, job id) or
+        #: ("terminated", signum, job id)
+        self.stop_reason: tuple[str, Any, Any] | None = None
         #: it reached its worker_max_tasks/memory_per_child limit and is leaving: no more jobs
         self.retiring = False
         #: the pool shrank: it was told to leave, and nothing takes its place
@@ -236,9 +355,28 @@ class _Child:
         self.exited = False
         #: what the collector watches: the pipe's and the process sentinel's descriptors
         self.fds = (conn.fileno(), process.sentinel)
+        #: (job, hard limit) sent ahead: in the pipe, started as soon as ``job`` ends
+        self.ahead: tuple[tuple, float | None] | None = None
+        #: when ``job`` was sent or (a job ahead) began (monotonic)
+        self.started = 0.0
+        #: tasks it has reported (its own count decides when it retires)
+        self.done = 0
+        #: a job ahead that a terminate was asked for: stopped as soon as it starts
+        self.doomed: tuple[int, int] | None = None
 
     def idle(self) -> bool:
         return self.job is None and not self.retiring and not self.exited
+
+    def takes_ahead(self, now: float, means: dict[str, float],
+                    max_tasks: int | None) -> bool:
+        """Whether a job may wait in this child's pipe behind the task it runs."""
+        job = self.job
+        if (job is None or self.ahead is not None or self.retiring or self.exited
+                or self.stop_reason is not None
+                or (max_tasks is not None and self.done + 1 >= max_tasks)):
+            return False
+        mean = means.get(_task_name(job[1]))
+        return mean is not None and mean <= AHEAD_WITHIN and now - self.started < AHEAD_WITHIN
 
 
 class ProcessPool:
@@ -264,6 +402,8 @@ class ProcessPool:
         #: set by the consumer: starts waiting jobs from the collector as soon as a slot frees
         self.start_next: Callable[[], None] | None = None
         self._next_index = self.limit  # names of children added by grow()
+        #: each task name's running mean of run times (seconds), as the parent sees them
+        self._means: dict[str, float] = {}
 
     # ---- children ------------------------------------------------------------------------------
     def _spawn(self, index: int, fresh: bool = False) -> _Child:
@@ -334,43 +474,78 @@ class ProcessPool:
         with self._lock:
             return sum(1 for c in self._children if c.idle())
 
+    def ahead_slots(self) -> int:
+        """How many jobs could be sent ahead now (``submit`` with ``ack_first``) to children
+        whose task should end soon: slots for jobs whose child sends their early ack."""
+        now = time.monotonic()
+        max_tasks = self.child_limits[0]
+        with self._lock:
+            return sum(1 for c in self._children if c.takes_ahead(now, self._means, max_tasks))
+
     def submit(self, job_id: int, message: Any, delivery_info: dict, *,
                ack_first: Any = None) -> bool:
-        """Hand the job to an idle child; False if none is idle (the caller keeps the job).
-        ``ack_first``: the delivery whose early ack the child sends (and checks) first."""
+        """Hand the job to an idle child or, with ``ack_first`` and none idle, ahead to a child
+        whose task should end soon (``ahead_slots``); False if neither (the caller keeps the
+        job). ``ack_first``: the delivery whose early ack the child sends (and checks) first."""
         hard, _ = self.runner.limits(message)
+        job = (job_id, message, delivery_info, ack_first)
+        data = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
+        now = time.monotonic()
         with self._lock:
-            child = next((c for c in self._children if c.idle()), None)
-            if child is None:
-                return False
-            child.job = (job_id, message, delivery_info, ack_first)
-            child.hard = hard
-            child.deadline = time.monotonic() + hard if hard else None
+            idle = next((c for c in self._children if c.idle()), None)
+            ahead = idle is None
+            if ahead:
+                if ack_first is None or len(data) > AHEAD_MAX_BYTES:
+                    return False
+                max_tasks = self.child_limits[0]
+                busy = next((c for c in self._children
+                             if c.takes_ahead(now, self._means, max_tasks)), None)
+                if busy is None:
+                    return False
+                child = busy
+                child.ahead = (job, hard)
+            else:
+                assert idle is not None
+                child = idle
+                child.job = job
+                child.hard = hard
+                child.started = now
+                child.deadline = now + hard if hard else None
         try:
-            _send(child.conn, child.job)
+            child.conn.send_bytes(data)
         except (OSError, ValueError):  # it died since its exit was last looked at
             with self._lock:
-                child.job = None
-                child.deadline = None
+                if ahead:
+                    if child.ahead is None or child.ahead[0][0] != job_id:
+                        # its task ended meanwhile and this job took its place: the pool
+                        # reports it when it finds the child gone (never started: NOT_STARTED)
+                        child.exited = True
+                        return True
+                    child.ahead = None
+                else:
+                    child.job = None
+                    child.deadline = None
                 child.exited = True
             return False
-        if hard:
+        if hard and not ahead:
             os.write(self._wakeup_w, b"x")  # the collector re-plans its wait around the deadline
         return True
 
     def terminate(self, job_id: int, signum: int) -> bool:
-        """Stop the child running ``job_id`` with ``signum`` (revoke with terminate=True)."""
+        """Stop the child running ``job_id`` with ``signum`` (revoke with terminate=True). A job
+        ahead is stopped as soon as it starts (its child runs another task until then)."""
         with self._lock:
             child = next((c for c in self._children if c.job and c.job[0] == job_id), None)
             if child is None:
-                return False
-            child.stop_reason = ("terminated", signum)
+                waiting = next((c for c in self._children
+                                if c.ahead is not None and c.ahead[0][0] == job_id), None)
+                if waiting is None:
+                    return False
+                waiting.doomed = (job_id, signum)
+                return True
+            child.stop_reason = ("terminated", signum, job_id)
             child.terminate_flag.value = 1
-        try:
-            os.kill(child.process.pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
+        return _kill(child, signum)
 
     def _enforce_deadlines(self) -> float:
         """Kill children past their hard limit; return seconds until the next deadline."""
@@ -383,7 +558,7 @@ class ProcessPool:
                 if c.deadline is not None and c.deadline > now:
                     wait_for = min(wait_for, c.deadline - now)
             for c in late:
-                c.stop_reason = ("timeout", c.hard)
+                c.stop_reason = ("timeout", c.hard, c.job[0] if c.job else None)
         for c in late:
             try:
                 c.process.kill()
@@ -436,17 +611,52 @@ class ProcessPool:
                 child.exited = True
                 self._replace(child)
             return
-        with self._lock:
-            child.job = None
-            child.deadline = None
-            if retiring:
-                child.retiring = True
+        unstarted, doomed = self._ended(child, outcome, retiring)
         if retiring:
             logger.info("Replacing pool process %s (pid %s): it %s", child.process.name,
                         child.process.pid, retiring)
         self.on_done(job_id, outcome)
+        if unstarted is not None:
+            self.on_done(unstarted[0], _not_started(unstarted, "its pool process retired"))
+        if doomed is not None:
+            with self._lock:
+                stop = child.job is not None and child.job[0] == doomed[0]
+                if stop:
+                    child.stop_reason = ("terminated", doomed[1], doomed[0])
+                    child.terminate_flag.value = 1
+            if stop:
+                _kill(child, doomed[1])
         if self.start_next is not None and not retiring:
             self.start_next()
+
+    def _ended(self, child: _Child, outcome: Outcome, retiring: Any
+               ) -> tuple[tuple | None, tuple[int, int] | None]:
+        """``child`` reported the end of its job: its job ahead, if any, is now the one it runs
+        (unless it retires: then that job never starts and is returned). Also returns the
+        terminate asked for that job while it waited, if any."""
+        now = time.monotonic()
+        with self._lock:
+            job, ahead = child.job, child.ahead
+            child.ahead = None
+            if job is not None and outcome.ending is not Ending.NOT_STARTED:
+                child.done += 1
+                name = _task_name(job[1])
+                ran = now - child.started
+                mean = self._means.get(name)
+                self._means[name] = ran if mean is None else mean + _MEAN_WEIGHT * (ran - mean)
+            if retiring:
+                child.retiring = True
+            doomed, child.doomed = child.doomed, None
+            if ahead is not None and not retiring:
+                child.job, child.hard = ahead
+                child.started = now
+                child.deadline = now + child.hard if child.hard else None
+                if child.hard:
+                    os.write(self._wakeup_w, b"x")  # re-plan the collector's wait
+                return None, doomed
+            child.job = None
+            child.deadline = None
+            return (ahead[0] if ahead is not None else None), None
 
     def _replace(self, child: _Child) -> None:
         child.process.join(timeout=0.1)
@@ -456,18 +666,19 @@ class ProcessPool:
             try:
                 if not child.conn.poll():
                     break
-                job_id, outcome, _ = _recv(child.conn)
+                job_id, outcome, retiring = _recv(child.conn)
             except (EOFError, OSError):
                 break
-            with self._lock:
-                child.job = None
-                child.deadline = None
+            unstarted, _ = self._ended(child, outcome, retiring)
             self.on_done(job_id, outcome)
+            if unstarted is not None:
+                self.on_done(unstarted[0], _not_started(unstarted, "its pool process retired"))
         with self._lock:
             if child not in self._children:
                 return
             job = child.job
             child.job = None
+            ahead, child.ahead = child.ahead, None
             position = self._children.index(child)
         exitcode = child.process.exitcode
         if self._selector is not None:  # before its descriptors close and their numbers recur
@@ -478,7 +689,13 @@ class ProcessPool:
             job_id, message = job[0], job[1]
             task_id = message.headers.get("id") or "?"
             reason = child.stop_reason
-            if self._stopping:
+            if reason is not None and reason[2] != job_id:
+                # stopped for the job before it, whose end it had reported meanwhile: this one
+                # had only just started
+                detail = (f"Worker exited prematurely: {_describe_exit(exitcode)} (its pool "
+                          f"process was stopped for the task before it).")
+                outcome = Outcome(task_id, states.FAILURE, Ending.WORKER_LOST, reason=detail)
+            elif self._stopping:
                 # A cold shutdown killed it: give the message back (when it is still held, i.e.
                 # acks_late) rather than record a failure the task did not have.
                 outcome = Outcome(task_id, states.REJECTED, Ending.ABANDONED,
@@ -495,6 +712,8 @@ class ProcessPool:
                              child.process.pid, task_id, detail)
                 outcome = Outcome(task_id, states.FAILURE, Ending.WORKER_LOST, reason=detail)
             self.on_done(job_id, outcome)
+        if ahead is not None:  # it never started that one (it may have sent its early ack)
+            self.on_done(ahead[0][0], _not_started(ahead[0], "its pool process ended first"))
         if not self._stopping and not child.shrunk:
             replacement = self._spawn(child.index, fresh=True)
             with self._lock:
@@ -544,6 +763,25 @@ class ProcessPool:
             c.terminate_flag.remove()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
+
+
+def _task_name(message: Any) -> str:
+    return str(getattr(message, "headers", {}).get("task"))
+
+
+def _not_started(job: tuple, reason: str) -> Outcome:
+    """The outcome of a job ahead its child never started (whether its early ack went out is
+    for the consumer to find out: no ``LEASE_LOST`` reason)."""
+    return Outcome(job[1].headers.get("id") or "?", states.PENDING, Ending.NOT_STARTED,
+                   reason=reason)
+
+
+def _kill(child: _Child, signum: int) -> bool:
+    try:
+        os.kill(child.process.pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _unregister(selector: selectors.BaseSelector, child: _Child) -> None:
