@@ -17,6 +17,12 @@ from celeriac import Celery, chord, signals  # noqa: F401 - chord: the client's 
 app = Celery("bench.bench_tasks")
 
 READY_FILE_ENV = "CELERIAC_BENCH_READY_FILE"
+#: "0" or "1": RabbitMQ's ``confirm_publish`` transport option (bench/redis_vs_celery.py
+#: ``--confirm-publish``); unset: the transport's default (confirmed)
+CONFIRM_PUBLISH_ENV = "CELERIAC_BENCH_CONFIRM_PUBLISH"
+if os.environ.get(CONFIRM_PUBLISH_ENV) in ("0", "1"):
+    app.conf.broker_transport_options = {
+        "confirm_publish": os.environ[CONFIRM_PUBLISH_ENV] == "1"}
 
 
 @app.task

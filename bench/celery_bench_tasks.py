@@ -22,6 +22,11 @@ app = Celery("bench.celery_bench_tasks",
              backend=os.environ.get("CELERIAC_RESULT_BACKEND"))
 # Celery's defaults otherwise; this one only silences a start-up deprecation warning.
 app.conf.broker_connection_retry_on_startup = True
+# "0" or "1" (bench/redis_vs_celery.py --confirm-publish): kombu's confirm_publish on RabbitMQ;
+# unset: kombu's default (no publisher confirms)
+if os.environ.get("CELERIAC_BENCH_CONFIRM_PUBLISH") in ("0", "1"):
+    app.conf.broker_transport_options = {
+        "confirm_publish": os.environ["CELERIAC_BENCH_CONFIRM_PUBLISH"] == "1"}
 
 
 @app.task

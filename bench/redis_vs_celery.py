@@ -1,11 +1,12 @@
 """Side-by-side benchmarks: celeriac against Celery 5, same workloads, one table.
 
 Layer: bench (outside the package; pytest never runs it). Run from anywhere as
-``python bench/redis_vs_celery.py [--broker redis|amqp] [--rounds N] [--tasks N] [--samples N]
-[--db N]``. Celery runs from bench/.venv-celery when that virtualenv exists, else from this
-interpreter if it has Celery 5, else from the virtualenv this script then creates
-(``python -m venv`` and ``pip install 'celery[redis]==5.*'``). With ``--broker redis`` (the
-default) both sides use one Redis database as broker and result store; with ``--broker amqp``
+``python bench/redis_vs_celery.py [--broker redis|amqp] [--confirm-publish default|on|off]
+[--rounds N] [--tasks N] [--samples N] [--db N]``. Celery runs from bench/.venv-celery when
+that virtualenv exists, else from this interpreter if it has Celery 5, else from the
+virtualenv this script then creates (``python -m venv`` and
+``pip install 'celery[redis]==5.*'``). With ``--broker redis`` (the default) both sides use one
+Redis database as broker and result store; with ``--broker amqp``
 RabbitMQ is the broker, in a private virtual host made for the run (``rabbitmqctl add_vhost``,
 deleted at the end), and that Redis database the result store. Both are emptied before every
 measure; workers are real subprocesses, each in its own process group, killed at the end even on
@@ -606,6 +607,19 @@ def targets(rows: list[Row], broker: str = "redis") -> list[str]:
     return [f"  {'met    ' if ok else 'NOT met'}  {what}: {got}" for what, got, ok in checks]
 
 
+def confirm_modes(option: str) -> str:
+    """Which publish mode each side measured on RabbitMQ (``--confirm-publish``)."""
+    if option == "on":
+        return ("publisher confirms ON for both sides (confirm_publish=True): delay() returns "
+                "once RabbitMQ has confirmed the (persistent) message")
+    if option == "off":
+        return ("publisher confirms OFF for both sides (confirm_publish=False): delay() returns "
+                "once the message is written to the socket, unconfirmed")
+    return ("each side's default: celeriac's delay() returns once RabbitMQ has confirmed the "
+            "(persistent) message (confirm_publish=True); Celery publishes without publisher "
+            "confirms (kombu's default)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["client"]:
@@ -629,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672",
                         help="RabbitMQ server, without a vhost (default "
                              "amqp://guest:guest@127.0.0.1:5672); needs rabbitmqctl")
+    parser.add_argument("--confirm-publish", choices=["default", "on", "off"],
+                        default="default",
+                        help="with --broker amqp: publisher confirms for both sides' task "
+                             "publishes (confirm_publish); default: each side's own (celeriac "
+                             "on, Celery off)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of every measure (each side in turn within a round); "
                              "the table gives medians and min-max (default 1)")
@@ -651,6 +670,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.samples < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error("--tasks, --samples and --rounds must be at least 1, --warmup at least 0")
+    if args.confirm_publish != "default":
+        if args.broker != "amqp":
+            parser.error("--confirm-publish needs --broker amqp")
+        os.environ["CELERIAC_BENCH_CONFIRM_PUBLISH"] = "1" if args.confirm_publish == "on" else "0"
 
     from bench.run import _exit_on_signal, machine_summary, revision
 
@@ -699,8 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"celeriac {measured} against {against}; RabbitMQ {vhost.server_version} as "
               f"broker (vhost {vhost.name}, made for this run and deleted), redis-server "
               f"{server} at {url} as result store, for both sides")
-        print("celeriac's delay() returns once RabbitMQ has confirmed the (persistent) message; "
-              "Celery's publishes without publisher confirms (kombu's default)")
+        print(confirm_modes(args.confirm_publish))
     else:
         print(f"celeriac {measured} against {against}; redis-server {server} at {url} as "
               f"broker and result store")

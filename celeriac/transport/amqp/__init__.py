@@ -10,7 +10,10 @@ Publishing: one connection per thread (and per process: a forked child opens its
 channel in confirm mode; a batch is published at once (its frames, the bytes py-amqp's
 ``basic_publish`` would send, built by ``wire.publish_frames`` and written together) and then
 waited for, so ``publish`` returns only once the broker has confirmed every message (a nack
-raises). Producer connections
+raises). With ``confirm_publish=False`` (kombu's option) task publishes go on a second channel,
+never in confirm mode, and ``publish`` returns once the frames are written; the transport's
+own moves of held messages (dead letters, deferrals) and broadcasts still wait for confirms.
+Producer connections
 negotiate no heartbeat (the broker never closes them for silence; TCP keepalive finds dead
 peers); one found dead is dropped, the error raised is in ``transient_errors``, and the next use
 opens a fresh connection (the producer's publish retry does exactly that).
@@ -67,6 +70,7 @@ from ...utils.amqp_url import close_quietly as _close_quietly
 from ...utils.forks import PidGuard
 from ...utils.urls import redact_url
 from ..base import Delivery, Outgoing, check_queue_names
+from ..options import accepted_options, warn_unused
 from .broadcast import AMQPBroadcastMixin, exchange_flags, is_celery_exchange
 from .dead_letters import AMQPDeadLetterMixin
 from .delayed import AMQPDelayedDeliveryMixin
@@ -189,13 +193,17 @@ class _Producer:
     def __init__(self, conn: Any, tls: bool = False) -> None:
         self.conn = conn
         self.channel: Any = None
+        #: ``confirm_publish=False``: the channel publishes go out on, never in confirm mode
+        #: (a channel cannot leave confirm mode; declares keep using ``channel``)
+        self.plain: Any = None
         self.sent = 0  # publish sequence numbers handed out on the current channel
         self.unconfirmed: set[int] = set()
         self.nacked: set[int] = set()
-        #: a plain socket's confirms are read with ``read_frames`` once it polls readable
+        #: a plain socket's confirms are read with ``read_frames`` once it polls readable; an
+        #: unconfirmed publish polls it (TLS too) for what the broker said since the last one
         self.tls = tls
         self.poller = select.poll()
-        if conn is not None and not tls:
+        if conn is not None:
             self.poller.register(conn.sock.fileno(), select.POLLIN)
 
     def open_channel(self) -> Any:
@@ -209,6 +217,25 @@ class _Producer:
             channel.events["basic_nack"].add(self._on_nack)
             self.channel = channel
         return self.channel
+
+    def open_plain_channel(self) -> Any:
+        """The channel for publishes without confirms, opened now if there is none."""
+        if self.plain is None or not self.plain.is_open:
+            self.plain = self.conn.channel()
+        return self.plain
+
+    def read_replies(self) -> None:
+        """Before an unconfirmed publish: handle whatever the broker sent since the last one
+        without waiting (nothing, normally). A ``channel.close`` for an earlier publish (an
+        exchange deleted meanwhile, a message over the size limit) is raised here: RabbitMQ
+        drops everything sent on a closed channel, so writing on would lose this batch too."""
+        if not self.poller.poll(0) and not (self.tls and self.conn.sock.pending()):
+            return
+        if not self.tls:
+            read_frames(self.conn)
+            return
+        with contextlib.suppress(socket.timeout):
+            self.conn.drain_events(timeout=0.001)
 
     def _settle(self, delivery_tag: int, multiple: bool) -> set[int]:
         if multiple:
@@ -234,10 +261,13 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
     (``broker_login_method``: AMQPLAIN, PLAIN, EXTERNAL...), ``ssl`` (``broker_use_ssl``: True,
     or a dict of ``ca_certs``, ``cert_reqs``, ``certfile``, ``keyfile``, ``server_hostname``...
     as kombu takes them), ``confirm_timeout`` (seconds a publish waits for the broker's
-    confirms, default 30), ``qos_global`` (default True, as Celery on RabbitMQ),
-    ``max_priority`` (``x-max-priority`` for every classic queue without one, as Celery's
-    ``task_queue_max_priority``). Options the URL's query gives are overridden by these. Others
-    are ignored.
+    confirms, default 30), ``confirm_publish`` (default True: ``publish`` returns once the
+    broker confirmed every message; False, kombu's name and default: published without
+    publisher confirms, ``publish`` returns once the frames are written to the socket),
+    ``qos_global`` (default True, as Celery on RabbitMQ), ``max_priority`` (``x-max-priority``
+    for every classic queue without one, as Celery's ``task_queue_max_priority``). Options the
+    URL's query gives are overridden by these. Any other key is logged once as having no
+    effect (``options.warn_unused``).
     """
 
     #: errors after which a publish may be retried and a fetch is tried again after a pause
@@ -247,8 +277,10 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
     def __init__(self, url: str = "amqp://guest:guest@localhost:5672//", *,
                  heartbeat: float | None = None, connect_timeout: float | None = None,
                  login_method: str | None = None, ssl: bool | dict[str, Any] | None = None,
-                 confirm_timeout: float = 30.0, qos_global: bool = True,
-                 max_priority: int | None = None, **_ignored: Any) -> None:
+                 confirm_timeout: float = 30.0, confirm_publish: bool = True,
+                 qos_global: bool = True, max_priority: int | None = None,
+                 **unused: Any) -> None:
+        warn_unused("RabbitMQ", unused, accepted_options(type(self)))
         self.url = url
         self.address: BrokerAddress = parse_url(url)
         query = self.address.options
@@ -262,6 +294,11 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         self.login_method: str | None = self._params.get("login_method")
         self.ssl: bool | dict[str, Any] = self._params["ssl"]
         self.confirm_timeout = float(confirm_timeout)
+        if confirm_publish not in (True, False):  # 0 and 1 too
+            raise ImproperlyConfigured(f"broker_transport_options: confirm_publish must be True "
+                                       f"or False, not {confirm_publish!r}")
+        #: False: task publishes are written without publisher confirms (``publish``)
+        self.confirm_publish = bool(confirm_publish)
         self.qos_global = bool(qos_global)
         self.max_priority = max_priority
         self._forks = PidGuard()
@@ -417,9 +454,14 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         self._declared.add(name)
 
     # ---- publishing ---------------------------------------------------------------------------
-    def publish(self, items: Sequence[Outgoing]) -> None:
+    def publish(self, items: Sequence[Outgoing], *, confirm: bool | None = None) -> None:
         """Publish every item, then wait for the broker's confirms: returns once all are on the
-        broker; a nack raises ConnectionLost (nothing is known about the others)."""
+        broker; a nack raises ConnectionLost (nothing is known about the others).
+
+        ``confirm`` None follows ``confirm_publish``; with False the items are written on a
+        channel not in confirm mode and nothing is awaited: ``publish`` returns once the frames
+        are in the socket (a connection error while writing still raises). The transport's own
+        moves of a held message (a dead letter, a deferral) and broadcasts pass True."""
         if not items:
             return
         self._check_fork()
@@ -444,6 +486,9 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
             elif item.queue not in self._declared:
                 self._ensure_queue(item.queue)
         producer = self._producer()
+        if not (self.confirm_publish if confirm is None else confirm):
+            self._publish_unconfirmed(producer, prepared)
+            return
         try:
             channel = producer.open_channel()
             conn = producer.conn
@@ -480,6 +525,28 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         if producer.nacked & mine:
             producer.nacked -= mine
             raise ConnectionLost("RabbitMQ refused (nacked) a published message")
+
+    def _publish_unconfirmed(self, producer: _Producer,
+                             prepared: list[tuple[Any, str, str]]) -> None:
+        """``confirm_publish=False``: the batch's frames written at once on the plain channel,
+        nothing awaited. A message lost by the broker (or in a connection that dies after the
+        write) is not reported; a channel the broker closed for an earlier publish is found
+        before writing (``read_replies``) and raised, so the caller's retry writes this batch
+        on a fresh channel."""
+        try:
+            producer.read_replies()
+            channel = producer.open_plain_channel()
+            conn = producer.conn
+            _write_frames(conn, [publish_frames(channel.channel_id, exchange, routing_key, msg,
+                                                conn.frame_max)
+                                 for msg, exchange, routing_key in prepared])
+        except amqp_errors.ChannelError as exc:
+            producer.plain = None
+            raise ConnectionLost(f"RabbitMQ closed the publishing channel: "
+                                 f"{_reply_text(exc)}") from exc
+        except (amqp_errors.ConnectionError, OSError) as exc:
+            self._drop_producer(producer)
+            raise _lost(exc) from exc
 
     # ---- consuming ----------------------------------------------------------------------------
     def _consumer_connection(self) -> _ConsumerConnection:

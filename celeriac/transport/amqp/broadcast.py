@@ -76,7 +76,8 @@ class _Host(Protocol):
     def _check_fork(self) -> None: ...
     def _connect(self, heartbeat: float) -> Any: ...
     def _admin(self, action: Callable[[Any], Any]) -> Any: ...
-    def publish(self, items: Sequence[Outgoing]) -> None: ...
+    def publish(self, items: Sequence[Outgoing], *,
+                confirm: bool | None = None) -> None: ...
 
 
 def _declare_exchange(host: _Host, name: str) -> None:
@@ -201,7 +202,8 @@ class AMQPBroadcastMixin:
             _declare_exchange(self, exchange)
             try:
                 self.publish([Outgoing("", message, exchange=exchange, routing_key=routing_key,
-                                       exchange_type=exchange_flags(exchange)[0])])
+                                       exchange_type=exchange_flags(exchange)[0])],
+                             confirm=True)
                 return
             except ConnectionError as exc:
                 # the exchange went (deleted, or a broker restart took a non-durable one):
