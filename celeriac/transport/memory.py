@@ -155,7 +155,7 @@ class MemoryTransport(MemoryBroadcastMixin):
     without a ``name`` is private to that object.
 
     Options: ``visibility_timeout`` (seconds a lease lasts, default 3600). Other
-    ``broker_transport_options`` keys are accepted and ignored.
+    ``broker_transport_options`` keys are ignored, each with one warning line.
 
     Ordering, delivery counts, fencing and dead letters behave exactly as in ``SQLiteTransport``:
     see its docstring.

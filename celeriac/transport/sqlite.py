@@ -175,8 +175,8 @@ class SQLiteTransport(SQLiteBroadcastMixin):
     only an OS crash or power cut can undo the commits since the WAL was last synced;
     ``FULL``/``EXTRA``: every such commit is fsynced before it returns; ``OFF`` is refused, as
     it lets a power cut corrupt the file), also spelled ``?synchronous=FULL`` on the URL.
-    Leases, acks and renewals commit at ``NORMAL`` whatever it says. Other keys are accepted
-    and ignored.
+    Leases, acks and renewals commit at ``NORMAL`` whatever it says. Other keys are ignored,
+    each with one warning line (``transport.options``).
 
     Semantics, shared with ``MemoryTransport`` and checked by ``celeriac.testing.transport_suite``:
 

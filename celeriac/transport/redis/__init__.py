@@ -79,7 +79,8 @@ class RedisTransport(RedisBroadcastMixin):
     to always serve queues in the order given), ``unacked_key``, ``unacked_index_key``,
     ``unacked_mutex_key``, ``busy_poll`` (seconds a round trip polls for its reply before it
     blocks, default 0.0002; 0 blocks at once) and redis-py client options
-    (``socket_timeout``...). Others are ignored.
+    (``socket_timeout``...). Others are ignored, each with one warning line
+    (``transport.options``).
 
     A message of priority p goes to the list of the largest step <= p, as kombu puts it; within a
     step, oldest first. Celeriac-owned keys (all under the prefix): ``celeriac.deliveries`` (tag
