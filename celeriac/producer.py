@@ -16,7 +16,7 @@ from . import _context, signals
 from .exceptions import ImproperlyConfigured, OperationalError
 from .protocol import v2
 from .routing import Queue, Router
-from .transport.base import Outgoing, PublishesRuns
+from .transport.base import Outgoing, PublishesRuns, SendsAhead
 from .utils.forks import ForkLocal
 from .utils.text import one_line
 from .utils.urls import redact_url
@@ -270,10 +270,16 @@ class Producer:
         return [task_id for run in runs for task_id in run.ids()]
 
     def send_groups(self, batches: Sequence[tuple[str, dict[str, Any],
-                                                  Sequence[tuple[Any, Any, Any, Any]]]]) -> None:
+                                                  Sequence[tuple[Any, Any, Any, Any]]]],
+                    *, more: bool = False) -> None:
         """Publish, in one broker round trip, batches of calls to one task with the same
         options, each call with its own ``(task_id, args, kwargs, group_index)`` (a group's
-        members): the same messages ``send_many`` makes of such calls."""
+        members): the same messages ``send_many`` makes of such calls.
+
+        ``more``: the caller sends more batches next and calls ``settle()`` (or a
+        ``send_groups`` without ``more``) when done; a transport that can (Redis) then reads
+        this batch's replies only after the next is built, and an error in them is raised
+        there. Until ``settle()`` returns, the batch is not known to be stored."""
         self._json_headers = getattr(self.app.transport, "json_headers", False)
         runs: list[_Run] = []
         for name, options, calls in batches:
@@ -286,7 +292,14 @@ class Producer:
                     run = self._start(name, args, kwargs, own)
                     runs.append(run)
                     add = run.likes.add if run.likes is not None else None
-        self._publish_runs(runs)
+        self._publish_runs(runs, more)
+
+    def settle(self) -> None:
+        """Wait until the batches ``send_groups(..., more=True)`` left in flight are stored
+        (retried as a publish is); raise their error."""
+        transport = self.app.transport
+        if isinstance(transport, SendsAhead):
+            self._publish_ahead(transport, [], transport.settle_ahead)
 
     def _start(self, name: str, args: Any, kwargs: Any, opts: dict[str, Any]) -> "_Run":
         """The run a call begins: its message built in full, and (when later calls may be made
@@ -302,19 +315,37 @@ class Producer:
                                 dict(kwargs) if kwargs is not None else {}, derived_root)
         return _Run(name, opts, item, likes)
 
-    def _publish_runs(self, runs: Sequence["_Run"]) -> None:
+    def _publish_runs(self, runs: Sequence["_Run"], more: bool = False) -> None:
         """Publish each run's model and the messages like it, in order: spliced by the
         transport where it can (``publish_runs``) and nothing needs each message as an object
-        (publish signals, ``task-sent`` events, publish hooks); otherwise as ``Outgoing``s."""
+        (publish signals, ``task-sent`` events, publish hooks); otherwise as ``Outgoing``s.
+        ``more``: see ``send_groups``."""
         transport = self.app.transport
         if (not isinstance(transport, PublishesRuns) or signals.before_task_publish.receivers
                 or self.send_sent_event or signals.after_task_publish.receivers
                 or publish_failure_hooks):
+            self.settle()  # what went ahead first, in order
             self.publish([item for run in runs for item in run.outgoing()])
             return
         pairs = [(run.item, run.likes) for run in runs]
-        self._publish_with_retry(transport, [run.item for run in runs], None, None,
+        items = [run.item for run in runs]
+        if isinstance(transport, SendsAhead):
+            if more:
+                self._publish_ahead(transport, items, lambda: transport.send_runs_ahead(pairs))
+                return
+            self.settle()
+        self._publish_with_retry(transport, items, None, None,
                                  lambda: transport.publish_runs(pairs))
+
+    def _publish_ahead(self, transport: SendsAhead, items: Sequence[Outgoing],
+                       send: Callable[[], None]) -> None:
+        """``send`` retried as a publish; a batch in flight is forgotten when that fails (its
+        caller is told: it must not go out later, with some other publish)."""
+        try:
+            self._publish_with_retry(transport, items, None, None, send)
+        except BaseException:
+            transport.drop_ahead()
+            raise
 
     def publish(self, items: Sequence[Outgoing], *, retry: bool | None = None,
                 retry_policy: dict[str, Any] | None = None) -> None:

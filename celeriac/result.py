@@ -58,6 +58,19 @@ class AsyncResult:
         self.parent = parent
         self._cache: dict | None = None
 
+    @classmethod
+    def _drawn(cls, id: str, app: "Celery", task_name: str | None) -> "AsyncResult":  # noqa: A002
+        """The result of a task this process just sent with an id it drew itself (a group's
+        member): what ``AsyncResult(id, app=app, task_name=...)`` makes, without its checks."""
+        result = cls.__new__(cls)
+        result.id = id
+        result.app = app
+        result._backend = None
+        result.name = task_name
+        result.parent = None
+        result._cache = None
+        return result
+
     @property
     def task_id(self) -> str:
         return self.id

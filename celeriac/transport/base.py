@@ -257,6 +257,22 @@ class PublishesRuns(Protocol):
         """``publish`` of each run's item followed by the messages like it, all or nothing."""
 
 
+@runtime_checkable
+class SendsAhead(Protocol):
+    """A hook with ``PublishesRuns``: a batch of runs sent now whose replies are read later,
+    while the producer builds the next (a group's batches on Redis). Until ``settle_ahead``
+    returns, the batch is not known to be stored."""
+
+    def send_runs_ahead(self, runs: Sequence[tuple[Outgoing, Likes | None]]) -> None:
+        """Settle what is in flight, then send ``runs`` without reading their replies."""
+
+    def settle_ahead(self) -> None:
+        """Read the replies of what is in flight; raise its error."""
+
+    def drop_ahead(self) -> None:
+        """Forget what is in flight (its publish failed or gave up)."""
+
+
 def capabilities_of(transport: Any) -> frozenset[str]:
     """The names of the capabilities ``transport`` declares (for logs and the contract suite)."""
     return frozenset(cap.__name__ for cap in ALL_CAPABILITIES if isinstance(transport, cap))

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from ...protocol.message import Message
 from ...protocol.v2 import Likes, uuid4_text, uuid4_texts
 from ...utils import redis_wire
 from ...utils.forks import PidGuard
+from ...utils.redis_wire import _pack_one as _pack_command
 from ...utils.salt import process_salt
 from ...utils.urls import redact_url
 from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
@@ -56,6 +58,9 @@ RESTORE_LIMIT = 100
 #: (or sooner, once the due time a fetch reported has come): sweeping on every fetch would cost
 #: the server more than the fetch itself
 SWEEP_INTERVAL = 0.1
+#: bytes of socket send buffer asked for the connection a group's batches go ahead on (a batch
+#: of 500 envelopes is about 0.5 MB; the kernel caps it at net.core.wmem_max)
+AHEAD_SEND_BUFFER = 4 << 20
 _SHAS = {name: redis_wire.script_sha(getattr(scripts, name))
          for name in ("FETCH", "ACK", "REJECT", "DEFER", "EXTEND", "DEAD_LETTER", "SIZE")}
 logger = logging.getLogger(__name__)
@@ -134,6 +139,8 @@ class RedisTransport(RedisBroadcastMixin):
         #: exchange -> type, from this process's declarations (Redis does not store types)
         self._exchange_types: dict[str, str] = {}
         self._feed = FanoutFeed()
+        #: per thread: the group batch sent ahead whose replies are unread (``send_runs_ahead``)
+        self._ahead = threading.local()
         self._forks = PidGuard()
         self._client = self._connect()
         redis_wire.set_busy_poll(self._client.connection_pool, busy_poll)
@@ -178,6 +185,7 @@ class RedisTransport(RedisBroadcastMixin):
             self._lock = threading.Lock()
             self._client = self._connect()
             self._waker = None
+            self._ahead = threading.local()  # the parent's connections are not ours
 
     def _wire(self) -> redis_wire.Wire:
         """This thread's raw connection, shared with a result store on the same database (so
@@ -270,6 +278,17 @@ class RedisTransport(RedisBroadcastMixin):
               ) -> None:
         """The publish of ``runs`` (items, each with the messages like it), all or nothing,
         in their order: consecutive messages to one list go in one LPUSH."""
+        writes, wakes, fresh = self._writes_of(runs)
+        if len(writes) > 1:  # all or nothing: a retried publish must not duplicate half of it
+            replies = wire.call(("MULTI",), *writes, ("EXEC",), *wakes)
+        else:
+            replies = wire.call(*writes, *wakes)
+        _check_writes(replies, len(writes))
+        self._declared.update(fresh)
+
+    def _writes_of(self, runs: Sequence[tuple[Outgoing, Likes | None]]
+                   ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[str]]:
+        """``_push``'s commands: ``(writes, wakes, queues declared by the writes)``."""
         now = time.time()
         writes: list[tuple[Any, ...]] = []
         fresh = list(dict.fromkeys(item.queue for item, _ in runs
@@ -299,17 +318,88 @@ class RedisTransport(RedisBroadcastMixin):
                 run.extend(_spliced(item, likes, tags))
         if run:
             writes.append(("LPUSH", run_key, *run))
-        wakes = [self._wake_command(queue) for queue in woken]
-        if len(writes) > 1:  # all or nothing: a retried publish must not duplicate half of it
-            replies = wire.call(("MULTI",), *writes, ("EXEC",), *wakes)
-            outcome = replies[len(writes) + 1]
-        else:
-            replies = wire.call(*writes, *wakes)
-            outcome = replies[:len(writes)]
-        for reply in outcome if isinstance(outcome, list) else [outcome]:
-            if isinstance(reply, Exception):
-                raise reply
-        self._declared.update(fresh)
+        return writes, [self._wake_command(queue) for queue in woken], fresh
+
+    # ---- a group's batches: each one's reply read while the next is built --------------------
+    def send_runs_ahead(self, runs: Sequence[tuple[Outgoing, Likes | None]]) -> None:
+        """``publish_runs`` of a batch with more to follow: its commands go out now, on this
+        thread's own connection, and their replies are read by the next call (once that batch
+        is built, so Redis stores one batch while the next is made) or by ``settle_ahead``;
+        an error in them is raised there. Until then the batch is kept: a connection lost
+        before its replies were read sends it again (at least once, as any publish retried
+        after a lost reply)."""
+        self._check_fork()
+        if not runs or any(model.routed or model.not_before is not None for model, _ in runs):
+            self.settle_ahead()
+            self.publish_runs(runs)
+            return
+        writes, wakes, fresh = self._writes_of(runs)
+        commands = ([("MULTI",), *writes, ("EXEC",), *wakes] if len(writes) > 1
+                    else [*writes, *wakes])
+        batch = _AheadBatch(b"".join([_pack_command(c) for c in commands]), len(commands),
+                            len(writes), fresh)
+        self.settle_ahead()  # the batch before, stored while this one was built
+        ahead = self._ahead_state()
+        try:
+            self._send_ahead(ahead, batch)
+        except BaseException:
+            self._close_ahead(ahead)  # not sent: the retried call builds it again
+            raise
+        ahead.batch = batch
+
+    def settle_ahead(self) -> None:
+        """Read the replies of the batch ``send_runs_ahead`` left in flight in this thread
+        (sending it again first if its connection was lost); raise an error among them."""
+        ahead = self._ahead_state()
+        batch = ahead.batch
+        if batch is None:
+            return
+        try:
+            if ahead.conn is None:  # lost after the batch was sent: once more, in full
+                self._send_ahead(ahead, batch)
+            replies = _read_replies(ahead.conn, batch.replies)
+        except BaseException:
+            self._close_ahead(ahead)  # the stream may be half read
+            raise
+        ahead.batch = None
+        _check_writes(replies, batch.writes)
+        self._declared.update(batch.fresh)
+
+    def drop_ahead(self) -> None:
+        """Forget this thread's batch in flight, unread (its publish has failed or given up:
+        it must not be sent again later)."""
+        ahead = self._ahead_state()
+        ahead.batch = None
+        self._close_ahead(ahead)
+
+    def _ahead_state(self) -> "_Ahead":
+        self._check_fork()
+        local = self._ahead
+        state = getattr(local, "state", None)
+        if state is None:
+            state = local.state = _Ahead()
+        return state
+
+    def _send_ahead(self, ahead: "_Ahead", batch: "_AheadBatch") -> None:
+        conn = ahead.conn
+        if conn is None:
+            conn = ahead.conn = redis_wire.connector(self._client.connection_pool)()
+            sock = getattr(conn, "_sock", None)  # redis-py keeps the socket there
+            if sock is not None:
+                try:  # room for a whole batch: the send returns while Redis reads it
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, AHEAD_SEND_BUFFER)
+                except OSError:
+                    pass
+        conn.send_packed_command([batch.packed], check_health=False)
+
+    @staticmethod
+    def _close_ahead(ahead: "_Ahead") -> None:
+        conn, ahead.conn = ahead.conn, None
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001 - closing a broken socket must not raise
+                pass
 
     def _publish_one(self, wire: redis_wire.Wire, item: Outgoing) -> None:
         pushed = wire.call(("LPUSH", self._list_of(item), self._envelope(item)),
@@ -565,6 +655,10 @@ class RedisTransport(RedisBroadcastMixin):
         if waker is not None and not self._forks.forked():
             waker.stop(self._client)
         if not self._forks.forked():
+            state = getattr(self._ahead, "state", None)
+            if state is not None:  # this thread's; another's goes with its thread
+                state.batch = None
+                self._close_ahead(state)
             self._client.connection_pool.disconnect()
 
 
@@ -646,6 +740,46 @@ def _expand(model: Outgoing, likes: Likes | None) -> list[Outgoing]:
         return [model]
     return [model, *(Outgoing(model.queue, message, None, model.exchange, model.routing_key,
                               model.exchange_type) for message in likes.messages())]
+
+
+class _AheadBatch:
+    """A batch ``send_runs_ahead`` sent: its bytes, how many replies it gets, how many of its
+    commands are writes (before the wake-ups), and the queues its writes declare."""
+
+    __slots__ = ("packed", "replies", "writes", "fresh")
+
+    def __init__(self, packed: bytes, replies: int, writes: int, fresh: list[str]) -> None:
+        self.packed, self.replies, self.writes, self.fresh = packed, replies, writes, fresh
+
+
+class _Ahead:
+    """One thread's connection for batches sent ahead, and the batch in flight on it."""
+
+    __slots__ = ("conn", "batch")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.batch: _AheadBatch | None = None
+
+
+def _read_replies(conn: Any, count: int) -> list[Any]:
+    """``count`` replies from a redis-py connection, an error reply returned, not raised."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except redis_py.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+def _check_writes(replies: list[Any], writes: int) -> None:
+    """Raise the first error among the replies to ``writes`` write commands (wrapped in
+    MULTI/EXEC when more than one), sent before their wake-ups."""
+    outcome = replies[writes + 1] if writes > 1 else replies[:writes]
+    for reply in outcome if isinstance(outcome, list) else [outcome]:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def _spliced(model: Outgoing, likes: Likes, tags: Iterator[str]) -> list[str]:

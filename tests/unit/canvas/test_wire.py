@@ -155,3 +155,14 @@ def test_a_group_leaves_its_members_as_they_were_and_sends_what_freeze_gave(app)
     # partial arguments go before each member's own, but not into an immutable one
     group([add.s(1), add.si(5, 5)]).apply_async((10,))
     assert [body[0] for _, body in _sent(app)] == [[10, 1], [5, 5]]
+
+
+def test_a_drawn_member_result_is_what_the_constructor_makes(make_app) -> None:
+    """``AsyncResult._drawn`` (a group's members, without the constructor's checks) sets the
+    same attributes as ``AsyncResult(...)``: a field added to one must be added to the other."""
+    from celeriac.result import AsyncResult
+
+    app = make_app()
+    made = AsyncResult("an-id", app=app, task_name="t.noop")
+    drawn = AsyncResult._drawn("an-id", app, "t.noop")
+    assert vars(drawn) == vars(made)
