@@ -270,8 +270,12 @@ class ChangeWaiter:
         self.interval = min(interval, max_interval)
         self.max_interval = max_interval
         self.hot = hot
-        #: the inotify watch every waiting thread of this process sleeps on, or None (polling)
-        self._watch = _WalWatch.open(path) if inotify else None
+        #: the inotify watch every waiting thread of this process sleeps on, or None (polling,
+        #: or no hot wait yet): opened at the first hot wait, so a process that only reads
+        #: (a worker's revoke checks take tokens) never pays for the file's write events
+        self._watch: _WalWatch | None = None
+        self._path = path
+        self._inotify = inotify
         #: the wake-up pipes of the threads sleeping on it (their write ends): ``notify()`` and
         #: the thread that reads a watch's events wake them all
         self._sleepers: set[int] = set()
@@ -281,7 +285,18 @@ class ChangeWaiter:
     @property
     def watching(self) -> bool:
         """Whether waits sleep on inotify rather than polling."""
-        return self._watch is not None
+        return self._open_watch() is not None
+
+    def _open_watch(self) -> _WalWatch | None:
+        """The watch, opened on first use (None: polling)."""
+        watch = self._watch
+        if watch is None and self._inotify:
+            with self._cond:
+                if self._watch is None and self._inotify and not self._closed:
+                    self._watch = _WalWatch.open(self._path)
+                    self._inotify = self._watch is not None
+                watch = self._watch
+        return watch
 
     def _read(self) -> int:
         with self._lock:
@@ -331,7 +346,7 @@ class ChangeWaiter:
         commit of a busy file (a broadcast subscriber).
         """
         version, generation = token if token is not None else self.token()
-        if hot and self._watch is not None:
+        if hot and self._open_watch() is not None:
             return self._sleep(timeout, version, generation)
         start = time.monotonic()
         deadline, hot_until = start + timeout, start + (self.hot if hot else 0.0)
