@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -136,6 +136,29 @@ def redis_prefix() -> str:
     import uuid
 
     return f"celeriac-test-{uuid.uuid4().hex[:12]}:"
+
+
+@contextlib.contextmanager
+def app_on_redis_prefix(name: str, redis_server: str, redis_prefix: str,
+                        db: int) -> Iterator[Any]:
+    """An app whose broker keys in Redis database ``db`` all start with ``redis_prefix``
+    (results in memory), and those keys deleted afterwards."""
+    import redis
+
+    from celeriac import Celery
+
+    app = Celery(name, broker=f"{redis_server}/{db}", backend=f"memory://{name}",
+                 set_as_current=False)
+    app.conf.broker_transport_options = {"global_keyprefix": redis_prefix}
+    try:
+        yield app
+    finally:
+        app.close()
+        raw = redis.Redis.from_url(f"{redis_server}/{db}")
+        keys = list(raw.scan_iter(match=f"{redis_prefix}*", count=1000))
+        if keys:
+            raw.delete(*keys)
+        raw.close()
 
 
 @contextlib.contextmanager

@@ -14,22 +14,15 @@ import redis
 
 from celeriac import Celery, chord, group
 from celeriac.transport.redis.envelope import decode, encode
+from tests.conftest import app_on_redis_prefix
 
 DB = 10
 
 
 @pytest.fixture
 def app(redis_server: str, redis_prefix: str) -> Iterator[Celery]:
-    app = Celery("bulk", broker=f"{redis_server}/{DB}", backend="memory://bulk",
-                 set_as_current=False)
-    app.conf.broker_transport_options = {"global_keyprefix": redis_prefix}
-    yield app
-    app.close()
-    raw = redis.Redis.from_url(f"{redis_server}/{DB}")
-    keys = list(raw.scan_iter(match=f"{redis_prefix}*", count=1000))
-    if keys:
-        raw.delete(*keys)
-    raw.close()
+    with app_on_redis_prefix("bulk", redis_server, redis_prefix, DB) as app:
+        yield app
 
 
 def _stored(app: Celery, key: str) -> list[bytes]:
