@@ -124,12 +124,28 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
         if in_task_code[0]:  # only ever inside the task's own code, never a result write
             raise SoftTimeLimitExceeded()
 
-    def on_term(signum: int, frame: Any) -> None:
-        # SIGTERM to the whole process group means "warm shutdown": the parent handles it and
-        # this child finishes its task. Only a terminate the parent asked for stops the child.
-        if terminate_flag.value:
+    running: list[Any] = [None]  # the id of the job this child runs now, or None
+    #: a terminate came for a job this child was not running: looked at as each job starts
+    #: (a job waiting in the pipe may be terminated before this child has read it)
+    early_term: list[bool] = [False]
+
+    def stop_if_asked(job_id: Any) -> None:
+        if terminate_flag.target == job_id:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        # SIGTERM to the whole process group means "warm shutdown": the parent handles it and
+        # this child finishes its task. Only a terminate the parent asked for stops the child,
+        # and only while the job it names runs: a job that waited ahead may have started
+        # meanwhile, and it is not the one to stop.
+        target = terminate_flag.target
+        if target is None:
+            return
+        if target == running[0]:
+            stop_if_asked(target)
+        else:
+            early_term[0] = True
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
@@ -150,9 +166,13 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
                     break
                 if job is None:
                     break
+                running[0] = job[0]  # a terminate from here on stops it (its ack too)
+                if early_term[0]:
+                    stop_if_asked(job[0])
                 if job[3] is not None:
                     refused = _ack_before_start(runner, job[1], job[3])
                     if refused is not None:
+                        running[0] = None
                         _send(conn, (job[0], refused, None))
                         job = None
                         continue
@@ -161,9 +181,13 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
             _, soft = runner.limits(message)
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, soft)
+            running[0] = job_id  # (a job read ahead: from its start on)
+            if early_term[0]:
+                stop_if_asked(job_id)
             try:
                 outcome = runner(message, delivery_info)
             finally:
+                running[0] = None
                 if soft:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             done += 1
@@ -171,6 +195,8 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
             unconfirmed = None
             if together is not None:
                 job, unconfirmed = _store_with_next(together, conn, outcome, retiring)
+                if job is not None and job is not _LEAVE:
+                    running[0] = job[0]  # before the parent hears this task ended
             outcome.retval = None  # values were stored by the child; keep the pipe light
             outcome.pending = None
             _send(conn, (job_id, outcome, retiring))
@@ -301,27 +327,28 @@ def _spawned_child_main(conn: Connection, respawn: tuple, index: int,
 
 
 class _TerminateFlag:
-    """One byte in a small file: set by the parent before it sends a terminate signal, read by
-    the child's SIGTERM handler. A file (not shared memory) works the same for forked and freshly
-    started children and needs no helper process or thread to hand it over."""
+    """The id of the job to terminate, in a small file: set by the parent before it sends a
+    terminate signal, read by the child's SIGTERM handler, which stops only that job. A file
+    (not shared memory) works the same for forked and freshly started children and needs no
+    helper process or thread to hand it over."""
 
     def __init__(self) -> None:
         fd, self.path = tempfile.mkstemp(prefix="celeriac-child-", suffix=".flag")
-        os.write(fd, b"0")
         os.close(fd)
 
     @property
-    def value(self) -> int:
+    def target(self) -> int | None:
         try:
             with open(self.path, "rb") as fh:
-                return 1 if fh.read(1) == b"1" else 0
+                text = fh.read(32)
         except OSError:
-            return 0
+            return None
+        return int(text) if text.strip().lstrip(b"-").isdigit() else None
 
-    @value.setter
-    def value(self, flag: int) -> None:
+    @target.setter
+    def target(self, job_id: int) -> None:
         with open(self.path, "wb") as fh:
-            fh.write(b"1" if flag else b"0")
+            fh.write(str(int(job_id)).encode())
 
     def remove(self) -> None:
         try:
@@ -333,7 +360,7 @@ class _TerminateFlag:
 class _Child:
     __slots__ = ("process", "conn", "job", "index", "deadline", "hard", "terminate_flag",
                  "stop_reason", "retiring", "shrunk", "exited", "fds", "ahead", "started",
-                 "done", "doomed")
+                 "done", "doomed", "sending")
 
     def __init__(self, process: Any, conn: Connection, index: int, terminate_flag: Any) -> None:
         self.process = process
@@ -363,6 +390,10 @@ class _Child:
         self.done = 0
         #: a job ahead that a terminate was asked for: stopped as soon as it starts
         self.doomed: tuple[int, int] | None = None
+        #: held from choosing this child (under the pool's lock) until the job's bytes are
+        #: written: a job and the job ahead of it, submitted from two threads, reach the pipe
+        #: whole and in the order the pool assigned them
+        self.sending = threading.Lock()
 
     def idle(self) -> bool:
         return self.job is None and not self.retiring and not self.exited
@@ -511,14 +542,19 @@ class ProcessPool:
                 child.hard = hard
                 child.started = now
                 child.deadline = now + hard if hard else None
+            child.sending.acquire()
         try:
-            child.conn.send_bytes(data)
+            try:
+                child.conn.send_bytes(data)
+            finally:  # before the pool's lock is taken again below (never both ways round)
+                child.sending.release()
         except (OSError, ValueError):  # it died since its exit was last looked at
             with self._lock:
                 if ahead:
                     if child.ahead is None or child.ahead[0][0] != job_id:
                         # its task ended meanwhile and this job took its place: the pool
-                        # reports it when it finds the child gone (never started: NOT_STARTED)
+                        # reports it lost when it finds the child gone, and the consumer gives
+                        # it back, its early ack never having gone out
                         child.exited = True
                         return True
                     child.ahead = None
@@ -544,7 +580,7 @@ class ProcessPool:
                 waiting.doomed = (job_id, signum)
                 return True
             child.stop_reason = ("terminated", signum, job_id)
-            child.terminate_flag.value = 1
+            child.terminate_flag.target = job_id
         return _kill(child, signum)
 
     def _enforce_deadlines(self) -> float:
@@ -623,7 +659,7 @@ class ProcessPool:
                 stop = child.job is not None and child.job[0] == doomed[0]
                 if stop:
                     child.stop_reason = ("terminated", doomed[1], doomed[0])
-                    child.terminate_flag.value = 1
+                    child.terminate_flag.target = doomed[0]
             if stop:
                 _kill(child, doomed[1])
         if self.start_next is not None and not retiring:
@@ -794,7 +830,8 @@ def _unregister(selector: selectors.BaseSelector, child: _Child) -> None:
 
 def _tell_to_leave(child: _Child) -> None:
     try:
-        _send(child.conn, None)
+        with child.sending:  # never inside a job's bytes
+            _send(child.conn, None)
     except (OSError, ValueError):  # gone already, or its pipe closed
         pass
 

@@ -207,6 +207,76 @@ def test_a_terminate_for_a_job_ahead_stops_it_once_it_starts(harness):
     assert "end hold-3" not in h.lines()
 
 
+def test_a_job_and_the_job_ahead_of_it_sent_from_two_threads_arrive_whole_and_in_order(
+        tmp_path, monkeypatch):
+    """The dispatch, fetch and collector threads all submit: a job to an idle child and a job
+    ahead to the same child can be sent at once. Each reaches the pipe whole, in the order the
+    pool assigned them (a large first job, interleaved, made the child die unpickling it)."""
+    monkeypatch.setattr(processes, "AHEAD_WITHIN", 3600.0)
+    h = _Harness(tmp_path, children=1)
+    try:
+        h.learn()
+        big = b"x" * 40000  # more than one write into the pipe
+        for i in range(30):
+            first, second = 1000 + 2 * i, 1001 + 2 * i
+            start = threading.Barrier(2)
+            sent: dict[str, bool] = {}
+
+            def send_first(i: int = i, first: int = first, start: Any = start,
+                           sent: Any = sent) -> None:
+                start.wait()
+                sent["first"] = h.pool.submit(first, Message(
+                    big, headers={"id": f"A{i}", "task": "t"}, properties={}), {})
+
+            def send_second(i: int = i, second: int = second, start: Any = start,
+                            sent: Any = sent) -> None:
+                start.wait()
+                for _ in range(200):  # as soon as the first is assigned
+                    if h.pool._children[0].job is not None:
+                        break
+                    time.sleep(0)
+                sent["second"] = h.pool.submit(second, _message(f"B{i}"), {},
+                                               ack_first=f"d{i}")
+
+            threads = [threading.Thread(target=send_first), threading.Thread(target=send_second)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sent["first"]
+            h.wait_for(first, *([second] if sent["second"] else []))
+            assert h.done[first].ending is Ending.SUCCEEDED, h.done[first]
+            lines = h.lines()
+            if sent["second"]:
+                assert h.done[second].ending is Ending.SUCCEEDED, h.done[second]
+                assert lines.index(f"start A{i}") < lines.index(f"start B{i}")
+    finally:
+        h.pool.stop()
+
+
+def test_a_terminate_of_a_job_that_just_ended_spares_the_job_ahead_now_running(
+        tmp_path, monkeypatch):
+    """terminate(A) as A ends, with B already started from the pipe of the same child: the
+    child stops only the job the terminate names, so B runs to its end."""
+    monkeypatch.setattr(processes, "AHEAD_WITHIN", 3600.0)
+    h = _Harness(tmp_path, children=1)
+    try:
+        h.learn()
+        assert h.pool.submit(1, _message("hold-1"), {})
+        h.wait_log("start hold-1")
+        assert h.pool.submit(2, _message("hold-2"), {}, ack_first="d2")  # ahead: one child
+        h.release("hold-1")
+        h.wait_log("start hold-2")  # A ended, B runs; the parent may not have read A's end
+        h.pool.terminate(1, signal.SIGTERM)
+        h.release("hold-2")
+        h.wait_for(1, 2)
+        assert h.done[1].ending is Ending.SUCCEEDED
+        assert h.done[2].ending is Ending.SUCCEEDED, h.done[2]
+    finally:
+        h.release("hold-2")
+        h.pool.stop()
+
+
 def test_a_child_about_to_retire_takes_no_job_ahead(tmp_path, monkeypatch):
     monkeypatch.setattr(processes, "AHEAD_WITHIN", 3600.0)
     h = _Harness(tmp_path, children=1)
