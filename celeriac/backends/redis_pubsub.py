@@ -379,6 +379,8 @@ class SoloWaiter:
         while not done:
             reply = reader.gets()
             if reply is _NOT_ENOUGH_DATA:
+                if self._closed:  # close() came while this connection was being opened
+                    raise BackendError("the Redis result store was closed")
                 if not self._readable(sock, deadline):
                     if deadline is not None and time.monotonic() >= deadline:
                         return False, None
