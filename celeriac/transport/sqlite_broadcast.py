@@ -23,6 +23,11 @@ from .base import Subscription, topic_matches
 BROADCAST_RETENTION = 60.0
 #: rows kept at most, however young
 BROADCAST_MAX_ROWS = 10_000
+#: seconds between a subscriber's looks at a file other processes commit to: each look is a
+#: query, and a busy file (a worker draining its queue) changes at every look, so polling at the
+#: transport's 2 ms cost a worker's remote control thread ~5% of a core; a broadcast (a control
+#: command, an event) is seen within this, and at once when it comes from the same process
+BROADCAST_POLL_INTERVAL = 0.01
 
 _SCHEMA = (
     # AUTOINCREMENT: ids never go back after pruning, so "after the last id seen" stays exact
@@ -104,9 +109,8 @@ class SQLiteSubscription:
                 remaining = deadline - time.monotonic()
                 if messages or remaining <= 0:
                     return messages
-                # not hot: every commit to a busy file wakes this wait, and a broadcast may take
-                # a couple of milliseconds to be seen
-                waiter.wait(remaining, token, hot=False)
+                # not hot: every commit to a busy file would wake this wait
+                waiter.wait(remaining, token, hot=False, every=BROADCAST_POLL_INTERVAL)
             return []
 
     def close(self) -> None:

@@ -338,22 +338,26 @@ class ChangeWaiter:
                 pass
 
     def wait(self, timeout: float, token: tuple[int, int] | None = None, *,
-             hot: bool = True) -> bool:
+             hot: bool = True, every: float | None = None) -> bool:
         """Return True once the database changed since ``token`` was taken, False after ``timeout``.
 
-        ``hot=False`` polls at ``max_interval`` from the start, never woken by other
-        processes' commits: for waiters that need no haste and would otherwise wake at every
-        commit of a busy file (a broadcast subscriber).
+        ``hot=False`` pauses, then polls, every ``every`` seconds (at least ``max_interval``),
+        never woken by other processes' commits: for waiters that need no haste and would
+        otherwise wake at every commit of a busy file (a broadcast subscriber, which reads just
+        before it waits). A commit in this process still wakes it at once.
         """
         version, generation = token if token is not None else self.token()
         if hot and self._open_watch() is not None:
             return self._sleep(timeout, version, generation)
         start = time.monotonic()
         deadline, hot_until = start + timeout, start + (self.hot if hot else 0.0)
-        interval = self.interval if hot else self.max_interval
+        interval = (self.interval if hot
+                    else max(self.max_interval, every if every is not None else 0.0))
+        look = hot  # a cold wait first pauses: on a busy file a look would find a change at once
         while True:
-            if self._read() != version:
+            if look and self._read() != version:
                 return True
+            look = True
             now = time.monotonic()
             if now >= deadline:
                 return False
@@ -363,7 +367,7 @@ class ChangeWaiter:
                 self._cond.wait(min(interval, deadline - now))
                 if self._generation != generation:
                     return True
-            if now >= hot_until:
+            if hot and now >= hot_until:
                 interval = min(interval * 1.5, self.max_interval)
 
     def _sleep(self, timeout: float, version: int, generation: int) -> bool:

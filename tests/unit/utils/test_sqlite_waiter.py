@@ -27,7 +27,27 @@ def test_a_wait_that_is_not_hot_polls_at_the_slow_rate_from_the_start(tmp_path: 
 
     waiter._read = counted  # type: ignore[method-assign]
     assert waiter.wait(0.05, token, hot=False) is False
-    assert reads == 2  # once before the one pause (capped by the timeout), once after it
+    assert reads == 1  # after the one pause (capped by the timeout), not before it
+    waiter.close()
+
+
+def test_a_cold_wait_pauses_every_given_seconds_and_a_change_in_this_process_ends_it(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "x.db")
+    waiter = ChangeWaiter(path, max_interval=0.001)
+    other = connect(path)
+    other.execute("CREATE TABLE t (x)")
+    token = waiter.token()
+    other.execute("INSERT INTO t VALUES (1)")  # a change before the wait: seen after one pause
+    start = time.monotonic()
+    assert waiter.wait(5.0, token, hot=False, every=0.1) is True
+    assert 0.09 <= time.monotonic() - start < 2.0
+    token = waiter.token()
+    threading.Timer(0.05, waiter.notify).start()
+    start = time.monotonic()
+    assert waiter.wait(5.0, token, hot=False, every=30.0) is True
+    assert time.monotonic() - start < 2.0
+    other.close()
     waiter.close()
 
 
