@@ -31,6 +31,7 @@ from ..utils.sqlite import (
     ChangeWaiter,
     SQLiteWire,
     begin_immediate,
+    busy_handler,
     connect,
     sqlite_path_from_url,
     synchronous_from_url,
@@ -179,16 +180,21 @@ class SQLiteBackend(ResultBackend):
         return handle
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self, *, writing: bool = False) -> Iterator[sqlite3.Connection]:
         """This thread's connection, held so a ``close()`` from another thread waits for the
-        statement in progress instead of pulling the connection out from under it."""
+        statement in progress instead of pulling the connection out from under it.
+        ``writing``: the block runs ``begin_immediate`` transactions only (the busy handler
+        may be off)."""
         while True:
             handle = self._handle()
             with handle.lock:
                 conn = handle.conn
                 if conn is None:  # closed after we looked it up: take a fresh one
                     continue
-                if time.monotonic() >= self._next_cleanup:
+                cleanup = time.monotonic() >= self._next_cleanup
+                if cleanup or not writing:
+                    busy_handler(conn)
+                if cleanup:
                     self._next_cleanup = time.monotonic() + self.cleanup_interval
                     conn.execute(f"DELETE FROM {TABLE} WHERE expires_at <= ?", (time.time(),))
                     # a join lives as long as its ".j" marker row, refreshed by every arrival
@@ -265,7 +271,7 @@ class SQLiteBackend(ResultBackend):
                 return read(conn)
         # what this thread staged (the worker's acks, results, next fetch) rides along with the
         # read, in one transaction, as it would with a Redis round trip
-        with self._connection() as conn:
+        with self._connection(writing=True) as conn:
             values, deliver = wire.send(conn, read)
         self._notify()
         deliver()
@@ -331,8 +337,8 @@ class SQLiteBackend(ResultBackend):
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One immediate (write-locked) transaction: what it reads, nobody changes under it."""
-        with self._connection() as conn:
-            begin_immediate(conn)
+        with self._connection(writing=True) as conn:
+            begin_immediate(conn, keep_off=True)
             try:
                 yield conn
             except BaseException:

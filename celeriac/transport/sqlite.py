@@ -28,6 +28,7 @@ from ..utils.sqlite import (
     OnSQLiteFile,
     SQLiteWire,
     begin_immediate,
+    busy_handler,
     connect,
     sqlite_path_from_url,
     synchronous_from_url,
@@ -210,9 +211,10 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         self.options = options
         self._lock = threading.Lock()
         self._forks = PidGuard()
-        #: idle connections by ``synchronous`` mode: a connection keeps its mode for life, so
-        #: no write pays two extra pragma statements to switch
-        self._idle: dict[str, list[sqlite3.Connection]] = {}
+        #: idle connections by ``synchronous`` mode, and whether they write (``_connection``'s
+        #: ``writing``): a connection keeps its mode for life, so no write pays two extra pragma
+        #: statements to switch, and a writing one its busy handler off
+        self._idle: dict[tuple[str, bool], list[sqlite3.Connection]] = {}
         self._all: list[sqlite3.Connection] = []
         self._waiter: ChangeWaiter | None = None
         self._schema_ready = False
@@ -247,23 +249,28 @@ class SQLiteTransport(SQLiteBroadcastMixin):
             self._idle, self._all, self._waiter = {}, [], None
 
     @contextmanager
-    def _connection(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def _connection(self, durable: bool = True, *,
+                    writing: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection of this thread's own for the block (a small pool, one per concurrent
-        user) at ``synchronous``; ``durable=False``: at ``NORMAL``, never fsynced."""
+        user) at ``synchronous``; ``durable=False``: at ``NORMAL``, never fsynced.
+        ``writing``: the block runs ``begin_immediate`` transactions only (the busy handler
+        may be off)."""
         self._check_fork()
         mode = self.synchronous if durable else "NORMAL"
         with self._lock:
-            idle = self._idle.setdefault(mode, [])
+            idle = self._idle.setdefault((mode, writing), [])
             conn = idle.pop() if idle else None
         if conn is None:
             conn = self._open(mode)
+        if not writing:
+            busy_handler(conn)
         try:
             yield conn
         finally:
             with self._lock:
                 kept = conn in self._all
                 if kept:
-                    self._idle[mode].append(conn)
+                    self._idle[mode, writing].append(conn)
             if not kept:  # close() ran meanwhile; closing from here never blocks another thread
                 conn.close()
 
@@ -289,7 +296,7 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         at ``NORMAL`` whatever ``synchronous`` says: such a commit survives a crash of any
         process, and only an OS crash or power cut can undo it, which at worst delivers a
         message once more (at-least-once holds)."""
-        with self._connection(durable) as conn, _transaction(conn):
+        with self._connection(durable, writing=True) as conn, _transaction(conn):
             yield conn
 
     def _change_waiter(self) -> ChangeWaiter:
@@ -416,13 +423,16 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         if not ready and not expired:
             return [], next_due
         with self._write(durable=False) as conn:
-            return self._lease_in(conn, order, max_n, expired)
+            leased, next_due = self._lease_in(conn, order, max_n, expired)
+        # decoded once the write lock is released: the pool processes' transactions wait on it
+        return _deliveries(leased, order), next_due
 
     def _lease_in(self, conn: sqlite3.Connection, order: list[str], max_n: int,
-                  expired: bool = True) -> tuple[list[Delivery], float | None]:
-        """The lease, inside the caller's write transaction: (the deliveries, and when none is
-        due yet, the earliest time one will be). ``expired=False``: the caller has just seen
-        that no lease or due time among ``order`` had passed (nothing to make ready first)."""
+                  expired: bool = True) -> tuple[_Leased, float | None]:
+        """The lease, inside the caller's write transaction: (the leased rows, for
+        ``_deliveries``, and when none is due yet, the earliest time one will be).
+        ``expired=False``: the caller has just seen that no lease or due time among ``order``
+        had passed (nothing to make ready first)."""
         now = time.time()
         token = secrets.randbits(63)
         marks = ", ".join("?" * len(order))
@@ -438,15 +448,8 @@ class SQLiteTransport(SQLiteBroadcastMixin):
             dues = [conn.execute("SELECT min(visible_at) FROM celeriac_queue"
                                  " WHERE queue = ? AND state != 0", (q,)).fetchone()[0]
                     for q in order]
-            return [], min((d for d in dues if d is not None), default=None)
-        # RETURNING has no order: rebuild the round-robin the statement chose
-        by_queue: dict[str, list[Any]] = {}
-        for row in sorted(rows, key=lambda r: (-r[2], r[0])):
-            by_queue.setdefault(row[1], []).append(row)
-        tiers = itertools.zip_longest(*(by_queue.get(q, ()) for q in order))
-        return [Delivery(_message(*row[6:]), row[1], (row[0], token), row[3], row[3] > 1,
-                         exchange=row[4] or "", routing_key=row[5])
-                for tier in tiers for row in tier if row is not None], None
+            return (token, rows), min((d for d in dues if d is not None), default=None)
+        return (token, rows), None
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Delete each message if its lease is still ours; False where it was lost (fencing)."""
@@ -496,14 +499,15 @@ class SQLiteTransport(SQLiteBroadcastMixin):
             raise ValueError(f"max_n must be at least 1, got {max_n!r}")
         start = next(self._turn) % len(queues)
         order = list(dict.fromkeys([*queues[start:], *queues[:start]]))
-        self.sqlite_wire().stage(lambda conn: self._lease_in(conn, order, max_n)[0], on_fetched)
+        self.sqlite_wire().stage(lambda conn: self._lease_in(conn, order, max_n)[0],
+                                 lambda leased: on_fetched(_deliveries(leased, order)))
 
     def flush(self) -> None:
         """Send what this thread staged (results included) in one write transaction."""
         wire = self.sqlite_wire()
         if not wire.pending:
             return
-        with self._connection(durable=False) as conn:
+        with self._connection(durable=False, writing=True) as conn:
             _, deliver = wire.send(conn)
         self._notify()
         deliver()
@@ -619,8 +623,9 @@ class SQLiteTransport(SQLiteBroadcastMixin):
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE``: take the write lock up front so readers never need to upgrade."""
-    begin_immediate(conn)
+    """``BEGIN IMMEDIATE``: take the write lock up front so readers never need to upgrade.
+    The busy handler may stay off (``_connection`` turns it on for other uses)."""
+    begin_immediate(conn, keep_off=True)
     try:
         yield
         conn.execute("COMMIT")
@@ -628,6 +633,25 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+#: what a lease took: (its token, the rows its ``UPDATE ... RETURNING`` returned)
+_Leased = tuple[int, list[Any]]
+
+
+def _deliveries(leased: _Leased, order: list[str]) -> list[Delivery]:
+    """The leased rows as deliveries, in the round-robin of ``order`` the statement chose
+    (RETURNING has no order of its own)."""
+    token, rows = leased
+    if not rows:
+        return []
+    by_queue: dict[str, list[Any]] = {}
+    for row in sorted(rows, key=lambda r: (-r[2], r[0])):
+        by_queue.setdefault(row[1], []).append(row)
+    tiers = itertools.zip_longest(*(by_queue.get(q, ()) for q in order))
+    return [Delivery(_message(*row[6:]), row[1], (row[0], token), row[3], row[3] > 1,
+                     exchange=row[4] or "", routing_key=row[5])
+            for tier in tiers for row in tier if row is not None]
 
 
 def _ack_in(conn: sqlite3.Connection, deliveries: Sequence[Delivery]) -> list[bool]:

@@ -79,22 +79,49 @@ WAL_CHECKPOINT_PAGES = 10000
 _WRITE_NAPS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001)
 
 
-def begin_immediate(conn: sqlite3.Connection) -> None:
+class Connection(sqlite3.Connection):
+    """The connections ``connect`` opens: each remembers whether ``begin_immediate`` left
+    SQLite's busy handler off, so a run of write transactions on it switches the handler off
+    once rather than off and on again around each (two statements, one of them under the write
+    lock). ``busy_handler`` puts it back before any other use."""
+
+    busy_handler_off = False
+
+
+def busy_handler(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """``conn`` with SQLite's busy handler on, as ``begin_immediate(conn, keep_off=True)`` may
+    have left it off: call it before any statement outside such a transaction."""
+    if getattr(conn, "busy_handler_off", False):
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.busy_handler_off = False  # type: ignore[attr-defined]
+    return conn
+
+
+def begin_immediate(conn: sqlite3.Connection, *, keep_off: bool = False) -> None:
     """``BEGIN IMMEDIATE`` on ``conn``: the write lock, waited for in short naps.
 
     SQLite's own busy handler sleeps 1 ms, then 2, 5, 10 ms...: long next to the tens of
     microseconds a transaction here holds the lock, so processes sharing the file (a worker's
     pool processes, producers) would spend much of their time asleep. The busy timeout is off
-    for the attempt only; every other statement keeps SQLite's handler, which also waits out a
-    recovery or another connection's closing checkpoint. Gives up with SQLite's own error after
-    ``BUSY_TIMEOUT_MS``, as the handler would.
+    for the attempt only (but see ``keep_off``); every other statement keeps SQLite's handler,
+    which also waits out a recovery or another connection's closing checkpoint. Gives up with
+    SQLite's own error after ``BUSY_TIMEOUT_MS``, as the handler would.
+
+    ``keep_off`` (a ``Connection`` whose user calls ``busy_handler`` before its other
+    statements): the handler stays off once the transaction has begun. The transaction's own
+    statements never need it: holding the write lock of a WAL file, none waits on another
+    connection.
     """
-    conn.execute("PRAGMA busy_timeout=0")
+    lazy = keep_off and isinstance(conn, Connection)
+    if not (lazy and conn.busy_handler_off):  # type: ignore[attr-defined]
+        conn.execute("PRAGMA busy_timeout=0")
+    began = False
     try:
         attempt, deadline = 0, 0.0
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                began = True
                 return
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF \
@@ -108,7 +135,12 @@ def begin_immediate(conn: sqlite3.Connection) -> None:
             time.sleep(_WRITE_NAPS[min(attempt, len(_WRITE_NAPS) - 1)])
             attempt += 1
     finally:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if lazy and began:
+            conn.busy_handler_off = True  # type: ignore[attr-defined]
+        else:
+            if lazy:
+                conn.busy_handler_off = False  # type: ignore[attr-defined]
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def connect(path: str, *, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -122,7 +154,7 @@ def connect(path: str, *, synchronous: str = "FULL") -> sqlite3.Connection:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=False)
+                           check_same_thread=False, factory=Connection)
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         # Switching a brand-new file to WAL takes a lock that the busy handler does not wait
@@ -463,11 +495,13 @@ class SQLiteWire:
              ) -> tuple[Any, Callable[[], None]]:
         """Run this thread's staged operations, then ``read``, in one write transaction on
         ``conn``; returns what ``read`` returned and a function that hands each operation its
-        reply: call it once ``conn`` is released (a reply may use the store or the broker)."""
+        reply: call it once ``conn`` is released (a reply may use the store or the broker).
+        The transaction may leave ``conn``'s busy handler off: ``busy_handler`` before other
+        statements on it."""
         staged = self._staged()
         ops, staged[:] = list(staged), []
         try:
-            begin_immediate(conn)
+            begin_immediate(conn, keep_off=True)
             try:
                 replies = [op.run(conn) for op in ops]
                 value = read(conn) if read is not None else None

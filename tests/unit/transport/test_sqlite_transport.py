@@ -411,3 +411,29 @@ def test_a_result_store_read_carries_what_the_thread_staged(db: str) -> None:
     assert transport.sqlite_wire().pending == 0
     backend.close()
     transport.close()
+
+
+def test_a_lease_is_decoded_after_its_commit_and_reads_get_the_busy_handler_back(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import celeriac.transport.sqlite as sqlite_transport
+    from celeriac.utils.sqlite import BUSY_TIMEOUT_MS
+
+    transport = SQLiteTransport(db)
+    _put(transport, "q", "a", "b")
+    other = sqlite3.connect(db, isolation_level=None, timeout=0)
+    free_while_decoding: list[bool] = []
+    message = sqlite_transport._message
+
+    def decode(*row: object) -> Message:
+        other.execute("BEGIN IMMEDIATE")  # the pool processes' writes need not wait for it
+        other.execute("COMMIT")
+        free_while_decoding.append(True)
+        return message(*row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_transport, "_message", decode)
+    got = transport.fetch(["q"], 2, 0)
+    assert [d.message.body for d in got] == [b"a", b"b"] and free_while_decoding == [True, True]
+    with transport._connection(durable=False) as conn:  # a read: SQLite's handler is back on
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
+    other.close()
+    transport.close()

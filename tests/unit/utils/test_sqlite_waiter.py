@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from celeriac.utils.sqlite import BUSY_TIMEOUT_MS, ChangeWaiter, begin_immediate, connect
+from celeriac.utils.sqlite import (
+    BUSY_TIMEOUT_MS,
+    ChangeWaiter,
+    begin_immediate,
+    busy_handler,
+    connect,
+)
 
 
 def test_a_wait_that_is_not_hot_polls_at_the_slow_rate_from_the_start(tmp_path: Path) -> None:
@@ -189,3 +195,37 @@ def test_begin_immediate_gives_up_after_the_busy_timeout_and_raises_other_errors
     conn.execute("ROLLBACK")
     holder.close()
     conn.close()
+
+
+def test_a_kept_off_busy_handler_is_switched_once_for_a_run_of_transactions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import celeriac.utils.sqlite as sqlite_utils
+
+    conn = connect(str(tmp_path / "x.db"))
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    for _ in range(3):
+        begin_immediate(conn, keep_off=True)
+        conn.execute("COMMIT")
+    assert [s for s in statements if "busy_timeout=" in s] == ["PRAGMA busy_timeout=0"]
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    assert busy_handler(conn) is conn
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_TIMEOUT_MS
+    busy_handler(conn)  # on already: no statement
+    assert [s for s in statements if "busy_timeout=" in s] == [
+        "PRAGMA busy_timeout=0", f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}"]
+    # a transaction that could not begin leaves the handler on
+    monkeypatch.setattr(sqlite_utils, "BUSY_TIMEOUT_MS", 30)
+    holder = connect(str(tmp_path / "x.db"))
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        begin_immediate(conn, keep_off=True)
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30
+    holder.execute("COMMIT")
+    # a plain sqlite3 connection knows nothing of it: the handler comes back on at once
+    plain = sqlite3.connect(str(tmp_path / "x.db"), isolation_level=None)
+    begin_immediate(plain, keep_off=True)
+    plain.execute("COMMIT")
+    assert plain.execute("PRAGMA busy_timeout").fetchone()[0] == 30
+    for each in (conn, holder, plain):
+        each.close()
