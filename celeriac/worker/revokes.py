@@ -120,6 +120,9 @@ class RevokedSet:
         """Read log entries written since the last sync; apply terminate requests."""
         current = self.backend.get_value(SEQ_KEY)
         current = int(current) if current is not None else 0
+        if current < self._seen:
+            # the counter expired (a day without revokes) and started again: every entry is new
+            self._seen = 0
         if current <= self._seen:
             return
         for seq in range(self._seen + 1, current + 1):
