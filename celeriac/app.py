@@ -345,6 +345,16 @@ class Celery:
             _context.add_to_current_parent(result)
         return result
 
+    def _send_plain(self, task: Any, args: Any, kwargs: Any) -> "AsyncResult | None":
+        """``send_task`` of a call to ``task`` with no option (``delay()``), when the producer
+        sends it like the call before it (``Producer.send_like``: never from inside a running
+        task, so there is no parent to add it to); None: send it with ``send_task``, as
+        always when that is overridden or patched (on the class or the app)."""
+        if type(self).send_task is not _SEND_TASK or "send_task" in self.__dict__:
+            return None
+        task_id = self.producer.send_like(task.name, args, kwargs, task)
+        return None if task_id is None else _AsyncResult._drawn(task_id, self, task.name)
+
     def lock(self, lock_id: str, expire: float = 60.0) -> "Lock":
         """A lock in the result store: ``with app.lock(lock_id, expire=60) as acquired:`` is
         True for the one holder, False at once for everyone else (docs/locks.md)."""
@@ -463,6 +473,8 @@ class Celery:
         raise TypeError("a Celery app is not picklable; send task names and arguments instead")
 
 
+#: ``Celery.send_task`` as defined here: one patched on the class later (a test's mock) is not it
+_SEND_TASK = Celery.send_task
 _fork_leftovers: list[Any] = []
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import _context, signals
 from .exceptions import ImproperlyConfigured, OperationalError
 from .protocol import v2
 from .routing import Queue, Router
-from .transport.base import Outgoing, PublishesRuns, SendsAhead
+from .transport.base import Outgoing, PublishesRuns, SendsAhead, SendsLikes
 from .utils.forks import ForkLocal
 from .utils.text import one_line
 from .utils.urls import redact_url
@@ -92,6 +93,12 @@ class Producer:
         #: the transport stores JSON (``json_headers``): have messages bring their headers'
         #: text; known from the first publish on
         self._json_headers = False
+        #: plain calls (``send_like``): what a task's calls are sent like, by the task's
+        #: settings; for ``_likes_on``, and only if that transport ``_likes_ok`` (SendsLikes)
+        self._likes: dict[tuple[Any, ...], tuple[Outgoing, v2.Likes, Callable[..., None]]
+                          | None] = {}
+        self._likes_on: Any = None
+        self._likes_ok = False
 
     # ---- building ------------------------------------------------------------------------------
     def build(self, name: str, args: Iterable[Any] | None = None,
@@ -243,8 +250,70 @@ class Producer:
         """Publish one task; returns its id once the broker has stored it."""
         retry = options.pop("retry", None)
         retry_policy = options.pop("retry_policy", None)
+        if retry is None and retry_policy is None and _plain(options):
+            task_id = self.send_like(name, args, kwargs, options["_task"])
+            if task_id is not None:
+                return task_id
         item = self.build(name, args, kwargs, **options)
         self.publish([item], retry=retry, retry_policy=retry_policy)
+        return item.message.headers["id"]
+
+    def send_like(self, name: str, args: Any, kwargs: Any, task: Any) -> str | None:
+        """Send a plain call to ``task`` (no option: ``delay()``) made like the message of an
+        earlier one with the same settings, whose constant text only gets this call's id,
+        arguments and reprs (``v2.Likes.one``, the transport's ``sender_like``); the first
+        such call is built and sent in full. None when a call cannot be made so: build it.
+
+        The task's attributes ``build`` reads are read on every call (the key); calls from
+        inside a running task (their parent's ids), with publish signals, ``task-sent``
+        events or publish hooks, or a router that looks at arguments are never made so."""
+        if (_context.current_worker_request() is not None or task.expires is not None
+                or self._reply_default is None or self.send_sent_event
+                or signals.before_task_publish.receivers
+                or signals.after_task_publish.receivers or publish_failure_hooks
+                or not self.router.by_name_only):
+            return None
+        transport: Any = self.app.transport
+        if transport is not self._likes_on:
+            self._likes.clear()
+            self._likes_on, self._likes_ok = transport, isinstance(transport, SendsLikes)
+        if not self._likes_ok:
+            return None
+        if args.__class__ is not tuple:  # as ``build`` takes them
+            args = tuple(args) if args is not None else ()
+        if kwargs.__class__ is not dict:
+            kwargs = dict(kwargs) if kwargs is not None else {}
+        key = (name, task, getattr(task, "serializer", None), task.resolved_ignore_result(),
+               getattr(task, "time_limit", None), getattr(task, "soft_time_limit", None),
+               getattr(task, "priority", None), getattr(task, "queue", None))
+        try:
+            like = self._likes[key]
+        except KeyError:
+            return self._send_model(key, transport, name, args, kwargs, task)
+        except TypeError:  # an unhashable setting: build in full
+            return None
+        if like is None:  # no message like this one can be spliced
+            return None
+        model, likes, send = like
+        task_id, headers, body = likes.one(args, kwargs)
+        try:  # the model's queue is declared: its first publish did it
+            send(task_id, headers, body)
+        except (OSError, ConnectionError, TimeoutError, *transport.transient_errors) as exc:
+            self._publish_with_retry(transport, (model,), None, None,
+                                     partial(send, task_id, headers, body), exc)
+        return task_id
+
+    def _send_model(self, key: tuple[Any, ...], transport: Any, name: str,
+                    args: tuple[Any, ...], kwargs: dict[str, Any], task: Any) -> str:
+        """Build and send a plain call in full, and keep what later ones can be made like."""
+        self._json_headers = getattr(transport, "json_headers", False)
+        item = self.build(name, args, kwargs, _task=task)
+        self.publish([item])
+        likes = v2.likes_of(item.message, args, kwargs, True)
+        send = transport.sender_like(item) if likes is not None else None
+        if len(self._likes) >= TARGETS_LIMIT:
+            self._likes.clear()
+        self._likes[key] = (item, likes, send) if likes is not None and send is not None else None
         return item.message.headers["id"]
 
     def send_many(self, calls: Sequence[tuple[str, Any, Any, dict[str, Any]]]) -> list[str]:
@@ -389,14 +458,19 @@ class Producer:
 
     def _publish_with_retry(self, transport: Any, items: Sequence[Outgoing], retry: bool | None,
                             retry_policy: dict[str, Any] | None,
-                            send: Callable[[], None] | None = None) -> None:
+                            send: Callable[[], None] | None = None,
+                            failed: BaseException | None = None) -> None:
         """Declare the items' queues (once per producer) and publish them (or call ``send``,
         which publishes them and others like them), retrying while the broker is unreachable;
-        then raise ``OperationalError``."""
+        then raise ``OperationalError``. ``failed``: the error of a first attempt the caller
+        made itself (the retries follow it as they follow one made here)."""
         attempt = 0
         delays: Iterator[float] | None = None  # worked out once a publish has failed
         while True:
             try:
+                if failed is not None:  # handled below as if this attempt had raised it
+                    exc, failed = failed, None
+                    raise exc
                 self._declare(transport, items)
                 if send is None:
                     transport.publish(items)
@@ -504,6 +578,19 @@ class _Run:
             return [item]
         return [item, *(Outgoing(item.queue, message, None, item.exchange, item.routing_key,
                                  item.exchange_type) for message in likes.messages())]
+
+
+#: the options ``Task.apply_async`` hands on for a plain call (``delay()``): its task, the
+#: others None
+_PLAIN_OPTIONS = frozenset({"_task", "task_id", "link", "link_error", "shadow"})
+
+
+def _plain(options: dict[str, Any]) -> bool:
+    """Whether a call's options are a task and nothing else (``Producer.send_like``)."""
+    get = options.get
+    return (get("_task") is not None and _PLAIN_OPTIONS.issuperset(options)
+            and get("task_id") is None and get("link") is None and get("link_error") is None
+            and get("shadow") is None)
 
 
 def _shared(options: dict[str, Any]) -> dict[str, Any]:

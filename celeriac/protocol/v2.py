@@ -273,7 +273,8 @@ class Likes:
 
     Made by ``likes_of``; ``add`` takes a call, ``parts`` then lays them all out at once."""
 
-    __slots__ = ("model", "calls", "ids", "_pieces", "_embed", "_derived_root", "_parts")
+    __slots__ = ("model", "calls", "ids", "_pieces", "_embed", "_derived_root", "_parts",
+                 "_single")
 
     def __init__(self, model: Message, pieces: tuple[str, ...], embed: str,
                  derived_root: bool) -> None:
@@ -286,6 +287,8 @@ class Likes:
         self._embed = embed
         self._derived_root = derived_root
         self._parts: list[tuple[str, str, bytes]] | None = None
+        #: ``one``'s constant text, made at its first call
+        self._single: tuple[str, str, str, str, str, str, str, bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -337,6 +340,31 @@ class Likes:
                             f"{p6}", body))
         self._parts = out
         return out
+
+    def one(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, bytes]:
+        """``(id, headers JSON text, body)`` of one call like the model's with a fresh id and
+        no group index, without adding it to ``calls``: what ``parts`` lays out for it, for a
+        producer that sends the same task alone again and again (``delay()`` in a loop)."""
+        single = self._single
+        if single is None:
+            p0, p1, p2, p3, p4, p5, p6 = self._pieces
+            parent = self.model.headers["parent_id"]
+            parent_text = "null" if parent is None else _json_str(parent)
+            root = "" if self._derived_root else _json_str(self.model.headers["root_id"])
+            single = self._single = (
+                p0, f"{p1}null{p2}", root, f"{p3}{parent_text}{p4}", p5, p6,
+                f'"()"{p5}"{{}}"{p6}', f"[[], {{}}, {self._embed}]".encode("utf-8"))
+        head, index, root, parent, p5, p6, empty_tail, empty_body = single
+        task_id = uuid4_text()
+        quoted = f'"{task_id}"'  # a uuid: as is
+        if not args and not kwargs:
+            return (task_id, f"{head}{quoted}{index}{root or quoted}{parent}{empty_tail}",
+                    empty_body)
+        body = _like_body(args, kwargs, self._embed, _json_text)
+        argsrepr = _json_str(safe_repr(args, REPR_MAXSIZE)) if args else '"()"'
+        kwargsrepr = _json_str(safe_repr(kwargs, REPR_MAXSIZE)) if kwargs else '"{}"'
+        return (task_id, f"{head}{quoted}{index}{root or quoted}{parent}{argsrepr}{p5}"
+                         f"{kwargsrepr}{p6}", body)
 
     def messages(self) -> list[Message]:
         """Each call's full ``Message`` (what ``encode_task`` makes for it)."""

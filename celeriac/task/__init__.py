@@ -199,6 +199,11 @@ class Task(Generic[P, R]):
 
             return send_task_with_locks(self, args, kwargs, dict(
                 task_id=task_id, link=link, link_error=link_error, shadow=shadow, **options))
+        if (task_id is None and link is None and link_error is None and shadow is None
+                and not options):  # delay(): maybe sent like the call before it
+            result = app._send_plain(self, args, kwargs)
+            if result is not None:
+                return result
         return app.send_task(self.name, args, kwargs, task_id=task_id, link=link,
                              link_error=link_error, shadow=shadow, _task=self, **options)
 

@@ -258,6 +258,17 @@ class PublishesRuns(Protocol):
 
 
 @runtime_checkable
+class SendsLikes(Protocol):
+    """A hook like ``PublishesRuns`` for one message at a time: the producer sends a task
+    called alone again and again (``delay()`` in a loop) from the message of its first call."""
+
+    def sender_like(self, model: Outgoing) -> Callable[[str, str, bytes], None] | None:
+        """``send(task_id, headers, body)``, the ``publish`` of one message like ``model``'s
+        (published already) with that id, headers JSON text and body (``v2.Likes.one``);
+        None when ``model`` is not one the transport can splice."""
+
+
+@runtime_checkable
 class SendsAhead(Protocol):
     """A hook with ``PublishesRuns``: a batch of runs sent now whose replies are read later,
     while the producer builds the next (a group's batches on Redis). Until ``settle_ahead``

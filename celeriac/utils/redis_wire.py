@@ -180,14 +180,25 @@ class Wire:
     def call(self, *commands: Command) -> list[Any]:
         """Send the deferred commands and then ``commands`` in one round trip; return the replies
         of ``commands`` (an error reply is returned as a ``ResponseError``, not raised)."""
+        return self._call(list(commands), [_pack_one(c) for c in commands])
+
+    def call_packed(self, packed: bytes, count: int) -> list[Any]:
+        """``call`` of ``count`` commands packed already, none of them a script: a
+        caller that sends the same commands over and over packs their constant parts once."""
+        if not self._deferred:  # the usual case: nothing goes with them
+            return self._round_trip((), [packed], count)
+        return self._call([None] * count, [packed])
+
+    def _call(self, commands: list[Command | None], packed: list[bytes]) -> list[Any]:
+        """``call`` of ``commands`` (None for one packed already, no script), ``packed``."""
         deferred = self._deferred
         if not commands and not deferred:
             return []
         self._deferred = []
-        batch = [d.command for d in deferred] + list(commands)
-        packed = [d.packed for d in deferred] + [_pack_one(c) for c in commands]
+        batch = [d.command for d in deferred] + commands
+        packed = [d.packed for d in deferred] + packed
         try:
-            replies = self._round_trip(batch, packed)
+            replies = self._round_trip(batch, packed, len(batch))
         except BaseException:
             # keep the writes (and retained reads) for the next round trip, ahead of newer ones
             self._deferred = [d for d in deferred if d.retain] + self._deferred
@@ -227,22 +238,28 @@ class Wire:
                     raise
                 time.sleep(delay)
 
-    def _round_trip(self, batch: Sequence[Command], packed: list[bytes]) -> list[Any]:
+    def _round_trip(self, batch: Sequence[Command | None], packed: list[bytes],
+                    count: int) -> list[Any]:
+        """The ``count`` replies to ``packed``; ``batch`` holds the commands that may be
+        scripts (None for one that is not; empty: none is)."""
         reused = self._conn is not None
         try:
-            replies = self._exchange(packed, len(batch))
+            replies = self._exchange(packed, count)
         except TRANSIENT:
             if not reused:
                 raise
             # A connection that sat idle may have died with a server restart: one more try on a
             # fresh one (what redis-py does for its pooled connections too).
-            replies = self._exchange(packed, len(batch))
-        missing = [i for i, reply in enumerate(replies)
-                   if _is_noscript(reply) and str(batch[i][1]) in _SCRIPTS]
+            replies = self._exchange(packed, count)
+        if not batch:
+            return replies
+        missing = {i: command for i, (command, reply) in enumerate(zip(batch, replies))
+                   if command is not None and _is_noscript(reply)
+                   and str(command[1]) in _SCRIPTS}
         if missing:  # the server forgot our scripts (restart, SCRIPT FLUSH): load, send again
-            shas = dict.fromkeys(str(batch[i][1]) for i in missing)
+            shas = dict.fromkeys(str(command[1]) for command in missing.values())
             again = [("SCRIPT", "LOAD", _SCRIPTS[sha]) for sha in shas]
-            again += [batch[i] for i in missing]
+            again += missing.values()
             fresh = self._exchange([_pack_one(c) for c in again], len(again))[len(shas):]
             for i, reply in zip(missing, fresh):
                 replies[i] = reply

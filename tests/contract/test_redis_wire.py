@@ -107,6 +107,23 @@ def test_scripts_are_loaded_again_after_the_server_forgets_them(client, prefix):
     wire.close()
 
 
+def test_packed_commands_go_after_the_deferred_ones_a_forgotten_script_among_them(
+        client, prefix):
+    sha = redis_wire.script_sha(f"return redis.call('RPUSH', KEYS[1], 'script') .. '{prefix}'")
+    client.script_flush()
+    wire = _wire(client)
+    seen = []
+    wire.defer_read(("EVALSHA", sha, 1, prefix + "log"), seen.append)
+    packed = b"".join(redis_wire._pack_one(c) for c in (("RPUSH", prefix + "log", "a"),
+                                                       ("RPUSH", prefix + "log", "b")))
+    # the forgotten script runs again once loaded, after the rest of its round trip
+    assert wire.call_packed(packed, 2) == [1, 2]
+    assert seen == [f"3{prefix}".encode()]
+    assert wire.call_packed(packed, 2) == [4, 5]  # nothing deferred: straight out
+    assert client.lrange(prefix + "log", 0, -1) == [b"a", b"b", b"script", b"a", b"b"]
+    wire.close()
+
+
 def test_polling_for_a_reply_ends_as_soon_as_it_is_there(client, prefix):
     wire = redis_wire.Wire(redis_wire.connector(client.connection_pool), busy_poll=5.0)
     started = time.monotonic()

@@ -407,6 +407,19 @@ class RedisTransport(RedisBroadcastMixin):
         if isinstance(pushed, Exception):
             raise pushed
 
+    def sender_like(self, model: Outgoing) -> Callable[[str, str, bytes], None] | None:
+        """``send(task_id, headers, body)``: ``publish`` of one message like ``model``'s (a
+        task message published already, due now) with its own id, headers JSON text and body
+        (``v2.Likes.one``), the envelope and the commands spliced from the model's. None for a
+        model whose envelope is not made from a template, or that goes through an exchange."""
+        if model.routed or model.not_before is not None or model.queue not in self._declared:
+            return None
+        pieces = template(model.message, model.queue, model.exchange,
+                          model.queue if model.routing_key is None else model.routing_key)
+        if pieces is None:
+            return None
+        return _SenderLike(self, self._list_of(model), self._wake_command(model.queue), pieces)
+
     @staticmethod
     def _envelope(item: Outgoing, tag: str | None = None) -> str:
         return encode(item.message, item.queue, tag or uuid4_text(), exchange=item.exchange,
@@ -732,6 +745,40 @@ def _dead_letter(dead_id: str, record: bytes) -> DeadLetter:
     doc = json.loads(record)
     message, _ = decode(doc["envelope"])
     return DeadLetter(dead_id, doc["queue"], doc["reason"], message, float(doc["created_at"]))
+
+
+class _SenderLike:
+    """``RedisTransport.sender_like``'s function: the LPUSH of one envelope and its wake-up,
+    packed but for the envelope, whose text is the template's with four values put in."""
+
+    __slots__ = ("transport", "head", "wake", "pieces", "b64")
+
+    def __init__(self, transport: RedisTransport, key: str, wake: tuple[Any, ...],
+                 pieces: tuple[str, ...]) -> None:
+        self.transport = transport
+        name = key.encode("utf-8")
+        #: what ``_pack_command(("LPUSH", key, envelope))`` writes before the envelope's length
+        self.head = b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n" % (len(name), name)
+        self.wake = _pack_command(wake)
+        self.pieces = pieces
+        #: the last body and its base64 text, in one tuple (threads share a sender)
+        self.b64: tuple[bytes, str] = (b"", "")
+
+    def __call__(self, task_id: str, headers: str, body: bytes) -> None:
+        transport = self.transport
+        transport._check_fork()
+        wire = redis_wire.wire_for(transport._client.connection_pool)
+        b64 = self.b64
+        if b64[0] is not body:  # calls without arguments share one body
+            b64 = self.b64 = (body, b64encode(body).decode("ascii"))
+        e0, e1, e2, e3, e4 = self.pieces
+        # what ``encode`` writes; JSON text is ASCII (``ensure_ascii``): as many bytes as chars
+        envelope = (f'{e0}"{b64[1]}"{e1}{headers}{e2}"{task_id}"{e3}"{uuid4_text()}"{e4}'
+                    .encode("ascii"))
+        pushed = wire.call_packed(b"%s$%d\r\n%s\r\n%s" % (self.head, len(envelope), envelope,
+                                                          self.wake), 2)[0]
+        if isinstance(pushed, Exception):
+            raise pushed
 
 
 def _expand(model: Outgoing, likes: Likes | None) -> list[Outgoing]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,33 @@ def test_messages_made_like_a_captured_call_are_the_full_encoders_bytes(
         full.headers_json = None  # the general envelope encoder, from the headers
         assert envelopes[i] == encode(full, queue, tag if i == 0 else f"tag-{i - 1}",
                                       exchange=item.exchange, routing_key=queue)
+
+
+@pytest.mark.parametrize("entry", _cases())
+def test_one_call_like_a_captured_call_is_the_full_encoders_bytes(
+        entry: dict[str, Any]) -> None:
+    """``Likes.one`` (a plain ``delay()`` made like the one before it): a fresh id, no group
+    index, the call's arguments; the same text as ``encode_task`` of that call."""
+    captured, _ = _captured(entry)
+    if not _plain(captured):
+        return
+    headers = captured.headers
+    derived = headers["root_id"] == headers["id"]
+    args, kwargs = json.loads(captured.body)[:2]
+    model = _encode(captured, headers["id"], args, kwargs, None, headers["root_id"])
+    likes = likes_of(model, args, kwargs, derived)
+    assert likes is not None
+    seen = set()
+    for _, other_args, other_kwargs, _ in [*OTHERS, *OTHERS]:  # the second time: its cache
+        call_args = tuple(other_args)
+        task_id, text, body = likes.one(call_args, other_kwargs)
+        assert task_id not in seen and str(uuid.UUID(task_id, version=4)) == task_id
+        seen.add(task_id)
+        full = _encode(captured, task_id, call_args, other_kwargs, None,
+                       task_id if derived else headers["root_id"])
+        assert text == serialization.json_dumps(full.headers)
+        assert body == full.body
+    assert not likes.calls and not likes.ids  # nothing added to the batch
 
 
 def test_ids_not_given_are_drawn_once_and_kept() -> None:
