@@ -220,6 +220,9 @@ class ResultBackend(ABC):
     #: ``persistent``: rpc:// takes every result but keeps none (each goes to the caller's reply
     #: queue), so revokes, chords and other readers cannot use it.
     receives_results = True
+    #: whether ``write_results_then_mget`` sends its writes and its read in one round trip
+    #: (else it is the two calls, and a worker sends kept results on their own)
+    writes_ride_with_reads = False
     #: the serial number of the latest ``store_result`` call through any store of this process,
     #: from any thread (each call takes a new one): a batch reads back what its task may have
     #: stored itself (``app.backend.mark_as_done``) only when this changed during the call
@@ -354,6 +357,14 @@ class ResultBackend(ABC):
         """Send writes made by ``result_write`` now, in order."""
         for write in writes:
             self._set(write.key, write.value, write.ttl)
+
+    def write_results_then_mget(self, writes: Sequence[ResultWrite],
+                                keys: Sequence[str]) -> list[bytes | None]:
+        """``write_results(writes)``, then ``_mget(keys)``: a store that can send both in one
+        round trip does (a solo worker's kept results ride with the revoke check it makes
+        anyway). Raises if a write failed; the reads are then lost too."""
+        self.write_results(writes)
+        return self._mget(keys) if keys else []
 
     def mark_as_started(self, task_id: str, request: Any = None, **info: Any) -> dict[str, Any]:
         return self.store_result(task_id, info, states.STARTED, request=request)

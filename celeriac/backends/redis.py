@@ -113,6 +113,8 @@ _INHERITED: list[Any] = []
 class RedisBackend(ResultBackend):
     """Results in Redis, laid out as Celery lays them out; thread-safe, reopened after fork."""
 
+    writes_ride_with_reads = True
+
     def __init__(self, app: Any = None, url: str | None = None, **options: Any) -> None:
         conf = app.conf if app is not None else None
         transport_options = dict((conf.result_backend_transport_options if conf else None) or {})
@@ -220,6 +222,21 @@ class RedisBackend(ResultBackend):
                     for command in _set_commands(self._key(write.key), write.value, write.ttl)]
         if commands:
             self._retrying(lambda: self._wire().call_checked(*commands), writes[0].key)
+
+    def write_results_then_mget(self, writes: Sequence[ResultWrite],
+                                keys: Sequence[str]) -> list[bytes | None]:
+        """Every write (and its PUBLISH), then one MGET, in one round trip; tried once (the
+        caller keeps the writes for later if it fails)."""
+        commands = [command for write in writes
+                    for command in _set_commands(self._key(write.key), write.value, write.ttl)]
+        if not keys:
+            if commands:
+                self._retrying(lambda: self._wire().call_checked(*commands), writes[0].key)
+            return []
+        commands.append(("MGET", *[self._key(k) for k in keys]))
+        values: list[bytes | None] = self._wire().call_checked(*commands)[-1]
+        self._local.seen = dict(zip(keys, values))
+        return values
 
     def stage_results(self, writes: Sequence[ResultWrite]) -> None:
         """Put the writes on this thread's connection: they go out ahead of its next command to

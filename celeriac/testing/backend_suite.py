@@ -425,6 +425,21 @@ class BackendContract:
         backend.delete_group(group_id)
         assert backend.restore_group(group_id) is None
 
+    def test_write_results_then_mget_reads_after_the_writes(self, backend: ResultBackend
+                                                            ) -> None:
+        """The read sees the writes sent with it (a worker's kept results, then its revoke
+        check)."""
+        first, second = _new_id(), _new_id()
+        backend.set_value("marker", {"kept": True})
+        writes = [backend.result_write(first, 1, states.SUCCESS),
+                  backend.result_write(second, 2, states.SUCCESS)]
+        raws = backend.write_results_then_mget(writes, [writes[0].key, "marker", "never-set"])
+        assert raws[0] is not None and backend.decode(raws[0])["result"] == 1
+        assert raws[1] is not None and backend.decode(raws[1]) == {"kept": True}
+        assert raws[2] is None
+        assert backend.get_task_meta(second)["result"] == 2
+        assert backend.write_results_then_mget([], ["marker"]) == [raws[1]]
+
     def test_get_many_meta(self, backend: ResultBackend) -> None:
         ids = [_new_id() for _ in range(1100)]  # more than one batch for stores that chunk
         for n, task_id in enumerate(ids[::2]):

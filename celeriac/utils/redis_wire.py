@@ -15,6 +15,7 @@ on the way sends them again (they must be idempotent: SET, PUBLISH, fenced acks)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -23,7 +24,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 from urllib.parse import parse_qsl
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -156,6 +157,8 @@ class Wire:
         self._deferred: list[_Deferred] = []
         #: seconds to poll for a reply before blocking; 0: block at once
         self.busy_poll = busy_poll
+        #: block at once all the same (``blocking_replies``)
+        self.blocking = False
         self._poller: Any = None  # select.poll on the current connection's socket
         self._buffer = bytearray(65536)  # what each recv reads into
         self._reader: Any = None  # the hiredis reader of the current connection
@@ -271,7 +274,7 @@ class Wire:
             conn = self._conn = self._connect()
         try:
             conn.send_packed_command([b"".join(packed)], check_health=False)
-            if self.busy_poll > 0:
+            if self.busy_poll > 0 and not self.blocking:
                 self._await_reply(conn)
             reader = self._reader or self._make_reader(conn)
             if reader is not None:
@@ -446,6 +449,23 @@ def set_busy_poll(pool: Any, seconds: float) -> None:
     wire = local.wires.get(key) if local is not None else None  # other threads' come later
     if wire is not None:
         wire.busy_poll = _busy_polls[key]
+
+
+@contextlib.contextmanager
+def blocking_replies() -> Iterator[None]:
+    """Within it, this thread's round trips wait for their replies blocked at once, not polling
+    first (``busy_poll``): for a thread with more work queued behind the round trip, where the
+    poll would only take CPU from the rest of the process (and from Redis), often all of its
+    ``busy_poll`` on a busy machine."""
+    local = _wires.existing()
+    wires = [wire for wire in local.wires.values() if not wire.blocking] if local else []
+    for wire in wires:
+        wire.blocking = True
+    try:
+        yield
+    finally:
+        for wire in wires:
+            wire.blocking = False
 
 
 def flush_thread() -> None:

@@ -17,7 +17,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 if TYPE_CHECKING:
-    from ..backends.base import ResultBackend
+    from ..backends.base import ResultBackend, ResultWrite
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -51,6 +51,15 @@ def record_revoke(backend: "ResultBackend", task_ids: Sequence[str], *, terminat
         backend.set_value(REVOKED_KEY + task_id, entry)
     seq = backend.incr(SEQ_KEY)
     backend.set_value(f"{LOG_KEY}{seq}", {"ids": list(task_ids), **entry})
+
+
+def stored_revokes(backend: "ResultBackend", task_ids: Sequence[str]) -> set[str]:
+    """Which of ``task_ids`` are revoked in the store: one read, which on a connection the
+    broker shares carries whatever that thread queued before it (a prefork child's early ack)."""
+    if not task_ids:
+        return set()
+    raws = backend._mget([REVOKED_KEY + t for t in task_ids])
+    return {t for t, raw in zip(task_ids, raws) if raw is not None}
 
 
 #: states of a task no worker has started: a revoke may store REVOKED over them at once
@@ -105,13 +114,17 @@ class RevokedSet:
         with self._lock:
             self._ids.update(task_ids)
 
-    def check_stored(self, task_ids: Sequence[str]) -> set[str]:
-        """Which of ``task_ids`` are revoked in the store (one round trip for a fetched batch)."""
-        if not task_ids:
-            return set()
-        keys = [REVOKED_KEY + t for t in task_ids]
-        raws = self.backend._mget(keys)
-        found = {t for t, raw in zip(task_ids, raws) if raw is not None}
+    def check_stored(self, task_ids: Sequence[str],
+                     writes: Sequence["ResultWrite"] = ()) -> set[str]:
+        """Which of ``task_ids`` are revoked in the store (one round trip for a fetched batch).
+        ``writes``: results sent first, in that round trip where the store can (a solo worker's
+        kept results); if they fail, this raises and nothing was checked."""
+        if writes:
+            raws = self.backend.write_results_then_mget(
+                writes, [REVOKED_KEY + t for t in task_ids])
+            found = {t for t, raw in zip(task_ids, raws) if raw is not None}
+        else:
+            found = stored_revokes(self.backend, task_ids)
         if found:
             self.add(found)
         return found

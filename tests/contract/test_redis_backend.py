@@ -471,3 +471,31 @@ def test_a_lone_waiter_pings_a_silent_connection_and_keeps_using_it(
         reader.close()
         writer.close()
     assert meta["result"] == "after pings" and listener is None
+
+
+def test_kept_results_and_a_read_go_in_one_round_trip(redis_url: str, task_ids: list[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A solo worker's kept results ride with its revoke check: one round trip, writes first."""
+    from celeriac.utils import redis_wire
+
+    backend = RedisBackend(url=redis_url)
+    assert backend.writes_ride_with_reads
+    first, second = _new(task_ids), _new(task_ids)
+    trips: list[int] = []
+    real = redis_wire.Wire._exchange
+
+    def counting(self: redis_wire.Wire, packed: list[bytes], count: int) -> list[Any]:
+        trips.append(count)
+        return real(self, packed, count)
+
+    try:
+        writes = [backend.result_write(first, 1, states.SUCCESS),
+                  backend.result_write(second, 2, states.SUCCESS)]
+        monkeypatch.setattr(redis_wire.Wire, "_exchange", counting)
+        raws = backend.write_results_then_mget(writes, [writes[1].key, "never-set"])
+        monkeypatch.undo()
+        assert backend.get_task_meta(first)["result"] == 1
+    finally:
+        backend.close()
+    assert trips == [5]  # SETEX and PUBLISH of each result, then the MGET
+    assert json.loads(raws[0])["result"] == 2 and raws[1] is None

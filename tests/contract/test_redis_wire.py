@@ -141,6 +141,22 @@ def test_a_reply_slower_than_the_poll_is_still_read_whole(client, prefix):
     wire.close()
 
 
+def test_blocking_replies_skips_the_poll_of_this_threads_wires_within_it(client, monkeypatch):
+    monkeypatch.setattr(redis_wire, "_busy_polls", {})
+    monkeypatch.setattr(redis_wire, "_wires", ForkLocal(redis_wire._ThreadWires))
+    wire = redis_wire.wire_for(client.connection_pool)
+    polled = []
+    monkeypatch.setattr(redis_wire.Wire, "_await_reply", lambda self, conn: polled.append(self))
+    assert wire.call(("PING",)) == [b"PONG"] and polled == [wire]
+    with redis_wire.blocking_replies():
+        with redis_wire.blocking_replies():  # nested: only the outer one gives the poll back
+            assert wire.call(("PING",)) == [b"PONG"]
+        assert wire.call(("PING",)) == [b"PONG"]
+    assert polled == [wire]
+    assert wire.call(("PING",)) == [b"PONG"] and polled == [wire, wire]
+    wire.close()
+
+
 def test_the_smallest_busy_poll_asked_for_wins(client, monkeypatch):
     monkeypatch.setattr(redis_wire, "_busy_polls", {})
     monkeypatch.setattr(redis_wire, "_wires", ForkLocal(redis_wire._ThreadWires))

@@ -156,9 +156,9 @@ def test_one_revoke_check_covers_the_waiting_jobs_and_stops_one_revoked_after_it
         checks = []
         real = consumer.revokes.check_stored
 
-        def counting(task_ids):
+        def counting(task_ids, writes=()):
             checks.append(sorted(task_ids))
-            return real(task_ids)
+            return real(task_ids, writes)
 
         consumer.revokes.check_stored = counting
         for task_id, job_id in [(first, first_job), (ids[0], None), (ids[1], None)]:
@@ -170,6 +170,96 @@ def test_one_revoke_check_covers_the_waiting_jobs_and_stops_one_revoked_after_it
         assert checks == [sorted(ids)]
         assert ids[2] not in pool.submitted
         wait_for(lambda: consumer.jobs() == [], 5, message="a job was left held")
+
+
+def _waiting_job(app, consumer):
+    """A job admitted to a consumer that is not started: it waits in the buffer."""
+    task_id = publish(app, task_message("unit.noop"))
+    consumer.receive([fetch_one(app)])
+    [job] = [job for job in consumer.waiting_jobs() if job.task_id == task_id]
+    return job
+
+
+def test_kept_results_ride_with_the_revoke_check_of_the_next_start(split_app, monkeypatch):
+    """The start that reads the revokes sends the results kept so far in that same call to the
+    store (one round trip where it can, as Redis: the memory store says so here): nothing is
+    left for the flusher or the idle flush."""
+    app = split_app
+    monkeypatch.setattr(MemoryBackend, "writes_ride_with_reads", True)
+
+    @app.task(name="unit.noop")
+    def noop():
+        return None
+
+    consumer = make_consumer(app, settlement=BatchedSoloSettlement)  # not started
+    settlement = consumer.settlement
+    job = _waiting_job(app, consumer)
+    kept = [app.backend.result_write(f"kept-{i}", i, states.SUCCESS) for i in range(2)]
+    settlement.put(PendingWrites(results=kept[:1]))
+    settlement.put(PendingWrites(results=kept[1:]))
+    calls = []
+    real = consumer.revokes.check_stored
+
+    def recording(task_ids, writes=()):
+        calls.append((list(task_ids), [w.key for w in writes]))
+        return real(task_ids, writes)
+
+    consumer.revokes.check_stored = recording
+    assert settlement.before_run(job)
+    assert calls == [([job.task_id, job.task_id], [w.key for w in kept])]
+    assert not settlement.wants_flush()
+    assert [app.AsyncResult(f"kept-{i}").get(timeout=1) for i in range(2)] == [0, 1]
+
+
+def test_results_whose_ride_fails_are_kept_again_and_the_check_is_made_alone(split_app,
+                                                                            monkeypatch):
+    app = split_app
+    monkeypatch.setattr(MemoryBackend, "writes_ride_with_reads", True)
+
+    @app.task(name="unit.noop")
+    def noop():
+        return None
+
+    consumer = make_consumer(app, settlement=BatchedSoloSettlement)  # not started
+    settlement = consumer.settlement
+    job = _waiting_job(app, consumer)
+    app.backend.set_value(REVOKED_KEY + job.task_id, {"terminate": False, "signal": 15})
+    settlement.put(PendingWrites(results=[app.backend.result_write("kept", 7, states.SUCCESS)]))
+
+    def unreachable(self, writes, keys):
+        raise ConnectionError("result store unreachable")
+
+    monkeypatch.setattr(MemoryBackend, "write_results_then_mget", unreachable)
+    assert not settlement.before_run(job)  # found revoked by the check made on its own
+    assert app.AsyncResult(job.task_id).state == states.REVOKED
+    assert settlement.wants_flush()
+    settlement.flush()
+    assert app.AsyncResult("kept").get(timeout=1) == 7
+
+
+@pytest.mark.parametrize("rides", [False, True])
+def test_kept_results_stay_for_the_flusher_with_chord_counts_or_a_store_of_two_calls(
+        split_app, monkeypatch, rides):
+    """A count may fire its chord's body, which reads every header result: counts go out after
+    their results, from the flusher or the idle flush, not with a check. A store that would
+    take two calls for writes and read (``writes_ride_with_reads`` False: SQLite, memory)
+    carries nothing either: the flusher sends them without holding up the task."""
+    app = split_app
+    monkeypatch.setattr(MemoryBackend, "writes_ride_with_reads", rides)
+
+    @app.task(name="unit.noop")
+    def noop():
+        return None
+
+    consumer = make_consumer(app, settlement=BatchedSoloSettlement)  # not started
+    settlement = consumer.settlement
+    job = _waiting_job(app, consumer)
+    counts = [object()] if rides else []  # never sent here: only whether there are any matters
+    settlement.put(PendingWrites(results=[app.backend.result_write("kept", 7, states.SUCCESS)],
+                                 chord_counts=counts))  # type: ignore[arg-type]
+    assert settlement.before_run(job)
+    assert settlement.wants_flush()
+    assert app.AsyncResult("kept").state == states.PENDING
 
 
 def test_a_chord_whose_counts_are_kept_with_its_header_results_runs_its_body(split_app):
