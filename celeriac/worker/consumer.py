@@ -109,6 +109,12 @@ class Consumer:
         self.settlement = settlement(self)
         #: jobs may wait ahead in a busy pool process (prefork, which sends their early acks)
         self._pool_acks_ahead = self.settlement.pool_acks and hasattr(pool, "ahead_slots")
+        #: a pool process that sends a job's early ack looks up its revoke in the same round
+        #: trip (prefork): such jobs are not looked up here as they arrive
+        self._pool_checks_revokes = (self.revokes is not None and self.settlement.pool_acks
+                                     and hasattr(pool, "check_revokes"))
+        if self._pool_checks_revokes:
+            pool.check_revokes = True
         self._fetching = False  # a fetch is on its way (one at a time keeps the window honest)
         self._buffer: collections.deque[Job] = collections.deque()
         # requests of batch tasks wait here for their batch, outside the window; bounded by
@@ -304,11 +310,13 @@ class Consumer:
                 self._requeue(delivery)
             return
         # One round trip per batch: revokes made a moment ago count too. When each sync task's
-        # start carries its own check (inline solo), only async ones are checked here.
+        # start carries its own check (inline solo, or the early ack a pool process sends),
+        # only the others are checked here.
         if self.revokes is not None:
             checked: list[str] = [
                 d.message.headers["id"] for d in deliveries if d.message.headers.get("id")
-                and (not self.settlement.checks_revokes_at_start or self._outside_window(d))]
+                and (not self.settlement.checks_revokes_at_start or self._outside_window(d))
+                and not self._checked_in_pool(d)]
             if checked:
                 try:
                     self.revokes.check_stored(checked)
@@ -344,6 +352,17 @@ class Consumer:
         with self._cond:
             waiting = sum(1 for job in self._buffer if job.lane is lane)
             return lane.free_slots() - waiting <= 0
+
+    def _checked_in_pool(self, delivery: Delivery) -> bool:
+        """Whether the pool process that will run ``delivery`` sends its early ack, and looks up
+        its revoke with it (``Settlement.before_run`` hands such acks to the pool)."""
+        if not self._pool_checks_revokes:
+            return False
+        task = self.app.tasks.get(delivery.message.headers.get("task"))
+        if task is None or task.collects_requests:
+            return False
+        late = task.acks_late if task.acks_late is not None else self.acks_late_default
+        return not late and self._lane(task)[0] is self.pool
 
     def _outside_window(self, delivery: Delivery) -> bool:
         task = self.app.tasks.get(delivery.message.headers.get("task"))
@@ -700,6 +719,9 @@ class Consumer:
         if outcome.ending is Ending.NOT_STARTED:
             self._not_started(job_id, outcome)
             return
+        if outcome.ending is Ending.REVOKED:
+            self._revoked_in_pool(job_id)
+            return
         with self._cond:
             job = self._jobs.pop(job_id, None)
             starts_next = False
@@ -742,6 +764,19 @@ class Consumer:
             with self._cond:
                 self._put_back(job)
                 self._cond.notify_all()
+
+    def _revoked_in_pool(self, job_id: int) -> None:
+        """The pool process acked the job and found it revoked: it never started, and is
+        dropped as a job found revoked at its start is."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                logger.error("outcome for unknown job %s (revoked)", job_id)
+                return
+            job.pool = None
+        if self.revokes is not None:
+            self.revokes.add([job.task_id])
+        self.drop_revoked(job, {job.task_id})
 
     def _gave_back_unstarted(self, job: Job) -> bool:
         """A job whose pool process was to send its early ack ended outside the task's code

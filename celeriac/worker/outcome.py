@@ -47,6 +47,9 @@ class Ending(enum.Enum):
     #: (``reason``: ``LEASE_LOST`` when the broker answered that another holder has it, else
     #: the broker did not answer); the consumer decides what happens to the message
     NOT_STARTED = "not_started"
+    #: it never started: its pool process found it revoked in the store as it sent its early
+    #: ack (confirmed); the consumer drops it (stored as REVOKED)
+    REVOKED = "revoked"
 
 
 #: ``Outcome.reason`` of a NOT_STARTED outcome whose early ack the broker refused

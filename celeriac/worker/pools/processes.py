@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from ... import signals, states
 from ..outcome import LEASE_LOST, Ending, Outcome
+from ..revokes import stored_revokes
 from . import OnDone
 
 logger = logging.getLogger("celeriac.worker")
@@ -170,13 +171,13 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
                 if early_term[0]:
                     stop_if_asked(job[0])
                 if job[3] is not None:
-                    refused = _ack_before_start(runner, job[1], job[3])
+                    refused = _ack_before_start(runner, job[1], job[3], job[4])
                     if refused is not None:
                         running[0] = None
                         _send(conn, (job[0], refused, None))
                         job = None
                         continue
-            job_id, message, delivery_info, _ = job
+            job_id, message, delivery_info = job[:3]
             job = None
             _, soft = runner.limits(message)
             if soft:
@@ -208,6 +209,9 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
         if signals.worker_process_shutdown.receivers:
             signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
 
+
+#: endings of a job its child never started (not counted as run)
+_UNSTARTED = frozenset({Ending.NOT_STARTED, Ending.REVOKED})
 
 #: what ``_store_with_next`` returns when the message read ahead told the child to leave
 _LEAVE: Any = ("leave",)
@@ -244,7 +248,8 @@ def _store_with_next(together: tuple[Any, Any, Any], conn: Connection, outcome: 
     waits in the pipe, that job's early ack after it: one transaction, committed before the
     parent hears of the task's end (so a result is stored before an ``acks_late`` ack). Returns
     the job read ahead (``_LEAVE`` when the parent said to leave; None when none was waiting)
-    and, if its ack was not confirmed, ``(its job id, its NOT_STARTED outcome)``."""
+    and, if it is not to start (its ack not confirmed, or the task found revoked with it),
+    ``(its job id, its NOT_STARTED or REVOKED outcome)``."""
     app, transport, backend = together
     pending = outcome.pending
     ahead: Any = None
@@ -260,11 +265,15 @@ def _store_with_next(together: tuple[Any, Any, Any], conn: Connection, outcome: 
     if not pending and ack is None:
         return ahead, None
     replies: list[list[bool] | None] = []
+    task_id = (ahead[1].headers.get("id") or "?") if ack is not None else "?"
+    revoked: set[str] = set()
     try:
         if pending:
             pending.stage(app, backend)
         if ack is not None:
             transport.ack_later([ack], on_reply=replies.append)
+            if ahead[4] and task_id != "?":  # the revoke check rides along too
+                revoked = stored_revokes(backend, [task_id])
         transport.flush()
     except Exception as exc:  # noqa: BLE001 - what became of the result and the ack is told
         if not replies:
@@ -278,8 +287,9 @@ def _store_with_next(together: tuple[Any, Any, Any], conn: Connection, outcome: 
         return ahead, None
     reply = replies[0] if replies else None
     if reply and reply[0]:
+        if revoked:
+            return None, (ahead[0], _revoked(task_id))
         return ahead, None
-    task_id = ahead[1].headers.get("id") or "?"
     logger.warning("could not ack task %s before it starts (%s)", task_id,
                    LEASE_LOST if reply is not None else "no answer")
     return None, (ahead[0], Outcome(task_id, states.PENDING, Ending.NOT_STARTED,
@@ -296,19 +306,54 @@ def _not_recorded(outcome: Outcome, exc: BaseException) -> None:
     outcome.exc_repr = repr(exc)
 
 
-def _ack_before_start(runner: Any, message: Any, delivery: Any) -> Outcome | None:
+def _ack_before_start(runner: Any, message: Any, delivery: Any,
+                      check_revoked: bool = False) -> Outcome | None:
     """The task's early ack, sent and confirmed by this child before the task starts (None:
     confirmed). Unconfirmed, the task does not start and the parent decides, as it would for an
-    ack it had sent itself."""
+    ack it had sent itself. ``check_revoked``: the task's revoke is looked up in the store in
+    the same round trip (when the broker shares its connection with the store), so the parent
+    need not look before sending the job; a task found revoked does not start (``REVOKED``)."""
     task_id = message.headers.get("id") or "?"
+    transport = runner.app.transport
+    check_revoked = check_revoked and task_id != "?"
+    revoked: set[str] = set()
     try:
-        confirmed = runner.app.transport.ack([delivery])
+        if check_revoked and _defers_acks(type(transport)):
+            replies: list[list[bool] | None] = []
+            transport.ack_later([delivery], on_reply=replies.append)
+            revoked = stored_revokes(runner.app.backend, [task_id])  # carries the ack
+            transport.flush()  # a no-op when the read carried it
+            confirmed = replies[0] if replies else None
+        else:
+            confirmed = transport.ack([delivery])
+            if check_revoked:
+                revoked = stored_revokes(runner.app.backend, [task_id])
     except Exception as exc:  # noqa: BLE001 - the parent finds out what became of the ack
         logger.warning("could not ack task %s before it starts: %r", task_id, exc)
         return Outcome(task_id, states.PENDING, Ending.NOT_STARTED, reason=repr(exc))
     if confirmed and confirmed[0]:
-        return None
+        return _revoked(task_id) if revoked else None
     return Outcome(task_id, states.PENDING, Ending.NOT_STARTED, reason=LEASE_LOST)
+
+
+def _defers_acks(kind: type) -> bool:
+    """Whether a transport class can queue an ack for the thread's next round trip
+    (``SharedConnectionSettling``): asked once per class, as a protocol check costs tens of
+    microseconds."""
+    known = _DEFERS_ACKS.get(kind)
+    if known is None:
+        from ...transport.base import SharedConnectionSettling
+
+        known = _DEFERS_ACKS[kind] = issubclass(kind, SharedConnectionSettling)
+    return known
+
+
+_DEFERS_ACKS: dict[type, bool] = {}
+
+
+def _revoked(task_id: str) -> Outcome:
+    """A task acked by its pool process and found revoked: it never starts."""
+    return Outcome(task_id, states.REVOKED, Ending.REVOKED, reason="revoked")
 
 
 def _spawned_child_main(conn: Connection, respawn: tuple, index: int,
@@ -435,6 +480,10 @@ class ProcessPool:
         self._next_index = self.limit  # names of children added by grow()
         #: each task name's running mean of run times (seconds), as the parent sees them
         self._means: dict[str, float] = {}
+        #: set by the consumer: a child looks up the revoke of each job it acks itself, in the
+        #: ack's round trip (Outcome ``REVOKED``: it did not start), so the consumer need not
+        #: look it up on the parent's path before sending the job
+        self.check_revokes = False
 
     # ---- children ------------------------------------------------------------------------------
     def _spawn(self, index: int, fresh: bool = False) -> _Child:
@@ -517,9 +566,11 @@ class ProcessPool:
                ack_first: Any = None) -> bool:
         """Hand the job to an idle child or, with ``ack_first`` and none idle, ahead to a child
         whose task should end soon (``ahead_slots``); False if neither (the caller keeps the
-        job). ``ack_first``: the delivery whose early ack the child sends (and checks) first."""
+        job). ``ack_first``: the delivery whose early ack the child sends (and checks) first,
+        looking up the task's revoke with it when ``check_revokes`` is set."""
         hard, _ = self.runner.limits(message)
-        job = (job_id, message, delivery_info, ack_first)
+        job = (job_id, message, delivery_info, ack_first,
+               self.check_revokes and ack_first is not None)
         data = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
         now = time.monotonic()
         with self._lock:
@@ -674,7 +725,7 @@ class ProcessPool:
         with self._lock:
             job, ahead = child.job, child.ahead
             child.ahead = None
-            if job is not None and outcome.ending is not Ending.NOT_STARTED:
+            if job is not None and outcome.ending not in _UNSTARTED:
                 child.done += 1
                 name = _task_name(job[1])
                 ran = now - child.started

@@ -331,7 +331,7 @@ def test_a_result_and_the_next_jobs_ack_are_stored_together(sqlite_app):
     outcome = runner(one.message, one.delivery_info)
     assert outcome.pending  # the result waits to go out with the next ack
     parent_end, child_end = Pipe()
-    ahead_job = (2, two.message, two.delivery_info, two)
+    ahead_job = (2, two.message, two.delivery_info, two, False)
     parent_end.send_bytes(processes.pickle.dumps(ahead_job))
     job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
     assert unconfirmed is None and job[0] == 2
@@ -351,12 +351,40 @@ def test_an_unconfirmed_ack_read_ahead_is_reported_after_the_stored_result(sqlit
     together = processes._settles_together(runner)
     outcome = runner(one.message, one.delivery_info)
     parent_end, child_end = Pipe()
-    parent_end.send_bytes(processes.pickle.dumps((2, two.message, two.delivery_info, two)))
+    parent_end.send_bytes(processes.pickle.dumps((2, two.message, two.delivery_info, two, False)))
     job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
     assert job is None
     assert unconfirmed[0] == 2 and unconfirmed[1].ending is Ending.NOT_STARTED
     assert unconfirmed[1].reason == processes.LEASE_LOST
     assert first.get(timeout=5) == 0  # the result went out all the same
+
+
+@pytest.mark.parametrize("revoked", [False, True])
+def test_the_job_read_ahead_is_looked_up_for_a_revoke_with_its_ack(sqlite_app, revoked):
+    """Its revoke is read with its early ack (and the result before it): found revoked, it is
+    acked and reported REVOKED, never started; else it starts."""
+    from multiprocessing import Pipe
+
+    from celeriac.worker.revokes import REVOKED_KEY
+    from celeriac.worker.worker import Runner
+
+    app = sqlite_app
+    (first, second), (one, two) = _leased(app, 2)
+    if revoked:
+        app.backend.set_value(REVOKED_KEY + second.id, {"terminate": False, "signal": 15})
+    runner = Runner(app, "ahead@test")
+    together = processes._settles_together(runner)
+    outcome = runner(one.message, one.delivery_info)
+    parent_end, child_end = Pipe()
+    parent_end.send_bytes(processes.pickle.dumps((2, two.message, two.delivery_info, two, True)))
+    job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
+    if revoked:
+        assert job is None
+        assert unconfirmed[0] == 2 and unconfirmed[1].ending is Ending.REVOKED
+    else:
+        assert unconfirmed is None and job[0] == 2
+    assert first.get(timeout=5) == 0
+    assert app.transport.qsize("celery") == 0  # acked either way
 
 
 def test_a_retiring_child_reads_nothing_ahead(sqlite_app):
@@ -370,7 +398,7 @@ def test_a_retiring_child_reads_nothing_ahead(sqlite_app):
     together = processes._settles_together(runner)
     outcome = runner(one.message, one.delivery_info)
     parent_end, child_end = Pipe()
-    parent_end.send_bytes(processes.pickle.dumps((2, two.message, two.delivery_info, two)))
+    parent_end.send_bytes(processes.pickle.dumps((2, two.message, two.delivery_info, two, False)))
     job, unconfirmed = processes._store_with_next(together, child_end, outcome, "retiring")
     assert job is None and unconfirmed is None
     assert first.get(timeout=5) == 0

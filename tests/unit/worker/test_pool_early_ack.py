@@ -212,3 +212,53 @@ def test_a_process_that_died_before_its_ack_gives_the_task_back(app, monkeypatch
     finally:
         worker.stop(warm=True)
         thread.join(10)
+
+
+class RevokeCheckingPool(AckingPool):
+    """Like a prefork pool, it looks up each task's revoke with the early ack it sends."""
+
+    check_revokes = False  # set by the consumer
+
+    def submit(self, job_id, message, delivery_info, *, ack_first=None):
+        if ack_first is not None:
+            type(self).handed_acks.append(message.headers["id"])
+            refused = _ack_before_start(self.runner, message, ack_first, self.check_revokes)
+            if refused is not None:
+                threading.Thread(target=self.on_done, args=(job_id, refused)).start()
+                return True
+        return super().submit(job_id, message, delivery_info)
+
+
+def test_a_task_the_pool_finds_revoked_with_its_ack_never_runs(app, monkeypatch):
+    """Revoked in the store a moment before it arrived (not yet synced): the consumer does not
+    look it up as it arrives; the pool process does, with the early ack, and it never runs."""
+    from celeriac.exceptions import TaskRevokedError
+    from celeriac.worker.revokes import REVOKED_KEY, RevokedSet
+
+    use_pool(monkeypatch, RevokeCheckingPool)
+    looked_up: list[list[str]] = []
+    real_check = RevokedSet.check_stored
+
+    def counting_check(self, task_ids):
+        looked_up.append(list(task_ids))
+        return real_check(self, task_ids)
+
+    monkeypatch.setattr(RevokedSet, "check_stored", counting_check)
+    worker, thread = run_worker(app)
+    try:
+        kept = app.tasks["poolacks.add"].delay(1, 1)
+        assert kept.get(timeout=10) == 2
+        task_id = str(uuid.uuid4())
+        app.backend.set_value(REVOKED_KEY + task_id, {"terminate": False, "signal": 15})
+        revoked = app.tasks["poolacks.add"].apply_async((2, 3), task_id=task_id)
+        with pytest.raises(TaskRevokedError):
+            revoked.get(timeout=10)
+        assert app.ran == [2]
+        assert revoked.id in AckingPool.handed_acks
+        assert looked_up == []  # every look-up rode with a pool process's ack
+        assert revoked.id in worker.consumer.revokes
+        assert app.transport.qsize("celery") == 0  # acked
+        assert worker.consumer.jobs() == []
+    finally:
+        worker.stop(warm=True)
+        thread.join(10)
