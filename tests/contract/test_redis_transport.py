@@ -24,7 +24,7 @@ from celeriac.testing.transport_suite import (
 from celeriac.transport import transport_from_url
 from celeriac.transport.base import Outgoing, capabilities_of
 from celeriac.transport.redis import RedisTransport
-from celeriac.transport.redis.envelope import decode
+from celeriac.transport.redis.envelope import decode, encode
 from tests.vectors import CELERY_VECTORS
 
 VECTORS = CELERY_VECTORS / "redis"
@@ -318,3 +318,52 @@ def test_publish_wakes_a_waiting_fetch_fast(make: MakeTransport) -> None:
     thread.join()
     assert tags(got) == ["m"]
     assert time.monotonic() - sent < 0.5  # woken by the publish, not by the 5 s poll
+
+
+def test_waiting_fetches_read_the_wake_ups_themselves(make: MakeTransport) -> None:
+    """Two fetches wait on one transport: one reads the wake-up connection, the other waits for
+    what it counts; each is woken by a publish to its own queue, and no listener thread runs."""
+    consumer, producer = make(polling_interval=5.0), make()
+    consumer.fetch(["a", "b"], 1, 0.01)
+    got: dict[str, list[Any]] = {"a": [], "b": []}
+    threads = [threading.Thread(target=lambda q=q: got[q].extend(consumer.fetch([q], 1, 3.0)))
+               for q in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    sent = time.monotonic()
+    producer.publish([Outgoing("b", message("mb"))])
+    threads[1].join()
+    producer.publish([Outgoing("a", message("ma"))])
+    threads[0].join()
+    assert (tags(got["a"]), tags(got["b"])) == (["ma"], ["mb"])
+    assert time.monotonic() - sent < 1.0  # both woken by their publishes, not the 5 s poll
+    assert not [t for t in threading.enumerate() if t.name == "celeriac-redis-wake"]
+
+
+def test_a_fetch_after_a_short_one_waits_without_looking_again(make: MakeTransport,
+                                                                 client: redis.Redis,
+                                                                 redis_prefix: str) -> None:
+    """The last look found the queue short and nothing was published since: the next fetch
+    goes straight to waiting. A message pushed without a wake-up (a Celery producer's) is still
+    found by the look after the polling interval, and a publish wakes it at once."""
+    consumer, producer = make(polling_interval=0.2), make()
+    producer.publish([Outgoing("q", message("m1"))])
+    assert tags(consumer.fetch(["q"], 4, 1.0)) == ["m1"]  # short: one of four
+    looks: list[int] = []
+    real_lease = consumer._lease
+    consumer._lease = lambda order, n: looks.append(n) or real_lease(order, n)  # type: ignore
+    started = time.monotonic()
+    assert consumer.fetch(["q"], 4, 0.1) == []
+    assert looks == [4]  # one look, after the wait, not before it
+    assert time.monotonic() - started >= 0.09
+    looks.clear()
+    producer.publish([Outgoing("q", message("m2"))])
+    assert tags(consumer.fetch(["q"], 4, 1.0)) == ["m2"]  # a wake-up came: looked at once
+    assert looks == [4]
+    looks.clear()
+    assert consumer.fetch(["q"], 4, 0.01) == []  # short again
+    client.lpush(f"{redis_prefix}q", encode(message("m3"), "q", "tag-m3"))  # no wake-up
+    started = time.monotonic()
+    assert tags(consumer.fetch(["q"], 4, 2.0)) == ["m3"]
+    assert 0.15 <= time.monotonic() - started < 1.5  # the look after the 0.2 s interval

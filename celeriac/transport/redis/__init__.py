@@ -8,9 +8,11 @@ and ``unacked_index`` zset in one atomic step, so no crash window loses a messag
 peer's restore sweep handles our deliveries (and ours handles theirs).
 
 Waiting: celeriac producers PUBLISH on a per-queue wake channel after pushing; each transport has
-one listener thread (PSUBSCRIBE) that wakes its waiting fetches. Messages pushed by Celery producers
-publish nothing, so a waiting fetch also re-checks every ``polling_interval`` (default 0.05 s) and
-at the next due time (delayed message or lease expiry) the fetch script reports.
+one connection subscribed to them (PSUBSCRIBE), read by its waiting fetches themselves, one at a
+time, so no thread hands a wake-up over. A fetch whose last look found its queues short and that
+has counted no wake-up since goes straight to waiting. Messages pushed by Celery producers publish
+nothing, so a waiting fetch also re-checks every ``polling_interval`` (default 0.05 s) and at the
+next due time (delayed message or lease expiry) the fetch script reports.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import re
+import select
 import socket
 import threading
 import time
-import uuid
 from base64 import b64encode
 from typing import Any, Callable, Iterator, Sequence, cast
 from urllib.parse import parse_qsl, urlencode
@@ -34,6 +37,7 @@ from ...protocol.message import Message
 from ...protocol.v2 import Likes, uuid4_text, uuid4_texts
 from ...utils import redis_wire
 from ...utils.forks import PidGuard
+from ...utils.redis_wire import _hiredis
 from ...utils.redis_wire import _pack_one as _pack_command
 from ...utils.salt import process_salt
 from ...utils.urls import redact_url
@@ -141,6 +145,9 @@ class RedisTransport(RedisBroadcastMixin):
         self._feed = FanoutFeed()
         #: per thread: the group batch sent ahead whose replies are unread (``send_runs_ahead``)
         self._ahead = threading.local()
+        #: per thread: the wake-up counts (``marks``) seen before its last lease, if that found
+        #: its queues short (``_unchanged``)
+        self._quiet = threading.local()
         self._forks = PidGuard()
         self._client = self._connect()
         redis_wire.set_busy_poll(self._client.connection_pool, busy_poll)
@@ -186,6 +193,7 @@ class RedisTransport(RedisBroadcastMixin):
             self._client = self._connect()
             self._waker = None
             self._ahead = threading.local()  # the parent's connections are not ours
+            self._quiet = threading.local()  # counted by the parent's wake-up connection
 
     def _wire(self) -> redis_wire.Wire:
         """This thread's raw connection, shared with a result store on the same database (so
@@ -449,11 +457,19 @@ class RedisTransport(RedisBroadcastMixin):
         deadline = time.monotonic() + max(timeout, 0.0)
         waker = self._waiter() if timeout > 0 else None
         fed = self._feed.active(order)
+        first = waker is not None
+        leased: list[Delivery]
         while True:
             if fed:
                 self._feed.drain(self, order)
             seen = waker.mark(order) if waker else None
-            leased, due = self._lease(order, max_n)
+            if first and self._unchanged(order, seen):
+                leased, due = [], self._due_at  # straight to waiting: a look finds nothing new
+            else:
+                leased, due = self._lease(order, max_n)
+                if seen is not None:
+                    self._quiet.marks = dict(zip(order, seen)) if len(leased) < max_n else None
+            first = False
             remaining = deadline - time.monotonic()
             if leased or remaining <= 0 or waker is None:
                 return leased
@@ -461,6 +477,18 @@ class RedisTransport(RedisBroadcastMixin):
             if due is not None:
                 pause = min(pause, max(due - time.time(), 0.0005))
             waker.wait(order, seen, pause)
+
+    def _unchanged(self, order: list[str], seen: tuple[int, ...] | None) -> bool:
+        """Whether this thread's last lease found ``order``'s queues short, no wake-up for them
+        has come since it looked, and nothing comes due or needs a sweep: another look now would
+        find nothing (a message pushed without a wake-up, as Celery's producers push, is found
+        by the look after the wait, as ever)."""
+        marks = getattr(self._quiet, "marks", None)
+        if marks is None or seen is None or any(
+                marks.get(queue) != count for queue, count in zip(order, seen)):
+            return False
+        due = self._due_at
+        return time.monotonic() < self._next_sweep and (due is None or time.time() < due)
 
     def fetch_later(self, queues: Sequence[str], max_n: int,
                     handler: Callable[[list[Delivery]], None]) -> None:
@@ -514,7 +542,9 @@ class RedisTransport(RedisBroadcastMixin):
         self._check_fork()
         with self._lock:
             if self._waker is None or not self._waker.alive:
-                self._waker = _Waker(self._connect(), self._wake_base)
+                self._waker = _Waker(redis_wire.connector(self._client.connection_pool,
+                                                          socket_timeout=None),
+                                     self._wake_base)
             return self._waker
 
     @staticmethod
@@ -666,7 +696,7 @@ class RedisTransport(RedisBroadcastMixin):
         with self._lock:
             waker, self._waker = self._waker, None
         if waker is not None and not self._forks.forked():
-            waker.stop(self._client)
+            waker.stop()
         if not self._forks.forked():
             state = getattr(self._ahead, "state", None)
             if state is not None:  # this thread's; another's goes with its thread
@@ -676,69 +706,121 @@ class RedisTransport(RedisBroadcastMixin):
 
 
 class _Waker:
-    """Counts wake-up messages per queue from a listener thread, so waiting fetches need no
-    polling."""
+    """Counts wake-up messages per queue, read from a subscribed connection by the waiting
+    fetches themselves: one at a time reads the socket while the others wait for what it counts,
+    so a wake-up reaches a fetch without a listener thread to wake and hand over to first."""
 
-    def __init__(self, client: redis_py.Redis, base: str) -> None:
-        self._client = client
-        self._base = base
-        self._pattern = re.sub(r"([\\*?\[\]])", r"\\\1", base) + "*"
-        self._stop_channel = f"{base}\x00stop-{uuid.uuid4().hex}"
+    def __init__(self, connect: Callable[[], Any], base: str) -> None:
+        self._prefix = base.encode()
         self._cond = threading.Condition()
         self._counts: dict[str, int] = {}
-        self._stopping = False
+        self._reading = False  # a thread reads the socket (one at a time, the others wait)
         self.alive = True
-        self._ready = threading.Event()
-        self._pubsub = client.pubsub()
-        self._thread = threading.Thread(target=self._listen, name="celeriac-redis-wake",
-                                        daemon=True)
-        self._thread.start()
-        self._ready.wait(5.0)
-
-    def _listen(self) -> None:
+        self._conn = connect()
+        self._sock = self._conn._sock  # redis-py keeps the socket there
+        self._poller = select.poll()
+        self._poller.register(self._sock.fileno(), select.POLLIN)
+        #: no hiredis: redis-py's own parser reads the replies
+        self._reader = _hiredis.Reader() if _hiredis is not None else None
+        self._buffer = bytearray(4096)
+        self._subscribed = False
         try:
-            self._pubsub.psubscribe(self._pattern)
-            while not self._stopping:
-                event = self._pubsub.get_message(timeout=5.0)
-                if event is None:
-                    continue
-                if event["type"] == "psubscribe":
-                    self._ready.set()
-                elif event["type"] == "pmessage":
-                    queue = event["channel"][len(self._base.encode()):].decode("utf-8", "replace")
-                    with self._cond:
-                        self._counts[queue] = self._counts.get(queue, 0) + 1
-                        self._cond.notify_all()
-        except Exception as exc:  # noqa: BLE001 - broker gone: waiting fetches fall back to polling
-            logger.debug("Redis wake-up listener stopped: %r", exc)
-        finally:
+            pattern = re.sub(r"([\\*?\[\]])", r"\\\1", base) + "*"
+            self._conn.send_packed_command([_pack_command(("PSUBSCRIBE", pattern))],
+                                           check_health=False)
+            deadline = time.monotonic() + 5.0
+            while not self._subscribed:  # wake-ups published from now on reach this socket
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise redis_py.exceptions.TimeoutError("no reply to PSUBSCRIBE")
+                self._take(remaining)
+        except BaseException:
+            self._disconnect()
+            raise
+
+    def _take(self, timeout: float) -> None:
+        """Read what reaches the socket within ``timeout`` seconds, counting each wake-up."""
+        sock = self._sock
+        pending = getattr(sock, "pending", None)  # TLS: records already read and decrypted
+        if not (pending is not None and pending()) and \
+                not self._poller.poll(math.ceil(timeout * 1000)):
+            return
+        if self._reader is None:  # no hiredis: redis-py's parser, one reply per read
+            replies = [self._conn.read_response()]
+        else:
+            size = sock.recv_into(self._buffer)
+            if not size:
+                raise redis_py.exceptions.ConnectionError("Connection closed by server.")
+            self._reader.feed(self._buffer, 0, size)
+            replies = []
+            while (reply := self._reader.gets()) is not False:
+                replies.append(reply)
+        woken = []
+        for reply in replies:
+            if not isinstance(reply, list) or not reply:
+                continue
+            if reply[0] == b"pmessage" and len(reply) == 4:
+                woken.append(reply[2][len(self._prefix):].decode("utf-8", "replace"))
+            elif reply[0] == b"psubscribe":
+                self._subscribed = True
+        if woken:
             with self._cond:
-                self.alive = False
+                counts = self._counts
+                for queue in woken:
+                    counts[queue] = counts.get(queue, 0) + 1
                 self._cond.notify_all()
-            self._ready.set()
-            try:
-                self._pubsub.close()
-                self._client.connection_pool.disconnect()
-            except (redis_py.RedisError, OSError) as exc:
-                logger.debug("closing the Redis wake-up listener: %r", exc)
+
+    def _read(self, timeout: float) -> None:
+        """Hold ``_cond``: read the socket for up to ``timeout`` seconds, unless another thread
+        is reading it (then wait for what it counts)."""
+        if self._reading:
+            self._cond.wait(timeout)
+            return
+        self._reading = True
+        self._cond.release()
+        try:
+            self._take(timeout)
+        except Exception as exc:  # noqa: BLE001 - broker gone: waiting fetches fall back to polling
+            logger.debug("Redis wake-up connection lost: %r", exc)
+            self.alive = False
+            self._disconnect()
+        finally:
+            self._cond.acquire()
+            self._reading = False
+            self._cond.notify_all()
 
     def mark(self, queues: Sequence[str]) -> tuple[int, ...]:
         with self._cond:
+            if self.alive and not self._reading:
+                self._read(0.0)  # what has arrived counts as seen
             return tuple(self._counts.get(q, 0) for q in queues)
 
     def wait(self, queues: Sequence[str], seen: tuple[int, ...] | None, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         with self._cond:
-            self._cond.wait_for(lambda: not self.alive or tuple(
-                self._counts.get(q, 0) for q in queues) != seen, timeout)
+            while self.alive and tuple(self._counts.get(q, 0) for q in queues) == seen:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._read(remaining)
 
-    def stop(self, client: redis_py.Redis) -> None:
-        self._stopping = True
-        if self._thread.is_alive():
-            try:
-                client.publish(self._stop_channel, "")
-            except redis_py.RedisError:
-                pass
-            self._thread.join(6.0)
+    def stop(self) -> None:
+        """Disconnect; a thread reading the socket stops at once."""
+        self.alive = False
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread waiting on it
+        except OSError:
+            pass
+        with self._cond:
+            if not self._reading:
+                self._disconnect()
+            self._cond.notify_all()
+
+    def _disconnect(self) -> None:
+        try:
+            self._conn.disconnect()
+        except Exception:  # noqa: BLE001 - closing a broken socket must not raise
+            pass
 
 
 def _dead_letter(dead_id: str, record: bytes) -> DeadLetter:
