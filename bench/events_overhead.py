@@ -85,10 +85,11 @@ def redis_store(db: int) -> Iterator[Path]:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def group_cpu(pgid: int) -> float:
+def group_cpu(pgid: int) -> tuple[float, float]:
     """CPU seconds (user + system) used so far by the live processes of process group
-    ``pgid`` (the worker and its pool children), from /proc (Linux)."""
-    total = 0
+    ``pgid`` (the worker and its pool children), and by its leader alone (the worker's main
+    process: on prefork, which side pays), from /proc (Linux)."""
+    total = main = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -99,8 +100,11 @@ def group_cpu(pgid: int) -> float:
             continue
         fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
         if int(fields[2]) == pgid:  # pgrp
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+            used = int(fields[11]) + int(fields[12])  # utime, stime
+            total += used
+            if entry.name == str(pgid):
+                main = used
+    return total / CLOCK_TICKS, main / CLOCK_TICKS
 
 
 def wait_done(ids: list[str], worker: WorkerProcess, timeout: float) -> None:
@@ -140,10 +144,11 @@ class Counter:
 
 
 def drain(broker: str, pool: str, n: int, events: bool, db: int,
-          monitor: bool = True) -> tuple[float, float, int]:
-    """(tasks/s, the worker's CPU microseconds per task, task-succeeded events seen) of one
-    drain. The CPU is the worker's and its pool children's from ready to the last result,
-    which other load on the machine does not inflate the way it slows the rate."""
+          monitor: bool = True) -> tuple[float, float, float, int]:
+    """(tasks/s, the worker's CPU microseconds per task, the part of it its main process used,
+    task-succeeded events seen) of one drain. The CPU is the worker's and its pool children's
+    from ready to the last result, which other load on the machine does not inflate the way it
+    slows the rate."""
     store = fresh_store() if broker == "sqlite" else redis_store(db)
     with store as workdir:
         ids = enqueue_noops(n)
@@ -154,16 +159,18 @@ def drain(broker: str, pool: str, n: int, events: bool, db: int,
             with worker:
                 ready = worker.wait_ready()
                 assert worker.proc is not None
-                cpu_at_ready = group_cpu(worker.proc.pid)
+                cpu_at_ready, main_at_ready = group_cpu(worker.proc.pid)
                 if broker == "sqlite":
                     wait_for_results(workdir / "bench.db", n, worker, timeout=60 + n / 50)
                 else:
                     wait_done(ids, worker, timeout=60 + n / 50)
-                cpu = group_cpu(worker.proc.pid) - cpu_at_ready
+                cpu, main = group_cpu(worker.proc.pid)
+                cpu, main = cpu - cpu_at_ready, main - main_at_ready
             finished = max(done_times(ids))
         finally:
             counts = counter.close() if counter is not None else {}
-    return n / (finished - ready), cpu / n * 1e6, counts.get("task-succeeded", 0)
+    return (n / (finished - ready), cpu / n * 1e6, main / n * 1e6,
+            counts.get("task-succeeded", 0))
 
 
 class _NullBroadcast:
@@ -236,13 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         cpus: dict[bool, list[float]] = {False: [], True: []}
         for round_ in range(args.rounds):
             for events in (False, True):
-                rate, cpu, seen = drain(args.broker, pool, args.tasks, events, args.db,
-                                        monitor=not args.no_monitor)
+                rate, cpu, main, seen = drain(args.broker, pool, args.tasks, events, args.db,
+                                              monitor=not args.no_monitor)
                 rates[events].append(rate)
                 cpus[events].append(cpu)
                 note = f", {seen} task-succeeded events seen" if events else ""
                 log(f"  {pool} round {round_ + 1} {'-E' if events else 'no -E'}: "
-                    f"{rate:,.0f} tasks/s, {cpu:.0f} us CPU/task{note}")
+                    f"{rate:,.0f} tasks/s, {cpu:.0f} us CPU/task ({main:.0f} in the main "
+                    f"process){note}")
                 if events and not args.no_monitor and seen < args.tasks:
                     log(f"  WARNING: only {seen} of {args.tasks} task-succeeded events seen")
         off, on = statistics.median(rates[False]), statistics.median(rates[True])

@@ -40,18 +40,19 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, broker: str, pool: str, n: int, db: int) -> tuple[float, float]:
+def run_variant(name: str, broker: str, pool: str, n: int, db: int
+                ) -> tuple[float, float, float]:
     features, events = VARIANTS[name]
     saved = os.environ.get(FEATURES_ENV)
     os.environ[FEATURES_ENV] = features
     try:
-        rate, cpu, _ = drain(broker, pool, n, events, db, monitor=False)
+        rate, cpu, main_cpu, _ = drain(broker, pool, n, events, db, monitor=False)
     finally:
         if saved is None:
             os.environ.pop(FEATURES_ENV, None)
         else:
             os.environ[FEATURES_ENV] = saved
-    return rate, cpu
+    return rate, cpu, main_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             order = variants[round_ % len(variants):] + variants[:round_ % len(variants)]
             for variant in order:
-                rate, cpu = run_variant(variant, args.broker, pool, args.tasks, args.db)
+                rate, cpu, main_cpu = run_variant(variant, args.broker, pool, args.tasks, args.db)
                 rates[variant].append(rate)
                 cpus[variant].append(cpu)
                 log(f"  {pool} round {round_ + 1} {variant}: {rate:,.0f} tasks/s, "
-                    f"{cpu:.0f} us CPU/task, load {os.getloadavg()[0]:.2f}")
+                    f"{cpu:.0f} us CPU/task ({main_cpu:.0f} in the main process), "
+                    f"load {os.getloadavg()[0]:.2f}")
         base_rate, base_cpu = statistics.median(rates["base"]), statistics.median(cpus["base"])
         for variant in variants:
             rate, cpu = statistics.median(rates[variant]), statistics.median(cpus[variant])

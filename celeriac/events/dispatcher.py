@@ -6,7 +6,7 @@ PUBLISH on kombu's fanout channels, RabbitMQ's ``celeryev`` topic exchange, the 
 broadcast table. Groups named in ``buffer_group`` (the worker's ``task`` events) are not sent one
 by one: they collect in a buffer that a background thread publishes as one ``task.multi`` list
 every ``flush_interval`` seconds (sooner once ``buffer_limit`` events wait), so a task's three
-events cost the worker's hot path a dict and an append, not three broker round trips; the
+events cost the worker's hot path a tuple and an append, not three broker round trips; the
 flusher gives a batch its clock values in one tick (in buffer order, so a task's events keep
 their order) and writes its JSON from a template per event shape (type and field names: the
 constant text is made once, each event's values are put in; the same bytes ``json.dumps`` makes
@@ -49,6 +49,18 @@ _OFFSET_REFRESH = 60.0
 
 _getpid = os.getpid
 _now = time.time
+#: how many times this process was forked into a child (counted in the child): the hot path
+#: compares it instead of asking the kernel for its pid (a system call) three times a task
+_forks = [0]
+
+
+def _count_fork() -> None:
+    _forks[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
 #: events encoded between two chances for the worker's other threads to take the GIL (about
 #: a hundred microseconds of work)
 _SLICE = 32
@@ -58,8 +70,10 @@ _SLICE = 32
 #: microsecond; ``time.sleep(0)`` costs a hundred times more on some virtual machines)
 _yield_gil = getattr(os, "sched_yield", lambda: time.sleep(0))
 
-#: a buffered event until the flusher builds it: (group, type, fields, timestamp)
-_Pending = tuple[str, str, dict[str, Any], float]
+#: an event's shape: its type and its fields' names, in order (a template is kept per shape)
+Shape = tuple[str, tuple[Any, ...]]
+#: a buffered event until the flusher builds it: (group, shape, the fields' values, timestamp)
+_Pending = tuple[str, Shape, tuple[Any, ...], float]
 
 #: the keys an event's common part and its end hold: fields that name one of them are not put
 #: through a template (``_build`` decides where they go)
@@ -133,6 +147,7 @@ class EventDispatcher:
     def _reset_buffers(self) -> None:
         """A buffer, locks and no flusher thread of this process's own (also after a fork)."""
         self._pid = _getpid()
+        self._fork = _forks[0]
         self._lock = threading.Lock()  # the buffer
         self._pending: list[_Pending] = []
         self._wake = threading.Event()  # the flusher has something to do
@@ -142,7 +157,7 @@ class EventDispatcher:
         #: (event type, field names) -> the event's JSON as a %-format of its values, or None
         #: for a shape ``_build`` lays out itself (see ``_template``); made again after a fork
         #: (the pid) and when the UTC offset changes
-        self._templates: dict[tuple[str, tuple[Any, ...]], str | None] = {}
+        self._templates: dict[Shape, str | None] = {}
 
     # ---- switching on and off ----------------------------------------------------------------
     @property
@@ -184,7 +199,7 @@ class EventDispatcher:
         if groups is not None and group not in groups:
             return None
         if group in self.buffer_group:
-            self._queue(group, type, fields)
+            self.send_values(group, (type, tuple(fields)), tuple(fields.values()))
             return None
         self._refresh_offset()
         event = self._build(type, fields, _now(), None if blind else self.clock.forward())
@@ -196,12 +211,16 @@ class EventDispatcher:
                       fields: dict[str, Any]) -> None:
         """``send`` for a caller that knows ``group`` is switched on and in ``buffer_group``
         (the worker's task events): the event is queued for the flusher without ``send``'s
-        look-ups. ``fields`` is kept as it is, not copied."""
-        if self._enabled:
-            self._queue(group, type, fields)
+        look-ups."""
+        self.send_values(group, (type, tuple(fields)), tuple(fields.values()))
 
-    def _queue(self, group: str, type: str, fields: dict[str, Any]) -> None:  # noqa: A002
-        if self._pid != _getpid():  # a child must not use its parent's buffer or thread
+    def send_values(self, group: str, shape: Shape, values: tuple[Any, ...]) -> None:
+        """``send_buffered`` of an event whose ``shape`` (type and field names) is fixed in
+        advance, given as its fields' ``values`` in that order: the worker's three events per
+        task, which so build no map on the task's path and none in the flusher."""
+        if not self._enabled:
+            return
+        if self._fork != _forks[0]:  # a child must not use its parent's buffer or thread
             self._reset_buffers()
         timestamp = _now()
         with self._lock:
@@ -209,7 +228,7 @@ class EventDispatcher:
             if len(pending) >= self.max_pending:  # the broker is stuck: drop, don't grow
                 self.dropped += 1
                 return
-            pending.append((group, type, fields, timestamp))
+            pending.append((group, shape, values, timestamp))
             waiting = len(pending)
         if waiting == 1 or waiting == self.buffer_limit:  # the flusher sleeps, or must hurry
             if self._flusher is None:
@@ -320,17 +339,16 @@ class EventDispatcher:
         its constant part again."""
         build = self._build
         if self.serializer != "json":
-            events = [build(event_type, fields, timestamp, tick)
-                      for tick, (_, event_type, fields, timestamp) in enumerate(items, clock)]
+            events = [build(shape[0], dict(zip(shape[1], values)), timestamp, tick)
+                      for tick, (_, shape, values, timestamp) in enumerate(items, clock)]
             return event_message(events, self.hostname, self.serializer)
         templates, value = self._templates, _json_value
         parts = []
         for start in range(0, len(items), _SLICE):
             texts: list[str] = []
             add = texts.append
-            for tick, (_, event_type, fields, timestamp) in enumerate(
+            for tick, (_, shape, values, timestamp) in enumerate(
                     items[start:start + _SLICE], clock + start):
-                shape = (event_type, tuple(fields))
                 try:
                     template = templates[shape]
                 except KeyError:  # a new shape (past the limit: built as a map)
@@ -338,14 +356,15 @@ class EventDispatcher:
                     if len(templates) < _MAX_TEMPLATES:
                         template = templates[shape] = self._template(shape)
                 if template is None:
-                    add(json_dumps(build(event_type, fields, timestamp, tick)))
+                    add(json_dumps(build(shape[0], dict(zip(shape[1], values)), timestamp,
+                                         tick)))
                 else:  # the clock and timestamp go in as they are: "%s" writes what JSON does
-                    add(template % (tick, *map(value, fields.values()), timestamp))
+                    add(template % (tick, *map(value, values), timestamp))
             parts.append(", ".join(texts))  # json.dumps([a, b]) == "[" + a + ", " + b + "]"
             _yield_gil()
         return message_of(("[" + ", ".join(parts) + "]").encode("utf-8"), self.hostname)
 
-    def _template(self, shape: tuple[str, tuple[Any, ...]]) -> str | None:
+    def _template(self, shape: Shape) -> str | None:
         """The JSON text ``_build`` and ``json_dumps`` make of an event of ``shape`` (its type
         and its fields' names, in order) as a %-format taking the clock, each field's JSON
         and the timestamp; None when a field name is not a plain string or is one of the

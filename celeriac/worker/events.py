@@ -29,9 +29,12 @@ Celery worker does, it sends two groups of events (wire spec section 5):
   ================  ==========================================================================
 
 Task events are batched (``EventDispatcher``'s ``buffer_group``): a background thread publishes
-them as ``task.multi`` lists every 50 ms, so the hot path pays a dict and an append per event
-(``send_buffered``: the group is known to be on, so ``send``'s look-ups are skipped). With task
-events off, each point returns at its first line.
+them as ``task.multi`` lists every 50 ms, so the hot path pays a tuple and an append per event
+(``send_values``: the group is known to be on and the event's shape fixed, so ``send``'s
+look-ups are skipped and no map is built). On prefork every task event is sent by the main
+process (the child sends none), from the thread at that point (fetch, dispatch or the pool's
+collector); the ``celeriac-events`` thread encodes and publishes them. With task events off,
+each point returns at its first line.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._version import __version__
-from ..events.dispatcher import EventDispatcher
+from ..events.dispatcher import EventDispatcher, Shape
 from ..exceptions import TimeLimitExceeded, WorkerLostError
 from .extensions import Dropped, WorkerExtension
 from .outcome import Ending
@@ -62,6 +65,13 @@ SW_IDENT = "py-celeriac"
 
 #: the endings besides success that send their exception and traceback
 _TASK_ENDINGS = {Ending.FAILED: "task-failed", Ending.RETRIED: "task-retried"}
+
+#: the shapes of the three events every task sends, their fields in Celery's order
+#: (``EventDispatcher.send_values``: each event is then a tuple of values)
+RECEIVED: Shape = ("task-received", ("uuid", "name", "args", "kwargs", "root_id", "parent_id",
+                                     "retries", "eta", "expires"))
+STARTED: Shape = ("task-started", ("uuid",))
+SUCCEEDED: Shape = ("task-succeeded", ("uuid", "result", "runtime"))
 
 
 def load_average() -> list[float]:
@@ -92,8 +102,9 @@ class TaskEvents(WorkerExtension):
         self._thread: threading.Thread | None = None
         #: the dispatcher's ``send`` once the worker started (one call less per event)
         self._send: Callable[..., Any] = self._not_started
-        #: the dispatcher's ``send_buffered`` once the worker started, for the hot path's events
-        self._buffered: Callable[[str, str, dict[str, Any]], None] = self._not_started_buffered
+        #: the dispatcher's ``send_values`` once the worker started, for the hot path's events
+        self._buffered: Callable[[str, Shape, tuple[Any, ...]], None] = (
+            self._not_started_buffered)
 
     @property
     def task_events(self) -> bool:
@@ -141,7 +152,7 @@ class TaskEvents(WorkerExtension):
             self.dispatcher = EventDispatcher(self.app, self.hostname, groups=self._groups(),
                                               buffer_group=("task",))
             self._send = self.dispatcher.send
-            self._buffered = self.dispatcher.send_buffered
+            self._buffered = self.dispatcher.send_values
         if self.heartbeat:
             self.dispatcher.send("worker-online", **self.worker_fields())
             self._thread = threading.Thread(target=self._beat, name="celeriac-event-heartbeat",
@@ -184,33 +195,30 @@ class TaskEvents(WorkerExtension):
         """``_send`` until the worker starts: nothing to send with yet."""
 
     @staticmethod
-    def _not_started_buffered(group: str, event_type: str, fields: dict[str, Any]) -> None:
+    def _not_started_buffered(group: str, shape: Shape, values: tuple[Any, ...]) -> None:
         """``_buffered`` until the worker starts."""
 
-    # The three events every task sends go through ``_buffered`` with their fields as a dict
-    # literal, in Celery's order; the rarer ones through ``_send``.
+    # The three events every task sends go through ``_buffered`` as tuples of their values in
+    # their shape's order; the rarer ones through ``_send``.
     def on_received(self, job: Job) -> None:
         if not self._task_events:
             return
         get = job.headers.get
-        self._buffered("task", "task-received", {
-            "uuid": job.task_id, "name": get("shadow") or get("task"),
-            "args": get("argsrepr"), "kwargs": get("kwargsrepr"), "root_id": get("root_id"),
-            "parent_id": get("parent_id"), "retries": get("retries") or 0, "eta": get("eta"),
-            "expires": get("expires")})
+        self._buffered("task", RECEIVED, (
+            job.task_id, get("shadow") or get("task"), get("argsrepr"), get("kwargsrepr"),
+            get("root_id"), get("parent_id"), get("retries") or 0, get("eta"), get("expires")))
 
     def on_started(self, job: Job) -> None:
         if not self._task_events:
             return
-        self._buffered("task", "task-started", {"uuid": job.task_id})
+        self._buffered("task", STARTED, (job.task_id,))
 
     def after_outcome(self, job: Job, outcome: Outcome) -> None:
         if not self._task_events:
             return
         ending = outcome.ending
         if ending is Ending.SUCCEEDED:
-            self._buffered("task", "task-succeeded", {
-                "uuid": job.task_id, "result": outcome.retval_repr, "runtime": outcome.runtime})
+            self._buffered("task", SUCCEEDED, (job.task_id, outcome.retval_repr, outcome.runtime))
             return
         event_type = _TASK_ENDINGS.get(ending)
         if event_type is not None:
