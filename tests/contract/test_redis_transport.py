@@ -341,6 +341,52 @@ def test_waiting_fetches_read_the_wake_ups_themselves(make: MakeTransport) -> No
     assert not [t for t in threading.enumerate() if t.name == "celeriac-redis-wake"]
 
 
+def _waits_by_polling(consumer: RedisTransport, producer: RedisTransport) -> None:
+    """``consumer`` has no wake-ups: a wait is not over at once, and a message comes by the look
+    after the polling interval."""
+    started = time.monotonic()
+    assert consumer.fetch(["q"], 1, 0.15) == []
+    assert time.monotonic() - started >= 0.14  # waited, did not return (or spin) at once
+    producer.publish([Outgoing("q", message("m"))])
+    assert tags(consumer.fetch(["q"], 1, 2.0)) == ["m"]
+
+
+def test_without_hiredis_waiting_fetches_poll(make: MakeTransport, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """redis-py's own parser keeps replies where poll() cannot see them: without hiredis there
+    is no wake-up connection, said once, and fetches look every polling interval."""
+    import celeriac.transport.redis as redis_transport
+
+    monkeypatch.setattr(redis_transport, "_hiredis", None)
+    consumer, producer = make(polling_interval=0.05), make()
+    with caplog.at_level("WARNING", logger="celeriac"):
+        _waits_by_polling(consumer, producer)
+        _waits_by_polling(consumer, producer)
+    said = [r.getMessage() for r in caplog.records if "wake-ups are unavailable" in r.getMessage()]
+    assert len(said) == 1 and "hiredis" in said[0]
+
+
+def test_a_broker_user_refused_the_wake_up_channels_still_consumes(
+        make: MakeTransport, redis_url: str, redis_prefix: str, client: redis.Redis) -> None:
+    """Redis 7 gives a new ACL user no channel: its PSUBSCRIBE is refused (NOPERM), and its
+    fetches poll instead of timing out on a subscription that never comes."""
+    user = f"celeriac-test-{redis_prefix.strip(':')}"
+    client.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "+@all",
+                           "resetchannels")
+    try:
+        scheme, rest = redis_url.split("://", 1)
+        consumer = RedisTransport.from_url(f"{scheme}://{user}:secret@{rest}",
+                                           global_keyprefix=redis_prefix, polling_interval=0.05)
+        try:
+            started = time.monotonic()
+            _waits_by_polling(consumer, make())
+            assert time.monotonic() - started < 3.0  # no 5 s wait for a subscription
+        finally:
+            consumer.close()
+    finally:
+        client.execute_command("ACL", "DELUSER", user)
+
+
 def test_a_fetch_after_a_short_one_waits_without_looking_again(make: MakeTransport,
                                                                  client: redis.Redis,
                                                                  redis_prefix: str) -> None:

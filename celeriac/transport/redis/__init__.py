@@ -65,6 +65,9 @@ SWEEP_INTERVAL = 0.1
 #: bytes of socket send buffer asked for the connection a group's batches go ahead on (a batch
 #: of 500 envelopes is about 0.5 MB; the kernel caps it at net.core.wmem_max)
 AHEAD_SEND_BUFFER = 4 << 20
+#: seconds before a transport whose wake-ups were unavailable (no hiredis, PSUBSCRIBE refused)
+#: tries to subscribe again
+WAKER_RETRY = 60.0
 _SHAS = {name: redis_wire.script_sha(getattr(scripts, name))
          for name in ("FETCH", "ACK", "REJECT", "DEFER", "EXTEND", "DEAD_LETTER", "SIZE")}
 logger = logging.getLogger(__name__)
@@ -148,6 +151,8 @@ class RedisTransport(RedisBroadcastMixin):
         #: per thread: the wake-up counts (``marks``) seen before its last lease, if that found
         #: its queues short (``_unchanged``)
         self._quiet = threading.local()
+        #: while wake-ups are unavailable (``_waiter``): until when; 0.0 before the first refusal
+        self._no_waker_until = 0.0
         self._forks = PidGuard()
         self._client = self._connect()
         redis_wire.set_busy_poll(self._client.connection_pool, busy_poll)
@@ -455,7 +460,8 @@ class RedisTransport(RedisBroadcastMixin):
         """Lease up to ``max_n`` messages in one script call, waiting up to ``timeout`` seconds."""
         order = self._order(queues, max_n)
         deadline = time.monotonic() + max(timeout, 0.0)
-        waker = self._waiter() if timeout > 0 else None
+        waiting = timeout > 0
+        waker = self._waiter() if waiting else None
         fed = self._feed.active(order)
         first = waker is not None
         leased: list[Delivery]
@@ -471,12 +477,15 @@ class RedisTransport(RedisBroadcastMixin):
                     self._quiet.marks = dict(zip(order, seen)) if len(leased) < max_n else None
             first = False
             remaining = deadline - time.monotonic()
-            if leased or remaining <= 0 or waker is None:
+            if leased or remaining <= 0 or not waiting:
                 return leased
             pause = min(remaining, self.polling_interval)
             if due is not None:
                 pause = min(pause, max(due - time.time(), 0.0005))
-            waker.wait(order, seen, pause)
+            if waker is None:  # no wake-ups to wait for: look again after the pause
+                time.sleep(pause)
+            else:
+                waker.wait(order, seen, pause)
 
     def _unchanged(self, order: list[str], seen: tuple[int, ...] | None) -> bool:
         """Whether this thread's last lease found ``order``'s queues short, no wake-up for them
@@ -538,13 +547,24 @@ class RedisTransport(RedisBroadcastMixin):
                                        {"delivery_tag": tag}, exchange, routing_key))
         return deliveries, hint
 
-    def _waiter(self) -> _Waker:
+    def _waiter(self) -> _Waker | None:
+        """The wake-up counter waiting fetches share; None while wake-ups are unavailable
+        (looked at again every ``WAKER_RETRY`` seconds): they poll instead."""
         self._check_fork()
         with self._lock:
             if self._waker is None or not self._waker.alive:
-                self._waker = _Waker(redis_wire.connector(self._client.connection_pool,
-                                                          socket_timeout=None),
-                                     self._wake_base)
+                if time.monotonic() < self._no_waker_until:
+                    return None
+                try:
+                    self._waker = _Waker(redis_wire.connector(self._client.connection_pool,
+                                                              socket_timeout=None),
+                                         self._wake_base)
+                except WakeUpsUnavailable as exc:
+                    if not self._no_waker_until:
+                        logger.warning("Redis wake-ups are unavailable (%s): waiting fetches "
+                                       "look every %s s instead", exc, self.polling_interval)
+                    self._no_waker_until = time.monotonic() + WAKER_RETRY
+                    return None
             return self._waker
 
     @staticmethod
@@ -705,6 +725,11 @@ class RedisTransport(RedisBroadcastMixin):
             self._client.connection_pool.disconnect()
 
 
+class WakeUpsUnavailable(Exception):
+    """The wake-up channels cannot be read here (no hiredis, or PSUBSCRIBE refused): waiting
+    fetches poll every ``polling_interval`` instead."""
+
+
 class _Waker:
     """Counts wake-up messages per queue, read from a subscribed connection by the waiting
     fetches themselves: one at a time reads the socket while the others wait for what it counts,
@@ -716,12 +741,13 @@ class _Waker:
         self._counts: dict[str, int] = {}
         self._reading = False  # a thread reads the socket (one at a time, the others wait)
         self.alive = True
+        if _hiredis is None:  # redis-py's parser buffers replies where poll() cannot see them
+            raise WakeUpsUnavailable("the hiredis package is not installed")
+        self._reader = _hiredis.Reader()
         self._conn = connect()
         self._sock = self._conn._sock  # redis-py keeps the socket there
         self._poller = select.poll()
         self._poller.register(self._sock.fileno(), select.POLLIN)
-        #: no hiredis: redis-py's own parser reads the replies
-        self._reader = _hiredis.Reader() if _hiredis is not None else None
         self._buffer = bytearray(4096)
         self._subscribed = False
         try:
@@ -745,18 +771,18 @@ class _Waker:
         if not (pending is not None and pending()) and \
                 not self._poller.poll(math.ceil(timeout * 1000)):
             return
-        if self._reader is None:  # no hiredis: redis-py's parser, one reply per read
-            replies = [self._conn.read_response()]
-        else:
-            size = sock.recv_into(self._buffer)
-            if not size:
-                raise redis_py.exceptions.ConnectionError("Connection closed by server.")
-            self._reader.feed(self._buffer, 0, size)
-            replies = []
-            while (reply := self._reader.gets()) is not False:
-                replies.append(reply)
+        size = sock.recv_into(self._buffer)
+        if not size:
+            raise redis_py.exceptions.ConnectionError("Connection closed by server.")
+        self._reader.feed(self._buffer, 0, size)
+        replies = []
+        while (reply := self._reader.gets()) is not False:
+            replies.append(reply)
         woken = []
         for reply in replies:
+            if isinstance(reply, Exception) and not self._subscribed:
+                # e.g. NOPERM: an ACL user without access to the wake-up channels
+                raise WakeUpsUnavailable(f"PSUBSCRIBE refused: {reply}")
             if not isinstance(reply, list) or not reply:
                 continue
             if reply[0] == b"pmessage" and len(reply) == 4:
