@@ -171,7 +171,8 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
                 if early_term[0]:
                     stop_if_asked(job[0])
                 if job[3] is not None:
-                    refused = _ack_before_start(runner, job[1], job[3], job[4])
+                    refused = _ack_before_start(runner, job[1], job[3], job[4],
+                                                shared=together is not None)
                     if refused is not None:
                         running[0] = None
                         _send(conn, (job[0], refused, None))
@@ -307,18 +308,20 @@ def _not_recorded(outcome: Outcome, exc: BaseException) -> None:
 
 
 def _ack_before_start(runner: Any, message: Any, delivery: Any,
-                      check_revoked: bool = False) -> Outcome | None:
+                      check_revoked: bool = False, *, shared: bool = False) -> Outcome | None:
     """The task's early ack, sent and confirmed by this child before the task starts (None:
     confirmed). Unconfirmed, the task does not start and the parent decides, as it would for an
-    ack it had sent itself. ``check_revoked``: the task's revoke is looked up in the store in
-    the same round trip (when the broker shares its connection with the store), so the parent
-    need not look before sending the job; a task found revoked does not start (``REVOKED``)."""
+    ack it had sent itself. ``check_revoked``: the task's revoke is looked up in the store here,
+    so the parent need not look before sending the job; a task found revoked does not start
+    (``REVOKED``). With ``shared`` (the broker's connection is the result store's) the look-up
+    goes in the ack's round trip; otherwise it follows the ack, and a store that cannot be read
+    leaves the task to run, relying on the parent's synced revokes, as the parent's own look did."""
     task_id = message.headers.get("id") or "?"
     transport = runner.app.transport
     check_revoked = check_revoked and task_id != "?"
     revoked: set[str] = set()
     try:
-        if check_revoked and _defers_acks(type(transport)):
+        if check_revoked and shared:
             replies: list[list[bool] | None] = []
             transport.ack_later([delivery], on_reply=replies.append)
             revoked = stored_revokes(runner.app.backend, [task_id])  # carries the ack
@@ -326,29 +329,18 @@ def _ack_before_start(runner: Any, message: Any, delivery: Any,
             confirmed = replies[0] if replies else None
         else:
             confirmed = transport.ack([delivery])
-            if check_revoked:
-                revoked = stored_revokes(runner.app.backend, [task_id])
     except Exception as exc:  # noqa: BLE001 - the parent finds out what became of the ack
         logger.warning("could not ack task %s before it starts: %r", task_id, exc)
         return Outcome(task_id, states.PENDING, Ending.NOT_STARTED, reason=repr(exc))
-    if confirmed and confirmed[0]:
-        return _revoked(task_id) if revoked else None
-    return Outcome(task_id, states.PENDING, Ending.NOT_STARTED, reason=LEASE_LOST)
-
-
-def _defers_acks(kind: type) -> bool:
-    """Whether a transport class can queue an ack for the thread's next round trip
-    (``SharedConnectionSettling``): asked once per class, as a protocol check costs tens of
-    microseconds."""
-    known = _DEFERS_ACKS.get(kind)
-    if known is None:
-        from ...transport.base import SharedConnectionSettling
-
-        known = _DEFERS_ACKS[kind] = issubclass(kind, SharedConnectionSettling)
-    return known
-
-
-_DEFERS_ACKS: dict[type, bool] = {}
+    if not (confirmed and confirmed[0]):
+        return Outcome(task_id, states.PENDING, Ending.NOT_STARTED, reason=LEASE_LOST)
+    if check_revoked and not shared:
+        try:
+            revoked = stored_revokes(runner.app.backend, [task_id])
+        except Exception as exc:  # noqa: BLE001 - the revokes the parent synced still hold
+            logger.warning("could not read the stored revoke of task %s (%r); relying on the "
+                           "last sync", task_id, exc)
+    return _revoked(task_id) if revoked else None
 
 
 def _revoked(task_id: str) -> Outcome:

@@ -170,6 +170,58 @@ def test_the_child_side_reports_what_became_of_its_ack():
     assert failed.ending is Ending.NOT_STARTED and failed.reason != LEASE_LOST
 
 
+def test_the_child_looks_up_revokes_after_its_ack_unless_the_store_shares_the_connection():
+    """A result store of its own (not the broker's connection): the ack goes first and a store
+    that cannot be read leaves the task to run on the parent's synced revokes, as the parent's
+    own look did; sharing the connection, the look-up carries the ack, and its failure leaves
+    the ack unconfirmed (NOT_STARTED: the parent finds out what became of it)."""
+    from celeriac.worker.revokes import REVOKED_KEY
+
+    class Message:
+        headers = {"id": "t-1"}
+
+    class Store:
+        revoked = False
+        down = False
+
+        def _mget(self, keys):
+            if self.down:
+                raise ConnectionError("store gone")
+            return [b"{}" if self.revoked and key == REVOKED_KEY + "t-1" else None
+                    for key in keys]
+
+    class Broker:
+        def __init__(self):
+            self.queued = []
+
+        def ack(self, deliveries):
+            return [True]
+
+        def ack_later(self, deliveries, on_reply):
+            self.queued.append(on_reply)
+
+        def flush(self):
+            for reply in self.queued:
+                reply([True])
+            self.queued = []
+
+    class Runner:
+        class app:  # noqa: N801 - stands in for the app a child has
+            transport = Broker()
+            backend = Store()
+
+    store = Runner.app.backend
+    assert _ack_before_start(Runner, Message, object(), True) is None
+    store.revoked = True
+    assert _ack_before_start(Runner, Message, object(), True).ending is Ending.REVOKED
+    assert _ack_before_start(Runner, Message, object(), True,
+                             shared=True).ending is Ending.REVOKED
+    store.down = True
+    assert _ack_before_start(Runner, Message, object(), True) is None  # runs: store unreadable
+    failed = _ack_before_start(Runner, Message, object(), True, shared=True)
+    assert failed.ending is Ending.NOT_STARTED and "store gone" in failed.reason
+
+
 class DyingPool(AckingPool):
     """The first job's process "dies" (reports WORKER_LOST), before or after sending its ack."""
 
