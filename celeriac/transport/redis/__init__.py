@@ -349,8 +349,8 @@ class RedisTransport(RedisBroadcastMixin):
         writes, wakes, fresh = self._writes_of(runs)
         commands = ([("MULTI",), *writes, ("EXEC",), *wakes] if len(writes) > 1
                     else [*writes, *wakes])
-        batch = _AheadBatch(b"".join([_pack_command(c) for c in commands]), len(commands),
-                            len(writes), fresh)
+        batch = _AheadBatch(redis_wire.pack_commands(commands), len(commands), len(writes),
+                            fresh)
         self.settle_ahead()  # the batch before, stored while this one was built
         ahead = self._ahead_state()
         try:
