@@ -237,8 +237,10 @@ class SharedConnectionSettling(Protocol):
 class PushedDeliveries(Protocol):
     """Not a capability (``capabilities_of`` leaves it out: it changes nothing a contract suite
     sees), a hook: the broker pushes deliveries to this transport ahead of ``fetch`` (RabbitMQ's
-    consumer prefetch), so it may hold some that no fetch has handed out yet. A broker whose
-    ``fetch`` takes only what it returns (Redis, SQLite) lacks it: it holds nothing."""
+    consumer prefetch), so it may hold some that no fetch has handed out yet, and a ``fetch``
+    with a zero timeout takes those without a round trip (the solo worker's refill at a task's
+    start, worker/batched_settlement.py). A broker whose ``fetch`` takes only what it returns
+    (Redis, SQLite) lacks it: it holds nothing."""
 
     def stop_consuming(self) -> int:
         """Warm shutdown: cancel this transport's consumers and give back (requeue) every

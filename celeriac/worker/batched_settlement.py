@@ -23,7 +23,13 @@ round trip per fetch (the ``MGET``). Here:
   behind the one starting, it blocks for its reply instead of polling for it
   (``redis_wire.blocking_replies``): on a busy machine the poll cost ~40 µs of CPU a check, a
   fifth of them the whole ``busy_poll``, CPU the jobs behind it (and Redis) need. A lone task's
-  check still polls.
+  check still polls;
+- on a broker that pushes deliveries ahead (RabbitMQ: ``PushedDeliveries``) a job's start,
+  when half the window is free, first takes into the buffer what the broker pushed meanwhile,
+  with a fetch that does not wait (a read of the socket), so that start's revoke check covers
+  those jobs too; the fetch thread fetches only when the buffer ran dry. Handing the messages
+  over from the fetch thread, one or two a fetch, cost more CPU (wake-ups, GIL hand-offs)
+  than reading them.
 
 Crash windows: a result kept but not sent when the worker is killed is lost; its message was
 acked before the task ran (at most once, as a crash during the task would lose it too). A warm
@@ -39,6 +45,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from ..transport.base import PushedDeliveries
 from ..utils import redis_wire
 from .batching import BatchJob
 from .pending import PendingWrites
@@ -76,6 +83,9 @@ class BatchedSoloSettlement(Settlement):
         self._flusher: threading.Thread | None = None
         #: ids of waiting jobs whose revokes an earlier start read (after they were fetched)
         self._checked: set[int] = set()
+        #: a broker that pushes deliveries ahead (RabbitMQ): a job's start takes what arrived
+        #: (``_refill``), so the fetch thread works only when the buffer runs dry
+        self.refills_at_start = isinstance(self.transport, PushedDeliveries)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,8 +112,11 @@ class BatchedSoloSettlement(Settlement):
 
     # ---- the points the consumer calls ----------------------------------------------------------
     def before_run(self, job: Job) -> bool:
-        if not job.outside_window and not self._check_revokes(job):
-            return False
+        if not job.outside_window:
+            if self.refills_at_start:
+                self._refill()  # first: the check below covers what it takes
+            if not self._check_revokes(job):
+                return False
         if self._kept and not self._armed:
             self._arm()  # this job holds the dispatch thread: the flusher sends them
         return super().before_run(job)
@@ -113,6 +126,26 @@ class BatchedSoloSettlement(Settlement):
             if self._kept and not self._armed:
                 self._armed = True
                 self._kept_cond.notify()
+
+    def _refill(self) -> None:
+        """Take into the buffer what the broker pushed since the last fetch, with a fetch that
+        does not wait (a read of the socket, no round trip), when half the window is free. On
+        RabbitMQ the fetch thread took them a message or two at a time, each a hand-over
+        between threads that cost more CPU than the message's own reading."""
+        consumer = self.consumer
+        room = consumer.claim_refill()
+        if not room:
+            return
+        try:
+            try:
+                deliveries = self.transport.fetch(consumer.queues, room, 0.0)
+            except Exception as exc:  # the fetch thread meets the broker's trouble and logs it
+                logger.debug("could not refill the buffer: %r", exc)
+                return
+            if deliveries:
+                consumer.receive(deliveries)
+        finally:
+            consumer.refill_done()
 
     def _check_revokes(self, job: Job) -> bool:
         """The revoke check of ``job`` (and of the jobs waiting behind it, when it is due). False

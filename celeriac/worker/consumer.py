@@ -277,7 +277,9 @@ class Consumer:
     def refill_done(self) -> None:
         with self._cond:
             self._fetching = False
-            self._wake_all()
+            self._cond.notify_all()
+            if self._may_fetch():  # the buffer ran dry: the fetch thread waits for more
+                self._fetch_cond.notify()
 
     def _fetch_loop(self) -> None:
         backoff = 0.1
@@ -402,11 +404,12 @@ class Consumer:
                 if batch is not None:
                     self._jobs[batch.id] = batch
                     self._buffer.append(batch)
-                    self._wake_all()
+                    self._cond.notify_all()
             else:
                 self._buffer.append(job)
+                # the dispatch thread only: a fuller buffer never lets the fetch thread fetch
                 if not (self._pool_starts_next and lane is self.pool):
-                    self._wake_all()
+                    self._cond.notify_all()
                 # else the fetch thread starts it itself once the fetch is admitted (receive)
 
     def _call_hooks(self, hooks: tuple[Any, ...], *args: Any) -> None:

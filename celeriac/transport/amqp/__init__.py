@@ -22,12 +22,13 @@ Consuming: one consumer connection per transport, opened by the first ``fetch``:
 (``global`` as Celery uses on RabbitMQ) set to what the caller holds plus what it asks for,
 one ``basic_consume(no_ack=False)`` per queue, and reads of what the broker pushes: the fetch
 waits for the socket to become readable (``poll``, holding no lock), then reads the frames
-already there and returns at once. Only the fetching thread reads that connection; acks and
-rejects come from other worker threads (batched acks, early acks, pool callbacks), so every
-frame written on it goes through one lock (``_locked_writer``; acks are written as whole
-frames under it, ``wire.ack_frame``) and an ack never waits for a fetch to end (TLS sockets
-cannot read and write from two threads: there each frame is read under the same lock, the wait
-itself still holding none). A warm shutdown's
+already there and returns at once (a zero timeout: one read without waiting, how the solo
+worker's dispatch thread takes what was pushed as a task starts). One fetching thread at a
+time reads that connection (``_read_lock``); acks and rejects come from other worker threads
+(batched acks, early acks, pool callbacks), so every frame written on it goes through one
+lock (``_locked_writer``; acks are written as whole frames under it, ``wire.ack_frame``) and an
+ack never waits for a fetch to end (TLS sockets cannot read and write from two threads: there
+each frame is read under the same lock, the wait itself still holding none). A warm shutdown's
 ``stop_consuming`` cancels the consumers and gives back what was pushed but never fetched.
 Heartbeats: the fetching thread calls ``heartbeat_tick`` (at most every 0.1 s) and a small
 keepalive thread sends one whenever the interval asks, so a worker busy with long tasks (not
@@ -594,7 +595,9 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
 
     def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
         """Up to ``max_n`` messages the broker pushed to this transport's consumers, waiting up
-        to ``timeout`` seconds for the first; queues are served in turn."""
+        to ``timeout`` seconds for the first; queues are served in turn. A ``timeout`` of 0
+        still reads what the socket holds (a ``poll`` and a ``recv``, no round trip): the solo
+        worker refills its buffer so from the thread that runs tasks."""
         check_queue_names(queues)
         if max_n < 1:
             raise ValueError(f"max_n must be at least 1, got {max_n!r}")
@@ -695,6 +698,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         # has been quiet a moment, so a first fetch does not return a lone message
         self._sort_arrivals(current)  # ETA messages now due no longer count as waiting
         burst = self._subscribe(current, order, max_n)
+        looked = False  # whether this fetch has read the socket
         while True:
             self._sort_arrivals(current)
             # messages held for their ETA take prefetch room: one basic_qos per read pass
@@ -704,14 +708,18 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
                 break
             if burst:
                 burst = self._read(current, _BURST_GAP)
+                looked = True
                 continue
             if self._ready_in(current, order):
                 break
             wait = deadline - time.monotonic()
             if wait <= 0:
-                break
+                if looked:
+                    break
+                wait = 0.0  # a fetch that may not wait still takes what the broker pushed
             if current.waiting:
                 wait = min(wait, max(current.waiting[0][0] - time.time(), 0.0))
+            looked = True
             self._read(current, min(wait, _SLICE))
         return self._hand_out(current, self._take(current, order, max_n))
 

@@ -129,6 +129,35 @@ def test_prefetch_follows_held_eta_messages_down_as_well_as_up(consumer: Any) ->
     assert len(channel.qos) == sent
 
 
+def test_a_fetch_that_may_not_wait_reads_the_socket_once_without_waiting(consumer: Any) -> None:
+    """A zero timeout still takes what the broker pushed since the last read (the solo
+    worker's refill at a task's start): one read that does not wait, and none when messages
+    are ready already."""
+    transport, current, channel = consumer
+    _fetch(transport, current, 2, [])  # the first basic_qos, and its burst read
+    waits: list[float] = []
+    pushed = [_arrival(1, None), _arrival(2, None), _arrival(3, None)]
+
+    def read(current: Any, wait: float) -> bool:
+        waits.append(wait)
+        current.arrived.extend(pushed)
+        got = bool(pushed)
+        pushed.clear()
+        return got
+
+    transport._read = read  # type: ignore[method-assign]
+    got = transport.fetch(["q"], 2, 0.0)
+    assert [d.receipt[1] for d in got] == [1, 2]
+    assert waits == [0.0]
+    assert transport.ack(got) == [True, True]  # early acks: the window stays at 2
+    got = transport.fetch(["q"], 2, 0.0)
+    assert [d.receipt[1] for d in got] == [3]  # ready already: no read
+    assert waits == [0.0]
+    assert transport.ack(got) == [True]
+    assert transport.fetch(["q"], 2, 0.0) == []
+    assert waits == [0.0, 0.0]
+
+
 def test_qsize_counts_a_copy_while_other_threads_settle(consumer: Any,
                                                         monkeypatch: Any) -> None:
     transport, current, channel = consumer

@@ -237,6 +237,45 @@ def test_results_whose_ride_fails_are_kept_again_and_the_check_is_made_alone(spl
     assert app.AsyncResult("kept").get(timeout=1) == 7
 
 
+def test_on_a_pushing_broker_a_start_takes_what_arrived_before_its_revoke_check(split_app):
+    """``refills_at_start`` (a broker that pushes deliveries ahead, RabbitMQ; forced here on the
+    memory broker, whose fetch that may not wait takes what is queued): a start with half the
+    window free fetches without waiting, from the dispatch thread, before its revoke check,
+    which covers the jobs it took; the fetch thread is not needed."""
+    app = split_app
+
+    @app.task(name="unit.noop")
+    def noop():
+        return None
+
+    consumer = make_consumer(app, settlement=BatchedSoloSettlement, pool=HoldingPool(limit=1),
+                             prefetch_multiplier=4)  # not started: no fetch thread
+    settlement = consumer.settlement
+    assert not settlement.refills_at_start  # the memory broker holds nothing ahead
+    settlement.refills_at_start = True
+    job = _waiting_job(app, consumer)
+    with consumer._cond:  # as the dispatch thread takes it to start it
+        consumer._buffer.remove(job)
+        consumer._running += 1
+    ids = [publish(app, task_message("unit.noop")) for _ in range(4)]
+    checks = []
+    real = consumer.revokes.check_stored
+
+    def recording(task_ids, writes=()):
+        checks.append(sorted(task_ids))
+        return real(task_ids, writes)
+
+    consumer.revokes.check_stored = recording
+    app.backend.set_value(REVOKED_KEY + ids[1], {"terminate": False, "signal": 15})
+    assert settlement.before_run(job)
+    # the window holds 4: the running job and the 3 it took, the fourth stays in the queue
+    assert [j.task_id for j in consumer.waiting_jobs()] == ids[:3]
+    assert checks == [sorted([job.task_id, *ids[:3]])]
+    assert consumer.revokes is not None and ids[1] in consumer.revokes
+    assert not consumer._fetching
+    assert fetch_one(app).message.headers["id"] == ids[3]
+
+
 @pytest.mark.parametrize("rides", [False, True])
 def test_kept_results_stay_for_the_flusher_with_chord_counts_or_a_store_of_two_calls(
         split_app, monkeypatch, rides):
