@@ -352,7 +352,8 @@ class Celery:
         always when that is overridden or patched (on the class or the app)."""
         if type(self).send_task is not _SEND_TASK or "send_task" in self.__dict__:
             return None
-        task_id = self.producer.send_like(task.name, args, kwargs, task)
+        producer = self.producer  # checks for a fork: ``_transport`` is this process's then
+        task_id = producer.send_like(task.name, args, kwargs, task, self._transport)
         return None if task_id is None else _AsyncResult._drawn(task_id, self, task.name)
 
     def lock(self, lock_id: str, expire: float = 60.0) -> "Lock":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta, timezone
-from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from . import _context, signals
@@ -258,7 +257,8 @@ class Producer:
         self.publish([item], retry=retry, retry_policy=retry_policy)
         return item.message.headers["id"]
 
-    def send_like(self, name: str, args: Any, kwargs: Any, task: Any) -> str | None:
+    def send_like(self, name: str, args: Any, kwargs: Any, task: Any,
+                  transport: Any = None) -> str | None:
         """Send a plain call to ``task`` (no option: ``delay()``) made like the message of an
         earlier one with the same settings, whose constant text only gets this call's id,
         arguments and reprs (``v2.Likes.one``, the transport's ``sender_like``); the first
@@ -266,14 +266,16 @@ class Producer:
 
         The task's attributes ``build`` reads are read on every call (the key); calls from
         inside a running task (their parent's ids), with publish signals, ``task-sent``
-        events or publish hooks, or a router that looks at arguments are never made so."""
+        events or publish hooks, or a router that looks at arguments are never made so.
+        ``transport``: the app's, when the caller has just checked for a fork (None: look)."""
         if (_context.current_worker_request() is not None or task.expires is not None
                 or self._reply_default is None or self.send_sent_event
                 or signals.before_task_publish.receivers
                 or signals.after_task_publish.receivers or publish_failure_hooks
                 or not self.router.by_name_only):
             return None
-        transport: Any = self.app.transport
+        if transport is None:
+            transport = self.app.transport
         if transport is not self._likes_on:
             self._likes.clear()
             self._likes_on, self._likes_ok = transport, isinstance(transport, SendsLikes)
@@ -295,12 +297,13 @@ class Producer:
         if like is None:  # no message like this one can be spliced
             return None
         model, likes, send = like
-        task_id, headers, body = likes.one(args, kwargs)
+        task_id, tag = v2.uuid4_pair()
+        task_id, headers, body = likes.one(args, kwargs, task_id)
         try:  # the model's queue is declared: its first publish did it
-            send(task_id, headers, body)
+            send(task_id, tag, headers, body)
         except (OSError, ConnectionError, TimeoutError, *transport.transient_errors) as exc:
-            self._publish_with_retry(transport, (model,), None, None,
-                                     partial(send, task_id, headers, body), exc)
+            self._publish_with_retry(transport, (model,), None, None,  # a fresh tag per try
+                                     lambda: send(task_id, v2.uuid4_text(), headers, body), exc)
         return task_id
 
     def _send_model(self, key: tuple[Any, ...], transport: Any, name: str,

@@ -71,9 +71,42 @@ _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 def uuid4_text() -> str:
     """``str(uuid.uuid4())`` (the same 122 random bits from ``os.urandom``, version and variant
-    set), in a third of the time: every task id and Redis delivery tag is one."""
-    h = _urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    set), in a third of the time: every task id and Redis delivery tag is one.
+
+    Ids are drawn ``_POOLED_IDS`` at a time (one system call, laid out at once) and handed out
+    one by one; a forked child (any new pid, at-fork hooks or not) never takes its parent's."""
+    pool = _this_pool()
+    while True:
+        try:
+            return pool.pop()  # one step under the GIL: two threads never get the same id
+        except IndexError:
+            pool.extend(uuid4_texts(_POOLED_IDS))
+
+
+def uuid4_pair() -> tuple[str, str]:
+    """Two of ``uuid4_text()`` for the price of one (a ``delay()``'s task id and delivery tag)."""
+    pool = _this_pool()
+    while True:
+        try:
+            return pool.pop(), pool.pop()
+        except IndexError:  # (a first one popped is dropped: ids are never handed out twice)
+            pool.extend(uuid4_texts(_POOLED_IDS))
+
+
+def _this_pool() -> list[str]:
+    """The ids this process drew ahead and has not handed out yet."""
+    global _pool, _pool_pid
+    pid = _getpid()
+    if pid != _pool_pid:  # a forked child: the parent's ids stay the parent's
+        _pool, _pool_pid = [], pid
+    return _pool
+
+
+_getpid = os.getpid
+#: how many ids ``uuid4_text`` draws at once, and those not handed out yet, of process _pool_pid
+_POOLED_IDS = 64
+_pool: list[str] = []
+_pool_pid = 0
 
 
 def uuid4_texts(count: int) -> list[str]:
@@ -341,10 +374,12 @@ class Likes:
         self._parts = out
         return out
 
-    def one(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, bytes]:
-        """``(id, headers JSON text, body)`` of one call like the model's with a fresh id and
-        no group index, without adding it to ``calls``: what ``parts`` lays out for it, for a
-        producer that sends the same task alone again and again (``delay()`` in a loop)."""
+    def one(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+            task_id: str | None = None) -> tuple[str, str, bytes]:
+        """``(id, headers JSON text, body)`` of one call like the model's with id ``task_id``
+        (a uuid; None: a fresh one) and no group index, without adding it to ``calls``: what
+        ``parts`` lays out for it, for a producer that sends the same task alone again and
+        again (``delay()`` in a loop)."""
         single = self._single
         if single is None:
             p0, p1, p2, p3, p4, p5, p6 = self._pieces
@@ -355,7 +390,8 @@ class Likes:
                 p0, f"{p1}null{p2}", root, f"{p3}{parent_text}{p4}", p5, p6,
                 f'"()"{p5}"{{}}"{p6}', f"[[], {{}}, {self._embed}]".encode("utf-8"))
         head, index, root, parent, p5, p6, empty_tail, empty_body = single
-        task_id = uuid4_text()
+        if task_id is None:
+            task_id = uuid4_text()
         quoted = f'"{task_id}"'  # a uuid: as is
         if not args and not kwargs:
             return (task_id, f"{head}{quoted}{index}{root or quoted}{parent}{empty_tail}",

@@ -264,10 +264,11 @@ class SendsLikes(Protocol):
     """A hook like ``PublishesRuns`` for one message at a time: the producer sends a task
     called alone again and again (``delay()`` in a loop) from the message of its first call."""
 
-    def sender_like(self, model: Outgoing) -> Callable[[str, str, bytes], None] | None:
-        """``send(task_id, headers, body)``, the ``publish`` of one message like ``model``'s
-        (published already) with that id, headers JSON text and body (``v2.Likes.one``);
-        None when ``model`` is not one the transport can splice."""
+    def sender_like(self, model: Outgoing) -> Callable[[str, str, str, bytes], None] | None:
+        """``send(task_id, tag, headers, body)``, the ``publish`` of one message like
+        ``model``'s (published already) with that id, headers JSON text and body
+        (``v2.Likes.one``); ``tag`` is a second fresh uuid for the transport's own use (Redis:
+        the delivery tag). None when ``model`` is not one the transport can splice."""
 
 
 @runtime_checkable

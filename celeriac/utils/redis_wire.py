@@ -328,6 +328,9 @@ class Wire:
                     raise RedisConnectionError("Connection closed by server.")
                 feed(buffer, 0, size)
                 continue
+            if reply.__class__ is int:  # the usual reply (LPUSH, PUBLISH): none of the below
+                append(reply)
+                continue
             if _PUSH is not None and isinstance(reply, _PUSH):
                 logger.debug("skipped a Redis push message: %r", reply[:1])
                 continue

@@ -137,6 +137,35 @@ def test_a_lost_connection_is_reopened_and_deferred_writes_go_first(app: Celery)
     _check(app, stored)
 
 
+def test_a_send_tried_again_has_a_fresh_delivery_tag(app: Celery,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LPUSH of a failed try may have been stored: the next try's envelope must not
+    share its delivery tag (the unacked record of one would be the other's)."""
+    @app.task(name="t.noop")
+    def noop() -> None: ...
+
+    noop.delay()
+    noop.delay()  # the model: the calls after it are spliced
+    tries: list[bytes] = []
+    real = redis_wire.Wire.call_packed
+
+    def flaky(self: redis_wire.Wire, packed: bytes, count: int) -> list[Any]:
+        tries.append(packed)
+        if len(tries) == 1:
+            raise ConnectionError("lost on the way")
+        return real(self, packed, count)
+
+    monkeypatch.setattr(redis_wire.Wire, "call_packed", flaky)
+    sent = noop.delay().id
+    assert len(tries) == 2
+    tags = [json.loads(packed.split(b"\r\n")[6])["properties"]["delivery_tag"]
+            for packed in tries]
+    assert tags[0] != tags[1]
+    stored = _stored(app)
+    assert decode(stored[-1])[0].headers["id"] == sent
+    _check(app, stored)
+
+
 def test_arguments_of_any_iterable_are_sent_as_build_takes_them(app: Celery) -> None:
     @app.task(name="t.add", typing=False)  # the typing check reads an iterator itself
     def add(*args: Any) -> None: ...

@@ -420,11 +420,12 @@ class RedisTransport(RedisBroadcastMixin):
         if isinstance(pushed, Exception):
             raise pushed
 
-    def sender_like(self, model: Outgoing) -> Callable[[str, str, bytes], None] | None:
-        """``send(task_id, headers, body)``: ``publish`` of one message like ``model``'s (a
-        task message published already, due now) with its own id, headers JSON text and body
-        (``v2.Likes.one``), the envelope and the commands spliced from the model's. None for a
-        model whose envelope is not made from a template, or that goes through an exchange."""
+    def sender_like(self, model: Outgoing) -> Callable[[str, str, str, bytes], None] | None:
+        """``send(task_id, tag, headers, body)``: ``publish`` of one message like ``model``'s (a
+        task message published already, due now) with its own id, delivery tag (a fresh uuid),
+        headers JSON text and body (``v2.Likes.one``), the envelope and the commands spliced
+        from the model's. None for a model whose envelope is not made from a template, or that
+        goes through an exchange."""
         if model.routed or model.not_before is not None or model.queue not in self._declared:
             return None
         pieces = template(model.message, model.queue, model.exchange,
@@ -872,7 +873,7 @@ class _SenderLike:
         #: the last body and its base64 text, in one tuple (threads share a sender)
         self.b64: tuple[bytes, str] = (b"", "")
 
-    def __call__(self, task_id: str, headers: str, body: bytes) -> None:
+    def __call__(self, task_id: str, tag: str, headers: str, body: bytes) -> None:
         transport = self.transport
         transport._check_fork()
         wire = redis_wire.wire_for(transport._client.connection_pool)
@@ -881,7 +882,7 @@ class _SenderLike:
             b64 = self.b64 = (body, b64encode(body).decode("ascii"))
         e0, e1, e2, e3, e4 = self.pieces
         # what ``encode`` writes; JSON text is ASCII (``ensure_ascii``): as many bytes as chars
-        envelope = (f'{e0}"{b64[1]}"{e1}{headers}{e2}"{task_id}"{e3}"{uuid4_text()}"{e4}'
+        envelope = (f'{e0}"{b64[1]}"{e1}{headers}{e2}"{task_id}"{e3}"{tag}"{e4}'
                     .encode("ascii"))
         pushed = wire.call_packed(b"%s$%d\r\n%s\r\n%s" % (self.head, len(envelope), envelope,
                                                           self.wake), 2)[0]

@@ -18,6 +18,7 @@ from celeriac.protocol.v2 import (
     decode_task,
     encode_task,
     safe_repr,
+    uuid4_pair,
     uuid4_text,
     uuid4_texts,
 )
@@ -150,6 +151,39 @@ def test_uuid4_text_is_a_random_version_4_uuid() -> None:
         seen = {text[place] for text in bulk}
         expected = 1 if place in (8, 13, 14, 18, 23) else 4 if place == 19 else 16
         assert len(seen) == expected, (place, seen)
+
+
+def test_uuid4_ids_drawn_ahead_are_never_handed_out_twice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids come from a pool drawn ahead: threads each get their own, pairs are two, and a
+    forked child (a new pid, whether or not at-fork hooks ran) never takes its parent's."""
+    import threading
+
+    from celeriac.protocol import v2
+
+    first = uuid4_text()
+    if not v2._pool:  # that was the last one drawn: the next draws more
+        first = uuid4_text()
+    left = list(v2._pool)  # what the parent would hand out next
+    assert left
+    monkeypatch.setattr(v2, "_getpid", lambda: -1)  # as seen in a forked child
+    child = {uuid4_text()} | set(uuid4_pair())
+    assert len(child) == 3 and not child & set(left) and first not in child
+    monkeypatch.undo()
+
+    seen: list[str] = []
+
+    def draw() -> None:
+        for _ in range(500):
+            seen.extend(uuid4_pair())
+            seen.append(uuid4_text())
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(seen)) == len(seen) == 6000
 
 
 @pytest.mark.parametrize("options", [
