@@ -172,12 +172,19 @@ def test_one_revoke_check_covers_the_waiting_jobs_and_stops_one_revoked_after_it
         wait_for(lambda: consumer.jobs() == [], 5, message="a job was left held")
 
 
-def _waiting_job(app, consumer):
-    """A job admitted to a consumer that is not started: it waits in the buffer."""
+def _waiting_job(app, **consumer_options):
+    """A solo consumer that is not started (no fetch thread), and a ``unit.noop`` job admitted
+    to it: it waits in the buffer."""
+
+    @app.task(name="unit.noop")
+    def noop():
+        return None
+
+    consumer = make_consumer(app, settlement=BatchedSoloSettlement, **consumer_options)
     task_id = publish(app, task_message("unit.noop"))
     consumer.receive([fetch_one(app)])
     [job] = [job for job in consumer.waiting_jobs() if job.task_id == task_id]
-    return job
+    return consumer, job
 
 
 def test_kept_results_ride_with_the_revoke_check_of_the_next_start(split_app, monkeypatch):
@@ -186,14 +193,8 @@ def test_kept_results_ride_with_the_revoke_check_of_the_next_start(split_app, mo
     left for the flusher or the idle flush."""
     app = split_app
     monkeypatch.setattr(MemoryBackend, "writes_ride_with_reads", True)
-
-    @app.task(name="unit.noop")
-    def noop():
-        return None
-
-    consumer = make_consumer(app, settlement=BatchedSoloSettlement)  # not started
+    consumer, job = _waiting_job(app)
     settlement = consumer.settlement
-    job = _waiting_job(app, consumer)
     kept = [app.backend.result_write(f"kept-{i}", i, states.SUCCESS) for i in range(2)]
     settlement.put(PendingWrites(results=kept[:1]))
     settlement.put(PendingWrites(results=kept[1:]))
@@ -215,14 +216,8 @@ def test_results_whose_ride_fails_are_kept_again_and_the_check_is_made_alone(spl
                                                                             monkeypatch):
     app = split_app
     monkeypatch.setattr(MemoryBackend, "writes_ride_with_reads", True)
-
-    @app.task(name="unit.noop")
-    def noop():
-        return None
-
-    consumer = make_consumer(app, settlement=BatchedSoloSettlement)  # not started
+    consumer, job = _waiting_job(app)
     settlement = consumer.settlement
-    job = _waiting_job(app, consumer)
     app.backend.set_value(REVOKED_KEY + job.task_id, {"terminate": False, "signal": 15})
     settlement.put(PendingWrites(results=[app.backend.result_write("kept", 7, states.SUCCESS)]))
 
@@ -243,17 +238,10 @@ def test_on_a_pushing_broker_a_start_takes_what_arrived_before_its_revoke_check(
     window free fetches without waiting, from the dispatch thread, before its revoke check,
     which covers the jobs it took; the fetch thread is not needed."""
     app = split_app
-
-    @app.task(name="unit.noop")
-    def noop():
-        return None
-
-    consumer = make_consumer(app, settlement=BatchedSoloSettlement, pool=HoldingPool(limit=1),
-                             prefetch_multiplier=4)  # not started: no fetch thread
+    consumer, job = _waiting_job(app, pool=HoldingPool(limit=1), prefetch_multiplier=4)
     settlement = consumer.settlement
     assert not settlement.refills_at_start  # the memory broker holds nothing ahead
     settlement.refills_at_start = True
-    job = _waiting_job(app, consumer)
     with consumer._cond:  # as the dispatch thread takes it to start it
         consumer._buffer.remove(job)
         consumer._running += 1
@@ -285,14 +273,8 @@ def test_kept_results_stay_for_the_flusher_with_chord_counts_or_a_store_of_two_c
     carries nothing either: the flusher sends them without holding up the task."""
     app = split_app
     monkeypatch.setattr(MemoryBackend, "writes_ride_with_reads", rides)
-
-    @app.task(name="unit.noop")
-    def noop():
-        return None
-
-    consumer = make_consumer(app, settlement=BatchedSoloSettlement)  # not started
+    consumer, job = _waiting_job(app)
     settlement = consumer.settlement
-    job = _waiting_job(app, consumer)
     counts = [object()] if rides else []  # never sent here: only whether there are any matters
     settlement.put(PendingWrites(results=[app.backend.result_write("kept", 7, states.SUCCESS)],
                                  chord_counts=counts))  # type: ignore[arg-type]
