@@ -387,6 +387,36 @@ def test_a_broker_user_refused_the_wake_up_channels_still_consumes(
         client.execute_command("ACL", "DELUSER", user)
 
 
+def test_a_waker_stopped_while_a_fetch_reads_it_is_closed_by_that_fetch(
+        make: MakeTransport, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stop`` leaves the socket to the thread reading it; that read may end without an error
+    (its wait timed out just before the shutdown), and the socket is closed all the same, not
+    left for the garbage collector (a ResourceWarning)."""
+    import celeriac.transport.redis as redis_transport
+
+    consumer = make(polling_interval=5.0)
+    waker = consumer._waiter()
+    assert waker is not None
+    seen = waker.mark(["q"])
+    reading, release = threading.Event(), threading.Event()
+    real_take = redis_transport._Waker._take
+
+    def slow_take(self: Any, timeout: float) -> None:
+        reading.set()
+        release.wait(5)  # returns normally, as a poll that timed out does
+
+    monkeypatch.setattr(redis_transport._Waker, "_take", slow_take)
+    thread = threading.Thread(target=waker.wait, args=(["q"], seen, 5.0))
+    thread.start()
+    assert reading.wait(5)
+    waker.stop()
+    assert waker._conn._sock is not None  # the reader closes it, not stop()
+    release.set()
+    thread.join(5)
+    monkeypatch.setattr(redis_transport._Waker, "_take", real_take)
+    assert not thread.is_alive() and waker._conn._sock is None
+
+
 def test_a_fetch_after_a_short_one_waits_without_looking_again(make: MakeTransport,
                                                                  client: redis.Redis,
                                                                  redis_prefix: str) -> None:

@@ -814,6 +814,8 @@ class _Waker:
         finally:
             self._cond.acquire()
             self._reading = False
+            if not self.alive:  # stopped while this thread read: ``stop`` left the closing here
+                self._disconnect()
             self._cond.notify_all()
 
     def mark(self, queues: Sequence[str]) -> tuple[int, ...]:
