@@ -318,21 +318,29 @@ def _leased(app: Any, n: int) -> list[Any]:
     return [results, deliveries]
 
 
-def test_a_result_and_the_next_jobs_ack_are_stored_together(sqlite_app):
+def _child_after(app, one, sent):
+    """A pool child's side (``Runner``, settling together) that just ran ``one``, with ``sent``
+    written by the parent into its pipe: (the runner, what it settles with, the outcome, both
+    pipe ends)."""
     from multiprocessing import Pipe
 
     from celeriac.worker.worker import Runner
 
-    app = sqlite_app
-    (first, _), (one, two) = _leased(app, 2)
     runner = Runner(app, "ahead@test")
     together = processes._settles_together(runner)
-    assert together is not None and runner.collect_writes
     outcome = runner(one.message, one.delivery_info)
-    assert outcome.pending  # the result waits to go out with the next ack
     parent_end, child_end = Pipe()
-    ahead_job = (2, two.message, two.delivery_info, two, False)
-    parent_end.send_bytes(processes.pickle.dumps(ahead_job))
+    parent_end.send_bytes(processes.pickle.dumps(sent))
+    return runner, together, outcome, (parent_end, child_end)
+
+
+def test_a_result_and_the_next_jobs_ack_are_stored_together(sqlite_app):
+    app = sqlite_app
+    (first, _), (one, two) = _leased(app, 2)
+    runner, together, outcome, (_, child_end) = _child_after(
+        app, one, (2, two.message, two.delivery_info, two, False))
+    assert together is not None and runner.collect_writes
+    assert outcome.pending  # the result waits to go out with the next ack
     job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
     assert unconfirmed is None and job[0] == 2
     assert first.get(timeout=5) == 0  # stored
@@ -340,18 +348,11 @@ def test_a_result_and_the_next_jobs_ack_are_stored_together(sqlite_app):
 
 
 def test_an_unconfirmed_ack_read_ahead_is_reported_after_the_stored_result(sqlite_app):
-    from multiprocessing import Pipe
-
-    from celeriac.worker.worker import Runner
-
     app = sqlite_app
     (first, _), (one, two) = _leased(app, 2)
     assert app.transport.ack([two]) == [True]  # settled elsewhere: its lease is gone
-    runner = Runner(app, "ahead@test")
-    together = processes._settles_together(runner)
-    outcome = runner(one.message, one.delivery_info)
-    parent_end, child_end = Pipe()
-    parent_end.send_bytes(processes.pickle.dumps((2, two.message, two.delivery_info, two, False)))
+    _, together, outcome, (_, child_end) = _child_after(
+        app, one, (2, two.message, two.delivery_info, two, False))
     job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
     assert job is None
     assert unconfirmed[0] == 2 and unconfirmed[1].ending is Ending.NOT_STARTED
@@ -363,20 +364,14 @@ def test_an_unconfirmed_ack_read_ahead_is_reported_after_the_stored_result(sqlit
 def test_the_job_read_ahead_is_looked_up_for_a_revoke_with_its_ack(sqlite_app, revoked):
     """Its revoke is read with its early ack (and the result before it): found revoked, it is
     acked and reported REVOKED, never started; else it starts."""
-    from multiprocessing import Pipe
-
     from celeriac.worker.revokes import REVOKED_KEY
-    from celeriac.worker.worker import Runner
 
     app = sqlite_app
     (first, second), (one, two) = _leased(app, 2)
     if revoked:
         app.backend.set_value(REVOKED_KEY + second.id, {"terminate": False, "signal": 15})
-    runner = Runner(app, "ahead@test")
-    together = processes._settles_together(runner)
-    outcome = runner(one.message, one.delivery_info)
-    parent_end, child_end = Pipe()
-    parent_end.send_bytes(processes.pickle.dumps((2, two.message, two.delivery_info, two, True)))
+    _, together, outcome, (_, child_end) = _child_after(
+        app, one, (2, two.message, two.delivery_info, two, True))
     job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
     if revoked:
         assert job is None
@@ -388,17 +383,10 @@ def test_the_job_read_ahead_is_looked_up_for_a_revoke_with_its_ack(sqlite_app, r
 
 
 def test_a_retiring_child_reads_nothing_ahead(sqlite_app):
-    from multiprocessing import Pipe
-
-    from celeriac.worker.worker import Runner
-
     app = sqlite_app
     (first, _), (one, two) = _leased(app, 2)
-    runner = Runner(app, "ahead@test")
-    together = processes._settles_together(runner)
-    outcome = runner(one.message, one.delivery_info)
-    parent_end, child_end = Pipe()
-    parent_end.send_bytes(processes.pickle.dumps((2, two.message, two.delivery_info, two, False)))
+    _, together, outcome, (_, child_end) = _child_after(
+        app, one, (2, two.message, two.delivery_info, two, False))
     job, unconfirmed = processes._store_with_next(together, child_end, outcome, "retiring")
     assert job is None and unconfirmed is None
     assert first.get(timeout=5) == 0
@@ -407,17 +395,10 @@ def test_a_retiring_child_reads_nothing_ahead(sqlite_app):
 
 
 def test_told_to_leave_while_running_it_stores_the_result_then_leaves(sqlite_app):
-    from multiprocessing import Pipe
-
-    from celeriac.worker.worker import Runner
-
     app = sqlite_app
     (first, _), (one, _two) = _leased(app, 2)
-    runner = Runner(app, "ahead@test")
-    together = processes._settles_together(runner)
-    outcome = runner(one.message, one.delivery_info)
-    parent_end, child_end = Pipe()
-    parent_end.send_bytes(processes.pickle.dumps(None))  # the pool's "leave" (warm shutdown)
+    _, together, outcome, (_, child_end) = _child_after(
+        app, one, None)  # the pool's "leave" (warm shutdown)
     job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
     assert job is processes._LEAVE and unconfirmed is None
     assert first.get(timeout=5) == 0
