@@ -339,6 +339,10 @@ class Consumer:
         if self._pool_starts_next:  # no hand-over to the dispatch thread: sooner, and cheaper
             self.start_next_here()  # never raises: a job it cannot start stays buffered
 
+    def _acks_late(self, task: Any) -> bool:
+        """The task's ``acks_late``, else the worker's ``task_acks_late``."""
+        return task.acks_late if task.acks_late is not None else self.acks_late_default
+
     def _lane(self, task: Any) -> tuple[Any, bool]:
         """The pool that runs ``task``, and whether it runs outside the prefetch window."""
         if task.runs_outside_pool and task.is_coroutine and self.waiting_async_pool is not None:
@@ -363,8 +367,7 @@ class Consumer:
         task = self.app.tasks.get(delivery.message.headers.get("task"))
         if task is None or task.collects_requests:
             return False
-        late = task.acks_late if task.acks_late is not None else self.acks_late_default
-        return not late and self._lane(task)[0] is self.pool
+        return not self._acks_late(task) and self._lane(task)[0] is self.pool
 
     def _outside_window(self, delivery: Delivery) -> bool:
         task = self.app.tasks.get(delivery.message.headers.get("task"))
@@ -381,7 +384,7 @@ class Consumer:
         if signals.task_received.receivers:
             signals.task_received.send(sender=self, request=ReceivedRequest(
                 delivery, self.hostname, self.accept))
-        late = task.acks_late if task.acks_late is not None else self.acks_late_default
+        late = self._acks_late(task)
         lane, outside_window = self._lane(task)
         if task.runs_outside_pool and lane is not self.pool and self._lane_full(lane):
             # As many main tasks as this worker runs at once are here already: this one goes
