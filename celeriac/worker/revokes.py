@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal as signal_module
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 if TYPE_CHECKING:
@@ -24,6 +25,9 @@ logger = logging.getLogger("celeriac.worker")
 REVOKED_KEY = "celeriac-revoked-"
 SEQ_KEY = "celeriac-revoked-seq"
 LOG_KEY = "celeriac-revoked-log-"
+#: seconds a log entry the counter already counts is looked for again: ``record_revoke`` counts
+#: it first and writes it a round trip later, so a sync in between finds it missing
+LATE_ENTRY_GRACE = 10.0
 
 
 def signal_number(value: Any) -> int:
@@ -98,6 +102,9 @@ class RevokedSet:
         self.on_terminate = on_terminate
         self._ids: set[str] = set()
         self._seen = 0
+        #: log entries counted but not written when last read: seq -> when to stop looking
+        self._late: dict[int, float] = {}
+        self._synced = False
         self._lock = threading.Lock()
 
     def __contains__(self, task_id: object) -> bool:
@@ -130,21 +137,39 @@ class RevokedSet:
         return found
 
     def sync(self) -> None:
-        """Read log entries written since the last sync; apply terminate requests."""
+        """Read log entries written since the last sync; apply terminate requests. An entry
+        counted but not yet written is read again at the next syncs (for ``LATE_ENTRY_GRACE``
+        seconds), so a terminate whose writer was between its two writes still lands."""
         current = self.backend.get_value(SEQ_KEY)
         current = int(current) if current is not None else 0
         if current < self._seen:
             # the counter expired (a day without revokes) and started again: every entry is new
             self._seen = 0
+            self._late.clear()
+        if self._late:
+            now = time.monotonic()
+            for seq, give_up_at in list(self._late.items()):
+                if self._apply(seq) or now >= give_up_at:
+                    del self._late[seq]
         if current <= self._seen:
+            self._synced = True
             return
         for seq in range(self._seen + 1, current + 1):
-            entry = self.backend.get_value(f"{LOG_KEY}{seq}")
-            if not entry:
-                continue  # expired, or written a moment after the counter: the key check covers it
-            ids = list(entry.get("ids") or ())
-            self.add(ids)
-            if entry.get("terminate") and self.on_terminate is not None:
-                for task_id in ids:
-                    self.on_terminate(task_id, int(entry.get("signal") or signal_module.SIGTERM))
+            # missing: expired (the first sync reads old entries; their revoke keys outlive
+            # them and nothing runs here yet), or counted a moment before it was written
+            if not self._apply(seq) and self._synced:
+                self._late[seq] = time.monotonic() + LATE_ENTRY_GRACE
         self._seen = current
+        self._synced = True
+
+    def _apply(self, seq: int) -> bool:
+        """Apply log entry ``seq``; False when it is not there."""
+        entry = self.backend.get_value(f"{LOG_KEY}{seq}")
+        if not entry:
+            return False
+        ids = list(entry.get("ids") or ())
+        self.add(ids)
+        if entry.get("terminate") and self.on_terminate is not None:
+            for task_id in ids:
+                self.on_terminate(task_id, int(entry.get("signal") or signal_module.SIGTERM))
+        return True

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from celeriac.testing import dispose_test_app, make_test_app
-from celeriac.worker.revokes import SEQ_KEY, RevokedSet, record_revoke
+from celeriac.worker import revokes
+from celeriac.worker.revokes import LOG_KEY, SEQ_KEY, RevokedSet, record_revoke
 
 
 @pytest.fixture
@@ -36,3 +37,40 @@ def test_sync_follows_a_counter_that_expired_and_started_again(app) -> None:
     record_revoke(app.backend, ["new"], terminate=True)
     revoked.sync()
     assert "new" in revoked and terminated == ["new"]
+
+
+def _sync_between_count_and_entry(monkeypatch, backend, revoked: RevokedSet) -> None:
+    """``revoked`` syncs just after ``record_revoke`` counts its log entry and before it writes
+    it (the two are separate writes to the store: a worker's sync can land in between)."""
+    write = backend.set_value
+
+    def sync_first(key: str, value, ttl=None) -> None:
+        if key.startswith(LOG_KEY):
+            revoked.sync()
+        write(key, value, ttl)
+
+    monkeypatch.setattr(backend, "set_value", sync_first)
+
+
+def test_a_terminate_counted_before_its_entry_was_written_still_lands(app, monkeypatch) -> None:
+    terminated: list[tuple[str, int]] = []
+    revoked = RevokedSet(app.backend, on_terminate=lambda t, s: terminated.append((t, s)))
+    revoked.sync()  # the worker's first sync, at its start
+    _sync_between_count_and_entry(monkeypatch, app.backend, revoked)
+    record_revoke(app.backend, ["running"], terminate=True)
+    assert terminated == []  # that sync saw the counter, not the entry
+    revoked.sync()
+    assert terminated == [("running", 15)] and "running" in revoked
+    revoked.sync()  # applied once
+    assert terminated == [("running", 15)]
+
+
+def test_an_entry_never_written_is_given_up_after_the_grace(app, monkeypatch) -> None:
+    monkeypatch.setattr(revokes, "LATE_ENTRY_GRACE", 0.0)
+    revoked = RevokedSet(app.backend)
+    revoked.sync()
+    app.backend.incr(SEQ_KEY)  # a writer that died between its two writes
+    revoked.sync()
+    assert list(revoked._late) == [1]  # looked for again at the next sync...
+    revoked.sync()
+    assert revoked._late == {}  # ...and not after its grace
