@@ -101,6 +101,9 @@ class Consumer:
                             if self.leases is not None else 0.0)
         self.revokes = (RevokedSet(app.backend, on_terminate=self._terminate)
                         if app.backend.persistent else None)
+        #: the latest task ids a terminate found running here (the revoke sync's or remote
+        #: control's): the terminate reply names them when the sync got there first
+        self.terminated_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self.hooks = Hooks(extensions)
         self.admission = Admission(standard_steps(
             accept=self.accept, tasks=app.tasks,
@@ -953,6 +956,7 @@ class Consumer:
             running = [job for job in self._jobs.values() if job.pool is not None and (
                 job.task_id == task_id or any(task_id in hook(job)
                                               for hook in self.hooks.revoked_with))]
+            self.terminated_ids.extend(job.task_id for job in running)
         for job in running:
             if job.pool.terminate(job.id, signum):
                 logger.info("Terminating task %s (signal %s)%s", job.task_id, signum,

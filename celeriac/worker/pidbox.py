@@ -425,7 +425,10 @@ class RemoteControl(WorkerExtension):
                              running=[job.task_id for job in self._held()[0]])
         if not terminate:
             return ok(f"tasks {', '.join(ids)} flagged as revoked")
-        running = {job.task_id for job in self._held()[0]} & set(ids)
+        # running here now, or found running by a terminate already: the revoke sync reads the
+        # store, where a celeriac client writes the revoke before broadcasting it
+        running = ({job.task_id for job in self._held()[0]}
+                   | set(consumer.terminated_ids.copy())) & set(ids)
         return ok(f"terminate: {', '.join(sorted(running))}" if running
                   else "terminate: tasks unknown")
 

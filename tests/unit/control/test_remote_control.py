@@ -15,10 +15,12 @@ import pytest
 
 from celeriac import Celery
 from celeriac.backends.base import DisabledBackend
+from celeriac.control.client import ALREADY_STORED
 from celeriac.exceptions import SoftTimeLimitExceeded
 from celeriac.rates import read_overrides
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
 from celeriac.worker.pidbox import RemoteControl
+from celeriac.worker.revokes import record_revoke
 from tests.vectors import CELERY_VECTORS
 from tests.waiting import wait_for
 
@@ -178,6 +180,21 @@ def test_terminate_stops_a_running_task(app: Celery, worker: Any) -> None:
     [reply] = app.control.terminate(result.id, **ONE)
     assert reply == {NODE: {"ok": f"terminate: {result.id}"}}
     wait_for(lambda: result.state == "REVOKED", 10, message="the task was not terminated")
+
+
+def test_terminate_names_the_task_the_revoke_sync_stopped_first(app: Celery, worker: Any) -> None:
+    """``app.control.terminate`` stores the revoke before broadcasting it, so the worker's revoke
+    sync may stop the task before the broadcast arrives: the answer still names it."""
+    result = app.tasks["unit.hold"].delay(30)
+    wait_for(lambda: (inspect(app).active() or {}).get(NODE), 10, message="never ran")
+    record_revoke(app.backend, [result.id], terminate=True)  # the client's first step
+    wait_for(lambda: result.state == "REVOKED", 10, message="the revoke sync did not stop it")
+    [reply] = app.control.broadcast("revoke", arguments={  # its second
+        "task_id": result.id, "terminate": True, "signal": "SIGTERM", ALREADY_STORED: True},
+        **ONE)
+    assert reply == {NODE: {"ok": f"terminate: {result.id}"}}
+    [reply] = app.control.terminate("never-ran-here", **ONE)
+    assert reply == {NODE: {"ok": "terminate: tasks unknown"}}
 
 
 def test_time_limit_applies_to_calls_started_after_it(app: Celery, worker: Any) -> None:
