@@ -38,6 +38,16 @@ def tasks(broker: Broker, task_module: Callable[..., ModuleType]) -> ModuleType:
     return task_module("app_tasks", broker.url, results=broker.results)
 
 
+def retried_in_order(types: list[str]) -> bool:
+    """A task retried once: the first run's received and started, then the second run's whole
+    sequence, with task-retried anywhere after the first run's start. The first run's outcome
+    (task-retried) and the retry message its code published reach the worker's main process by
+    two ways (the pool, the broker), so the second run may be received first, as on Celery."""
+    rest = types[2:]
+    return (types[:2] == TASK_SEQUENCE[:2] and rest.count("task-retried") == 1
+            and [kind for kind in rest if kind != "task-retried"] == TASK_SEQUENCE)
+
+
 def test_our_receiver_sees_each_tasks_sequence_and_the_worker(broker, tasks, start_worker):
     collector = Collector(tasks.app)
     try:
@@ -50,9 +60,8 @@ def test_our_receiver_sees_each_tasks_sequence_and_the_worker(broker, tasks, sta
                  message=lambda: f"add: {collector.types(ok.id)}")
         wait_for(lambda: collector.types(bad.id) == [*TASK_SEQUENCE[:2], "task-failed"],
                  PATIENCE, message=lambda: f"fail: {collector.types(bad.id)}")
-        wait_for(lambda: collector.types(retried.id) == [
-            *TASK_SEQUENCE[:2], "task-retried", *TASK_SEQUENCE], PATIENCE,
-            message=lambda: f"retry: {collector.types(retried.id)}")
+        wait_for(lambda: retried_in_order(collector.types(retried.id)), PATIENCE,
+                 message=lambda: f"retry: {collector.types(retried.id)}")
         wait_for(lambda: collector.kinds().count("worker-heartbeat") >= 2, PATIENCE,
                  message="no heartbeats every 0.5 s")
         assert worker.stop() == 0
