@@ -355,15 +355,15 @@ class Producer:
         self._json_headers = getattr(self.app.transport, "json_headers", False)
         runs: list[_Run] = []
         for name, options, calls in batches:
-            add = None  # the current run's likes.add
-            for task_id, args, kwargs, group_index in calls:
-                if add is None or not add(task_id, args, kwargs, group_index):
-                    own = {**options, "task_id": task_id}
-                    if group_index is not None:
-                        own["group_index"] = group_index
-                    run = self._start(name, args, kwargs, own)
-                    runs.append(run)
-                    add = run.likes.add if run.likes is not None else None
+            at, count = 0, len(calls)
+            while at < count:  # a call built in full, then those made like it (likes.extend)
+                task_id, args, kwargs, group_index = calls[at]
+                own = {**options, "task_id": task_id}
+                if group_index is not None:
+                    own["group_index"] = group_index
+                run = self._start(name, args, kwargs, own)
+                runs.append(run)
+                at = at + 1 if run.likes is None else run.likes.extend(calls, at + 1)
         self._publish_runs(runs, more)
 
     def settle(self) -> None:

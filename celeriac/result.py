@@ -46,6 +46,12 @@ def _refuse_to_wait() -> RuntimeError:
 class AsyncResult:
     """The outcome of a task that was sent, looked up by id."""
 
+    # What a result starts with, on the class: ``_drawn`` (a group's 10,000 members) sets only
+    # the id, app and name of each.
+    _backend: "ResultBackend | None" = None
+    parent: "AsyncResult | None" = None
+    _cache: dict | None = None
+
     def __init__(self, id: str, backend: "ResultBackend | None" = None,  # noqa: A002
                  task_name: str | None = None, app: "Celery | None" = None,
                  parent: "AsyncResult | None" = None) -> None:
@@ -56,7 +62,7 @@ class AsyncResult:
         self._backend = backend
         self.name = task_name
         self.parent = parent
-        self._cache: dict | None = None
+        self._cache = None
 
     @classmethod
     def _drawn(cls, id: str, app: "Celery", task_name: str | None) -> "AsyncResult":  # noqa: A002
@@ -65,10 +71,7 @@ class AsyncResult:
         result = cls.__new__(cls)
         result.id = id
         result.app = app
-        result._backend = None
         result.name = task_name
-        result.parent = None
-        result._cache = None
         return result
 
     @property

@@ -12,7 +12,6 @@ is sent, so the results handed back are valid at once.
 
 from __future__ import annotations
 
-import gc
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, cast
@@ -32,8 +31,6 @@ logger = logging.getLogger(__name__)
 #: plain group members are published in batches of this many (one broker round trip each), so
 #: a 10,000-task group never holds 10,000 encoded messages at once
 PUBLISH_BATCH = 500
-#: a group of this many members or more is sent with the cycle collector paused (``_send``)
-PAUSE_GC_FROM = 1000
 
 
 def _uuid() -> str:
@@ -294,10 +291,12 @@ class group(_TaskList):
             elif isinstance(only, dict):
                 tasks = (maybe_signature(only, app=app).clone(),)
             else:
-                tasks = tuple(only)  # a list or a generator of signatures
-        Signature.__init__(self, "celery.group", (), {"tasks": [maybe_signature(t, app=app)
-                                                               for t in tasks]},
-                           options, subtask_type="group", app=app)
+                tasks = only  # a list or a generator of signatures
+        # a Signature that needs no app given is kept as is without a call (``task.s()`` x N)
+        Signature.__init__(self, "celery.group", (), {"tasks": [
+            t if t.__class__ is Signature and (app is None or t._app is not None)
+            else maybe_signature(t, app=app) for t in tasks]},
+            options, subtask_type="group", app=app)
 
     def __len__(self) -> int:  # Celery's group: the number of tasks, not of dict keys
         return len(self.tasks)
@@ -341,11 +340,14 @@ class group(_TaskList):
         without ``copy``, plain task signatures come as they are (for a caller that changes
         none of them)."""
         tasks = self.tasks
-        if not copy and all(t.__class__ is Signature for t in tasks):  # the usual group
+        if not copy:
             for task in tasks:
+                if task.__class__ is not Signature:
+                    break  # (those before got the app, as maybe_signature below gives it)
                 if task._app is None:
                     task._app = app  # as maybe_signature gives it
-            return list(tasks)
+            else:  # the usual group: every member a plain task signature
+                return list(tasks)
         members: list[Signature] = []
         pending = [maybe_signature(t, app=app) for t in tasks]
         pending.reverse()  # taken from the end: the first member last
@@ -393,36 +395,39 @@ class group(_TaskList):
         results: list[Any] = []
         root_id = options.get("root_id")
         members = self._members(app, copy=False)
-        ids = iter(uuid4_texts(len(members)))
+        ids = uuid4_texts(len(members))
         oid = app.oid
         tasks = app.tasks
-        #: per task name: the registered task (None: sent by name) and, for members without
-        #: options of their own, the options their messages share
-        known: dict[str, tuple[Any, dict | None]] = {}
+        #: per task name: the registered task (None: sent by name), whether it checks its
+        #: arguments, and for members without options of their own, the options their messages
+        #: share
+        known: dict[str, tuple[Any, bool, dict | None]] = {}
         counts_checked: set[tuple[str, int]] = set()  # (task, how many arguments) that fit
         partial = bool(args or kwargs)
-        add_result, add_call = results.append, publisher.add_call
-        drawn_result = AsyncResult._drawn
-        # Python's cycle collector would run many times over the objects made here (each
-        # result, each call's record), and its full passes walk every object of the process:
-        # measured, 40% of the CPU time of apply_async for 10,000 members. What is made here is
-        # freed by reference counting, so the collector waits until the group is sent (and is
-        # left alone when it was off already).
-        paused = len(members) >= PAUSE_GC_FROM and gc.isenabled()
-        if paused:
-            gc.disable()
+        add_result = results.append
+        new_result = AsyncResult.__new__
+        # the batch the last member went to (its calls, task and options): a member like it
+        # joins it here, without a call per member
+        calls: list[tuple[Any, Any, Any, Any]] = []
+        batch_name: str | None = None
+        batch_options: dict | None = None
         try:
             for index, member in enumerate(members):
+                if index and not index % PUBLISH_BATCH:
+                    # one broker round trip per batch: the next one is built while Redis
+                    # stores this one
+                    publisher.flush(more=True)
+                    batch_options = None
                 if type(member) is Signature:
                     name = member["task"]
                     try:
-                        task, plain = known[name]
+                        task, typing, plain = known[name]
                     except KeyError:
                         task = tasks.get(name)
                         if task is not None and type(task).apply_async is not Task.apply_async:
                             task = False  # its own apply_async: called through it, on a copy
-                        plain = None
-                        known[name] = task, plain
+                        typing, plain = bool(task and task.typing), None
+                        known[name] = task, typing, plain
                     member_app = member._app
                     if task is False or (member_app is not None and member_app is not app):
                         # (a member of another app carries that app's reply_to: freeze a copy)
@@ -430,48 +435,54 @@ class group(_TaskList):
                         add_result(member.freeze(group_id=group_id, group_index=index, chord=body,
                                                  root_id=root_id))
                         publisher.add(member, options)
+                        batch_options = None
                         continue
                     # What freezing a copy and publishing it would send, without the copy: the
                     # member's own options (its id...) win over the group's, then freeze's.
                     own = member["options"]
-                    given_id = None
                     if own:
                         shared = _member_options(options, own, oid, group_id, body, root_id, task)
                         given_id = own.get("task_id")
-                        task_id = given_id or next(ids)
+                        task_id = given_id or ids[index]
                     else:
                         if plain is None:
                             plain = _member_options(options, own, oid, group_id, body,
                                                     root_id, task)
-                            known[name] = task, plain
-                        shared, task_id = plain, next(ids)
-                    task_args, task_kwargs = member.get("args") or (), member.get("kwargs") or {}
+                            known[name] = task, typing, plain
+                        shared, task_id, given_id = plain, ids[index], None
+                    task_args = member.get("args") or ()
+                    task_kwargs = member.get("kwargs") or {}
                     if partial and not member.get("immutable"):
                         task_args = tuple(args) + tuple(task_args)
                         task_kwargs = {**task_kwargs, **kwargs}
-                    if task and task.typing:
+                    if typing:
                         if task_kwargs:
                             task._check_arguments(tuple(task_args), task_kwargs)
                         elif (name, len(task_args)) not in counts_checked:
                             # positional arguments only: whether they fit depends on their count
                             task._check_arguments(tuple(task_args), task_kwargs)
                             counts_checked.add((name, len(task_args)))
-                    add_result(AsyncResult(task_id, app=app, task_name=name) if given_id
-                               else drawn_result(task_id, app, name))
-                    add_call(name, shared, task_id, task_args, task_kwargs, index)
+                    if given_id:
+                        add_result(AsyncResult(task_id, app=app, task_name=name))
+                    else:  # AsyncResult._drawn, without a call per member
+                        result = new_result(AsyncResult)
+                        result.id, result.app, result.name = task_id, app, name
+                        add_result(result)
+                    if shared is not batch_options or name != batch_name:
+                        calls = publisher.calls_for(name, shared)
+                        batch_name, batch_options = name, shared
+                    calls.append((task_id, task_args, task_kwargs, index))
                 else:
                     if args or kwargs:
                         member = member.clone(args, kwargs) if not member.immutable else member
                     publisher.flush()  # keep the publishing order the call order
+                    batch_options = None
                     results.append(member.apply_async(group_id=group_id, group_index=index,
                                                       chord=body, add_to_parent=False, **options))
             publisher.flush()
         except BaseException:
             publisher.settle_quietly()  # a batch that went ahead is stored (or logged)
             raise
-        finally:
-            if paused:
-                gc.enable()
         return GroupResult(group_id, results, app=app)
 
     def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
@@ -739,7 +750,6 @@ class _Publisher:
         self.app = app
         #: ``(task name, shared options, [(task id, args, kwargs, group index)...])``
         self.batches: list[tuple[str, dict, list[tuple[Any, Any, Any, Any]]]] = []
-        self.count = 0
         #: whether a batch went ahead (``flush(more=True)``) and was not waited for since
         self.sent_ahead = False
 
@@ -762,24 +772,25 @@ class _Publisher:
     def add_call(self, name: str, shared: dict, task_id: Any, args: Any, kwargs: Any,
                  index: Any) -> None:
         """One call: ``shared`` are its options but its id and group index."""
+        self.calls_for(name, shared).append((task_id, args, kwargs, index))
+
+    def calls_for(self, name: str, shared: dict) -> list[tuple[Any, Any, Any, Any]]:
+        """The list a call to ``name`` with options ``shared`` (but its id and group index) goes
+        to: the last batch's when its calls are like it, else a new batch's."""
         batches = self.batches
         if batches:
             last = batches[-1]
             if last[0] == name and (last[1] is shared or last[1] == shared):
-                last[2].append((task_id, args, kwargs, index))
-            else:
-                batches.append((name, shared, [(task_id, args, kwargs, index)]))
-        else:
-            batches.append((name, shared, [(task_id, args, kwargs, index)]))
-        self.count += 1
-        if self.count >= PUBLISH_BATCH:
-            self.flush(more=True)
+                return last[2]
+        calls: list[tuple[Any, Any, Any, Any]] = []
+        batches.append((name, shared, calls))
+        return calls
 
     def flush(self, more: bool = False) -> None:
         """Publish the calls collected; with ``more``, the batch may still be in flight when
         this returns (``producer.send_groups``): a flush without it waits for all of them."""
         if self.batches:
-            batches, self.batches, self.count = self.batches, [], 0
+            batches, self.batches = self.batches, []
             self.app.producer.send_groups(batches, more=more)
             self.sent_ahead = more
         elif not more and self.sent_ahead:

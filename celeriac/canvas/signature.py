@@ -55,6 +55,9 @@ class Signature(dict):
 
     #: ``subtask_type`` -> the class that rebuilds such a dict (see ``register_type``)
     TYPES: ClassVar[dict[str, type["Signature"]]] = {}
+    # The app in a slot, not an instance dict: a group of 10,000 ``task.s()`` then makes 10,000
+    # fewer objects for the cycle collector to count and walk (subclasses keep their __dict__).
+    __slots__ = ("_app", "__weakref__")
 
     def __init__(self, task: Any = None, args: Iterable[Any] | None = None,
                  kwargs: dict[str, Any] | None = None, options: dict[str, Any] | None = None,

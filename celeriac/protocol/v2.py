@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from numbers import Number
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..exceptions import InvalidTaskError
 from . import serialization
@@ -340,6 +340,24 @@ class Likes:
         self._parts = None
         return True
 
+    def extend(self, calls: Sequence[tuple[Any, Any, Any, Any]], start: int = 0) -> int:
+        """``add`` each of ``calls[start:]`` (``(id, args, kwargs, group index)``), in order,
+        up to the first it does not take; returns where it stopped (``len(calls)``: all taken).
+        A call already in the form ``add`` keeps (a str id, a tuple, a dict, an int or no
+        index: a group's members) is kept as it is, without a call per call."""
+        keep = self.calls.append
+        add = self.add
+        self._parts = None
+        for at in range(start, len(calls)):
+            call = calls[at]
+            task_id, args, kwargs, index = call
+            if (task_id.__class__ is str and task_id and args.__class__ is tuple
+                    and kwargs.__class__ is dict and (index is None or index.__class__ is int)):
+                keep(call)
+            elif not add(task_id, args, kwargs, index):
+                return at
+        return len(calls)
+
     def parts(self) -> list[tuple[str, str, bytes]]:
         """``(id as JSON text, headers JSON text, body)`` of each call, in call order; ids not
         given are drawn here (``ids`` then holds every call's)."""
@@ -347,9 +365,12 @@ class Likes:
             return self._parts
         calls = self.calls
         if len(self.ids) != len(calls):  # draw each missing id once, whatever is added later
-            missing = sum(1 for call in calls[len(self.ids):] if call[0] is None)
-            drawn = iter(uuid4_texts(missing))
-            self.ids.extend(call[0] or next(drawn) for call in calls[len(self.ids):])
+            new: list[Any] = [call[0] for call in calls[len(self.ids):]]
+            missing = new.count(None)
+            if missing:
+                drawn = iter(uuid4_texts(missing))
+                new = [task_id or next(drawn) for task_id in new]
+            self.ids.extend(new)
         p0, p1, p2, p3, p4, p5, p6 = self._pieces
         parent = self.model.headers["parent_id"]
         p34 = f"{p3}{'null' if parent is None else _json_str(parent)}{p4}"
@@ -358,17 +379,20 @@ class Likes:
         embed = self._embed
         empty_body = f"[[], {{}}, {embed}]".encode("utf-8")
         dump = serialization.json_dumper()
+        empty_tail = f'"()"{p5}"{{}}"{p6}'  # what follows the parent of a call without arguments
         out: list[tuple[str, str, bytes]] = []
         append = out.append
         for task_id, (given, args, kwargs, index) in zip(self.ids, calls):
             quoted = f'"{task_id}"' if given is None else _json_str(task_id)  # a uuid: as is
+            # (an index is an int, never a bool or a subclass: ``add``): its text is its repr
             if not args and not kwargs:
-                body, argsrepr, kwargsrepr = empty_body, '"()"', '"{}"'
-            else:
-                body = _like_body(args, kwargs, embed, dump)
-                argsrepr = _json_str(safe_repr(args, REPR_MAXSIZE)) if args else '"()"'
-                kwargsrepr = _json_str(safe_repr(kwargs, REPR_MAXSIZE)) if kwargs else '"{}"'
-            append((quoted, f"{p0}{quoted}{p1}{'null' if index is None else int.__repr__(index)}"
+                append((quoted, f"{p0}{quoted}{p1}{'null' if index is None else index}{p2}"
+                                f"{quoted if derived else root}{p34}{empty_tail}", empty_body))
+                continue
+            body = _like_body(args, kwargs, embed, dump)
+            argsrepr = _json_str(safe_repr(args, REPR_MAXSIZE)) if args else '"()"'
+            kwargsrepr = _json_str(safe_repr(kwargs, REPR_MAXSIZE)) if kwargs else '"{}"'
+            append((quoted, f"{p0}{quoted}{p1}{'null' if index is None else index}"
                             f"{p2}{quoted if derived else root}{p34}{argsrepr}{p5}{kwargsrepr}"
                             f"{p6}", body))
         self._parts = out

@@ -97,6 +97,38 @@ def test_group_members_are_sent_as_freezing_each_copy_would(app: Celery) -> None
         for i, (m, r) in enumerate(zip(members, result.results))])
 
 
+def test_a_group_of_several_batches_sends_what_freezing_each_copy_would(app: Celery) -> None:
+    """Runs of like members across batch boundaries (``PUBLISH_BATCH``), broken by members
+    of another task, with options, arguments or an id of their own: each stored envelope is
+    the general encoding of that member's call, in member order."""
+    from celeriac.canvas.primitives import PUBLISH_BATCH
+
+    @app.task(name="t.noop")
+    def noop(*args: Any, **kwargs: Any) -> None: ...
+
+    @app.task(name="t.other")
+    def other(*args: Any, **kwargs: Any) -> None: ...
+
+    members = [noop.s() for _ in range(2 * PUBLISH_BATCH + 5)]
+    members[PUBLISH_BATCH - 1] = other.s(1)  # the last of a batch
+    members[PUBLISH_BATCH] = noop.s().set(priority=3)  # the first of the next
+    members[PUBLISH_BATCH + 1] = noop.s(2, x="é")
+    members[PUBLISH_BATCH + 2] = noop.s().set(task_id="its-own")
+    members[2 * PUBLISH_BATCH + 1] = other.s()
+    result = group(members, app=app).apply_async(root_id="the-root")
+    ids = [r.id for r in result.results]
+    assert ids[PUBLISH_BATCH + 2] == "its-own" and len(set(ids)) == len(ids)
+    options = {"group_id": result.id, "reply_to": app.oid, "root_id": "the-root"}
+    _check(app, _stored(app, "celery"), [
+        (m.task, m.args, m.kwargs, {**options, **m.options, "task_id": r.id, "group_index": i,
+                                    "_task": app.tasks[m.task]})
+        for i, (m, r) in enumerate(zip(members, result.results)) if i != PUBLISH_BATCH])
+    # the member with a priority of its own went to kombu's sub-list for it
+    _check(app, _stored(app, "celery\x06\x163"), [
+        ("t.noop", (), {}, {**options, "priority": 3, "task_id": ids[PUBLISH_BATCH],
+                            "group_index": PUBLISH_BATCH, "_task": noop})])
+
+
 def test_a_chord_header_carries_its_body_in_every_member(app: Celery) -> None:
     @app.task(name="t.add")
     def add(x: int, y: int) -> int:

@@ -163,6 +163,39 @@ def test_a_drawn_member_result_is_what_the_constructor_makes(make_app) -> None:
     from celeriac.result import AsyncResult
 
     app = make_app()
+
+    @app.task(name="t.noop")
+    def noop() -> None: ...
+
     made = AsyncResult("an-id", app=app, task_name="t.noop")
-    drawn = AsyncResult._drawn("an-id", app, "t.noop")
-    assert vars(drawn) == vars(made)
+    # (a group lays out its plain members' results as _drawn does)
+    member = group([noop.s()], app=app).apply_async().results[0]
+    for drawn in (AsyncResult._drawn("an-id", app, "t.noop"), member):
+        names = set(vars(made)) | set(vars(drawn))  # fields left at the class's defaults
+        assert {n: getattr(drawn, n) for n in names} == {
+            n: getattr(made, n) for n in names} | {"id": drawn.id}
+        assert type(drawn) is AsyncResult
+
+
+def test_a_large_group_runs_publish_receivers_with_the_cycle_collector_on(app) -> None:
+    """A group of thousands of members never pauses the cycle collector: code of the user's
+    that runs while it is sent (here a publish signal's receiver) sees it as it left it."""
+    import gc
+
+    from celeriac import signals
+
+    @app.task(name="t.noop")
+    def noop() -> None: ...
+
+    seen: list[bool] = []
+
+    def receiver(**_: object) -> None:
+        seen.append(gc.isenabled())
+
+    assert gc.isenabled()
+    signals.before_task_publish.connect(receiver)
+    try:
+        group(noop.s() for _ in range(2000)).apply_async()
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert len(seen) == 2000 and all(seen)

@@ -176,6 +176,26 @@ def test_ids_not_given_are_drawn_once_and_kept() -> None:
         assert headers["id"] == headers["root_id"] == task_id
 
 
+def test_extend_takes_the_calls_add_takes_and_stops_at_the_first_it_refuses() -> None:
+    """``Likes.extend`` (a batch of a group's members at once) keeps what ``add`` one by one
+    keeps, and leaves the call ``add`` refuses (and those after it) to the caller."""
+    model = encode_task(name="t", task_id="first", json_headers=True)
+    calls: list[tuple[Any, Any, Any, Any]] = [
+        ("a", (), {}, 0), ("b", [1, "x"], {}, 1), ("c", (), {"k": [2]}, None),
+        (None, (), {}, 3), ("", (), {}, 4), ("d", (), {}, True), ("e", (), {}, 6)]
+    one_by_one, at_once = likes_of(model, (), {}, True), likes_of(model, (), {}, True)
+    assert one_by_one is not None and at_once is not None
+    taken = 0
+    while one_by_one.add(*calls[taken]):
+        taken += 1
+    assert at_once.extend(calls) == taken == 5
+    assert at_once.calls == one_by_one.calls  # ("b", (1, "x"), ...), (None, ...) for ""
+    given = 3  # the parts of the calls with ids of their own are the same text
+    assert at_once.parts()[:given] == one_by_one.parts()[:given]
+    assert at_once.extend(calls, taken + 1) == len(calls)
+    assert [call[0] for call in at_once.calls][taken:] == ["e"]
+
+
 def test_a_model_with_a_root_of_its_own_gives_it_to_every_call() -> None:
     model = encode_task(name="t", task_id="first", root_id="the-root", parent_id="p",
                         json_headers=True)
