@@ -58,14 +58,18 @@ LOG_TABLE = "celeriac_result_log"
 #: keys per ``IN (...)`` list, well under SQLite's bound-parameter limit
 _CHUNK = 500
 
+# WITHOUT ROWID (in the files made from now on; older ones keep their tables, which the same
+# statements serve): a row lives in its key's b-tree alone, so storing a result or counting a
+# chord member rewrites one page fewer per table (the key's index page), and each page a commit
+# changes is a WAL frame checksummed and written.
 _SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-    " key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL)",
+    " key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL) WITHOUT ROWID",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)"
     " WHERE expires_at IS NOT NULL",
     f"CREATE TABLE IF NOT EXISTS {JOIN_TABLE} ("
     " join_key TEXT NOT NULL, member TEXT NOT NULL, idx REAL NOT NULL, value BLOB NOT NULL,"
-    " PRIMARY KEY (join_key, member))",
+    " PRIMARY KEY (join_key, member)) WITHOUT ROWID",
     f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT, log_key TEXT NOT NULL, value BLOB NOT NULL)",
     f"CREATE INDEX IF NOT EXISTS {LOG_TABLE}_key ON {LOG_TABLE} (log_key, seq)",
@@ -105,6 +109,38 @@ INSERT INTO {TABLE} (key, value, expires_at) VALUES (:key, :token, :expires_at)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
 WHERE (expires_at IS NOT NULL AND expires_at <= :now) OR value = excluded.value
 """
+
+#: a chord arrival's first statement: its claim (``.c``), size (``.s``), extras (``.t``), join
+#: marker (``.j``) and count (``.n``), whichever exist, expired or not
+_JOIN_KEYS = f"SELECT key, value, expires_at FROM {TABLE} WHERE key IN (?, ?, ?, ?, ?)"
+#: a chord's count, live and fresh (``_fresh``), counting one more member
+_COUNT_MORE = f"UPDATE {TABLE} SET value = value + ? WHERE key = ? RETURNING value"
+#: how far short of a full ``result_expires`` from now a chord's keys may expire before an
+#: arrival pushes them back: 1% of ``result_expires``, and at most this (seconds)
+_REFRESH_SLACK = 60.0
+
+
+def _fresh(found: dict[str, tuple[Any, float | None]], keys: Sequence[str],
+           expires_at: float | None, now: float, *, required: bool = True) -> bool:
+    """Whether each of ``keys`` that ``found`` holds (each of them, if ``required``) expires as
+    ``expires_at`` says to within ``_REFRESH_SLACK`` (or, ``expires_at`` None, never), and has
+    not expired."""
+    for key in keys:
+        row = found.get(key)
+        if row is None:
+            if required:
+                return False
+            continue
+        row_expires = row[1]
+        if expires_at is None or row_expires is None:
+            if expires_at is not None or row_expires is not None:
+                return False
+        elif not (now < row_expires
+                  and row_expires >= expires_at - min(_REFRESH_SLACK,
+                                                      (expires_at - now) / 100)):
+            return False
+    return True
+
 
 #: connection handles and waiters a forked child inherited: never used or closed there (that could
 #: disturb the parent's locks and WAL), only kept referenced so garbage collection leaves them be
@@ -252,7 +288,8 @@ class SQLiteBackend(ResultBackend):
         return self._mget([key])[0]
 
     def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        self._remember_token()
+        if getattr(self._local, "waits", False):  # (see ``_wait_change``)
+            self._remember_token()
         now = time.time()
 
         def read(conn: sqlite3.Connection) -> list[bytes | None]:
@@ -373,32 +410,51 @@ class SQLiteBackend(ResultBackend):
     def _part_return(self, conn: sqlite3.Connection, group_id: str, task_id: str,
                      group_index: int | None, entry: bytes, claim_token: str,
                      claim_ttl: float) -> ChordPart:
-        """``chord_part_return`` inside the caller's write transaction."""
+        """``chord_part_return`` inside the caller's write transaction (which the pool
+        processes all want after each task: the fewer statements and pages, the better)."""
         key = self.chord_key
         now = time.time()
         expires_at = now + self.expires if self.expires else None
         member, index = join_member(task_id, group_index)
-        claim = self._live(conn, key(group_id, ".c"), now)  # nobody changes it under us
+        ckey, skey, tkey, jkey, nkey = (key(group_id, ".c"), key(group_id, ".s"),
+                                        key(group_id, ".t"), key(group_id, ".j"),
+                                        key(group_id, ".n"))
+        found = {row_key: (value, row_expires) for row_key, value, row_expires
+                 in conn.execute(_JOIN_KEYS, (ckey, skey, tkey, jkey, nkey))}
+        claim, claim_expires = found.get(ckey, (None, None))
+        if claim is not None and (claim_expires is None or claim_expires > now):
+            claim = _as_bytes(claim)
+        else:
+            claim = None  # none, or a crashed claimer's that expired: nobody holds it
         if claim == CHORD_DONE:
             return ChordPart(-1, None, False)
         added = conn.execute(
             f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value)"
-            " VALUES (?, ?, ?, ?)", (key(group_id, ".j"), member, index, bytes(entry))).rowcount
-        # Every arrival pushes the chord's expiry back, as on Redis: the ".j" marker row keeps
-        # the join's rows alive. A running count (".n") instead of COUNT(*): counting a
-        # 10,000-row join on every arrival would make a big chord quadratic.
-        conn.execute(_UPSERT, (key(group_id, ".j"), b"1", expires_at))
-        conn.execute(f"UPDATE {TABLE} SET expires_at = ? WHERE key IN (?, ?)",
-                     (expires_at, key(group_id, ".s"), key(group_id, ".t")))
-        counter = {"key": key(group_id, ".n"), "amount": added, "now": now,
-                   "expires_at": expires_at}
-        ready = int(conn.execute(_INCR, counter).fetchall()[0][0])
-        size = self._live(conn, key(group_id, ".s"), now)
-        extra = self._live(conn, key(group_id, ".t"), now)
-        expected = int(size) + int(extra or 0) if size is not None else None
+            " VALUES (?, ?, ?, ?)", (jkey, member, index, bytes(entry))).rowcount
+        # Every arrival pushes the chord's keys' expiry back, as on Redis (the ".j" marker row
+        # keeps the join's rows alive), to within ``_REFRESH_SLACK``: an arrival that finds them
+        # that fresh leaves them be, and so rewrites neither their rows nor the expiry index.
+        # A running count (".n") instead of COUNT(*): counting a 10,000-row join on every
+        # arrival would make a big chord quadratic.
+        counted = found.get(nkey, (None, None))[0]
+        if (isinstance(counted, int)  # (a counter is stored as INTEGER; else ``_INCR`` says)
+                and _fresh(found, (jkey, nkey), expires_at, now)
+                and _fresh(found, (skey, tkey), expires_at, now, required=False)):
+            ready = (int(conn.execute(_COUNT_MORE, (added, nkey)).fetchall()[0][0]) if added
+                     else counted)  # a copy counted before changes nothing
+        else:
+            # refreshed, the size and extras count if they exist at all (expired or not)
+            conn.execute(f"UPDATE {TABLE} SET expires_at = ? WHERE key IN (?, ?)",
+                         (expires_at, skey, tkey))
+            conn.execute(_UPSERT, (jkey, b"1", expires_at))
+            counter = {"key": nkey, "amount": added, "now": now, "expires_at": expires_at}
+            ready = int(conn.execute(_INCR, counter).fetchall()[0][0])
+        size = found.get(skey, (None, None))[0]
+        extra = found.get(tkey, (None, None))[0]
+        expected = int(_as_bytes(size)) + int(_as_bytes(extra or 0)) if size is not None else None
         claimed = expected is not None and ready == expected and claim is None
         if claimed:
-            conn.execute(_UPSERT, (key(group_id, ".c"), claim_token.encode(), now + claim_ttl))
+            conn.execute(_UPSERT, (ckey, claim_token.encode(), now + claim_ttl))
         return ChordPart(ready, expected, claimed)
 
     def chord_results(self, group_id: str) -> list[bytes]:
@@ -518,6 +574,12 @@ class SQLiteBackend(ResultBackend):
         return step.grant
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
+        if not getattr(self._local, "waits", False):
+            # This thread's first wait: its reads took no change token (one costs a pragma and
+            # two locks, and most reads, such as a pool process's revoke look-ups, never wait).
+            # From now on they take one; this read is done again first (a spurious wake-up).
+            self._local.waits = True
+            return
         token = getattr(self._local, "token", None)
         self._local.token = None
         try:

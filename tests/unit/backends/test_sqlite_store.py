@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from celeriac.backends.base import ResultWrite
 from celeriac.backends.sqlite import SQLiteBackend
@@ -57,3 +60,112 @@ def test_a_header_result_and_its_chord_count_are_one_transaction(tmp_path: Path)
     assert (last.ready, last.expected, last.claimed) == (2, 2, True)
     assert results == [b"[1, 'a']", b"[1, 'b']"]
     assert (again.ready, again.claimed) == (-1, False) and stored_again == 9
+
+
+def _expiries(conn: Any, *keys: str) -> list[float | None]:
+    return [conn.execute("SELECT expires_at FROM celeriac_result WHERE key = ?",
+                         (key,)).fetchone()[0] for key in keys]
+
+
+def test_an_arrival_leaves_a_fresh_chords_keys_be(tmp_path: Path) -> None:
+    """A chord's size, marker and count rows are pushed back by an arrival only when their
+    expiry has fallen short of a full ``result_expires`` by more than the slack: the arrivals
+    in between rewrite only the count's value (fewer pages per commit)."""
+    backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}", expires=3600)
+    backend.set_chord_size("g", 3)
+    keys = [backend.chord_key("g", suffix) for suffix in (".s", ".j", ".n")]
+    first = backend.chord_part_return("g", "a", 0, b"a", claim_token="t1", claim_ttl=30)
+    conn = backend._handle().conn
+    assert conn is not None
+    after_first = _expiries(conn, *keys)
+    time.sleep(0.05)
+    second = backend.chord_part_return("g", "b", 1, b"b", claim_token="t2", claim_ttl=30)
+    after_second = _expiries(conn, *keys)
+    # now make them stale, as if the chord had waited ten minutes since
+    conn.execute("UPDATE celeriac_result SET expires_at = expires_at - 600"
+                 " WHERE key IN (?, ?, ?)", keys)
+    third = backend.chord_part_return("g", "c", 2, b"c", claim_token="t3", claim_ttl=30)
+    after_third = _expiries(conn, *keys)
+    backend.close()
+    assert (first.ready, second.ready, third.ready) == (1, 2, 3)
+    assert third.claimed and third.expected == 3
+    assert after_second == after_first
+    assert all(e is not None and time.time() + 3590 < e <= time.time() + 3600
+               for e in after_third), after_third
+
+
+def test_a_chord_without_result_expires_keeps_its_keys_forever(tmp_path: Path) -> None:
+    backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}", expires=0)
+    backend.set_chord_size("g", 2)
+    parts = [backend.chord_part_return("g", t, i, t.encode(), claim_token=t, claim_ttl=30)
+             for i, t in enumerate(("a", "b"))]
+    conn = backend._handle().conn
+    assert conn is not None
+    expiries = _expiries(conn, *(backend.chord_key("g", s) for s in (".s", ".j", ".n")))
+    backend.close()
+    assert [(p.ready, p.claimed) for p in parts] == [(1, False), (2, True)]
+    assert expiries == [None, None, None]
+
+
+def test_new_files_keep_results_and_joins_in_their_key_b_tree(tmp_path: Path) -> None:
+    """WITHOUT ROWID: a result or a chord member is written to one b-tree, not to a table and
+    its key's index."""
+    backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}")
+    backend.mark_as_done("t1", 1)
+    conn = backend._handle().conn
+    assert conn is not None
+    schemas = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    backend.close()
+    for table in ("celeriac_result", "celeriac_result_chord"):
+        assert schemas[table].rstrip().upper().endswith("WITHOUT ROWID"), schemas[table]
+
+
+def test_a_file_made_with_rowid_tables_is_served_the_same(tmp_path: Path) -> None:
+    """Files made before keep their tables (with rowids): results, counters and chords work
+    on them as on new ones."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE celeriac_result (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
+                  " expires_at REAL)")
+    conn.execute("CREATE TABLE celeriac_result_chord (join_key TEXT NOT NULL, member TEXT NOT"
+                  " NULL, idx REAL NOT NULL, value BLOB NOT NULL,"
+                  " PRIMARY KEY (join_key, member))")
+    conn.commit()
+    conn.close()
+    backend = SQLiteBackend(url=f"sqlite:///{path}", expires=3600)
+    backend.mark_as_done("t1", 1)
+    backend.set_chord_size("g", 2)
+    parts = [backend.chord_part_return("g", t, i, t.encode(), claim_token=t, claim_ttl=30)
+             for i, t in enumerate(("b", "a"))]
+    results = backend.chord_results("g")
+    count = backend.incr("n", 5)
+    schema = backend._handle().conn.execute(  # type: ignore[union-attr]
+        "SELECT sql FROM sqlite_master WHERE name = 'celeriac_result'").fetchone()[0]
+    backend.close()
+    assert "WITHOUT ROWID" not in schema.upper()
+    assert backend.get_task_meta("t1")["result"] == 1
+    assert [(p.ready, p.claimed) for p in parts] == [(1, False), (2, True)]
+    assert results == [b"b", b"a"] and count == 5
+
+
+def test_reads_take_no_change_token_until_the_thread_waits(tmp_path: Path) -> None:
+    """A read that is never followed by a wait (a pool process's revoke look-up) reads no
+    change token; a thread's first wait makes it read again, with one, so a write between
+    read and wait is still not missed."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    backend, writer = SQLiteBackend(url=url), SQLiteBackend(url=url)
+    assert backend._mget(["a", "b"]) == [None, None]
+    tokenless = backend._waiter is None
+    result: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: result.append(backend.wait_for("t1", timeout=10)))
+    waiting.start()
+    time.sleep(0.2)
+    writer.mark_as_done("t1", 5)
+    started = time.monotonic()
+    waiting.join(10)
+    elapsed = time.monotonic() - started
+    backend.close()
+    writer.close()
+    assert tokenless
+    assert result and result[0]["result"] == 5
+    assert elapsed < 1.0
