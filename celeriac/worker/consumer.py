@@ -126,6 +126,10 @@ class Consumer:
         self.batches = BatchBuffers(sum(max(1, int(t.flush_every)) for t in batch_tasks) or 1,
                                     collecting=bool(batch_tasks))
         self._jobs: dict[int, Job] = {}  # every held job, waiting or running
+        #: job id -> signal of a terminate that came while its job was on its way to its pool
+        #: (or before the pool could stop it): tried again once it has started (``_start``)
+        #: and at each revoke sync, until the pool takes it or the job is gone
+        self._terminates: dict[int, int] = {}
         self._running = 0
         self._running_outside = 0
         self._ids = itertools.count(1)
@@ -584,6 +588,8 @@ class Consumer:
             with self._cond:  # the slot vanished (a child died): put it back in front
                 self._put_back(job)
             return False
+        if self._terminates:
+            self._retry_terminates()
         return True
 
     def _last_look(self, job: Job) -> Decision | None:
@@ -949,18 +955,49 @@ class Consumer:
                 self.revokes.sync()
             except Exception:
                 logger.exception("could not sync revokes")
+            if self._terminates:
+                self._retry_terminates()
 
     def _terminate(self, task_id: str, signum: int) -> None:
         """A revoke with terminate=True: stop the task if it is running here."""
         with self._cond:
-            running = [job for job in self._jobs.values() if job.pool is not None and (
-                job.task_id == task_id or any(task_id in hook(job)
-                                              for hook in self.hooks.revoked_with))]
+            held = [job for job in self._jobs.values() if
+                    job.task_id == task_id or any(task_id in hook(job)
+                                                  for hook in self.hooks.revoked_with)]
+            running = [job for job in held if job.pool is not None]
             self.terminated_ids.extend(job.task_id for job in running)
+            for job in held:
+                if job.pool is None and job.task_id == task_id:
+                    # it may be past its last look, on its way to its pool: the terminate
+                    # waits for it there (one the last look drops is forgotten)
+                    self._terminates[job.id] = signum
         for job in running:
-            if job.pool.terminate(job.id, signum):
-                logger.info("Terminating task %s (signal %s)%s", job.task_id, signum,
-                            "" if job.task_id == task_id else f": {task_id} was revoked")
+            self._terminate_job(job, signum, task_id)
+
+    def _terminate_job(self, job: Job, signum: int, task_id: str) -> None:
+        pool = job.pool
+        if pool is not None and pool.terminate(job.id, signum):
+            logger.info("Terminating task %s (signal %s)%s", job.task_id, signum,
+                        "" if job.task_id == task_id else f": {task_id} was revoked")
+            return
+        with self._cond:  # handed to its pool a moment ago, not yet where it can be stopped
+            if job.id in self._jobs:
+                self._terminates[job.id] = signum
+
+    def _retry_terminates(self) -> None:
+        """Try again the terminates whose job has reached its pool since; forget those whose
+        job is gone (ended, or dropped by its last look)."""
+        with self._cond:
+            due = []
+            for job_id in list(self._terminates):
+                job = self._jobs.get(job_id)
+                if job is None or job.pool is not None:
+                    due.append((job, self._terminates.pop(job_id)))
+        for job, signum in due:
+            if job is not None:
+                with self._cond:
+                    self.terminated_ids.append(job.task_id)
+                self._terminate_job(job, signum, job.task_id)
 
     # ---- leases ---------------------------------------------------------------------------------
     def _renew_loop(self) -> None:

@@ -7,6 +7,7 @@ tests/integration/test_remote_control.py and Celery's own tools by tests/interop
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from typing import Any, Iterator
@@ -195,6 +196,29 @@ def test_terminate_names_the_task_the_revoke_sync_stopped_first(app: Celery, wor
     assert reply == {NODE: {"ok": f"terminate: {result.id}"}}
     [reply] = app.control.terminate("never-ran-here", **ONE)
     assert reply == {NODE: {"ok": "terminate: tasks unknown"}}
+
+
+def test_a_terminate_that_lands_as_its_task_goes_to_the_pool_stops_it(
+        app: Celery, worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminate that comes after the task's last look but before its pool holds it (here:
+    exactly then, from the settle policy's step between the two) still stops it, once the pool
+    has it, instead of finding nothing running and leaving it to run."""
+    consumer = worker.consumer
+    settle_first = consumer.settlement.before_run
+    landed: list[str] = []
+
+    def before_run(job: Any) -> bool:
+        go_on = settle_first(job)
+        if job.task.name == "unit.hold" and not landed:
+            landed.append(job.task_id)
+            consumer.revokes.add([job.task_id])  # as the revoke sync or remote control do
+            consumer._terminate(job.task_id, signal.SIGTERM)
+        return go_on
+
+    monkeypatch.setattr(consumer.settlement, "before_run", before_run)
+    result = app.tasks["unit.hold"].delay(30)
+    wait_for(lambda: result.state == "REVOKED", 10, message="the terminate was lost")
+    assert landed == [result.id]
 
 
 def test_time_limit_applies_to_calls_started_after_it(app: Celery, worker: Any) -> None:
