@@ -241,7 +241,13 @@ def _text(raw: bytes) -> Any:
         return raw
 
 
-def _read_table(buf: bytes, offset: int) -> tuple[dict[Any, Any], int]:
+def _read_table(buf: bytes, offset: int, text: str | None = None) -> tuple[dict[Any, Any], int]:
+    """A field table at ``offset``. ``text``: ``buf`` decoded as Latin-1 (a character per
+    byte, same offsets), whose slices are the keys and string values when they are ASCII (UTF-8
+    reads ASCII the same): one decode of the whole header instead of one per key and value,
+    about an eighth of a task header's reading."""
+    if text is None:
+        text = buf.decode("latin-1")
     (length,) = _UNPACK_U32(buf, offset)
     offset += 4
     limit = offset + length
@@ -249,29 +255,27 @@ def _read_table(buf: bytes, offset: int) -> tuple[dict[Any, Any], int]:
     key: Any
     while offset < limit:
         end = offset + 1 + buf[offset]
-        try:
-            key = buf[offset + 1:end].decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            key = buf[offset + 1:end]
+        key = text[offset + 1:end]
+        if not key.isascii():
+            key = _text(buf[offset + 1:end])
         offset = end
         kind = buf[offset]
         if kind == 0x53:  # S, the usual header: inline
             end = offset + 5 + _UNPACK_U32(buf, offset + 1)[0]
-            try:
-                table[key] = buf[offset + 5:end].decode("utf-8", "surrogatepass")
-            except UnicodeDecodeError:
-                table[key] = buf[offset + 5:end]
+            value = text[offset + 5:end]
+            table[key] = value if value.isascii() else _text(buf[offset + 5:end])
             offset = end
         elif kind == 0x56:  # V
             table[key] = None
             offset += 1
         else:
-            table[key], offset = _read_item(buf, offset)
+            table[key], offset = _read_item(buf, offset, text)
     return table, offset
 
 
-def _read_item(buf: bytes, offset: int) -> tuple[Any, int]:
-    """One field value as py-amqp's ``_read_item`` reads it (the rare types through it)."""
+def _read_item(buf: bytes, offset: int, text: str | None = None) -> tuple[Any, int]:
+    """One field value as py-amqp's ``_read_item`` reads it (the rare types through it);
+    ``text`` as for ``_read_table``."""
     kind = buf[offset]
     if kind == 0x53:  # S
         (size,) = _UNPACK_U32(buf, offset + 1)
@@ -284,14 +288,14 @@ def _read_item(buf: bytes, offset: int) -> tuple[Any, int]:
     if kind == 0x74:  # t
         return bool(buf[offset + 1]), offset + 2
     if kind == 0x46:  # F
-        return _read_table(buf, offset + 1)
+        return _read_table(buf, offset + 1, text)
     if kind == 0x41:  # A
         (size,) = _UNPACK_U32(buf, offset + 1)
         offset += 5
         limit = offset + size
         items = []
         while offset < limit:
-            item, offset = _read_item(buf, offset)
+            item, offset = _read_item(buf, offset, text)
             items.append(item)
         return items, offset
     if kind == 0x4C or kind == 0x6C:  # L, l: signed 64 bits
@@ -316,7 +320,7 @@ def decode_properties(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
             properties[key] = buf[offset + 1:offset + 1 + size].decode("utf-8", "surrogatepass")
             offset += 1 + size
         elif kind == "F":
-            properties[key], offset = _read_table(buf, offset)
+            properties[key], offset = _read_table(buf, offset, buf.decode("latin-1"))
         elif kind == "o":
             properties[key] = buf[offset]
             offset += 1

@@ -219,3 +219,52 @@ def test_the_fetching_thread_ticks_py_amqps_heartbeat_at_most_every_tenth_of_a_s
         assert current.next_tick <= time.monotonic() + 0.05  # 0.4 s / 8
     finally:
         conn.close()
+
+
+class _PollSpy:
+    """A real ``select.poll`` that records each call's timeout (ms)."""
+
+    def __init__(self, fileno: int) -> None:
+        import select
+
+        self.poller = select.poll()
+        self.poller.register(fileno, select.POLLIN)
+        self.calls: list[int] = []
+
+    def poll(self, timeout: int) -> list[Any]:
+        self.calls.append(timeout)
+        return self.poller.poll(timeout)
+
+
+def test_a_read_that_may_not_wait_reads_the_socket_without_polling_it() -> None:
+    """The solo worker's refill at each task start (``_read`` with no wait) goes straight to
+    a non-blocking ``recv``, no ``poll`` first: the frames the broker pushed are handled, and
+    nothing there reads as nothing. A read that may wait polls first, as before."""
+    transport = AMQPTransport("amqp://guest:guest@127.0.0.1:5672//", heartbeat=0)
+    sock, peer = socket.socketpair()
+    handled: list[Any] = []
+    conn: Any = type("Conn", (), {})()
+    conn.sock = sock
+    conn.transport = type("Transport", (), {"sock": sock, "_read_buffer": b"",
+                                            "connected": True})()
+    conn.on_inbound_frame = handled.append
+    conn.channel = lambda: FakeChannel()
+    conn.frame_writer = lambda *args, **kwargs: None
+    current = _ConsumerConnection(conn, 1, tls=False)
+    spy = _PollSpy(sock.fileno())
+    current.poller = spy  # type: ignore[assignment]
+    try:
+        heartbeat = struct.pack(">BHI", 8, 0, 0) + b"\xce"
+        peer.sendall(heartbeat * 2)
+        time.sleep(0.05)
+        assert transport._read(current, 0.0) is False  # no message, but both frames handled
+        assert handled == [(8, 0, b""), (8, 0, b"")]
+        assert transport._read(current, 0.0) is False  # nothing there: nothing read
+        assert len(handled) == 2
+        assert spy.calls == []
+        peer.sendall(heartbeat)
+        assert transport._read(current, 1.0) is False  # a read that may wait polls first
+        assert len(handled) == 3 and spy.calls == [1000]
+    finally:
+        sock.close()
+        peer.close()
