@@ -21,7 +21,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .. import signals, states
 from ..canvas import followups
@@ -59,6 +59,9 @@ ENDED_OUTSIDE_THE_TASK = frozenset({Ending.WORKER_LOST, Ending.TIME_LIMIT, Endin
 DEFAULT_MAX_DELIVERIES = 10
 #: seconds a main task waits on the broker when this worker already runs as many as it may
 LANE_RETRY = 1.0
+#: seconds a terminate's reply still names a task the revoke sync stopped first (its client
+#: stored the revoke, then broadcast it)
+TERMINATED_MEMORY = 10.0
 
 
 class Consumer:
@@ -101,9 +104,10 @@ class Consumer:
                             if self.leases is not None else 0.0)
         self.revokes = (RevokedSet(app.backend, on_terminate=self._terminate)
                         if app.backend.persistent else None)
-        #: the latest task ids a terminate found running here (the revoke sync's or remote
-        #: control's): the terminate reply names them when the sync got there first
-        self.terminated_ids: collections.deque[str] = collections.deque(maxlen=1000)
+        #: task id -> when (``time.monotonic``) a terminate last found it running here, kept
+        #: ``TERMINATED_MEMORY`` seconds: a terminate's reply names the tasks the revoke sync
+        #: stopped a moment before its broadcast arrived (``recently_terminated``)
+        self._terminated: dict[str, float] = {}
         self.hooks = Hooks(extensions)
         self.admission = Admission(standard_steps(
             accept=self.accept, tasks=app.tasks,
@@ -965,7 +969,7 @@ class Consumer:
                     job.task_id == task_id or any(task_id in hook(job)
                                                   for hook in self.hooks.revoked_with)]
             running = [job for job in held if job.pool is not None]
-            self.terminated_ids.extend(job.task_id for job in running)
+            self._note_terminated(job.task_id for job in running)
             for job in held:
                 if job.pool is None and job.task_id == task_id:
                     # it may be past its last look, on its way to its pool: the terminate
@@ -996,8 +1000,25 @@ class Consumer:
         for job, signum in due:
             if job is not None:
                 with self._cond:
-                    self.terminated_ids.append(job.task_id)
+                    self._note_terminated((job.task_id,))
                 self._terminate_job(job, signum, job.task_id)
+
+    def _note_terminated(self, task_ids: Iterable[str]) -> None:
+        """Hold ``_cond``."""
+        now = time.monotonic()
+        horizon = now - TERMINATED_MEMORY
+        terminated = self._terminated
+        for task_id in [t for t, when in terminated.items() if when < horizon]:
+            del terminated[task_id]
+        for task_id in task_ids:
+            terminated[task_id] = now
+
+    def recently_terminated(self, task_ids: Iterable[str]) -> set[str]:
+        """Those of ``task_ids`` a terminate found running here in the last
+        ``TERMINATED_MEMORY`` seconds."""
+        horizon = time.monotonic() - TERMINATED_MEMORY
+        with self._cond:
+            return {t for t in task_ids if self._terminated.get(t, horizon - 1) >= horizon}
 
     # ---- leases ---------------------------------------------------------------------------------
     def _renew_loop(self) -> None:

@@ -427,8 +427,8 @@ class RemoteControl(WorkerExtension):
             return ok(f"tasks {', '.join(ids)} flagged as revoked")
         # running here now, or found running by a terminate already: the revoke sync reads the
         # store, where a celeriac client writes the revoke before broadcasting it
-        running = ({job.task_id for job in self._held()[0]}
-                   | set(consumer.terminated_ids.copy())) & set(ids)
+        running = ({job.task_id for job in self._held()[0]} & set(ids)
+                   | consumer.recently_terminated(ids))
         return ok(f"terminate: {', '.join(sorted(running))}" if running
                   else "terminate: tasks unknown")
 

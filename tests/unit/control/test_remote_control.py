@@ -20,6 +20,7 @@ from celeriac.control.client import ALREADY_STORED
 from celeriac.exceptions import SoftTimeLimitExceeded
 from celeriac.rates import read_overrides
 from celeriac.testing import dispose_test_app, make_test_app, start_worker
+from celeriac.worker import consumer as consumer_module
 from celeriac.worker.pidbox import RemoteControl
 from celeriac.worker.revokes import record_revoke
 from tests.vectors import CELERY_VECTORS
@@ -183,7 +184,8 @@ def test_terminate_stops_a_running_task(app: Celery, worker: Any) -> None:
     wait_for(lambda: result.state == "REVOKED", 10, message="the task was not terminated")
 
 
-def test_terminate_names_the_task_the_revoke_sync_stopped_first(app: Celery, worker: Any) -> None:
+def test_terminate_names_the_task_the_revoke_sync_stopped_first(
+        app: Celery, worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """``app.control.terminate`` stores the revoke before broadcasting it, so the worker's revoke
     sync may stop the task before the broadcast arrives: the answer still names it."""
     result = app.tasks["unit.hold"].delay(30)
@@ -195,6 +197,10 @@ def test_terminate_names_the_task_the_revoke_sync_stopped_first(app: Celery, wor
         **ONE)
     assert reply == {NODE: {"ok": f"terminate: {result.id}"}}
     [reply] = app.control.terminate("never-ran-here", **ONE)
+    assert reply == {NODE: {"ok": "terminate: tasks unknown"}}
+    # the memory is short: a task stopped a while ago is not named by a later terminate
+    monkeypatch.setattr(consumer_module, "TERMINATED_MEMORY", 0.0)
+    [reply] = app.control.terminate(result.id, **ONE)
     assert reply == {NODE: {"ok": "terminate: tasks unknown"}}
 
 
