@@ -147,3 +147,12 @@ def test_maybe_signature(add):
 
 def test_a_signature_can_be_called_in_process(add):
     assert add.s(2)(3) == 5
+
+
+def test_a_signature_takes_attributes_as_celerys_does(add):
+    """Celery's signature is a plain dict subclass: code that hangs its own attributes on one
+    keeps working (the app sits in a slot; the instance dict is made only when needed)."""
+    sig = add.s(1, 2)
+    sig.note = "mine"
+    assert vars(sig) == {"note": "mine"} and sig.note == "mine"
+    assert sig == {**sig}  # still only Celery's keys as the dict's items
