@@ -3,6 +3,8 @@ capability each declares (see ``contracts_for``), plus memory:// naming."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -114,6 +116,27 @@ class TestAMQPTransport(*contracts_for(_amqp_probe())):  # type: ignore[misc]
 
         yield make
         _delete_amqp_entities(rabbitmq_url, made)
+
+    def test_defer_does_not_wait_for_a_fetch_in_progress(self, transport: Any) -> None:
+        """The worker's dispatch thread defers (a held lock, a rate limit, an ETA) while its
+        fetch thread waits for messages on the same consumer connection: the defer returns at
+        once, not when that wait ends (the fetch held the read lock the defer took: a worker
+        deferring tasks stalled up to a fetch's timeout each time)."""
+        self.publish(transport, "q", "later")
+        [d] = transport.fetch(["q"], 1, 1.0)
+        waited: list[list[Any]] = []
+        fetching = threading.Thread(target=lambda: waited.append(
+            transport.fetch(["q"], 1, 3.0)))
+        fetching.start()
+        try:
+            time.sleep(0.2)  # the fetch is waiting on the empty queue by now
+            assert transport.defer(d, time.time() + 0.3) is True
+            assert fetching.is_alive(), "the defer waited for the fetch to end"
+        finally:
+            fetching.join()
+        back = waited[0] or transport.fetch(["q"], 1, 5.0)
+        assert tags(back) == ["later"]
+        assert transport.ack(back) == [True]
 
     # Known differences, each kept strict so a change in behaviour shows up (docs/rabbitmq.md):
     # RabbitMQ pushes messages into one prefetch window shared by the channel's consumers

@@ -131,6 +131,10 @@ class _ConsumerConnection:
         self.arrived: collections.deque[Any] = collections.deque()  # raw amqp messages
         self.ready: dict[str, collections.deque[Delivery]] = {}
         self.waiting: list[tuple[float, int, Delivery]] = []  # ETA messages held until due
+        #: deliveries another thread deferred (``defer``), under ``write_lock``: the fetching
+        #: thread moves them into ``waiting`` (``_sort_arrivals``), so a defer never waits for
+        #: a fetch to end
+        self.deferred: list[tuple[float, int, Delivery]] = []
         self.held: dict[int, str] = {}  # delivery tag -> queue, handed out and unsettled
         self.alive = True
         self.declared: set[str] = set()
@@ -180,7 +184,7 @@ class _ConsumerConnection:
         is copied under ``write_lock``, which every ack and reject holds."""
         with self.write_lock:
             held = list(self.held.values())
-            waiting = [d.queue for _, _, d in list(self.waiting)]
+            waiting = [d.queue for _, _, d in [*self.waiting, *self.deferred]]
             ready = {q: len(d) for q, d in list(self.ready.items())}
         if queue is None:
             return len(held) + len(waiting) + sum(ready.values())
@@ -689,7 +693,7 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         if current is None or not current.alive:
             return []
         with current.write_lock:
-            waiting = list(current.waiting)
+            waiting = [*current.waiting, *current.deferred]
         return [(due, delivery) for due, _, delivery in sorted(waiting, key=lambda e: e[:2])]
 
     def _fetch(self, current: _ConsumerConnection, order: list[str], max_n: int,
@@ -819,7 +823,13 @@ class AMQPTransport(AMQPDeadLetterMixin, AMQPBroadcastMixin, AMQPDelayedDelivery
         return len(current.arrived) > before
 
     def _sort_arrivals(self, current: _ConsumerConnection) -> None:
-        """Turn raw arrivals into deliveries: ready per queue, or waiting for their ETA."""
+        """Turn raw arrivals into deliveries: ready per queue, or waiting for their ETA (with
+        what other threads deferred since)."""
+        if current.deferred:
+            with current.write_lock:
+                deferred, current.deferred = current.deferred, []
+            for entry in deferred:
+                heapq.heappush(current.waiting, entry)
         now = time.time()
         while current.arrived:
             msg = current.arrived.popleft()

@@ -43,7 +43,6 @@ What celeriac does with it (documented in ``docs/rabbitmq.md``):
 
 from __future__ import annotations
 
-import heapq
 import logging
 import re
 import time
@@ -188,7 +187,6 @@ def route_through(routing_key: str, topo: Topology) -> tuple[list[str], str | No
 # ---- the mixin ----------------------------------------------------------------------------------
 class _Host(Protocol):
     _entities: dict[str, Queue]
-    _read_lock: Any
     _seq: Any
 
     def _admin(self, action: Callable[[Any], Any]) -> Any: ...
@@ -335,10 +333,13 @@ class AMQPDelayedDeliveryMixin:
                                    exchange, route_key or delivery.queue)], confirm=True)
             return self.ack([delivery]) == [True]
         tag = delivery.receipt[1]
-        with self._read_lock, current.write_lock:
+        # not under ``_read_lock``: a fetch holds that while it waits for messages (up to its
+        # timeout), and the thread deferring is the one that starts tasks
+        with current.write_lock:
             if current.held.pop(tag, None) is None:
                 return False
-            # from held to waiting: what the prefetch counts is unchanged (the next fetch fits
-            # it to held + waiting + what it asks, ``_fit_prefetch``)
-            heapq.heappush(current.waiting, (float(not_before), next(self._seq), delivery))
+            # from held to waiting (by way of ``deferred``, which the fetching thread empties
+            # into ``waiting``): what the prefetch counts is unchanged (the next fetch fits it
+            # to held + waiting + what it asks, ``_fit_prefetch``)
+            current.deferred.append((float(not_before), next(self._seq), delivery))
         return True
