@@ -104,7 +104,7 @@ class Consumer:
                             if self.leases is not None else 0.0)
         self.revokes = (RevokedSet(app.backend, on_terminate=self._terminate)
                         if app.backend.persistent else None)
-        #: task id -> when (``time.monotonic``) a terminate last found it running here, kept
+        #: task id -> when (``time.monotonic``) a terminate last stopped it here, kept
         #: ``TERMINATED_MEMORY`` seconds: a terminate's reply names the tasks the revoke sync
         #: stopped a moment before its broadcast arrived (``recently_terminated``)
         self._terminated: dict[str, float] = {}
@@ -969,7 +969,6 @@ class Consumer:
                     job.task_id == task_id or any(task_id in hook(job)
                                                   for hook in self.hooks.revoked_with)]
             running = [job for job in held if job.pool is not None]
-            self._note_terminated(job.task_id for job in running)
             for job in held:
                 if job.pool is None and job.task_id == task_id:
                     # it may be past its last look, on its way to its pool: the terminate
@@ -983,6 +982,8 @@ class Consumer:
         if pool is not None and pool.terminate(job.id, signum):
             logger.info("Terminating task %s (signal %s)%s", job.task_id, signum,
                         "" if job.task_id == task_id else f": {task_id} was revoked")
+            with self._cond:
+                self._note_terminated(job.task_id)
             return
         with self._cond:  # handed to its pool a moment ago, not yet where it can be stopped
             if job.id in self._jobs:
@@ -999,22 +1000,20 @@ class Consumer:
                     due.append((job, self._terminates.pop(job_id)))
         for job, signum in due:
             if job is not None:
-                with self._cond:
-                    self._note_terminated((job.task_id,))
                 self._terminate_job(job, signum, job.task_id)
 
-    def _note_terminated(self, task_ids: Iterable[str]) -> None:
-        """Hold ``_cond``."""
+    def _note_terminated(self, task_id: str) -> None:
+        """Hold ``_cond``. ``task_id`` was just stopped by a terminate (and the old ones are
+        forgotten)."""
         now = time.monotonic()
         horizon = now - TERMINATED_MEMORY
         terminated = self._terminated
-        for task_id in [t for t, when in terminated.items() if when < horizon]:
-            del terminated[task_id]
-        for task_id in task_ids:
-            terminated[task_id] = now
+        for old in [t for t, when in terminated.items() if when < horizon]:
+            del terminated[old]
+        terminated[task_id] = now
 
     def recently_terminated(self, task_ids: Iterable[str]) -> set[str]:
-        """Those of ``task_ids`` a terminate found running here in the last
+        """Those of ``task_ids`` a terminate stopped here in the last
         ``TERMINATED_MEMORY`` seconds."""
         horizon = time.monotonic() - TERMINATED_MEMORY
         with self._cond:
