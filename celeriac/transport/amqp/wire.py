@@ -320,7 +320,7 @@ def decode_properties(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
             properties[key] = buf[offset + 1:offset + 1 + size].decode("utf-8", "surrogatepass")
             offset += 1 + size
         elif kind == "F":
-            properties[key], offset = _read_table(buf, offset, buf.decode("latin-1"))
+            properties[key], offset = _read_table(buf, offset)
         elif kind == "o":
             properties[key] = buf[offset]
             offset += 1
