@@ -153,23 +153,30 @@ def test_one_revoke_check_covers_the_waiting_jobs_and_stops_one_revoked_after_it
         ids = [publish(app, task_message("unit.noop")) for _ in range(3)]
         consumer.receive([fetch_one(app) for _ in ids])  # they wait: the pool is full
         app.backend.set_value(REVOKED_KEY + ids[2], {"terminate": False, "signal": 15})
-        checks = []
-        real = consumer.revokes.check_stored
-
-        def counting(task_ids, writes=()):
-            checks.append(sorted(task_ids))
-            return real(task_ids, writes)
-
-        consumer.revokes.check_stored = counting
+        checks = record_checks(consumer)
         for task_id, job_id in [(first, first_job), (ids[0], None), (ids[1], None)]:
             job_id = job_id or pool.wait_for_job(task_id)
             pool.release(task_id)
             consumer.on_done(job_id, Outcome(task_id, states.SUCCESS, Ending.SUCCEEDED))
         wait_for(lambda: app.AsyncResult(ids[2]).state == states.REVOKED, 5,
                  message="the task revoked after its fetch was not dropped")
-        assert checks == [sorted(ids)]
+        assert [sorted(checked) for checked, _ in checks] == [sorted(ids)]
         assert ids[2] not in pool.submitted
         wait_for(lambda: consumer.jobs() == [], 5, message="a job was left held")
+
+
+def record_checks(consumer) -> list[tuple[list[str], list[str]]]:
+    """Each stored-revoke check the consumer makes from now on: (task ids, keys written with
+    it), the check itself still made."""
+    calls: list[tuple[list[str], list[str]]] = []
+    real = consumer.revokes.check_stored
+
+    def recording(task_ids, writes=()):
+        calls.append((list(task_ids), [w.key for w in writes]))
+        return real(task_ids, writes)
+
+    consumer.revokes.check_stored = recording
+    return calls
 
 
 def _waiting_job(app, **consumer_options):
@@ -198,14 +205,7 @@ def test_kept_results_ride_with_the_revoke_check_of_the_next_start(split_app, mo
     kept = [app.backend.result_write(f"kept-{i}", i, states.SUCCESS) for i in range(2)]
     settlement.put(PendingWrites(results=kept[:1]))
     settlement.put(PendingWrites(results=kept[1:]))
-    calls = []
-    real = consumer.revokes.check_stored
-
-    def recording(task_ids, writes=()):
-        calls.append((list(task_ids), [w.key for w in writes]))
-        return real(task_ids, writes)
-
-    consumer.revokes.check_stored = recording
+    calls = record_checks(consumer)
     assert settlement.before_run(job)
     assert calls == [([job.task_id, job.task_id], [w.key for w in kept])]
     assert not settlement.wants_flush()
@@ -246,19 +246,12 @@ def test_on_a_pushing_broker_a_start_takes_what_arrived_before_its_revoke_check(
         consumer._buffer.remove(job)
         consumer._running += 1
     ids = [publish(app, task_message("unit.noop")) for _ in range(4)]
-    checks = []
-    real = consumer.revokes.check_stored
-
-    def recording(task_ids, writes=()):
-        checks.append(sorted(task_ids))
-        return real(task_ids, writes)
-
-    consumer.revokes.check_stored = recording
+    checks = record_checks(consumer)
     app.backend.set_value(REVOKED_KEY + ids[1], {"terminate": False, "signal": 15})
     assert settlement.before_run(job)
     # the window holds 4: the running job and the 3 it took, the fourth stays in the queue
     assert [j.task_id for j in consumer.waiting_jobs()] == ids[:3]
-    assert checks == [sorted([job.task_id, *ids[:3]])]
+    assert [sorted(checked) for checked, _ in checks] == [sorted([job.task_id, *ids[:3]])]
     assert consumer.revokes is not None and ids[1] in consumer.revokes
     assert not consumer._fetching
     assert fetch_one(app).message.headers["id"] == ids[3]
