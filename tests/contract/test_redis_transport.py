@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 from typing import Any, Iterator
@@ -415,6 +416,28 @@ def test_a_waker_stopped_while_a_fetch_reads_it_is_closed_by_that_fetch(
     thread.join(5)
     monkeypatch.setattr(redis_transport._Waker, "_take", real_take)
     assert not thread.is_alive() and waker._conn._sock is None
+
+
+def test_a_fetch_whose_wake_up_connection_is_lost_polls_instead_of_spinning(
+        make: MakeTransport) -> None:
+    """The wake-up connection dies while a fetch waits (a server restart, another client's
+    CLIENT KILL TYPE pubsub): the fetch falls back to a look per polling interval, and the next
+    fetch subscribes again."""
+    consumer = make(polling_interval=0.05)
+    assert consumer.fetch(["q"], 4, 0.01) == []  # subscribes
+    waker = consumer._waker
+    assert waker is not None and waker.alive
+    looks: list[int] = []
+    real_lease = consumer._lease
+    consumer._lease = lambda order, n: looks.append(n) or real_lease(order, n)  # type: ignore
+    waker._sock.shutdown(socket.SHUT_RDWR)  # as the server closing it
+    started = time.monotonic()
+    assert consumer.fetch(["q"], 4, 0.5) == []
+    assert time.monotonic() - started >= 0.45
+    assert not waker.alive
+    assert len(looks) <= 0.5 / 0.05 + 3, f"{len(looks)} looks in 0.5 s"
+    consumer.fetch(["q"], 4, 0.01)
+    assert consumer._waker is not waker and consumer._waker.alive  # subscribed again
 
 
 def test_a_fetch_after_a_short_one_waits_without_looking_again(make: MakeTransport,

@@ -483,8 +483,8 @@ class RedisTransport(RedisBroadcastMixin):
             pause = min(remaining, self.polling_interval)
             if due is not None:
                 pause = min(pause, max(due - time.time(), 0.0005))
-            if waker is None:  # no wake-ups to wait for: look again after the pause
-                time.sleep(pause)
+            if waker is None or not waker.alive:  # no wake-ups (or their connection was
+                time.sleep(pause)                    # lost): look again after the pause
             else:
                 waker.wait(order, seen, pause)
 
