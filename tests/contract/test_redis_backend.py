@@ -23,6 +23,7 @@ from celeriac.backends.redis import RedisBackend
 from celeriac.exceptions import TimeoutError as CeleriacTimeoutError
 from celeriac.testing.backend_suite import MakeBackend, SharedBackendContract
 from tests.vectors import CELERY_VECTORS
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.redis]
 
@@ -250,14 +251,20 @@ def test_many_concurrent_waiters_share_one_listener(redis_url: str,
 
 def test_waiter_survives_a_pubsub_connection_kill(redis_url: str, raw: redis.Redis,
                                                   task_ids: list[str]) -> None:
-    reader, writer = RedisBackend(url=redis_url), RedisBackend(url=redis_url)
+    # only this reader's subscriber is killed: other tests' run beside this one on the server
+    name = f"celeriac-kill-{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in redis_url else "?"
+    reader = RedisBackend(url=f"{redis_url}{separator}client_name={name}")
+    writer = RedisBackend(url=redis_url)
     task_id = _new(task_ids)
     got: list[Any] = []
     thread = threading.Thread(target=lambda: got.append(reader.wait_for(task_id, timeout=10)))
     try:
         thread.start()
-        time.sleep(0.2)
-        killed = raw.client_kill_filter(_type="pubsub")
+        subscribers = wait_for(lambda: [c["id"] for c in raw.client_list()
+                                        if c.get("name") == name and "P" in c.get("flags", "")],
+                               5, message="the reader never subscribed")
+        killed = sum(raw.client_kill_filter(_id=i) for i in subscribers)
         time.sleep(0.3)  # the listener reconnects and re-subscribes
         writer.mark_as_done(task_id, "after kill")
         thread.join(10)

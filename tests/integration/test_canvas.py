@@ -287,8 +287,9 @@ def test_a_revoked_step_revokes_the_rest_of_its_chain(canvas):
     past = datetime.now(timezone.utc) - timedelta(seconds=1)
     last = chain(t.identity.s(1), t.identity.s().set(expires=past), t.identity.s())()
     with pytest.raises(TaskRevokedError):
-        last.get(timeout=TIMEOUT)
-    assert last.state == last.parent.state == states.REVOKED
+        last.get(timeout=TIMEOUT)  # may raise from the revoked step before the last is stored
+    wait_for(lambda: [last.state, last.parent.state] == [states.REVOKED] * 2, TIMEOUT,
+             message=lambda: f"states: {last.state}, {last.parent.state}")
 
 
 def test_a_failure_stops_waiting_for_the_rest_of_a_group(canvas):
