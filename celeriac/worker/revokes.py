@@ -25,6 +25,11 @@ logger = logging.getLogger("celeriac.worker")
 REVOKED_KEY = "celeriac-revoked-"
 SEQ_KEY = "celeriac-revoked-seq"
 LOG_KEY = "celeriac-revoked-log-"
+#: the log counter's lifetime, refreshed by each revoke: far beyond ``result_expires`` (a day),
+#: so the counter does not start again at 1 after a quiet day and climb back to a worker's last
+#: seen value between two of its syncs (that worker would miss the new entries); only a store
+#: that is wiped starts it again
+SEQ_TTL = 10 * 365 * 24 * 3600.0
 #: seconds a log entry the counter already counts is looked for again: ``record_revoke`` counts
 #: it first and writes it a round trip later, so a sync in between finds it missing
 LATE_ENTRY_GRACE = 10.0
@@ -53,7 +58,7 @@ def record_revoke(backend: "ResultBackend", task_ids: Sequence[str], *, terminat
     entry = {"terminate": bool(terminate), "signal": signum}
     for task_id in task_ids:
         backend.set_value(REVOKED_KEY + task_id, entry)
-    seq = backend.incr(SEQ_KEY)
+    seq = backend.incr(SEQ_KEY, ttl=SEQ_TTL)
     backend.set_value(f"{LOG_KEY}{seq}", {"ids": list(task_ids), **entry})
 
 
@@ -143,7 +148,7 @@ class RevokedSet:
         current = self.backend.get_value(SEQ_KEY)
         current = int(current) if current is not None else 0
         if current < self._seen:
-            # the counter expired (a day without revokes) and started again: every entry is new
+            # the counter started again (the store was wiped): every entry is new
             self._seen = 0
             self._late.clear()
         if self._late:

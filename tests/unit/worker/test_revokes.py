@@ -7,6 +7,7 @@ import pytest
 from celeriac.testing import dispose_test_app, make_test_app
 from celeriac.worker import revokes
 from celeriac.worker.revokes import LOG_KEY, SEQ_KEY, RevokedSet, record_revoke
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -27,13 +28,27 @@ def test_sync_learns_revokes_and_terminate_requests_written_since_the_last(app) 
     assert terminated == [("b", 9)]
 
 
-def test_sync_follows_a_counter_that_expired_and_started_again(app) -> None:
+def test_the_counter_outlives_result_expires_so_a_quiet_day_loses_no_terminate(app) -> None:
+    """Had the counter expired with its entries, the next revoke would be entry 1 again: the
+    number this worker last saw, so its sync would find nothing new and miss the terminate."""
+    terminated: list[str] = []
+    revoked = RevokedSet(app.backend, on_terminate=lambda t, s: terminated.append(t))
+    app.backend.expires = 0.05  # result_expires, scaled from a day down
+    record_revoke(app.backend, ["yesterday"])
+    revoked.sync()
+    wait_for(lambda: app.backend.get_value(f"{LOG_KEY}1") is None, 5)  # the entry expired
+    record_revoke(app.backend, ["today"], terminate=True)
+    revoked.sync()
+    assert "today" in revoked and terminated == ["today"]
+
+
+def test_sync_follows_a_counter_that_started_again(app) -> None:
     terminated: list[str] = []
     revoked = RevokedSet(app.backend, on_terminate=lambda t, s: terminated.append(t))
     for n in range(3):
         record_revoke(app.backend, [f"old-{n}"])
     revoked.sync()
-    app.backend.delete_keys([SEQ_KEY])  # what result_expires does after a day without revokes
+    app.backend.delete_keys([SEQ_KEY])  # the store was wiped
     record_revoke(app.backend, ["new"], terminate=True)
     revoked.sync()
     assert "new" in revoked and terminated == ["new"]
