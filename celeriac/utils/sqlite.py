@@ -416,6 +416,7 @@ class ChangeWaiter:
         try:
             deadline = time.monotonic() + timeout
             hot_until = 0.0
+            pause = self.max_interval
             while True:
                 # registered first: a notify() or a drained write from here on reaches the pipe
                 if self._read() != version:
@@ -426,7 +427,10 @@ class ChangeWaiter:
                 with self._cond:
                     if self._generation != generation:
                         return True
-                pause = self.interval if now < hot_until else self.max_interval
+                if now >= hot_until:
+                    # a write still unpublished after ``hot`` (its writer descheduled on a busy
+                    # machine): back off gradually, as it publishes with no further event
+                    pause = min(pause * 1.5, self.max_interval)
                 ready = _readable((watch.fd, pipe.r), min(pause, deadline - now))
                 woken = pipe.r in ready
                 if woken:
@@ -435,6 +439,7 @@ class ChangeWaiter:
                     woken = True
                 if woken:
                     hot_until = time.monotonic() + self.hot
+                    pause = self.interval
         finally:
             with self._cond:
                 self._sleepers.discard(pipe.w)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import threading
@@ -18,6 +19,7 @@ from celeriac.utils.sqlite import (
     busy_handler,
     connect,
 )
+from tests.waiting import wait_for
 
 
 def test_a_wait_that_is_not_hot_polls_at_the_slow_rate_from_the_start(tmp_path: Path) -> None:
@@ -115,6 +117,41 @@ def test_a_commit_wakes_every_thread_asleep_on_inotify(tmp_path: Path) -> None:
         thread.join(60)
     waiter.close()
     assert results == [True, True, True]
+
+
+@linux_only
+def test_a_write_published_after_the_hot_spell_is_still_seen_soon(tmp_path: Path) -> None:
+    """A WAL write wakes the wait but shows no change yet, and the commit publishes later with
+    no further event (its writer was descheduled in between): the wait backs off gradually
+    instead of sleeping ``max_interval`` at once."""
+    path = str(tmp_path / "x.db")
+    waiter = ChangeWaiter(path, max_interval=120.0, hot=0.005)
+    assert waiter.watching
+    _commit_from_another_connection(path, "t0")  # the -wal file exists
+    token = waiter.token()
+    watch = waiter._watch
+    assert watch is not None
+    real_drain, events = watch.drain, []
+
+    def first_event_only() -> bool:
+        seen = real_drain()
+        events.append(seen)
+        return seen and len(events) == 1
+
+    watch.drain = first_event_only  # type: ignore[method-assign]
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(waiter.wait(30.0, token)))
+    thread.start()
+    while not waiter._sleepers:
+        time.sleep(0.001)
+    wal = path + "-wal"
+    os.truncate(wal, os.path.getsize(wal))  # a write event that changes nothing
+    wait_for(lambda: events, 5)
+    time.sleep(0.05)  # well past the hot spell
+    _commit_from_another_connection(path, "t1")  # its events are swallowed
+    thread.join(10)
+    waiter.close()
+    assert result == [True]
 
 
 @linux_only
