@@ -283,9 +283,10 @@ class ChangeWaiter:
     On Linux a wait sleeps on inotify (``_WalWatch``): every commit appends to the ``-wal`` file,
     and the write wakes the waiting threads at once, in every process, with no polling. As a
     commit's write comes just before SQLite publishes it in the WAL index, a write that shows no
-    change yet is followed by polling every ``interval`` seconds for ``hot`` seconds. Between
-    writes the wait still checks every ``max_interval`` seconds, so a write inotify did not
-    report is seen as late as it would be by polling alone.
+    change yet is followed by polling every ``interval`` seconds for ``hot`` seconds, then at a
+    pause growing 1.5x a look up to ``max_interval`` (a writer descheduled mid-commit publishes
+    with no further event). Between writes the wait still checks every ``max_interval``
+    seconds, so a write inotify did not report is seen as late as it would be by polling alone.
 
     Elsewhere (or if inotify is refused), a wait polls every ``interval`` seconds for its first
     ``hot`` seconds, then backs off to ``max_interval``: what one waits for (the next task, a

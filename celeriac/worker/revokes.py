@@ -30,6 +30,10 @@ LOG_KEY = "celeriac-revoked-log-"
 #: seen value between two of its syncs (that worker would miss the new entries); only a store
 #: that is wiped starts it again
 SEQ_TTL = 10 * 365 * 24 * 3600.0
+#: log entries a worker's first sync reads, the newest: the counter never starts again, so after
+#: years of revokes reading them all would hold up every start; older ones have expired, and each
+#: fetched task's revoke key is checked anyway
+FIRST_SYNC_ENTRIES = 1000
 #: seconds a log entry the counter already counts is looked for again: ``record_revoke`` counts
 #: it first and writes it a round trip later, so a sync in between finds it missing
 LATE_ENTRY_GRACE = 10.0
@@ -159,7 +163,10 @@ class RevokedSet:
         if current <= self._seen:
             self._synced = True
             return
-        for seq in range(self._seen + 1, current + 1):
+        start = self._seen + 1
+        if not self._synced:  # older entries have expired, and their revoke keys still hold
+            start = max(start, current - FIRST_SYNC_ENTRIES + 1)
+        for seq in range(start, current + 1):
             # missing: expired (the first sync reads old entries; their revoke keys outlive
             # them and nothing runs here yet), or counted a moment before it was written
             if not self._apply(seq) and self._synced:

@@ -120,10 +120,13 @@ def test_a_commit_wakes_every_thread_asleep_on_inotify(tmp_path: Path) -> None:
 
 
 @linux_only
-def test_a_write_published_after_the_hot_spell_is_still_seen_soon(tmp_path: Path) -> None:
+def test_a_write_published_after_the_hot_spell_is_still_seen_soon(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A WAL write wakes the wait but shows no change yet, and the commit publishes later with
     no further event (its writer was descheduled in between): the wait backs off gradually
     instead of sleeping ``max_interval`` at once."""
+    from celeriac.utils import sqlite as sqlite_module
+
     path = str(tmp_path / "x.db")
     waiter = ChangeWaiter(path, max_interval=120.0, hot=0.005)
     assert waiter.watching
@@ -131,14 +134,24 @@ def test_a_write_published_after_the_hot_spell_is_still_seen_soon(tmp_path: Path
     token = waiter.token()
     watch = waiter._watch
     assert watch is not None
-    real_drain, events = watch.drain, []
+    real_readable, woken = sqlite_module._readable, []
 
-    def first_event_only() -> bool:
-        seen = real_drain()
-        events.append(seen)
-        return seen and len(events) == 1
+    def deaf_after_the_first_event(fds: tuple[int, ...], timeout: float) -> list[int]:
+        """The watch's events after the first are read and dropped, as if never sent."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = real_readable(fds, max(deadline - time.monotonic(), 0.0))
+            if watch.fd in ready and not woken:
+                woken.append(True)
+                return ready
+            if watch.fd not in ready:
+                return ready
+            watch.drain()
+            ready = [fd for fd in ready if fd != watch.fd]
+            if ready or time.monotonic() >= deadline:
+                return ready
 
-    watch.drain = first_event_only  # type: ignore[method-assign]
+    monkeypatch.setattr(sqlite_module, "_readable", deaf_after_the_first_event)
     result: list[bool] = []
     thread = threading.Thread(target=lambda: result.append(waiter.wait(30.0, token)))
     thread.start()
@@ -146,11 +159,14 @@ def test_a_write_published_after_the_hot_spell_is_still_seen_soon(tmp_path: Path
         time.sleep(0.001)
     wal = path + "-wal"
     os.truncate(wal, os.path.getsize(wal))  # a write event that changes nothing
-    wait_for(lambda: events, 5)
+    wait_for(lambda: woken, 5)
     time.sleep(0.05)  # well past the hot spell
-    _commit_from_another_connection(path, "t1")  # its events are swallowed
+    _commit_from_another_connection(path, "t1")  # the waiter hears nothing of it
+    thread.join(3)
+    alive = thread.is_alive()
+    waiter.close()  # wakes it either way
     thread.join(10)
-    waiter.close()
+    assert not alive, "the wait slept max_interval after its hot spell"
     assert result == [True]
 
 

@@ -42,6 +42,18 @@ def test_the_counter_outlives_result_expires_so_a_quiet_day_loses_no_terminate(a
     assert "today" in revoked and terminated == ["today"]
 
 
+def test_a_first_sync_reads_only_the_newest_entries_of_a_long_log(app, monkeypatch) -> None:
+    reads: list[str] = []
+    real_get = app.backend.get_value
+    app.backend.incr(SEQ_KEY, 1_000_000)  # years of revokes, their entries long expired
+    record_revoke(app.backend, ["recent"])
+    monkeypatch.setattr(app.backend, "get_value", lambda key: reads.append(key) or real_get(key))
+    revoked = RevokedSet(app.backend)
+    revoked.sync()
+    assert "recent" in revoked
+    assert len(reads) == 1 + revokes.FIRST_SYNC_ENTRIES  # the counter, then the entries
+
+
 def test_sync_follows_a_counter_that_started_again(app) -> None:
     terminated: list[str] = []
     revoked = RevokedSet(app.backend, on_terminate=lambda t, s: terminated.append(t))
