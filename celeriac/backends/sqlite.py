@@ -67,9 +67,12 @@ _SCHEMA = (
     " key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL) WITHOUT ROWID",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)"
     " WHERE expires_at IS NOT NULL",
+    # (join_key, idx, member): members arrive about in header order, so each lands at the end
+    # of its join, beside the join's count (``_COUNT_ROW``), and are read back in order unsorted.
+    # A member's name holds its index, so the key is unique where (join_key, member) is.
     f"CREATE TABLE IF NOT EXISTS {JOIN_TABLE} ("
     " join_key TEXT NOT NULL, member TEXT NOT NULL, idx REAL NOT NULL, value BLOB NOT NULL,"
-    " PRIMARY KEY (join_key, member)) WITHOUT ROWID",
+    " PRIMARY KEY (join_key, idx, member)) WITHOUT ROWID",
     f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT, log_key TEXT NOT NULL, value BLOB NOT NULL)",
     f"CREATE INDEX IF NOT EXISTS {LOG_TABLE}_key ON {LOG_TABLE} (log_key, seq)",
@@ -110,11 +113,21 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.ex
 WHERE (expires_at IS NOT NULL AND expires_at <= :now) OR value = excluded.value
 """
 
-#: a chord arrival's first statement: its claim (``.c``), size (``.s``), extras (``.t``), join
-#: marker (``.j``) and count (``.n``), whichever exist, expired or not
-_JOIN_KEYS = f"SELECT key, value, expires_at FROM {TABLE} WHERE key IN (?, ?, ?, ?, ?)"
-#: a chord's count, live and fresh (``_fresh``), counting one more member
-_COUNT_MORE = f"UPDATE {TABLE} SET value = value + ? WHERE key = ? RETURNING value"
+#: (idx, member) of the row holding a join's count of distinct members, in the join itself and
+#: sorted after its members (each member's name has a ":", this one none; "~" sorts after the
+#: characters of ids): an arrival's member and the count then usually share a page, and its
+#: commit writes that page alone, where a count in ``TABLE`` cost a page (a WAL frame) more
+_COUNT_ROW = (float("inf"), "~n")
+#: a chord arrival's first statement: its claim (``.c``), size (``.s``), extras (``.t``) and join
+#: marker (``.j``), whichever exist, expired or not, and its count (keyed by its member name)
+_JOIN_KEYS = (f"SELECT key, value, expires_at FROM {TABLE} WHERE key IN (?, ?, ?, ?)"
+              f" UNION ALL SELECT member, value, NULL FROM {JOIN_TABLE}"
+              " WHERE join_key = ? AND idx = ? AND member = ?")
+_JOIN_ADD = (f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value)"
+             " VALUES (?, ?, ?, ?)")
+#: a live join's count, counting one more member
+_COUNT_MORE = (f"UPDATE {JOIN_TABLE} SET value = value + 1"
+               " WHERE join_key = ? AND idx = ? AND member = ? RETURNING value")
 #: how far short of a full ``result_expires`` from now a chord's keys may expire before an
 #: arrival pushes them back: 1% of ``result_expires``, and at most this (seconds)
 _REFRESH_SLACK = 60.0
@@ -346,8 +359,11 @@ class SQLiteBackend(ResultBackend):
         """``chord_part_return`` in this thread's next transaction on the file; ``then(part)``
         after it commits. Staged again if it fails, which is safe: a member counts once, and the
         same token keeps the claim it took."""
-        self._wire().stage(lambda conn: self._part_return(conn, group_id, task_id, group_index,
-                                                          entry, claim_token, claim_ttl),
+        # (everything but the statements made here, outside the write lock the run holds)
+        keys, (member, index) = self._join_keys(group_id), join_member(task_id, group_index)
+        row, token = bytes(entry), claim_token.encode()
+        self._wire().stage(lambda conn: self._part_return(conn, keys, member, index, row, token,
+                                                          claim_ttl),
                            then, retain=True)
 
     def _delete(self, keys: Sequence[str]) -> None:
@@ -392,35 +408,38 @@ class SQLiteBackend(ResultBackend):
 
     def chord_part_return(self, group_id: str, task_id: str, group_index: int | None,
                           entry: bytes, *, claim_token: str, claim_ttl: float) -> ChordPart:
+        keys, (member, index) = self._join_keys(group_id), join_member(task_id, group_index)
         with self._transaction() as conn:
-            return self._part_return(conn, group_id, task_id, group_index, entry, claim_token,
-                                     claim_ttl)
+            return self._part_return(conn, keys, member, index, bytes(entry),
+                                     claim_token.encode(), claim_ttl)
 
     def write_and_part_return(self, write: ResultWrite, group_id: str, task_id: str,
                               group_index: int | None, entry: bytes, *, claim_token: str,
                               claim_ttl: float) -> ChordPart:
         """``write_results([write])`` then ``chord_part_return``, in one transaction: one write
         lock and one commit for a header task's own result and its count."""
+        keys, (member, index) = self._join_keys(group_id), join_member(task_id, group_index)
         with self._transaction() as conn:
             expires_at = time.time() + write.ttl if write.ttl else None
             conn.execute(_UPSERT, (write.key, bytes(write.value), expires_at))
-            return self._part_return(conn, group_id, task_id, group_index, entry, claim_token,
-                                     claim_ttl)
+            return self._part_return(conn, keys, member, index, bytes(entry),
+                                     claim_token.encode(), claim_ttl)
 
-    def _part_return(self, conn: sqlite3.Connection, group_id: str, task_id: str,
-                     group_index: int | None, entry: bytes, claim_token: str,
+    def _join_keys(self, group_id: str) -> tuple[str, str, str, str]:
+        """A chord's claim, size, extras and join marker keys (``.c``, ``.s``, ``.t``, ``.j``)."""
+        key = self.chord_key
+        return key(group_id, ".c"), key(group_id, ".s"), key(group_id, ".t"), key(group_id, ".j")
+
+    def _part_return(self, conn: sqlite3.Connection, keys: tuple[str, str, str, str],
+                     member: str, index: float, entry: bytes, claim_token: bytes,
                      claim_ttl: float) -> ChordPart:
         """``chord_part_return`` inside the caller's write transaction (which the pool
         processes all want after each task: the fewer statements and pages, the better)."""
-        key = self.chord_key
         now = time.time()
         expires_at = now + self.expires if self.expires else None
-        member, index = join_member(task_id, group_index)
-        ckey, skey, tkey, jkey, nkey = (key(group_id, ".c"), key(group_id, ".s"),
-                                        key(group_id, ".t"), key(group_id, ".j"),
-                                        key(group_id, ".n"))
+        ckey, skey, tkey, jkey = keys
         found = {row_key: (value, row_expires) for row_key, value, row_expires
-                 in conn.execute(_JOIN_KEYS, (ckey, skey, tkey, jkey, nkey))}
+                 in conn.execute(_JOIN_KEYS, (*keys, jkey, *_COUNT_ROW))}
         claim, claim_expires = found.get(ckey, (None, None))
         if claim is not None and (claim_expires is None or claim_expires > now):
             claim = _as_bytes(claim)
@@ -428,33 +447,42 @@ class SQLiteBackend(ResultBackend):
             claim = None  # none, or a crashed claimer's that expired: nobody holds it
         if claim == CHORD_DONE:
             return ChordPart(-1, None, False)
-        added = conn.execute(
-            f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value)"
-            " VALUES (?, ?, ?, ?)", (jkey, member, index, bytes(entry))).rowcount
         # Every arrival pushes the chord's keys' expiry back, as on Redis (the ".j" marker row
         # keeps the join's rows alive), to within ``_REFRESH_SLACK``: an arrival that finds them
         # that fresh leaves them be, and so rewrites neither their rows nor the expiry index.
-        # A running count (".n") instead of COUNT(*): counting a 10,000-row join on every
-        # arrival would make a big chord quadratic.
-        counted = found.get(nkey, (None, None))[0]
-        if (isinstance(counted, int)  # (a counter is stored as INTEGER; else ``_INCR`` says)
-                and _fresh(found, (jkey, nkey), expires_at, now)
+        # A running count instead of COUNT(*): counting a 10,000-row join on every arrival
+        # would make a big chord quadratic.
+        counted = found.get(_COUNT_ROW[1], (None, None))[0]
+        if not (isinstance(counted, int)
+                and _fresh(found, (jkey,), expires_at, now)
                 and _fresh(found, (skey, tkey), expires_at, now, required=False)):
-            ready = (int(conn.execute(_COUNT_MORE, (added, nkey)).fetchall()[0][0]) if added
-                     else counted)  # a copy counted before changes nothing
-        else:
             # refreshed, the size and extras count if they exist at all (expired or not)
             conn.execute(f"UPDATE {TABLE} SET expires_at = ? WHERE key IN (?, ?)",
                          (expires_at, skey, tkey))
+            marker_expires = found.get(jkey, (None, 0.0))[1]
+            if marker_expires is not None and marker_expires <= now:
+                # no join, or an expired one whose rows await the sweep: none of them counts
+                conn.execute(f"DELETE FROM {JOIN_TABLE} WHERE join_key = ?", (jkey,))
+                counted = None
             conn.execute(_UPSERT, (jkey, b"1", expires_at))
-            counter = {"key": nkey, "amount": added, "now": now, "expires_at": expires_at}
-            ready = int(conn.execute(_INCR, counter).fetchall()[0][0])
+        added = conn.execute(_JOIN_ADD, (jkey, member, index, entry)).rowcount
+        if not isinstance(counted, int):
+            # a join's first arrival (or the first since a version that kept the count in
+            # ``TABLE``, as ".n"): its members, counted once
+            ready = int(conn.execute(f"SELECT COUNT(*) FROM {JOIN_TABLE} WHERE join_key = ?"
+                                     " AND member <> ?", (jkey, _COUNT_ROW[1])).fetchone()[0])
+            conn.execute(f"INSERT OR REPLACE INTO {JOIN_TABLE} (join_key, idx, member, value)"
+                         " VALUES (?, ?, ?, ?)", (jkey, *_COUNT_ROW, ready))
+        elif added:
+            ready = int(conn.execute(_COUNT_MORE, (jkey, *_COUNT_ROW)).fetchall()[0][0])
+        else:
+            ready = counted  # a copy counted before changes nothing
         size = found.get(skey, (None, None))[0]
         extra = found.get(tkey, (None, None))[0]
         expected = int(_as_bytes(size)) + int(_as_bytes(extra or 0)) if size is not None else None
         claimed = expected is not None and ready == expected and claim is None
         if claimed:
-            conn.execute(_UPSERT, (ckey, claim_token.encode(), now + claim_ttl))
+            conn.execute(_UPSERT, (ckey, claim_token, now + claim_ttl))
         return ChordPart(ready, expected, claimed)
 
     def chord_results(self, group_id: str) -> list[bytes]:
@@ -463,7 +491,7 @@ class SQLiteBackend(ResultBackend):
             if self._live(conn, jkey, time.time()) is None:
                 return []
             rows = conn.execute(f"SELECT value FROM {JOIN_TABLE} WHERE join_key = ?"
-                                " ORDER BY idx", (jkey,))
+                                " AND member <> ? ORDER BY idx", (jkey, _COUNT_ROW[1]))
             return [_as_bytes(value) for (value,) in rows]
 
     def chord_cleanup(self, group_id: str, claim_token: str, done_ttl: float) -> bool:
@@ -473,6 +501,7 @@ class SQLiteBackend(ResultBackend):
             if self._live(conn, key(group_id, ".c"), now) != claim_token.encode():
                 return False
             conn.execute(f"DELETE FROM {JOIN_TABLE} WHERE join_key = ?", (key(group_id, ".j"),))
+            # (".n": a count kept apart by an older version, for a chord it began)
             conn.execute(f"DELETE FROM {TABLE} WHERE key IN (?, ?, ?, ?)",
                          (key(group_id, ".s"), key(group_id, ".t"), key(group_id, ".n"),
                           key(group_id, ".j")))

@@ -68,12 +68,12 @@ def _expiries(conn: Any, *keys: str) -> list[float | None]:
 
 
 def test_an_arrival_leaves_a_fresh_chords_keys_be(tmp_path: Path) -> None:
-    """A chord's size, marker and count rows are pushed back by an arrival only when their
-    expiry has fallen short of a full ``result_expires`` by more than the slack: the arrivals
-    in between rewrite only the count's value (fewer pages per commit)."""
+    """A chord's size and marker rows are pushed back by an arrival only when their expiry has
+    fallen short of a full ``result_expires`` by more than the slack: the arrivals in between
+    rewrite only the join (fewer pages per commit)."""
     backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}", expires=3600)
     backend.set_chord_size("g", 3)
-    keys = [backend.chord_key("g", suffix) for suffix in (".s", ".j", ".n")]
+    keys = [backend.chord_key("g", suffix) for suffix in (".s", ".j")]
     first = backend.chord_part_return("g", "a", 0, b"a", claim_token="t1", claim_ttl=30)
     conn = backend._handle().conn
     assert conn is not None
@@ -83,7 +83,7 @@ def test_an_arrival_leaves_a_fresh_chords_keys_be(tmp_path: Path) -> None:
     after_second = _expiries(conn, *keys)
     # now make them stale, as if the chord had waited ten minutes since
     conn.execute("UPDATE celeriac_result SET expires_at = expires_at - 600"
-                 " WHERE key IN (?, ?, ?)", keys)
+                 " WHERE key IN (?, ?)", keys)
     third = backend.chord_part_return("g", "c", 2, b"c", claim_token="t3", claim_ttl=30)
     after_third = _expiries(conn, *keys)
     backend.close()
@@ -94,6 +94,96 @@ def test_an_arrival_leaves_a_fresh_chords_keys_be(tmp_path: Path) -> None:
                for e in after_third), after_third
 
 
+def test_a_fresh_arrival_writes_to_the_join_alone(tmp_path: Path) -> None:
+    """The count lives in the join beside the members (usually on the page the new member
+    goes to): an arrival that finds the chord's keys fresh changes no row of the results
+    table, so its commit writes no page of that table's b-tree."""
+    backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}", expires=3600)
+    backend.set_chord_size("g", 3)
+    first = backend.chord_part_return("g", "a", 0, b"a", claim_token="t1", claim_ttl=30)
+    conn = backend._handle().conn
+    assert conn is not None
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    second = backend.chord_part_return("g", "b", 1, b"b", claim_token="t2", claim_ttl=30)
+    conn.set_trace_callback(None)
+    third = backend.chord_part_return("g", "c", 2, b"c", claim_token="t3", claim_ttl=30)
+    backend.close()
+    writes = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE",
+                                                                       "DELETE", "REPLACE"))]
+    assert writes and all(" celeriac_result_chord " in f"{s} " for s in writes), writes
+    assert [(p.ready, p.claimed) for p in (first, second, third)] == [
+        (1, False), (2, False), (3, True)]
+
+
+def test_an_expired_join_counts_from_nothing(tmp_path: Path) -> None:
+    """A join whose keys expired (no arrival for ``result_expires``) starts over, as an
+    expired Redis key does: its lingering rows count for nothing, not even the member that
+    arrives again."""
+    backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}", expires=3600)
+    backend.set_chord_size("g", 2)
+    first = backend.chord_part_return("g", "a", 0, b"a", claim_token="t1", claim_ttl=30)
+    conn = backend._handle().conn
+    assert conn is not None
+    conn.execute("UPDATE celeriac_result SET expires_at = ? WHERE key IN (?, ?)",
+                 (time.time() - 1, backend.chord_key("g", ".j"), backend.chord_key("g", ".n")))
+    again = backend.chord_part_return("g", "a", 0, b"a2", claim_token="t2", claim_ttl=30)
+    last = backend.chord_part_return("g", "b", 1, b"b", claim_token="t3", claim_ttl=30)
+    results = backend.chord_results("g")
+    backend.close()
+    assert first.ready == 1
+    assert (again.ready, again.claimed) == (1, False)
+    assert (last.ready, last.claimed) == (2, True)
+    assert results == [b"a2", b"b"]
+
+
+def test_a_chord_counted_by_an_older_version_counts_on(tmp_path: Path) -> None:
+    """A chord begun by a version that kept its count apart (a ".n" row in the results
+    table): the next arrival counts its members once, and the chord completes."""
+    backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}", expires=3600)
+    backend.set_chord_size("g", 3)
+    conn = backend._handle().conn
+    assert conn is not None
+    expires_at = time.time() + 3600
+    for suffix, value in ((".j", b"1"), (".n", 2)):
+        conn.execute("INSERT INTO celeriac_result (key, value, expires_at) VALUES (?, ?, ?)",
+                     (backend.chord_key("g", suffix), value, expires_at))
+    conn.executemany("INSERT INTO celeriac_result_chord (join_key, member, idx, value)"
+                     " VALUES (?, ?, ?, ?)",
+                     [(backend.chord_key("g", ".j"), f"{t}:{i}", float(i), t.encode())
+                      for i, t in enumerate(("a", "b"))])
+    copy = backend.chord_part_return("g", "b", 1, b"b", claim_token="t1", claim_ttl=30)
+    last = backend.chord_part_return("g", "c", 2, b"c", claim_token="t2", claim_ttl=30)
+    results = backend.chord_results("g")
+    assert backend.chord_cleanup("g", "t2", 60)
+    left = conn.execute("SELECT key FROM celeriac_result WHERE key LIKE '%.n'").fetchall()
+    backend.close()
+    assert (copy.ready, copy.claimed) == (2, False)
+    assert (last.ready, last.expected, last.claimed) == (3, 3, True)
+    assert results == [b"a", b"b", b"c"] and left == []
+
+
+def test_new_files_read_a_join_back_in_header_order_unsorted(tmp_path: Path) -> None:
+    """New files key a join's rows by header index: the body's read of a 10,000-member join
+    walks them in order instead of sorting them first."""
+    backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}")
+    backend.set_chord_size("g", 3)
+    for index, task in ((2, "c"), (0, "a"), (1, "b")):
+        backend.chord_part_return("g", task, index, task.encode(), claim_token=task,
+                                  claim_ttl=30)
+    conn = backend._handle().conn
+    assert conn is not None
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    results = backend.chord_results("g")
+    conn.set_trace_callback(None)
+    query = next(s for s in statements if "celeriac_result_chord" in s)
+    plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+    backend.close()
+    assert results == [b"a", b"b", b"c"]
+    assert "TEMP B-TREE" not in plan.upper(), plan
+
+
 def test_a_chord_without_result_expires_keeps_its_keys_forever(tmp_path: Path) -> None:
     backend = SQLiteBackend(url=f"sqlite:///{tmp_path / 'results.db'}", expires=0)
     backend.set_chord_size("g", 2)
@@ -101,10 +191,10 @@ def test_a_chord_without_result_expires_keeps_its_keys_forever(tmp_path: Path) -
              for i, t in enumerate(("a", "b"))]
     conn = backend._handle().conn
     assert conn is not None
-    expiries = _expiries(conn, *(backend.chord_key("g", s) for s in (".s", ".j", ".n")))
+    expiries = _expiries(conn, *(backend.chord_key("g", s) for s in (".s", ".j")))
     backend.close()
     assert [(p.ready, p.claimed) for p in parts] == [(1, False), (2, True)]
-    assert expiries == [None, None, None]
+    assert expiries == [None, None]
 
 
 def test_new_files_keep_results_and_joins_in_their_key_b_tree(tmp_path: Path) -> None:
