@@ -466,3 +466,82 @@ def test_a_fetch_after_a_short_one_waits_without_looking_again(make: MakeTranspo
     started = time.monotonic()
     assert tags(consumer.fetch(["q"], 4, 2.0)) == ["m3"]
     assert 0.15 <= time.monotonic() - started < 1.5  # the look after the 0.2 s interval
+
+
+# ---- takes without a lease (a prefork worker's idle processes: acked as they are taken) --------
+
+def test_an_unleased_take_holds_no_lease_and_is_acked(make: MakeTransport, client: redis.Redis,
+                                                      redis_prefix: str) -> None:
+    transport = make()
+    transport.publish([Outgoing("q", message(n)) for n in ("m1", "m2", "m3")])
+    got = transport.fetch(["q"], 3, 1.0, unleased=lambda: 2)
+    assert tags(got) == ["m1", "m2", "m3"]
+    assert [transport.is_unleased(d) for d in got] == [True, True, False]
+    assert [(d.delivery_count, d.redelivered) for d in got] == [(1, False)] * 3
+    # only the third is in flight, as kombu records it; the others are gone from the broker
+    assert client.hkeys(f"{redis_prefix}unacked") == [got[2].extra["delivery_tag"].encode()]
+    assert client.hlen(f"{redis_prefix}celeriac.deliveries") == 1
+    assert transport.qsize("q") == 1
+    transport.extend_lease(got)  # nothing to renew for the first two
+    assert transport.ack(got) == [True, True, True]
+    assert transport.qsize("q") == 0
+    assert client.hlen(f"{redis_prefix}unacked") == 0
+
+
+def test_what_keeps_a_message_leased(make: MakeTransport, client: redis.Redis,
+                                     redis_prefix: str) -> None:
+    """An unleased take never skips a step the worker needs the lease for: ETA, expiry, a unique
+    lock, a task acked only once it ends, a revoke stored a moment ago, an earlier delivery."""
+    transport = make()
+    transport.lease_rule(f"{redis_prefix}revoked-", ["tests.late"])
+    client.set(f"{redis_prefix}revoked-m4", "1")
+    transport.publish([Outgoing("q", m) for m in (
+        message("m1", eta="2030-01-01T00:00:00+00:00"),
+        message("m2", expires="2030-01-01T00:00:00+00:00"),
+        message("m3", celeriac_unique="key"),
+        message("m4"),
+        message("m5", task="tests.late"),
+        message("m6", eta=None, expires=None))])
+    got = transport.fetch(["q"], 6, 1.0, unleased=lambda: 6)
+    assert tags(got) == ["m1", "m2", "m3", "m4", "m5", "m6"]
+    assert [transport.is_unleased(d) for d in got] == [False] * 5 + [True]
+    transport.reject(got[3], requeue=True)  # delivered again: leased from now on
+    [again] = transport.fetch(["q"], 1, 1.0, unleased=lambda: 1)
+    assert tags([again]) == ["m4"] and not transport.is_unleased(again)
+    assert again.delivery_count == 2
+    assert transport.ack([*got, again]) == [True, True, True, False, True, True, True]
+
+
+def test_only_the_first_messages_taken_may_be_unleased(make: MakeTransport) -> None:
+    """One idle process: the first message takes it even when it is leased (an acks_late
+    task's), so the one after it waits for a process, holding its lease."""
+    transport = make()
+    transport.lease_rule("", ["tests.late"])
+    transport.publish([Outgoing("q", message("m1", task="tests.late")),
+                       Outgoing("q", message("m2"))])
+    got = transport.fetch(["q"], 2, 1.0, unleased=lambda: 1)
+    assert tags(got) == ["m1", "m2"]
+    assert [transport.is_unleased(d) for d in got] == [False, False]
+    assert transport.ack(got) == [True, True]
+
+
+def test_an_unleased_take_can_still_be_given_back_deferred_or_dead_lettered(
+        make: MakeTransport, client: redis.Redis, redis_prefix: str) -> None:
+    transport = make()
+    transport.publish([Outgoing("q", message(n, priority=5)) for n in ("m1", "m2", "m3")])
+    first, second, third = transport.fetch(["q"], 3, 1.0, unleased=lambda: 3)
+    assert transport.reject(first, requeue=True)
+    [back] = transport.fetch(["q"], 1, 1.0)
+    assert back.message == first.message and back.extra == first.extra
+    assert back.message.properties.get("priority") == 5
+    assert transport.ack([back]) == [True]
+    not_before = time.time() + 0.3
+    assert transport.defer(second, not_before)
+    [(_, score)] = client.zrange(f"{redis_prefix}celeriac.delayed.q", 0, -1, withscores=True)
+    assert score == pytest.approx(not_before)
+    [due] = transport.fetch(["q"], 1, 10.0)
+    assert due.message == second.message
+    assert transport.ack([due]) == [True]
+    letter = transport.dead_letter("q", third.message, "testing", delivery=third)
+    assert letter and transport.dead_letter_get(letter).message == third.message
+    assert transport.qsize("q") == 0
