@@ -10,9 +10,7 @@ Prefetch: the worker holds at most ``concurrency * worker_prefetch_multiplier`` 
 (running + waiting) in ONE shared buffer; whichever pool slot frees first takes the next message,
 so a long task never holds fetched work hostage. Waiting messages keep their broker lease
 (renewed here when the broker leases), so they are never lost; ETA messages are handed back to
-the broker until due and hold no slot. On Redis, a fetch takes what idle prefork processes will
-start at once without a lease (acked as it is taken, its revoke looked up in the same step): their
-early ack needs no round trip of its own.
+the broker until due and hold no slot.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from .extensions import Dropped, Hooks, WorkerExtension
 from .job import Job, task_label, wants_result
 from .outcome import LEASE_LOST, SETTLED_BY_ACK, Ending, Outcome
 from .request import ReceivedRequest, request_from_message
-from .revokes import REVOKED_KEY, RevokedSet
+from .revokes import RevokedSet
 from .settlement import Settlement
 
 if TYPE_CHECKING:
@@ -124,9 +122,6 @@ class Consumer:
                                      and hasattr(pool, "check_revokes"))
         if self._pool_checks_revokes:
             pool.check_revokes = True
-        #: the transport, when a fetch may take messages for idle pool processes without a lease
-        #: (acked as they are taken: no early ack's round trip before the task starts)
-        self._unleased: Any = self._takes_unleased(app)
         self._fetching = False  # a fetch is on its way (one at a time keeps the window honest)
         self._buffer: collections.deque[Job] = collections.deque()
         # requests of batch tasks wait here for their batch, outside the window; bounded by
@@ -157,29 +152,6 @@ class Consumer:
         self._threads: list[threading.Thread] = []
         self.processed = 0
         self.failed = 0
-
-    def _takes_unleased(self, app: Celery) -> Any:
-        """The transport if fetches may take messages without a lease (``fetch(unleased=...)``),
-        else None: only for prefork, whose processes would send each early ack anyway, on a
-        broker that takes them so and, when revokes are kept, can look a message's revoke up as
-        it takes it (the result store on its connection). Tasks acked only once they end, or not
-        run by the pool, are always leased."""
-        transport: Any = self.transport
-        if (not hasattr(transport, "lease_rule") or not self._pool_acks_ahead
-                or self.acks_late_default):
-            return None
-        marker = ""
-        if self.revokes is not None:
-            backend = app.backend
-            prefix = getattr(backend, "keyprefix", None)
-            if prefix is None or not transport.shares_connection_with(backend):
-                return None
-            marker = prefix + REVOKED_KEY
-        transport.lease_rule(marker, [
-            name for name, task in app.tasks.items()
-            if task.acks_late or task.collects_requests or task.runs_outside_pool
-            or task.is_coroutine])
-        return transport
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -332,11 +304,7 @@ class Consumer:
                 if self._stop.is_set():
                     return
                 try:
-                    if self._unleased is not None:
-                        deliveries = self._unleased.fetch(self.queues, room, 1.0,
-                                                          unleased=self._idle_slots)
-                    else:
-                        deliveries = self.transport.fetch(self.queues, room, 1.0)
+                    deliveries = self.transport.fetch(self.queues, room, 1.0)
                     backoff = 0.1
                 except Exception as exc:  # broker trouble: log, back off, carry on
                     logger.error("fetch failed: %r; retrying in %.1fs", exc, backoff)
@@ -347,13 +315,6 @@ class Consumer:
             finally:
                 with self._cond:
                     self._fetching = False
-
-    def _idle_slots(self) -> int:
-        """Pool slots no buffered job waits for: what a fetch may take without a lease, to
-        start at once (asked again before each look of a waiting fetch)."""
-        with self._cond:
-            waiting = sum(1 for job in self._buffer if job.lane is self.pool)
-            return max(0, self.pool.free_slots() - waiting)
 
     def receive(self, deliveries: list[Delivery]) -> None:
         """Take fetched deliveries in: admitted, then held (or settled at once)."""
@@ -368,7 +329,7 @@ class Consumer:
             checked: list[str] = [
                 d.message.headers["id"] for d in deliveries if d.message.headers.get("id")
                 and (not self.settlement.checks_revokes_at_start or self._outside_window(d))
-                and not self._checked_in_pool(d) and not self._taken_unleased(d)]
+                and not self._checked_in_pool(d)]
             if checked:
                 try:
                     self.revokes.check_stored(checked)
@@ -419,11 +380,6 @@ class Consumer:
             return False
         return not self._acks_late(task) and self._lane(task)[0] is self.pool
 
-    def _taken_unleased(self, delivery: Delivery) -> bool:
-        """Whether ``delivery`` was taken without a lease (acked already; its revoke was looked
-        up as it was taken)."""
-        return self._unleased is not None and bool(self._unleased.is_unleased(delivery))
-
     def _outside_window(self, delivery: Delivery) -> bool:
         task = self.app.tasks.get(delivery.message.headers.get("task"))
         return task is not None and self._lane(task)[1]
@@ -451,8 +407,6 @@ class Consumer:
         if task.collects_requests:  # acked only once its batch has run
             late, outside_window = True, False
         job = Job(next(self._ids), delivery, task, bool(late), outside_window, lane)
-        if self._taken_unleased(delivery):
-            job.acked = True  # its early ack happened as it was taken
         if self.hooks.on_received:  # before it is in the buffer: it cannot have started yet
             self._call_hooks(self.hooks.on_received, job)
         with self._cond:

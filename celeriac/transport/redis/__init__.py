@@ -5,10 +5,7 @@ and keep the ``_kombu.binding.<queue>`` set, so Celery workers consume what we s
 state change is one Lua script (``scripts.py``): a fetch moves due delayed messages into their
 lists, restores expired leases, pops and records the in-flight entry in kombu's ``unacked`` hash
 and ``unacked_index`` zset in one atomic step, so no crash window loses a message and a Celery
-peer's restore sweep handles our deliveries (and ours handles theirs). A fetch may also take some
-messages without a lease (``fetch(unleased=...)``): acked as they are taken, for a worker that
-starts them at once and would ack them before they start anyway (prefork's idle processes), so
-neither the early ack's round trip nor the lease's bookkeeping is paid for them.
+peer's restore sweep handles our deliveries (and ours handles theirs).
 
 Waiting: celeriac producers PUBLISH on a per-queue wake channel after pushing; each transport has
 one connection subscribed to them (PSUBSCRIBE), read by its waiting fetches themselves, one at a
@@ -165,9 +162,6 @@ class RedisTransport(RedisBroadcastMixin):
         self._wake_base = f"{self.prefix}/{db}.celeriac.wake/"
         self._waker: _Waker | None = None
         self._next_sweep = 0.0  # monotonic time of the next sweeping fetch
-        #: ``lease_rule``'s FETCH arguments: the revoke marker prefix, then how many tasks are
-        #: always leased and their names
-        self._unleased_rule: tuple[Any, ...] = ("", 0)
         self._due_at: float | None = None  # wall time a fetch said something comes due
 
     @classmethod
@@ -463,14 +457,8 @@ class RedisTransport(RedisBroadcastMixin):
         return ("PUBLISH", self._wake_channel(queue), "")
 
     # ---- consuming ----------------------------------------------------------------------------
-    def fetch(self, queues: Sequence[str], max_n: int, timeout: float, *,
-              unleased: Callable[[], int] | None = None) -> list[Delivery]:
-        """Lease up to ``max_n`` messages in one script call, waiting up to ``timeout`` seconds.
-
-        ``unleased()``, asked before each look: up to that many of them may be taken without a
-        lease instead, acked as they are taken (for tasks about to start at once with an early
-        ack: the ack's round trip and the lease's bookkeeping saved), where ``lease_rule``
-        allows (``is_unleased``)."""
+    def fetch(self, queues: Sequence[str], max_n: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``max_n`` messages in one script call, waiting up to ``timeout`` seconds."""
         order = self._order(queues, max_n)
         deadline = time.monotonic() + max(timeout, 0.0)
         waiting = timeout > 0
@@ -485,9 +473,7 @@ class RedisTransport(RedisBroadcastMixin):
             if first and self._unchanged(order, seen):
                 leased, due = [], self._due_at  # straight to waiting: a look finds nothing new
             else:
-                free = min(unleased(), max_n) if unleased is not None else 0
-                leased, due = (self._lease(order, max_n, free) if free > 0
-                               else self._lease(order, max_n))
+                leased, due = self._lease(order, max_n)
                 if seen is not None:
                     self._quiet.marks = dict(zip(order, seen)) if len(leased) < max_n else None
             first = False
@@ -521,7 +507,7 @@ class RedisTransport(RedisBroadcastMixin):
         is not called; messages the script may have leased all the same come back when their
         lease expires (``visibility_timeout``), as after a lost reply to ``fetch``."""
         order = self._order(queues, max_n)
-        command, token = self._fetch_command(order, max_n, 0)
+        command, token = self._fetch_command(order, max_n)
         self._wire().defer_read(command, lambda reply: handler(
             [] if isinstance(reply, Exception) else self._deliveries(order, token, reply)[0]))
 
@@ -532,22 +518,7 @@ class RedisTransport(RedisBroadcastMixin):
         start = next(self._turn) % len(queues) if self.round_robin else 0
         return list(dict.fromkeys([*queues[start:], *queues[:start]]))
 
-    def lease_rule(self, revoke_marker: str, leased_tasks: Sequence[str]) -> None:
-        """What keeps a message from an ``unleased`` take (it is leased as usual): a key
-        ``revoke_marker + <task id>`` existing (its revoke, '' for no such check), its task
-        among ``leased_tasks`` (acked only once they end), an ETA, an expiry, a unique-lock
-        header, or an earlier delivery."""
-        names = list(dict.fromkeys(leased_tasks))
-        self._unleased_rule = (revoke_marker, len(names), *names)
-
-    @staticmethod
-    def is_unleased(delivery: Delivery) -> bool:
-        """Whether ``delivery`` was taken without a lease (``fetch(unleased=...)``): acked."""
-        receipt = delivery.receipt
-        return isinstance(receipt, tuple) and receipt[1] == ""
-
-    def _fetch_command(self, order: list[str], max_n: int,
-                       unleased: int) -> tuple[tuple[Any, ...], str]:
+    def _fetch_command(self, order: list[str], max_n: int) -> tuple[tuple[Any, ...], str]:
         token = f"{process_salt()}{next(_FETCH_SERIAL):x}"  # unique per fetch, fleet-wide
         high = "high" if self.priority_order == "high_first" else "low"
         now, clock = time.time(), time.monotonic()
@@ -556,12 +527,10 @@ class RedisTransport(RedisBroadcastMixin):
         if sweep:
             self._next_sweep, self._due_at = clock + SWEEP_INTERVAL, None
         return self._script("FETCH", (high, repr(now), self.visibility_timeout, max_n, token,
-                                      RESTORE_LIMIT if sweep else 0, unleased,
-                                      *self._unleased_rule, len(order), *order)), token
+                                      RESTORE_LIMIT if sweep else 0, len(order), *order)), token
 
-    def _lease(self, order: list[str], max_n: int,
-               unleased: int = 0) -> tuple[list[Delivery], float | None]:
-        command, token = self._fetch_command(order, max_n, unleased)
+    def _lease(self, order: list[str], max_n: int) -> tuple[list[Delivery], float | None]:
+        command, token = self._fetch_command(order, max_n)
         return self._deliveries(order, token, self._wire().call_one(*command))
 
     def _deliveries(self, order: list[str], token: str,
@@ -575,10 +544,7 @@ class RedisTransport(RedisBroadcastMixin):
             message, flagged, exchange, routing_key = decode_delivery(reply[i + 1])
             count = int(reply[i + 2])
             tag = reply[i + 3].decode()
-            # a count of 0: taken without a lease, so no token to fence acks with (acked)
-            receipt = (tag, token) if count else (tag, "")
-            count = count or 1
-            deliveries.append(Delivery(message, queue, receipt, count, flagged or count > 1,
+            deliveries.append(Delivery(message, queue, (tag, token), count, flagged or count > 1,
                                        {"delivery_tag": tag}, exchange, routing_key))
         return deliveries, hint
 
@@ -606,18 +572,12 @@ class RedisTransport(RedisBroadcastMixin):
     def _triples(deliveries: Sequence[Delivery]) -> list[str]:
         return [part for d in deliveries for part in (*d.receipt, d.queue)]
 
-    def _leased(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        """Those of ``deliveries`` holding a lease (the others were acked as they were taken)."""
-        return [d for d in deliveries if not self.is_unleased(d)]
-
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        """Drop each message if this holder still leases it; False where the lease was lost
-        (one taken without a lease is acked already: True)."""
-        leased = self._leased(deliveries)
-        if not leased:
-            return [True] * len(deliveries)
-        reply = iter(self._run("ACK", (len(leased), *self._triples(leased))))
-        return [True if self.is_unleased(d) else bool(next(reply)) for d in deliveries]
+        """Drop each message if this holder still leases it; False where the lease was lost."""
+        if not deliveries:
+            return []
+        reply = self._run("ACK", (len(deliveries), *self._triples(deliveries)))
+        return [bool(flag) for flag in reply]
 
     def shares_connection_with(self, backend: Any) -> bool:
         """Whether ``backend`` reaches Redis through this transport's connection in each thread
@@ -635,23 +595,7 @@ class RedisTransport(RedisBroadcastMixin):
         """Queue the ack on this thread's wire: it goes out with the thread's next round trip.
         ``on_reply`` gets what ``ack`` would return, or None if the round trip failed (the ack
         is then not sent again); without it, a failed round trip sends it again later."""
-        leased = self._leased(deliveries)
-        if not leased:
-            if deliveries and on_reply is not None:
-                on_reply([True] * len(deliveries))
-            return
-        if len(leased) < len(deliveries):  # the others were acked as they were taken
-            if on_reply is None:
-                self.ack_later(leased)
-                return
-
-            def each(reply: list[bool] | None, report: Callable[[list[bool] | None], None]
-                     = on_reply) -> None:
-                flags = iter(reply or ())
-                report(None if reply is None else
-                       [True if self.is_unleased(d) else next(flags) for d in deliveries])
-
-            self.ack_later(leased, each)
+        if not deliveries:
             return
         command = self._script("ACK", (len(deliveries), *self._triples(deliveries)))
         if on_reply is None:
@@ -668,7 +612,7 @@ class RedisTransport(RedisBroadcastMixin):
         their leases end instead of being acked without their results. An ack that could not
         run inside the transaction (its script not loaded yet) is sent again on its own: the
         writes are stored by then."""
-        batch = self._leased(deliveries)
+        batch = list(deliveries)
         if not batch:
             stage_writes()
             return
@@ -689,15 +633,7 @@ class RedisTransport(RedisBroadcastMixin):
         wire.defer_read(("EXEC",), executed, retain=True)
 
     def reject(self, delivery: Delivery, requeue: bool) -> bool:
-        """``requeue``: back to the consuming end with kombu's redelivered flags; else dropped.
-        One taken without a lease goes back with the same envelope (or nothing happens)."""
-        if self.is_unleased(delivery):
-            if requeue:
-                self._wire().call_checked(
-                    ("RPUSH", self._list(delivery.queue, delivery.message.properties.get(
-                        "priority")), self._unleased_envelope(delivery)),
-                    self._wake_command(delivery.queue))
-            return True
+        """``requeue``: back to the consuming end with kombu's redelivered flags; else dropped."""
         return bool(self._run("REJECT", (*self._triples([delivery]), "1" if requeue else "0",
                                          self._wake_channel(delivery.queue))))
 
@@ -706,7 +642,6 @@ class RedisTransport(RedisBroadcastMixin):
 
         The score stays "delivery time" as kombu reads it: now + seconds - visibility_timeout.
         """
-        deliveries = self._leased(deliveries)
         if not deliveries:
             return
         length = self.visibility_timeout if seconds is None else float(seconds)
@@ -714,21 +649,9 @@ class RedisTransport(RedisBroadcastMixin):
         self._run("EXTEND", (len(deliveries), score, *self._triples(deliveries)))
 
     def defer(self, delivery: Delivery, not_before: float) -> bool:
-        """Give the lease up and hold the message in the delayed set until ``not_before`` (one
-        taken without a lease is held there all the same)."""
-        if self.is_unleased(delivery):
-            self._wire().call_checked(("ZADD", f"{self.prefix}celeriac.delayed.{delivery.queue}",
-                                       repr(float(not_before)),
-                                       self._unleased_envelope(delivery)))
-            return True
+        """Give the lease up and hold the message in the delayed set until ``not_before``."""
         return bool(self._run("DEFER", (*self._triples([delivery]), repr(float(not_before)),
                                         repr(time.time()), self._wake_channel(delivery.queue))))
-
-    @staticmethod
-    def _unleased_envelope(delivery: Delivery) -> str:
-        """The envelope of a delivery taken without a lease, written again (its tag kept)."""
-        return encode(delivery.message, delivery.queue, delivery.receipt[0],
-                      exchange=delivery.exchange, routing_key=delivery.routing_key)
 
     # ---- dead letters -------------------------------------------------------------------------
     def dead_letter(self, queue: str, message: Message, reason: str,
@@ -738,7 +661,7 @@ class RedisTransport(RedisBroadcastMixin):
         record = json.dumps({"queue": queue, "reason": reason, "created_at": time.time(),
                              "envelope": encode(message, queue, "", lenient=True)})
         args: list[Any] = [record]
-        if delivery is not None and not self.is_unleased(delivery):  # else a copy: acked
+        if delivery is not None:
             args += self._triples([delivery])
         reply = self._run("DEAD_LETTER", args)
         return reply.decode() if isinstance(reply, bytes) else str(reply or "")

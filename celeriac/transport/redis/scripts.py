@@ -144,67 +144,16 @@ end
 """  # noqa: E501 (a Lua comment: wrapping it would change the script and its SHA)
 
 
-#: ARGV[A..]: order ('low'|'high'), now, visibility timeout, max_n, token, restore limit, unleased
-#: (how many may be taken without a lease), revoke marker prefix ('' for none), n leased-only
-#: tasks, their names, n queues, queues. Returns {hint, (queue number, envelope, delivery count,
-#: tag)...}; hint is the next time something may become due when nothing was fetched, else ''. A
-#: delivery count of 0 marks a message taken without a lease (acked as it was taken): only among
-#: the first ``unleased`` messages taken, those that start first.
+#: ARGV[A..]: order ('low'|'high'), now, visibility timeout, max_n, token, restore limit, n queues,
+#: queues. Returns {hint, (queue number, envelope, delivery count, tag)...}; hint is the next time
+#: something may become due when nothing was fetched, else ''.
 FETCH = PRELUDE + ENVELOPES + r"""
 local high_first = ARGV[A] == 'high'
 local now_s = ARGV[A + 1]
 local now, vt, max_n = tonumber(now_s), tonumber(ARGV[A + 2]), tonumber(ARGV[A + 3])
-local token, limit = ARGV[A + 4], tonumber(ARGV[A + 5])
-local unleased, marker, nl = tonumber(ARGV[A + 6]), ARGV[A + 7], tonumber(ARGV[A + 8])
-local leased_only = {}
-for i = 1, nl do leased_only[ARGV[A + 8 + i]] = true end
-local nq = tonumber(ARGV[A + 9 + nl])
+local token, limit, nq = ARGV[A + 4], tonumber(ARGV[A + 5]), tonumber(ARGV[A + 6])
 local queues = {}
-for i = 1, nq do queues[i] = ARGV[A + 9 + nl + i] end
-
--- where the header values an unleased take looks at start in the envelope, or nil. The headers
--- are found as envelope_tag finds the properties: the first '"headers": {' (only the body, a
--- string, comes before them in kombu's layout); Celery's headers begin with the four values
--- wanted, so the walk stops once it has them.
-local WANTED = {task = true, id = true, eta = true, expires = true}
-local function header_spots(env)
-  local _, h = string.find(env, '"headers": {', 1, true)
-  if not h then return nil end
-  local found, left, j = {}, 4, h + 1
-  while left > 0 do
-    j = string.find(env, '[^%s,]', j)
-    if not j or string.sub(env, j, j) ~= '"' then return found end
-    local kend = skip(env, j)
-    local v = string.find(env, '[^%s:]', kend)
-    local key = string.sub(env, j + 1, kend - 2)
-    if WANTED[key] and not found[key] then
-      found[key] = v
-      left = left - 1
-    end
-    j = skip(env, v)
-  end
-  return found
-end
-
--- whether a message may be taken without a lease: a first delivery, due now (no eta), with no
--- expiry and no unique-lock header (its name anywhere: leased), of a task not in the
--- leased-only set, and not revoked
-local function takes_unleased(env, tag)
-  local ok, yes = pcall(function()
-    if string.find(env, '"celeriac_unique"', 1, true) then return false end
-    local spots = header_spots(env)
-    if not spots or not spots.task or not spots.id then return false end
-    local eta, expires = spots.eta, spots.expires
-    if eta and string.sub(env, eta, eta + 3) ~= 'null' then return false end
-    if expires and string.sub(env, expires, expires + 3) ~= 'null' then return false end
-    local task = string.match(env, '^"([^"\\]*)"', spots.task)
-    local id = string.match(env, '^"([^"\\]*)"', spots.id)
-    if not task or not id or leased_only[task] then return false end
-    if marker ~= '' and redis.call('EXISTS', marker .. id) == 1 then return false end
-    return redis.call('HEXISTS', deliveries, tag) == 0
-  end)
-  return ok and yes
-end
+for i = 1, nq do queues[i] = ARGV[A + 6 + i] end
 
 -- 1. delayed messages that came due join their lists (a restore limit of 0: no sweeps this time)
 for _, q in ipairs(limit > 0 and queues or {}) do
@@ -290,13 +239,10 @@ while got < max_n and busy do
           if type(tag) ~= 'string' then tag = token .. '.' .. got end
           if not doc then stored = cjson.encode(env) end
         end
-        local count = 0 -- (acked as it is taken: no lease to record)
-        if got > unleased or stored ~= env or not takes_unleased(env, tag) then
-          redis.call('ZADD', index, now_s, tag)
-          redis.call('HSET', unacked, tag, '[' .. stored .. ', "", ' .. cjson.encode(q) .. ']')
-          redis.call('HSET', lease_key(q), tag, token)
-          count = redis.call('HINCRBY', deliveries, tag, 1)
-        end
+        redis.call('ZADD', index, now_s, tag)
+        redis.call('HSET', unacked, tag, '[' .. stored .. ', "", ' .. cjson.encode(q) .. ']')
+        redis.call('HSET', lease_key(q), tag, token)
+        local count = redis.call('HINCRBY', deliveries, tag, 1)
         out[#out + 1] = qi
         out[#out + 1] = env
         out[#out + 1] = count
