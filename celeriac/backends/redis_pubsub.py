@@ -27,6 +27,10 @@ logger = logging.getLogger("celeriac.backends.redis")
 
 #: seconds of silence on the pub/sub connection before a PING checks it is still alive
 _HEALTH_INTERVAL = 15.0
+#: a connection that served at least this long ends a run of failures: the next reconnect waits
+#: the shortest back-off again (one killed at once keeps backing off, up to ``_MAX_BACKOFF``)
+_STABLE_AFTER = 5.0
+_MAX_BACKOFF = 2.0
 
 
 class Watch:
@@ -164,17 +168,21 @@ class Subscriber:
         failures = 0
         while not self._closed:
             conn = None
+            connected_at: float | None = None
             try:
                 conn = self._connect()
-                failures = 0
+                connected_at = time.monotonic()
                 self._serve(conn)
             except (RedisError, OSError) as exc:
+                if connected_at is not None and time.monotonic() - connected_at >= _STABLE_AFTER:
+                    failures = 0
                 failures += 1
                 self._connection_lost(exc)
                 if not self._closed:
+                    delay = min(0.05 * 2 ** failures, _MAX_BACKOFF)
                     logger.warning("Redis result store: pub/sub connection lost (%s); "
-                                   "reconnecting", exc)
-                    self._sleep(min(0.05 * 2 ** failures, 2.0))
+                                   "reconnecting in %.1f s", exc, delay)
+                    self._sleep(delay)
             finally:
                 if conn is not None:
                     conn.disconnect()

@@ -275,6 +275,37 @@ def test_waiter_survives_a_pubsub_connection_kill(redis_url: str, raw: redis.Red
     assert got and got[0]["result"] == "after kill"
 
 
+def test_a_subscriber_killed_at_once_backs_off(redis_url: str, raw: redis.Redis,
+                                               task_ids: list[str]) -> None:
+    # A connection that dies as soon as it opens must not reset the back-off: the listener
+    # used to reconnect every 0.1 s for as long as the kills went on (about 20 in 2 s).
+    name = f"celeriac-rekill-{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in redis_url else "?"
+    reader = RedisBackend(url=f"{redis_url}{separator}client_name={name}")
+    task_id = _new(task_ids)
+    waiter = threading.Thread(target=lambda: _ignore_errors(reader.wait_for, task_id, 30))
+    kills = 0
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for client in raw.client_list():  # subscribers only: the pool's are not counted
+                if client.get("name") == name and "P" in client.get("flags", ""):
+                    kills += raw.client_kill_filter(_id=client["id"])
+            time.sleep(0.005)
+    finally:
+        reader.close()
+        waiter.join(10)
+    assert 2 <= kills <= 8, f"{kills} subscriber connections in 2 s"
+
+
+def _ignore_errors(call: Any, *args: Any) -> None:
+    try:
+        call(*args)
+    except Exception:  # noqa: BLE001 - the store is closed under the waiter on purpose
+        pass
+
+
 def test_store_retries_then_raises_when_redis_is_unreachable(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from celeriac.backends import redis as redis_backend
