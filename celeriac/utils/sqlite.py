@@ -273,6 +273,11 @@ def _close_fds(*fds: int) -> None:
             pass
 
 
+#: the shortest pause between two looks of a polling wait, and the shortest slow-rate pause
+MIN_INTERVAL = 0.0001
+MIN_MAX_INTERVAL = 0.001
+
+
 class ChangeWaiter:
     """Waits until the database file changes, from any process.
 
@@ -300,8 +305,9 @@ class ChangeWaiter:
         self._lock = threading.Lock()
         self._cond = threading.Condition()
         self._generation = 0
-        self.interval = min(interval, max_interval)
-        self.max_interval = max_interval
+        #: floors: a zero interval (``polling_interval=0``) made every wait spin on the file
+        self.max_interval = max(max_interval, MIN_MAX_INTERVAL)
+        self.interval = min(max(interval, MIN_INTERVAL), self.max_interval)
         self.hot = hot
         #: the inotify watch every waiting thread of this process sleeps on, or None (polling,
         #: or no hot wait yet): opened at the first hot wait, so a process that only reads

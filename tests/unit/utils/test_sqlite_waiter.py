@@ -39,6 +39,25 @@ def test_a_wait_that_is_not_hot_polls_at_the_slow_rate_from_the_start(tmp_path: 
     waiter.close()
 
 
+def test_a_zero_interval_polls_at_a_floor_instead_of_spinning(tmp_path: Path) -> None:
+    # polling_interval=0 on the SQLite transport reaches here as max_interval=0
+    waiter = ChangeWaiter(str(tmp_path / "x.db"), interval=0, max_interval=0, inotify=False)
+    token = waiter.token()
+    reads = 0
+    read = waiter._read
+
+    def counted() -> int:
+        nonlocal reads
+        reads += 1
+        return read()
+
+    waiter._read = counted  # type: ignore[method-assign]
+    assert waiter.wait(0.2, token) is False
+    waiter.close()
+    # 5 ms hot at 0.1 ms, then 1 ms looks: about 250; it spun through tens of thousands before
+    assert reads < 600, reads
+
+
 def test_a_cold_wait_pauses_every_given_seconds_and_a_change_in_this_process_ends_it(
         tmp_path: Path) -> None:
     path = str(tmp_path / "x.db")
