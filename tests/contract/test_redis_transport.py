@@ -440,6 +440,22 @@ def test_a_fetch_whose_wake_up_connection_is_lost_polls_instead_of_spinning(
     assert consumer._waker is not waker and consumer._waker.alive  # subscribed again
 
 
+def test_close_ends_a_waiting_fetch(make: MakeTransport) -> None:
+    """A fetch waiting when its transport is closed returns at once, where it used to go on
+    looking (and reconnecting) until its deadline."""
+    consumer = make(polling_interval=0.05)
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(consumer.fetch(["q"], 4, 5.0)))
+    thread.start()
+    time.sleep(0.2)  # waiting by now
+    closed = time.monotonic()
+    consumer.close()
+    thread.join(10)
+    assert got == [[]]
+    assert time.monotonic() - closed < 1.0
+    assert consumer.fetch(["q"], 4, 0.01) == []  # usable again: it reconnects
+
+
 def test_a_fetch_after_a_short_one_waits_without_looking_again(make: MakeTransport,
                                                                  client: redis.Redis,
                                                                  redis_prefix: str) -> None:

@@ -161,6 +161,9 @@ class RedisTransport(RedisBroadcastMixin):
         db = self._client.connection_pool.connection_kwargs.get("db", 0)
         self._wake_base = f"{self.prefix}/{db}.celeriac.wake/"
         self._waker: _Waker | None = None
+        #: counts ``close()`` calls: a fetch waiting when one comes returns instead of looking
+        #: again (and reconnecting) until its deadline
+        self._closes = 0
         self._next_sweep = 0.0  # monotonic time of the next sweeping fetch
         self._due_at: float | None = None  # wall time a fetch said something comes due
 
@@ -462,6 +465,7 @@ class RedisTransport(RedisBroadcastMixin):
         order = self._order(queues, max_n)
         deadline = time.monotonic() + max(timeout, 0.0)
         waiting = timeout > 0
+        closes = self._closes
         waker = self._waiter() if waiting else None
         fed = self._feed.active(order)
         first = waker is not None
@@ -487,6 +491,8 @@ class RedisTransport(RedisBroadcastMixin):
                 time.sleep(pause)                    # lost): look again after the pause
             else:
                 waker.wait(order, seen, pause)
+            if self._closes != closes:  # closed while it waited
+                return []
 
     def _unchanged(self, order: list[str], seen: tuple[int, ...] | None) -> bool:
         """Whether this thread's last lease found ``order``'s queues short, no wake-up for them
@@ -712,6 +718,7 @@ class RedisTransport(RedisBroadcastMixin):
 
     def close(self) -> None:
         """Stop the listener and disconnect; the transport reconnects lazily if used again."""
+        self._closes += 1
         if not self._forks.forked():
             self._feed.close()
         with self._lock:
