@@ -273,9 +273,8 @@ def _close_fds(*fds: int) -> None:
             pass
 
 
-#: the shortest pause between two looks of a polling wait, and the shortest slow-rate pause
+#: the shortest pause between two looks of a polling wait (a zero interval would spin)
 MIN_INTERVAL = 0.0001
-MIN_MAX_INTERVAL = 0.001
 
 
 class ChangeWaiter:
@@ -306,7 +305,7 @@ class ChangeWaiter:
         self._cond = threading.Condition()
         self._generation = 0
         #: floors: a zero interval (``polling_interval=0``) made every wait spin on the file
-        self.max_interval = max(max_interval, MIN_MAX_INTERVAL)
+        self.max_interval = max(max_interval, MIN_INTERVAL)
         self.interval = min(max(interval, MIN_INTERVAL), self.max_interval)
         self.hot = hot
         #: the inotify watch every waiting thread of this process sleeps on, or None (polling,
