@@ -119,15 +119,18 @@ WHERE (expires_at IS NOT NULL AND expires_at <= :now) OR value = excluded.value
 #: commit writes that page alone, where a count in ``TABLE`` cost a page (a WAL frame) more
 _COUNT_ROW = (float("inf"), "~n")
 #: a chord arrival's first statement: its claim (``.c``), size (``.s``), extras (``.t``) and join
-#: marker (``.j``), whichever exist, expired or not, and its count (keyed by its member name)
-_JOIN_KEYS = (f"SELECT key, value, expires_at FROM {TABLE} WHERE key IN (?, ?, ?, ?)"
-              f" UNION ALL SELECT member, value, NULL FROM {JOIN_TABLE}"
-              " WHERE join_key = ? AND idx = ? AND member = ?")
+#: marker (``.j``), whichever exist, expired or not, and its count (keyed by its member name).
+#: One equality lookup per key rather than ``key IN (...)``, which builds and sorts a temporary
+#: index of the four keys first: about a third less CPU for the statement.
+_JOIN_KEYS = " UNION ALL ".join(
+    [f"SELECT key, value, expires_at FROM {TABLE} WHERE key = ?"] * 4
+    + [f"SELECT member, value, NULL FROM {JOIN_TABLE}"
+       " WHERE join_key = ? AND idx = ? AND member = ?"])
 _JOIN_ADD = (f"INSERT OR IGNORE INTO {JOIN_TABLE} (join_key, member, idx, value)"
              " VALUES (?, ?, ?, ?)")
-#: a live join's count, counting one more member
-_COUNT_MORE = (f"UPDATE {JOIN_TABLE} SET value = value + 1"
-               " WHERE join_key = ? AND idx = ? AND member = ? RETURNING value")
+#: a live join's count, set to the one the arrival read plus its member (the arrival holds the
+#: write lock from that read on, so nobody counts in between; no ``RETURNING`` to step through)
+_COUNT_SET = f"UPDATE {JOIN_TABLE} SET value = ? WHERE join_key = ? AND idx = ? AND member = ?"
 #: how far short of a full ``result_expires`` from now a chord's keys may expire before an
 #: arrival pushes them back: 1% of ``result_expires``, and at most this (seconds)
 _REFRESH_SLACK = 60.0
@@ -474,7 +477,8 @@ class SQLiteBackend(ResultBackend):
             conn.execute(f"INSERT OR REPLACE INTO {JOIN_TABLE} (join_key, idx, member, value)"
                          " VALUES (?, ?, ?, ?)", (jkey, *_COUNT_ROW, ready))
         elif added:
-            ready = int(conn.execute(_COUNT_MORE, (jkey, *_COUNT_ROW)).fetchall()[0][0])
+            ready = counted + 1
+            conn.execute(_COUNT_SET, (ready, jkey, *_COUNT_ROW))
         else:
             ready = counted  # a copy counted before changes nothing
         size = found.get(skey, (None, None))[0]

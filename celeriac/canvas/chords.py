@@ -19,6 +19,7 @@ body twice.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ..backends.base import ChordPart, ResultWrite, StagedWrites
 from ..backends.meta import exception_from_dict, exception_to_dict
 from ..exceptions import ChordError
 from ..protocol import serialization
+from ..utils.salt import process_salt
 from .signature import as_list, maybe_signature
 
 if TYPE_CHECKING:
@@ -69,7 +71,17 @@ def part_of(app: "Celery", request: "Context", state: str, result: Any) -> Chord
         return None
     payload = exception_to_dict(result) if isinstance(result, BaseException) else result
     return ChordCount(request, group_id, backend.encode([1, request.id, state, payload]),
-                      uuid.uuid4().hex)
+                      claim_token())
+
+
+_CLAIM_SERIAL = itertools.count()
+
+
+def claim_token() -> str:
+    """A fresh dispatch-claim token (what ``ChordCount.token`` holds): this process's salt and a
+    counter, unique fleet-wide as Redis lease tokens are, where a ``uuid4`` per header task
+    (a random read and an object) cost ~6 µs."""
+    return f"{process_salt()}-{next(_CLAIM_SERIAL):x}"
 
 
 def on_part_return(app: "Celery", request: "Context", state: str, result: Any) -> None:
