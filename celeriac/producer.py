@@ -343,10 +343,13 @@ class Producer:
 
     def send_groups(self, batches: Sequence[tuple[str, dict[str, Any],
                                                   Sequence[tuple[Any, Any, Any, Any]]]],
-                    *, more: bool = False) -> None:
+                    *, more: bool = False, formed: bool = False) -> None:
         """Publish, in one broker round trip, batches of calls to one task with the same
         options, each call with its own ``(task_id, args, kwargs, group_index)`` (a group's
         members): the same messages ``send_many`` makes of such calls.
+
+        ``formed``: the caller vouches that every call is in the form ``v2.Likes`` keeps (a
+        non-empty str id, a tuple, a dict, an int index), so none is looked at one by one.
 
         ``more``: the caller sends more batches next and calls ``settle()`` (or a
         ``send_groups`` without ``more``) when done; a transport that can (Redis) then reads
@@ -363,7 +366,8 @@ class Producer:
                     own["group_index"] = group_index
                 run = self._start(name, args, kwargs, own)
                 runs.append(run)
-                at = at + 1 if run.likes is None else run.likes.extend(calls, at + 1)
+                at = (at + 1 if run.likes is None
+                      else run.likes.extend(calls, at + 1, formed=formed))
         self._publish_runs(runs, more)
 
     def settle(self) -> None:

@@ -395,7 +395,8 @@ class group(_TaskList):
         results: list[Any] = []
         root_id = options.get("root_id")
         members = self._members(app, copy=False)
-        ids = uuid4_texts(len(members))
+        count = len(members)
+        ids = uuid4_texts(count)
         oid = app.oid
         tasks = app.tasks
         #: per task name: the registered task (None: sent by name), whether it checks its
@@ -411,23 +412,44 @@ class group(_TaskList):
         calls: list[tuple[Any, Any, Any, Any]] = []
         batch_name: str | None = None
         batch_options: dict | None = None
+        # the task the last plain member called (``known[name]`` of it), and the arguments
+        # last found to fit it: a run of ``task.s()`` looks neither up again
+        name_of_last: str | None = None
+        task: Any = None
+        typing = False
+        plain: dict | None = None
+        checked_name: str | None = None
+        checked_args: Any = None
         try:
-            for index, member in enumerate(members):
-                if index and not index % PUBLISH_BATCH:
+            for start in range(0, count, PUBLISH_BATCH):
+                if start:
                     # one broker round trip per batch: the next one is built while Redis
                     # stores this one
                     publisher.flush(more=True)
                     batch_options = None
-                if type(member) is Signature:
+                for index in range(start, min(start + PUBLISH_BATCH, count)):
+                    member = members[index]
+                    if type(member) is not Signature:
+                        if args or kwargs:
+                            member = member.clone(args, kwargs) if not member.immutable else member
+                        publisher.flush()  # keep the publishing order the call order
+                        batch_options = None
+                        results.append(member.apply_async(
+                            group_id=group_id, group_index=index, chord=body,
+                            add_to_parent=False, **options))
+                        continue
                     name = member["task"]
-                    try:
-                        task, typing, plain = known[name]
-                    except KeyError:
-                        task = tasks.get(name)
-                        if task is not None and type(task).apply_async is not Task.apply_async:
-                            task = False  # its own apply_async: called through it, on a copy
-                        typing, plain = bool(task and task.typing), None
-                        known[name] = task, typing, plain
+                    if name is not name_of_last:
+                        try:
+                            task, typing, plain = known[name]
+                        except KeyError:
+                            task = tasks.get(name)
+                            if (task is not None
+                                    and type(task).apply_async is not Task.apply_async):
+                                task = False  # its own apply_async: called through it, on a copy
+                            typing, plain = bool(task and task.typing), None
+                            known[name] = task, typing, plain
+                        name_of_last = name
                     member_app = member._app
                     if task is False or (member_app is not None and member_app is not app):
                         # (a member of another app carries that app's reply_to: freeze a copy)
@@ -444,6 +466,8 @@ class group(_TaskList):
                         shared = _member_options(options, own, oid, group_id, body, root_id, task)
                         given_id = own.get("task_id")
                         task_id = given_id or ids[index]
+                        if task_id.__class__ is not str:
+                            publisher.formed = False
                     else:
                         if plain is None:
                             plain = _member_options(options, own, oid, group_id, body,
@@ -455,13 +479,18 @@ class group(_TaskList):
                     if partial and not member.get("immutable"):
                         task_args = tuple(args) + tuple(task_args)
                         task_kwargs = {**task_kwargs, **kwargs}
+                    elif task_args.__class__ is not tuple or task_kwargs.__class__ is not dict:
+                        publisher.formed = False  # (a list, say: ``v2.Likes.add`` makes a tuple)
                     if typing:
                         if task_kwargs:
                             task._check_arguments(tuple(task_args), task_kwargs)
-                        elif (name, len(task_args)) not in counts_checked:
-                            # positional arguments only: whether they fit depends on their count
-                            task._check_arguments(tuple(task_args), task_kwargs)
-                            counts_checked.add((name, len(task_args)))
+                        elif task_args is not checked_args or name is not checked_name:
+                            # positional arguments only: whether they fit depends on their
+                            # count (the same tuple, ``()`` of ``task.s()``: the same count)
+                            if (name, len(task_args)) not in counts_checked:
+                                task._check_arguments(tuple(task_args), task_kwargs)
+                                counts_checked.add((name, len(task_args)))
+                            checked_name, checked_args = name, task_args
                     if given_id:
                         add_result(AsyncResult(task_id, app=app, task_name=name))
                     else:  # AsyncResult._drawn, without a call per member
@@ -472,13 +501,6 @@ class group(_TaskList):
                         calls = publisher.calls_for(name, shared)
                         batch_name, batch_options = name, shared
                     calls.append((task_id, task_args, task_kwargs, index))
-                else:
-                    if args or kwargs:
-                        member = member.clone(args, kwargs) if not member.immutable else member
-                    publisher.flush()  # keep the publishing order the call order
-                    batch_options = None
-                    results.append(member.apply_async(group_id=group_id, group_index=index,
-                                                      chord=body, add_to_parent=False, **options))
             publisher.flush()
         except BaseException:
             publisher.settle_quietly()  # a batch that went ahead is stored (or logged)
@@ -752,10 +774,14 @@ class _Publisher:
         self.batches: list[tuple[str, dict, list[tuple[Any, Any, Any, Any]]]] = []
         #: whether a batch went ahead (``flush(more=True)``) and was not waited for since
         self.sent_ahead = False
+        #: whether every call collected since the last flush is in the form ``v2.Likes`` keeps
+        #: (``producer.send_groups``'s ``formed``): ``group._send`` says when one is not
+        self.formed = True
 
     def add(self, sig: Signature, options: dict) -> None:
         """A frozen member: its own options (its id) win over ``options``."""
         merged = message_options({**options, **sig.options}, frozenset({"add_to_parent"}))
+        self.formed = False  # its id and arguments as the signature has them
         task = self.app.tasks.get(sig.task)
         if task is not None:
             if type(task).apply_async is not Task.apply_async:
@@ -790,8 +816,8 @@ class _Publisher:
         """Publish the calls collected; with ``more``, the batch may still be in flight when
         this returns (``producer.send_groups``): a flush without it waits for all of them."""
         if self.batches:
-            batches, self.batches = self.batches, []
-            self.app.producer.send_groups(batches, more=more)
+            batches, self.batches, formed, self.formed = self.batches, [], self.formed, True
+            self.app.producer.send_groups(batches, more=more, formed=formed)
             self.sent_ahead = more
         elif not more and self.sent_ahead:
             self.app.producer.settle()

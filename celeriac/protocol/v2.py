@@ -340,14 +340,19 @@ class Likes:
         self._parts = None
         return True
 
-    def extend(self, calls: Sequence[tuple[Any, Any, Any, Any]], start: int = 0) -> int:
+    def extend(self, calls: Sequence[tuple[Any, Any, Any, Any]], start: int = 0,
+               formed: bool = False) -> int:
         """``add`` each of ``calls[start:]`` (``(id, args, kwargs, group index)``), in order,
         up to the first it does not take; returns where it stopped (``len(calls)``: all taken).
         A call already in the form ``add`` keeps (a str id, a tuple, a dict, an int or no
-        index: a group's members) is kept as it is, without a call per call."""
+        index: a group's members) is kept as it is, without a call per call; with ``formed``
+        the caller vouches that all are (and a non-empty id each), so none is looked at."""
+        self._parts = None
+        if formed:
+            self.calls.extend(calls[start:] if start else calls)
+            return len(calls)
         keep = self.calls.append
         add = self.add
-        self._parts = None
         for at in range(start, len(calls)):
             call = calls[at]
             task_id, args, kwargs, index = call
@@ -379,15 +384,18 @@ class Likes:
         embed = self._embed
         empty_body = f"[[], {{}}, {embed}]".encode("utf-8")
         dump = serialization.json_dumper()
-        empty_tail = f'"()"{p5}"{{}}"{p6}'  # what follows the parent of a call without arguments
+        # what follows the root of a call without arguments
+        empty_tail = f'{p34}"()"{p5}"{{}}"{p6}'
+        # ids drawn here are uuids, quoted as they are; those given too when all are plain
+        as_is = _quote_as_is(self.ids)
         out: list[tuple[str, str, bytes]] = []
         append = out.append
         for task_id, (given, args, kwargs, index) in zip(self.ids, calls):
-            quoted = f'"{task_id}"' if given is None else _json_str(task_id)  # a uuid: as is
+            quoted = f'"{task_id}"' if as_is or given is None else _json_str(task_id)
             # (an index is an int, never a bool or a subclass: ``add``): its text is its repr
             if not args and not kwargs:
                 append((quoted, f"{p0}{quoted}{p1}{'null' if index is None else index}{p2}"
-                                f"{quoted if derived else root}{p34}{empty_tail}", empty_body))
+                                f"{quoted if derived else root}{empty_tail}", empty_body))
                 continue
             body = _like_body(args, kwargs, embed, dump)
             argsrepr = _json_str(safe_repr(args, REPR_MAXSIZE)) if args else '"()"'
@@ -443,6 +451,17 @@ class Likes:
             out.append(Message(body, model.content_type, model.content_encoding, table,
                                properties, text))
         return out
+
+
+def _quote_as_is(ids: list[str]) -> bool:
+    """Whether the JSON text of each of ``ids`` is that id in quotes: all are made of ASCII
+    letters, digits and dashes (uuids), told for all at once rather than encoding each."""
+    text = "".join(ids)
+    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN_ID_BYTES)
+
+
+#: what an id may be made of to be written in JSON as it is, in quotes
+_PLAIN_ID_BYTES = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def likes_of(model: Message, args: Any, kwargs: Any, derived_root: bool) -> Likes | None:

@@ -157,6 +157,22 @@ def test_a_group_leaves_its_members_as_they_were_and_sends_what_freeze_gave(app)
     assert [body[0] for _, body in _sent(app)] == [[10, 1], [5, 5]]
 
 
+def test_group_members_not_in_the_form_of_a_like_call_are_sent_as_before(app):
+    """A member whose arguments are a list (a signature's dict set by hand) or whose own id is
+    not a str is not vouched for as ``formed``: each is sent as ``Likes.add`` takes it."""
+    add = app.tasks["tasks.add"]
+    listed = add.s(0, 0)
+    dict.__setitem__(listed, "args", [4, 4])
+    result = group([add.s(1, 1), listed, add.s(2, 2).set(task_id="own-id"), add.s(3, 3)],
+                   app=app).apply_async()
+    sent = _sent(app)
+    assert [h["id"] for h, _ in sent] == [r.id for r in result.results]
+    assert result.results[2].id == "own-id"
+    assert [h["argsrepr"] for h, _ in sent] == ["(1, 1)", "(4, 4)", "(2, 2)", "(3, 3)"]
+    assert [body[0] for _, body in sent] == [[1, 1], [4, 4], [2, 2], [3, 3]]
+    assert [h["group_index"] for h, _ in sent] == [0, 1, 2, 3]
+
+
 def test_a_drawn_member_result_is_what_the_constructor_makes(make_app) -> None:
     """``AsyncResult._drawn`` (a group's members, without the constructor's checks) sets the
     same attributes as ``AsyncResult(...)``: a field added to one must be added to the other."""

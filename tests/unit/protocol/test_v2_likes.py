@@ -228,3 +228,37 @@ def test_models_that_are_not_plain_json_have_no_likes() -> None:
     assert likes_of(model(), (1,), {}, True) is None  # not the arguments it was made with
     assert likes_of(model(), (), {}, True) is not None
     assert Path(__file__).exists()
+
+
+def test_extend_of_formed_calls_keeps_them_as_checking_each_would() -> None:
+    """``formed`` (a group vouching for its calls' form) takes the calls as they are: the same
+    calls and parts as ``extend`` looking at each."""
+    model = encode_task(name="t", task_id="first", json_headers=True)
+    calls: list[tuple[Any, Any, Any, Any]] = [
+        (str(uuid.uuid4()), (), {}, 1), ("given-Id_9", (2,), {"k": 1}, 2), ("x", (), {}, None)]
+    checked, formed = likes_of(model, (), {}, True), likes_of(model, (), {}, True)
+    assert checked is not None and formed is not None
+    assert checked.extend(calls, 1) == formed.extend(calls, 1, formed=True) == len(calls)
+    assert formed.calls == checked.calls == calls[1:]
+    assert formed.parts() == checked.parts()
+
+
+@pytest.mark.parametrize("odd", ['a"b', "a\\b", "a\nb", "a\x7fb", "é", "a b", "a_b", ""])
+def test_ids_are_quoted_as_is_only_when_json_writes_them_so(odd: str) -> None:
+    """Ids of letters, digits and dashes are written in quotes as they are, found for all the
+    calls at once; one other id among them (a quote, a backslash, a control or non-ASCII
+    character...) has every id written by the JSON encoder."""
+    from celeriac.protocol.v2 import _quote_as_is
+
+    plain = [str(uuid.uuid4()), "Task-42", str(uuid.uuid4()).upper()]
+    assert _quote_as_is(plain)
+    assert not _quote_as_is([*plain, odd]) or json.dumps(odd) == f'"{odd}"'
+    model = encode_task(name="t", task_id="first", json_headers=True)
+    likes = likes_of(model, (), {}, True)
+    assert likes is not None
+    ids = [*plain, odd] if odd else plain
+    for index, task_id in enumerate(ids):
+        assert likes.add(task_id, (), {}, index)
+    for (quoted, headers, _), task_id in zip(likes.parts(), ids):
+        assert quoted == json.dumps(task_id)
+        assert json.loads(headers)["id"] == task_id
