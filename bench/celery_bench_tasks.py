@@ -1,8 +1,9 @@
-"""The Celery 5 twin of bench/bench_tasks.py, for side-by-side Redis runs. Layer: bench.
+"""The Celery 5 twin of bench/bench_tasks.py, for side-by-side runs. Layer: bench.
 
 Imported only by Celery processes in the benchmark's own virtualenv (bench/.venv-celery), never
 by celeriac or pytest. It reads the same environment variables as the celeriac app, so one
-runner drives both: CELERIAC_BROKER_URL and CELERIAC_RESULT_BACKEND name the Redis database, and
+runner drives both: CELERIAC_BROKER_URL names the broker (the Redis database, or RabbitMQ's
+vhost for bench/peers.py's celery-amqp side), CELERIAC_RESULT_BACKEND the Redis database, and
 CELERIAC_BENCH_READY_FILE, when set, receives the wall-clock time the worker became ready.
 """
 
