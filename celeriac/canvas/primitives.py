@@ -278,6 +278,10 @@ def _with_lineage(options: dict, root_id: str | None, parent_id: str | None) -> 
     return options
 
 
+#: the member types ``group._members(copy=False)`` passes on without a copy
+_PLAIN_ONLY = frozenset((Signature,))
+
+
 # ---- group --------------------------------------------------------------------------------------
 @Signature.register_type("group")
 class group(_TaskList):
@@ -338,16 +342,11 @@ class group(_TaskList):
     def _members(self, app: "Celery", copy: bool = True) -> list[Signature]:
         """Copies of the members with nested groups flattened (their tasks count one by one);
         without ``copy``, plain task signatures come as they are (for a caller that changes
-        none of them)."""
+        none of them but gives those without an app ``app``, as ``maybe_signature`` would:
+        ``_send``)."""
         tasks = self.tasks
-        if not copy:
-            for task in tasks:
-                if task.__class__ is not Signature:
-                    break  # (those before got the app, as maybe_signature below gives it)
-                if task._app is None:
-                    task._app = app  # as maybe_signature gives it
-            else:  # the usual group: every member a plain task signature
-                return list(tasks)
+        if not copy and set(map(type, tasks)) <= _PLAIN_ONLY:
+            return list(tasks)  # the usual group: every member a plain task signature
         members: list[Signature] = []
         pending = [maybe_signature(t, app=app) for t in tasks]
         pending.reverse()  # taken from the end: the first member last
@@ -451,7 +450,9 @@ class group(_TaskList):
                             known[name] = task, typing, plain
                         name_of_last = name
                     member_app = member._app
-                    if task is False or (member_app is not None and member_app is not app):
+                    if member_app is None:
+                        member._app = member_app = app  # as maybe_signature gives it
+                    if task is False or member_app is not app:
                         # (a member of another app carries that app's reply_to: freeze a copy)
                         member = member.clone(args, kwargs) if partial else member.clone()
                         add_result(member.freeze(group_id=group_id, group_index=index, chord=body,
@@ -475,7 +476,9 @@ class group(_TaskList):
                             known[name] = task, typing, plain
                         shared, task_id, given_id = plain, ids[index], None
                     task_args = member.get("args") or ()
-                    task_kwargs = member.get("kwargs") or {}
+                    task_kwargs = member.get("kwargs")
+                    if not task_kwargs and task_kwargs.__class__ is not dict:
+                        task_kwargs = {}  # (an empty dict is taken as it is: no new one a member)
                     if partial and not member.get("immutable"):
                         task_args = tuple(args) + tuple(task_args)
                         task_kwargs = {**task_kwargs, **kwargs}

@@ -420,17 +420,35 @@ def _texts_into(command: Command, out: list[bytes]) -> bool:
     is neither str nor bytes (numbers, and what Redis cannot carry, are left to ``_pack_one``)."""
     start = len(out)
     append = out.append
-    append(b"*%d\r\n" % len(command))
+    append(b"*%d" % len(command))
     for arg in command:
         if arg.__class__ is str:
             arg = arg.encode()  # UTF-8, as hiredis writes text
         elif arg.__class__ is not bytes:
             del out[start:]
             return False
-        append(b"$%d\r\n" % len(arg))
+        size = len(arg)
+        head = _heads.get(size)
+        if head is None:
+            head = _head_of(size)
+        append(head)  # (the line end of what came before, then this argument's length)
         append(arg)
-        append(b"\r\n")
+    append(b"\r\n")
     return True
+
+
+#: RESP bulk-string heads by length, each with the line end before it (``\r\n$<length>\r\n``):
+#: a batch's envelopes have a few lengths between them, and formatting one was a tenth of
+#: packing an envelope
+_heads: dict[int, bytes] = {}
+_MAX_HEADS = 4096
+
+
+def _head_of(size: int) -> bytes:
+    if len(_heads) >= _MAX_HEADS:
+        _heads.clear()
+    head = _heads[size] = b"\r\n$%d\r\n" % size
+    return head
 
 
 def _is_noscript(reply: Any) -> bool:

@@ -156,3 +156,32 @@ def test_a_signature_takes_attributes_as_celerys_does(add):
     sig.note = "mine"
     assert vars(sig) == {"note": "mine"} and sig.note == "mine"
     assert sig == {**sig}  # still only Celery's keys as the dict's items
+
+
+def test_task_s_builds_what_signature_builds(app, add):
+    """``task.s(*args)`` builds its signature itself: the same items in the same order, fresh
+    kwargs and options, the task's app."""
+    built, reference = add.s(1, 2), add.signature((1, 2), {})
+    assert type(built) is Signature and list(built.items()) == list(reference.items())
+    assert built.app is app and add.s().args == ()
+    assert built.kwargs is not add.s(1, 2).kwargs and built.options is not add.s(1, 2).options
+    assert add.s(1, y=2).kwargs == {"y": 2}
+
+
+def test_task_s_goes_through_an_overridden_signature(app):
+    class Marked(app.Task):
+        def signature(self, args=None, kwargs=None, options=None, **extra):
+            return super().signature(args, kwargs, options, queue="marked", **extra)
+
+    @app.task(name="t.marked", base=Marked)
+    def marked(x):
+        return x
+
+    assert marked.s(1).options == {"queue": "marked"}
+
+
+def test_a_group_gives_members_without_an_app_its_app(app, add):
+    member = Signature("t.add", (1, 2))
+    assert member._app is None
+    group([member, add.s(3, 4)], app=app).apply_async()
+    assert member._app is app

@@ -33,3 +33,12 @@ def test_a_batch_packs_as_its_commands_one_by_one() -> None:
                 ("ZADD", "d", *["1.5", "x"] * 10, 2.5, "y"), ("EXEC",), ("PUBLISH", "w", "")]
     assert redis_wire.pack_commands(commands) == b"".join(
         hiredis.pack_command(c) for c in commands)
+
+
+def test_the_remembered_length_heads_stay_bounded_and_right(monkeypatch) -> None:
+    monkeypatch.setattr(redis_wire, "_MAX_HEADS", 8)
+    monkeypatch.setattr(redis_wire, "_heads", {})
+    command = ("LPUSH", "q", *["x" * size for size in range(40)])
+    assert redis_wire._pack_one(command) == hiredis.pack_command(command)
+    assert len(redis_wire._heads) <= 8
+    assert redis_wire._pack_one(command) == hiredis.pack_command(command)
