@@ -22,20 +22,25 @@ from celeriac.utils.sqlite import (
 from tests.waiting import wait_for
 
 
-def test_a_wait_that_is_not_hot_polls_at_the_slow_rate_from_the_start(tmp_path: Path) -> None:
-    waiter = ChangeWaiter(str(tmp_path / "x.db"), max_interval=0.2)
-    token = waiter.token()
-    reads = 0
+def _count_reads(waiter: ChangeWaiter) -> list[int]:
+    """A one-item list counting the waiter's looks at the file from now on."""
+    reads = [0]
     read = waiter._read
 
     def counted() -> int:
-        nonlocal reads
-        reads += 1
+        reads[0] += 1
         return read()
 
     waiter._read = counted  # type: ignore[method-assign]
+    return reads
+
+
+def test_a_wait_that_is_not_hot_polls_at_the_slow_rate_from_the_start(tmp_path: Path) -> None:
+    waiter = ChangeWaiter(str(tmp_path / "x.db"), max_interval=0.2)
+    token = waiter.token()
+    reads = _count_reads(waiter)
     assert waiter.wait(0.05, token, hot=False) is False
-    assert reads == 1  # after the one pause (capped by the timeout), not before it
+    assert reads == [1]  # after the one pause (capped by the timeout), not before it
     waiter.close()
 
 
@@ -43,20 +48,12 @@ def test_a_zero_interval_polls_at_a_floor_instead_of_spinning(tmp_path: Path) ->
     # polling_interval=0 on the SQLite transport reaches here as max_interval=0
     waiter = ChangeWaiter(str(tmp_path / "x.db"), interval=0, max_interval=0, inotify=False)
     token = waiter.token()
-    reads = 0
-    read = waiter._read
-
-    def counted() -> int:
-        nonlocal reads
-        reads += 1
-        return read()
-
-    waiter._read = counted  # type: ignore[method-assign]
+    reads = _count_reads(waiter)
     assert waiter.wait(0.2, token) is False
     waiter.close()
     assert waiter.interval > 0 and waiter.max_interval > 0
     # a look every 0.1 ms at most: about 2,000; it spun through about 20,000 before
-    assert reads <= 2500, reads
+    assert reads[0] <= 2500, reads
 
 
 def test_a_cold_wait_pauses_every_given_seconds_and_a_change_in_this_process_ends_it(
