@@ -13,7 +13,13 @@ constant text is made once, each event's values are put in; the same bytes ``jso
 of the event). Other events (``worker-*``, the client's ``task-sent``) go out at once, from the
 caller's thread.
 
-Events are not kept: nobody subscribed, nobody gets them (kombu's fanout semantics). A publish
+Events are not kept: nobody subscribed, nobody gets them (kombu's fanout semantics). Where the
+broker says how many got a message (Redis's PUBLISH), the flusher uses it: once a batch reached
+nobody, each later batch first goes out as its first event alone, and the rest is encoded and
+published only if that one reached someone (else the rest is dropped, as the broker would have
+dropped it). A monitor that subscribes gets every event published after it did, as before, and
+a worker run with ``-E`` while no monitor listens spends a buffer append per event and one small
+message per flush, not the encoding and publishing of every event. A publish
 that fails is logged (once per outage, not per event) and its events are dropped; the task
 itself is never failed or slowed by an event it could not send.
 """
@@ -132,6 +138,10 @@ class EventDispatcher:
         #: events published, and publishes (messages) made: for tests and the benchmark
         self.sent_events = 0
         self.sent_messages = 0
+        #: buffered events not encoded nor sent because nobody listened (module docstring)
+        self.unheard = 0
+        #: routing keys whose last buffered message reached nobody
+        self._unheard_keys: set[str] = set()
         #: buffered events kept at most while publishing lags (a broker that hangs), and how
         #: many were dropped because of it
         self.max_pending = MAX_PENDING
@@ -271,27 +281,29 @@ class EventDispatcher:
             self._transport = transport
         return self._transport
 
-    def _publish(self, routing_key: str, body: Any, count: int) -> None:
+    def _publish(self, routing_key: str, body: Any, count: int) -> int | None:
         """Hold ``_publishing``. One message (``body``: an event, a list of events, or a
-        ``Message`` made already); errors are logged once per outage, never raised."""
+        ``Message`` made already); errors are logged once per outage, never raised. Returns how
+        many subscribers got it where the broker says, else None (also when it failed)."""
         try:
             transport = self._broadcaster()
             if transport is None:
-                return
+                return None
             message = body if isinstance(body, Message) else event_message(body, self.hostname,
                                                                            self.serializer)
-            transport.broadcast(self.exchange, message, routing_key)
+            reached = transport.broadcast(self.exchange, message, routing_key)
         except Exception as exc:  # noqa: BLE001 - events must never break what sends them
             if not self._failing:
                 logger.warning("could not send events to the broker (%s); events are dropped "
                                "until it answers again", one_line(exc))
                 self._failing = True
-            return
+            return None
         if self._failing:
             logger.info("sending events again")
             self._failing = False
         self.sent_events += count
         self.sent_messages += 1
+        return reached
 
     def _publish_pending(self) -> None:
         """Hold ``_publishing``. Build and publish what is buffered, one list per group (at
@@ -304,17 +316,33 @@ class EventDispatcher:
         # One tick for the batch: the events take the values in buffer order (the order they
         # were sent in), as if each had ticked as it was queued.
         clock = self.clock.forward(len(pending)) - len(pending) + 1
+        unheard = self._unheard_keys
         for group, run, first in self._runs(pending, clock):
             key = f"{group}.{MULTI}"
             for start in range(0, len(run), self.buffer_limit):
-                chunk = run[start:start + self.buffer_limit]
-                try:
-                    message = self._encode(chunk, first + start)
-                except Exception as exc:  # noqa: BLE001 - a field JSON cannot take: drop these
-                    logger.warning("could not encode %d events (%s); they are dropped",
-                                   len(chunk), one_line(exc))
-                    continue
-                self._publish(key, message, len(chunk))
+                chunk, tick = run[start:start + self.buffer_limit], first + start
+                if key in unheard:  # the last message reached nobody: ask with one event
+                    reached = self._publish_chunk(key, chunk[:1], tick)
+                    if reached == 0:
+                        self.unheard += len(chunk) - 1
+                        continue
+                    unheard.discard(key)
+                    chunk, tick = chunk[1:], tick + 1
+                    if not chunk:
+                        continue
+                if self._publish_chunk(key, chunk, tick) == 0:
+                    unheard.add(key)
+
+    def _publish_chunk(self, key: str, chunk: list[_Pending], clock: int) -> int | None:
+        """Encode and publish buffered events as one message; how many subscribers got it
+        (None: the broker does not say, or it failed)."""
+        try:
+            message = self._encode(chunk, clock)
+        except Exception as exc:  # noqa: BLE001 - a field JSON cannot take: drop these
+            logger.warning("could not encode %d events (%s); they are dropped",
+                           len(chunk), one_line(exc))
+            return None
+        return self._publish(key, message, len(chunk))
 
     def _runs(self, pending: list[_Pending],
               clock: int) -> Iterator[tuple[str, list[_Pending], int]]:

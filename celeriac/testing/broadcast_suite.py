@@ -101,6 +101,21 @@ class BroadcastContract(ContractBase):
         assert bodies(collect(late, 1)) == ["after"]
         assert late.get(self.quiet) == []
 
+    def test_broadcast_a_count_it_gives_never_misses_a_receiver(
+            self, make_transport: MakeBroadcast, subscribe: Subscribe, exchange: str) -> None:
+        """A broker that says how many got a message (``broadcast`` returns an int) may count
+        too many, never too few: the event dispatcher stops sending to nobody on a 0."""
+        publisher = make_transport()
+        if publisher.broadcast(exchange, note("alone"), "task.multi") is None:
+            pytest.skip("this broker does not say how many got a broadcast")
+        assert publisher.broadcast(exchange, note("alone-again"), "task.multi") == 0
+        listeners = [subscribe(exchange, "#"), subscribe(exchange, "task.*")]
+        other = subscribe(exchange, "worker.#")
+        assert publisher.broadcast(exchange, note("heard"), "task.multi") >= 2
+        for subscription in listeners:
+            assert bodies(collect(subscription, 1)) == ["heard"]
+        assert other.get(self.quiet) == []
+
     def test_broadcast_bindings_are_amqp_topic_patterns(self, make_transport: MakeBroadcast,
                                              subscribe: Subscribe, exchange: str) -> None:
         keys = ["worker.heartbeat", "worker.online", "task.sent", "worker.a.b", "worker", ""]

@@ -199,8 +199,9 @@ class Broadcast(Protocol):
     """Fanout: every current subscriber of an exchange gets its own copy; nobody subscribed,
     nobody gets it (kombu's fanout semantics; Redis: PUBLISH ``/<db>.<exchange>/<key>``)."""
 
-    def broadcast(self, exchange: str, message: Message, routing_key: str = "") -> None:
-        """Send ``message`` to every subscriber of ``exchange`` whose binding matches."""
+    def broadcast(self, exchange: str, message: Message, routing_key: str = "") -> int | None:
+        """Send ``message`` to every subscriber of ``exchange`` whose binding matches; how many
+        got it where the broker says (Redis's PUBLISH, the in-memory broker), else None."""
 
     def subscribe(self, exchange: str, binding: str = "#") -> Subscription:
         """Receive what ``exchange`` broadcasts from now on. ``binding`` is an AMQP topic

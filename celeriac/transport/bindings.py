@@ -97,7 +97,7 @@ def exchange_type_of(bindings: Iterable[Binding], exchange: str,
 
 def route_outgoing(items: Sequence[Outgoing], *, exchange_type: Callable[[str], str | None],
                    queues: Callable[[str, str, str | None], list[str]],
-                   fanout: Callable[[Outgoing], None]) -> list[Outgoing]:
+                   fanout: Callable[[Outgoing], object]) -> list[Outgoing]:
     """``items`` with each routed one replaced by a copy per queue it reaches (unroutable ones
     dropped with a warning), in order; the plain ones as they are. A routed item's exchange
     type is its own ``exchange_type``, else ``exchange_type(exchange)`` (None: the bindings'

@@ -94,15 +94,19 @@ class MemorySubscription:
 class MemoryBroadcastMixin:
     """``Broadcast`` for ``MemoryTransport`` (needs its ``_broker``)."""
 
-    def broadcast(self: _Host, exchange: str, message: Message, routing_key: str = "") -> None:
-        """Hand a copy to every current subscriber of ``exchange`` whose binding matches."""
+    def broadcast(self: _Host, exchange: str, message: Message, routing_key: str = "") -> int:
+        """Hand a copy to every current subscriber of ``exchange`` whose binding matches;
+        returns how many got one."""
         frozen: _Frozen = (bytes(message.body), message.content_type, message.content_encoding,
                            _dumps(message.headers), _dumps(message.properties))
         hub = _hub(self._broker)
+        reached = 0
         with hub.lock:  # one order of broadcasts for every subscriber
             for subscriber in hub.subscribers.get(exchange, ()):
                 if topic_matches(subscriber.binding, routing_key):
                     subscriber._put(frozen)
+                    reached += 1
+        return reached
 
     def subscribe(self: _Host, exchange: str, binding: str = "#") -> Subscription:
         """Receive what ``exchange`` broadcasts from now on (``binding``: AMQP topic pattern)."""

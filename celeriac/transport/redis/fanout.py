@@ -178,10 +178,11 @@ class RedisSubscription:
 class RedisBroadcastMixin:
     """``Broadcast`` for ``RedisTransport`` (needs its ``_client`` and ``prefix``)."""
 
-    def broadcast(self: _Host, exchange: str, message: Message, routing_key: str = "") -> None:
-        """PUBLISH to every current subscriber; nobody listening, nobody gets it."""
+    def broadcast(self: _Host, exchange: str, message: Message, routing_key: str = "") -> int:
+        """PUBLISH to every current subscriber; nobody listening, nobody gets it. Returns how
+        many subscribers got it (PUBLISH's reply)."""
         channel = channel_base(self, exchange) + (f"/{routing_key}" if routing_key else "")
-        self._client.publish(channel, _envelope(message, exchange, routing_key))
+        return int(self._client.publish(channel, _envelope(message, exchange, routing_key)))
 
     def subscribe(self: _Host, exchange: str, binding: str = "#") -> Subscription:
         """Receive what ``exchange`` broadcasts from now on (``binding``: AMQP topic pattern),
