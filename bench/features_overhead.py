@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:  # ``python bench/...`` puts bench/, not the repo,
     sys.path.insert(0, str(ROOT))
 
 from bench.bench_tasks import FEATURES_ENV  # noqa: E402
-from bench.events_overhead import drain, redis_store, wait_done  # noqa: E402
+from bench.events_overhead import Counter, drain, redis_store, wait_done  # noqa: E402
 from bench.run import (  # noqa: E402
     WORKER_CMD,
     WorkerProcess,
@@ -55,23 +55,29 @@ from bench.run import (  # noqa: E402
     revision,
 )
 
-#: variant -> (features for the worker, whether it runs with -E)
+#: variant -> (features for the worker, whether it runs with -E, whether a monitor listens to its
+#: events). Without a monitor, the worker finds nobody gets its task events on Redis and sends one
+#: per flush (celeriac/events/dispatcher.py); with one, it encodes and publishes them all.
 VARIANTS = {
-    "base": ("", False),
-    "events": ("", True),
-    "rate": ("rate", False),
-    "idle": ("idle", False),
-    "all": ("rate,idle", True),
+    "base": ("", False, False),
+    "events": ("", True, False),
+    "monitored": ("", True, True),
+    "rate": ("rate", False, False),
+    "idle": ("idle", False, False),
+    "all": ("rate,idle", True, False),
+    "all-monitored": ("rate,idle", True, True),
 }
 
 
 def run_variant(name: str, broker: str, pool: str, n: int, db: int
                 ) -> tuple[float, float, float]:
-    features, events = VARIANTS[name]
+    features, events, monitor = VARIANTS[name]
     saved = os.environ.get(FEATURES_ENV)
     os.environ[FEATURES_ENV] = features
     try:
-        rate, cpu, main_cpu, _ = drain(broker, pool, n, events, db, monitor=False)
+        rate, cpu, main_cpu, seen = drain(broker, pool, n, events, db, monitor=monitor)
+        if monitor and seen < n:
+            raise RuntimeError(f"the monitor saw {seen} task-succeeded events of {n}")
     finally:
         if saved is None:
             os.environ.pop(FEATURES_ENV, None)
@@ -84,7 +90,7 @@ def callgrind_instructions(variant: str, n: int, db: int) -> int:
     """User-space instructions a solo worker of ``variant`` runs, from start to shutdown,
     draining ``n`` noops from Redis under callgrind (threads included; the kernel's work in
     system calls is not counted)."""
-    features, events = VARIANTS[variant]
+    features, events, monitor = VARIANTS[variant]
     outdir = Path(tempfile.mkdtemp(prefix="celeriac-bench-callgrind-"))
     command = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={outdir}/out.%p",
                *WORKER_CMD)
@@ -93,11 +99,16 @@ def callgrind_instructions(variant: str, n: int, db: int) -> int:
     try:
         with redis_store(db) as workdir:
             ids = enqueue_noops(n)
+            counter = Counter() if monitor else None
             worker = WorkerProcess(workdir, "solo", command=command)
             worker.argv += ["-E"] if events else []
-            with worker:
-                worker.wait_ready(timeout=900)
-                wait_done(ids, worker, timeout=900 + n)
+            try:
+                with worker:
+                    worker.wait_ready(timeout=900)
+                    wait_done(ids, worker, timeout=900 + n)
+            finally:
+                if counter is not None:
+                    counter.close()
         total = 0
         for path in outdir.iterdir():
             for line in path.read_text(errors="replace").splitlines():
