@@ -124,7 +124,7 @@ DEFAULTS: dict[str, Any] = {
     "elasticsearch_timeout": None, "elasticsearch_save_meta_as_text": True,
     # -- celeriac's own (see CELERIAC_EXTRAS)
     "worker_max_deliveries": 10, "worker_async_concurrency": 100, "worker_hostname": None,
-    "worker_heartbeat_interval": 2.0,
+    "worker_heartbeat_interval": 2.0, "event_skip_unheard": True,
     # metrics and tracing (see docs/monitoring.md)
     "worker_metrics_port": None, "worker_metrics_address": "0.0.0.0", "tracing_enabled": False,
     # dispatch (celery-dispatcher's names and defaults; see docs/dispatch.md)
@@ -144,6 +144,7 @@ CELERIAC_EXTRAS: tuple[str, ...] = (
     "worker_async_concurrency",  # how many ``async def`` tasks one worker runs at once
     "worker_hostname",           # node name used when the worker is started without ``-n``
     "worker_heartbeat_interval",  # seconds between worker heartbeats (Celery's event freq, 2.0)
+    "event_skip_unheard",  # task events nobody received go as one per flush (docs/monitoring.md)
     "worker_metrics_port",     # the worker's Prometheus endpoint: a port, a range, 0 (any free)
     "worker_metrics_address",  # the address that endpoint listens on
     "tracing_enabled",         # OpenTelemetry spans for publish and run (celeriac[otel])
@@ -400,6 +401,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "worker_concurrency": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an int >= 1"),
     "worker_max_deliveries": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
     "worker_async_concurrency": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "event_skip_unheard": (lambda v: isinstance(v, bool), "True or False"),
     "worker_heartbeat_interval": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                                   and v > 0, "a number of seconds > 0"),
     "worker_metrics_port": (_is_ports, "None, a port, a range of ports ('9808-9815') or 0 "

@@ -19,7 +19,9 @@ nobody, each later batch first goes out as its first event alone, and the rest i
 published only if that one reached someone (else the rest is dropped, as the broker would have
 dropped it). A monitor that subscribes gets every event published after it did, as before, and
 a worker run with ``-E`` while no monitor listens spends a buffer append per event and one small
-message per flush, not the encoding and publishing of every event. A publish
+message per flush (per 500 events), not the encoding and publishing of every event.
+``event_skip_unheard = False`` publishes every batch (for monitors the count cannot see: on a
+replica or another node of the broker's Redis). A publish
 that fails is logged (once per outage, not per event) and its events are dropped; the task
 itself is never failed or slowed by an event it could not send.
 """
@@ -50,6 +52,9 @@ FLUSH_INTERVAL = 0.05
 BUFFER_LIMIT = 500
 #: buffered events kept at most while the broker does not take them (later ones are dropped)
 MAX_PENDING = 100_000
+#: what ``_publish`` returns for a message the broker did not take (None: it took it, and does
+#: not say how many got it)
+_FAILED = -1
 #: seconds between two looks at the local UTC offset (it changes twice a year at most)
 _OFFSET_REFRESH = 60.0
 
@@ -140,8 +145,11 @@ class EventDispatcher:
         self.sent_messages = 0
         #: buffered events not encoded nor sent because nobody listened (module docstring)
         self.unheard = 0
+        self._told_unheard = False
         #: routing keys whose last buffered message reached nobody
         self._unheard_keys: set[str] = set()
+        #: whether to stop encoding batches nobody receives (``event_skip_unheard``)
+        self.skip_unheard = bool(conf.get("event_skip_unheard", True))
         #: buffered events kept at most while publishing lags (a broker that hangs), and how
         #: many were dropped because of it
         self.max_pending = MAX_PENDING
@@ -284,11 +292,12 @@ class EventDispatcher:
     def _publish(self, routing_key: str, body: Any, count: int) -> int | None:
         """Hold ``_publishing``. One message (``body``: an event, a list of events, or a
         ``Message`` made already); errors are logged once per outage, never raised. Returns how
-        many subscribers got it where the broker says, else None (also when it failed)."""
+        many subscribers got it where the broker says, None where it does not, ``_FAILED`` when
+        it was not sent."""
         try:
             transport = self._broadcaster()
             if transport is None:
-                return None
+                return _FAILED
             message = body if isinstance(body, Message) else event_message(body, self.hostname,
                                                                            self.serializer)
             reached = transport.broadcast(self.exchange, message, routing_key)
@@ -297,7 +306,7 @@ class EventDispatcher:
                 logger.warning("could not send events to the broker (%s); events are dropped "
                                "until it answers again", one_line(exc))
                 self._failing = True
-            return None
+            return _FAILED
         if self._failing:
             logger.info("sending events again")
             self._failing = False
@@ -323,6 +332,8 @@ class EventDispatcher:
                 chunk, tick = run[start:start + self.buffer_limit], first + start
                 if key in unheard:  # the last message reached nobody: ask with one event
                     reached = self._publish_chunk(key, chunk[:1], tick)
+                    if reached == _FAILED:  # the broker is away: the rest would fail too
+                        continue
                     if reached == 0:
                         self.unheard += len(chunk) - 1
                         continue
@@ -330,12 +341,17 @@ class EventDispatcher:
                     chunk, tick = chunk[1:], tick + 1
                     if not chunk:
                         continue
-                if self._publish_chunk(key, chunk, tick) == 0:
+                if self._publish_chunk(key, chunk, tick) == 0 and self.skip_unheard:
+                    if not self._told_unheard:
+                        logger.info("nobody receives this worker's %s events: each batch sends "
+                                    "its first event only, until a monitor subscribes", group)
+                        self._told_unheard = True
                     unheard.add(key)
 
     def _publish_chunk(self, key: str, chunk: list[_Pending], clock: int) -> int | None:
-        """Encode and publish buffered events as one message; how many subscribers got it
-        (None: the broker does not say, or it failed)."""
+        """Encode and publish buffered events as one message: how many subscribers got it,
+        None where the broker does not say (or the events could not be encoded), ``_FAILED``
+        when the broker did not take it."""
         try:
             message = self._encode(chunk, clock)
         except Exception as exc:  # noqa: BLE001 - a field JSON cannot take: drop these

@@ -200,8 +200,10 @@ class Broadcast(Protocol):
     nobody gets it (kombu's fanout semantics; Redis: PUBLISH ``/<db>.<exchange>/<key>``)."""
 
     def broadcast(self, exchange: str, message: Message, routing_key: str = "") -> int | None:
-        """Send ``message`` to every subscriber of ``exchange`` whose binding matches; how many
-        got it where the broker says (Redis's PUBLISH, the in-memory broker), else None."""
+        """Send ``message`` to every subscriber of ``exchange`` whose binding matches. Returns
+        how many got it where the broker says (Redis's PUBLISH, the in-memory broker), else
+        None. A count may be too high, never too low: 0 means nobody got it, and the event
+        dispatcher then stops encoding task events until a probe is heard again."""
 
     def subscribe(self, exchange: str, binding: str = "#") -> Subscription:
         """Receive what ``exchange`` broadcasts from now on. ``binding`` is an AMQP topic

@@ -63,7 +63,8 @@ def _received(subscription: Any, count: int, timeout: float = 5.0) -> list[dict[
     return events
 
 
-def test_nobody_listening_sends_one_event_a_batch_and_a_monitor_misses_nothing(dispatcher):
+def test_nobody_listening_sends_one_event_a_batch_and_a_monitor_misses_nothing(
+        dispatcher: EventDispatcher) -> None:
     _send(dispatcher, [f"a{i}" for i in range(10)])
     assert (dispatcher.sent_messages, dispatcher.sent_events, dispatcher.unheard) == (1, 10, 0)
     _send(dispatcher, [f"b{i}" for i in range(10)])  # nobody got the last one: ask with one
@@ -85,10 +86,70 @@ def test_nobody_listening_sends_one_event_a_batch_and_a_monitor_misses_nothing(d
     assert dispatcher.unheard == 9
 
 
-def test_a_broker_that_does_not_count_gets_every_batch(dispatcher, monkeypatch):
+def test_a_broker_that_does_not_count_gets_every_batch(dispatcher: EventDispatcher,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     transport = dispatcher.app.transport
     monkeypatch.setattr(transport, "broadcast",
                         lambda *args, _real=transport.broadcast: (_real(*args), None)[1])
     for batch in range(3):
         _send(dispatcher, [f"{batch}-{i}" for i in range(4)])
     assert (dispatcher.sent_messages, dispatcher.sent_events, dispatcher.unheard) == (3, 12, 0)
+
+
+def test_each_chunk_of_a_long_batch_asks_on_its_own(dispatcher: EventDispatcher) -> None:
+    dispatcher.buffer_limit = 4
+    _send(dispatcher, ["x"])  # reaches nobody
+    _send(dispatcher, [f"a{i}" for i in range(10)])  # chunks of 4, 4 and 2: a probe each
+    assert (dispatcher.sent_messages, dispatcher.sent_events, dispatcher.unheard) == (4, 4, 7)
+    monitor = dispatcher.app.transport.subscribe(dispatcher.exchange, "#")
+    try:
+        ids = [f"b{i}" for i in range(10)]
+        _send(dispatcher, ids)  # probe, its chunk's other 3, then chunks of 4 and 2 whole
+        assert dispatcher.sent_messages == 8
+        got = _received(monitor, 10)
+        assert [event["uuid"] for event in got] == ids
+        clocks = [event["clock"] for event in got]
+        assert clocks == list(range(clocks[0], clocks[0] + 10))
+    finally:
+        monitor.close()
+
+
+def test_switched_off_every_batch_goes_out(dispatcher: EventDispatcher) -> None:
+    dispatcher.skip_unheard = False
+    for batch in range(3):
+        _send(dispatcher, [f"{batch}-{i}" for i in range(4)])
+    assert (dispatcher.sent_messages, dispatcher.sent_events, dispatcher.unheard) == (3, 12, 0)
+
+
+def test_the_setting_reaches_the_dispatcher() -> None:
+    app = Celery("unheard-setting", broker="memory://unheard-setting", backend="memory://",
+                 set_as_current=False)
+    try:
+        assert EventDispatcher(app, "w1@host").skip_unheard is True
+        app.conf.event_skip_unheard = False
+        assert EventDispatcher(app, "w1@host").skip_unheard is False
+    finally:
+        app.close()
+
+
+def test_a_probe_the_broker_refuses_drops_its_batch_and_asks_again(
+        dispatcher: EventDispatcher, monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = dispatcher.app.transport
+    real = transport.broadcast
+    _send(dispatcher, ["x"])  # reaches nobody
+    calls: list[int] = []
+
+    def refuse(*args: Any) -> int:
+        calls.append(1)
+        raise ConnectionError("broker away")
+
+    monkeypatch.setattr(transport, "broadcast", refuse)
+    _send(dispatcher, [f"a{i}" for i in range(5)])
+    assert len(calls) == 1, "the rest is not tried against a broker that just refused"
+    monkeypatch.setattr(transport, "broadcast", real)
+    monitor = transport.subscribe(dispatcher.exchange, "#")
+    try:
+        _send(dispatcher, ["b0", "b1"])
+        assert [event["uuid"] for event in _received(monitor, 2)] == ["b0", "b1"]
+    finally:
+        monitor.close()
