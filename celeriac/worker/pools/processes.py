@@ -210,10 +210,13 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
     together = _settles_together(runner)
     #: a job read ahead, whose early ack went out with the last task's result (None: read one)
     job: Any = None
+    job_poller = select.poll()
+    job_poller.register(conn.fileno(), select.POLLIN)
     try:
         while True:
             if job is None:
                 try:
+                    _await_job(job_poller)
                     job = _recv_job(conn)
                 except (EOFError, OSError):
                     break
@@ -347,6 +350,26 @@ def _store_with_next(together: tuple[Any, Any, Any], conn: Connection, outcome: 
                    LEASE_LOST if reply is not None else "no answer")
     return None, (ahead[0], Outcome(task_id, states.PENDING, Ending.NOT_STARTED,
                                     reason=LEASE_LOST if reply is not None else "no answer"))
+
+
+#: seconds a child that finished a job looks at its pipe for the next one before it blocks on
+#: it. A write to a pipe whose reader sleeps makes the kernel wake that process, on a virtual
+#: machine often on a CPU that went idle: dearer for the parent's thread that writes (the
+#: pool's hot side) and slower for the child than a reader that is still looking. On Redis, a
+#: drain of 20,000 noops with the default worker (prefork, 2 children) went from 4,100-4,400
+#: to 4,900-6,200 tasks/s in interleaved runs (100-500 µs gave about the same), the main
+#: process's CPU per task from 132-140 to 105-119 µs, and the round-trip p50 from 0.74-0.75
+#: to 0.56-0.58 ms. On SQLite it made no difference that runs could tell.
+CHILD_BUSY_POLL = 0.0005
+
+
+def _await_job(poller: Any) -> None:
+    """Until the pipe ``poller`` watches has something to read, or ``CHILD_BUSY_POLL`` passed
+    (yielding the CPU between looks, so other processes lose nothing to the wait)."""
+    look, clock, pause = poller.poll, time.perf_counter, os.sched_yield
+    deadline = clock() + CHILD_BUSY_POLL
+    while not look(0) and clock() < deadline:
+        pause()
 
 
 def _readable_now(conn: Connection) -> bool:

@@ -107,3 +107,34 @@ def test_a_child_sees_a_job_waiting_in_its_pipe_and_a_parent_gone_without_blocki
     with pytest.raises(EOFError):
         _recv_job(child)
     child.close()
+
+
+class _Looks:
+    """A poll object whose pipe turns readable after ``after`` looks (None: never)."""
+
+    def __init__(self, after: int | None) -> None:
+        self.after, self.looks = after, 0
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        assert timeout == 0, "a look never waits"
+        self.looks += 1
+        return [(3, 1)] if self.after is not None and self.looks >= self.after else []
+
+
+def test_a_child_keeps_looking_for_its_next_job_before_it_blocks(monkeypatch) -> None:
+    """A child that finished a job looks at its pipe (yielding between looks) for up to
+    ``CHILD_BUSY_POLL`` before it blocks reading it: a job sent meanwhile finds it awake."""
+    from celeriac.worker.pools import processes
+
+    yields: list[int] = []
+    monkeypatch.setattr(processes.os, "sched_yield", lambda: yields.append(1))
+    readable = _Looks(after=1)
+    processes._await_job(readable)
+    assert (readable.looks, len(yields)) == (1, 0), "a job already there: no wait"
+    soon = _Looks(after=5)
+    processes._await_job(soon)
+    assert (soon.looks, len(yields)) == (5, 4), "looked again until the job came"
+    monkeypatch.setattr(processes, "CHILD_BUSY_POLL", 0.002)
+    never = _Looks(after=None)
+    processes._await_job(never)
+    assert never.looks > 1, "kept looking before giving up"
