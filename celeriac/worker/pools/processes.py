@@ -364,8 +364,9 @@ CHILD_BUSY_POLL = 0.0005
 
 
 def _await_job(poller: Any) -> None:
-    """Until the pipe ``poller`` watches has something to read, or ``CHILD_BUSY_POLL`` passed
-    (yielding the CPU between looks, so other processes lose nothing to the wait)."""
+    """Until the pipe ``poller`` watches has something to read, or ``CHILD_BUSY_POLL`` passed,
+    giving the CPU between looks to any process that wants it (the looks still cost this
+    child's CPU: up to ``CHILD_BUSY_POLL`` a job when jobs come further apart)."""
     look, clock, pause = poller.poll, time.perf_counter, os.sched_yield
     deadline = clock() + CHILD_BUSY_POLL
     while not look(0) and clock() < deadline:
