@@ -210,8 +210,7 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
     together = _settles_together(runner)
     #: a job read ahead, whose early ack went out with the last task's result (None: read one)
     job: Any = None
-    job_poller = select.poll()
-    job_poller.register(conn.fileno(), select.POLLIN)
+    job_poller = _pipe_poller(conn)
     try:
         while True:
             if job is None:
@@ -251,7 +250,8 @@ def _child_main(conn: Connection, runner: Any, index: int, terminate_flag: Any,
             retiring = _retire_reason(done, max_tasks, max_kib)
             unconfirmed = None
             if together is not None:
-                job, unconfirmed = _store_with_next(together, conn, outcome, retiring)
+                job, unconfirmed = _store_with_next(together, conn, job_poller, outcome,
+                                                    retiring)
                 if job is not None and job is not _LEAVE:
                     running[0] = job[0]  # before the parent hears this task ended
             outcome.retval = None  # values were stored by the child; keep the pipe light
@@ -298,20 +298,21 @@ def _settles_together(runner: Any) -> tuple[Any, Any, Any] | None:
     return app, transport, backend
 
 
-def _store_with_next(together: tuple[Any, Any, Any], conn: Connection, outcome: Outcome,
-                     retiring: str | None) -> tuple[Any, tuple[int, Outcome] | None]:
+def _store_with_next(together: tuple[Any, Any, Any], conn: Connection, poller: Any,
+                     outcome: Outcome, retiring: str | None
+                     ) -> tuple[Any, tuple[int, Outcome] | None]:
     """Store what the task left pending (its result, its chord count) and, when a job already
-    waits in the pipe, that job's early ack after it: one transaction, committed before the
-    parent hears of the task's end (so a result is stored before an ``acks_late`` ack). Returns
-    the job read ahead (``_LEAVE`` when the parent said to leave; None when none was waiting)
-    and, if it is not to start (its ack not confirmed, or the task found revoked with it),
-    ``(its job id, its NOT_STARTED or REVOKED outcome)``."""
+    waits in the pipe (``poller``: ``_pipe_poller(conn)``), that job's early ack after it: one
+    transaction, committed before the parent hears of the task's end (so a result is stored
+    before an ``acks_late`` ack). Returns the job read ahead (``_LEAVE`` when the parent said
+    to leave; None when none was waiting) and, if it is not to start (its ack not confirmed,
+    or the task found revoked with it), ``(its job id, its NOT_STARTED or REVOKED outcome)``."""
     app, transport, backend = together
     pending = outcome.pending
     ahead: Any = None
     if not retiring:
         try:
-            if _readable_now(conn):
+            if _readable_now(poller):
                 ahead = _recv_job(conn)
                 if ahead is None:
                     ahead = _LEAVE
@@ -373,12 +374,18 @@ def _await_job(poller: Any) -> None:
         pause()
 
 
-def _readable_now(conn: Connection) -> bool:
-    """Whether the pipe has something to read (or was closed), without waiting: a poll object
-    of our own, where ``conn.poll(0)`` builds a selector each call (3 µs against 16 here, on
-    the path from a task's end to its stored result)."""
+def _pipe_poller(conn: Connection) -> Any:
+    """A poll object on the child's end of its pipe, made once per child: ``conn.poll(0)``
+    builds a selector each call (3 µs against 16 here, on the path from a task's end to its
+    stored result)."""
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
+    return poller
+
+
+def _readable_now(poller: Any) -> bool:
+    """Whether the pipe ``poller`` watches has something to read (or was closed), without
+    waiting."""
     return bool(poller.poll(0))
 
 

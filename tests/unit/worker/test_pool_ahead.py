@@ -334,6 +334,12 @@ def _child_after(app, one, sent):
     return runner, together, outcome, (parent_end, child_end)
 
 
+def _store_with_next(together, child_end, outcome, retiring):
+    """``processes._store_with_next`` on the child's end of the pipe, watched as a child does."""
+    return processes._store_with_next(together, child_end, processes._pipe_poller(child_end),
+                                      outcome, retiring)
+
+
 def test_a_result_and_the_next_jobs_ack_are_stored_together(sqlite_app):
     app = sqlite_app
     (first, _), (one, two) = _leased(app, 2)
@@ -341,7 +347,7 @@ def test_a_result_and_the_next_jobs_ack_are_stored_together(sqlite_app):
         app, one, (2, two.message, two.delivery_info, two, False))
     assert together is not None and runner.collect_writes
     assert outcome.pending  # the result waits to go out with the next ack
-    job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
+    job, unconfirmed = _store_with_next(together, child_end, outcome, None)
     assert unconfirmed is None and job[0] == 2
     assert first.get(timeout=5) == 0  # stored
     assert app.transport.qsize("celery") == 0  # the second message's early ack went out too
@@ -353,7 +359,7 @@ def test_an_unconfirmed_ack_read_ahead_is_reported_after_the_stored_result(sqlit
     assert app.transport.ack([two]) == [True]  # settled elsewhere: its lease is gone
     _, together, outcome, (_, child_end) = _child_after(
         app, one, (2, two.message, two.delivery_info, two, False))
-    job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
+    job, unconfirmed = _store_with_next(together, child_end, outcome, None)
     assert job is None
     assert unconfirmed[0] == 2 and unconfirmed[1].ending is Ending.NOT_STARTED
     assert unconfirmed[1].reason == processes.LEASE_LOST
@@ -372,7 +378,7 @@ def test_the_job_read_ahead_is_looked_up_for_a_revoke_with_its_ack(sqlite_app, r
         app.backend.set_value(REVOKED_KEY + second.id, {"terminate": False, "signal": 15})
     _, together, outcome, (_, child_end) = _child_after(
         app, one, (2, two.message, two.delivery_info, two, True))
-    job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
+    job, unconfirmed = _store_with_next(together, child_end, outcome, None)
     if revoked:
         assert job is None
         assert unconfirmed[0] == 2 and unconfirmed[1].ending is Ending.REVOKED
@@ -387,7 +393,7 @@ def test_a_retiring_child_reads_nothing_ahead(sqlite_app):
     (first, _), (one, two) = _leased(app, 2)
     _, together, outcome, (_, child_end) = _child_after(
         app, one, (2, two.message, two.delivery_info, two, False))
-    job, unconfirmed = processes._store_with_next(together, child_end, outcome, "retiring")
+    job, unconfirmed = _store_with_next(together, child_end, outcome, "retiring")
     assert job is None and unconfirmed is None
     assert first.get(timeout=5) == 0
     assert app.transport.qsize("celery") == 1  # the job ahead stays unacked, for the parent
@@ -399,6 +405,6 @@ def test_told_to_leave_while_running_it_stores_the_result_then_leaves(sqlite_app
     (first, _), (one, _two) = _leased(app, 2)
     _, together, outcome, (_, child_end) = _child_after(
         app, one, None)  # the pool's "leave" (warm shutdown)
-    job, unconfirmed = processes._store_with_next(together, child_end, outcome, None)
+    job, unconfirmed = _store_with_next(together, child_end, outcome, None)
     assert job is processes._LEAVE and unconfirmed is None
     assert first.get(timeout=5) == 0

@@ -17,6 +17,7 @@ from celeriac.transport.base import Delivery
 from celeriac.worker.outcome import Ending, Outcome
 from celeriac.worker.pools.processes import (
     _job_bytes,
+    _pipe_poller,
     _readable_now,
     _recv_job,
     _recv_outcome,
@@ -98,12 +99,13 @@ def test_the_flat_job_carries_every_field_of_a_message_and_a_delivery():
 
 def test_a_child_sees_a_job_waiting_in_its_pipe_and_a_parent_gone_without_blocking():
     parent, child = multiprocessing.Pipe(duplex=True)
-    assert not _readable_now(child)
+    poller = _pipe_poller(child)
+    assert not _readable_now(poller)
     parent.send_bytes(_job_bytes((8, Message(b"[]"), {}, None, False)))
-    assert _readable_now(child)
-    assert _recv_job(child)[0] == 8 and not _readable_now(child)
+    assert _readable_now(poller)
+    assert _recv_job(child)[0] == 8 and not _readable_now(poller)
     parent.close()  # the parent is gone: readable, and reading says so (EOFError)
-    assert _readable_now(child)
+    assert _readable_now(poller)
     with pytest.raises(EOFError):
         _recv_job(child)
     child.close()
