@@ -21,6 +21,11 @@ from ..protocol import serialization
 from . import meta as metamod
 
 TASK_KEY_PREFIX = "celery-task-meta-"
+#: seconds a ``get()`` looks for its result before it sleeps, when its thread's last wait was
+#: over within that long (``result_backend_transport_options["wait_spin"]``; 0: it sleeps at
+#: once). On a virtual machine a thread that slept takes longer to wake than a short task
+#: takes to run; the look costs at most this much CPU a call.
+DEFAULT_WAIT_SPIN = 0.002
 GROUP_KEY_PREFIX = "celery-taskset-meta-"
 
 
@@ -537,3 +542,21 @@ def _seconds(value: Any) -> float:
     if hasattr(value, "total_seconds"):
         return float(value.total_seconds())
     return float(value)
+
+
+def wait_spin_option(transport_options: dict[str, Any] | None) -> float:
+    """``result_backend_transport_options["wait_spin"]`` as seconds (0 to 1), the default when
+    absent; anything else raises ImproperlyConfigured naming the option."""
+    value = (transport_options or {}).get("wait_spin")
+    if value is None:
+        return DEFAULT_WAIT_SPIN
+    try:
+        seconds = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 <= seconds <= 1:  # also refuses NaN
+        from ..exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"result_backend_transport_options: wait_spin must be a "
+                                   f"number of seconds from 0 to 1, not {value!r}")
+    return seconds

@@ -43,6 +43,7 @@ from .base import (
     ResultWrite,
     _any_failed,
     rate_slot_key,
+    wait_spin_option,
 )
 from .redis_pubsub import SoloWaiter, Subscriber, Unsupported
 
@@ -126,6 +127,7 @@ class RedisBackend(ResultBackend):
         self._redis_url = redis_url
         self._client_kwargs = kwargs
         self._busy_poll = _busy_poll(transport_options.get("busy_poll"))
+        self._wait_spin = wait_spin_option(transport_options)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._forks = PidGuard()
@@ -173,7 +175,8 @@ class RedisBackend(ResultBackend):
                                                  "protocol": 3}
                     if issubclass(pool.connection_class, redis.connection.Connection):
                         overrides["socket_keepalive"] = True  # TCP only (not a unix socket)
-                    self._solo = SoloWaiter(redis_wire.connector(pool, **overrides))
+                    self._solo = SoloWaiter(redis_wire.connector(pool, **overrides),
+                                            self._wait_spin)
                 solo = self._solo
         return solo if solo.supported else None
 

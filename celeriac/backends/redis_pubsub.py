@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
 from ..exceptions import BackendError
+from .base import DEFAULT_WAIT_SPIN
 
 logger = logging.getLogger("celeriac.backends.redis")
 
@@ -290,8 +291,12 @@ class SoloWaiter:
     connections at most. A connection error is raised for the caller to fall back on.
     """
 
-    def __init__(self, connect: Callable[[], Any]) -> None:
+    def __init__(self, connect: Callable[[], Any], spin: float = DEFAULT_WAIT_SPIN) -> None:
         self._connect = connect
+        #: seconds a wait polls its socket before it sleeps (``wait_spin``), when the last
+        #: wait ended within that long
+        self.spin = spin
+        self._spin_next = True
         self._lock = threading.Lock()  # held by the thread using the connection
         self._conn: Any = None
         self._reader: Any = None
@@ -384,12 +389,14 @@ class SoloWaiter:
         found: Any = None
         stored_read = done = False  # the GET answered; an answer found
         ping_sent = False
+        began = time.perf_counter()
+        spin_until = began + self.spin if self._spin_next else 0.0
         while not done:
             reply = reader.gets()
             if reply is _NOT_ENOUGH_DATA:
                 if self._closed:  # close() came while this connection was being opened
                     raise BackendError("the Redis result store was closed")
-                if not self._readable(sock, deadline):
+                if not self._readable(sock, deadline, spin_until):
                     if deadline is not None and time.monotonic() >= deadline:
                         return False, None
                     if ping_sent:
@@ -428,16 +435,25 @@ class SoloWaiter:
                 raise reply
             found = answer(reply)
             done = found is not None
+        # the next wait spins only if this one would have been over within its spin: a caller
+        # whose tasks take longer than that sleeps at once and spends no CPU looking
+        self._spin_next = time.perf_counter() - began <= self.spin
         return True, found
 
-    def _readable(self, sock: Any, deadline: float | None) -> bool:
+    def _readable(self, sock: Any, deadline: float | None, spin_until: float = 0.0) -> bool:
         """Whether ``sock`` has data before the deadline (at most ``_HEALTH_INTERVAL``: False
-        after that much silence). Never polls: the GET's reply is rarely what the caller waits
-        for (the task is still running), and on two cores a polling client takes the CPU the
-        worker and Redis need."""
+        after that much silence). Until ``spin_until`` (a ``perf_counter`` time) it polls,
+        yielding the CPU between looks, then it sleeps: on a virtual machine a thread that
+        slept takes longer to wake than a short task takes to run."""
         pending = getattr(sock, "pending", None)  # TLS: records already read and decrypted
         if pending is not None and pending():
             return True
+        if spin_until:
+            poll, clock, pause = self._poller.poll, time.perf_counter, os.sched_yield
+            while clock() < spin_until:
+                if poll(0):
+                    return True
+                pause()
         remaining = _HEALTH_INTERVAL
         if deadline is not None:
             remaining = min(remaining, max(0.0, deadline - time.monotonic()))

@@ -24,6 +24,7 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+from .. import states
 from ..exceptions import BackendError
 from ..utils.forks import PidGuard
 from ..utils.sqlite import (
@@ -48,6 +49,7 @@ from .base import (
     join_member,
     rate_slot_key,
     rate_step,
+    wait_spin_option,
 )
 
 TABLE = "celeriac_result"
@@ -178,6 +180,9 @@ class SQLiteBackend(ResultBackend):
         self.abspath = os.path.abspath(self.path)
         self.synchronous = _synchronous_from_url(self.url)
         self.cleanup_interval = cleanup_interval
+        conf = app.conf if app is not None else None
+        #: seconds a ``get()`` looks for its result before it sleeps (``DEFAULT_WAIT_SPIN``)
+        self.wait_spin = wait_spin_option(conf.result_backend_transport_options if conf else None)
         #: the broker's wire for this file (looked up once), or None (see ``sqlite_wire``)
         self._staging = (wire_for(self.path) if self.synchronous in ("OFF", "NORMAL")
                          else None)
@@ -606,6 +611,19 @@ class SQLiteBackend(ResultBackend):
                                        step.reserve + RATE_SLOT_MARGIN))
         return step.grant
 
+    def wait_for(self, task_id: str, timeout: float | None = None,
+                 states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
+        """The base class's wait, its first ``wait_spin`` seconds spent looking instead of
+        sleeping when this thread's last wait was over within that long."""
+        local, spin = self._local, self.wait_spin
+        began = time.perf_counter()
+        local.spin_until = began + spin if spin and getattr(local, "spin_next", True) else 0.0
+        try:
+            return super().wait_for(task_id, timeout, states_wanted)
+        finally:
+            local.spin_until = 0.0
+            local.spin_next = time.perf_counter() - began <= spin
+
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         if not getattr(self._local, "waits", False):
             # This thread's first wait: its reads took no change token (one costs a pragma and
@@ -616,7 +634,7 @@ class SQLiteBackend(ResultBackend):
         token = getattr(self._local, "token", None)
         self._local.token = None
         try:
-            self._changes().wait(timeout, token)
+            self._changes().wait(timeout, token, spin_until=getattr(self._local, "spin_until", 0.0))
         except sqlite3.ProgrammingError:  # closed by a concurrent close(): the caller re-reads
             pass
 

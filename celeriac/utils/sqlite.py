@@ -265,6 +265,18 @@ def _readable(fds: tuple[int, ...], timeout: float) -> list[int]:
     return [fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
 
 
+def _spin(fds: tuple[int, ...], until: float) -> list[int]:
+    """Which of ``fds`` became readable, looking (and yielding the CPU between looks) until the
+    ``time.perf_counter`` time ``until``; [] once it passed."""
+    clock, pause = time.perf_counter, os.sched_yield
+    while clock() < until:
+        ready = _readable(fds, 0.0)
+        if ready:
+            return ready
+        pause()
+    return []
+
+
 def _close_fds(*fds: int) -> None:
     for fd in fds:
         try:
@@ -376,17 +388,19 @@ class ChangeWaiter:
                 pass
 
     def wait(self, timeout: float, token: tuple[int, int] | None = None, *,
-             hot: bool = True, every: float | None = None) -> bool:
+             hot: bool = True, every: float | None = None, spin_until: float = 0.0) -> bool:
         """Return True once the database changed since ``token`` was taken, False after ``timeout``.
 
         ``hot=False`` pauses, then polls, every ``every`` seconds (at least ``max_interval``),
         never woken by other processes' commits: for waiters that need no haste and would
         otherwise wake at every commit of a busy file (a broadcast subscriber, which reads just
-        before it waits). A commit in this process still wakes it at once.
+        before it waits). A commit in this process still wakes it at once. ``spin_until`` (a
+        ``time.perf_counter`` time): until then a wait on inotify polls its descriptors,
+        yielding the CPU between looks, instead of sleeping on them.
         """
         version, generation = token if token is not None else self.token()
         if hot and self._open_watch() is not None:
-            return self._sleep(timeout, version, generation)
+            return self._sleep(timeout, version, generation, spin_until)
         start = time.monotonic()
         deadline, hot_until = start + timeout, start + (self.hot if hot else 0.0)
         interval = (self.interval if hot
@@ -408,7 +422,8 @@ class ChangeWaiter:
             if hot and now >= hot_until:
                 interval = min(interval * 1.5, self.max_interval)
 
-    def _sleep(self, timeout: float, version: int, generation: int) -> bool:
+    def _sleep(self, timeout: float, version: int, generation: int,
+               spin_until: float = 0.0) -> bool:
         """``wait`` on inotify: select on the watch and this thread's wake-up pipe."""
         pipe: _ThreadPipe | None = getattr(self._local, "pipe", None)
         if pipe is None:
@@ -437,7 +452,10 @@ class ChangeWaiter:
                     # a write still unpublished after ``hot`` (its writer descheduled on a busy
                     # machine): back off gradually, as it publishes with no further event
                     pause = min(pause * 1.5, self.max_interval)
-                ready = _readable((watch.fd, pipe.r), min(pause, deadline - now))
+                fds = (watch.fd, pipe.r)
+                ready = _spin(fds, spin_until) if spin_until else []
+                if not ready:
+                    ready = _readable(fds, min(pause, deadline - now))
                 woken = pipe.r in ready
                 if woken:
                     pipe.drain()
