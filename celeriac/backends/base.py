@@ -18,14 +18,16 @@ from .. import states
 from ..exceptions import EncodeError
 from ..exceptions import TimeoutError as CeleriacTimeoutError
 from ..protocol import serialization
+from ..utils.spin import spin_seconds
 from . import meta as metamod
 
 TASK_KEY_PREFIX = "celery-task-meta-"
 #: seconds a ``get()`` looks for its result before it sleeps, when its thread's last wait was
-#: over within that long (``result_backend_transport_options["wait_spin"]``; 0: it sleeps at
-#: once). On a virtual machine a thread that slept takes longer to wake than a short task
-#: takes to run; the look costs at most this much CPU a call.
-DEFAULT_WAIT_SPIN = 0.002
+#: over within that long (``result_backend_transport_options["wait_spin"]``, ``utils/spin.py``).
+#: Off by default: on the benchmark machine it shortened round trips in one slow spell and
+#: lengthened them in another, the looking thread taking CPU the worker needed
+#: (docs/benchmarks.md).
+DEFAULT_WAIT_SPIN = 0.0
 GROUP_KEY_PREFIX = "celery-taskset-meta-"
 
 
@@ -551,12 +553,8 @@ def wait_spin_option(transport_options: dict[str, Any] | None) -> float:
     if value is None:
         return DEFAULT_WAIT_SPIN
     try:
-        seconds = float(value) if not isinstance(value, bool) else float("nan")
-    except (TypeError, ValueError):
-        seconds = float("nan")
-    if not 0 <= seconds <= 1:  # also refuses NaN
+        return spin_seconds(value, "wait_spin")
+    except ValueError as exc:
         from ..exceptions import ImproperlyConfigured
 
-        raise ImproperlyConfigured(f"result_backend_transport_options: wait_spin must be a "
-                                   f"number of seconds from 0 to 1, not {value!r}")
-    return seconds
+        raise ImproperlyConfigured(f"result_backend_transport_options: {exc}") from None

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
 from ..exceptions import BackendError
+from ..utils.spin import AdaptiveSpin, look_until
 from .base import DEFAULT_WAIT_SPIN
 
 logger = logging.getLogger("celeriac.backends.redis")
@@ -293,10 +294,8 @@ class SoloWaiter:
 
     def __init__(self, connect: Callable[[], Any], spin: float = DEFAULT_WAIT_SPIN) -> None:
         self._connect = connect
-        #: seconds a wait polls its socket before it sleeps (``wait_spin``), when the last
-        #: wait ended within that long
-        self.spin = spin
-        self._spin_next = True
+        #: how long a wait polls its socket before it sleeps (``wait_spin``)
+        self._spin = AdaptiveSpin(spin)
         self._lock = threading.Lock()  # held by the thread using the connection
         self._conn: Any = None
         self._reader: Any = None
@@ -389,8 +388,7 @@ class SoloWaiter:
         found: Any = None
         stored_read = done = False  # the GET answered; an answer found
         ping_sent = False
-        began = time.perf_counter()
-        spin_until = began + self.spin if self._spin_next else 0.0
+        spin_until, began = self._spin.begin()
         while not done:
             reply = reader.gets()
             if reply is _NOT_ENOUGH_DATA:
@@ -435,9 +433,7 @@ class SoloWaiter:
                 raise reply
             found = answer(reply)
             done = found is not None
-        # the next wait spins only if this one would have been over within its spin: a caller
-        # whose tasks take longer than that sleeps at once and spends no CPU looking
-        self._spin_next = time.perf_counter() - began <= self.spin
+        self._spin.end(began)
         return True, found
 
     def _readable(self, sock: Any, deadline: float | None, spin_until: float = 0.0) -> bool:
@@ -449,11 +445,10 @@ class SoloWaiter:
         if pending is not None and pending():
             return True
         if spin_until:
-            poll, clock, pause = self._poller.poll, time.perf_counter, os.sched_yield
-            while clock() < spin_until:
-                if poll(0):
-                    return True
-                pause()
+            if deadline is not None:  # (never past the wait's own end)
+                spin_until = min(spin_until, time.perf_counter() + deadline - time.monotonic())
+            if look_until(lambda: self._poller.poll(0), spin_until):
+                return True
         remaining = _HEALTH_INTERVAL
         if deadline is not None:
             remaining = min(remaining, max(0.0, deadline - time.monotonic()))

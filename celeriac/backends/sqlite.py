@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .. import states
 from ..exceptions import BackendError
 from ..utils.forks import PidGuard
+from ..utils.spin import AdaptiveSpin
 from ..utils.sqlite import (
     DEFAULT_SQLITE_URL,
     ChangeWaiter,
@@ -615,14 +616,18 @@ class SQLiteBackend(ResultBackend):
                  states_wanted: frozenset[str] = states.READY_STATES) -> dict[str, Any]:
         """The base class's wait, its first ``wait_spin`` seconds spent looking instead of
         sleeping when this thread's last wait was over within that long."""
-        local, spin = self._local, self.wait_spin
-        began = time.perf_counter()
-        local.spin_until = began + spin if spin and getattr(local, "spin_next", True) else 0.0
+        if not self.wait_spin:
+            return super().wait_for(task_id, timeout, states_wanted)
+        local = self._local
+        spin = getattr(local, "spin", None)
+        if spin is None:
+            spin = local.spin = AdaptiveSpin(self.wait_spin)
+        local.spin_until, began = spin.begin()
         try:
             return super().wait_for(task_id, timeout, states_wanted)
         finally:
             local.spin_until = 0.0
-            local.spin_next = time.perf_counter() - began <= spin
+            spin.end(began)
 
     def _wait_change(self, keys: Sequence[str], timeout: float) -> None:
         if not getattr(self._local, "waits", False):

@@ -33,6 +33,12 @@ from ..protocol.message import Message
 if TYPE_CHECKING:
     from ..protocol.v2 import Likes
 
+#: seconds a fetch that waits for messages polls for them before it sleeps, when its last wait
+#: was over within that long (``broker_transport_options["wait_spin"]`` of the brokers that
+#: wait for a change: Redis, SQLite; ``utils/spin.py``). Off by default, as ``get()``'s
+#: (``backends.base.DEFAULT_WAIT_SPIN``).
+DEFAULT_FETCH_SPIN = 0.0
+
 
 @dataclass(slots=True)
 class Outgoing:

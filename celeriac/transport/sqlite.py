@@ -23,6 +23,7 @@ from ..exceptions import ImproperlyConfigured
 from ..protocol.entities import Queue, as_queue
 from ..protocol.message import Message
 from ..utils.forks import PidGuard
+from ..utils.spin import AdaptiveSpin, spin_seconds
 from ..utils.sqlite import (
     ChangeWaiter,
     OnSQLiteFile,
@@ -35,7 +36,7 @@ from ..utils.sqlite import (
     synchronous_mode,
     wire_for,
 )
-from .base import DeadLetter, Delivery, Outgoing, check_queue_names
+from .base import DEFAULT_FETCH_SPIN, DeadLetter, Delivery, Outgoing, check_queue_names
 from .bindings import (
     Binding,
     FanoutFeed,
@@ -201,8 +202,10 @@ class SQLiteTransport(SQLiteBroadcastMixin):
 
     def __init__(self, path: str, *, visibility_timeout: float = 3600.0,
                  polling_interval: float = 0.002, synchronous: str = "NORMAL",
-                 **options: Any) -> None:
+                 wait_spin: float = DEFAULT_FETCH_SPIN, **options: Any) -> None:
         self.path = path
+        #: how long a waiting fetch polls for a commit before it sleeps
+        self._spin = AdaptiveSpin(spin_seconds(wait_spin, "wait_spin"))
         self.visibility_timeout = float(visibility_timeout)
         self.polling_interval = float(polling_interval)
         #: ``PRAGMA synchronous`` of the writes that create or keep messages (publishes...)
@@ -398,6 +401,7 @@ class SQLiteTransport(SQLiteBroadcastMixin):
         start = next(self._turn) % len(queues)
         order = list(dict.fromkeys([*queues[start:], *queues[:start]]))
         fed = self._feed.active(order)
+        spin_until, began = self._spin.begin() if timeout > 0 else (0.0, 0.0)
         while True:
             token = self._change_waiter().token()
             if fed:
@@ -405,10 +409,12 @@ class SQLiteTransport(SQLiteBroadcastMixin):
             leased, next_due = self._lease(order, max_n)
             remaining = deadline - time.monotonic()
             if leased or remaining <= 0:
+                if timeout > 0:
+                    self._spin.end(began)
                 return leased
             if next_due is not None:
                 remaining = min(remaining, max(next_due - time.time(), 0.0005))
-            self._change_waiter().wait(remaining, token)
+            self._change_waiter().wait(remaining, token, spin_until=spin_until)
 
     def _lease(self, order: list[str], max_n: int) -> tuple[list[Delivery], float | None]:
         # Read first, and take the write lock only when something is due: an idle consumer

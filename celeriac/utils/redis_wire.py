@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import select
 import socket
@@ -33,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..exceptions import ImproperlyConfigured
 from .forks import ForkLocal
+from .spin import spin_seconds
 from .urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -488,13 +488,7 @@ _busy_polls: dict[tuple[Any, ...], float] = {}
 def busy_poll_seconds(value: Any) -> float:
     """A ``busy_poll`` option as seconds: a number (or numeric text, as from an environment
     variable) from 0 to 1; anything else raises ValueError naming the option."""
-    try:
-        seconds = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not 0 <= seconds <= 1:  # also refuses NaN
-        raise ValueError(f"busy_poll must be a number of seconds from 0 to 1, not {value!r}")
-    return seconds
+    return spin_seconds(value, "busy_poll")
 
 
 def set_busy_poll(pool: Any, seconds: float) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote
 
 from ..exceptions import ImproperlyConfigured
+from .spin import look_until
 from .urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -265,18 +266,6 @@ def _readable(fds: tuple[int, ...], timeout: float) -> list[int]:
     return [fd for fd, _ in poller.poll(max(timeout, 0.0) * 1000.0)]
 
 
-def _spin(fds: tuple[int, ...], until: float) -> list[int]:
-    """Which of ``fds`` became readable, looking (and yielding the CPU between looks) until the
-    ``time.perf_counter`` time ``until``; [] once it passed."""
-    clock, pause = time.perf_counter, os.sched_yield
-    while clock() < until:
-        ready = _readable(fds, 0.0)
-        if ready:
-            return ready
-        pause()
-    return []
-
-
 def _close_fds(*fds: int) -> None:
     for fd in fds:
         try:
@@ -438,6 +427,11 @@ class ChangeWaiter:
             deadline = time.monotonic() + timeout
             hot_until = 0.0
             pause = self.max_interval
+            fds = (watch.fd, pipe.r)
+
+            def look() -> list[int]:
+                return _readable(fds, 0.0)
+
             while True:
                 # registered first: a notify() or a drained write from here on reaches the pipe
                 if self._read() != version:
@@ -452,8 +446,8 @@ class ChangeWaiter:
                     # a write still unpublished after ``hot`` (its writer descheduled on a busy
                     # machine): back off gradually, as it publishes with no further event
                     pause = min(pause * 1.5, self.max_interval)
-                fds = (watch.fd, pipe.r)
-                ready = _spin(fds, spin_until) if spin_until else []
+                ready = (look_until(look, min(spin_until, time.perf_counter() + deadline - now))
+                         or [] if spin_until else [])
                 if not ready:
                     ready = _readable(fds, min(pause, deadline - now))
                 woken = pipe.r in ready

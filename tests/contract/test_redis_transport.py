@@ -402,7 +402,7 @@ def test_a_waker_stopped_while_a_fetch_reads_it_is_closed_by_that_fetch(
     reading, release = threading.Event(), threading.Event()
     real_take = redis_transport._Waker._take
 
-    def slow_take(self: Any, timeout: float) -> None:
+    def slow_take(self: Any, timeout: float, spin_until: float = 0.0) -> None:
         reading.set()
         release.wait(5)  # returns normally, as a poll that timed out does
 

@@ -40,8 +40,9 @@ from ...utils.forks import PidGuard
 from ...utils.redis_wire import _hiredis
 from ...utils.redis_wire import _pack_one as _pack_command
 from ...utils.salt import process_salt
+from ...utils.spin import AdaptiveSpin, look_until, spin_seconds
 from ...utils.urls import redact_url
-from ..base import DeadLetter, Delivery, Outgoing, check_queue_names
+from ..base import DEFAULT_FETCH_SPIN, DeadLetter, Delivery, Outgoing, check_queue_names
 from ..bindings import (
     Binding,
     FanoutFeed,
@@ -114,7 +115,8 @@ class RedisTransport(RedisBroadcastMixin):
                  queue_order_strategy: str = "round_robin", unacked_key: str = "unacked",
                  unacked_index_key: str = "unacked_index", unacked_mutex_key: str = "unacked_mutex",
                  delayed_publish: str = "queue",
-                 busy_poll: float = redis_wire.DEFAULT_BUSY_POLL, **options: Any) -> None:
+                 busy_poll: float = redis_wire.DEFAULT_BUSY_POLL,
+                 wait_spin: float = DEFAULT_FETCH_SPIN, **options: Any) -> None:
         if priority_order not in ("low_first", "high_first"):
             raise ValueError(f"priority_order must be 'low_first' or 'high_first', "
                              f"not {priority_order!r}")
@@ -126,6 +128,8 @@ class RedisTransport(RedisBroadcastMixin):
         #: takes it early defers it to ``celeriac.delayed.<queue>`` until due). "delayed_set":
         #: hold it in that set from the start (celeriac-only fleets; nothing is fetched early).
         self.delayed_publish = delayed_publish
+        #: how long a waiting fetch polls for a wake-up before it sleeps
+        self._spin = AdaptiveSpin(spin_seconds(wait_spin, "wait_spin"))
         self.url = url
         self.visibility_timeout = float(visibility_timeout)
         self.polling_interval = float(polling_interval)
@@ -470,6 +474,7 @@ class RedisTransport(RedisBroadcastMixin):
         fed = self._feed.active(order)
         first = waker is not None
         leased: list[Delivery]
+        spin_until, began = self._spin.begin() if waker is not None else (0.0, 0.0)
         while True:
             if fed:
                 self._feed.drain(self, order)
@@ -483,6 +488,8 @@ class RedisTransport(RedisBroadcastMixin):
             first = False
             remaining = deadline - time.monotonic()
             if leased or remaining <= 0 or not waiting:
+                if waker is not None:
+                    self._spin.end(began)
                 return leased
             pause = min(remaining, self.polling_interval)
             if due is not None:
@@ -490,7 +497,7 @@ class RedisTransport(RedisBroadcastMixin):
             if waker is None or not waker.alive:  # no wake-ups (or their connection was
                 time.sleep(pause)                    # lost): look again after the pause
             else:
-                waker.wait(order, seen, pause)
+                waker.wait(order, seen, pause, spin_until)
             if self._closes != closes:  # closed while it waited
                 return []
 
@@ -772,11 +779,15 @@ class _Waker:
             self._disconnect()
             raise
 
-    def _take(self, timeout: float) -> None:
-        """Read what reaches the socket within ``timeout`` seconds, counting each wake-up."""
+    def _take(self, timeout: float, spin_until: float = 0.0) -> None:
+        """Read what reaches the socket within ``timeout`` seconds, counting each wake-up;
+        polling for it until ``spin_until`` (a ``time.perf_counter`` time) before sleeping."""
         sock = self._sock
         pending = getattr(sock, "pending", None)  # TLS: records already read and decrypted
+        if spin_until:  # (never past the wait's own end)
+            spin_until = min(spin_until, time.perf_counter() + timeout)
         if not (pending is not None and pending()) and \
+                not (spin_until and look_until(self._look, spin_until)) and \
                 not self._poller.poll(math.ceil(timeout * 1000)):
             return
         size = sock.recv_into(self._buffer)
@@ -804,7 +815,10 @@ class _Waker:
                     counts[queue] = counts.get(queue, 0) + 1
                 self._cond.notify_all()
 
-    def _read(self, timeout: float) -> None:
+    def _look(self) -> bool:
+        return bool(self._poller.poll(0))
+
+    def _read(self, timeout: float, spin_until: float = 0.0) -> None:
         """Hold ``_cond``: read the socket for up to ``timeout`` seconds, unless another thread
         is reading it (then wait for what it counts)."""
         if self._reading:
@@ -813,7 +827,7 @@ class _Waker:
         self._reading = True
         self._cond.release()
         try:
-            self._take(timeout)
+            self._take(timeout, spin_until)
         except Exception as exc:  # noqa: BLE001 - broker gone: waiting fetches fall back to polling
             logger.debug("Redis wake-up connection lost: %r", exc)
             self.alive = False
@@ -831,14 +845,17 @@ class _Waker:
                 self._read(0.0)  # what has arrived counts as seen
             return tuple(self._counts.get(q, 0) for q in queues)
 
-    def wait(self, queues: Sequence[str], seen: tuple[int, ...] | None, timeout: float) -> None:
+    def wait(self, queues: Sequence[str], seen: tuple[int, ...] | None, timeout: float,
+             spin_until: float = 0.0) -> None:
+        """Until a wake-up for ``queues`` comes after the counts ``seen``, or ``timeout``
+        seconds; polling the socket until ``spin_until`` before sleeping on it."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self.alive and tuple(self._counts.get(q, 0) for q in queues) == seen:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
-                self._read(remaining)
+                self._read(remaining, spin_until)
 
     def stop(self) -> None:
         """Disconnect; a thread reading the socket stops at once."""
