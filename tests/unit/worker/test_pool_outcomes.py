@@ -124,19 +124,26 @@ class _Looks:
 
 
 def test_a_child_keeps_looking_for_its_next_job_before_it_blocks(monkeypatch) -> None:
-    """A child that finished a job looks at its pipe (yielding between looks) for up to
-    ``CHILD_BUSY_POLL`` before it blocks reading it: a job sent meanwhile finds it awake."""
+    """A child that finished a job looks at its pipe (yielding between looks) until the time
+    it was given before it blocks reading it: a job sent meanwhile finds it awake. Given no
+    time (its last wait was long), it does not look at all."""
+    import time
+
+    from celeriac.utils import spin
     from celeriac.worker.pools import processes
 
     yields: list[int] = []
-    monkeypatch.setattr(processes.os, "sched_yield", lambda: yields.append(1))
+    monkeypatch.setattr(spin, "_pause", lambda: yields.append(1))
+    later = time.perf_counter() + 60
     readable = _Looks(after=1)
-    processes._await_job(readable)
+    processes._await_job(readable, later)
     assert (readable.looks, len(yields)) == (1, 0), "a job already there: no wait"
     soon = _Looks(after=5)
-    processes._await_job(soon)
+    processes._await_job(soon, later)
     assert (soon.looks, len(yields)) == (5, 4), "looked again until the job came"
-    monkeypatch.setattr(processes, "CHILD_BUSY_POLL", 0.002)
     never = _Looks(after=None)
-    processes._await_job(never)
+    processes._await_job(never, time.perf_counter() + 0.002)
     assert never.looks > 1, "kept looking before giving up"
+    not_now = _Looks(after=None)
+    processes._await_job(not_now, 0.0)
+    assert not_now.looks == 0, "no time given: no look"
