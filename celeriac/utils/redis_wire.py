@@ -148,6 +148,24 @@ class _Deferred:
         self.retain = retain
 
 
+_readv = os.readv
+
+
+def _write_all(conn: Any, fd: int, data: bytes) -> None:
+    """Send ``data`` on ``conn``, whose plain socket is ``fd``: one ``os.write``, which skips
+    the ``poll`` a socket with a timeout makes before each send; what the kernel did not take
+    at once (a full send buffer) goes through redis-py, which waits for room with the timeout."""
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        conn.disconnect()
+        raise RedisConnectionError(f"Error while writing to Redis: {exc}") from None
+    if sent < len(data):
+        conn.send_packed_command([data[sent:]], check_health=False)
+
+
 class Wire:
     """A raw connection used by one thread only (no locks): ``call``, ``defer``, ``flush``."""
 
@@ -162,6 +180,9 @@ class Wire:
         self._poller: Any = None  # select.poll on the current connection's socket
         self._buffer = bytearray(65536)  # what each recv reads into
         self._reader: Any = None  # the hiredis reader of the current connection
+        #: the current connection's descriptor when it is a plain socket (``_plain_fd``), -1
+        #: when not (TLS, or not connected yet): None until looked at
+        self._fd: int | None = None
 
     @property
     def pending(self) -> int:
@@ -273,12 +294,16 @@ class Wire:
         if conn is None:
             conn = self._conn = self._connect()
         try:
-            conn.send_packed_command([b"".join(packed)], check_health=False)
-            if self.busy_poll > 0 and not self.blocking:
-                self._await_reply(conn)
+            data = packed[0] if len(packed) == 1 else b"".join(packed)
+            fd = self._fd if self._fd is not None else self._plain_fd(conn)
+            if fd >= 0:
+                _write_all(conn, fd, data)
+            else:
+                conn.send_packed_command([data], check_health=False)
+            seen = self.busy_poll > 0 and not self.blocking and self._await_reply(conn)
             reader = self._reader or self._make_reader(conn)
             if reader is not None:
-                return self._read_replies(conn._sock, reader, count)
+                return self._read_replies(conn._sock, reader, count, fd if seen else -1)
             read = conn.read_response  # no hiredis reader: redis-py's own path
             replies = []
             for _ in range(count):
@@ -307,19 +332,37 @@ class Wire:
         self._reader = _hiredis.Reader(**options)
         return self._reader
 
-    def _read_replies(self, sock: Any, reader: Any, count: int) -> list[Any]:
+    def _plain_fd(self, conn: Any) -> int:
+        """The descriptor of ``conn``'s socket when it is a plain TCP or unix socket (read and
+        written with ``os.readv``/``os.write``), else -1 (TLS: through its socket object). Not
+        connected yet: -1 for this round trip, looked at again on the next."""
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            return -1
+        self._fd = sock.fileno() if type(sock) is socket.socket else -1
+        return self._fd
+
+    def _read_replies(self, sock: Any, reader: Any, count: int, fd: int = -1) -> list[Any]:
         """``count`` replies straight from the socket, without redis-py's per-reply layers. An
         error reply is returned; a connection-level error (as a reply or the first item of one)
         is raised, as redis-py does; RESP3 push messages (invalidations, maintenance notices)
-        are not replies to anything sent here and are skipped."""
+        are not replies to anything sent here and are skipped. ``fd``: the socket's descriptor
+        of a plain socket whose reply the busy poll saw arrive (else -1): what has arrived is
+        read with ``os.readv``, which skips the ``poll`` a socket with a timeout makes before
+        each ``recv``; a read that would block (the rest of a long reply) goes through the
+        socket, with its timeout."""
         buffer = self._buffer
         replies: list[Any] = []
         gets, feed, append = reader.gets, reader.feed, replies.append
+        buffers = [buffer]
         while len(replies) < count:
             reply = gets()
             if reply is _NOT_ENOUGH_DATA:
                 try:
-                    size = sock.recv_into(buffer)
+                    try:
+                        size = _readv(fd, buffers) if fd >= 0 else sock.recv_into(buffer)
+                    except BlockingIOError:  # nothing yet: wait for it, with the timeout
+                        size = sock.recv_into(buffer)
                 except socket.timeout:
                     raise RedisTimeoutError("Timeout reading from Redis") from None
                 except OSError as exc:
@@ -341,23 +384,28 @@ class Wire:
             append(reply)
         return replies
 
-    def _await_reply(self, conn: Any) -> None:
+    def _await_reply(self, conn: Any) -> bool:
         """Poll the socket (yielding the CPU between polls) until a reply is readable or
-        ``busy_poll`` has passed; the read that follows blocks for whatever is still missing."""
+        ``busy_poll`` has passed; the read that follows blocks for whatever is still missing.
+        Whether the reply was seen readable."""
         poller = self._poller
         if poller is None:
             sock = getattr(conn, "_sock", None)  # redis-py keeps the socket there
             if sock is None:
-                return
+                return False
             poller = self._poller = select.poll()
             poller.register(sock.fileno(), select.POLLIN)
         poll, clock, pause = poller.poll, time.perf_counter, os.sched_yield
         deadline = clock() + self.busy_poll
-        while not poll(0) and clock() < deadline:
+        while not poll(0):
+            if clock() >= deadline:
+                return False
             pause()
+        return True
 
     def close(self) -> None:
         conn, self._conn, self._poller, self._reader = self._conn, None, None, None
+        self._fd = None
         if conn is not None:
             try:
                 conn.disconnect()

@@ -190,3 +190,62 @@ def test_resp3_pushes_are_skipped_and_false_is_a_reply(client, prefix):
     assert [wire.call(("INCR", prefix + "n")) for _ in range(3)] == [[1], [2], [3]]
     assert wire.call(("EVAL", "redis.setresp(3); return false", 0), ("PING",)) == [False, b"PONG"]
     wire.close()
+
+
+# ---- plain sockets read and written with os.readv / os.write ------------------------------------
+def test_a_plain_socket_is_written_and_read_without_the_socket_layer(client, prefix, monkeypatch):
+    """A round trip whose reply the busy poll saw arrive reads it with ``os.readv`` and sends
+    with ``os.write`` (the socket's own calls would each ``poll`` first, the socket having a
+    timeout); the replies are the same."""
+    reads: list[int] = []
+    writes: list[int] = []
+    real_readv, real_write = redis_wire._readv, redis_wire.os.write
+
+    def readv(fd: int, buffers):
+        reads.append(fd)
+        return real_readv(fd, buffers)
+
+    def write(fd: int, data) -> int:
+        writes.append(fd)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(redis_wire, "_readv", readv)
+    monkeypatch.setattr(redis_wire.os, "write", write)
+    wire = _wire(client)
+    wire.busy_poll = 1.0  # the reply is seen arriving, however slow the machine
+    assert wire.call(("SET", prefix + "k", "v"), ("GET", prefix + "k")) == [b"OK", b"v"]
+    assert wire.call(("INCR", prefix + "n")) == [1]
+    fd = wire._conn._sock.fileno()
+    assert writes.count(fd) == 2 and reads.count(fd) >= 2
+    wire.close()
+
+
+def test_a_command_larger_than_the_send_buffer_and_a_reply_larger_than_one_read(client, prefix):
+    """What one ``os.write`` does not take goes through redis-py, which waits for room; a reply
+    longer than the read buffer comes in several reads, the later ones through the socket when
+    the rest has not arrived yet."""
+    wire = _wire(client)
+    big = b"x" * (8 << 20)  # far more than a loopback socket's send buffer
+    assert wire.call(("SET", prefix + "big", big)) == [b"OK"]
+    assert wire.call(("GET", prefix + "big"), ("STRLEN", prefix + "big")) == [big, len(big)]
+    assert client.strlen(prefix + "big") == len(big)
+    wire.close()
+
+
+def test_a_tls_socket_is_not_read_around(client) -> None:
+    """Only a plain ``socket.socket`` is read with ``os.readv``: a subclass (``ssl.SSLSocket``
+    is one) must be read through its own layer."""
+    import socket
+
+    class Wrapped(socket.socket):  # stands for ssl.SSLSocket: a socket.socket subclass
+        pass
+
+    class Conn:
+        def __init__(self, sock: socket.socket) -> None:
+            self._sock = sock
+
+    wire = _wire(client)
+    with Wrapped() as wrapped, socket.socket() as plain:
+        assert wire._plain_fd(Conn(wrapped)) == -1
+        assert wire._plain_fd(Conn(plain)) == plain.fileno()
+    wire.close()
