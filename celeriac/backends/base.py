@@ -22,8 +22,9 @@ from ..utils.spin import spin_seconds
 from . import meta as metamod
 
 TASK_KEY_PREFIX = "celery-task-meta-"
-#: seconds a ``get()`` looks for its result before it sleeps, when its thread's last wait was
-#: over within that long (``result_backend_transport_options["wait_spin"]``, ``utils/spin.py``).
+#: seconds a ``get()`` looks for its result before it sleeps, when the last wait was over within
+#: that long: the thread's last one on SQLite, the last one on the process's own waiting
+#: connection on Redis (``result_backend_transport_options["wait_spin"]``, ``utils/spin.py``).
 #: Off by default: on the benchmark machine it shortened round trips in one slow spell and
 #: lengthened them in another, the looking thread taking CPU the worker needed
 #: (docs/benchmarks.md).

@@ -389,51 +389,53 @@ class SoloWaiter:
         stored_read = done = False  # the GET answered; an answer found
         ping_sent = False
         spin_until, began = self._spin.begin()
-        while not done:
-            reply = reader.gets()
-            if reply is _NOT_ENOUGH_DATA:
-                if self._closed:  # close() came while this connection was being opened
-                    raise BackendError("the Redis result store was closed")
-                if not self._readable(sock, deadline, spin_until):
-                    if deadline is not None and time.monotonic() >= deadline:
-                        return False, None
-                    if ping_sent:
-                        raise RedisConnectionError("no reply to PING on the pub/sub "
-                                                   "connection")
-                    conn.send_packed_command([_pack("PING")], check_health=False)
-                    self._owed += 1
-                    ping_sent = True
+        try:  # a wait that timed out or failed counts too
+            while not done:
+                reply = reader.gets()
+                if reply is _NOT_ENOUGH_DATA:
+                    if self._closed:  # close() came while this connection was being opened
+                        raise BackendError("the Redis result store was closed")
+                    if not self._readable(sock, deadline, spin_until):
+                        if deadline is not None and time.monotonic() >= deadline:
+                            return False, None
+                        if ping_sent:
+                            raise RedisConnectionError("no reply to PING on the pub/sub "
+                                                       "connection")
+                        conn.send_packed_command([_pack("PING")], check_health=False)
+                        self._owed += 1
+                        ping_sent = True
+                        continue
+                    size = sock.recv_into(buffer)
+                    if not size:
+                        raise RedisConnectionError("Connection closed by server.")
+                    reader.feed(buffer, 0, size)
+                    ping_sent = False
                     continue
-                size = sock.recv_into(buffer)
-                if not size:
-                    raise RedisConnectionError("Connection closed by server.")
-                reader.feed(buffer, 0, size)
-                ping_sent = False
-                continue
-            if isinstance(reply, _PUSH):
-                # This channel's messages once the GET is answered: one that comes before was
-                # published before the GET ran (the server ran it after the SUBSCRIBE), so the
-                # GET saw that value or a newer one. The rest are (un)subscribe confirmations
-                # and leftovers of earlier waits.
-                if stored_read and len(reply) >= 3 and reply[0] == b"message" and \
-                        reply[1] == wanted:
-                    found = answer(reply[2])
-                    done = found is not None
-                continue
-            if isinstance(reply, RedisConnectionError):  # LOADING and the like
-                raise reply
-            self._owed -= 1
-            if skip > 0:  # the PONG of an earlier wait's PING
-                skip -= 1
-                continue
-            if stored_read:  # this wait's PONG
-                continue
-            stored_read = True
-            if isinstance(reply, Exception):  # the GET was refused (WRONGTYPE, ...)
-                raise reply
-            found = answer(reply)
-            done = found is not None
-        self._spin.end(began)
+                if isinstance(reply, _PUSH):
+                    # This channel's messages once the GET is answered: one that comes before was
+                    # published before the GET ran (the server ran it after the SUBSCRIBE), so the
+                    # GET saw that value or a newer one. The rest are (un)subscribe confirmations
+                    # and leftovers of earlier waits.
+                    if stored_read and len(reply) >= 3 and reply[0] == b"message" and \
+                            reply[1] == wanted:
+                        found = answer(reply[2])
+                        done = found is not None
+                    continue
+                if isinstance(reply, RedisConnectionError):  # LOADING and the like
+                    raise reply
+                self._owed -= 1
+                if skip > 0:  # the PONG of an earlier wait's PING
+                    skip -= 1
+                    continue
+                if stored_read:  # this wait's PONG
+                    continue
+                stored_read = True
+                if isinstance(reply, Exception):  # the GET was refused (WRONGTYPE, ...)
+                    raise reply
+                found = answer(reply)
+                done = found is not None
+        finally:
+            self._spin.end(began)
         return True, found
 
     def _readable(self, sock: Any, deadline: float | None, spin_until: float = 0.0) -> bool:

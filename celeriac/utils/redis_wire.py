@@ -149,6 +149,7 @@ class _Deferred:
 
 
 _readv = os.readv
+_write = os.write
 
 
 def _write_all(conn: Any, fd: int, data: bytes) -> None:
@@ -156,7 +157,7 @@ def _write_all(conn: Any, fd: int, data: bytes) -> None:
     the ``poll`` a socket with a timeout makes before each send; what the kernel did not take
     at once (a full send buffer) goes through redis-py, which waits for room with the timeout."""
     try:
-        sent = os.write(fd, data)
+        sent = _write(fd, data)
     except BlockingIOError:
         sent = 0
     except OSError as exc:
@@ -362,6 +363,7 @@ class Wire:
                     try:
                         size = _readv(fd, buffers) if fd >= 0 else sock.recv_into(buffer)
                     except BlockingIOError:  # nothing yet: wait for it, with the timeout
+                        fd = -1  # (and the rest of this reply the same way)
                         size = sock.recv_into(buffer)
                 except socket.timeout:
                     raise RedisTimeoutError("Timeout reading from Redis") from None

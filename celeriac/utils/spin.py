@@ -5,11 +5,13 @@ back, and waking an idle CPU again takes longer than a short task takes to run (
 machine, a few hundred microseconds a wake-up in its slow spells). A waiter that expects its
 news soon polls its descriptor instead, yielding the CPU between looks, for a bounded time.
 
-Two waits can look so, both off unless asked for: ``get()`` waiting for a result
-(``result_backend_transport_options["wait_spin"]``) and a worker's fetch waiting for messages
-(``broker_transport_options["wait_spin"]``), on Redis and SQLite. Off, because a looking thread
-also takes CPU the other processes of a small machine need: on the benchmark machine (2 cores)
-looking shortened noop round trips in one slow spell and lengthened them in another.
+Three waits look so. A prefork child waiting for its next job looks by default (0.5 ms, while
+its jobs come within 2 ms of each other: ``worker/pools/processes.py``). Two are off unless
+asked for: ``get()`` waiting for a result (``result_backend_transport_options["wait_spin"]``)
+and a worker's fetch waiting for messages (``broker_transport_options["wait_spin"]``), on Redis
+and SQLite. Off, because a looking thread also takes CPU the other processes of a small machine
+need: on the benchmark machine (2 cores) looking shortened noop round trips in one slow spell
+and lengthened them in another.
 
 ``AdaptiveSpin`` keeps that CPU for waits that are short: a wait looks only if the previous one
 was over within the spin, so a waiter whose news comes late (a long task, an idle queue) sleeps

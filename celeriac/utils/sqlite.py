@@ -446,8 +446,10 @@ class ChangeWaiter:
                     # a write still unpublished after ``hot`` (its writer descheduled on a busy
                     # machine): back off gradually, as it publishes with no further event
                     pause = min(pause * 1.5, self.max_interval)
-                ready = (look_until(look, min(spin_until, time.perf_counter() + deadline - now))
-                         or [] if spin_until else [])
+                ready: list[int] = []
+                if spin_until:  # (never past the wait's own end)
+                    until = min(spin_until, time.perf_counter() + deadline - now)
+                    ready = look_until(look, until) or []
                 if not ready:
                     ready = _readable(fds, min(pause, deadline - now))
                 woken = pipe.r in ready

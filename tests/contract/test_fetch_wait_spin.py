@@ -18,8 +18,8 @@ from celeriac.transport import transport_from_url
 from celeriac.transport.base import Outgoing
 from tests.spin_looks import LOOKED, Looks
 
-SPIN = 0.3
-SLOW = 0.6
+SPIN = 0.5
+SLOW = 1.0
 QUEUE = "spin-queue"
 
 
@@ -66,6 +66,9 @@ def test_a_fetch_looks_while_waits_are_short_and_sleeps_after_a_long_one(
         make_transport: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     consumer, producer = make_transport(wait_spin=SPIN), make_transport()
     consumer.declare(QUEUE)
+    waiter = getattr(consumer, "_change_waiter", None)
+    if waiter is not None and not waiter().watching:  # SQLite without inotify polls instead
+        pytest.skip("inotify is unavailable here: SQLite fetches poll and do not look")
     looks = Looks(monkeypatch)
     assert consumer.fetch([QUEUE], 1, 0.01) == []  # connections open; a wait within the spin
     first = _looks_of_fetch(consumer, producer, looks, SLOW)

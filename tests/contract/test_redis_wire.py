@@ -199,7 +199,7 @@ def test_a_plain_socket_is_written_and_read_without_the_socket_layer(client, pre
     timeout); the replies are the same."""
     reads: list[int] = []
     writes: list[int] = []
-    real_readv, real_write = redis_wire._readv, redis_wire.os.write
+    real_readv, real_write = redis_wire._readv, redis_wire._write
 
     def readv(fd: int, buffers):
         reads.append(fd)
@@ -210,7 +210,7 @@ def test_a_plain_socket_is_written_and_read_without_the_socket_layer(client, pre
         return real_write(fd, data)
 
     monkeypatch.setattr(redis_wire, "_readv", readv)
-    monkeypatch.setattr(redis_wire.os, "write", write)
+    monkeypatch.setattr(redis_wire, "_write", write)
     wire = _wire(client)
     wire.busy_poll = 1.0  # the reply is seen arriving, however slow the machine
     assert wire.call(("SET", prefix + "k", "v"), ("GET", prefix + "k")) == [b"OK", b"v"]
@@ -225,6 +225,7 @@ def test_a_command_larger_than_the_send_buffer_and_a_reply_larger_than_one_read(
     longer than the read buffer comes in several reads, the later ones through the socket when
     the rest has not arrived yet."""
     wire = _wire(client)
+    wire.busy_poll = 1.0  # the GET's reply is seen arriving: its first part read with readv
     big = b"x" * (8 << 20)  # far more than a loopback socket's send buffer
     assert wire.call(("SET", prefix + "big", big)) == [b"OK"]
     assert wire.call(("GET", prefix + "big"), ("STRLEN", prefix + "big")) == [big, len(big)]
@@ -248,4 +249,45 @@ def test_a_tls_socket_is_not_read_around(client) -> None:
     with Wrapped() as wrapped, socket.socket() as plain:
         assert wire._plain_fd(Conn(wrapped)) == -1
         assert wire._plain_fd(Conn(plain)) == plain.fileno()
+    wire.close()
+
+
+def test_what_one_write_leaves_goes_through_redis_py(client, prefix, monkeypatch):
+    """A short ``os.write`` (a full send buffer) hands the rest to redis-py's send."""
+    wire = _wire(client)
+    assert wire.call(("PING",)) == [b"PONG"]  # connected: the next call writes the socket
+    real_write = redis_wire._write
+    handed: list[bytes] = []
+
+    def short_write(fd: int, data) -> int:
+        return real_write(fd, bytes(data[:7]))
+
+    conn = wire._conn
+    real_send = conn.send_packed_command
+
+    def send(items, check_health=True):
+        handed.extend(items)
+        return real_send(items, check_health=check_health)
+
+    monkeypatch.setattr(redis_wire, "_write", short_write)
+    monkeypatch.setattr(conn, "send_packed_command", send)
+    command = ("SET", prefix + "k", "value")
+    assert wire.call(command) == [b"OK"]
+    assert handed == [redis_wire._pack_one(command)[7:]]  # the rest, after the 7 bytes written
+    assert client.get(prefix + "k") == b"value"
+    wire.close()
+
+
+def test_a_killed_connection_is_replaced_and_its_descriptor_with_it(client, prefix):
+    """After the server closes the wire's connection, the next call works on a new one, read
+    and written through the new socket's descriptor."""
+    wire = _wire(client)
+    assert wire.call(("CLIENT", "SETNAME", prefix.rstrip(":"))) == [b"OK"]
+    old_fd = wire._fd
+    for entry in client.client_list():
+        if entry.get("name") == prefix.rstrip(":"):
+            client.client_kill_filter(_id=entry["id"])
+    assert wire.call(("INCR", prefix + "n")) == [1]  # one quiet retry on a fresh connection
+    assert wire._fd == wire._conn._sock.fileno()
+    assert old_fd is not None
     wire.close()

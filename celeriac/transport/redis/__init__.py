@@ -499,6 +499,7 @@ class RedisTransport(RedisBroadcastMixin):
             else:
                 waker.wait(order, seen, pause, spin_until)
             if self._closes != closes:  # closed while it waited
+                self._spin.end(began)
                 return []
 
     def _unchanged(self, order: list[str], seen: tuple[int, ...] | None) -> bool:
