@@ -499,7 +499,8 @@ class RedisTransport(RedisBroadcastMixin):
             else:
                 waker.wait(order, seen, pause, spin_until)
             if self._closes != closes:  # closed while it waited
-                self._spin.end(began)
+                if waker is not None:
+                    self._spin.end(began)
                 return []
 
     def _unchanged(self, order: list[str], seen: tuple[int, ...] | None) -> bool:
