@@ -116,8 +116,10 @@ class WorkerProcess:
     """One ``celeriac worker`` in its own process group; ``stop`` leaves nothing behind."""
 
     def __init__(self, workdir: Path, pool: str, *, concurrency: int = 1,
-                 command: Sequence[str] = WORKER_CMD) -> None:
+                 command: Sequence[str] = WORKER_CMD, root: Path = ROOT) -> None:
         self.pool = pool
+        #: the celeriac tree the worker runs (another checkout's, to compare two side by side)
+        self.root = root
         self.ready_file = workdir / f"ready-{pool}"
         self.log_path = workdir / f"worker-{pool}.log"
         self.argv = [*command, "-A", "bench.bench_tasks", "worker", "-P", pool,
@@ -128,11 +130,12 @@ class WorkerProcess:
     def __enter__(self) -> WorkerProcess:
         env = dict(os.environ)
         env[READY_FILE_ENV] = str(self.ready_file)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root),
+                                                          env.get("PYTHONPATH")]))
         with open(self.log_path, "wb") as out:
             self.started_at = time.time()
             # preexec_fn is safe here: the runner starts no threads of its own.
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=out,
+            self.proc = subprocess.Popen(self.argv, cwd=self.root, env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True,
                                          preexec_fn=_die_with_parent)  # noqa: PLW1509
