@@ -52,8 +52,9 @@ from celeriac.events import EventReceiver  # noqa: E402
 
 
 @contextmanager
-def redis_store(db: int) -> Iterator[Path]:
-    """The bench app on Redis database ``db`` (flushed), and a temporary folder for the log."""
+def redis_store(db: int, option: str = "--db") -> Iterator[Path]:
+    """The bench app on Redis database ``db`` (flushed), and a temporary folder for the log.
+    ``option``: the command-line option a user picks another database with."""
     import shutil
     import tempfile
 
@@ -66,7 +67,7 @@ def redis_store(db: int) -> Iterator[Path]:
     client = redis.Redis.from_url(url)
     if client.dbsize():
         raise SystemExit(f"Redis database {db} is not empty: someone else may be using it; "
-                         f"pick an empty one with --db")
+                         f"pick an empty one with {option}")
     app.close()
     try:
         yield workdir

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.events_overhead import redis_store  # noqa: E402
 from bench.run import WorkerProcess, log, machine_summary, percentile, revision  # noqa: E402
 
 #: round trips sent to one tree before the other's turn
@@ -53,44 +53,27 @@ def summary(rounds: Sequence[tuple[float, float]]) -> str:
 
 
 @contextlib.contextmanager
-def worker_on(tree: Path, db: int, pool: str, redis_url: str) -> Iterator[Any]:
+def worker_on(tree: Path, db: int, pool: str) -> Iterator[Any]:
     """``tree``'s worker on Redis database ``db`` (refused unless empty; flushed after), and a
     client app of this tree for it."""
-    import os
-
-    import redis
-
     from celeriac import Celery
 
-    url = f"{redis_url}/{db}"
-    client = redis.Redis.from_url(url)
-    if client.dbsize():
-        raise SystemExit(f"Redis database {db} is not empty: pick empty ones with --dbs")
-    saved = {k: os.environ.get(k) for k in ("CELERIAC_BROKER_URL", "CELERIAC_RESULT_BACKEND")}
-    os.environ["CELERIAC_BROKER_URL"] = os.environ["CELERIAC_RESULT_BACKEND"] = url
-    workdir = Path(tempfile.mkdtemp(prefix="celeriac-bench-pair-"))
-    app = Celery("paired-latency", broker=url, backend=url, set_as_current=False)
-    try:
-        with WorkerProcess(workdir, pool, concurrency=2 if pool == "prefork" else 1,
-                           root=tree) as worker:
-            worker.wait_ready(60)
-            yield app
-    finally:
-        app.close()
-        client.flushdb()
-        client.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with redis_store(db, option="--dbs") as workdir:
+        url = f"redis://127.0.0.1:6379/{db}"
+        app = Celery("paired-latency", broker=url, backend=url, set_as_current=False)
+        try:
+            with WorkerProcess(workdir, pool, concurrency=2 if pool == "prefork" else 1,
+                               root=tree) as worker:
+                worker.wait_ready(60)
+                yield app
+        finally:
+            app.close()
 
 
-def run(other: Path, pool: str, rounds: int, trips: int, dbs: tuple[int, int],
-        redis_url: str) -> list[tuple[float, float]]:
+def run(other: Path, pool: str, rounds: int, trips: int,
+        dbs: tuple[int, int]) -> list[tuple[float, float]]:
     results: list[tuple[float, float]] = []
-    with worker_on(ROOT, dbs[0], pool, redis_url) as here, \
-            worker_on(other, dbs[1], pool, redis_url) as there:
+    with worker_on(ROOT, dbs[0], pool) as here, worker_on(other, dbs[1], pool) as there:
         apps = (here, there)
         for app in apps:  # warm both: connections, imports, the first fetches
             for _ in range(200):
@@ -116,15 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--trips", type=int, default=2000, help="round trips a round, both "
                         "trees together")
-    parser.add_argument("--dbs", default="12,13", help="two empty Redis databases")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379")
+    parser.add_argument("--dbs", default="12,13", help="two empty databases of the Redis "
+                        "server on 127.0.0.1:6379")
     args = parser.parse_args(argv)
     other = args.other.resolve()
     if not (other / "celeriac" / "__init__.py").exists():
         raise SystemExit(f"{other} is not a celeriac checkout")
     first, second = (int(d) for d in args.dbs.split(","))
     log(f"{machine_summary()}; this tree {revision()} against {other}; -P {args.pool}")
-    results = run(other, args.pool, args.rounds, args.trips, (first, second), args.redis)
+    results = run(other, args.pool, args.rounds, args.trips, (first, second))
     print(summary(results))
     return 0
 
